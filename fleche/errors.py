@@ -1,0 +1,47 @@
+"""Every error fleche raises on purpose, so callers can catch ``FlecheError``.
+
+Each message names the argument, type, file or key at fault and says what to do.
+Misses are ``KeyError`` subclasses so ``except KeyError`` keeps working for
+code written against the original fleche.
+"""
+
+from __future__ import annotations
+
+
+class FlecheError(Exception):
+    """Base class of all errors fleche raises on purpose."""
+
+
+class FlecheWarning(UserWarning):
+    """A cache fault fleche worked around (fail open): the result is still correct."""
+
+
+class UnhashableArgumentError(FlecheError, TypeError):
+    """An argument (or something inside it) has no stable digest."""
+
+
+class CacheMiss(FlecheError, KeyError):
+    """The requested call or object is not in the cache."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; a sentence reads better
+        return str(self.args[0]) if self.args else "not in the cache"
+
+
+class CorruptObjectError(FlecheError, ValueError):
+    """A stored object failed its integrity check or could not be decoded."""
+
+
+class StoreFormatError(FlecheError):
+    """A store was written in a format this version of fleche does not understand."""
+
+
+class ReadOnlyStoreError(FlecheError, PermissionError):
+    """A write was attempted on a store opened with ``read_only=True``."""
+
+
+class SerializationError(FlecheError, TypeError):
+    """A value could not be serialized (or deserialized) by any available serializer."""
+
+
+class ConfigError(FlecheError, ValueError):
+    """A ``fleche.toml`` or a cache specification is invalid."""
