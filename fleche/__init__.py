@@ -1,6 +1,17 @@
-"""fleche: persistent, shareable, queryable caches for Python function results."""
+"""fleche: persistent, shareable, queryable caches for Python function results.
 
+>>> from fleche import fleche, cache
+>>> @fleche
+... def square(x):
+...     return x * x
+"""
+
+from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.register(...)
 from fleche._version import __version__
+from fleche.cache import Cache
+from fleche.call import Call
+from fleche.config import active_cache, cache, reset_default, set_default_cache, tags
+from fleche.decorator import fleche
 from fleche.errors import (
     CacheMiss,
     ConfigError,
@@ -12,16 +23,28 @@ from fleche.errors import (
     StoreFormatError,
     UnhashableArgumentError,
 )
+from fleche.store import ObjectStore, open_store
 
 __all__ = [
+    "Cache",
     "CacheMiss",
+    "Call",
     "ConfigError",
     "CorruptObjectError",
     "FlecheError",
     "FlecheWarning",
+    "ObjectStore",
     "ReadOnlyStoreError",
     "SerializationError",
     "StoreFormatError",
     "UnhashableArgumentError",
     "__version__",
+    "active_cache",
+    "cache",
+    "digest",
+    "fleche",
+    "open_store",
+    "reset_default",
+    "set_default_cache",
+    "tags",
 ]

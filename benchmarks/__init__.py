@@ -1,0 +1,1 @@
+"""Benchmarks: measure fleche next to its peers and report ratios from one run."""

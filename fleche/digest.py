@@ -1,0 +1,578 @@
+"""Canonical, type-aware XXH3-128 digests: the keys fleche files results under.
+
+A digest is XXH3-128 over a byte stream in which every value starts with a type
+tag and every variable-length part carries its length, so two different values
+can never produce the same stream (the encoding is prefix-free).  The rules are a
+contract with users -- a digest that changes silently orphans every cached result --
+and are written down in ``docs/digests.md`` and pinned by ``tests/data/digest_golden.json``.
+
+Speed matters because every cache hit pays for a digest of its arguments: small
+encodings are appended to one ``bytearray`` that is hashed once at the end, big
+buffers (arrays, long bytes) are streamed into the hasher without a copy, and the
+encoder for a type is found with one dict lookup.  Encoders for numpy, pandas and
+standard-library types live in :mod:`fleche.digest_types`, imported on first need so
+``import fleche.digest`` stays cheap and never imports numpy or pandas.
+"""
+
+from __future__ import annotations
+
+import copyreg
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import xxhash
+
+from fleche.errors import UnhashableArgumentError
+
+__all__ = ["code_digest", "digest", "digest_bytes", "register", "unregister"]
+
+_Encoder = Callable[[Any, "_Stream"], None]
+
+_xxh3_digest = xxhash.xxh3_128_digest
+
+# Buffers at least this big are fed to the hasher directly instead of being copied
+# into the stream buffer; below it a copy is cheaper than an extra hasher call.
+_BIG = 1 << 16
+
+_PACK_TAG_LEN = struct.Struct("<BQ").pack  # tag + unsigned 64-bit length or count
+_PACK_TAG_I64 = struct.Struct("<Bq").pack
+_PACK_TAG_F64 = struct.Struct("<Bd").pack
+_PACK_F64 = struct.Struct("<d").pack
+_PACK_LEN = struct.Struct("<Q").pack
+
+# One NaN for all: payload and sign bits of a NaN carry no meaning users rely on.
+_NAN = bytes.fromhex("000000000000f87f")  # 0x7FF8000000000000, little-endian
+_NAN_FLOAT = b"f" + _NAN
+
+_TAG_STR = 0x73  # "s"
+_STR_HEADERS = tuple(_PACK_TAG_LEN(_TAG_STR, n) for n in range(256))
+_TUPLE_HEADERS = tuple(_PACK_TAG_LEN(0x28, n) for n in range(64))  # "("
+
+
+class _Stream(bytearray):
+    """The bytes of one digest; also carries the state its encoders share.
+
+    ``hasher`` exists only once a big buffer had to be streamed; ``active`` holds
+    the ids of the mutable containers being encoded, to detect reference cycles,
+    and is shared with the sub-streams that digest dict and set entries.
+    """
+
+    hasher: Any = None
+    active: set[int] | None = None
+
+
+class _Unhashable(Exception):
+    """Raised inside the encoders; ``digest_bytes`` turns it into the public error.
+
+    Containers append their path component while it propagates (innermost first),
+    so the hot path pays nothing for naming the argument path.
+    """
+
+    def __init__(self, type_: type, reason: str) -> None:
+        super().__init__(reason)
+        self.type = type_
+        self.reason = reason
+        self.path: list[str] = []
+
+    def to_error(self, name: str) -> UnhashableArgumentError:
+        where = name + "".join(reversed(self.path))
+        qual = _qualname(self.type)
+        if self.type in _CORE:  # a cycle through a list or dict: its digest is fixed
+            fix = f"pass ignore=[{name!r}] to @fleche, or pass a value without the cycle"
+        else:
+            fix = (
+                f"pass ignore=[{name!r}] to @fleche, register a digest with "
+                f"fleche.digest.register({qual}, fn), or give the class a "
+                f"__fleche_digest__ method"
+            )
+        return UnhashableArgumentError(
+            f"cannot digest {where} (type {qual}): {self.reason}. To fix it, {fix}"
+        )
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def digest_bytes(obj: Any, *, name: str = "value") -> bytes:
+    """Return the 16-byte XXH3-128 digest of ``obj``'s canonical encoding.
+
+    ``name`` is only used in error messages, as the root of the path to the part
+    that could not be digested (``data['rows'][3]``).
+    """
+    st = _Stream()
+    try:
+        t = type(obj)
+        (_DISPATCH.get(t) or _resolve(t))(obj, st)
+    except _Unhashable as exc:
+        raise exc.to_error(name) from exc.__cause__
+    except RecursionError as exc:
+        # Deep nesting, or a registered digest function that keeps returning new
+        # objects of its own type: either way there is no finite encoding to offer.
+        raise UnhashableArgumentError(
+            f"cannot digest {name}: it is nested more deeply than Python's recursion "
+            f"limit allows, or a registered digest function or __fleche_digest__ keeps "
+            f"returning objects that need itself again. To fix it, pass ignore=[{name!r}] "
+            f"to @fleche or register a digest with fleche.digest.register(<type>, fn)"
+        ) from exc
+    h = st.hasher
+    if h is None:
+        return _xxh3_digest(st)
+    h.update(st)
+    return h.digest()
+
+
+def digest(obj: Any, *, name: str = "value") -> str:
+    """Return the digest of ``obj`` as 32 lowercase hex characters."""
+    return digest_bytes(obj, name=name).hex()
+
+
+def register(type_: type, fn: Callable[[Any], Any]) -> None:
+    """Digest instances of ``type_`` (and its subclasses) as ``fn(obj)`` instead.
+
+    The stand-in ``fn`` returns is digested under a tag naming the object's own
+    class, so it never collides with the plain stand-in value nor with another
+    class's.  Register at import time: lookups are cached per type, and the cache
+    is reset on every call to :func:`register` or :func:`unregister`.
+    """
+    if not isinstance(type_, type):
+        raise TypeError(f"register() needs a class, not {type(type_).__name__}")
+    if not callable(fn):
+        raise TypeError(f"register() needs a callable, not {type(fn).__name__}")
+    if type_ in _CORE:
+        raise ValueError(
+            f"{_qualname(type_)} has a built-in digest that cannot be replaced: it would "
+            f"silently change the digest of every {type_.__name__} in every cache"
+        )
+    _REGISTRY[type_] = fn
+    _reset_dispatch()
+
+
+def unregister(type_: type) -> None:
+    """Forget the digest function registered for ``type_`` (no-op if there is none)."""
+    _REGISTRY.pop(type_, None)
+    _reset_dispatch()
+
+
+def code_digest(func: Callable[..., Any]) -> str:
+    """Hex digest of a function's code, blind to comments, whitespace, docstrings
+    and decorators (see ``docs/digests.md``)."""
+    from fleche import digest_types
+
+    return digest_types.code_digest_bytes(func).hex()
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _qualname(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def _str_bytes(s: str) -> bytes:
+    """The encoding of a str, for headers built once and reused."""
+    b = s.encode("utf-8", "surrogatepass")
+    return _PACK_TAG_LEN(_TAG_STR, len(b)) + b
+
+
+def _encode(obj: Any, st: _Stream) -> None:
+    t = type(obj)
+    (_DISPATCH.get(t) or _resolve(t))(obj, st)
+
+
+def _feed(st: _Stream, data: Any, nbytes: int) -> None:
+    """Append a buffer, streaming big ones into the hasher to avoid a copy."""
+    if nbytes < _BIG:
+        st += data
+        return
+    h = st.hasher
+    if h is None:
+        h = st.hasher = xxhash.xxh3_128()
+    h.update(st)  # keep the stream in order: what was appended before goes first
+    st.clear()
+    h.update(data)
+
+
+def _active(st: _Stream) -> set[int]:
+    active = st.active
+    if active is None:
+        active = st.active = set()
+    return active
+
+
+def _enter(obj: Any, st: _Stream) -> set[int]:
+    """Mark a mutable container as being encoded; a second visit is a cycle."""
+    active = _active(st)
+    i = id(obj)
+    if i in active:
+        raise _Unhashable(
+            type(obj),
+            "it contains itself (a reference cycle); a digest is computed from "
+            "content, and cyclic content never ends",
+        )
+    active.add(i)
+    return active
+
+
+def _short_repr(x: Any) -> str:
+    r = repr(x)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _index_of(items: Any, x: Any) -> object:
+    """Position of the element that failed; only runs on the error path."""
+    for i, y in enumerate(items):
+        if y is x:
+            return i
+    return "?"
+
+
+def _sub_digest(sub: _Stream) -> bytes:
+    """Digest of a sub-stream, which is then emptied for the next entry."""
+    h = sub.hasher
+    if h is None:
+        d = _xxh3_digest(sub)
+    else:
+        h.update(sub)
+        d = h.digest()
+        sub.hasher = None
+    sub.clear()
+    return d
+
+
+# --------------------------------------------------------------------------- encoders
+
+
+def _enc_none(obj: None, st: _Stream) -> None:
+    st += b"N"
+
+
+def _enc_bool(obj: bool, st: _Stream) -> None:
+    st += b"T" if obj else b"F"
+
+
+def _enc_int(obj: int, st: _Stream) -> None:
+    try:
+        st += _PACK_TAG_I64(0x69, obj)  # "i": the common case, one struct call
+    except struct.error:
+        _enc_bigint(obj, st)
+
+
+def _enc_bigint(obj: int, st: _Stream) -> None:
+    """Ints outside int64: "I", sign, length, magnitude (little-endian)."""
+    mag = -obj if obj < 0 else obj
+    raw = mag.to_bytes((mag.bit_length() + 7) // 8, "little")
+    st += b"I-" if obj < 0 else b"I+"
+    st += _PACK_LEN(len(raw))
+    st += raw
+
+
+def _enc_float(obj: float, st: _Stream) -> None:
+    st += _PACK_TAG_F64(0x66, obj) if obj == obj else _NAN_FLOAT
+
+
+def _float_bits(x: float) -> bytes:
+    return _PACK_F64(x) if x == x else _NAN
+
+
+def _enc_complex(obj: complex, st: _Stream) -> None:
+    st += b"c"
+    st += _float_bits(obj.real)
+    st += _float_bits(obj.imag)
+
+
+def _enc_str(obj: str, st: _Stream) -> None:
+    # surrogatepass: lone surrogates (from os.fsdecode, JSON...) are legal str values
+    b = obj.encode("utf-8", "surrogatepass")
+    n = len(b)
+    st += _STR_HEADERS[n] if n < 256 else _PACK_TAG_LEN(_TAG_STR, n)
+    _feed(st, b, n)
+
+
+def _enc_bytes(obj: bytes, st: _Stream) -> None:
+    n = len(obj)
+    st += _PACK_TAG_LEN(0x62, n)  # "b"
+    _feed(st, obj, n)
+
+
+def _enc_bytearray(obj: bytearray, st: _Stream) -> None:
+    n = len(obj)
+    st += _PACK_TAG_LEN(0x42, n)  # "B": mutable, so a function may treat it differently
+    _feed(st, obj, n)
+
+
+def _enc_memoryview(obj: memoryview, st: _Stream) -> None:
+    """Tag "m", item format, shape, then the bytes in C order (copied only if strided)."""
+    st += b"m"
+    _enc_str(obj.format, st)
+    _encode(obj.shape, st)
+    data = obj.cast("B") if obj.c_contiguous else obj.tobytes()
+    st += _PACK_LEN(obj.nbytes)
+    _feed(st, data, obj.nbytes)
+
+
+def _enc_items(items: Any, st: _Stream) -> None:
+    """Encode a sequence's elements; str, int and float are inlined because
+    argument tuples and lists are mostly made of them."""
+    x = None
+    try:
+        for x in items:
+            t = type(x)
+            if t is str:
+                b = x.encode("utf-8", "surrogatepass")
+                n = len(b)
+                st += _STR_HEADERS[n] if n < 256 else _PACK_TAG_LEN(_TAG_STR, n)
+                st += b
+            elif t is int:
+                try:
+                    st += _PACK_TAG_I64(0x69, x)
+                except struct.error:
+                    _enc_bigint(x, st)
+            elif t is float:
+                st += _PACK_TAG_F64(0x66, x) if x == x else _NAN_FLOAT
+            else:
+                (_DISPATCH.get(t) or _resolve(t))(x, st)
+    except _Unhashable as exc:
+        exc.path.append(f"[{_index_of(items, x)}]")
+        raise
+
+
+def _enc_tuple(obj: tuple, st: _Stream) -> None:
+    n = len(obj)
+    st += _TUPLE_HEADERS[n] if n < 64 else _PACK_TAG_LEN(0x28, n)
+    _enc_items(obj, st)
+
+
+def _enc_list(obj: list, st: _Stream) -> None:
+    active = _enter(obj, st)
+    st += _PACK_TAG_LEN(0x5B, len(obj))  # "["
+    _enc_items(obj, st)
+    active.discard(id(obj))
+
+
+def _key_label(k: Any, attrs: bool) -> str:
+    if attrs and type(k) is str and k.isidentifier():
+        return "." + k
+    return f"[{_short_repr(k)}]"
+
+
+def _pair_digests(items: Any, active: set[int], attrs: bool = False) -> list[bytes]:
+    """One digest per (key, value) pair, so the caller can sort them: dict order
+    is insertion order, which must not change a digest."""
+    sub = _Stream()
+    sub.active = active
+    out = []
+    k = None
+    in_value = False
+    try:
+        for k, v in items:
+            # Inlined str keys and common values: dicts of arguments are mostly that.
+            if type(k) is str:
+                b = k.encode("utf-8", "surrogatepass")
+                n = len(b)
+                sub += _STR_HEADERS[n] if n < 256 else _PACK_TAG_LEN(_TAG_STR, n)
+                sub += b
+            else:
+                in_value = False
+                t = type(k)
+                (_DISPATCH.get(t) or _resolve(t))(k, sub)
+            in_value = True
+            t = type(v)
+            if t is int:
+                _enc_int(v, sub)
+            elif t is float:
+                sub += _PACK_TAG_F64(0x66, v) if v == v else _NAN_FLOAT
+            else:
+                (_DISPATCH.get(t) or _resolve(t))(v, sub)
+            if sub.hasher is None:
+                out.append(_xxh3_digest(sub))
+                sub.clear()
+            else:
+                out.append(_sub_digest(sub))
+    except _Unhashable as exc:
+        exc.path.append(_key_label(k, attrs) if in_value else f"<key {_short_repr(k)}>")
+        raise
+    return out
+
+
+def _enc_dict(obj: dict, st: _Stream) -> None:
+    active = _enter(obj, st)
+    st += _PACK_TAG_LEN(0x7B, len(obj))  # "{"
+    st += b"".join(sorted(_pair_digests(obj.items(), active)))
+    active.discard(id(obj))
+
+
+def _element_digests(obj: Any, st: _Stream) -> list[bytes]:
+    sub = _Stream()
+    sub.active = _active(st)
+    out = []
+    x = None
+    try:
+        for x in obj:
+            t = type(x)
+            (_DISPATCH.get(t) or _resolve(t))(x, sub)
+            out.append(_sub_digest(sub))
+    except _Unhashable as exc:
+        exc.path.append("{" + _short_repr(x) + "}")
+        raise
+    return out
+
+
+def _enc_set(obj: set, st: _Stream) -> None:
+    # Elements are hashable, so a set cannot reach itself without passing through
+    # a tracked object: no cycle bookkeeping needed here.
+    st += _PACK_TAG_LEN(0x53, len(obj))  # "S"
+    st += b"".join(sorted(_element_digests(obj, st)))
+
+
+def _enc_frozenset(obj: frozenset, st: _Stream) -> None:
+    st += _PACK_TAG_LEN(0x5A, len(obj))  # "Z"
+    st += b"".join(sorted(_element_digests(obj, st)))
+
+
+def _enc_ellipsis(obj: Any, st: _Stream) -> None:
+    st += b"E"
+
+
+def _enc_not_implemented(obj: Any, st: _Stream) -> None:
+    st += b"n"
+
+
+def _standin_encoder(
+    tag: str,
+    fn: Callable[[Any], Any],
+    *,
+    user: str = "",
+    track: bool = False,
+    label: str = "",
+) -> _Encoder:
+    """Encoder for objects digested through a stand-in value: "R", ``tag``, then
+    the stand-in.  ``user`` describes a function fleche does not control, whose
+    errors become digest errors with the argument path.  ``track`` guards mutable
+    objects (and all user stand-ins) against reference cycles."""
+    head = b"R" + _str_bytes(tag)
+    track = track or bool(user)
+
+    def enc(obj: Any, st: _Stream) -> None:
+        value = _call_user(fn, obj, user) if user else fn(obj)
+        active = _enter(obj, st) if track else None
+        st += head
+        try:
+            _encode(value, st)
+        except _Unhashable as exc:
+            if label:
+                exc.path.append(label)
+            raise
+        if active is not None:
+            active.discard(id(obj))
+
+    return enc
+
+
+def _call_user(fn: Callable[[Any], Any], obj: Any, who: str) -> Any:
+    try:
+        value = fn(obj)
+    except Exception as exc:  # any failure of user code means "no digest", with its reason
+        raise _Unhashable(type(obj), f"{who} raised {type(exc).__name__}: {exc}") from exc
+    if value is obj:
+        raise _Unhashable(type(obj), f"{who} returned the object itself instead of plain data")
+    return value
+
+
+def _enc_reduce(obj: Any, st: _Stream) -> None:
+    """Last resort: digest what pickle would save (callable, args, state...),
+    recursively, without ever running pickle."""
+    t = type(obj)
+    reducer = copyreg.dispatch_table.get(t)
+    try:
+        rv = reducer(obj) if reducer is not None else obj.__reduce_ex__(5)
+    except Exception as exc:  # whatever the object raises, it cannot describe itself
+        raise _Unhashable(
+            t, f"it has no digest rule and cannot be reduced to plain data ({exc})"
+        ) from exc
+    if isinstance(rv, str):  # a module-level singleton, named
+        st += b"g"
+        _enc_str(_qualname(t), st)
+        _enc_str(rv, st)
+        return
+    if not isinstance(rv, tuple) or not 2 <= len(rv) <= 6:
+        raise _Unhashable(t, f"its __reduce_ex__ returned {type(rv).__name__}, not a tuple")
+    active = _enter(obj, st)
+    func, args, state, listitems, dictitems, setter = rv + (None,) * (6 - len(rv))
+    st += b"O"
+    parts = (
+        (func, "<reduce callable>"),
+        (args, "<reduce args>"),
+        (state, ""),
+        (None if listitems is None else list(listitems), "<reduce list items>"),
+        (None if dictitems is None else list(dictitems), "<reduce dict items>"),
+        (setter, "<reduce state setter>"),
+    )
+    for i, (part, label) in enumerate(parts):
+        try:
+            if i == 2 and type(part) is dict:
+                # Object state is usually its __dict__: name attributes as `obj.attr`.
+                st += _PACK_TAG_LEN(0x7B, len(state))
+                st += b"".join(sorted(_pair_digests(state.items(), active, attrs=True)))
+            else:
+                _encode(part, st)
+        except _Unhashable as exc:
+            if label:
+                exc.path.append(label)
+            raise
+    active.discard(id(obj))
+
+
+# --------------------------------------------------------------------------- dispatch
+
+_CORE: dict[type, _Encoder] = {
+    type(None): _enc_none,
+    bool: _enc_bool,
+    int: _enc_int,
+    float: _enc_float,
+    complex: _enc_complex,
+    str: _enc_str,
+    bytes: _enc_bytes,
+    bytearray: _enc_bytearray,
+    memoryview: _enc_memoryview,
+    tuple: _enc_tuple,
+    list: _enc_list,
+    dict: _enc_dict,
+    set: _enc_set,
+    frozenset: _enc_frozenset,
+    type(Ellipsis): _enc_ellipsis,
+    type(NotImplemented): _enc_not_implemented,
+}
+
+_REGISTRY: dict[type, Callable[[Any], Any]] = {}
+_DISPATCH: dict[type, _Encoder] = dict(_CORE)
+
+
+def _reset_dispatch() -> None:
+    _DISPATCH.clear()
+    _DISPATCH.update(_CORE)
+
+
+def _resolve(t: type) -> _Encoder:
+    """Find (and cache) the encoder for a type that is not a core type."""
+    enc = _find_encoder(t)
+    _DISPATCH[t] = enc
+    return enc
+
+
+def _find_encoder(t: type) -> _Encoder:
+    for cls in t.__mro__:  # exact type first, then its bases
+        fn = _REGISTRY.get(cls)
+        if fn is not None:
+            who = f"the digest function registered for {_qualname(cls)}"
+            return _standin_encoder(_qualname(t), fn, user=who, label="<registered digest>")
+    if callable(getattr(t, "__fleche_digest__", None)):
+        return _standin_encoder(
+            _qualname(t),
+            lambda obj: obj.__fleche_digest__(),
+            user="its __fleche_digest__ method",
+            label=".__fleche_digest__()",
+        )
+    from fleche import digest_types  # here, not at the top: it is big and rarely needed
+
+    return digest_types.find_encoder(t) or _enc_reduce

@@ -1,0 +1,501 @@
+"""Byte-level object store: fan-out paths, atomic puts, over any fsspec filesystem.
+
+The store knows bytes and layout only (format version 1, see ``docs/format.md``)::
+
+    <root>/fleche.json                      format marker, written once
+    <root>/objects/ab/<30 hex>              values, named by their 32-hex oid
+    <root>/calls/<function-id>/ab/<30 hex>  call records, named by the call digest
+    <root>/tmp/                             in-flight writes (local disk)
+    <root>/quarantine/...                   corrupt files moved aside, never read
+
+Encoding, compression and integrity checks live in the codec layer above; the
+only name this module computes is the XXH3-128 of the bytes handed to ``put``
+when the caller gives no oid.
+
+``ObjectStore`` is the generic implementation; every filesystem access goes
+through a handful of small path-level primitives (``_read``, ``_write``,
+``_exists``...) so a backend with a faster path (``LocalStore``) or different
+atomicity rules (S3 create-only, SFTP rename) overrides those and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import fsspec
+import xxhash
+from fsspec.implementations.local import LocalFileSystem
+
+from fleche._version import __version__
+from fleche.errors import CacheMiss, ConfigError, ReadOnlyStoreError, StoreFormatError
+
+if TYPE_CHECKING:
+    from fleche.store_local import LocalStore
+    from fleche.store_memory import MemoryStore
+
+__all__ = [
+    "FORMAT",
+    "LocalStore",
+    "MemoryStore",
+    "ObjectStore",
+    "check_function_id",
+    "check_oid",
+    "open_store",
+]
+
+FORMAT = 1
+"""The store format this fleche writes, and the newest it reads."""
+
+DIGEST = "xxh3-128"
+MARKER = "fleche.json"
+
+BytesLike = bytes | bytearray | memoryview
+Data = BytesLike | Sequence[BytesLike]
+
+_HEX = "0123456789abcdef"
+_FUNCTION_ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+
+
+def check_oid(oid: str, what: str = "object id") -> str:
+    """Return ``oid`` if it is 32 lowercase hex characters, else raise ``ValueError``.
+
+    Every name that becomes part of a path passes through here, which is what
+    keeps ``..``, ``/`` and other surprises out of the store.
+    """
+    # str.strip removes hex from both ends; anything left is a bad character.
+    if isinstance(oid, str) and len(oid) == 32 and not oid.strip(_HEX):
+        return oid
+    raise ValueError(f"invalid {what} {oid!r}: expected 32 lowercase hex characters")
+
+
+def check_function_id(function_id: str) -> str:
+    """Return ``function_id`` if it is safe as one directory name, else raise ``ValueError``."""
+    if (
+        isinstance(function_id, str)
+        and _FUNCTION_ID.fullmatch(function_id)
+        and function_id[0] != "."
+    ):
+        return function_id
+    raise ValueError(
+        f"invalid function id {function_id!r}: expected 1-200 characters from "
+        "[A-Za-z0-9_.-], not starting with '.'"
+    )
+
+
+def as_parts(data: Data) -> Sequence[BytesLike]:
+    """Normalize ``put``'s argument to a sequence of buffers, without copying any."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return (data,)
+    if isinstance(data, str):  # a str is a Sequence, and would be hashed char by char
+        raise TypeError("ObjectStore.put takes bytes-like data or a sequence of them, not str")
+    # An iterator would be used up by hashing before the write: hold the references.
+    return data if isinstance(data, (list, tuple)) else tuple(data)
+
+
+def hash_parts(parts: Sequence[BytesLike]) -> str:
+    """XXH3-128 hex digest of the concatenation of ``parts``, hashed piece by piece."""
+    if len(parts) == 1:
+        return xxhash.xxh3_128_hexdigest(parts[0])
+    h = xxhash.xxh3_128()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()
+
+
+def new_marker() -> dict[str, Any]:
+    """The content of a fresh ``fleche.json``."""
+    return {
+        "format": FORMAT,
+        "digest": DIGEST,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fleche": __version__,
+    }
+
+
+def _quarantine_suffix() -> str:
+    # A timestamp for humans, random bits so the same name quarantined twice keeps both.
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+
+
+class ObjectStore:
+    """Generic store over any fsspec filesystem.
+
+    Objects are immutable once under their final name, so ``put`` skips the
+    write when the name exists. Call records are mutable names (a rerun
+    replaces the record) and rely on the backend's atomic whole-file write:
+    last writer wins, a reader never sees a partial record.
+
+    The generic write is ``fs.pipe_file``: one PUT on object stores, which is
+    atomic. It is *not* atomic on filesystems that stream into the final name
+    (fsspec's local and sftp implementations); those get a subclass that
+    writes under ``tmp/`` and renames (``LocalStore``).
+    """
+
+    def __init__(
+        self,
+        fs: fsspec.AbstractFileSystem,
+        root: str,
+        *,
+        read_only: bool = False,
+        durable: bool = False,
+    ) -> None:
+        self.fs = fs
+        self.root = fs._strip_protocol(root).rstrip("/")
+        self.read_only = read_only
+        self.durable = durable
+        self.url: str = self._make_url()
+        self._objects = f"{self.root}/objects"
+        self._calls = f"{self.root}/calls"
+        self._marker_path = f"{self.root}/{MARKER}"
+        self._dirs: set[str] = set()  # directories known to exist: no mkdir once warm
+        # None until the marker is known to exist; at most one read here, none later.
+        self._info: dict[str, Any] | None = self._load_marker()
+
+    def _make_url(self) -> str:
+        return self.fs.unstrip_protocol(self.root)
+
+    def __repr__(self) -> str:
+        mode = ", read_only=True" if self.read_only else ""
+        return f"{type(self).__name__}({self.url!r}{mode})"
+
+    def __enter__(self) -> ObjectStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- layout: the only place that turns names into paths -------------------
+
+    def _oid_path(self, oid: str) -> str:
+        check_oid(oid)
+        return f"{self._objects}/{oid[:2]}/{oid[2:]}"
+
+    def _call_dir(self, function_id: str) -> str:
+        return f"{self._calls}/{check_function_id(function_id)}"
+
+    def _call_path(self, function_id: str, digest: str) -> str:
+        check_oid(digest, "call digest")
+        return f"{self._call_dir(function_id)}/{digest[:2]}/{digest[2:]}"
+
+    # -- filesystem primitives: a backend overrides these, nothing else -------
+
+    def _read(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def _write(self, path: str, parts: Sequence[BytesLike]) -> None:
+        """Write ``parts`` under ``path`` atomically, replacing any existing file."""
+        self._ensure_dir(path.rpartition("/")[0])
+        # One PUT needs one body; join only when there is more than one part.
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.fs.pipe_file(path, data)
+
+    def _write_new(self, path: str, data: bytes) -> bool:
+        """Create ``path`` only if it does not exist; False when it already did."""
+        self._ensure_dir(path.rpartition("/")[0])
+        try:
+            self.fs.pipe_file(path, data, mode="create")
+        except FileExistsError:
+            return False
+        return True
+
+    def _exists(self, path: str) -> bool:
+        # Not fs.exists(): it turns every error (auth, network) into False.
+        try:
+            self.fs.info(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _size(self, path: str) -> int:
+        return int(self.fs.info(path)["size"])
+
+    def _remove(self, path: str) -> None:
+        self.fs.rm_file(path)
+
+    def _move(self, src: str, dst: str) -> None:
+        self._ensure_dir(dst.rpartition("/")[0])
+        self.fs.mv(src, dst)
+
+    def _ensure_dir(self, path: str) -> None:
+        if path not in self._dirs:
+            self.fs.makedirs(path, exist_ok=True)
+            self._dirs.add(path)
+
+    def _list_dirs(self, path: str) -> Iterator[str]:
+        """Names of the subdirectories of ``path`` (nothing when it is absent)."""
+        try:
+            entries = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if entry["type"] == "directory":
+                yield entry["name"].rstrip("/").rpartition("/")[2]
+
+    def _list_fanout(self, path: str) -> Iterator[str]:
+        """The 32-hex names stored under the fan-out directory ``path``, junk skipped."""
+        try:
+            found = self.fs.find(path)
+        except FileNotFoundError:
+            return
+        prefix = len(path) + 1
+        for p in found:
+            rel = p[prefix:]  # "ab/<30 hex>"; anything else is not ours
+            if len(rel) == 33 and rel[2] == "/" and p.startswith(path):
+                oid = rel[:2] + rel[3:]
+                if not oid.strip(_HEX):
+                    yield oid
+
+    # -- marker ----------------------------------------------------------------
+
+    def _load_marker(self) -> dict[str, Any] | None:
+        try:
+            raw = self._read(self._marker_path)
+        except FileNotFoundError:
+            return None
+        return self._parse_marker(raw)
+
+    def _parse_marker(self, raw: bytes) -> dict[str, Any]:
+        where = f"{self.url.rstrip('/')}/{MARKER}"
+        try:
+            info = json.loads(raw)
+        except ValueError as e:
+            raise StoreFormatError(
+                f"{where} is not valid JSON ({e}); is this a fleche store?"
+            ) from e
+        fmt = info.get("format") if isinstance(info, dict) else None
+        if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+            raise StoreFormatError(f"{where} has no valid 'format' field: {raw[:200]!r}")
+        if fmt > FORMAT:
+            raise StoreFormatError(
+                f"the store at {self.url} has format {fmt}; this fleche ({__version__}) "
+                f"reads format {FORMAT} only: upgrade fleche"
+            )
+        if info.get("digest", DIGEST) != DIGEST:
+            raise StoreFormatError(
+                f"{where} says names are {info['digest']!r} digests; this fleche uses {DIGEST!r}"
+            )
+        return info
+
+    def _ensure_marker(self) -> None:
+        """Write ``fleche.json`` before the first file, once (create-only)."""
+        marker = new_marker()
+        if self._write_new(self._marker_path, json.dumps(marker, indent=2).encode() + b"\n"):
+            self._info = marker
+        else:  # another writer was first: check that it wrote a format we read
+            self._info = self._load_marker()
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"the store at {self.url} was opened read-only; open it with read_only=False to write"
+            )
+
+    # -- values ----------------------------------------------------------------
+
+    def put(self, data: Data, *, oid: str | None = None) -> str:
+        """Store ``data`` (one buffer, or several written back to back) and return its oid.
+
+        Parts are never joined by the local store, so a 100 MB value is not
+        copied. Objects are immutable: if ``oid`` exists, nothing is written.
+        """
+        self._check_writable()
+        parts = as_parts(data)
+        if oid is None:
+            oid = hash_parts(parts)
+        path = self._oid_path(oid)
+        if self._exists(path):
+            return oid
+        if self._info is None:
+            self._ensure_marker()
+        self._write(path, parts)
+        return oid
+
+    def get(self, oid: str) -> bytes:
+        """The bytes of object ``oid``; ``CacheMiss`` when it is not in the store."""
+        path = self._oid_path(oid)
+        try:
+            return self._read(path)
+        except FileNotFoundError:
+            raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+
+    def exists(self, oid: str) -> bool:
+        return self._exists(self._oid_path(oid))
+
+    def delete(self, oid: str) -> None:
+        """Remove object ``oid``; a missing object is not an error (someone else won)."""
+        path = self._oid_path(oid)
+        self._check_writable()
+        try:
+            self._remove(path)
+        except FileNotFoundError:
+            pass
+
+    def iter_oids(self) -> Iterator[str]:
+        return self._list_fanout(self._objects)
+
+    def size(self, oid: str) -> int:
+        """Stored size of object ``oid`` in bytes; ``CacheMiss`` when absent."""
+        path = self._oid_path(oid)
+        try:
+            return self._size(path)
+        except FileNotFoundError:
+            raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+
+    def local_path(self, oid: str) -> str | None:
+        """Path of the object's file on local disk (for mmap), or None if not local.
+
+        The path is computed, not checked: opening it may raise FileNotFoundError.
+        """
+        path = self._oid_path(oid)
+        return path if isinstance(self.fs, LocalFileSystem) else None
+
+    # -- call records ------------------------------------------------------------
+
+    def put_call(self, function_id: str, digest: str, data: bytes) -> None:
+        """Store (or replace) a call record; last writer wins, never a partial file."""
+        self._check_writable()
+        path = self._call_path(function_id, digest)
+        if self._info is None:
+            self._ensure_marker()
+        self._write(path, (data,))
+
+    def get_call(self, function_id: str, digest: str) -> bytes:
+        path = self._call_path(function_id, digest)
+        try:
+            return self._read(path)
+        except FileNotFoundError:
+            raise CacheMiss(
+                f"no call record {function_id}/{digest} in the store at {self.url}"
+            ) from None
+
+    def has_call(self, function_id: str, digest: str) -> bool:
+        return self._exists(self._call_path(function_id, digest))
+
+    def delete_call(self, function_id: str, digest: str) -> None:
+        path = self._call_path(function_id, digest)
+        self._check_writable()
+        try:
+            self._remove(path)
+        except FileNotFoundError:
+            pass
+
+    def iter_calls(self, function_id: str | None = None) -> Iterator[tuple[str, str]]:
+        """``(function_id, digest)`` of every record, or of one function's records."""
+        functions = self.iter_functions() if function_id is None else (function_id,)
+        for fid in functions:
+            for digest in self._list_fanout(self._call_dir(fid)):
+                yield fid, digest
+
+    def iter_functions(self) -> Iterator[str]:
+        for name in self._list_dirs(self._calls):
+            if _FUNCTION_ID.fullmatch(name) and name[0] != ".":
+                yield name
+
+    # -- housekeeping ------------------------------------------------------------
+
+    def quarantine(
+        self,
+        oid: str | None = None,
+        *,
+        function_id: str | None = None,
+        digest: str | None = None,
+    ) -> None:
+        """Move a corrupt object or record to ``quarantine/`` so readers see a miss.
+
+        Nothing is deleted: the file keeps its relative path plus a time-stamped
+        suffix for a human to inspect. Already gone is fine; a read-only store
+        leaves everything in place.
+        """
+        if (oid is None) == (function_id is None and digest is None):
+            raise ValueError("quarantine takes either an oid or function_id= and digest=")
+        if oid is not None:
+            path = self._oid_path(oid)
+        else:
+            if function_id is None or digest is None:
+                raise ValueError("quarantine of a call record needs both function_id= and digest=")
+            path = self._call_path(function_id, digest)
+        if self.read_only:
+            return
+        rel = path[len(self.root) + 1 :]
+        try:
+            self._move(path, f"{self.root}/quarantine/{rel}.{_quarantine_suffix()}")
+        except FileNotFoundError:
+            pass
+
+    def info(self) -> dict[str, Any]:
+        """The parsed ``fleche.json`` (created if missing and writable; ``{}`` if read-only)."""
+        if self._info is None and not self.read_only:
+            self._ensure_marker()
+        return dict(self._info or {})
+
+    def close(self) -> None:
+        """Forget cached state; the generic store holds no open handles."""
+        self._dirs.clear()
+
+
+_LOCAL_PROTOCOLS = ("file", "local")
+
+
+def open_store(
+    url: str | os.PathLike[str],
+    *,
+    read_only: bool = False,
+    durable: bool = False,
+    create: bool = False,
+    **storage_options: Any,
+) -> ObjectStore:
+    """Open the store at ``url``: a path, ``file://``, ``memory://[name]`` or any fsspec URL.
+
+    ``memory://`` is a fresh private store each time; ``memory://name`` is shared
+    by every ``open_store`` of that name in this process (see ``MemoryStore``).
+    ``create=True`` writes ``fleche.json`` now rather than at the first write.
+    """
+    from fleche.store_local import LocalStore
+    from fleche.store_memory import MemoryStore
+
+    if create and read_only:
+        raise ValueError("open_store: create=True and read_only=True contradict each other")
+    text = os.fspath(url)
+    protocol, sep, rest = text.partition("://")
+    store: ObjectStore
+    if not sep or protocol in _LOCAL_PROTOCOLS or protocol == "memory":
+        if storage_options:
+            raise ConfigError(f"storage options {sorted(storage_options)} do not apply to {text!r}")
+        if protocol == "memory":
+            store = MemoryStore(rest.strip("/") or None, read_only=read_only, durable=durable)
+        else:
+            store = LocalStore(rest if sep else text, read_only=read_only, durable=durable)
+    else:
+        known = {*fsspec.available_protocols(), *fsspec.registry}  # built in + registered
+        if protocol not in known:
+            raise ConfigError(
+                f"cannot open {text!r}: unknown protocol {protocol!r}; known protocols: "
+                + ", ".join(sorted(known))
+            )
+        try:
+            fs, path = fsspec.core.url_to_fs(text, **storage_options)
+        except ImportError as e:  # the backend's package is not installed
+            raise ConfigError(f"cannot open {text!r}: {e}") from e
+        store = ObjectStore(fs, path, read_only=read_only, durable=durable)
+    if create:
+        store.info()
+    return store
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, because the subclasses import this module (a top-level import would cycle).
+    if name == "LocalStore":
+        from fleche.store_local import LocalStore
+
+        return LocalStore
+    if name == "MemoryStore":
+        from fleche.store_memory import MemoryStore
+
+        return MemoryStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,204 @@
+"""The local-disk store: ``os`` calls on the hot path, tmp-then-rename writes.
+
+A warm hit is one ``os.open`` + ``fstat`` + ``read`` + ``close``: no fsspec, no
+``stat`` before the read, no directory checks. Directories are created
+lazily, when a write fails with FileNotFoundError (EAFP), so a warm store
+never calls ``mkdir`` and a directory removed behind our back (``gc`` pruning
+empty fan-out directories) is simply recreated.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from collections.abc import Iterator, Sequence
+
+from fsspec.implementations.local import LocalFileSystem
+
+from fleche.store import _HEX, BytesLike, ObjectStore
+
+__all__ = ["LocalStore"]
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+_READ = os.O_RDONLY | _O_CLOEXEC | _O_BINARY
+# 0o666 & umask, like any file the user writes: a team cache stays shareable
+# (tempfile.mkstemp would make it 0o600).
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY
+# Filesystems without hard links (some FUSE and SMB mounts) refuse os.link with these.
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
+
+
+def _write_all(fd: int, data: BytesLike) -> None:
+    size = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+    n = os.write(fd, data)
+    if n < size:  # writes are capped (2 GiB on Linux) and may be short: keep going
+        view = memoryview(data).cast("B")[n:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class LocalStore(ObjectStore):
+    """Store in a local directory; safe for many threads and processes at once.
+
+    Every write goes to ``tmp/<random>`` and is renamed over the final name,
+    so concurrent writers of one name each publish a complete file and the
+    last rename wins. ``durable=True`` adds ``fsync`` of the file before the
+    rename and of the directory after it.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, read_only: bool = False, durable: bool = False
+    ) -> None:
+        path = os.fspath(root)
+        path = path[len("file://") :] if path.startswith("file://") else path
+        path = os.path.abspath(os.path.expanduser(path))
+        super().__init__(LocalFileSystem(), path, read_only=read_only, durable=durable)
+        self._tmp = f"{self.root}/tmp"
+
+    def _make_url(self) -> str:
+        return self.root or "/"
+
+    # -- primitives ---------------------------------------------------------------
+
+    def _read(self, path: str) -> bytes:
+        fd = os.open(path, _READ)
+        try:
+            size = os.fstat(fd).st_size
+            data = os.read(fd, size)
+            if len(data) < size:  # reads are capped (2 GiB on Linux): keep going
+                chunks, got = [data], len(data)
+                while chunk := os.read(fd, max(size - got, 1 << 20)):
+                    chunks.append(chunk)
+                    got += len(chunk)
+                data = b"".join(chunks)
+            return data
+        finally:
+            os.close(fd)
+
+    def _open_tmp(self) -> tuple[int, str]:
+        tmp = f"{self._tmp}/{secrets.token_hex(8)}"
+        try:
+            return os.open(tmp, _CREATE, 0o666), tmp
+        except FileNotFoundError:  # first write into this store
+            os.makedirs(self._tmp, exist_ok=True)
+            return os.open(tmp, _CREATE, 0o666), tmp
+
+    def _write_tmp(self, parts: Sequence[BytesLike]) -> str:
+        """Write ``parts`` to a fresh file under ``tmp/`` and return its path."""
+        fd, tmp = self._open_tmp()
+        try:
+            for part in parts:
+                _write_all(fd, part)
+            if self.durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(tmp)
+            raise
+        os.close(fd)
+        return tmp
+
+    def _write(self, path: str, parts: Sequence[BytesLike]) -> None:
+        tmp = self._write_tmp(parts)
+        try:
+            self._rename(tmp, path)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        if self.durable:
+            self._fsync_dir(os.path.dirname(path))
+
+    def _rename(self, src: str, dst: str) -> None:
+        try:
+            os.replace(src, dst)
+        except FileNotFoundError:  # dst's directory is new (or src vanished: re-raised below)
+            self._ensure_dir(os.path.dirname(dst))
+            os.replace(src, dst)
+
+    def _write_new(self, path: str, data: bytes) -> bool:
+        tmp = self._write_tmp((data,))
+        try:
+            try:
+                os.link(tmp, path)  # create-only and atomic, unlike open(path, "x")
+            except FileExistsError:
+                return False
+            except OSError as e:
+                if e.errno not in _NO_LINK:
+                    raise
+                if self._exists(path):
+                    return False
+                os.replace(tmp, path)
+        finally:
+            _unlink_quiet(tmp)
+        if self.durable:
+            self._fsync_dir(os.path.dirname(path))
+        return True
+
+    def _exists(self, path: str) -> bool:
+        # Not os.path.exists(): it reports False for permission errors too.
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _size(self, path: str) -> int:
+        return os.stat(path).st_size
+
+    def _remove(self, path: str) -> None:
+        os.unlink(path)
+
+    def _move(self, src: str, dst: str) -> None:
+        self._rename(src, dst)
+
+    def _ensure_dir(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        if self.durable:  # the new directory entries must survive a crash too
+            parent = os.path.dirname(path)
+            while True:
+                self._fsync_dir(parent)
+                if len(parent) <= len(self.root) or parent == os.path.dirname(parent):
+                    break
+                parent = os.path.dirname(parent)
+
+    def _fsync_dir(self, path: str) -> None:
+        if os.name == "nt":  # directories cannot be opened for fsync on Windows
+            return
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _list_dirs(self, path: str) -> Iterator[str]:
+        try:
+            with os.scandir(path) as it:
+                names = [e.name for e in it if e.is_dir()]
+        except FileNotFoundError:
+            return
+        yield from names
+
+    def _list_fanout(self, path: str) -> Iterator[str]:
+        try:
+            with os.scandir(path) as it:
+                fans = [e for e in it if len(e.name) == 2 and not e.name.strip(_HEX) and e.is_dir()]
+        except FileNotFoundError:
+            return
+        for fan in fans:
+            try:
+                with os.scandir(fan.path) as it:
+                    oids = [fan.name + e.name for e in it if len(e.name) == 30 and e.is_file()]
+            except FileNotFoundError:  # pruned while we listed
+                continue
+            for oid in oids:
+                if not oid.strip(_HEX):
+                    yield oid

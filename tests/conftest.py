@@ -1,0 +1,31 @@
+"""Shared fixtures. Store fixtures: a fresh store per test, on each local backend."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleche.store import ObjectStore
+from fleche.store_local import LocalStore
+from fleche.store_memory import MemoryStore
+
+
+@pytest.fixture
+def memory_store() -> MemoryStore:
+    """A fresh, private in-memory store."""
+    return MemoryStore()
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> LocalStore:
+    """A fresh store in a not-yet-created directory under ``tmp_path``."""
+    return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(params=["memory", "local"])
+def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """Each local backend in turn: for layers above that must work on every store."""
+    if request.param == "memory":
+        return MemoryStore()
+    return LocalStore(tmp_path / "store")

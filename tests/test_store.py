@@ -1,0 +1,229 @@
+"""The store conformance suite on each local backend, plus what only local disk can show."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import fsspec
+import pytest
+import xxhash
+from fsspec.registry import known_implementations
+
+from fleche.errors import CacheMiss, ConfigError
+from fleche.store import ObjectStore, open_store
+from fleche.store_local import LocalStore
+from fleche.store_memory import MemoryStore, PrivateMemoryFileSystem
+from fleche.testing import FID, StoreConformance, digest_of
+
+
+class TestMemoryStore(StoreConformance):
+    @pytest.fixture
+    def store(self) -> MemoryStore:
+        return MemoryStore()
+
+    def reopen(self, store: ObjectStore, *, read_only: bool = False) -> ObjectStore:
+        return MemoryStore(fs=store.fs, read_only=read_only)  # type: ignore[arg-type]
+
+
+class TestLocalStore(StoreConformance):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> LocalStore:
+        return LocalStore(tmp_path / "store")
+
+    def reopen(self, store: ObjectStore, *, read_only: bool = False) -> ObjectStore:
+        return LocalStore(store.root, read_only=read_only, durable=store.durable)
+
+
+class TestDurableLocalStore(TestLocalStore):
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> LocalStore:
+        return LocalStore(tmp_path / "store", durable=True)
+
+
+class TestGenericStore(StoreConformance):
+    """The fsspec code path every remote backend starts from, under a prefix."""
+
+    @pytest.fixture
+    def store(self) -> ObjectStore:
+        return ObjectStore(PrivateMemoryFileSystem(), "memory://bucket/team/cache")
+
+
+# -- local disk only ---------------------------------------------------------------
+
+
+def test_no_partial_file_when_the_rename_fails(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    local_store.info()  # the marker exists; only the object write can fail below
+
+    def fail(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError, match="No space"):
+        local_store.put(b"value")
+    with pytest.raises(OSError, match="No space"):
+        local_store.put_call(FID, digest_of(1), b"record")
+    monkeypatch.undo()
+    assert list(local_store.iter_oids()) == []
+    assert list(local_store.iter_calls()) == []
+    assert os.listdir(f"{local_store.root}/tmp") == []
+
+
+def test_no_partial_file_when_a_part_fails(local_store: LocalStore) -> None:
+    oid = digest_of("half")
+    with pytest.raises(TypeError):
+        local_store.put([b"first part, then", 42], oid=oid)  # type: ignore[list-item]
+    assert not local_store.exists(oid)
+    assert os.listdir(f"{local_store.root}/tmp") == []
+
+
+def test_a_directory_under_an_object_name_is_not_a_miss(local_store: LocalStore) -> None:
+    oid = digest_of("odd")
+    os.makedirs(local_store._oid_path(oid))
+    with pytest.raises(IsADirectoryError):  # only "not found" is a miss
+        local_store.get(oid)
+
+
+def _put_many(root: str, seed: int, start: multiprocessing.synchronize.Barrier) -> None:
+    store = LocalStore(root)
+    values = [xxhash.xxh3_128_digest(f"{seed}-{i}".encode()) * 500 for i in range(100)]
+    start.wait()
+    for value in values:
+        store.put(value)
+    store.put_call(FID, digest_of(seed), b"record")
+
+
+def test_processes_writing_the_same_objects(tmp_path: Path) -> None:
+    root = str(tmp_path / "store")
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(4)
+    procs = [ctx.Process(target=_put_many, args=(root, 7, start)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 4
+    store = LocalStore(root)
+    values = [xxhash.xxh3_128_digest(f"7-{i}".encode()) * 500 for i in range(100)]
+    assert set(store.iter_oids()) == {xxhash.xxh3_128_hexdigest(v) for v in values}
+    assert all(store.get(xxhash.xxh3_128_hexdigest(v)) == v for v in values)
+    assert store.get_call(FID, digest_of(7)) == b"record"
+    assert store.info()["format"] == 1
+    assert os.listdir(f"{root}/tmp") == []
+
+
+def test_durable_writes_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    store = LocalStore(tmp_path / "store", durable=True)
+    store.info()
+    synced.clear()
+    oid = store.put(b"precious")
+    assert len(synced) >= 2  # the file, then its directory
+    synced.clear()
+    store.put_call(FID, digest_of(1), b"record")
+    assert len(synced) >= 2
+    synced.clear()
+    store.put_call(FID, digest_of(1), b"record v2")  # warm: exactly file + directory
+    assert len(synced) == 2
+    assert store.get(oid) == b"precious"
+
+
+def test_read_only_local_store_creates_nothing(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "absent", read_only=True)
+    with pytest.raises(CacheMiss):
+        store.get(digest_of(1))
+    store.info()
+    assert not (tmp_path / "absent").exists()
+
+
+def test_local_path(local_store: LocalStore) -> None:
+    oid = local_store.put(b"mappable")
+    assert Path(local_store.local_path(oid) or "").read_bytes() == b"mappable"
+
+
+def test_memory_stores_are_isolated() -> None:
+    a, b = open_store("memory://"), open_store("memory://")
+    oid = a.put(b"only in a")
+    assert not b.exists(oid)
+    assert not fsspec.filesystem("memory").exists(f"/objects/{oid[:2]}/{oid[2:]}")
+
+
+def test_named_memory_stores_share_by_name(request: pytest.FixtureRequest) -> None:
+    name = f"test-{request.node.name}-{os.getpid()}"
+    a, b = open_store(f"memory://{name}"), open_store(f"memory://{name}")
+    other = open_store(f"memory://{name}-other")
+    oid = a.put(b"shared")
+    assert b.get(oid) == b"shared"
+    assert not other.exists(oid)
+    assert a.url == f"memory://{name}"
+
+
+# -- open_store ------------------------------------------------------------------
+
+
+def test_open_store_local_forms(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = str(tmp_path / "s")
+    monkeypatch.chdir(tmp_path)
+    for url in (root, Path(root), f"file://{root}", "s", "./s/", "local://" + root):
+        store = open_store(url)
+        assert type(store) is LocalStore
+        assert store.url == root
+
+
+def test_open_store_memory() -> None:
+    store = open_store("memory://")
+    assert type(store) is MemoryStore
+    assert store.url == "memory://"
+
+
+def test_open_store_unknown_protocol() -> None:
+    with pytest.raises(ConfigError) as info:
+        open_store("nosuchproto://bucket/cache")
+    assert "nosuchproto://bucket/cache" in str(info.value)
+    assert "s3" in str(info.value) and "memory" in str(info.value)
+
+
+def test_open_store_missing_backend_package() -> None:
+    if "gcs" not in known_implementations:
+        pytest.skip("fsspec no longer knows gcs")
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("gcsfs is installed")
+    with pytest.raises(ConfigError, match="gcsfs"):
+        open_store("gs://bucket/cache")
+
+
+class _TestFS(PrivateMemoryFileSystem):
+    protocol = "flechetest"
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        return super()._strip_protocol(str(path).removeprefix("flechetest://"))
+
+
+def test_open_store_any_fsspec_protocol() -> None:
+    fsspec.register_implementation("flechetest", _TestFS, clobber=True)
+    store = open_store("flechetest://bucket/cache")
+    assert type(store) is ObjectStore
+    assert store.url.startswith("flechetest://") and store.url.endswith("/bucket/cache")
+    oid = store.put(b"generic")
+    assert store.get(oid) == b"generic"
+    assert store.fs.cat_file(f"/bucket/cache/objects/{oid[:2]}/{oid[2:]}") == b"generic"
+
+
+def test_open_store_options(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="anon"):
+        open_store(tmp_path, anon=True)
+    with pytest.raises(ValueError, match="contradict"):
+        open_store(tmp_path, create=True, read_only=True)
+    store = open_store(tmp_path / "new", create=True, durable=True)
+    assert store.durable
+    assert (tmp_path / "new" / "fleche.json").is_file()
