@@ -29,3 +29,15 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "memory":
         return MemoryStore()
     return LocalStore(tmp_path / "store")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """No test sees the developer's own fleche.toml, FLECHE_CACHE or a default left by another test."""
+    from fleche import config
+
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+    monkeypatch.delenv("FLECHE_CACHE", raising=False)
+    config.reset_default()
+    yield
+    config.reset_default()
