@@ -559,3 +559,39 @@ def test_set_default_cache_reaches_new_threads(tmp_path):
         assert seen[0].store.url == str(tmp_path / "everyone")
     finally:
         fl.reset_default()
+
+
+class Orders:
+    @fleche
+    @staticmethod
+    def static_outer(a):
+        return a + 1
+
+    @classmethod
+    @fleche
+    def class_inner(cls, a):
+        return (cls.__name__, a)
+
+
+def test_decorator_orders_with_static_and_class_methods(active):
+    assert Orders.static_outer(1) == 2 and Orders.static_outer.contains(1)
+    assert Orders.class_inner(1) == ("Orders", 1)
+    assert Orders().class_inner(1) == ("Orders", 1)
+
+
+def test_copied_store_hits_without_recomputing(tmp_path):
+    import shutil
+
+    calls = Counter()
+
+    @fleche
+    def f(x):
+        calls()
+        return [x] * 2000  # large enough to be an object, not inline
+
+    with cache(tmp_path / "a"):
+        f(1)
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    with cache(tmp_path / "b"):
+        assert f(1) == [1] * 2000
+    assert calls.n == 1
