@@ -158,6 +158,20 @@ def frame_bytes(payload: bytes, serializer: int, *, level: int = 1) -> bytes:
     return b"".join(enc.parts)
 
 
+def _decompress(body: memoryview, size: int) -> Any:
+    """Decompress a zstd payload of known size; large ones straight into a writable buffer."""
+    if size <= LARGE:
+        return _decompressor().decompress(body, max_output_size=size)
+    out = bytearray(size)
+    view, got = memoryview(out), 0
+    with _decompressor().stream_reader(body) as reader:
+        while got < size and (n := reader.readinto(view[got:])):
+            got += n
+        if reader.read(1):
+            raise zstandard.ZstdError("payload decompresses to more than its header says")
+    return out if got == size else out[:got]
+
+
 def read_header(blob: Any, where: str = "object") -> tuple[int, int, int, bytes]:
     """Parse and check a frame header; returns (codec, serializer, raw length, hash)."""
     if len(blob) < HEADER_SIZE:
@@ -193,7 +207,7 @@ def unframe(blob: Any, where: str = "object", *, expect: str | None = None) -> t
         payload: Any = body
     else:
         try:
-            payload = _decompressor().decompress(body, max_output_size=size)
+            payload = _decompress(body, size)
         except zstandard.ZstdError as e:
             raise CorruptObjectError(f"{where} is truncated or damaged (zstd: {e})") from e
         if len(payload) != size:
@@ -312,6 +326,9 @@ def decode_payload(ser: int, payload: Any, where: str = "object") -> Any:
         if base in (SER_PICKLE, SER_CLOUDPICKLE):
             if ser & 0x80:
                 stream, bufs = _split_oob(payload)
+                if bufs and bufs[0].readonly:
+                    # arrays built on read-only memory are read-only; users mutate results
+                    bufs = [bytearray(b) for b in bufs]
                 return pickle.loads(stream, buffers=bufs)
             return pickle.loads(payload)
     except (SerializationError, CorruptObjectError):

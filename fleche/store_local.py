@@ -30,6 +30,10 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 
 
+# Below this a plain os.read is cheapest; above, read into a writable bytearray.
+_SMALL_READ = 1 << 16
+
+
 def _write_all(fd: int, data: BytesLike) -> None:
     size = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
     n = os.write(fd, data)
@@ -73,14 +77,15 @@ class LocalStore(ObjectStore):
         fd = os.open(path, _READ)
         try:
             size = os.fstat(fd).st_size
-            data = os.read(fd, size)
-            if len(data) < size:  # reads are capped (2 GiB on Linux): keep going
-                chunks, got = [data], len(data)
-                while chunk := os.read(fd, max(size - got, 1 << 20)):
-                    chunks.append(chunk)
-                    got += len(chunk)
-                data = b"".join(chunks)
-            return data
+            if size <= _SMALL_READ:
+                return os.read(fd, size)
+            # Large objects are read into a writable buffer: arrays unpickled from it
+            # (out of band, without a copy) are then writable, as users expect.
+            buf = bytearray(size)
+            view, got = memoryview(buf), 0
+            while got < size and (n := os.readv(fd, [view[got:]])):
+                got += n
+            return buf if got == size else buf[:got]
         finally:
             os.close(fd)
 

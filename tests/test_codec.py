@@ -150,3 +150,10 @@ def test_fuzz_payload_damage_behind_a_valid_header(payload, where):
     bad = good[:i] + bytes([good[i] ^ 0x5A]) + good[i + 1 :]
     with pytest.raises(CorruptObjectError):
         codec.decode_value(bad)
+
+
+def test_large_compressed_payload_truncated_is_corrupt():
+    blob = joined(codec.encode_value(np.zeros(1 << 18)))
+    assert blob[5] == codec.CODEC_ZSTD
+    with pytest.raises(CorruptObjectError, match="truncated or damaged|decompressed to"):
+        codec.decode_value(blob[:-20])

@@ -595,3 +595,24 @@ def test_copied_store_hits_without_recomputing(tmp_path):
     with cache(tmp_path / "b"):
         assert f(1) == [1] * 2000
     assert calls.n == 1
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.arange(10.0),  # inline in the record
+        lambda: np.random.default_rng(0).random(300_000),  # raw object, read from disk
+        lambda: np.ones(300_000),  # zstd object, decompressed
+    ],
+    ids=["inline", "raw", "compressed"],
+)
+def test_loaded_arrays_are_writable(active, make):
+    @fleche
+    def produce(tag):
+        return make()
+
+    produce("x")
+    again = produce("x")
+    np.testing.assert_array_equal(again, make())
+    again[0] = 42.0  # a read-only buffer would raise ValueError here
+    assert produce("x")[0] != 42.0  # and the cache is not changed by it
