@@ -122,29 +122,30 @@ def read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def config_files(start: Path | None = None) -> list[Path]:
-    """fleche.toml files that apply, nearest first: upward from ``start`` to a ``root = true``, then the user's."""
-    found = []
+def _discover(start: Path | None) -> list[tuple[Path, dict[str, Any]]]:
+    """Parsed fleche.toml files that apply, nearest first: upward to a ``root = true``, then the user's."""
+    found: list[tuple[Path, dict[str, Any]]] = []
     here = (start or Path.cwd()).resolve()
     for d in (here, *here.parents):
         p = d / CONFIG_NAME
         if p.is_file():
-            found.append(p)
-            if read_file(p).get("root"):
+            data = read_file(p)
+            found.append((p, data))
+            if data.get("root"):
                 return found
     xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     user = Path(xdg) / "fleche" / CONFIG_NAME
-    if user.is_file() and user not in found:
-        found.append(user)
+    if user.is_file() and all(user != p for p, _ in found):
+        found.append((user, read_file(user)))
     return found
 
 
 def load_config(start: Path | None = None) -> Config:
     """Merge the applicable files; a nearer file's cache or default wins."""
     cfg = Config()
-    cfg.files = config_files(start)
-    for path in reversed(cfg.files):  # farthest first, nearer ones override
-        data = read_file(path)
+    found = _discover(start)
+    cfg.files = [p for p, _ in found]
+    for path, data in reversed(found):  # farthest first, nearer ones override
         for name, table in data["caches"].items():
             cfg.caches[name] = CacheSpec(name, table, path)
         if "default" in data:

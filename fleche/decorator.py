@@ -119,9 +119,15 @@ class CachedFunction:
         key, digests = self.keys.key(items)
         return key, items, digests
 
-    def _missing_required(self, items: list[tuple[str, Any]]) -> list[str]:
+    def uncacheable(self, items: list[tuple[str, Any]]) -> bool:
+        """True (after one warning) when a ``require``-d argument is missing or None."""
+        if not self.require:
+            return False
         given = {n for n, v in items if v is not None}
-        return [n for n in self.require if n not in given]
+        missing = [n for n in self.require if n not in given]
+        if missing:
+            self.warn_once("require", f"not cached: required argument(s) {missing} not given")
+        return bool(missing)
 
     # -- warnings ------------------------------------------------------------------------
 
@@ -263,11 +269,8 @@ class CachedFunction:
     def __call__(self, args: tuple, kwargs: dict) -> Any:
         cache = active_cache()
         key, items, digests = self.key(args, kwargs)
-        if self.require:
-            missing = self._missing_required(items)
-            if missing:
-                self.warn_once("require", f"not cached: required argument(s) {missing} not given")
-                return self._run(args, kwargs, key)
+        if self.uncacheable(items):
+            return self._run(args, kwargs, key)
         if not _REFRESH.get():
             hit, value = self.lookup(cache, key)
             if hit:
@@ -277,8 +280,7 @@ class CachedFunction:
     async def acall(self, args: tuple, kwargs: dict) -> Any:
         cache = active_cache()
         key, items, digests = self.key(args, kwargs)
-        if self.require and self._missing_required(items):
-            self.warn_once("require", "not cached: a required argument was not given")
+        if self.uncacheable(items):
             return await self.func(*args, **kwargs)
         if not _REFRESH.get():
             hit, value = self.lookup(cache, key)
@@ -396,6 +398,11 @@ def fleche(
             isolate=isolate,
         )
         if inspect.iscoroutinefunction(f):
+            if isolate:
+                raise ValueError(
+                    f"isolate=True cannot be used with async def {f.__qualname__}: the working "
+                    "directory is process-wide and other tasks run while it awaits"
+                )
 
             @functools.wraps(f)
             async def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -269,6 +269,14 @@ def test_async(active):
     assert calls.n == 2
 
 
+def test_isolate_refuses_async():
+    async def job():
+        return 1
+
+    with pytest.raises(ValueError, match="isolate=True cannot be used with async def"):
+        fleche(isolate=True)(job)
+
+
 def test_threads_compute_a_key_once(active):
     calls = Counter()
 
