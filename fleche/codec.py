@@ -23,6 +23,7 @@ import xxhash
 import zstandard
 
 from fleche.errors import CorruptObjectError, SerializationError
+from fleche.store import digest_parts
 
 MAGIC = b"FLCH"
 FORMAT = 1
@@ -95,15 +96,6 @@ class Encoded:
     serializer: int
 
 
-def _hash_parts(parts: Sequence[Any]) -> bytes:
-    if len(parts) == 1:
-        return xxhash.xxh3_128_digest(parts[0])
-    h = xxhash.xxh3_128()
-    for p in parts:
-        h.update(p)
-    return h.digest()
-
-
 def _worth_compressing(parts: Sequence[Any], size: int, level: int) -> bytes | None:
     """Return the compressed payload when compression pays, else None.
 
@@ -139,7 +131,7 @@ def frame(
 ) -> Encoded:
     """Frame a payload given as buffers: hash, maybe compress, prepend the header."""
     size = sum(memoryview(p).nbytes for p in parts)
-    digest = digest or _hash_parts(parts)
+    digest = digest or digest_parts(parts)
     compressed = _worth_compressing(parts, size, level)
     if compressed is None:
         header = HEADER.pack(MAGIC, FORMAT, CODEC_RAW, serializer, 0, size, digest)

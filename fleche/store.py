@@ -98,14 +98,19 @@ def as_parts(data: Data) -> Sequence[BytesLike]:
     return data if isinstance(data, (list, tuple)) else tuple(data)
 
 
-def hash_parts(parts: Sequence[BytesLike]) -> str:
-    """XXH3-128 hex digest of the concatenation of ``parts``, hashed piece by piece."""
+def digest_parts(parts: Sequence[BytesLike]) -> bytes:
+    """XXH3-128 digest of the concatenation of ``parts``, hashed piece by piece (no join)."""
     if len(parts) == 1:
-        return xxhash.xxh3_128_hexdigest(parts[0])
+        return xxhash.xxh3_128_digest(parts[0])
     h = xxhash.xxh3_128()
     for part in parts:
         h.update(part)
-    return h.hexdigest()
+    return h.digest()
+
+
+def hash_parts(parts: Sequence[BytesLike]) -> str:
+    """The same digest as :func:`digest_parts`, in hex: the oid of that content."""
+    return digest_parts(parts).hex()
 
 
 def new_marker() -> dict[str, Any]:
