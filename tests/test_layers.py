@@ -1,0 +1,70 @@
+"""Data flows one way: decorator → call → cache → codec → store. No module reaches up.
+
+Each module has a layer; it may import modules of lower layers, and of its own
+layer only within its family (``store`` with ``store_local``, ``digest`` with
+``digest_numpy``...).  A new module must be given a layer here.
+"""
+
+import ast
+from pathlib import Path
+
+import fleche
+
+LAYERS = {
+    "errors": 0,
+    "_version": 0,
+    "store": 1,
+    "digest": 1,
+    "codec": 2,
+    "testing": 2,
+    "cache": 3,
+    "config": 4,
+    "metadata": 5,
+    "call": 5,
+    "decorator": 6,
+    "cli": 7,
+    "__init__": 8,
+    "__main__": 9,
+}
+PACKAGE = Path(fleche.__file__).parent
+
+
+def family(name: str) -> str:
+    return name if name in LAYERS else name.split("_")[0]
+
+
+def fleche_imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("fleche"):
+            parts = node.module.split(".")
+            if len(parts) > 1:
+                found.add(parts[1])
+            else:  # from fleche import x
+                found.update(a.name for a in node.names)
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                parts = a.name.split(".")
+                if parts[0] == "fleche" and len(parts) > 1:
+                    found.add(parts[1])
+    return found
+
+
+def test_every_module_has_a_layer():
+    missing = [p.stem for p in PACKAGE.glob("*.py") if family(p.stem) not in LAYERS]
+    assert not missing, f"give these modules a layer in tests/test_layers.py: {missing}"
+
+
+def test_no_module_imports_upward():
+    bad = []
+    for path in PACKAGE.glob("*.py"):
+        me = family(path.stem)
+        for dep in fleche_imports(path):
+            dep_family = family(dep)
+            if dep_family not in LAYERS:
+                continue  # a name imported from the package, e.g. __version__
+            if LAYERS[dep_family] > LAYERS[me] or (
+                LAYERS[dep_family] == LAYERS[me] and dep_family != me
+            ):
+                bad.append(f"{path.stem} imports {dep}")
+    assert not bad, bad
