@@ -9,20 +9,45 @@ and are written down in ``docs/digests.md`` and pinned by ``tests/data/digest_go
 Speed matters because every cache hit pays for a digest of its arguments: small
 encodings are appended to one ``bytearray`` that is hashed once at the end, big
 buffers (arrays, long bytes) are streamed into the hasher without a copy, and the
-encoder for a type is found with one dict lookup.  Encoders for numpy, pandas and
-standard-library types live in :mod:`fleche.digest_types`, imported on first need so
-``import fleche.digest`` stays cheap and never imports numpy or pandas.
+encoder for a type is found with one dict lookup.
+
+This module is the core: the stream, the containers, dispatch, the registry, errors
+and the public API.  The encodings of builtin scalars are in
+:mod:`fleche.digest_scalars`.  Every other type is resolved by
+:mod:`fleche.digest_types` (numpy, pandas, the standard library, callables and the
+``__reduce_ex__`` fallback, each in its own ``fleche.digest_*`` module), imported on
+first need so ``import fleche.digest`` stays cheap and never imports numpy or pandas.
 """
 
 from __future__ import annotations
 
-import copyreg
 import struct
 from collections.abc import Callable
 from typing import Any
 
 import xxhash
 
+from fleche.digest_scalars import (
+    _NAN_FLOAT,
+    _PACK_LEN,
+    _PACK_TAG_F64,
+    _PACK_TAG_I64,
+    _PACK_TAG_LEN,
+    _STR_HEADERS,
+    _TAG_STR,
+    _enc_bigint,
+    _enc_bool,
+    _enc_bytearray,
+    _enc_bytes,
+    _enc_complex,
+    _enc_ellipsis,
+    _enc_float,
+    _enc_int,
+    _enc_none,
+    _enc_not_implemented,
+    _enc_str,
+    _feed,
+)
 from fleche.errors import UnhashableArgumentError
 
 __all__ = ["code_digest", "digest", "digest_bytes", "register", "unregister"]
@@ -31,22 +56,6 @@ _Encoder = Callable[[Any, "_Stream"], None]
 
 _xxh3_digest = xxhash.xxh3_128_digest
 
-# Buffers at least this big are fed to the hasher directly instead of being copied
-# into the stream buffer; below it a copy is cheaper than an extra hasher call.
-_BIG = 1 << 16
-
-_PACK_TAG_LEN = struct.Struct("<BQ").pack  # tag + unsigned 64-bit length or count
-_PACK_TAG_I64 = struct.Struct("<Bq").pack
-_PACK_TAG_F64 = struct.Struct("<Bd").pack
-_PACK_F64 = struct.Struct("<d").pack
-_PACK_LEN = struct.Struct("<Q").pack
-
-# One NaN for all: payload and sign bits of a NaN carry no meaning users rely on.
-_NAN = bytes.fromhex("000000000000f87f")  # 0x7FF8000000000000, little-endian
-_NAN_FLOAT = b"f" + _NAN
-
-_TAG_STR = 0x73  # "s"
-_STR_HEADERS = tuple(_PACK_TAG_LEN(_TAG_STR, n) for n in range(256))
 _TUPLE_HEADERS = tuple(_PACK_TAG_LEN(0x28, n) for n in range(64))  # "("
 
 
@@ -157,9 +166,9 @@ def unregister(type_: type) -> None:
 def code_digest(func: Callable[..., Any]) -> str:
     """Hex digest of a function's code, blind to comments, whitespace, docstrings
     and decorators (see ``docs/digests.md``)."""
-    from fleche import digest_types
+    from fleche import digest_code
 
-    return digest_types.code_digest_bytes(func).hex()
+    return digest_code.code_digest_bytes(func).hex()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -169,28 +178,18 @@ def _qualname(t: type) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
-def _str_bytes(s: str) -> bytes:
-    """The encoding of a str, for headers built once and reused."""
-    b = s.encode("utf-8", "surrogatepass")
-    return _PACK_TAG_LEN(_TAG_STR, len(b)) + b
-
-
 def _encode(obj: Any, st: _Stream) -> None:
     t = type(obj)
     (_DISPATCH.get(t) or _resolve(t))(obj, st)
 
 
-def _feed(st: _Stream, data: Any, nbytes: int) -> None:
-    """Append a buffer, streaming big ones into the hasher to avoid a copy."""
-    if nbytes < _BIG:
-        st += data
-        return
-    h = st.hasher
-    if h is None:
-        h = st.hasher = xxhash.xxh3_128()
-    h.update(st)  # keep the stream in order: what was appended before goes first
-    st.clear()
-    h.update(data)
+def _labelled(value: Any, label: str, st: _Stream) -> None:
+    """Encode a part of an object, naming it in the path of any error."""
+    try:
+        _encode(value, st)
+    except _Unhashable as exc:
+        exc.path.append(label)
+        raise
 
 
 def _active(st: _Stream) -> set[int]:
@@ -240,65 +239,7 @@ def _sub_digest(sub: _Stream) -> bytes:
     return d
 
 
-# --------------------------------------------------------------------------- encoders
-
-
-def _enc_none(obj: None, st: _Stream) -> None:
-    st += b"N"
-
-
-def _enc_bool(obj: bool, st: _Stream) -> None:
-    st += b"T" if obj else b"F"
-
-
-def _enc_int(obj: int, st: _Stream) -> None:
-    try:
-        st += _PACK_TAG_I64(0x69, obj)  # "i": the common case, one struct call
-    except struct.error:
-        _enc_bigint(obj, st)
-
-
-def _enc_bigint(obj: int, st: _Stream) -> None:
-    """Ints outside int64: "I", sign, length, magnitude (little-endian)."""
-    mag = -obj if obj < 0 else obj
-    raw = mag.to_bytes((mag.bit_length() + 7) // 8, "little")
-    st += b"I-" if obj < 0 else b"I+"
-    st += _PACK_LEN(len(raw))
-    st += raw
-
-
-def _enc_float(obj: float, st: _Stream) -> None:
-    st += _PACK_TAG_F64(0x66, obj) if obj == obj else _NAN_FLOAT
-
-
-def _float_bits(x: float) -> bytes:
-    return _PACK_F64(x) if x == x else _NAN
-
-
-def _enc_complex(obj: complex, st: _Stream) -> None:
-    st += b"c"
-    st += _float_bits(obj.real)
-    st += _float_bits(obj.imag)
-
-
-def _enc_str(obj: str, st: _Stream) -> None:
-    # surrogatepass: lone surrogates (from os.fsdecode, JSON...) are legal str values
-    b = obj.encode("utf-8", "surrogatepass")
-    n = len(b)
-    st += _STR_HEADERS[n] if n < 256 else _PACK_TAG_LEN(_TAG_STR, n)
-    _feed(st, b, n)
-
-
-def _enc_bytes(obj: bytes, st: _Stream) -> None:
-    n = len(obj)
-    st += _PACK_TAG_LEN(0x62, n)  # "b"
-    _feed(st, obj, n)
-
-
-def _enc_bytearray(obj: bytearray, st: _Stream) -> None:
-    n = len(obj)
-    st += _PACK_TAG_LEN(0x42, n)  # "B": mutable, so a function may treat it differently
-    _feed(st, obj, n)
+# --------------------------------------------------------------------------- containers
 
 
 def _enc_memoryview(obj: memoryview, st: _Stream) -> None:
@@ -430,99 +371,6 @@ def _enc_frozenset(obj: frozenset, st: _Stream) -> None:
     st += b"".join(sorted(_element_digests(obj, st)))
 
 
-def _enc_ellipsis(obj: Any, st: _Stream) -> None:
-    st += b"E"
-
-
-def _enc_not_implemented(obj: Any, st: _Stream) -> None:
-    st += b"n"
-
-
-def _standin_encoder(
-    tag: str,
-    fn: Callable[[Any], Any],
-    *,
-    user: str = "",
-    track: bool = False,
-    label: str = "",
-) -> _Encoder:
-    """Encoder for objects digested through a stand-in value: "R", ``tag``, then
-    the stand-in.  ``user`` describes a function fleche does not control, whose
-    errors become digest errors with the argument path.  ``track`` guards mutable
-    objects (and all user stand-ins) against reference cycles."""
-    head = b"R" + _str_bytes(tag)
-    track = track or bool(user)
-
-    def enc(obj: Any, st: _Stream) -> None:
-        value = _call_user(fn, obj, user) if user else fn(obj)
-        active = _enter(obj, st) if track else None
-        st += head
-        try:
-            _encode(value, st)
-        except _Unhashable as exc:
-            if label:
-                exc.path.append(label)
-            raise
-        if active is not None:
-            active.discard(id(obj))
-
-    return enc
-
-
-def _call_user(fn: Callable[[Any], Any], obj: Any, who: str) -> Any:
-    try:
-        value = fn(obj)
-    except Exception as exc:  # any failure of user code means "no digest", with its reason
-        raise _Unhashable(type(obj), f"{who} raised {type(exc).__name__}: {exc}") from exc
-    if value is obj:
-        raise _Unhashable(type(obj), f"{who} returned the object itself instead of plain data")
-    return value
-
-
-def _enc_reduce(obj: Any, st: _Stream) -> None:
-    """Last resort: digest what pickle would save (callable, args, state...),
-    recursively, without ever running pickle."""
-    t = type(obj)
-    reducer = copyreg.dispatch_table.get(t)
-    try:
-        rv = reducer(obj) if reducer is not None else obj.__reduce_ex__(5)
-    except Exception as exc:  # whatever the object raises, it cannot describe itself
-        raise _Unhashable(
-            t, f"it has no digest rule and cannot be reduced to plain data ({exc})"
-        ) from exc
-    if isinstance(rv, str):  # a module-level singleton, named
-        st += b"g"
-        _enc_str(_qualname(t), st)
-        _enc_str(rv, st)
-        return
-    if not isinstance(rv, tuple) or not 2 <= len(rv) <= 6:
-        raise _Unhashable(t, f"its __reduce_ex__ returned {type(rv).__name__}, not a tuple")
-    active = _enter(obj, st)
-    func, args, state, listitems, dictitems, setter = rv + (None,) * (6 - len(rv))
-    st += b"O"
-    parts = (
-        (func, "<reduce callable>"),
-        (args, "<reduce args>"),
-        (state, ""),
-        (None if listitems is None else list(listitems), "<reduce list items>"),
-        (None if dictitems is None else list(dictitems), "<reduce dict items>"),
-        (setter, "<reduce state setter>"),
-    )
-    for i, (part, label) in enumerate(parts):
-        try:
-            if i == 2 and type(part) is dict:
-                # Object state is usually its __dict__: name attributes as `obj.attr`.
-                st += _PACK_TAG_LEN(0x7B, len(state))
-                st += b"".join(sorted(_pair_digests(state.items(), active, attrs=True)))
-            else:
-                _encode(part, st)
-        except _Unhashable as exc:
-            if label:
-                exc.path.append(label)
-            raise
-    active.discard(id(obj))
-
-
 # --------------------------------------------------------------------------- dispatch
 
 _CORE: dict[type, _Encoder] = {
@@ -561,6 +409,8 @@ def _resolve(t: type) -> _Encoder:
 
 
 def _find_encoder(t: type) -> _Encoder:
+    from fleche.digest_standin import _standin_encoder  # it imports this module
+
     for cls in t.__mro__:  # exact type first, then its bases
         fn = _REGISTRY.get(cls)
         if fn is not None:
@@ -575,4 +425,4 @@ def _find_encoder(t: type) -> _Encoder:
         )
     from fleche import digest_types  # here, not at the top: it is big and rarely needed
 
-    return digest_types.find_encoder(t) or _enc_reduce
+    return digest_types.find_encoder(t)
