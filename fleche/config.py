@@ -37,6 +37,7 @@ CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "storage_options": (dict, "a table of fsspec options"),
 }
 TOP_KEYS = {"root", "default", "caches"}
+CACHE_OPTIONS = ("compression_level", "inline_limit", "serializer", "name")
 
 
 class CacheSpec:
@@ -185,8 +186,10 @@ def resolve(spec: Cache | ObjectStore | str | os.PathLike[str], **options: Any) 
         cfg = load_config()
         if text in cfg.caches:
             return cfg.cache(text)
-    store_opts = {k: options.pop(k) for k in ("read_only", "durable") if k in options}
-    return Cache(open_store(os.path.expanduser(text), **store_opts), **options)
+    # Cache options go to the Cache; everything else (read_only, durable and the
+    # fsspec storage options such as endpoint_url or key) to the store.
+    cache_opts = {k: options.pop(k) for k in CACHE_OPTIONS if k in options}
+    return Cache(open_store(os.path.expanduser(text), **options), **cache_opts)
 
 
 def default_cache() -> Cache:

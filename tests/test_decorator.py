@@ -610,9 +610,10 @@ def test_copied_store_hits_without_recomputing(tmp_path):
     [
         lambda: np.arange(10.0),  # inline in the record
         lambda: np.random.default_rng(0).random(300_000),  # raw object, read from disk
+        lambda: np.random.default_rng(0).random(700_000),  # raw, read into huge pages
         lambda: np.ones(300_000),  # zstd object, decompressed
     ],
-    ids=["inline", "raw", "compressed"],
+    ids=["inline", "raw", "raw-huge", "compressed"],
 )
 def test_loaded_arrays_are_writable(active, make):
     @fleche
