@@ -157,6 +157,7 @@ class ObjectStore:
         self.url: str = self._make_url()
         self._objects = f"{self.root}/objects"
         self._calls = f"{self.root}/calls"
+        self._call_dirs: dict[str, str] = {}
         self._marker_path = f"{self.root}/{MARKER}"
         self._dirs: set[str] = set()  # directories known to exist: no mkdir once warm
         # None until the marker is known to exist; at most one read here, none later.
@@ -182,7 +183,11 @@ class ObjectStore:
         return f"{self._objects}/{oid[:2]}/{oid[2:]}"
 
     def _call_dir(self, function_id: str) -> str:
-        return f"{self._calls}/{check_function_id(function_id)}"
+        # validated once per function: this is on every hit's path
+        d = self._call_dirs.get(function_id)
+        if d is None:
+            d = self._call_dirs[function_id] = f"{self._calls}/{check_function_id(function_id)}"
+        return d
 
     def _call_path(self, function_id: str, digest: str) -> str:
         check_oid(digest, "call digest")
@@ -476,6 +481,10 @@ def open_store(
             store = MemoryStore(rest.strip("/") or None, read_only=read_only, durable=durable)
         else:
             store = LocalStore(rest if sep else text, read_only=read_only, durable=durable)
+    elif protocol in ("s3", "s3a"):
+        from fleche.store_s3 import S3Store  # s3fs itself is imported only when building one
+
+        store = S3Store(text, read_only=read_only, durable=durable, **storage_options)
     else:
         known = {*fsspec.available_protocols(), *fsspec.registry}  # built in + registered
         if protocol not in known:
