@@ -1,0 +1,314 @@
+"""The store conformance suite on a real S3 server (moto's, on 127.0.0.1), plus what only S3 shows."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from s3_server import MotoS3, count_requests
+
+from fleche import Cache, ConfigError, cache, fleche
+from fleche.errors import CacheMiss, FlecheWarning
+from fleche.store import ObjectStore, open_store
+from fleche.store_s3 import HEAD_FIRST, S3Store
+from fleche.testing import FID, StoreConformance, digest_of
+
+pytest.importorskip(
+    "moto", reason="moto (the S3 test server) is not installed: run ./tools/test, which installs it"
+)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[MotoS3]:
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3: MotoS3) -> str:
+    return s3.new_bucket()
+
+
+@pytest.fixture
+def s3_store(s3: MotoS3, bucket: str) -> S3Store:
+    store = open_store(f"s3://{bucket}/team/cache", **s3.options())
+    assert isinstance(store, S3Store)
+    return store
+
+
+class TestS3Store(StoreConformance):
+    @pytest.fixture
+    def store(self, s3_store: S3Store) -> S3Store:
+        return s3_store
+
+    def reopen(self, store: ObjectStore, *, read_only: bool = False) -> ObjectStore:
+        return S3Store(store.url, fs=store.fs, read_only=read_only)
+
+
+def _methods(seen: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
+    return [method for method, _, _ in seen]
+
+
+# -- requests on the hot paths -------------------------------------------------------
+
+
+def test_open_store_builds_an_s3_store(s3_store: S3Store, bucket: str) -> None:
+    assert s3_store.url == f"s3://{bucket}/team/cache"
+    assert s3_store.bucket == bucket
+    oid = s3_store.put(b"remote")
+    assert s3_store.local_path(oid) is None
+
+
+def test_a_small_hit_is_one_get(s3: MotoS3, s3_store: S3Store) -> None:
+    digest = digest_of("hit")
+    s3_store.put_call(FID, digest, b"x" * 200)
+    with count_requests(s3_store.fs) as seen:
+        other = S3Store(s3_store.url, fs=s3_store.fs)
+    assert _methods(seen) == ["GET"]  # fleche.json, once
+    assert seen[0][1].endswith("/team/cache/fleche.json")
+    with count_requests(s3_store.fs) as seen:
+        assert other.get_call(FID, digest) == b"x" * 200
+    assert _methods(seen) == ["GET"]
+    with count_requests(s3_store.fs) as seen, pytest.raises(CacheMiss):
+        other.get_call(FID, digest_of("miss"))
+    assert _methods(seen) == ["GET"]  # a miss is one 404, no HEAD, no LIST
+
+
+def test_writes_are_one_put_each(s3_store: S3Store) -> None:
+    s3_store.info()  # the marker exists: only the writes below are counted
+    with count_requests(s3_store.fs) as seen:
+        oid = s3_store.put(b"new value")
+    assert _methods(seen) == ["PUT"]
+    assert seen[0][2].get("If-None-Match") == "*"
+    with count_requests(s3_store.fs) as seen:
+        assert s3_store.put(b"new value") == oid
+    assert _methods(seen) == ["PUT"]  # refused with 412 by the server: nothing rewritten
+    with count_requests(s3_store.fs) as seen:
+        s3_store.put_call(FID, digest_of(1), b"record")
+        s3_store.put_call(FID, digest_of(1), b"record, replaced")
+    assert _methods(seen) == ["PUT", "PUT"]
+    assert all("If-None-Match" not in headers for _, _, headers in seen)
+    assert s3_store.get_call(FID, digest_of(1)) == b"record, replaced"
+
+
+def test_large_existing_value_is_not_uploaded_again(s3_store: S3Store) -> None:
+    big = os.urandom(HEAD_FIRST + 1)
+    with count_requests(s3_store.fs) as seen:
+        oid = s3_store.put(big)
+    assert _methods(seen) == ["HEAD", "PUT", "PUT"]  # 404, fleche.json, the object
+    with count_requests(s3_store.fs) as seen:
+        assert s3_store.put(big) == oid
+    assert _methods(seen) == ["HEAD"]
+    assert s3_store.get(oid) == big
+
+
+def test_a_second_writer_never_overwrites_an_object(s3: MotoS3, s3_store: S3Store) -> None:
+    oid = digest_of("contested")
+    s3_store.put(b"first writer", oid=oid)
+    # Another process: its own S3FileSystem and connections.
+    other = S3Store(s3_store.url, **s3.options(skip_instance_cache=True))
+    assert other.fs is not s3_store.fs
+    assert other.put(b"second writer", oid=oid) == oid
+    # Bypassing the store's own check: the server itself refuses the create-only PUT.
+    assert other._write_new(other._oid_path(oid), b"third writer") is False
+    assert s3_store.get(oid) == b"first writer"
+
+
+def test_listing_is_one_paginated_list(s3_store: S3Store) -> None:
+    oids = {s3_store.put(str(i).encode()) for i in range(5)}
+    calls = {(f"mod.f{i % 2}", digest_of(i)) for i in range(5)}
+    for fid, digest in calls:
+        s3_store.put_call(fid, digest, b"r")
+    with count_requests(s3_store.fs) as seen:
+        assert set(s3_store.iter_oids()) == oids
+        assert set(s3_store.iter_calls()) == calls
+    assert _methods(seen) == ["GET", "GET"]  # one ListObjectsV2 each
+    s3_store._page_size = 2
+    with count_requests(s3_store.fs) as seen:
+        assert set(s3_store.iter_oids()) == oids
+    assert len(seen) == 3  # 5 keys, 2 per page
+
+
+def test_server_without_conditional_puts(
+    s3_store: S3Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that answers If-None-Match with 501 (AWS before 2024) gets HEAD-then-PUT."""
+    from botocore.exceptions import ClientError
+    from s3fs.errors import translate_boto_error
+
+    fs = s3_store.fs
+    plain = fs.pipe_file
+    refused: list[str] = []
+
+    def pipe_file(path: str, data: bytes, mode: str = "overwrite", **kw: Any) -> Any:
+        if mode == "create":
+            refused.append(path)
+            error = {"Code": "NotImplemented", "Message": "If-None-Match is not implemented"}
+            raise translate_boto_error(ClientError({"Error": error}, "PutObject"))
+        return plain(path, data, **kw)
+
+    monkeypatch.setattr(fs, "pipe_file", pipe_file)
+    oid = digest_of("fallback")
+    assert s3_store.put(b"one", oid=oid) == oid
+    assert s3_store.put(b"two", oid=oid) == oid
+    assert s3_store.get(oid) == b"one"
+    assert s3_store.info()["format"] == 1
+    assert len(refused) == 1  # asked once, then remembered
+
+
+# -- errors that are not misses --------------------------------------------------------
+
+
+def test_missing_bucket_is_a_clear_config_error(s3: MotoS3) -> None:
+    name = f"fleche-absent-{uuid.uuid4().hex[:12]}"
+    for read_only in (False, True):
+        with pytest.raises(ConfigError) as info:
+            open_store(f"s3://{name}/cache", read_only=read_only, **s3.options())
+        message = str(info.value)
+        assert repr(name) in message and "does not exist" in message
+        assert "create it" in message and s3.endpoint in message
+
+
+def test_bucket_deleted_after_open_is_an_error_not_a_miss(s3: MotoS3, bucket: str) -> None:
+    store = open_store(f"s3://{bucket}", **s3.options())
+    s3.client().delete_bucket(Bucket=bucket)
+    with pytest.raises(ConfigError, match=bucket):
+        store.get_call(FID, digest_of(1))
+    with pytest.raises(ConfigError, match=bucket):
+        list(store.iter_oids())
+
+
+def test_no_bucket_in_url(s3: MotoS3) -> None:
+    with pytest.raises(ConfigError, match="no bucket"):
+        open_store("s3://", **s3.options())
+
+
+def test_wrong_credentials_are_errors_not_misses(s3: MotoS3, bucket: str) -> None:
+    url = f"s3://{bucket}/cache"
+    owner = s3.iam_user(f"owner-{bucket}", allow_s3=True)
+    nobody = s3.iam_user(f"nobody-{bucket}", allow_s3=False)
+
+    def opts(creds: tuple[str, str]) -> dict[str, Any]:
+        return s3.options(key=creds[0], secret=creds[1], skip_instance_cache=True)
+
+    # Opened while moto still accepts anything: the errors below come on first use.
+    stale = open_store(url, **opts(("AKIDOESNOTEXIST00000", "x")))
+    powerless = open_store(url, **opts(nobody))
+    with s3.enforce_auth():
+        good = open_store(url, **opts(owner))
+        digest = digest_of("secret")
+        good.put_call(FID, digest, b"record")
+        assert good.get_call(FID, digest) == b"record"
+        with pytest.raises(CacheMiss):
+            good.get_call(FID, digest_of("absent"))  # the owner's 404 is still a miss
+
+        bad_secret = (owner[0], "not-the-secret")
+        for creds, code in (
+            (("AKIDOESNOTEXIST00000", "x"), "InvalidAccessKeyId"),
+            (bad_secret, "SignatureDoesNotMatch"),
+        ):
+            with pytest.raises(PermissionError) as info:
+                open_store(url, **opts(creds))
+            assert code in str(info.value) and bucket in str(info.value)
+            assert "AWS_ACCESS_KEY_ID" in str(info.value)
+            assert not isinstance(info.value, CacheMiss)
+        with pytest.raises(PermissionError, match="InvalidAccessKeyId"):
+            stale.get_call(FID, digest)
+        with pytest.raises(PermissionError, match="403"):  # a HEAD's answer has no body
+            stale.has_call(FID, digest)
+
+        # Allowed nothing: S3 answers 403 even for a missing key; that is not a miss either.
+        with pytest.raises(PermissionError, match="s3:ListBucket"):
+            open_store(url, **opts(nobody))
+        with pytest.raises(PermissionError, match="AccessDenied"):
+            powerless.get_call(FID, digest_of("absent"))
+        with pytest.raises(PermissionError, match="AccessDenied"):
+            powerless.put(b"not allowed")
+        with pytest.raises(PermissionError, match="AccessDenied"):
+            list(powerless.iter_oids())
+
+
+def test_a_decorated_function_warns_on_refused_reads(s3: MotoS3, bucket: str) -> None:
+    """The decorator fails open on store errors, but says so: an auth error is not a quiet miss."""
+    url = f"s3://{bucket}/cache"
+    stale = open_store(url, **s3.options(key="AKIDOESNOTEXIST00000", skip_instance_cache=True))
+    calls: list[int] = []
+
+    @fleche
+    def double(x: int) -> int:
+        calls.append(x)
+        return 2 * x
+
+    with (
+        s3.enforce_auth(),
+        cache(Cache(stale)),
+        pytest.warns(FlecheWarning, match="InvalidAccessKeyId"),
+    ):
+        assert double(4) == 8
+    assert calls == [4]
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variable", ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"])
+def test_credentials_and_endpoint_from_the_environment(
+    s3: MotoS3, bucket: str, monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    written = open_store(f"s3://{bucket}/env", **s3.options())
+    digest = digest_of("env")
+    written.put_call(FID, digest, b"from env")
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(variable, s3.endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "env-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
+    # skip_instance_cache: fsspec would hand back a filesystem made before the variables changed.
+    store = open_store(f"s3://{bucket}/env", skip_instance_cache=True)
+    assert store.fs.s3.meta.endpoint_url == s3.endpoint
+    assert store.get_call(FID, digest) == b"from env"
+
+
+def test_endpoint_url_option_and_client_kwargs_agree(s3: MotoS3, bucket: str) -> None:
+    opts = s3.options(client_kwargs={"endpoint_url": "http://127.0.0.1:1"})
+    with pytest.raises(ConfigError, match="disagree"):
+        open_store(f"s3://{bucket}", **opts)
+    with pytest.raises(ConfigError, match="use_listings_cache"):
+        open_store(f"s3://{bucket}", use_listings_cache=True, **s3.options())
+    store = open_store(f"s3://{bucket}", **s3.options(client_kwargs={"endpoint_url": s3.endpoint}))
+    assert store.fs.dircache.use_listings_cache is False
+    assert store.url == f"s3://{bucket}"
+
+
+# -- the whole stack --------------------------------------------------------------------
+
+
+def test_fleche_round_trip_on_s3(s3: MotoS3, bucket: str) -> None:
+    url = f"s3://{bucket}/team-cache"
+    calls: list[int] = []
+
+    @fleche
+    def simulate(n: int, alpha: float = 0.1) -> dict[str, Any]:
+        calls.append(n)
+        return {"n": n, "alpha": alpha, "big": bytes(range(256)) * 64}  # > inline: an object
+
+    with cache(url, **s3.options()) as active:  # storage options reach open_store
+        assert isinstance(active.store, S3Store)
+        first = simulate(10)
+        assert simulate(n=10, alpha=0.1) == first
+    assert calls == [10]
+
+    fresh = open_store(url, **s3.options(skip_instance_cache=True))
+    fid = simulate.__fleche__.function_id  # type: ignore[attr-defined]
+    assert (fid, simulate.digest(10)) in set(fresh.iter_calls())
+    assert len(list(fresh.iter_oids())) == 1
+    with cache(Cache(fresh)):
+        assert simulate.contains(10)
+        assert simulate(10) == first
+        assert simulate.load(10) == first
+        assert simulate.call(10).arguments["n"] == 10
+    assert calls == [10]
