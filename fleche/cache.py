@@ -21,7 +21,8 @@ from fleche.store import ObjectStore, open_store
 INLINE_LIMIT = 4096
 
 
-def _type_name(value: Any) -> str:
+def type_name(value: Any) -> str:
+    """``module.qualname`` of a value's type, as records store it."""
     t = type(value)
     return f"{t.__module__}.{t.__qualname__}"
 
@@ -104,7 +105,7 @@ class Cache:
         """
         ser, parts = codec.serialize_value(value, self.serializer)
         size = sum(memoryview(p).nbytes for p in parts)
-        ref: dict[str, Any] = {"type": _type_name(value), "ser": ser}
+        ref: dict[str, Any] = {"type": type_name(value), "ser": ser}
         if size <= self.inline_limit:
             ref["inline"] = parts[0] if len(parts) == 1 else b"".join(parts)
             return ref

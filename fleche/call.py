@@ -32,10 +32,6 @@ def _lp(b: bytes) -> bytes:
     return struct.pack("<I", len(b)) + b
 
 
-def qualified_name(t: type) -> str:
-    return f"{t.__module__}.{t.__qualname__}"
-
-
 def is_clear(v: Any) -> bool:
     """True when an argument is stored in clear in the record (msgpack round-trips it exactly)."""
     t = type(v)
@@ -176,6 +172,23 @@ def metadata_matches(have: Any, want: Any) -> bool:
     return have == want
 
 
+@dataclass(frozen=True)
+class NotStored:
+    """Stands in ``Call.arguments`` for an argument whose value could not be serialized.
+
+    Its digest still took part in the call's key, so queries still match it.
+    """
+
+    type: str
+    digest: str
+
+
+def _argument(ref: dict[str, Any], loader: Callable[[dict[str, Any]], Any]) -> Any:
+    if "inline" in ref or "oid" in ref:
+        return loader(ref)
+    return NotStored(ref["type"], ref["digest"])
+
+
 @dataclass
 class Call:
     """One cached call: what was called, with what, what it returned, and when.
@@ -213,7 +226,7 @@ class Call:
     def arguments(self) -> dict[str, Any]:
         if self._arguments is None:
             self._arguments = {
-                k: self._loader(v) if isinstance(v, dict) else v
+                k: _argument(v, self._loader) if isinstance(v, dict) else v
                 for k, v in self.record["arguments"].items()
             }
         return self._arguments

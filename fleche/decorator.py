@@ -24,7 +24,7 @@ from contextvars import ContextVar
 from typing import Any, TypeVar, overload
 
 from fleche import metadata as _metadata
-from fleche.cache import Cache
+from fleche.cache import Cache, type_name
 from fleche.call import NO_VERSION, Binder, Call, KeyMaker, is_clear, iter_matching
 from fleche.config import active_cache
 from fleche.digest import code_digest, digest_bytes
@@ -187,10 +187,7 @@ class CachedFunction:
             try:
                 ref = cache.put_value(value)
             except SerializationError:
-                t = type(value)
-                ref = {
-                    "type": f"{t.__module__}.{t.__qualname__}"
-                }  # key still exact; value not kept
+                ref = {"type": type_name(value)}  # the key is still exact; the value is not kept
             ref["digest"] = d.hex()
             arguments[name] = ref
         return {

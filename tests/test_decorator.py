@@ -625,3 +625,31 @@ def test_loaded_arrays_are_writable(active, make):
     np.testing.assert_array_equal(again, make())
     again[0] = 42.0  # a read-only buffer would raise ValueError here
     assert produce("x")[0] != 42.0  # and the cache is not changed by it
+
+
+class Connection:
+    """Digestable (by its URL) but not picklable (it holds a lock)."""
+
+    def __init__(self, url):
+        self.url = url
+        self.lock = threading.Lock()
+
+    def __fleche_digest__(self):
+        return self.url
+
+
+def test_unpicklable_argument_keeps_type_and_digest_only(active):
+    @fleche
+    def fetch(conn, n):
+        return n
+
+    assert fetch(Connection("db://a"), 1) == 1
+    assert fetch.contains(Connection("db://a"), 1)
+    assert not fetch.contains(Connection("db://b"), 1)
+    ref = fetch.call(Connection("db://a"), 1).record["arguments"]["conn"]
+    assert ref["type"].endswith("Connection") and len(ref["digest"]) == 32
+    assert "inline" not in ref and "oid" not in ref
+    assert [c.arguments["n"] for c in fetch.query(conn=Connection("db://a"))] == [1]
+    placeholder = fetch.call(Connection("db://a"), 1).arguments["conn"]
+    assert isinstance(placeholder, fl.call.NotStored)
+    assert placeholder.digest == ref["digest"] and placeholder.type == ref["type"]
