@@ -62,25 +62,31 @@ _HEX = "0123456789abcdef"
 _FUNCTION_ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
 
 
+def is_oid(name: object) -> bool:
+    """True for 32 lowercase hex characters: an oid or a call digest."""
+    # str.strip removes hex from both ends; anything left is a bad character.
+    return isinstance(name, str) and len(name) == 32 and not name.strip(_HEX)
+
+
+def is_function_id(name: object) -> bool:
+    """True for a name that is safe as one directory: ``[A-Za-z0-9_.-]{1,200}``, no leading dot."""
+    return isinstance(name, str) and bool(_FUNCTION_ID.fullmatch(name)) and name[0] != "."
+
+
 def check_oid(oid: str, what: str = "object id") -> str:
     """Return ``oid`` if it is 32 lowercase hex characters, else raise ``ValueError``.
 
     Every name that becomes part of a path passes through here, which is what
     keeps ``..``, ``/`` and other surprises out of the store.
     """
-    # str.strip removes hex from both ends; anything left is a bad character.
-    if isinstance(oid, str) and len(oid) == 32 and not oid.strip(_HEX):
+    if is_oid(oid):
         return oid
     raise ValueError(f"invalid {what} {oid!r}: expected 32 lowercase hex characters")
 
 
 def check_function_id(function_id: str) -> str:
     """Return ``function_id`` if it is safe as one directory name, else raise ``ValueError``."""
-    if (
-        isinstance(function_id, str)
-        and _FUNCTION_ID.fullmatch(function_id)
-        and function_id[0] != "."
-    ):
+    if is_function_id(function_id):
         return function_id
     raise ValueError(
         f"invalid function id {function_id!r}: expected 1-200 characters from "
@@ -258,7 +264,7 @@ class ObjectStore:
             rel = p[prefix:]  # "ab/<30 hex>"; anything else is not ours
             if len(rel) == 33 and rel[2] == "/" and p.startswith(path):
                 oid = rel[:2] + rel[3:]
-                if not oid.strip(_HEX):
+                if is_oid(oid):
                     yield oid
 
     # -- marker ----------------------------------------------------------------
@@ -318,13 +324,16 @@ class ObjectStore:
         parts = as_parts(data)
         if oid is None:
             oid = hash_parts(parts)
-        path = self._oid_path(oid)
+        self._publish(self._oid_path(oid), parts)
+        return oid
+
+    def _publish(self, path: str, parts: Sequence[BytesLike]) -> None:
+        """Write an object unless its name exists: objects are immutable, so that is success."""
         if self._exists(path):
-            return oid
+            return
         if self._info is None:
             self._ensure_marker()
         self._write(path, parts)
-        return oid
 
     def get(self, oid: str) -> bytes:
         """The bytes of object ``oid``; ``CacheMiss`` when it is not in the store."""
@@ -404,7 +413,7 @@ class ObjectStore:
 
     def iter_functions(self) -> Iterator[str]:
         for name in self._list_dirs(self._calls):
-            if _FUNCTION_ID.fullmatch(name) and name[0] != ".":
+            if is_function_id(name):
                 yield name
 
     # -- housekeeping ------------------------------------------------------------

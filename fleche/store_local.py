@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 
 from fsspec.implementations.local import LocalFileSystem
 
-from fleche.store import _HEX, BytesLike, ObjectStore
+from fleche.store import _HEX, BytesLike, ObjectStore, is_oid
 
 __all__ = ["LocalStore"]
 
@@ -225,6 +225,4 @@ class LocalStore(ObjectStore):
                     oids = [fan.name + e.name for e in it if len(e.name) == 30 and e.is_file()]
             except FileNotFoundError:  # pruned while we listed
                 continue
-            for oid in oids:
-                if not oid.strip(_HEX):
-                    yield oid
+            yield from filter(is_oid, oids)

@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from fleche.errors import ConfigError
-from fleche.store import _FUNCTION_ID, _HEX, BytesLike, Data, ObjectStore, as_parts, hash_parts
+from fleche.store import BytesLike, ObjectStore, is_function_id, is_oid
 
 try:  # botocore comes with s3fs; without it S3Store cannot be built anyway
     from botocore.exceptions import BotoCoreError, NoCredentialsError
@@ -289,24 +289,18 @@ class S3Store(ObjectStore):
             # "ab/<30 hex>"; anything else is not ours
             if len(rel) == 33 and rel[2] == "/":
                 oid = rel[:2] + rel[3:]
-                if not oid.strip(_HEX):
+                if is_oid(oid):
                     yield oid
 
     # -- the public operations S3 does in fewer requests ---------------------------------
 
-    def put(self, data: Data, *, oid: str | None = None) -> str:
-        """Store ``data`` under its oid with one create-only PUT; an existing object is kept."""
-        self._check_writable()
-        parts = as_parts(data)
-        if oid is None:
-            oid = hash_parts(parts)
-        path = self._oid_path(oid)
+    def _publish(self, path: str, parts: Sequence[BytesLike]) -> None:
+        """One create-only PUT; an existing object is kept (the server refuses the write)."""
         if _nbytes(parts) > HEAD_FIRST and self._exists(path):
-            return oid  # a HEAD is cheaper than uploading a large body to have it refused
+            return  # a HEAD is cheaper than uploading a large body to have it refused
         if self._info is None:
             self._ensure_marker()
         self._put_new(path, parts)
-        return oid
 
     def iter_calls(self, function_id: str | None = None) -> Iterator[tuple[str, str]]:
         """Every record in one recursive listing of ``calls/`` (or of one function's records)."""
@@ -315,11 +309,6 @@ class S3Store(ObjectStore):
             return
         for rel in self._list_keys(self._calls):
             fid, _, rest = rel.partition("/")  # "<function id>/ab/<30 hex>"
-            if (
-                len(rest) == 33
-                and rest[2] == "/"
-                and _FUNCTION_ID.fullmatch(fid)
-                and fid[0] != "."
-                and not (digest := rest[:2] + rest[3:]).strip(_HEX)
-            ):
+            digest = rest[:2] + rest[3:]
+            if len(rest) == 33 and rest[2] == "/" and is_function_id(fid) and is_oid(digest):
                 yield fid, digest
