@@ -41,3 +41,19 @@ def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
     config.reset_default()
     yield
     config.reset_default()
+
+
+@pytest.fixture(scope="session")
+def _sshd_session():
+    from ssh_server import sshd_service
+
+    with sshd_service() as server:
+        yield server
+
+
+@pytest.fixture
+def sshd(_sshd_session):
+    """The test OpenSSH server on 127.0.0.1 (``ssh_server.SSHServer``); skips, saying why, without one."""
+    if isinstance(_sshd_session, str):
+        pytest.skip(f"no sshd on 127.0.0.1: {_sshd_session}")
+    return _sshd_session
