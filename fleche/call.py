@@ -68,12 +68,24 @@ class Binder:
         self.defaults = [p.default for p in params]
         self.index = {n: i for i, n in enumerate(self.names)}
         self.keep = [n not in self.ignore for n in self.names]
+        # Positional-only calls (the usual hit) bind by zip: ``tails[n]`` is the
+        # defaults completing ``n`` positional arguments, or None when some are missing.
+        self.tails: list[tuple[Any, ...] | None] = []
+        if self.simple and not self.ignore:
+            for n in range(len(params) + 1):
+                tail = tuple(self.defaults[n:])
+                ok = all(d is not inspect.Parameter.empty for d in tail)
+                self.tails.append(tail if ok else None)
 
     def bind(self, args: tuple, kwargs: dict) -> list[tuple[str, Any]]:
         """Return ``[(name, value), ...]`` in signature order, ignored names dropped.
 
         Raises ``TypeError`` exactly as calling the function would.
         """
+        if not kwargs and len(args) < len(self.tails):
+            tail = self.tails[len(args)]
+            if tail is not None:
+                return list(zip(self.names, args + tail if tail else args, strict=True))
         if self.simple and len(args) <= len(self.names):
             values = list(args)
             values.extend([_MISSING] * (len(self.names) - len(args)))

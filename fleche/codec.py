@@ -159,6 +159,10 @@ def frame_bytes(
     payload: bytes, serializer: int, *, level: int = 1, min_compress: int = MIN_COMPRESS
 ) -> bytes:
     """Frame a small payload into one bytes object (call records, inline values)."""
+    if len(payload) < min_compress or level <= 0:  # the common case, on every miss: raw
+        digest = xxhash.xxh3_128_digest(payload)
+        size = len(payload)
+        return HEADER.pack(MAGIC, FORMAT, CODEC_RAW, serializer, 0, size, digest) + payload
     enc = frame([payload], serializer, level=level, min_compress=min_compress)
     return b"".join(enc.parts)
 

@@ -70,7 +70,10 @@ class _Flight:
     __slots__ = ("done", "ok", "owner", "result")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        # A held lock, released when the result is in: waiters acquire and release it.
+        # (An Event costs a Condition and two locks on every miss.)
+        self.done = threading.Lock()
+        self.done.acquire()
         self.ok = False
         self.result: Any = None
         self.owner = threading.get_ident()
@@ -244,7 +247,8 @@ class CachedFunction:
             if leader:
                 flight = self._flights[fkey] = _Flight()
         if not leader and flight.owner != threading.get_ident():
-            flight.done.wait()
+            flight.done.acquire()  # blocks until the leader releases it
+            flight.done.release()
             if flight.ok:
                 return flight.result
             # the leader raised: compute (and raise) for ourselves rather than share its error
@@ -261,7 +265,7 @@ class CachedFunction:
             if leader:
                 with self._flights_lock:
                     del self._flights[fkey]
-                flight.done.set()
+                flight.done.release()
 
     def __call__(self, args: tuple, kwargs: dict) -> Any:
         cache = active_cache()

@@ -55,6 +55,7 @@ __all__ = ["code_digest", "digest", "digest_bytes", "register", "unregister"]
 _Encoder = Callable[[Any, "_Stream"], None]
 
 _xxh3_digest = xxhash.xxh3_128_digest
+_I64 = 1 << 63
 
 _TUPLE_HEADERS = tuple(_PACK_TAG_LEN(0x28, n) for n in range(64))  # "("
 
@@ -109,9 +110,20 @@ def digest_bytes(obj: Any, *, name: str = "value") -> bytes:
     ``name`` is only used in error messages, as the root of the path to the part
     that could not be digested (``data['rows'][3]``).
     """
+    t = type(obj)
+    # Top-level small scalars (most arguments): hash their encoding directly, with no
+    # stream object; the bytes are exactly what _enc_int/_enc_float/_enc_str append.
+    if t is int:
+        if -_I64 <= obj < _I64:
+            return _xxh3_digest(_PACK_TAG_I64(0x69, obj))
+    elif t is str:
+        if len(obj) < 64:  # < 256 bytes once encoded: a precomputed header
+            b = obj.encode("utf-8", "surrogatepass")
+            return _xxh3_digest(_STR_HEADERS[len(b)] + b)
+    elif t is float:
+        return _xxh3_digest(_PACK_TAG_F64(0x66, obj) if obj == obj else _NAN_FLOAT)
     st = _Stream()
     try:
-        t = type(obj)
         (_DISPATCH.get(t) or _resolve(t))(obj, st)
     except _Unhashable as exc:
         raise exc.to_error(name) from exc.__cause__

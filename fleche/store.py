@@ -196,8 +196,11 @@ class ObjectStore:
         return d
 
     def _call_path(self, function_id: str, digest: str) -> str:
-        check_oid(digest, "call digest")
-        return f"{self._call_dir(function_id)}/{digest[:2]}/{digest[2:]}"
+        # on every hit's path: the checks of check_oid and _call_dir, inlined
+        if type(digest) is not str or len(digest) != 32 or digest.strip(_HEX):
+            check_oid(digest, "call digest")
+        d = self._call_dirs.get(function_id) or self._call_dir(function_id)
+        return f"{d}/{digest[:2]}/{digest[2:]}"
 
     # -- filesystem primitives: a backend overrides these, nothing else -------
 

@@ -10,6 +10,7 @@ empty fan-out directories) is simply recreated.
 from __future__ import annotations
 
 import errno
+import itertools
 import mmap
 import os
 import secrets
@@ -27,12 +28,29 @@ _READ = os.O_RDONLY | _O_CLOEXEC | _O_BINARY
 # 0o666 & umask, like any file the user writes: a team cache stays shareable
 # (tempfile.mkstemp would make it 0o600).
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY
+
+
+# Temporary names: a random prefix per process plus a counter, cheaper than asking the
+# OS for randomness on every write. O_EXCL still guards against any collision.
+def _new_tmp_prefix() -> None:
+    global _tmp_prefix, _tmp_counter
+    _tmp_prefix = f"{os.getpid():x}-{secrets.token_hex(6)}-"
+    _tmp_counter = itertools.count()
+
+
+_tmp_prefix = ""
+_tmp_counter = itertools.count()
+_new_tmp_prefix()
+if hasattr(os, "register_at_fork"):  # a forked child must not reuse its parent's names
+    os.register_at_fork(after_in_child=_new_tmp_prefix)
+
 # Filesystems without hard links (some FUSE and SMB mounts) refuse os.link with these.
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
 
 
 # Below this a plain os.read is cheapest; above, read into a writable bytearray.
 _SMALL_READ = 1 << 16
+_FIRST_READ = 8192
 # From this size a read goes into a huge-page anonymous mapping instead of a bytearray.
 _HUGE_READ = 4 << 20
 
@@ -95,6 +113,11 @@ class LocalStore(ObjectStore):
     def _read(self, path: str) -> bytes:
         fd = os.open(path, _READ)
         try:
+            # Most call records fit one guess-sized read, which saves an fstat on every
+            # hit; a short read of a regular file means end of file.
+            head = os.pread(fd, _FIRST_READ, 0)
+            if len(head) < _FIRST_READ:
+                return head
             size = os.fstat(fd).st_size
             if size <= _SMALL_READ:
                 return os.read(fd, size)
@@ -111,12 +134,14 @@ class LocalStore(ObjectStore):
             os.close(fd)
 
     def _open_tmp(self) -> tuple[int, str]:
-        tmp = f"{self._tmp}/{secrets.token_hex(8)}"
+        tmp = f"{self._tmp}/{_tmp_prefix}{next(_tmp_counter):x}"
         try:
             return os.open(tmp, _CREATE, 0o666), tmp
         except FileNotFoundError:  # first write into this store
             os.makedirs(self._tmp, exist_ok=True)
-            return os.open(tmp, _CREATE, 0o666), tmp
+        except FileExistsError:  # a stale file from a crashed process that had our name
+            tmp = f"{self._tmp}/{secrets.token_hex(12)}"
+        return os.open(tmp, _CREATE, 0o666), tmp
 
     def _write_tmp(self, parts: Sequence[BytesLike]) -> str:
         """Write ``parts`` to a fresh file under ``tmp/`` and return its path."""
