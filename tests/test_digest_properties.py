@@ -224,3 +224,28 @@ def test_digests_do_not_depend_on_the_hash_seed(seed):
     exec(FIXED_VALUES, namespace)
     here = [digest(v) for v in namespace["VALUES"]]
     assert _digests_in_subprocess(seed) == here
+
+
+def _streamed(value: Any) -> bytes:
+    """The digest through the general encoder path, bypassing the scalar shortcut."""
+    import xxhash
+
+    from fleche.digest import _DISPATCH, _Stream
+
+    st_ = _Stream()
+    _DISPATCH[type(value)](value, st_)
+    return xxhash.xxh3_128_digest(st_)
+
+
+@thorough
+@given(
+    st.integers(min_value=-(2**64), max_value=2**64)
+    | st.sampled_from([-(2**63), 2**63 - 1, 2**63, -(2**63) - 1])
+    | floats
+    | st.sampled_from([0.0, -0.0])
+    | st.text(st.characters(exclude_categories=()), max_size=80)
+)
+def test_scalar_shortcut_matches_the_general_encoding(value: Any) -> None:
+    from fleche.digest import digest_bytes
+
+    assert digest_bytes(value) == _streamed(value)
