@@ -111,6 +111,14 @@ class CachedFunction:
         self.isolate = isolate
         self.code = code_digest(func) if hash_code else None
         self.keys = KeyMaker(self.identity, version if hash_version else NO_VERSION, self.code)
+        self._record_head = {
+            "fleche": 1,
+            "function": self.function_id,
+            "module": self.module,
+            "qualname": self.qualname,
+            "version": _metadata.plain(version),
+            "code": self.code,
+        }
         self._flights: dict[tuple[int, str], _Flight] = {}
         self._flights_lock = threading.Lock()
         self._warned: set[str] = set()
@@ -193,18 +201,12 @@ class CachedFunction:
                 ref = {"type": type_name(value)}  # the key is still exact; the value is not kept
             ref["digest"] = d.hex()
             arguments[name] = ref
-        return {
-            "fleche": 1,
-            "function": self.function_id,
-            "module": self.module,
-            "qualname": self.qualname,
-            "version": _metadata.plain(self.version),
-            "code": self.code,
-            "digest": key,
-            "arguments": arguments,
-            "result": result_ref,
-            "metadata": _metadata.collect(started, duration),
-        }
+        rec = self._record_head.copy()  # the fields that are the same for every call
+        rec["digest"] = key
+        rec["arguments"] = arguments
+        rec["result"] = result_ref
+        rec["metadata"] = _metadata.collect(started, duration)
+        return rec
 
     def store(
         self,
