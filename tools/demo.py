@@ -1,7 +1,13 @@
-"""What ./tools/demo runs: cache a slow function on local disk and show the miss, the hit and the store."""
+"""What ./tools/demo runs: cache a slow function and show the miss, the hit and the store.
+
+``./tools/demo`` uses a local store in ./.fleche-demo; ``./tools/demo --store URL`` any
+other (``s3://bucket/prefix``, ``sftp://host/path``, ``fleche+ssh://host/path``...), with
+``--option key=value`` for its storage options (``endpoint_url=http://127.0.0.1:9000``).
+"""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -29,23 +35,44 @@ def timed(limit: int) -> tuple[int, float]:
     return result, time.perf_counter() - t0
 
 
+def _options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"demo: --option takes key=value, got {pair!r}")
+        options[key] = value
+    return options
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        cache(STORE)
-        result, dt = timed(int(sys.argv[2]))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--store", default=str(STORE), help="store URL or path (default %(default)s)"
+    )
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--limit", type=int, default=300_000, help=argparse.SUPPRESS)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    options = _options(args.option)
+    active = cache(args.store, **options).value
+    limit = args.limit
+    if args.child:
+        result, dt = timed(limit)
         print(f"{result} {dt}")
         return
-    cache(STORE)
-    limit = 300_000
-    print(f"fleche demo: store at {STORE}")
+    print(f"fleche demo: store at {active.store.url}")
     was_cached = count_primes.contains(limit)
     result, dt = timed(limit)
     kind = "hit (stored by an earlier run)" if was_cached else "miss: computed and stored"
     print(f"  1st call count_primes({limit:,}) = {result:,}  {dt * 1e3:9.2f} ms  {kind}")
     result, dt = timed(limit)
     print(f"  2nd call count_primes({limit:,}) = {result:,}  {dt * 1e3:9.2f} ms  hit")
+    child = [sys.executable, __file__, "--child", "--store", args.store, "--limit", str(limit)]
+    for pair in args.option:
+        child += ["--option", pair]
     out = subprocess.run(
-        [sys.executable, __file__, "--child", str(limit)],
+        child,
         capture_output=True,
         text=True,
         check=True,
@@ -53,19 +80,23 @@ def main() -> None:
     ).stdout.split()
     print(
         f"  a new process:       count_primes({limit:,}) = {int(out[0]):,}  "
-        f"{float(out[1]) * 1e3:9.2f} ms  hit (read from disk)"
+        f"{float(out[1]) * 1e3:9.2f} ms  hit (read from the store)"
     )
     call = count_primes.call(limit)
     print(
         f"  call digest {call.digest}; computed on {call.metadata['host']} "
         f"in {call.metadata['duration']:.2f} s"
     )
-    files = [p for p in STORE.rglob("*") if p.is_file()]
-    size = sum(p.stat().st_size for p in files)
-    print(f"  store: {len(files)} files, {size:,} bytes:")
-    for p in sorted(files):
-        print(f"    {p.relative_to(STORE)}  ({p.stat().st_size} bytes)")
-    print(f"Delete {STORE} to start over.")
+    store = active.store
+    calls = list(store.iter_calls())
+    oids = list(store.iter_oids())
+    print(f"  store: {len(calls)} call record(s), {len(oids)} value object(s):")
+    for fid, digest in sorted(calls):
+        print(f"    calls/{fid}/{digest[:2]}/{digest[2:]}")
+    for oid in sorted(oids):
+        print(f"    objects/{oid[:2]}/{oid[2:]}  ({store.size(oid):,} bytes)")
+    if args.store == str(STORE):
+        print(f"Delete {STORE} to start over.")
 
 
 if __name__ == "__main__":
