@@ -9,6 +9,7 @@
 from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.register(...)
 from fleche._version import __version__
 from fleche.cache import Cache
+from fleche.cache_layers import LayeredCache
 from fleche.call import Call
 from fleche.config import active_cache, cache, reset_default, set_default_cache, tags
 from fleche.decorator import fleche
@@ -33,6 +34,7 @@ __all__ = [
     "CorruptObjectError",
     "FlecheError",
     "FlecheWarning",
+    "LayeredCache",
     "ObjectStore",
     "ReadOnlyStoreError",
     "SerializationError",

@@ -27,6 +27,37 @@ def type_name(value: Any) -> str:
     return f"{t.__module__}.{t.__qualname__}"
 
 
+def referenced_oids(record: dict[str, Any]) -> list[str]:
+    """The oids of the value objects a call record points at (its result and arguments).
+
+    Whoever copies a record into another store copies these first: a record
+    must never be published before the objects it references.
+    """
+    refs = [record.get("result"), *(record.get("arguments") or {}).values()]
+    return [r["oid"] for r in refs if isinstance(r, dict) and isinstance(r.get("oid"), str)]
+
+
+def encode_value(
+    value: Any, *, serializer: str = "pickle", level: int = 1, inline_limit: int = INLINE_LIMIT
+) -> tuple[dict[str, Any], codec.Encoded | None]:
+    """The reference a record keeps for ``value``, and the object to store (None when inline).
+
+    Separate from writing so a value can be encoded once and put into several
+    stores (a layered cache writing through).
+    Raises :class:`~fleche.errors.SerializationError` when no serializer accepts it.
+    """
+    ser, parts = codec.serialize_value(value, serializer)
+    size = sum(memoryview(p).nbytes for p in parts)
+    ref: dict[str, Any] = {"type": type_name(value), "ser": ser}
+    if size <= inline_limit:
+        ref["inline"] = parts[0] if len(parts) == 1 else b"".join(parts)
+        return ref, None
+    enc = codec.frame(parts, ser, level=level)
+    ref["oid"] = enc.oid
+    ref["size"] = enc.raw_size
+    return ref, enc
+
+
 class Cache:
     """Records and values of cached calls, kept in one :class:`~fleche.store.ObjectStore`.
 
@@ -60,6 +91,11 @@ class Cache:
 
     def __repr__(self) -> str:
         return f"Cache({self.store.url!r})"
+
+    @property
+    def url(self) -> str:
+        """Where the cache lives (its store's URL), for messages."""
+        return self.store.url
 
     @property
     def read_only(self) -> bool:
@@ -98,21 +134,20 @@ class Cache:
 
     # -- values --------------------------------------------------------------------------
 
+    def encode_value(self, value: Any) -> tuple[dict[str, Any], codec.Encoded | None]:
+        """:func:`encode_value` with this cache's serializer, compression and inline limit."""
+        return encode_value(
+            value, serializer=self.serializer, level=self.level, inline_limit=self.inline_limit
+        )
+
     def put_value(self, value: Any) -> dict[str, Any]:
         """Store a value; returns the reference a record keeps (inline bytes or an oid).
 
         Raises :class:`~fleche.errors.SerializationError` when no serializer accepts it.
         """
-        ser, parts = codec.serialize_value(value, self.serializer)
-        size = sum(memoryview(p).nbytes for p in parts)
-        ref: dict[str, Any] = {"type": type_name(value), "ser": ser}
-        if size <= self.inline_limit:
-            ref["inline"] = parts[0] if len(parts) == 1 else b"".join(parts)
-            return ref
-        enc = codec.frame(parts, ser, level=self.level)
-        self.store.put(enc.parts, oid=enc.oid)
-        ref["oid"] = enc.oid
-        ref["size"] = enc.raw_size
+        ref, enc = self.encode_value(value)
+        if enc is not None:
+            self.store.put(enc.parts, oid=enc.oid)
         return ref
 
     def load_value(self, ref: dict[str, Any]) -> Any:
@@ -121,7 +156,13 @@ class Cache:
         if inline is not None:
             return codec.decode_payload(ref["ser"], inline, "inline value")
         oid = ref["oid"]
-        blob = self.store.get(oid)
+        return self.decode_object(oid, self.store.get(oid))
+
+    def decode_object(self, oid: str, blob: Any) -> Any:
+        """Verify and decode the bytes of object ``oid`` read from this cache's store.
+
+        CorruptObjectError (after moving the file to quarantine) when they are damaged.
+        """
         try:
             return codec.decode_value(blob, expect=oid, where=f"object {oid} in {self.store.url}")
         except CorruptObjectError as e:

@@ -8,15 +8,17 @@ ask for it.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextvars import ContextVar, Token
 from pathlib import Path
 from typing import Any
 
 from fleche.cache import Cache
+from fleche.cache_layers import RETRY_AFTER, WRITE_MODES, LayeredCache, LayerSpec
 from fleche.errors import ConfigError
 from fleche.store import ObjectStore, open_store
 
@@ -36,8 +38,50 @@ CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "serializer": (str, "'pickle', 'cloudpickle' or 'dill'"),
     "storage_options": (dict, "a table of fsspec options"),
 }
+# A layered cache's own keys; each of its layers takes CACHE_KEYS.
+LAYERED_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "layers": (list, "an array of tables: one [[caches.NAME.layers]] per layer, nearest first"),
+    "write": (str, "'first' or 'through'"),
+    "retry_after": ((int, float), "seconds (a number >= 0)"),
+}
 TOP_KEYS = {"root", "default", "caches"}
 CACHE_OPTIONS = ("compression_level", "inline_limit", "serializer", "name")
+
+AnyCache = Cache | LayeredCache
+"""What a cache name, URL or list of layers resolves to."""
+LayerLike = Cache | ObjectStore | str | os.PathLike[str] | Mapping[str, Any]
+CacheLike = AnyCache | ObjectStore | str | os.PathLike[str] | Sequence[LayerLike]
+
+
+def _layer_url(options: Mapping[str, Any], source: Path | None) -> str:
+    """A layer's URL with ``~`` expanded; a relative path is relative to the file that says it."""
+    url = os.path.expanduser(options["url"])
+    if source is not None and "://" not in url and not os.path.isabs(url):
+        url = str(source.parent / url)
+    return url
+
+
+def _open_cache(options: Mapping[str, Any], source: Path | None, name: str | None) -> Cache:
+    """Open one (single-store) cache from checked per-cache options."""
+    o = dict(options)
+    url = _layer_url(o, source)
+    del o["url"]
+    store = open_store(
+        url,
+        read_only=o.pop("read_only", False),
+        durable=o.pop("durable", False),
+        **o.pop("storage_options", {}),
+    )
+    return Cache(store, name=name, **o)
+
+
+def _layer_spec(options: Mapping[str, Any], source: Path | None, name: str | None) -> LayerSpec:
+    """A layer opened by the LayeredCache, so an unreachable server degrades instead of raising."""
+    return LayerSpec(
+        _layer_url(options, source),
+        functools.partial(_open_cache, options, source, name),
+        options.get("read_only", False),
+    )
 
 
 class CacheSpec:
@@ -48,18 +92,29 @@ class CacheSpec:
         self.options = options
         self.source = source
 
-    def build(self) -> Cache:
-        o = dict(self.options)
-        url = o.pop("url")
-        if "://" not in url and not os.path.isabs(os.path.expanduser(url)):
-            url = str(self.source.parent / url)  # relative to the file that says it
-        store = open_store(
-            os.path.expanduser(url),
-            read_only=o.pop("read_only", False),
-            durable=o.pop("durable", False),
-            **o.pop("storage_options", {}),
+    @property
+    def layered(self) -> bool:
+        return "layers" in self.options
+
+    @property
+    def read_only(self) -> bool:
+        if self.layered:
+            return all(layer.get("read_only", False) for layer in self.options["layers"])
+        return bool(self.options.get("read_only", False))
+
+    def build(self) -> AnyCache:
+        if not self.layered:
+            return _open_cache(self.options, self.source, self.name)
+        layers = [
+            _layer_spec(layer, self.source, f"{self.name}[{i}]")
+            for i, layer in enumerate(self.options["layers"], 1)
+        ]
+        return LayeredCache(
+            layers,
+            write=self.options.get("write", "first"),
+            retry_after=self.options.get("retry_after", RETRY_AFTER),
+            name=self.name,
         )
-        return Cache(store, name=self.name, **o)
 
 
 class Config:
@@ -70,7 +125,7 @@ class Config:
         self.default: str | None = None
         self.files: list[Path] = []
 
-    def cache(self, name: str) -> Cache:
+    def cache(self, name: str) -> AnyCache:
         spec = self.caches.get(name)
         if spec is None:
             raise ConfigError(
@@ -82,20 +137,65 @@ class Config:
         return ", ".join(map(str, self.files)) or "any fleche.toml (none found)"
 
 
-def _check_cache(name: str, table: Any, path: Path) -> dict[str, Any]:
-    if not isinstance(table, Mapping):
-        raise ConfigError(f"{path}: [caches.{name}] must be a table, got {type(table).__name__}")
+def _check_types(
+    table: Mapping[str, Any],
+    keys: Mapping[str, tuple[type | tuple[type, ...], str]],
+    where: str,
+    section: str,
+    hint: str = "",
+) -> None:
+    """Every key known and of the expected type; errors say ``where: ... in section``."""
     for key, value in table.items():
-        if key not in CACHE_KEYS:
+        if key not in keys:
             raise ConfigError(
-                f"{path}: unknown key {key!r} in [caches.{name}]; valid keys: {sorted(CACHE_KEYS)}"
+                f"{where}unknown key {key!r} in {section}; valid keys: {sorted(keys)}{hint}"
             )
-        want, desc = CACHE_KEYS[key]
-        if not isinstance(value, want) or (want is int and isinstance(value, bool)):
-            raise ConfigError(f"{path}: [caches.{name}] {key} = {value!r}: expected {desc}")
+        want, desc = keys[key]
+        if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{where}{section} {key} = {value!r}: expected {desc}")
+
+
+def _check_single(table: Any, where: str, section: str) -> dict[str, Any]:
+    """The options of one single-store cache (a named cache or one layer)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}{section} must be a table, got {type(table).__name__}")
+    hint = ""
+    if any(k in LAYERED_KEYS for k in table):
+        hint = "; 'layers', 'write' and 'retry_after' belong to a layered cache's own table"
+    _check_types(table, CACHE_KEYS, where, section, hint)
     if "url" not in table:
-        raise ConfigError(f"{path}: [caches.{name}] needs a url (a path or fsspec URL)")
+        raise ConfigError(f"{where}{section} needs a url (a path or fsspec URL)")
     return dict(table)
+
+
+def _check_layered(name: str, table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    section = f"[caches.{name}]"
+    hint = f" (per-layer keys such as url go in each [[caches.{name}.layers]] table)"
+    _check_types(table, LAYERED_KEYS, where, f"{section} (a layered cache)", hint)
+    layers = table["layers"]
+    if not layers:
+        raise ConfigError(
+            f"{where}{section} layers is empty: add one [[caches.{name}.layers]] table per layer"
+        )
+    if table.get("write", "first") not in WRITE_MODES:
+        raise ConfigError(
+            f"{where}{section} write = {table['write']!r}: expected 'first' or 'through'"
+        )
+    if table.get("retry_after", 0) < 0:
+        raise ConfigError(
+            f"{where}{section} retry_after = {table['retry_after']!r}: expected seconds (a number >= 0)"
+        )
+    checked = [
+        _check_single(layer, where, f"[[caches.{name}.layers]] number {i}")
+        for i, layer in enumerate(layers, 1)
+    ]
+    return {**table, "layers": checked}
+
+
+def _check_cache(name: str, table: Any, path: Path) -> dict[str, Any]:
+    if isinstance(table, Mapping) and "layers" in table:
+        return _check_layered(name, table, f"{path}: ")
+    return _check_single(table, f"{path}: ", f"[caches.{name}]")
 
 
 def read_file(path: Path) -> dict[str, Any]:
@@ -163,26 +263,81 @@ def load_config(start: Path | None = None) -> Config:
 
 # -- the active cache ---------------------------------------------------------------------
 
-_ACTIVE: ContextVar[Cache | None] = ContextVar("fleche_active_cache", default=None)
+_ACTIVE: ContextVar[AnyCache | None] = ContextVar("fleche_active_cache", default=None)
 _TAGS: ContextVar[dict[str, Any]] = ContextVar("fleche_tags", default={})  # noqa: B039 - never mutated
-_default: Cache | None = None
+_default: AnyCache | None = None
 _default_lock = threading.Lock()
 
 
-def resolve(spec: Cache | ObjectStore | str | os.PathLike[str], **options: Any) -> Cache:
-    """Turn a cache name, URL, path, store or Cache into a Cache."""
-    if isinstance(spec, Cache):
+def _is_name(spec: object) -> bool:
+    """A str that can only be a cache name (or a bare directory name): no ``/``, no ``://``."""
+    return isinstance(spec, str) and "/" not in spec and "://" not in spec
+
+
+def _layers(
+    entries: Sequence[LayerLike],
+    *,
+    write: str = "first",
+    retry_after: float = RETRY_AFTER,
+    name: str | None = None,
+    **other: Any,
+) -> LayeredCache:
+    """``cache([...])``: each entry a Cache, store, name, path/URL or a table of per-cache keys."""
+    if other:
+        raise TypeError(
+            f"cache([...]) takes write=, retry_after= and name=, not {sorted(other)}: give a "
+            "layer its own options as a dict ({'url': ..., 'read_only': True}) or a Cache"
+        )
+    cfg: Config | None = None
+    layers: list[Cache | LayerSpec] = []
+    for i, entry in enumerate(entries, 1):
+        where = f"cache([...]) layer {i}: "
+        if isinstance(entry, LayeredCache):
+            raise TypeError(f"{where}{entry.url} is itself layered: list its layers instead")
+        if isinstance(entry, Cache):
+            layers.append(entry)
+        elif isinstance(entry, ObjectStore):
+            layers.append(Cache(entry))
+        elif isinstance(entry, Mapping):
+            layers.append(_layer_spec(_check_single(entry, where, "the table"), None, None))
+        elif isinstance(entry, (str, os.PathLike)):
+            if _is_name(entry):
+                cfg = cfg or load_config()
+                spec = cfg.caches.get(os.fspath(entry))
+                if spec is not None:
+                    if spec.layered:
+                        raise ConfigError(
+                            f"{where}{entry!r} is a layered cache in {spec.source}; "
+                            "a layer must be a single cache"
+                        )
+                    layers.append(_layer_spec(spec.options, spec.source, spec.name))
+                    continue
+            layers.append(_layer_spec({"url": os.fspath(entry)}, None, None))
+        else:
+            raise TypeError(
+                f"{where}a {type(entry).__name__}; expected a cache name, a path or URL, "
+                "a Cache, a store or a dict of per-cache options"
+            )
+    return LayeredCache(layers, write=write, retry_after=retry_after, name=name)
+
+
+def resolve(spec: CacheLike, **options: Any) -> AnyCache:
+    """Turn a cache name, URL, path, store, Cache or list of layers into a cache."""
+    if isinstance(spec, (Cache, LayeredCache)):
         if options:
             raise TypeError("options cannot be applied to an existing Cache object")
         return spec
     if isinstance(spec, ObjectStore):
         return Cache(spec, **options)
+    if isinstance(spec, (list, tuple)):
+        return _layers(spec, **options)
     if not isinstance(spec, (str, os.PathLike)):
         raise TypeError(
-            f"cache() takes a cache name, a path or URL, or a Cache; got {type(spec).__name__}"
+            "cache() takes a cache name, a path or URL, a Cache, or a list of them (layers); "
+            f"got {type(spec).__name__}"
         )
     text = os.fspath(spec)
-    if isinstance(spec, str) and "://" not in text and "/" not in text and not options:
+    if _is_name(spec) and not options:
         cfg = load_config()
         if text in cfg.caches:
             return cfg.cache(text)
@@ -192,7 +347,7 @@ def resolve(spec: Cache | ObjectStore | str | os.PathLike[str], **options: Any) 
     return Cache(open_store(os.path.expanduser(text), **options), **cache_opts)
 
 
-def default_cache() -> Cache:
+def default_cache() -> AnyCache:
     """The cache used when none was activated: FLECHE_CACHE, else fleche.toml's default, else memory."""
     global _default
     if _default is None:
@@ -207,7 +362,7 @@ def default_cache() -> Cache:
     return _default
 
 
-def set_default_cache(spec: Cache | ObjectStore | str | os.PathLike[str], **options: Any) -> Cache:
+def set_default_cache(spec: CacheLike, **options: Any) -> AnyCache:
     """Make a cache the process-wide default, seen by every thread that activated none.
 
     :func:`cache` is per context: threads started by a thread pool begin with an
@@ -227,7 +382,7 @@ def reset_default() -> None:
         _default = None
 
 
-def active_cache() -> Cache:
+def active_cache() -> AnyCache:
     """The cache a decorated function uses right now."""
     return _ACTIVE.get() or default_cache()
 
@@ -247,12 +402,14 @@ class _Activation:
         self._var.reset(self._token)
 
 
-def cache(spec: Cache | ObjectStore | str | os.PathLike[str], **options: Any) -> _Activation:
+def cache(spec: CacheLike, **options: Any) -> _Activation:
     """Make a cache active: ``cache("team")`` for the rest of this context, or ``with cache(url):`` for a block.
 
     ``spec`` is a name from fleche.toml, a path or fsspec URL, a Store or a Cache;
     ``options`` (compression_level, inline_limit, serializer, read_only, durable)
-    apply when a URL is opened here.
+    apply when a URL is opened here.  A list makes a layered cache, nearest
+    layer first: ``cache(["~/.cache/fleche", "s3://team/cache"], write="first")``;
+    its entries are any of the above or a dict of per-cache options with a url.
     """
     return _Activation(_ACTIVE, resolve(spec, **options))
 

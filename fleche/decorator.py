@@ -164,7 +164,7 @@ class CachedFunction:
         except (CorruptObjectError, SerializationError) as e:
             self.warn_once("unreadable", f"{e}; recomputing")
         except OSError as e:
-            self.warn_once("read", f"cannot read {cache.store.url} ({e}); recomputing")
+            self.warn_once("read", f"cannot read {cache.url} ({e}); recomputing")
         return False, None
 
     # -- computing and storing -----------------------------------------------------------
@@ -223,14 +223,12 @@ class CachedFunction:
             return
         try:
             ref = cache.put_value(result)
-        except SerializationError as e:
-            self.warn_once(f"serialize:{type(result).__qualname__}", f"{e}; returned uncached")
-            return
-        try:
             rec = self.record(cache, key, items, digests, ref, started, duration)
             cache.put_record(self.function_id, key, rec)
+        except SerializationError as e:
+            self.warn_once(f"serialize:{type(result).__qualname__}", f"{e}; returned uncached")
         except (OSError, FlecheError) as e:
-            self.warn_once("write", f"cannot write to {cache.store.url} ({e}); returned uncached")
+            self.warn_once("write", f"cannot write to {cache.url} ({e}); returned uncached")
 
     def compute(
         self,
@@ -309,7 +307,7 @@ class CachedFunction:
         rec = cache.get_record(self.function_id, key)
         if rec is None:
             raise CacheMiss(
-                f"{self.qualname}: call {key} is not in cache {cache.store.url}; "
+                f"{self.qualname}: call {key} is not in cache {cache.url}; "
                 "call the function to compute it"
             )
         return cache, rec

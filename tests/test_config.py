@@ -81,6 +81,40 @@ def test_fleche_cache_env_names_a_cache_or_url(isolated, monkeypatch):
         ("default = 'zzz'\n[caches.a]\nurl = 'x'\n", "default = 'zzz' names no cache"),
         ("root = 'yes'\n", "root = 'yes'"),
         ("caches = 3\n", "caches must be a table"),
+        # layered caches
+        (
+            "[caches.t]\nurl = 'x'\n[[caches.t.layers]]\nurl = 'y'\n",
+            "unknown key 'url' in \\[caches.t\\] \\(a layered cache\\).*go in each "
+            "\\[\\[caches.t.layers\\]\\]",
+        ),
+        (
+            "[[caches.t.layers]]\nurl = 'y'\n[[caches.t.layers]]\nurl = 'z'\nrd_only = true\n",
+            "unknown key 'rd_only' in \\[\\[caches.t.layers\\]\\] number 2",
+        ),
+        ("[[caches.t.layers]]\ncompression_level = 3\n", "layers\\]\\] number 1 needs a url"),
+        (
+            "[[caches.t.layers]]\nurl = 'y'\ndurable = 'yes'\n",
+            "number 1 durable = 'yes': expected true or false",
+        ),
+        (
+            "[caches.t]\nwrite = 'all'\n[[caches.t.layers]]\nurl = 'y'\n",
+            "\\[caches.t\\] write = 'all': expected 'first' or 'through'",
+        ),
+        (
+            "[caches.a]\nurl = 'x'\nwrite = 'through'\n",
+            "unknown key 'write' in \\[caches.a\\].*belong to a layered cache",
+        ),
+        ("[caches.t]\nlayers = []\n", "layers is empty: add one \\[\\[caches.t.layers\\]\\]"),
+        ("[caches.t]\nlayers = 3\n", "layers = 3: expected an array of tables"),
+        ("[caches.t]\nlayers = ['a']\n", "number 1 must be a table, got str"),
+        (
+            "[caches.t]\nretry_after = -1\n[[caches.t.layers]]\nurl = 'y'\n",
+            "retry_after = -1: expected seconds",
+        ),
+        (
+            "[caches.t]\nretry_after = true\n[[caches.t.layers]]\nurl = 'y'\n",
+            "retry_after = True: expected seconds",
+        ),
     ],
 )
 def test_bad_config_names_file_and_key(isolated, text, message):
@@ -101,3 +135,34 @@ def test_cache_rejects_odd_specs():
         fl.cache(42)
     with pytest.raises(ValueError, match="compression_level"):
         fl.cache("memory://", compression_level=99)
+
+
+def test_layered_cache_from_toml(isolated, monkeypatch):
+    write(
+        isolated / "project" / "fleche.toml",
+        f"""default = "team"
+[caches.team]
+write = "through"
+retry_after = 5
+
+[[caches.team.layers]]
+url = "near"            # relative to this file
+compression_level = 3
+
+[[caches.team.layers]]
+url = "{isolated / "far"}"
+read_only = true
+""",
+    )
+    team = fl.active_cache()
+    assert isinstance(team, fl.LayeredCache)
+    assert (team.name, team.write, team.retry_after) == ("team", "through", 5.0)
+    near, far = team.layers
+    assert near.store.url == str(isolated / "project" / "near") and near.level == 3
+    assert far.read_only and not near.read_only and not team.read_only
+    assert config.load_config().caches["team"].layered
+    with fl.cache("team") as again:
+        assert again is not team and again.url == team.url
+    monkeypatch.setenv("FLECHE_CACHE", "team")
+    config.reset_default()
+    assert isinstance(fl.active_cache(), fl.LayeredCache)

@@ -462,6 +462,25 @@ def test_write_failure_returns_result_and_warns(active, monkeypatch):
     assert f(1) == 2
 
 
+def test_object_write_failure_returns_result_and_warns_once(active, monkeypatch):
+    """A large result goes to an object first: a full disk there must not lose it either."""
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(active.store, "put", full)
+
+    @fleche
+    def f(x):
+        return bytes(10_000) + bytes([x])
+
+    with pytest.warns(FlecheWarning, match="No space left") as seen:
+        assert f(1)[-1] == 1
+        assert f(2)[-1] == 2
+    assert len(seen) == 1
+    assert not f.contains(1)
+
+
 def test_read_failure_recomputes_and_warns(active, monkeypatch):
     @fleche
     def f(x):

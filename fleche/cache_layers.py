@@ -1,0 +1,535 @@
+"""Layered caches: several caches read as one, nearest first.
+
+``LayeredCache([local, team])`` is what ``cache(["~/.cache/fleche",
+"s3://team/cache"])`` builds: a fast private cache in front of a shared, slower
+one.  It presents the interface the decorator uses on a :class:`Cache`
+(``get_record``, ``load_value``, ``put_value``, ``put_record``...), so
+``@fleche`` neither knows nor cares that there are layers.
+
+Why here and not as a store stacked over stores: a store moves opaque bytes
+and cannot know which objects a call record points at.  The cache level does
+(:func:`~fleche.cache.referenced_oids`), and that is what keeps every layer
+valid at every instant: objects are copied into a layer before the record
+that references them, exactly as a single cache writes them.
+
+- Reads go down the layers; the first hit wins.  A hit in a lower layer is
+  copied up (objects, then the record) into the first writable layer above it
+  (into every writable layer above it with ``write="through"``), so the next
+  hit costs no trip to the lower layer.
+- Writes go to the first writable layer that works (``write="first"``) or to
+  every writable layer (``write="through"``).  A read-only layer may sit
+  anywhere: it is read, never written or copied into.
+- A layer that fails (an ``OSError``: unreachable server, refused request,
+  full disk) is skipped for ``retry_after`` seconds and the others carry on;
+  one :class:`~fleche.errors.FlecheWarning` per layer says so, not one per
+  call.  Skipping matters: an unreachable S3 endpoint costs seconds of
+  retries, which must not be paid on every call.
+- Deleting a record removes it from every writable layer; listing records
+  merges the layers, the nearest copy of each call winning.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
+
+from fleche import codec
+from fleche.cache import Cache, encode_value, referenced_oids
+from fleche.errors import CacheMiss, CorruptObjectError, FlecheWarning
+
+__all__ = ["RETRY_AFTER", "WRITE_MODES", "LayerSpec", "LayeredCache"]
+
+WRITE_MODES = ("first", "through")
+RETRY_AFTER = 60.0
+"""Seconds a failed layer is left alone before it is tried again."""
+
+# Objects known to be in a layer (written or seen there by this process): the
+# record written next checks here before asking the store.  Bounded; forgetting
+# only costs an existence check.
+_KNOWN_MAX = 65536
+
+
+class LayerSpec(NamedTuple):
+    """How to open one layer, for a layer that may be unreachable when the cache is built.
+
+    ``open`` is called at once; if it raises ``OSError`` (a server down, a
+    network gone) the layer starts out failed and is opened again after
+    ``retry_after``, like a layer that fails later.  ``read_only`` must say
+    what the opened cache will say, so writes can be planned without opening.
+    """
+
+    url: str
+    open: Callable[[], Cache]
+    read_only: bool = False
+
+
+def _warn(message: str) -> None:
+    """Warn at the first frame outside fleche, so the warning points at the user's line."""
+    frame = sys._getframe(1)
+    level = 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "fleche":
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, FlecheWarning, stacklevel=level)
+
+
+class _Layer:
+    """One layer: its cache (once opened) and its health."""
+
+    __slots__ = (
+        "cache",
+        "index",
+        "known",
+        "label",
+        "lock",
+        "opener",
+        "read_down",
+        "read_only",
+        "url",
+        "warned",
+        "write_down",
+    )
+
+    def __init__(
+        self,
+        index: int,
+        url: str,
+        read_only: bool,
+        cache: Cache | None = None,
+        opener: Callable[[], Cache] | None = None,
+    ) -> None:
+        self.index = index
+        self.url = url
+        self.label = (
+            f"layer {index + 1} ({url})"  # counted from 1 in messages, like the toml tables
+        )
+        self.read_only = read_only
+        self.cache = cache
+        self.opener = opener
+        self.lock = threading.Lock()
+        self.known: set[str] = set()
+        # time.monotonic() before which the layer is skipped; a read failure
+        # stops writes too (an unreachable server fails both), not the reverse
+        # (a full disk can still serve hits).
+        self.read_down = 0.0
+        self.write_down = 0.0
+        self.warned = False
+
+    def remember(self, oid: str) -> None:
+        if len(self.known) >= _KNOWN_MAX:
+            self.known.clear()
+        self.known.add(oid)
+
+    def has_object(self, oid: str) -> bool:
+        """Whether object ``oid`` is in this layer; OSError when the layer cannot say."""
+        if oid in self.known:
+            return True
+        assert self.cache is not None
+        if self.cache.store.exists(oid):
+            self.remember(oid)
+            return True
+        return False
+
+
+class _StoreView:
+    """What ``cache.store`` shows of a layered cache: a URL and read_only, for messages.
+
+    A layered cache has no single store; code that wants one must pick a layer,
+    so anything else is an AttributeError that says so rather than a silent
+    operation on the first layer only.
+    """
+
+    def __init__(self, owner: LayeredCache) -> None:
+        self._owner = owner
+
+    @property
+    def url(self) -> str:
+        return self._owner.url
+
+    @property
+    def read_only(self) -> bool:
+        return self._owner.read_only
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"{self._owner.url} is a layered cache and has no single store (no {name!r}): "
+            "use .layers[i].store for one layer"
+        )
+
+
+class LayeredCache:
+    """Several caches read as one, nearest first; see the module docstring for the rules.
+
+    ``layers``: :class:`~fleche.cache.Cache` objects, or :class:`LayerSpec` for
+    layers that may be unreachable when this is built.  ``write``: ``"first"``
+    (the default: the first writable layer that works) or ``"through"`` (every
+    writable layer).  ``retry_after``: seconds a failed layer is skipped.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Cache | LayerSpec],
+        *,
+        write: str = "first",
+        name: str | None = None,
+        retry_after: float = RETRY_AFTER,
+    ) -> None:
+        if write not in WRITE_MODES:
+            raise ValueError(f"write={write!r}: choose 'first' or 'through'")
+        if isinstance(retry_after, bool) or not isinstance(retry_after, (int, float)):
+            raise ValueError(f"retry_after={retry_after!r}: expected seconds (a number >= 0)")
+        if retry_after < 0:
+            raise ValueError(f"retry_after={retry_after!r}: expected seconds (a number >= 0)")
+        if isinstance(layers, (str, bytes)) or not layers:
+            raise ValueError("a layered cache needs a list of at least one layer")
+        self._layers: list[_Layer] = []
+        for i, layer in enumerate(layers):
+            if isinstance(layer, LayeredCache):
+                raise TypeError(
+                    f"layer {i + 1} ({layer.url}) is itself a layered cache: list its layers instead"
+                )
+            if isinstance(layer, Cache):
+                self._layers.append(_Layer(i, layer.url, layer.read_only, cache=layer))
+            elif isinstance(layer, LayerSpec):
+                self._layers.append(_Layer(i, layer.url, layer.read_only, opener=layer.open))
+            else:
+                raise TypeError(
+                    f"layer {i + 1} is a {type(layer).__name__}; expected a Cache or a LayerSpec"
+                )
+        self.write = write
+        self.retry_after = float(retry_after)
+        self.url = "layers(" + ", ".join(layer.url for layer in self._layers) + ")"
+        self.name = name or self.url
+        self._given_name = name
+        self.store = _StoreView(self)
+        self._warn_lock = threading.Lock()
+        for layer in self._layers:  # a bad URL fails now; an unreachable server degrades
+            self._open(layer)
+
+    def __repr__(self) -> str:
+        urls = [layer.url for layer in self._layers]
+        return f"LayeredCache({urls!r}, write={self.write!r})"
+
+    @property
+    def read_only(self) -> bool:
+        """True when no layer may be written (the decorator then stores nothing)."""
+        return all(layer.read_only for layer in self._layers)
+
+    @property
+    def layers(self) -> tuple[Cache, ...]:
+        """The cache of each layer, nearest first; OSError if one cannot be opened now."""
+        out = []
+        for layer in self._layers:
+            cache = layer.cache or self._open(layer, force=True)
+            if cache is None:
+                raise OSError(f"{layer.label} cannot be opened now")
+            out.append(cache)
+        return tuple(out)
+
+    # -- health --------------------------------------------------------------------------
+
+    def _open(self, layer: _Layer, *, force: bool = False) -> Cache | None:
+        """The layer's cache, opening it if needed; None while it cannot be opened."""
+        if layer.cache is not None:
+            return layer.cache
+        if not force and time.monotonic() < layer.read_down:
+            return None
+        with layer.lock:
+            if layer.cache is None:
+                assert layer.opener is not None
+                try:
+                    layer.cache = layer.opener()
+                except OSError as e:
+                    self._fault(layer, "open", e, reads=True)
+                    return None
+                # the opened cache knows best: never plan writes into a read-only store
+                layer.read_only = layer.read_only or layer.cache.read_only
+        return layer.cache
+
+    def _fault(self, layer: _Layer, action: str, error: BaseException, *, reads: bool) -> None:
+        """Skip a failed layer for ``retry_after`` seconds; warn the first time only."""
+        until = time.monotonic() + self.retry_after
+        layer.write_down = until
+        if reads:
+            layer.read_down = until
+        with self._warn_lock:
+            first, layer.warned = not layer.warned, True
+        if first:
+            skipped = "skipped" if reads else "not written"
+            of = f" of cache {self._given_name!r}" if self._given_name else ""
+            _warn(
+                f"fleche: {layer.label}{of} failed to {action}: {error}; using the other "
+                f"layers ({skipped} for {self.retry_after:g} s at a time while it fails; "
+                "this warning is not repeated)"
+            )
+
+    def _readable(self) -> Iterator[tuple[_Layer, Cache]]:
+        """Layers to read, nearest first, failed ones skipped (opened as reached)."""
+        for layer in self._layers:
+            if layer.read_down and time.monotonic() < layer.read_down:
+                continue
+            cache = self._open(layer)
+            if cache is not None:
+                yield layer, cache
+
+    def _writable(self, above: int | None = None) -> Iterator[tuple[_Layer, Cache]]:
+        """Writable layers (above layer ``above`` only, when given), failed ones skipped."""
+        for layer in self._layers[:above]:
+            if layer.read_only:
+                continue
+            if layer.write_down and time.monotonic() < layer.write_down:
+                continue
+            cache = self._open(layer)
+            if cache is not None:
+                yield layer, cache
+
+    # -- records -------------------------------------------------------------------------
+
+    def get_record(self, function_id: str, key: str) -> dict[str, Any] | None:
+        """The nearest layer's record of a call (copied up when found below), or None."""
+        for layer, cache in self._readable():
+            try:
+                rec = cache.get_record(function_id, key)
+            except OSError as e:
+                self._fault(layer, "read", e, reads=True)
+                continue
+            if rec is not None:
+                if layer.index:
+                    self._copy_up(layer, cache, function_id, key, rec)
+                return rec
+        return None
+
+    def has_record(self, function_id: str, key: str) -> bool:
+        for layer, cache in self._readable():
+            try:
+                if cache.has_record(function_id, key):
+                    return True
+            except OSError as e:
+                self._fault(layer, "read", e, reads=True)
+        return False
+
+    def put_record(self, function_id: str, key: str, record: dict[str, Any]) -> None:
+        """Write a record into the layer(s) that received its objects, never into one that lacks them.
+
+        Layer faults are warned about, not raised: the value is the caller's
+        and a cache that cannot keep it must not take it from them.
+        """
+        oids = referenced_oids(record)
+        blobs: dict[str, bytes] = {}
+        for layer, cache in self._writable():
+            try:
+                # Normally a no-op (put_value just wrote them here).  After a fault it
+                # is what lets the next layer take the record: its objects come first.
+                if not self._supply(layer, cache, oids, blobs):
+                    continue
+                cache.put_record(function_id, key, record)
+            except OSError as e:
+                self._fault(layer, "write", e, reads=False)
+                continue
+            if self.write == "first":
+                return
+
+    def delete_record(self, function_id: str, key: str) -> None:
+        """Remove a call from every writable layer, failed ones included.
+
+        An eviction that silently missed a layer would bring the result back
+        when that layer recovers, so every writable layer is tried and
+        OSError names those that could not be reached.  A read-only layer
+        keeps its copy (and serves it again).
+        """
+        errors = []
+        for layer in self._layers:
+            if layer.read_only:
+                continue
+            try:
+                cache = layer.cache or self._open(layer, force=True)
+                if cache is None:
+                    raise OSError("cannot be opened")
+                cache.delete_record(function_id, key)
+            except OSError as e:
+                errors.append(f"{layer.label}: {e}")
+        if errors:
+            raise OSError(
+                f"call {function_id}/{key} could not be removed from " + "; ".join(errors)
+            )
+
+    def iter_records(self, function_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every readable record, each call once: the nearest layer's copy wins."""
+        seen: set[tuple[str, str]] = set()
+        last = len(self._layers) - 1
+        for layer, cache in self._readable():
+            try:
+                for fid, key in cache.store.iter_calls(function_id):
+                    if (fid, key) in seen:
+                        continue
+                    rec = cache.get_record(fid, key)
+                    if rec is None:
+                        continue  # corrupt here (warned): a lower layer's copy may do
+                    if layer.index != last:
+                        seen.add((fid, key))
+                    yield rec
+            except OSError as e:
+                self._fault(layer, "list", e, reads=True)
+
+    # -- values --------------------------------------------------------------------------
+
+    def put_value(self, value: Any) -> dict[str, Any]:
+        """Encode a value once and store its object in the write layer(s); returns its reference.
+
+        Encoded with the first writable layer's settings (serializer,
+        compression, inline limit): the reference goes into one record shared
+        by every layer, so there is one decision.  Layer faults warn, never
+        raise; :class:`~fleche.errors.SerializationError` still does.
+        """
+        writers = self._writable()
+        first = next(writers, None)
+        encoder = first[1] if first else self._any_writable_cache()
+        ref, enc = encoder.encode_value(value) if encoder else encode_value(value)
+        if enc is None or first is None:
+            return ref
+        for layer, cache in _chain1(first, writers):
+            try:
+                cache.store.put(enc.parts, oid=enc.oid)
+            except OSError as e:
+                self._fault(layer, "write", e, reads=False)
+                continue
+            layer.remember(enc.oid)
+            if self.write == "first":
+                break
+        return ref
+
+    def _any_writable_cache(self) -> Cache | None:
+        return next((la.cache for la in self._layers if not la.read_only and la.cache), None)
+
+    def load_value(self, ref: dict[str, Any]) -> Any:
+        """Load a value from the nearest layer holding its object.
+
+        A damaged copy in one layer (moved to its quarantine) does not make a
+        miss when a lower layer has a good one; the good bytes are copied back
+        into the damaged layer so its record points at a sound object again.
+        """
+        inline = ref.get("inline")
+        if inline is not None:
+            return codec.decode_payload(ref["ser"], inline, "inline value")
+        oid = ref["oid"]
+        damaged: list[tuple[_Layer, Cache]] = []
+        error: CorruptObjectError | None = None
+        for layer, cache in self._readable():
+            try:
+                if not damaged:
+                    return cache.load_value(ref)
+                blob = cache.store.get(oid)
+                value = cache.decode_object(oid, blob)
+            except CacheMiss:
+                continue
+            except CorruptObjectError as e:
+                error = e
+                damaged.append((layer, cache))
+                continue
+            except OSError as e:
+                self._fault(layer, "read", e, reads=True)
+                continue
+            self._repair(oid, blob, damaged, layer, error)
+            return value
+        if error is not None:
+            raise error
+        raise CacheMiss(f"object {oid} is in no layer of {self.url}")
+
+    # -- copying between layers ----------------------------------------------------------
+
+    def _fetch(self, layer: _Layer, cache: Cache, oid: str) -> bytes | None:
+        """The verified bytes of object ``oid`` in a source layer, or None (nothing is copied then)."""
+        try:
+            blob = cache.store.get(oid)
+            codec.unframe(blob, f"object {oid} in {cache.url}", expect=oid)
+        except (CacheMiss, CorruptObjectError):
+            return None  # loading it will find out and say so; copying it would spread the fault
+        except OSError as e:
+            self._fault(layer, "read", e, reads=True)
+            return None
+        return blob
+
+    def _supply(
+        self,
+        layer: _Layer,
+        target: Cache,
+        oids: list[str],
+        blobs: dict[str, bytes],
+        source: tuple[_Layer, Cache] | None = None,
+    ) -> bool:
+        """Put each object of ``oids`` into ``layer`` unless it is there; False if one cannot be had.
+
+        Bytes come from ``source`` or else from any other layer holding them
+        (those known to, first), verified, and are kept in ``blobs`` for the
+        next target.  OSError from writing ``layer`` is the caller's to handle.
+        """
+        for oid in oids:
+            if layer.has_object(oid):
+                continue
+            blob = blobs.get(oid)
+            if blob is None:
+                if source is not None:
+                    candidates = [source]
+                else:
+                    candidates = [(la, c) for la, c in self._readable() if la is not layer]
+                    candidates.sort(key=lambda lc: oid not in lc[0].known)
+                blob = next(filter(None, (self._fetch(la, c, oid) for la, c in candidates)), None)
+                if blob is None:
+                    return False
+                blobs[oid] = blob
+            target.store.put(blob, oid=oid)
+            layer.remember(oid)
+        return True
+
+    def _copy_up(
+        self, source: _Layer, cache: Cache, function_id: str, key: str, rec: dict[str, Any]
+    ) -> None:
+        """Copy a hit found in a lower layer into the writable layer(s) above: objects, then record."""
+        oids = referenced_oids(rec)
+        blobs: dict[str, bytes] = {}
+        for layer, target in self._writable(above=source.index):
+            try:
+                if not self._supply(layer, target, oids, blobs, (source, cache)):
+                    return  # the source lacks an object (or it is damaged): loading will say so
+                target.put_record(function_id, key, rec)
+            except OSError as e:
+                self._fault(layer, "write", e, reads=False)
+                continue
+            if self.write == "first":
+                return
+
+    def _repair(
+        self,
+        oid: str,
+        blob: bytes,
+        damaged: list[tuple[_Layer, Cache]],
+        source: _Layer,
+        error: CorruptObjectError | None,
+    ) -> None:
+        """Put good bytes back where a damaged copy was quarantined; say what happened."""
+        fixed = []
+        for layer, cache in damaged:
+            if layer.read_only:
+                continue
+            try:
+                cache.store.put(blob, oid=oid)
+            except OSError as e:
+                self._fault(layer, "write", e, reads=False)
+                continue
+            layer.remember(oid)
+            fixed.append(layer.label)
+        where = ", ".join(la.label for la, _ in damaged)
+        done = f"; the good copy was put back into {', '.join(fixed)}" if fixed else ""
+        _warn(f"fleche: {error}; loaded object {oid} from {source.label} instead of {where}{done}")
+
+
+def _chain1(
+    first: tuple[_Layer, Cache], rest: Iterator[tuple[_Layer, Cache]]
+) -> Iterator[tuple[_Layer, Cache]]:
+    """``first`` then ``rest``, lazily: with write="first", later layers are opened only if needed."""
+    yield first
+    yield from rest
