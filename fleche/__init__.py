@@ -25,6 +25,7 @@ from fleche.errors import (
     UnhashableArgumentError,
 )
 from fleche.store import ObjectStore, open_store
+from fleche.sync import SyncError, SyncResult, sync
 
 __all__ = [
     "Cache",
@@ -39,6 +40,8 @@ __all__ = [
     "ReadOnlyStoreError",
     "SerializationError",
     "StoreFormatError",
+    "SyncError",
+    "SyncResult",
     "UnhashableArgumentError",
     "__version__",
     "active_cache",
@@ -48,5 +51,6 @@ __all__ = [
     "open_store",
     "reset_default",
     "set_default_cache",
+    "sync",
     "tags",
 ]

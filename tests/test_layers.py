@@ -18,13 +18,16 @@ LAYERS = {
     "codec": 2,
     "testing": 2,
     "cache": 3,
+    "remote": 3,  # the remote-cache server: store and codec below it, nothing above
     "config": 4,
+    "sync": 4,  # store, codec, errors and cache.referenced_oids; the CLI calls it
     "metadata": 5,
     "call": 5,
     "decorator": 6,
-    "cli": 7,
-    "__init__": 8,
-    "__main__": 9,
+    "upkeep": 7,  # verify, gc, stats, lookups: store, codec, cache, call; decorator's function_id
+    "cli": 8,
+    "__init__": 9,
+    "__main__": 10,
 }
 PACKAGE = Path(fleche.__file__).parent
 
