@@ -497,6 +497,13 @@ def open_store(
         from fleche.store_s3 import S3Store  # s3fs itself is imported only when building one
 
         store = S3Store(text, read_only=read_only, durable=durable, **storage_options)
+    elif protocol in ("sftp", "ssh"):
+        try:  # paramiko itself is imported only when building one
+            from fleche.store_sftp import SFTPStore
+        except ImportError as e:
+            raise ConfigError(f"cannot open {text!r}: {e}") from e
+        opts = {"create": create, **storage_options}  # a missing directory is an error otherwise
+        store = SFTPStore(text, read_only=read_only, durable=durable, **opts)
     else:
         known = {*fsspec.available_protocols(), *fsspec.registry}  # built in + registered
         if protocol not in known:
