@@ -504,6 +504,10 @@ def open_store(
             raise ConfigError(f"cannot open {text!r}: {e}") from e
         opts = {"create": create, **storage_options}  # a missing directory is an error otherwise
         store = SFTPStore(text, read_only=read_only, durable=durable, **opts)
+    elif protocol.startswith("fleche+"):
+        from fleche.store_remote import RemoteStore  # fleche+ssh://, fleche+exec://
+
+        store = RemoteStore(text, read_only=read_only, durable=durable, **storage_options)
     else:
         known = {*fsspec.available_protocols(), *fsspec.registry}  # built in + registered
         if protocol not in known:
