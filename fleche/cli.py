@@ -296,7 +296,7 @@ def progress_bar(enabled: bool | None = None) -> Iterator[Callable[[str, int, in
         yield update
 
 
-@main.command()
+@main.command(short_help="Serve a store to a fleche+ssh:// client (started by it).")
 @click.option(
     "--serve",
     "path",

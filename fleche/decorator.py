@@ -164,7 +164,8 @@ class CachedFunction:
         except (CorruptObjectError, SerializationError) as e:
             self.warn_once("unreadable", f"{e}; recomputing")
         except OSError as e:
-            self.warn_once("read", f"cannot read {cache.url} ({e}); recomputing")
+            # one warning per store fault, read or write: a server that is down says it once
+            self.warn_once(f"io:{cache.url}", f"cannot read {cache.url} ({e}); recomputing")
         return False, None
 
     # -- computing and storing -----------------------------------------------------------
@@ -228,7 +229,9 @@ class CachedFunction:
         except SerializationError as e:
             self.warn_once(f"serialize:{type(result).__qualname__}", f"{e}; returned uncached")
         except (OSError, FlecheError) as e:
-            self.warn_once("write", f"cannot write to {cache.url} ({e}); returned uncached")
+            self.warn_once(
+                f"io:{cache.url}", f"cannot write to {cache.url} ({e}); returned uncached"
+            )
 
     def compute(
         self,
