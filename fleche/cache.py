@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from fleche import codec
-from fleche.errors import CacheMiss, CorruptObjectError, FlecheWarning
+from fleche.errors import CorruptObjectError, FlecheWarning
 from fleche.store import ObjectStore, open_store
 
 INLINE_LIMIT = 4096
@@ -105,9 +105,8 @@ class Cache:
 
     def get_record(self, function_id: str, key: str) -> dict[str, Any] | None:
         """The record stored for a call, or None on a miss (a corrupt record is a miss, with a warning)."""
-        try:
-            blob = self.store.get_call(function_id, key)
-        except CacheMiss:
+        blob = self.store.find_call(function_id, key)
+        if blob is None:
             return None
         try:
             return codec.decode_record(blob)

@@ -388,13 +388,18 @@ class ObjectStore:
         self._write(path, (data,))
 
     def get_call(self, function_id: str, digest: str) -> bytes:
+        data = self.find_call(function_id, digest)
+        if data is None:
+            raise CacheMiss(f"no call record {function_id}/{digest} in the store at {self.url}")
+        return data
+
+    def find_call(self, function_id: str, digest: str) -> bytes | None:
+        """The record's bytes, or None when there is none: a miss raises nothing (cheaper)."""
         path = self._call_path(function_id, digest)
         try:
             return self._read(path)
         except FileNotFoundError:
-            raise CacheMiss(
-                f"no call record {function_id}/{digest} in the store at {self.url}"
-            ) from None
+            return None
 
     def has_call(self, function_id: str, digest: str) -> bool:
         return self._exists(self._call_path(function_id, digest))

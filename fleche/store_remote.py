@@ -465,12 +465,12 @@ class RemoteStore(ObjectStore):
         check_function_id(function_id)
         self._request(("put_call", function_id, check_oid(digest, "call digest")), (data,))
 
-    def get_call(self, function_id: str, digest: str) -> bytes:
-        """The record's bytes in one round trip; ``CacheMiss`` when there is none."""
+    def find_call(self, function_id: str, digest: str) -> bytes | None:
+        """The record's bytes in one round trip; None when there is none."""
         check_function_id(function_id)
         value, body = self._request(("get_call", function_id, check_oid(digest, "call digest")))
         if value is None and body is None:
-            raise CacheMiss(f"no call record {function_id}/{digest} in the store at {self.url}")
+            return None
         return body  # type: ignore[no-any-return]
 
     def has_call(self, function_id: str, digest: str) -> bool:

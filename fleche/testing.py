@@ -218,6 +218,12 @@ class StoreConformance:
         assert FID in str(info.value) and digest in str(info.value)
         assert store.url in str(info.value)
 
+    def test_find_call_is_none_on_a_miss(self, store: ObjectStore) -> None:
+        digest = digest_of("find me")
+        assert store.find_call(FID, digest) is None
+        store.put_call(FID, digest, b"found")
+        assert bytes(store.find_call(FID, digest) or b"") == b"found"
+
     def test_delete_call(self, store: ObjectStore) -> None:
         digest = digest_of("delete me")
         store.put_call(FID, digest, b"r")

@@ -491,7 +491,7 @@ def test_read_failure_recomputes_and_warns(active, monkeypatch):
     def broken(*a, **k):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(active.store, "get_call", broken)
+    monkeypatch.setattr(active.store, "find_call", broken)
     with pytest.warns(FlecheWarning, match="Input/output error"):
         assert f(1) == 2
 
