@@ -16,6 +16,7 @@ LAYERS = {
     "store": 1,
     "digest": 1,
     "codec": 2,
+    "terms": 2,  # query conditions: digest below it; the index and the query API use it
     "testing": 2,
     "cache": 3,
     "remote": 3,  # the remote-cache server: store and codec below it, nothing above

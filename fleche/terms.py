@@ -1,0 +1,145 @@
+"""Conditions a query puts on arguments and metadata: ``Q.gt(3)``, ``Q.in_([1, 2])``...
+
+A plain value in a query means ``Q.eq(value)``; ``None`` means "any value".
+
+Equality is exact and type-aware, like the call key: ``n=3`` matches a call
+made with ``3``, not with ``3.0`` or ``True``, because it compares
+:mod:`fleche.digest` digests. So it works for any argument, also ones stored by
+reference (arrays, frames), whose records keep only a digest. Order
+comparisons (``lt``, ``le``, ``gt``, ``ge``, ``between``) need the value
+itself: they apply to numbers (``int`` and ``float``, never ``bool``) and to
+``str`` against ``str``, and a value of another type, or one stored by
+reference, never matches them. An index answers the same conditions in SQL
+(see ``docs/query.md``); this module is the reference semantics both follow.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleche.digest import digest_bytes
+
+__all__ = ["ORDERED", "Condition", "Q", "as_condition"]
+
+ORDERED = ("lt", "le", "gt", "ge", "between")
+_OPS = ("eq", "ne", "in", *ORDERED)
+
+
+def _orderable(value: Any) -> bool:
+    t = type(value)
+    if t is int or t is str:
+        return True
+    return t is float and not math.isnan(value)
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    """True when ``a < b`` is meaningful for a query: both numbers, or both str."""
+    if not (_orderable(a) and _orderable(b)):
+        return False
+    return (type(a) is str) == (type(b) is str)
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One test on a stored value. Build with :class:`Q`; ``op`` is one of ``eq ne in lt le gt ge between``."""
+
+    op: str
+    operand: Any
+    digests: frozenset[bytes] = field(default=frozenset(), compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.op not in _OPS:
+            raise ValueError(f"unknown query condition {self.op!r}; use one of {', '.join(_OPS)}")
+        if self.op in ("eq", "ne"):
+            object.__setattr__(self, "digests", frozenset([digest_bytes(self.operand)]))
+        elif self.op == "in":
+            object.__setattr__(self, "digests", frozenset(digest_bytes(v) for v in self.operand))
+        else:
+            bounds = self.operand if self.op == "between" else (self.operand,)
+            for bound in bounds:
+                if not _orderable(bound):
+                    raise TypeError(
+                        f"Q.{self.op}() compares numbers or str, got {type(bound).__name__} "
+                        f"{bound!r}; use Q.eq/Q.in_ for exact matches of other types"
+                    )
+
+    @property
+    def by_digest(self) -> bool:
+        """True when the condition is decided by digests alone (eq, ne, in)."""
+        return self.op in ("eq", "ne", "in")
+
+    def test_digest(self, digest: bytes) -> bool:
+        """Decide an eq/ne/in condition from the stored value's digest."""
+        if self.op == "ne":
+            return digest not in self.digests
+        if self.by_digest:
+            return digest in self.digests
+        raise ValueError(f"Q.{self.op}() needs the value, not only its digest")
+
+    def test(self, value: Any, digest: bytes | None = None) -> bool:
+        """Decide the condition for a stored value (``digest`` saves recomputing it)."""
+        if self.by_digest:
+            return self.test_digest(digest if digest is not None else digest_bytes(value))
+        if self.op == "between":
+            lo, hi = self.operand
+            return _comparable(value, lo) and _comparable(value, hi) and lo <= value <= hi
+        if not _comparable(value, self.operand):
+            return False
+        if self.op == "lt":
+            return bool(value < self.operand)
+        if self.op == "le":
+            return bool(value <= self.operand)
+        if self.op == "gt":
+            return bool(value > self.operand)
+        return bool(value >= self.operand)
+
+
+class Q:
+    """Query conditions: ``f.query(alpha=Q.gt(0.1), n=Q.in_([10, 20]))``."""
+
+    @staticmethod
+    def eq(value: Any) -> Condition:
+        return Condition("eq", value)
+
+    @staticmethod
+    def ne(value: Any) -> Condition:
+        return Condition("ne", value)
+
+    @staticmethod
+    def in_(values: Iterable[Any]) -> Condition:
+        if isinstance(values, (str, bytes)):
+            raise TypeError("Q.in_() takes a collection of values, not a single str or bytes")
+        return Condition("in", tuple(values))
+
+    @staticmethod
+    def lt(value: Any) -> Condition:
+        return Condition("lt", value)
+
+    @staticmethod
+    def le(value: Any) -> Condition:
+        return Condition("le", value)
+
+    @staticmethod
+    def gt(value: Any) -> Condition:
+        return Condition("gt", value)
+
+    @staticmethod
+    def ge(value: Any) -> Condition:
+        return Condition("ge", value)
+
+    @staticmethod
+    def between(low: Any, high: Any) -> Condition:
+        """``low <= value <= high``."""
+        return Condition("between", (low, high))
+
+
+def as_condition(value: Any) -> Condition | None:
+    """A query's keyword value as a condition: None is a wildcard, a plain value ``Q.eq``."""
+    if value is None:
+        return None
+    if isinstance(value, Condition):
+        return value
+    return Q.eq(value)
