@@ -22,7 +22,7 @@ from typing import Any
 
 from fleche.digest import digest_bytes
 
-__all__ = ["ORDERED", "Condition", "Q", "as_condition"]
+__all__ = ["ORDERED", "Condition", "Q", "QuerySpec", "as_condition", "metadata_conditions"]
 
 ORDERED = ("lt", "le", "gt", "ge", "between")
 _OPS = ("eq", "ne", "in", *ORDERED)
@@ -143,3 +143,71 @@ def as_condition(value: Any) -> Condition | None:
     if isinstance(value, Condition):
         return value
     return Q.eq(value)
+
+
+def _arg_test(cond: Condition, stored: Any) -> bool:
+    """Test a record's stored argument: a clear value, or a ``{type, digest, ...}`` reference."""
+    if isinstance(stored, dict):  # stored by reference: only its digest is at hand
+        if not cond.by_digest:
+            return False
+        d = stored.get("digest")
+        return d is not None and cond.test_digest(bytes.fromhex(d))
+    return cond.test(stored)
+
+
+@dataclass(frozen=True)
+class QuerySpec:
+    """What a query asks for, independent of who answers it (a scan of records or an index).
+
+    ``function_ids`` None means every function; ``names``/``modules`` filter on
+    the record's ``qualname``/``module``; ``args`` maps argument names, and
+    ``metadata`` paths into the record's metadata (``("tags", "project")``), to
+    conditions. A record lacking an argument or metadata key a condition names
+    does not match.
+    """
+
+    function_ids: frozenset[str] | None = None
+    names: frozenset[str] | None = None
+    modules: frozenset[str] | None = None
+    version: Condition | None = None
+    args: dict[str, Condition] = field(default_factory=dict)
+    metadata: dict[tuple[str, ...], Condition] = field(default_factory=dict)
+
+    def match(self, record: dict[str, Any]) -> bool:
+        """The reference semantics: does this decoded call record satisfy the query?"""
+        if self.function_ids is not None and record.get("function") not in self.function_ids:
+            return False
+        if self.names is not None and record.get("qualname") not in self.names:
+            return False
+        if self.modules is not None and record.get("module") not in self.modules:
+            return False
+        if self.version is not None and not self.version.test(record.get("version")):
+            return False
+        stored_args = record.get("arguments") or {}
+        for name, cond in self.args.items():
+            if name not in stored_args or not _arg_test(cond, stored_args[name]):
+                return False
+        for path, cond in self.metadata.items():
+            node: Any = record.get("metadata") or {}
+            for key in path:
+                if not isinstance(node, dict) or key not in node:
+                    return False
+                node = node[key]
+            if not cond.test(node):
+                return False
+        return True
+
+
+def metadata_conditions(
+    want: dict[str, Any], prefix: tuple[str, ...] = ()
+) -> dict[tuple[str, ...], Condition]:
+    """Flatten ``{"tags": {"project": "x"}}`` into ``{("tags", "project"): Q.eq("x")}``."""
+    out: dict[tuple[str, ...], Condition] = {}
+    for key, value in want.items():
+        if isinstance(value, dict):
+            out.update(metadata_conditions(value, (*prefix, key)))
+        else:
+            cond = as_condition(value)
+            if cond is not None:
+                out[(*prefix, key)] = cond
+    return out

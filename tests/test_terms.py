@@ -55,3 +55,39 @@ def test_plain_values_and_wildcards() -> None:
     assert as_condition(4) == Q.eq(4)
     c = Q.lt(2)
     assert as_condition(c) is c
+
+
+def _record(**over):
+    rec = {
+        "function": "m.f",
+        "module": "m",
+        "qualname": "f",
+        "version": 2,
+        "arguments": {"n": 3, "alpha": 0.1, "data": {"type": "numpy.ndarray", "digest": "00" * 16}},
+        "metadata": {"host": "a", "tags": {"project": "x", "run": 7}},
+    }
+    rec.update(over)
+    return rec
+
+
+def test_query_spec_matches_records_like_the_index_must() -> None:
+    from fleche.terms import QuerySpec, metadata_conditions
+
+    rec = _record()
+    assert QuerySpec().match(rec)
+    assert QuerySpec(function_ids=frozenset({"m.f"}), version=Q.eq(2)).match(rec)
+    assert not QuerySpec(function_ids=frozenset({"m.g"})).match(rec)
+    assert not QuerySpec(names=frozenset({"g"})).match(rec)
+    assert QuerySpec(args={"n": Q.eq(3), "alpha": Q.lt(0.5)}).match(rec)
+    assert not QuerySpec(args={"n": Q.eq(3.0)}).match(rec)
+    assert not QuerySpec(args={"missing": Q.eq(1)}).match(rec)
+    # by-reference arguments: equality by digest works, order comparisons never match
+    assert QuerySpec(args={"data": Q.eq(1)}).match(
+        _record(arguments={"data": {"digest": digest_bytes(1).hex()}})
+    )
+    assert not QuerySpec(args={"data": Q.gt(0)}).match(rec)
+    meta = metadata_conditions({"tags": {"project": "x", "run": Q.ge(5)}, "host": None})
+    assert meta == {("tags", "project"): Q.eq("x"), ("tags", "run"): Q.ge(5)}
+    assert QuerySpec(metadata=meta).match(rec)
+    assert not QuerySpec(metadata={("tags", "project"): Q.eq("y")}).match(rec)
+    assert not QuerySpec(metadata={("tags", "nope"): Q.eq("x")}).match(rec)
