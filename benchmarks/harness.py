@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import gc
 import json
+import logging
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 
@@ -143,3 +145,88 @@ class Report:
             ],
             indent=2,
         )
+
+
+# -- servers on loopback, and counting the requests sent to them ------------------------------
+
+
+@dataclass
+class MotoS3:
+    """moto's S3 server in this process on 127.0.0.1 (see :func:`moto_s3`)."""
+
+    endpoint: str
+    server: object
+
+    def options(self) -> dict[str, str]:
+        """Storage options for ``open_store("s3://...")``: endpoint and dummy credentials."""
+        return {"endpoint_url": self.endpoint, "key": "fleche-bench", "secret": "fleche-bench"}
+
+    def new_bucket(self, prefix: str = "fleche-bench") -> str:
+        """Create a bucket no other measurement uses; its name."""
+        import uuid
+
+        import boto3
+
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id="fleche-bench",
+            aws_secret_access_key="fleche-bench",
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket=name)
+        return name
+
+
+class ServiceUnavailable(Exception):
+    """A server a benchmark needs could not start; the message says why (the rows are skipped)."""
+
+
+@contextmanager
+def moto_s3() -> Iterator[MotoS3]:
+    """moto's standalone S3 server (``moto.server.ThreadedMotoServer``) on an ephemeral port.
+
+    Like ``tests/s3_server.py``: a real HTTP server with S3 semantics, in this process.
+    Raises :class:`ServiceUnavailable` when moto is not installed; stopped on exit.
+    """
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as e:
+        raise ServiceUnavailable(f"moto[server] is not installed ({e})") from e
+    werkzeug = logging.getLogger("werkzeug")  # one log line per request otherwise
+    werkzeug.setLevel(logging.WARNING)
+    if not werkzeug.handlers:
+        werkzeug.addHandler(logging.NullHandler())
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield MotoS3(f"http://{host}:{port}", server)
+    finally:
+        server.stop()
+
+
+@contextmanager
+def count_s3_requests(fs: object) -> Iterator[list[tuple[str, str]]]:
+    """Record ``(method, url)`` of every HTTP request an ``s3fs.S3FileSystem`` sends.
+
+    botocore's ``before-send`` event, as ``tests/s3_server.py:count_requests`` does:
+    retries and every page of a listing are each one request.
+    """
+    seen: list[tuple[str, str]] = []
+
+    def record(request: object, **_: object) -> None:
+        seen.append((request.method, request.url))  # type: ignore[attr-defined]
+
+    events = fs.s3.meta.events  # type: ignore[attr-defined]
+    events.register("before-send.s3", record)
+    try:
+        yield seen
+    finally:
+        events.unregister("before-send.s3", record)
+
+
+def s3_kind(method: str, url: str) -> str:
+    """A request as S3 names it: ``LIST`` for a ListObjectsV2 page, else the HTTP method."""
+    return "LIST" if method == "GET" and "list-type=2" in url else method

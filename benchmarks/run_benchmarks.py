@@ -1,7 +1,10 @@
 """Run fleche's benchmarks: ``python -m benchmarks.run_benchmarks [-k NAME] [--json FILE]``.
 
 Every ``benchmarks/bench_*.py`` module contributes its ``bench_*`` functions;
-``-k`` keeps those whose module or function name contains the given text.
+``-k`` keeps those whose module or function name contains the given text:
+``cache`` (fleche against its peers), ``digest``, ``backends`` (every store over
+loopback: memory, local, S3 on moto and radosgw, SFTP, the remote cache, layered),
+``sync`` (``fleche.sync`` local -> local and local -> S3).  ``--list`` shows them all.
 """
 
 from __future__ import annotations
