@@ -11,7 +11,7 @@ from fleche._version import __version__
 from fleche.cache import Cache
 from fleche.cache_layers import LayeredCache
 from fleche.call import Call
-from fleche.config import active_cache, cache, reset_default, set_default_cache, tags
+from fleche.config import active_cache, cache, project, reset_default, set_default_cache, tags
 from fleche.decorator import fleche
 from fleche.errors import (
     CacheMiss,
@@ -24,8 +24,12 @@ from fleche.errors import (
     StoreFormatError,
     UnhashableArgumentError,
 )
+from fleche.executor import map as map  # fleche.map; not in __all__: `import *` keeps the builtin
+from fleche.executor import wrap_executor
+from fleche.query import QueryError, QueryResult, query
 from fleche.store import ObjectStore, open_store
 from fleche.sync import SyncError, SyncResult, sync
+from fleche.terms import Q
 
 __all__ = [
     "Cache",
@@ -37,6 +41,9 @@ __all__ = [
     "FlecheWarning",
     "LayeredCache",
     "ObjectStore",
+    "Q",
+    "QueryError",
+    "QueryResult",
     "ReadOnlyStoreError",
     "SerializationError",
     "StoreFormatError",
@@ -49,8 +56,11 @@ __all__ = [
     "digest",
     "fleche",
     "open_store",
+    "project",
+    "query",
     "reset_default",
     "set_default_cache",
     "sync",
     "tags",
+    "wrap_executor",
 ]

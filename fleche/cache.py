@@ -15,10 +15,12 @@ from collections.abc import Iterator
 from typing import Any
 
 from fleche import codec
-from fleche.errors import CorruptObjectError, FlecheWarning
-from fleche.store import ObjectStore, open_store
+from fleche.errors import CacheMiss, CorruptObjectError, FlecheWarning
+from fleche.index import Index, IndexSpec, open_index
+from fleche.store import ObjectStore, is_oid, open_store
 
 INLINE_LIMIT = 4096
+_NOT_MAPPED = object()
 
 
 def type_name(value: Any) -> str:
@@ -34,28 +36,83 @@ def referenced_oids(record: dict[str, Any]) -> list[str]:
     must never be published before the objects it references.
     """
     refs = [record.get("result"), *(record.get("arguments") or {}).values()]
-    return [r["oid"] for r in refs if isinstance(r, dict) and isinstance(r.get("oid"), str)]
+    oids = []
+    for r in refs:
+        if isinstance(r, dict) and isinstance(r.get("oid"), str):
+            # large array members stored on their own come first: their parent needs them
+            children = r.get("children")
+            if isinstance(children, list):
+                oids.extend(c for c in children if isinstance(c, str))
+            oids.append(r["oid"])
+    return oids
+
+
+def put_encoded(store: ObjectStore, enc: codec.Encoded) -> None:
+    """Store an encoded value: its child objects first, then itself (streamed when it must be)."""
+    for obj in enc.objects():
+        if obj.stream is not None:
+            store.put_stream(obj.chunks(), oid=obj.oid)
+        else:
+            store.put(obj.parts, oid=obj.oid)
 
 
 def encode_value(
-    value: Any, *, serializer: str = "pickle", level: int = 1, inline_limit: int = INLINE_LIMIT
+    value: Any, *, serializer: str = "auto", level: int = 1, inline_limit: int = INLINE_LIMIT
 ) -> tuple[dict[str, Any], codec.Encoded | None]:
     """The reference a record keeps for ``value``, and the object to store (None when inline).
 
     Separate from writing so a value can be encoded once and put into several
-    stores (a layered cache writing through).
+    stores (a layered cache writing through): store it with :func:`put_encoded`.
+    A value with large array members is never inline: its reference lists
+    their oids (``children``) so copies, ``gc`` and ``verify`` see them.
     Raises :class:`~fleche.errors.SerializationError` when no serializer accepts it.
     """
-    ser, parts = codec.serialize_value(value, serializer)
-    size = sum(memoryview(p).nbytes for p in parts)
+    ser, parts, children = codec.serialize(value, serializer, level=level)
+    size = sum(codec.nbytes(p) for p in parts)
     ref: dict[str, Any] = {"type": type_name(value), "ser": ser}
-    if size <= inline_limit:
+    if size <= inline_limit and not children:
         ref["inline"] = parts[0] if len(parts) == 1 else b"".join(parts)
         return ref, None
-    enc = codec.frame(parts, ser, level=level)
+    s = codec.by_id(ser)
+    level = level if s is None or s.compress else 0
+    enc = codec.frame(parts, ser, level=level, children=children, size=size)
     ref["oid"] = enc.oid
     ref["size"] = enc.raw_size
+    if children:
+        ref["children"] = [c.oid for c in enc.objects() if c is not enc]
     return ref, enc
+
+
+def malformed(record: dict[str, Any]) -> str | None:
+    """Why a record that decoded cannot serve a hit (its result is no value reference), or None.
+
+    Its frame checked, so a writer put it there: another version's, a buggy or a hostile one.
+    """
+    ref = record.get("result")
+    if type(ref) is not dict:
+        return "has no result reference"
+    if "inline" in ref:
+        if not isinstance(ref["inline"], bytes) or type(ref.get("ser")) is not int:
+            return "has a malformed inline result"
+        return None
+    if not is_oid(ref.get("oid")):
+        return f"names no valid result object (oid {str(ref.get('oid'))[:40]!r})"
+    return None
+
+
+def _utf8_safe(value: Any) -> Any:
+    """``value`` with every str that UTF-8 cannot encode (lone surrogates) backslash-escaped."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode()
+        return value
+    if isinstance(value, dict):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_utf8_safe(v) for v in value)
+    return value
 
 
 class Cache:
@@ -64,6 +121,12 @@ class Cache:
     ``inline_limit``: results whose serialized form is at most this many bytes
     live inside their call record, so a small hit is a single read.
     ``compression_level``: zstd level (0 disables compression).
+    ``serializer``: ``"auto"`` picks one per value type (numpy arrays raw, frames
+    as Arrow, plain data as msgpack, the rest pickled; see ``docs/values.md``);
+    ``"pickle"``, ``"cloudpickle"``, ``"dill"`` or ``"bagofholding"`` forces one.
+    ``index``: the queryable catalogue of the records (:mod:`fleche.index`): None
+    for the default (on for local and remote stores, off for memory), True,
+    False, ``sqlite:///path`` or a database URL; see ``docs/catalog.md``.
     """
 
     def __init__(
@@ -72,13 +135,16 @@ class Cache:
         *,
         compression_level: int = 1,
         inline_limit: int = INLINE_LIMIT,
-        serializer: str = "pickle",
+        serializer: str = "auto",
         name: str | None = None,
+        index: IndexSpec = None,
     ) -> None:
         if not isinstance(store, ObjectStore):
             store = open_store(store)
-        if serializer not in ("pickle", "cloudpickle", "dill"):
-            raise ValueError(f"serializer={serializer!r}: choose 'pickle', 'cloudpickle' or 'dill'")
+        if serializer not in codec.serializer_names():
+            raise ValueError(
+                f"serializer={serializer!r}: choose one of {', '.join(codec.serializer_names())}"
+            )
         if not isinstance(compression_level, int) or not 0 <= compression_level <= 22:
             raise ValueError(f"compression_level={compression_level!r}: expected an int in 0..22")
         if not isinstance(inline_limit, int) or inline_limit < 0:
@@ -88,6 +154,9 @@ class Cache:
         self.inline_limit = inline_limit
         self.serializer = serializer
         self.name = name or store.url
+        # The queryable catalogue of this cache's records (fleche.index): on by default
+        # for local and remote stores, off for memory; ``index=`` True/False or a URL.
+        self.index: Index | None = open_index(store, index)
 
     def __repr__(self) -> str:
         return f"Cache({self.store.url!r})"
@@ -109,11 +178,18 @@ class Cache:
         if blob is None:
             return None
         try:
-            return codec.decode_record(blob)
+            rec = codec.decode_record(blob)
+            if malformed(rec) is None:
+                return rec
         except CorruptObjectError:
             pass  # decode again, naming the file: building its name costs a hit 0.2 µs
+        where = f"call record {function_id}/{key} in {self.store.url}"
         try:
-            return codec.decode_record(blob, f"call record {function_id}/{key} in {self.store.url}")
+            rec = codec.decode_record(blob, where)
+            why = malformed(rec)
+            if why is not None:
+                raise CorruptObjectError(f"{where} {why}")
+            return rec
         except CorruptObjectError as e:
             self._quarantine(e, function_id=function_id, digest=key)
             return None
@@ -122,10 +198,21 @@ class Cache:
         return self.store.has_call(function_id, key)
 
     def put_record(self, function_id: str, key: str, record: dict[str, Any]) -> None:
-        self.store.put_call(function_id, key, codec.encode_record(record, level=self.level))
+        try:
+            blob = codec.encode_record(record, level=self.level)
+        except UnicodeEncodeError:
+            # text msgpack cannot hold: lone surrogates, as os.getcwd() returns for a
+            # directory whose name is not UTF-8, or in tags; kept backslash-escaped
+            record = _utf8_safe(record)
+            blob = codec.encode_record(record, level=self.level)
+        self.store.put_call(function_id, key, blob)
+        if self.index is not None:  # after the store: the index never lists what is not there
+            self.index.add(function_id, key, record, len(blob))  # faults warn, never raise
 
     def delete_record(self, function_id: str, key: str) -> None:
         self.store.delete_call(function_id, key)
+        if self.index is not None:
+            self.index.remove(function_id, key)
 
     def iter_records(self, function_id: str | None = None) -> Iterator[dict[str, Any]]:
         """Every readable record (of one function, or all); corrupt ones are skipped with a warning."""
@@ -149,24 +236,83 @@ class Cache:
         """
         ref, enc = self.encode_value(value)
         if enc is not None:
-            self.store.put(enc.parts, oid=enc.oid)
+            put_encoded(self.store, enc)
         return ref
 
-    def load_value(self, ref: dict[str, Any]) -> Any:
-        """Load a value from its reference; CacheMiss if its object is gone, CorruptObjectError if damaged."""
+    def load_value(self, ref: dict[str, Any], *, mmap: bool = False) -> Any:
+        """Load a value from its reference; CacheMiss if its object is gone, CorruptObjectError if damaged.
+
+        ``mmap=True``: arrays stored raw (uncompressed, numpy codec) in a local
+        store come back as read-only views of the mapped file, in well under a
+        millisecond whatever their size; other objects load as usual.
+        """
         inline = ref.get("inline")
         if inline is not None:
             return codec.decode_payload(ref["ser"], inline, "inline value")
-        oid = ref["oid"]
-        return self.decode_object(oid, self.store.get(oid))
+        size = ref.get("size")
+        return self.load_object(ref["oid"], mmap=mmap, size=size if isinstance(size, int) else None)
 
-    def decode_object(self, oid: str, blob: Any) -> Any:
+    def load_object(self, oid: str, *, mmap: bool = False, size: int | None = None) -> Any:
+        """Load object ``oid`` (and the array members it refers to) from this cache's store.
+
+        ``size`` (the payload size a reference records) above the streaming
+        threshold reads the object chunk by chunk into the value's own buffer.
+        """
+        memo: dict[str, Any] = {}  # one array per child oid: shared members stay shared
+
+        def resolve(child: str) -> Any:
+            if child not in memo:
+                memo[child] = self.load_object(child, mmap=mmap)
+            return memo[child]
+
+        if mmap:
+            mapped = self._map(oid)
+            if mapped is not _NOT_MAPPED:
+                return mapped
+        if size is not None and size > codec.STREAM_MIN and self.store.streams_reads:
+            where = f"object {oid} in {self.store.url}"
+            try:
+                with self.store.open_read(oid) as f:
+                    ser, payload = codec.unframe_stream(f, where, expect=oid)
+            except CorruptObjectError as e:
+                action = self._quarantine(e, warn=False, oid=oid)
+                raise CorruptObjectError(f"{e}; {action}") from e
+            return codec.decode_payload(ser, payload, where, resolve=resolve)
+        return self.decode_object(oid, self.store.get(oid), resolve)
+
+    def _map(self, oid: str) -> Any:
+        """The value of a raw array object viewed in place, or _NOT_MAPPED when it cannot be."""
+        path = self.store.local_path(oid)
+        if path is None:
+            return _NOT_MAPPED
+        where = f"object {oid} in {self.store.url}"
+        try:
+            got = codec.map_object(path, where)
+        except FileNotFoundError:
+            raise CacheMiss(f"object {oid} is not in the store at {self.store.url}") from None
+        except CorruptObjectError as e:
+            action = self._quarantine(e, warn=False, oid=oid)
+            raise CorruptObjectError(f"{e}; {action}") from e
+        if got is None:
+            return _NOT_MAPPED  # compressed: decompressed into a fresh buffer instead
+        ser, payload = got
+        if ser != codec.SER_NUMPY:
+            # not an array: read and verified as usual (its array members are still mapped)
+            return _NOT_MAPPED
+        return codec.decode_payload(ser, payload, where, mmap=True)
+
+    def decode_object(self, oid: str, blob: Any, resolve: Any = None) -> Any:
         """Verify and decode the bytes of object ``oid`` read from this cache's store.
 
         CorruptObjectError (after moving the file to quarantine) when they are damaged.
+        ``resolve(oid)`` loads the array members it refers to (default: from this store).
         """
+        if resolve is None:
+            resolve = self.load_object
         try:
-            return codec.decode_value(blob, expect=oid, where=f"object {oid} in {self.store.url}")
+            return codec.decode_value(
+                blob, expect=oid, where=f"object {oid} in {self.store.url}", resolve=resolve
+            )
         except CorruptObjectError as e:
             # the caller reports it (once, in its own words); we only move it aside
             action = self._quarantine(e, warn=False, oid=oid)

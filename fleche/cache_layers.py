@@ -38,8 +38,9 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from fleche import codec
-from fleche.cache import Cache, encode_value, referenced_oids
+from fleche.cache import Cache, encode_value, put_encoded, referenced_oids
 from fleche.errors import CacheMiss, CorruptObjectError, FlecheWarning
+from fleche.index import LayeredIndex
 
 __all__ = ["RETRY_AFTER", "WRITE_MODES", "LayerSpec", "LayeredCache"]
 
@@ -230,6 +231,16 @@ class LayeredCache:
             out.append(cache)
         return tuple(out)
 
+    # No index of its own: each layer's Cache keeps one for its store, the truth for its own
+    # records. A query of a layered cache scans and merges the layers (iter_records), because
+    # reading a listed call through get_record would copy it (and its result) up into the
+    # nearest layer; merged_index() is the indexed equivalent for a reader that avoids that.
+    index: None = None
+
+    def merged_index(self) -> LayeredIndex:
+        """Each readable layer's index (a scan for a layer without one), merged, each call once."""
+        return LayeredIndex(lambda: [cache for _, cache in self._readable()])
+
     # -- health --------------------------------------------------------------------------
 
     def _open(self, layer: _Layer, *, force: bool = False) -> Cache | None:
@@ -393,11 +404,12 @@ class LayeredCache:
             return ref
         for layer, cache in _chain1(first, writers):
             try:
-                cache.store.put(enc.parts, oid=enc.oid)
+                put_encoded(cache.store, enc)  # array members first, then the value itself
             except OSError as e:
                 self._fault(layer, "write", e, reads=False)
                 continue
-            layer.remember(enc.oid)
+            for obj in enc.objects():
+                layer.remember(obj.oid)
             if self.write == "first":
                 break
         return ref
@@ -405,7 +417,7 @@ class LayeredCache:
     def _any_writable_cache(self) -> Cache | None:
         return next((la.cache for la in self._layers if not la.read_only and la.cache), None)
 
-    def load_value(self, ref: dict[str, Any]) -> Any:
+    def load_value(self, ref: dict[str, Any], *, mmap: bool = False) -> Any:
         """Load a value from the nearest layer holding its object.
 
         A damaged copy in one layer (moved to its quarantine) does not make a
@@ -421,7 +433,7 @@ class LayeredCache:
         for layer, cache in self._readable():
             try:
                 if not damaged:
-                    return cache.load_value(ref)
+                    return cache.load_value(ref, mmap=mmap)
                 blob = cache.store.get(oid)
                 value = cache.decode_object(oid, blob)
             except CacheMiss:

@@ -51,6 +51,7 @@ LAZY_COMMANDS = {
     "verify": "fleche.cli_maintain:verify",
     "gc": "fleche.cli_maintain:gc",
     "sync": "fleche.cli_maintain:sync",
+    "index": "fleche.cli_index:index",
 }
 
 

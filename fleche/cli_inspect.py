@@ -256,15 +256,17 @@ def show(digest: str, store: str | None, as_json: bool, load: bool) -> None:
     "args",
     multiple=True,
     metavar="NAME=VALUE",
-    help="Match an argument (repeatable). VALUE is read as JSON/TOML: 10 is an int, "
-    "1.5 a float, true a bool, abc or '\"10\"' a string, [1,2] a list.",
+    help="Match an argument (repeatable); also NAME!=, <, <=, >, >= VALUE, and NAME=[a,b] "
+    "for any of a set. VALUE is read as JSON/TOML: 10 is an int, 1.5 a float, true a bool, "
+    "abc or '\"10\"' a string.",
 )
 @click.option(
     "-w",
     "--where",
     multiple=True,
     metavar="metadata.KEY=VALUE",
-    help="Match metadata (repeatable), e.g. metadata.tags.project=paper or metadata.host=node1.",
+    help="Match metadata (repeatable), e.g. metadata.tags.project=paper or metadata.cpu>10; "
+    "the same operators as --arg.",
 )
 @click.option("-n", "--limit", type=click.IntRange(0), default=None, help="Show at most N calls.")
 @store_option
@@ -281,20 +283,26 @@ def query(
 
     FUNCTION is a function id as 'fleche ls' shows it (pkg.mod.simulate), the
     decorator's identity (pkg.mod:simulate) or an unambiguous tail (simulate).
-    Arguments match by digest, like simulate.query(...) in Python: 10 does not
-    match 10.0. Omit an argument to match any value.
+    Conditions mean what fleche.Q's do in simulate.query(...): equality by
+    digest (10 does not match 10.0), <, <=, >, >= on numbers and strings. Omit
+    an argument to match any value.
     """
     from fleche.cache import Cache
-    from fleche.upkeep import find_function, merge, nest, parse_assignment
+    from fleche.upkeep import ParseError, find_function, parse_condition
     from fleche.upkeep import query as run_query
 
     s = open_target(store)
     fid = find_function(s.iter_functions(), function)
-    wanted = dict(parse_assignment(a, "--arg") for a in args)
-    metadata: dict[str, Any] = {}
+    wanted = dict(parse_condition(a, "--arg") for a in args)
+    metadata: dict[tuple[str, ...], Any] = {}
     for w in where:
-        key, value = parse_assignment(w, "--where")
-        metadata = merge(metadata, nest(key, value))
+        key, cond = parse_condition(w, "--where")
+        path = tuple(key.split("."))
+        if path[0] == "metadata" and len(path) > 1:
+            path = path[1:]
+        if not all(path):
+            raise ParseError(f"--where {w!r}: expected metadata.KEY[.KEY...]=VALUE")
+        metadata[path] = cond
     found = []
     for rec in run_query(Cache(s), fid, wanted, metadata):
         found.append(rec)

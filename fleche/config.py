@@ -37,15 +37,21 @@ CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "read_only": (bool, "true or false"),
     "serializer": (str, "'pickle', 'cloudpickle' or 'dill'"),
     "storage_options": (dict, "a table of fsspec options"),
+    "metadata": ((list, bool), "a list of metadata groups, or true (all) / false (created only)"),
+    "index": ((bool, str), "true, false, sqlite:///PATH or a database URL (docs/catalog.md)"),
 }
 # A layered cache's own keys; each of its layers takes CACHE_KEYS.
 LAYERED_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "layers": (list, "an array of tables: one [[caches.NAME.layers]] per layer, nearest first"),
     "write": (str, "'first' or 'through'"),
     "retry_after": ((int, float), "seconds (a number >= 0)"),
+    "metadata": ((list, bool), "a list of metadata groups, or true (all) / false (created only)"),
 }
 TOP_KEYS = {"root", "default", "caches"}
-CACHE_OPTIONS = ("compression_level", "inline_limit", "serializer", "name")
+# What a call record's metadata may hold besides ``created`` (see fleche.metadata); a
+# cache's ``metadata`` key picks some, kept on the cache object as ``metadata_groups``.
+METADATA_GROUPS = ("runtime", "environment", "git", "tags")
+CACHE_OPTIONS = ("compression_level", "inline_limit", "serializer", "name", "index")
 
 AnyCache = Cache | LayeredCache
 """What a cache name, URL or list of layers resolves to."""
@@ -61,18 +67,42 @@ def _layer_url(options: Mapping[str, Any], source: Path | None) -> str:
     return url
 
 
+def metadata_groups(value: bool | Sequence[str], where: str) -> frozenset[str]:
+    """A cache's ``metadata`` choice as a set of groups; ConfigError naming unknown ones."""
+    if value is True or value is False:
+        return frozenset(METADATA_GROUPS) if value else frozenset()
+    if isinstance(value, str) or not all(isinstance(g, str) for g in value):
+        raise ConfigError(f"{where} metadata = {value!r}: expected a list of group names")
+    unknown = sorted(set(value) - set(METADATA_GROUPS))
+    if unknown:
+        raise ConfigError(
+            f"{where} metadata = {value!r}: unknown group(s) {unknown}; "
+            f"choose from {list(METADATA_GROUPS)}"
+        )
+    return frozenset(value)
+
+
 def _open_cache(options: Mapping[str, Any], source: Path | None, name: str | None) -> Cache:
     """Open one (single-store) cache from checked per-cache options."""
     o = dict(options)
     url = _layer_url(o, source)
     del o["url"]
+    index = o.get("index")
+    if isinstance(index, str) and index.startswith("sqlite:///") and source is not None:
+        path = os.path.expanduser(index[len("sqlite:///") :])
+        if path != ":memory:" and not os.path.isabs(path):  # relative to the file that says it
+            o["index"] = "sqlite:///" + str(source.parent / path)
+    chosen = o.pop("metadata", None)
     store = open_store(
         url,
         read_only=o.pop("read_only", False),
         durable=o.pop("durable", False),
         **o.pop("storage_options", {}),
     )
-    return Cache(store, name=name, **o)
+    c = Cache(store, name=name, **o)
+    if chosen is not None:  # checked by read_file; read by the decorator's miss path
+        c.metadata_groups = metadata_groups(chosen, f"[caches.{name}]")  # type: ignore[attr-defined]
+    return c
 
 
 def _layer_spec(options: Mapping[str, Any], source: Path | None, name: str | None) -> LayerSpec:
@@ -109,12 +139,15 @@ class CacheSpec:
             _layer_spec(layer, self.source, f"{self.name}[{i}]")
             for i, layer in enumerate(self.options["layers"], 1)
         ]
-        return LayeredCache(
+        c = LayeredCache(
             layers,
             write=self.options.get("write", "first"),
             retry_after=self.options.get("retry_after", RETRY_AFTER),
             name=self.name,
         )
+        if "metadata" in self.options:
+            c.metadata_groups = metadata_groups(self.options["metadata"], f"[caches.{self.name}]")  # type: ignore[attr-defined]
+        return c
 
 
 class Config:
@@ -151,7 +184,8 @@ def _check_types(
                 f"{where}unknown key {key!r} in {section}; valid keys: {sorted(keys)}{hint}"
             )
         want, desc = keys[key]
-        if not isinstance(value, want) or (want is not bool and isinstance(value, bool)):
+        bool_ok = want is bool or (isinstance(want, tuple) and bool in want)
+        if not isinstance(value, want) or (not bool_ok and isinstance(value, bool)):
             raise ConfigError(f"{where}{section} {key} = {value!r}: expected {desc}")
 
 
@@ -163,6 +197,8 @@ def _check_single(table: Any, where: str, section: str) -> dict[str, Any]:
     if any(k in LAYERED_KEYS for k in table):
         hint = "; 'layers', 'write' and 'retry_after' belong to a layered cache's own table"
     _check_types(table, CACHE_KEYS, where, section, hint)
+    if "metadata" in table:
+        metadata_groups(table["metadata"], f"{where}{section}")
     if "url" not in table:
         raise ConfigError(f"{where}{section} needs a url (a path or fsspec URL)")
     return dict(table)
@@ -185,10 +221,17 @@ def _check_layered(name: str, table: Mapping[str, Any], where: str) -> dict[str,
         raise ConfigError(
             f"{where}{section} retry_after = {table['retry_after']!r}: expected seconds (a number >= 0)"
         )
+    if "metadata" in table:
+        metadata_groups(table["metadata"], f"{where}{section}")
     checked = [
         _check_single(layer, where, f"[[caches.{name}.layers]] number {i}")
         for i, layer in enumerate(layers, 1)
     ]
+    if any("metadata" in layer for layer in checked):  # one record goes to every layer
+        raise ConfigError(
+            f"{where}[[caches.{name}.layers]]: metadata belongs to the layered cache's own "
+            f"table [caches.{name}], not to a layer"
+        )
     return {**table, "layers": checked}
 
 
@@ -205,6 +248,8 @@ def read_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: it is not UTF-8 text ({e})") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e}") from e
     for key in data:
@@ -322,7 +367,16 @@ def _layers(
 
 
 def resolve(spec: CacheLike, **options: Any) -> AnyCache:
-    """Turn a cache name, URL, path, store, Cache or list of layers into a cache."""
+    """Turn a cache name, URL, path, store, Cache or list of layers into a cache.
+
+    ``metadata=`` (a list of groups, True or False) sets what calls stored in
+    a cache opened here record, like a ``metadata`` key in fleche.toml.
+    """
+    if "metadata" in options and not isinstance(spec, (Cache, LayeredCache)):
+        chosen = metadata_groups(options.pop("metadata"), "cache(...)")
+        c = resolve(spec, **options)
+        c.metadata_groups = chosen  # type: ignore[union-attr]
+        return c
     if isinstance(spec, (Cache, LayeredCache)):
         if options:
             raise TypeError("options cannot be applied to an existing Cache object")
@@ -422,6 +476,18 @@ def tags(**kw: Any) -> _Activation:
                 f"tags({k}=...) got a {type(v).__name__}; tag values must be str, int, float, bool or None"
             )
     return _Activation(_TAGS, {**_TAGS.get(), **kw})
+
+
+def project(name: str) -> _Activation:
+    """Tag the calls stored in this context with a project: ``tags(project=name)``, read aloud.
+
+    ``with project("paper"):`` for a block, or ``project("paper")`` for the rest
+    of the context; an inner ``project`` (or ``tags(project=...)``) wins, other
+    tags carry on.  Find them again with ``f.query(metadata={"tags": {"project": name}})``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"project() takes a name (str), got {type(name).__name__} {name!r}")
+    return tags(project=name)
 
 
 def current_tags() -> dict[str, Any]:

@@ -12,20 +12,23 @@ get it, and one :class:`~fleche.errors.FlecheWarning` says what went wrong.
 from __future__ import annotations
 
 import functools
+import importlib
 import inspect
 import os
 import re
+import sys
 import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, TypeVar, overload
 
 from fleche import metadata as _metadata
 from fleche.cache import Cache, type_name
-from fleche.call import NO_VERSION, Binder, Call, KeyMaker, is_clear, iter_matching
+from fleche.cache_layers import RETRY_AFTER
+from fleche.call import NO_VERSION, Binder, Call, KeyMaker, is_clear
 from fleche.config import active_cache
 from fleche.digest import code_digest, digest_bytes
 from fleche.errors import (
@@ -35,6 +38,8 @@ from fleche.errors import (
     FlecheWarning,
     SerializationError,
 )
+from fleche.lease import LeasePolicy, compute_once, policy_of
+from fleche.query import QueryResult, for_function
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,6 +48,21 @@ _REFRESH: ContextVar[bool] = ContextVar("fleche_refresh", default=False)
 # os.chdir is process-wide: isolated calls take turns.
 _ISOLATE_LOCK = threading.RLock()
 _FID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+# Caches whose reads failed (a server down, a refused read): id -> (time.monotonic() until
+# which they are skipped, the cache). Every call then does not wait for the client's retries
+# again (an S3 client takes ~6 s to give up on one request) before computing. By object, not
+# by URL: private memory stores all have the URL memory://.
+_DOWN: dict[int, tuple[float, Any]] = {}
+
+
+def _down(cache: Any) -> bool:
+    entry = _DOWN.get(id(cache))
+    if entry is None or entry[1] is not cache:
+        return False
+    if time.monotonic() < entry[0]:
+        return True
+    _DOWN.pop(id(cache), None)  # time to try it again
+    return False
 
 
 def function_id(identity: str) -> str:
@@ -64,6 +84,17 @@ def _names(x: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
     return out
 
 
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored in clear (UTF-8): not with lone surrogates ("a\\udcff")."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class _Flight:
     """One in-progress computation that other threads asking for the same key wait on."""
 
@@ -77,6 +108,57 @@ class _Flight:
         self.ok = False
         self.result: Any = None
         self.owner = threading.get_ident()
+
+
+def _find(module: str, qualname: str) -> Any:
+    """``module.qualname`` if it can be imported (None for ``<locals>`` and the like)."""
+    obj: Any = sys.modules.get(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part, None)
+    return obj
+
+
+def _cached_function(module: str, qualname: str) -> CachedFunction:
+    """Unpickling a CachedFunction by reference: the one behind ``module.qualname``."""
+    importlib.import_module(module)
+    cf = getattr(_find(module, qualname), "__fleche__", None)
+    if not isinstance(cf, CachedFunction):
+        raise AttributeError(f"{module}.{qualname} is not a @fleche function here")
+    return cf
+
+
+def _scope(func: Callable[..., Any], qualname: str) -> str:
+    """What sets a lambda or closure apart from others of the same name: "" for plain functions.
+
+    ``lambda x: x + 1`` and ``lambda x: x * 2`` in one module are both ``<lambda>``,
+    and ``make(1)`` and ``make(100)`` return two ``make.<locals>.inner``: without
+    this they would share results. A lambda adds its code's digest; a closure the
+    digests of its free variables as they are when it is decorated (a variable not
+    yet assigned, such as the function itself in a recursive closure, is left out;
+    one that cannot be digested counts by its type).
+    """
+    parts = []
+    if qualname.rpartition(".")[2] == "<lambda>":
+        try:
+            parts.append("code:" + code_digest(func))
+        except (TypeError, OSError):  # no Python code object to digest
+            pass
+    cells = getattr(func, "__closure__", None)
+    names = getattr(getattr(func, "__code__", None), "co_freevars", ())
+    if cells:
+        free: dict[str, str] = {}
+        for name, cell in zip(names, cells, strict=False):
+            try:
+                value = cell.cell_contents
+            except ValueError:  # empty until the enclosing scope assigns it
+                continue
+            try:
+                free[name] = digest_bytes(value, name=name).hex()
+            except Exception:  # noqa: BLE001 - undigestable: its type still tells closures apart
+                free[name] = type_name(value)
+        if free:
+            parts.append("closure:" + digest_bytes(free, name="closure").hex())
+    return "#".join(parts)
 
 
 class CachedFunction:
@@ -93,13 +175,25 @@ class CachedFunction:
         require: tuple[str, ...],
         ignore: tuple[str, ...],
         isolate: bool,
+        metadata: bool | Iterable[str] | None = None,
+        single_flight: LeasePolicy | None = None,
+        mmap: bool = False,
     ) -> None:
         self.func = func
+        # hits return raw-stored arrays as read-only memory maps of a local store's files
+        self.mmap = mmap
+        # compute once across processes: a lease in the store (fleche.lease); None: off
+        self.single_flight = single_flight
         self.module = getattr(func, "__module__", None) or "__main__"
+        if self.module == "__mp_main__":  # the main script, re-imported by a spawned worker
+            self.module = "__main__"  # keys must match the parent's, or nothing is shared
         self.qualname = getattr(func, "__qualname__", None) or func.__name__
         self.identity = f"{self.module}:{self.qualname}" if hash_module else self.qualname
         self.function_id = function_id(self.identity)
         self.version = version
+        self.hash_version = hash_version
+        # metadata groups to record; None: the cache's choice (its metadata_groups), else all
+        self.metadata = _metadata.groups(metadata, f"@fleche({self.qualname}, metadata)")
         self.binder = Binder(func, ignore)
         missing = set(require) - set(self.binder.names)
         if missing:
@@ -110,7 +204,14 @@ class CachedFunction:
         self.require = require
         self.isolate = isolate
         self.code = code_digest(func) if hash_code else None
-        self.keys = KeyMaker(self.identity, version if hash_version else NO_VERSION, self.code)
+        # Lambdas of one scope share a name, as do the closures one factory returns: what
+        # tells them apart (their code, their free variables) goes into their keys.
+        scope = _scope(func, self.qualname)
+        self.keys = KeyMaker(
+            f"{self.identity}#{scope}" if scope else self.identity,
+            version if hash_version else NO_VERSION,
+            self.code,
+        )
         self._record_head = {
             "fleche": 1,
             "function": self.function_id,
@@ -122,6 +223,27 @@ class CachedFunction:
         self._flights: dict[tuple[int, str], _Flight] = {}
         self._flights_lock = threading.Lock()
         self._warned: set[str] = set()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # By reference when the module's attribute is our wrapper (f.rerun sent to a worker);
+        # else by value, e.g. cloudpickle sending a function of __main__ or of a notebook.
+        # Never for __main__: a worker's __main__ is not necessarily our script.
+        if self.module != "__main__" and (
+            getattr(_find(self.module, self.qualname), "__fleche__", None) is self
+        ):
+            return _cached_function, (self.module, self.qualname)
+        return super().__reduce_ex__(protocol)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # this process's flights (and their lock) stay here
+        state = self.__dict__.copy()
+        del state["_flights"], state["_flights_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._flights = {}
+        self._flights_lock = threading.Lock()
 
     # -- keys ----------------------------------------------------------------------------
 
@@ -156,7 +278,8 @@ class CachedFunction:
             rec = cache.get_record(self.function_id, key)
             if rec is None:
                 return False, None
-            return True, cache.load_value(rec["result"])
+            ref = rec["result"]
+            return True, cache.load_value(ref, mmap=True) if self.mmap else cache.load_value(ref)
         except CacheMiss:
             self.warn_once(
                 "dangling", f"the record of call {key} points at a missing object; recomputing"
@@ -165,8 +288,19 @@ class CachedFunction:
             self.warn_once("unreadable", f"{e}; recomputing")
         except OSError as e:
             # one warning per store fault, read or write: a server that is down says it once
-            self.warn_once(f"io:{cache.url}", f"cannot read {cache.url} ({e}); recomputing")
+            _DOWN[id(cache)] = (time.monotonic() + RETRY_AFTER, cache)
+            self.warn_once(
+                f"io:{cache.url}",
+                f"cannot read {cache.url} ({e}); recomputing, without it for {RETRY_AFTER:g} s",
+            )
         return False, None
+
+    def skipped(self, cache: Cache) -> bool:
+        """True (after one warning) while the cache is skipped: it failed a read moments ago."""
+        if not _DOWN or not _down(cache):
+            return False
+        self.warn_once(f"io:{cache.url}", f"{cache.url} failed moments ago; computing uncached")
+        return True
 
     # -- computing and storing -----------------------------------------------------------
 
@@ -190,10 +324,11 @@ class CachedFunction:
         result_ref: dict[str, Any],
         started: float,
         duration: float,
+        cpu: float | None = None,
     ) -> dict[str, Any]:
         arguments: dict[str, Any] = {}
         for (name, value), d in zip(items, digests, strict=True):
-            if is_clear(value):
+            if is_clear(value) and (type(value) is not str or _utf8(value)):
                 arguments[name] = value
                 continue
             try:
@@ -206,7 +341,10 @@ class CachedFunction:
         rec["digest"] = key
         rec["arguments"] = arguments
         rec["result"] = result_ref
-        rec["metadata"] = _metadata.collect(started, duration)
+        chosen = self.metadata
+        if chosen is None:
+            chosen = getattr(cache, "metadata_groups", _metadata.ALL)
+        rec["metadata"] = _metadata.collect(started, duration, cpu, chosen, self.module)
         return rec
 
     def store(
@@ -218,13 +356,14 @@ class CachedFunction:
         result: Any,
         started: float,
         duration: float,
+        cpu: float | None = None,
     ) -> None:
         """Write the value, then the record that points at it; warn (never raise) on faults."""
-        if cache.read_only:
+        if cache.read_only or (_DOWN and _down(cache)):
             return
         try:
             ref = cache.put_value(result)
-            rec = self.record(cache, key, items, digests, ref, started, duration)
+            rec = self.record(cache, key, items, digests, ref, started, duration, cpu)
             cache.put_record(self.function_id, key, rec)
         except SerializationError as e:
             self.warn_once(f"serialize:{type(result).__qualname__}", f"{e}; returned uncached")
@@ -257,12 +396,14 @@ class CachedFunction:
             # the leader raised: compute (and raise) for ourselves rather than share its error
         try:
             started = time.time()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             result = self._run(args, kwargs, key)
             duration = time.perf_counter() - t0
+            cpu = time.process_time() - c0
             if leader:
                 flight.result, flight.ok = result, True
-            self.store(cache, key, items, digests, result, started, duration)
+            self.store(cache, key, items, digests, result, started, duration, cpu)
             return result
         finally:
             if leader:
@@ -270,21 +411,37 @@ class CachedFunction:
                     del self._flights[fkey]
                 flight.done.release()
 
+    def _unopened(self, error: OSError) -> None:
+        # The default cache (FLECHE_CACHE, fleche.toml) is opened by the first call: a store
+        # that cannot be reached or read then must not cost the caller their result.
+        self.warn_once("open", f"cannot open the cache ({error}); computing uncached")
+
     def __call__(self, args: tuple, kwargs: dict) -> Any:
-        cache = active_cache()
+        try:
+            cache = active_cache()
+        except OSError as e:
+            self._unopened(e)
+            return self._run(args, kwargs, "uncached")
         key, items, digests = self.key(args, kwargs)
-        if self.uncacheable(items):
+        if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
             return self._run(args, kwargs, key)
         if not _REFRESH.get():
             hit, value = self.lookup(cache, key)
             if hit:
                 return value
+            if self.single_flight is not None:
+                policy = self.single_flight
+                return compute_once(self, cache, args, kwargs, key, items, digests, policy)
         return self.compute(cache, args, kwargs, key, items, digests)
 
     async def acall(self, args: tuple, kwargs: dict) -> Any:
-        cache = active_cache()
+        try:
+            cache = active_cache()
+        except OSError as e:
+            self._unopened(e)
+            return await self.func(*args, **kwargs)
         key, items, digests = self.key(args, kwargs)
-        if self.uncacheable(items):
+        if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
             return await self.func(*args, **kwargs)
         if not _REFRESH.get():
             hit, value = self.lookup(cache, key)
@@ -297,6 +454,22 @@ class CachedFunction:
         return result
 
     # -- helpers -------------------------------------------------------------------------
+
+    def rerun(self, *args: Any, **kwargs: Any) -> Any:
+        """Recompute and replace the cached result (nested cached calls recompute too)."""
+        token = _REFRESH.set(True)
+        try:
+            return self(args, kwargs)
+        finally:
+            _REFRESH.reset(token)
+
+    async def arerun(self, *args: Any, **kwargs: Any) -> Any:
+        """Recompute and replace the cached result (nested cached calls recompute too)."""
+        token = _REFRESH.set(True)
+        try:
+            return await self.acall(args, kwargs)
+        finally:
+            _REFRESH.reset(token)
 
     def digest(self, *args: Any, **kwargs: Any) -> str:
         return self.key(args, kwargs)[0]
@@ -316,8 +489,16 @@ class CachedFunction:
         return cache, rec
 
     def load(self, *args: Any, **kwargs: Any) -> Any:
+        """The stored result (CacheMiss if none); ``mmap=True`` maps raw-stored arrays read-only.
+
+        ``mmap=`` is the function's own argument when it has a parameter of that name.
+        """
+        mmap = self.mmap
+        if "mmap" in kwargs and "mmap" not in self.binder.names:
+            mmap = bool(kwargs.pop("mmap"))
         cache, rec = self._record_or_miss(args, kwargs)
-        return cache.load_value(rec["result"])
+        ref = rec["result"]
+        return cache.load_value(ref, mmap=True) if mmap else cache.load_value(ref)
 
     def call(self, *args: Any, **kwargs: Any) -> Call:
         cache, rec = self._record_or_miss(args, kwargs)
@@ -328,18 +509,17 @@ class CachedFunction:
 
     def query(
         self, *args: Any, metadata: dict[str, Any] | None = None, **kwargs: Any
-    ) -> Iterator[Call]:
-        bound = self.binder.bind_partial(args, kwargs)
-        ignored = sorted(set(bound) & self.binder.ignore)
-        if ignored:
-            raise TypeError(
-                f"query(): {ignored} are ignored by @fleche(ignore=...) and not stored; drop them"
-            )
-        wanted = {n: digest_bytes(v, name=n) for n, v in bound.items() if v is not None}
-        cache = active_cache()
-        records = cache.iter_records(self.function_id)
-        for rec in iter_matching(records, wanted, metadata or {}):
-            yield Call.from_record(rec, cache.load_value)
+    ) -> QueryResult:
+        """The stored calls of this version of the function whose arguments and metadata match.
+
+        Arguments bind like a call; None or an absent argument matches anything;
+        ``fleche.Q`` builds conditions (``Q.gt(3)``, ``Q.in_([...])``).
+        """
+        # the calls a call of this function can hit: its version, when the key has it
+        mine = {"version": self.version} if self.hash_version else {}
+        return for_function(
+            self.binder, self.function_id, self.qualname, args, kwargs, metadata, **mine
+        )
 
 
 @overload
@@ -356,6 +536,9 @@ def fleche(
     require: str | Iterable[str] | None = None,
     ignore: str | Iterable[str] | None = None,
     isolate: bool = False,
+    metadata: bool | Iterable[str] | None = None,
+    single_flight: bool | LeasePolicy = False,
+    mmap: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -370,6 +553,9 @@ def fleche(
     require: str | Iterable[str] | None = None,
     ignore: str | Iterable[str] | None = None,
     isolate: bool = False,
+    metadata: bool | Iterable[str] | None = None,
+    single_flight: bool | LeasePolicy = False,
+    mmap: bool = False,
 ) -> Any:
     """Cache a function's results in the active cache (see :func:`fleche.cache`).
 
@@ -380,6 +566,14 @@ def fleche(
     ``require`` names arguments that must be given (not None) for a call to be
     cached.  ``isolate`` runs each computation in a fresh temporary working
     directory (process-wide: isolated calls in threads take turns).
+    ``metadata`` picks what records keep besides ``created``: a list of
+    groups (``runtime``, ``environment``, ``git``, ``tags``), True for all or
+    False for none; by default the cache's ``metadata`` setting, else all.
+    ``mmap=True`` returns arrays stored raw in a local store as read-only
+    memory maps (any size in well under a millisecond; see ``docs/values.md``).
+    ``single_flight`` computes a call once across processes sharing the
+    store: the first to miss takes a lease, the others wait for its record
+    (True, or a :class:`fleche.lease.LeasePolicy`; see ``docs/parallel.md``).
 
     The wrapper gains ``.digest``, ``.contains``, ``.load``, ``.call``,
     ``.query``, ``.rerun`` and ``.evict``, taking the function's arguments.
@@ -400,8 +594,16 @@ def fleche(
             require=_names(require, "require"),
             ignore=_names(ignore, "ignore"),
             isolate=isolate,
+            metadata=metadata,
+            single_flight=policy_of(single_flight),
+            mmap=mmap,
         )
         if inspect.iscoroutinefunction(f):
+            if cf.single_flight is not None:
+                raise ValueError(
+                    f"single_flight=True cannot be used with async def {f.__qualname__}: "
+                    "waiting for another process would block the event loop"
+                )
             if isolate:
                 raise ValueError(
                     f"isolate=True cannot be used with async def {f.__qualname__}: the working "
@@ -412,30 +614,16 @@ def fleche(
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 return await cf.acall(args, kwargs)
 
-            async def rerun(*args: Any, **kwargs: Any) -> Any:
-                token = _REFRESH.set(True)
-                try:
-                    return await cf.acall(args, kwargs)
-                finally:
-                    _REFRESH.reset(token)
-
+            wrapper.rerun = cf.arerun  # type: ignore[attr-defined]
         else:
 
             @functools.wraps(f)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 return cf(args, kwargs)
 
-            def rerun(*args: Any, **kwargs: Any) -> Any:
-                token = _REFRESH.set(True)
-                try:
-                    return cf(args, kwargs)
-                finally:
-                    _REFRESH.reset(token)
-
-        rerun.__doc__ = (
-            "Recompute and replace the cached result (nested cached calls recompute too)."
-        )
-        wrapper.rerun = rerun  # type: ignore[attr-defined]
+            wrapper.rerun = cf.rerun  # type: ignore[attr-defined]
+        # Helpers are bound methods of cf, so a wrapper pickles (by value too: cloudpickle
+        # sends functions of __main__ that way to Dask and executorlib workers).
         for helper in ("digest", "contains", "load", "call", "query", "evict"):
             setattr(wrapper, helper, getattr(cf, helper))
         wrapper.__fleche__ = cf  # type: ignore[attr-defined]

@@ -87,6 +87,11 @@ class _Server:
                 oid, **({} if oid is not None else {"function_id": fid, "digest": digest})
             ),
             "info": lambda body: s.info(),
+            # leases (fleche.lease): this store's create-only write decides who computes
+            "acquire_lease": lambda fid, digest, body: s.acquire_lease(fid, digest, bytes(body)),
+            "read_lease": self.read_lease,
+            "renew_lease": lambda fid, digest, body: s.renew_lease(fid, digest, bytes(body)),
+            "release_lease": lambda fid, digest, body: s.release_lease(fid, digest),
         }
 
     # -- operations that need more than one line ------------------------------------------
@@ -114,6 +119,12 @@ class _Server:
             return _Body(parts[0] if len(parts) == 1 else b"".join(parts))
         finally:
             os.close(fd)
+
+    def read_lease(self, fid: str, digest: str, body: Any) -> Any:
+        data = self.store.read_lease(fid, digest)
+        if data is None:
+            raise CacheMiss(f"no lease on {fid}/{digest}")  # answered as a miss
+        return _Body(data)
 
     def send_file(self, fd: int, size: int) -> None:
         """Reply with the file's bytes as the body, kernel to pipe (objects are immutable)."""

@@ -14,7 +14,8 @@ import itertools
 import mmap
 import os
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
+from typing import BinaryIO
 
 from fsspec.implementations.local import LocalFileSystem
 
@@ -80,6 +81,34 @@ def _write_all(fd: int, data: BytesLike) -> None:
             view = view[os.write(fd, view) :]
 
 
+_GATHER = 4 << 20  # small parts are gathered into writes of up to this many bytes
+
+
+def _write_parts(fd: int, parts: Iterable[BytesLike]) -> None:
+    """Write ``parts`` in order: large ones as they are, runs of small ones gathered.
+
+    A dict of 10,000 small arrays is 20,000 parts: one syscall each would cost
+    more than the bytes; joining a run of small parts copies little.
+    """
+    run: list[BytesLike] = []
+    held = 0
+    for part in parts:
+        n = len(part) if isinstance(part, bytes) else memoryview(part).nbytes
+        if n >= _SMALL_READ:
+            if run:
+                _write_all(fd, b"".join(run))
+                run, held = [], 0
+            _write_all(fd, part)
+            continue
+        run.append(part)
+        held += n
+        if held >= _GATHER:
+            _write_all(fd, b"".join(run))
+            run, held = [], 0
+    if run:
+        _write_all(fd, run[0] if len(run) == 1 else b"".join(run))
+
+
 def _unlink_quiet(path: str) -> None:
     try:
         os.unlink(path)
@@ -143,12 +172,11 @@ class LocalStore(ObjectStore):
             tmp = f"{self._tmp}/{secrets.token_hex(12)}"
         return os.open(tmp, _CREATE, 0o666), tmp
 
-    def _write_tmp(self, parts: Sequence[BytesLike]) -> str:
+    def _write_tmp(self, parts: Iterable[BytesLike]) -> str:
         """Write ``parts`` to a fresh file under ``tmp/`` and return its path."""
         fd, tmp = self._open_tmp()
         try:
-            for part in parts:
-                _write_all(fd, part)
+            _write_parts(fd, parts)
             if self.durable:
                 os.fsync(fd)
         except BaseException:
@@ -158,7 +186,7 @@ class LocalStore(ObjectStore):
         os.close(fd)
         return tmp
 
-    def _write(self, path: str, parts: Sequence[BytesLike]) -> None:
+    def _write(self, path: str, parts: Iterable[BytesLike]) -> None:  # type: ignore[override]
         tmp = self._write_tmp(parts)
         try:
             self._rename(tmp, path)
@@ -167,6 +195,12 @@ class LocalStore(ObjectStore):
             raise
         if self.durable:
             self._fsync_dir(os.path.dirname(path))
+
+    def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
+        self._write(path, chunks)  # _write_tmp writes parts as they come: already streaming
+
+    def _open_read(self, path: str) -> BinaryIO:
+        return open(path, "rb", buffering=0)  # the caller closes it
 
     def _rename(self, src: str, dst: str) -> None:
         try:

@@ -30,6 +30,7 @@ class PrivateMemoryFileSystem(MemoryFileSystem):
         # Newer fsspec: pickle (e.g. to a worker) copies the files instead of
         # reattaching to the global dict. Older fsspec ignores the attribute.
         self.global_store = False
+        self.create_lock = threading.Lock()  # see MemoryStore._write_new
 
     def info(self, path: str, **kwargs: Any) -> dict[str, Any]:
         # The base class scans every key for a directory prefix before looking
@@ -85,3 +86,10 @@ class MemoryStore(ObjectStore):
 
     def _exists(self, path: str) -> bool:
         return self.fs._strip_protocol(path) in self.fs.store
+
+    def _write_new(self, path: str, data: bytes) -> bool:
+        # fsspec's memory filesystem checks for the name, then commits on close: two
+        # threads could both create. One lock per filesystem makes create-only hold
+        # (leases rely on it) for every store sharing these files.
+        with self.fs.create_lock:
+            return super()._write_new(path, data)

@@ -20,16 +20,18 @@ The wire format is in :mod:`fleche.store_wire`.
 
 from __future__ import annotations
 
+import io
 import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, BinaryIO
 
 from fleche._version import __version__
 from fleche.errors import CacheMiss, ConfigError, FlecheWarning, ReadOnlyStoreError
@@ -430,6 +432,33 @@ class RemoteStore(ObjectStore):
         self._request(("put", oid), parts)
         return oid
 
+    def put_stream(self, chunks: Iterable[Any], *, oid: str) -> str:
+        """Spool ``chunks`` to a temporary file, then send it part by part: bounded memory here.
+
+        The wire needs a message's length before its body, and a value
+        compressed on the fly has none until it is done: the spool is on disk.
+        """
+        self._check_writable()
+        check_oid(oid)
+        if self.exists(oid):
+            return oid
+        with tempfile.TemporaryFile(prefix="fleche-put-") as spool:
+            for chunk in chunks:
+                spool.write(chunk)
+            self._request(("put", oid), _FileParts(spool))
+        return oid
+
+    # Reads come back whole (one reply body, already in a writable buffer): reading them
+    # through open_read would only add a copy, so the cache does not stream from here.
+    streams_reads = False
+
+    def _open_read(self, path: str) -> BinaryIO:
+        raise AssertionError("RemoteStore.open_read does not use paths")  # pragma: no cover
+
+    def open_read(self, oid: str) -> BinaryIO:
+        """The object's bytes as a file (fetched whole: the remote store does not stream reads)."""
+        return _BufferReader(self.get(oid))
+
     def get(self, oid: str) -> bytes:
         value, body = self._request(("get", check_oid(oid)))
         if value is None and body is None:
@@ -492,6 +521,37 @@ class RemoteStore(ObjectStore):
     def iter_functions(self) -> Iterator[str]:
         return self._iterate(("iter_functions",))
 
+    # -- leases (fleche.lease): forwarded, so the server's create-only write decides ---------
+    # A server older than these operations answers "unknown request" (RemoteProtocolError);
+    # the lease layer then computes without single-flight, after one warning.
+
+    def acquire_lease(self, function_id: str, digest: str, data: bytes) -> bool:
+        self._check_writable()
+        self._lease_names(function_id, digest)
+        return bool(self._request(("acquire_lease", function_id, digest), (data,))[0])
+
+    def read_lease(self, function_id: str, digest: str) -> bytes | None:
+        self._lease_names(function_id, digest)
+        value, body = self._request(("read_lease", function_id, digest))
+        if value is None and body is None:
+            return None
+        return bytes(body)
+
+    def renew_lease(self, function_id: str, digest: str, data: bytes) -> None:
+        self._check_writable()
+        self._lease_names(function_id, digest)
+        self._request(("renew_lease", function_id, digest), (data,))
+
+    def release_lease(self, function_id: str, digest: str) -> None:
+        self._check_writable()
+        self._lease_names(function_id, digest)
+        self._request(("release_lease", function_id, digest))
+
+    @staticmethod
+    def _lease_names(function_id: str, digest: str) -> None:
+        check_function_id(function_id)
+        check_oid(digest, "call digest")
+
     def _iterate(self, head: tuple[Any, ...]) -> Iterator[Any]:
         """Names in batches: the first comes with the request, the rest by cursor.
 
@@ -538,6 +598,40 @@ class RemoteStore(ObjectStore):
     def __reduce__(self) -> tuple[Any, ...]:
         # To another process (an executor's worker): it opens its own connection.
         return _reopen, (self.url, self._asked_read_only, self.durable, self.options)
+
+
+class _FileParts:
+    """A spooled file as message parts, read ``_SPOOL_CHUNK`` at a time each time it is iterated."""
+
+    def __init__(self, f: Any) -> None:
+        self._f = f
+
+    def __iter__(self) -> Iterator[bytes]:
+        self._f.seek(0)
+        while chunk := self._f.read(_SPOOL_CHUNK):
+            yield chunk
+
+
+_SPOOL_CHUNK = 8 << 20
+
+
+class _BufferReader(io.RawIOBase):
+    """A read-only file over a buffer already in memory (no copy of it)."""
+
+    def __init__(self, data: Any) -> None:
+        super().__init__()
+        self._view = memoryview(data).cast("B")
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")
+        k = min(out.nbytes, self._view.nbytes - self._pos)
+        out[:k] = self._view[self._pos : self._pos + k]
+        self._pos += k
+        return k
 
 
 def _reopen(url: str, read_only: bool, durable: bool, options: dict[str, Any]) -> RemoteStore:

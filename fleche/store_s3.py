@@ -30,9 +30,9 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, BinaryIO
 
 from fleche.errors import ConfigError
 from fleche.store import BytesLike, ObjectStore, is_function_id, is_oid
@@ -42,10 +42,14 @@ try:  # botocore comes with s3fs; without it S3Store cannot be built anyway
 except ImportError:  # pragma: no cover - exercised only without the s3 extra
     BotoCoreError = NoCredentialsError = ()  # type: ignore[assignment,misc]
 
-__all__ = ["HEAD_FIRST", "S3Store"]
+__all__ = ["HEAD_FIRST", "MULTIPART_MIN", "PART_SIZE", "S3Store"]
 
 HEAD_FIRST = 1 << 20
 """Values larger than this are HEADed before their create-only PUT (bytes)."""
+MULTIPART_MIN = 64 << 20
+"""Values larger than this are uploaded in parts (multipart upload), never joined in memory."""
+PART_SIZE = 16 << 20
+"""Bytes per part of a multipart upload (S3 wants at least 5 MiB but for the last)."""
 
 # Answers meaning "this server does not do conditional PUTs" (AWS before 2024: 501).
 _NO_CONDITIONAL = {"NotImplemented", "501"}
@@ -228,6 +232,72 @@ class S3Store(ObjectStore):
         self._write(path, (body,))
         return True
 
+    def _multipart(self, path: str, chunks: Iterable[BytesLike]) -> None:
+        """Upload ``chunks`` as one object in ``PART_SIZE`` parts: bounded memory, atomic.
+
+        The object appears only when the upload completes; a failure aborts it
+        (no partial object, no parts left billed). Not create-only (servers
+        differ on If-None-Match for multipart): the caller HEADs first, and two
+        writers of one content-addressed name write the same bytes anyway.
+        """
+        bucket, key = self._split(path)
+        with self._errors(path, "write"):
+            upload = self.fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)
+        uid = upload["UploadId"]
+        done: list[dict[str, Any]] = []
+
+        def send(body: bytes | bytearray) -> None:
+            number = len(done) + 1
+            with self._errors(path, "write"):
+                part = self.fs.call_s3(
+                    "upload_part",
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=uid,
+                    PartNumber=number,
+                    Body=body,
+                )
+            done.append({"ETag": part["ETag"], "PartNumber": number})
+
+        try:
+            pending = bytearray()
+            for chunk in chunks:
+                view = memoryview(chunk).cast("B")
+                while view.nbytes:
+                    take = min(view.nbytes, PART_SIZE - len(pending))
+                    if not pending and take == PART_SIZE:
+                        send(bytes(view[:take]))  # a whole part from one buffer: one copy
+                    else:
+                        pending += view[:take]
+                        if len(pending) == PART_SIZE:
+                            send(pending)
+                            pending = bytearray()
+                    view = view[take:]
+            if pending or not done:
+                send(pending)
+            with self._errors(path, "write"):
+                self.fs.call_s3(
+                    "complete_multipart_upload",
+                    Bucket=bucket,
+                    Key=key,
+                    UploadId=uid,
+                    MultipartUpload={"Parts": done},
+                )
+        except BaseException:
+            try:
+                self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=uid)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+            raise
+
+    def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
+        self._multipart(path, chunks)
+
+    def _open_read(self, path: str) -> BinaryIO:
+        """Ranged GETs of ``PART_SIZE`` bytes as the reader asks (s3fs's file, no read-ahead cache)."""
+        with self._errors(path, "read"):
+            return self.fs.open(path, "rb", block_size=PART_SIZE, cache_type="none")  # type: ignore[no-any-return]
+
     def _exists(self, path: str) -> bool:
         # One HEAD; fs.info would LIST after a 404 to look for a "directory".
         bucket, key = self._split(path)
@@ -296,11 +366,15 @@ class S3Store(ObjectStore):
 
     def _publish(self, path: str, parts: Sequence[BytesLike]) -> None:
         """One create-only PUT; an existing object is kept (the server refuses the write)."""
-        if _nbytes(parts) > HEAD_FIRST and self._exists(path):
+        size = _nbytes(parts)
+        if size > HEAD_FIRST and self._exists(path):
             return  # a HEAD is cheaper than uploading a large body to have it refused
         if self._info is None:
             self._ensure_marker()
-        self._put_new(path, parts)
+        if size > MULTIPART_MIN:
+            self._multipart(path, parts)  # one PUT would need the parts joined: a second copy
+        else:
+            self._put_new(path, parts)
 
     def iter_calls(self, function_id: str | None = None) -> Iterator[tuple[str, str]]:
         """Every record in one recursive listing of ``calls/`` (or of one function's records)."""

@@ -29,13 +29,15 @@ generic ``ObjectStore``, and why:
 
 from __future__ import annotations
 
+import io
 import posixpath
 import secrets
 import stat
+import sys
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import unquote, urlsplit
 
 import paramiko
@@ -150,7 +152,7 @@ def _read_file(r: _Replies, path: str, chunk: int) -> bytes | bytearray:
 
 
 def _write_file(
-    r: _Replies, path: str, parts: Sequence[BytesLike], chunk: int, *, fsync: bool
+    r: _Replies, path: str, parts: Iterable[BytesLike], chunk: int, *, fsync: bool
 ) -> None:
     """Create ``path`` (it must not exist) holding ``parts``; returns once the server has closed it.
 
@@ -190,6 +192,72 @@ def _write_file(
                 f"the SSH server does not support fsync@openssh.com ({e}), which durable=True "
                 "needs: open the store with durable=False"
             ) from e
+
+
+class _Reader(io.RawIOBase):
+    """A file of the store read with up to ``_WINDOW`` requests in flight: bounded memory.
+
+    Holds one pooled session while open (close it: use it as a context manager).
+    """
+
+    def __init__(self, store: SFTPStore, path: str) -> None:
+        super().__init__()
+        self._store, self._path = store, path
+        self._session = store._session(path, "read")
+        r = self._session.__enter__()
+        try:
+            _, msg = r.call(path, CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes())
+            self._handle = msg.get_binary()
+        except BaseException:
+            self._session.__exit__(*sys.exc_info())
+            raise
+        self._r = r
+        self._chunk = store.fs.read_chunk
+        self._pending: deque[tuple[int, int, int]] = deque()  # (request, offset, length)
+        self._next = 0  # the next offset to ask for
+        self._left = memoryview(b"")  # received, not yet handed out
+        self._eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        out = memoryview(b).cast("B")
+        with self._store._errors(self._store.fs, self._path, "read"):
+            while not self._left and not self._eof:
+                while not self._eof and len(self._pending) < _WINDOW:
+                    n = self._chunk
+                    self._pending.append(
+                        (self._r.send(CMD_READ, self._handle, int64(self._next), n), self._next, n)
+                    )
+                    self._next += n
+                num, at, n = self._pending.popleft()
+                data = _data(self._r, num, self._path)
+                if not data:  # end of file: the requests after it answer EOF too
+                    self._eof = True
+                    break
+                if len(data) < n:  # a short read: ask for the rest before anything later
+                    rest = (at + len(data), n - len(data))
+                    self._pending.appendleft(
+                        (self._r.send(CMD_READ, self._handle, int64(rest[0]), rest[1]), *rest)
+                    )
+                self._left = memoryview(data)
+        k = min(out.nbytes, self._left.nbytes)
+        out[:k] = self._left[:k]
+        self._left = self._left[k:]
+        return k
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                for num, _, _ in self._pending:  # drain, so the session is clean for reuse
+                    with suppress(OSError, EOFError, _Failure):
+                        self._r.wait(num, self._path)
+                self._r.send_quietly(CMD_CLOSE, self._handle)
+            finally:
+                self._pending.clear()
+                self._session.__exit__(None, None, None)
+        super().close()
 
 
 # -- the store ------------------------------------------------------------------------------
@@ -344,7 +412,13 @@ class SFTPStore(ObjectStore):
     def _write_new(self, path: str, data: bytes) -> bool:
         return self._put(path, (data,), replace=False)
 
-    def _put(self, path: str, parts: Sequence[BytesLike], *, replace: bool) -> bool:
+    def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
+        self._put(path, chunks, replace=False)  # pipelined writes as the chunks come
+
+    def _open_read(self, path: str) -> BinaryIO:
+        return io.BufferedReader(_Reader(self, path), buffer_size=self.fs.read_chunk)
+
+    def _put(self, path: str, parts: Iterable[BytesLike], *, replace: bool) -> bool:
         """Write ``tmp/<random>``, then rename it to ``path``; False if ``path`` existed (no replace)."""
         with self._session(path, "write") as r:
             tmp = self._write_tmp(r, parts)
@@ -357,7 +431,7 @@ class SFTPStore(ObjectStore):
                 _remove_quietly(r, tmp)
             return renamed
 
-    def _write_tmp(self, r: _Replies, parts: Sequence[BytesLike]) -> str:
+    def _write_tmp(self, r: _Replies, parts: Iterable[BytesLike]) -> str:
         """A new file under ``tmp/`` holding ``parts`` (fsynced when durable); its path."""
         tmp = f"{self._tmp}/{secrets.token_hex(8)}"
         for attempt in range(2):

@@ -59,8 +59,13 @@ __all__ = [
     "write_message",
 ]
 
-PROTOCOL = (1, 0)
-"""(major, minor): a different major is refused; a newer minor only adds operations."""
+PROTOCOL = (1, 1)
+"""(major, minor): a different major is refused; a newer minor only adds operations.
+
+1.1 added the lease operations (``acquire_lease``, ``read_lease``, ``renew_lease``,
+``release_lease``); a 1.0 server answers them "unknown request" and single-flight
+functions then compute without a lease.
+"""
 
 MAGIC = b"\x00fleche-remote\x00"
 """Precedes the server's hello, so output of a chatty login shell before it is skipped."""

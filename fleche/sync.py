@@ -240,11 +240,14 @@ def _run(
     """Run ``work`` over ``items`` with at most ``window`` in flight; results handled here, in order of completion.
 
     Results are handled by the calling thread only, so the bookkeeping needs
-    no lock. On a fatal error (or an interrupt) the queued items are cancelled
-    and the error is raised once the running ones finish.
+    no lock. On a fatal error the queued items are cancelled and the error is
+    raised once the running ones finish, their outcomes recorded (so the
+    result of a stopped sync lists every file it did copy); on an interrupt
+    the queued items are cancelled at once.
     """
     it: Iterator[T] = iter(items)
     pending: dict[Future[Any], T] = {}
+    fatal: Exception | None = None
 
     def fill() -> None:
         for item in it:
@@ -260,14 +263,21 @@ def _run(
                 item = pending.pop(fut)
                 try:
                     value = fut.result()
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - a fatal one is raised below
                     reason = _per_item(e)
                     if reason is None:
-                        raise
-                    failed(item, reason)
+                        fatal = fatal or e
+                    else:
+                        failed(item, reason)
                 else:
                     done(item, value)
-            fill()
+            if fatal is None:
+                fill()
+            else:  # stop queuing; what already runs finishes and is recorded above
+                for fut in [f for f in pending if f.cancel()]:
+                    del pending[fut]
+        if fatal is not None:
+            raise fatal
     finally:
         for fut in pending:
             fut.cancel()

@@ -198,6 +198,76 @@ class StoreConformance:
         assert store.size(oid) == len(data)
         assert store.get(oid) == data
 
+    # -- streaming: put_stream / open_read ----------------------------------------
+
+    def test_put_stream_round_trip(self, store: ObjectStore) -> None:
+        # over 16 MiB, so S3 sends more than one part; chunks of odd sizes, one empty
+        chunks = [os.urandom(3 << 20), b"", os.urandom((15 << 20) + 7), os.urandom(1000)]
+        data = b"".join(chunks)
+        oid = xxhash.xxh3_128_hexdigest(data)
+        consumed: list[int] = []
+
+        def produce():
+            for i, c in enumerate(chunks):
+                consumed.append(i)
+                yield c
+
+        assert store.put_stream(produce(), oid=oid) == oid
+        assert consumed == [0, 1, 2, 3]
+        assert store.size(oid) == len(data)
+        assert store.get(oid) == data
+        with store.open_read(oid) as f:
+            got = bytearray()
+            while piece := f.read(1 << 20):
+                got += piece
+        assert got == data
+        with store.open_read(oid) as f:
+            buf = bytearray(len(data))
+            view, n = memoryview(buf), 0
+            while n < len(buf) and (k := f.readinto(view[n : n + (3 << 20)])):
+                n += k
+            assert n == len(data) and buf == data
+            assert f.read(1) == b""
+
+    def test_put_stream_small_and_empty(self, store: ObjectStore) -> None:
+        oid = store.put_stream(iter([b"a", memoryview(b"bc"), bytearray(b"d")]), oid=digest_of("s"))
+        assert store.get(oid) == b"abcd"
+        empty = store.put_stream(iter([]), oid=digest_of("empty"))
+        assert store.get(empty) == b""
+        with store.open_read(empty) as f:
+            assert f.read() == b""
+
+    def test_put_stream_keeps_an_existing_object(self, store: ObjectStore) -> None:
+        oid = digest_of("first")
+        store.put(b"first", oid=oid)
+        store.put_stream(iter([b"second"]), oid=oid)
+        assert store.get(oid) == b"first"
+
+    def test_put_stream_failure_leaves_no_object(self, store: ObjectStore) -> None:
+        oid = digest_of("broken stream")
+
+        def produce():
+            yield os.urandom(1 << 20)
+            raise RuntimeError("the producer failed")
+
+        with pytest.raises(RuntimeError, match="producer failed"):
+            store.put_stream(produce(), oid=oid)
+        assert not store.exists(oid)
+        with pytest.raises(CacheMiss):
+            store.get(oid)
+
+    def test_open_read_missing_is_a_cache_miss(self, store: ObjectStore) -> None:
+        oid = digest_of("nothing to read")
+        with pytest.raises(CacheMiss, match=oid):
+            store.open_read(oid)
+        with pytest.raises(ValueError, match="32 lowercase hex"):
+            store.open_read("nope")
+
+    def test_put_stream_on_read_only_is_refused(self, store: ObjectStore) -> None:
+        ro = self.reopen(store, read_only=True)
+        with pytest.raises(ReadOnlyStoreError):
+            ro.put_stream(iter([b"x"]), oid=digest_of("ro"))
+
     # -- call records --------------------------------------------------------------
 
     def test_call_round_trip_and_replace(self, store: ObjectStore) -> None:

@@ -23,11 +23,11 @@ from datetime import date, datetime
 from typing import Any
 
 from fleche.cache import Cache
-from fleche.call import iter_matching
 from fleche.decorator import function_id as make_function_id
-from fleche.digest import digest_bytes
 from fleche.errors import CacheMiss, FlecheError
+from fleche.query import QueryResult
 from fleche.store import ObjectStore
+from fleche.terms import Condition, Q, QuerySpec, metadata_conditions
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -304,36 +304,68 @@ def merge(a: dict[str, Any], b: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+_OPERATORS = (("<=", "le"), (">=", "ge"), ("!=", "ne"), ("=", "eq"), ("<", "lt"), (">", "gt"))
+
+
+def parse_condition(text: str, what: str = "--arg") -> tuple[str, Condition]:
+    """``"n>=10"`` → ``("n", Q.ge(10))``; ``=``, ``!=``, ``<``, ``<=``, ``>``, ``>=``.
+
+    A value in brackets with ``=`` is a set: ``"n=[1, 2]"`` → ``Q.in_([1, 2])``.
+    """
+    found = [(text.find(op), op, name) for op, name in _OPERATORS if op in text]
+    if not found:
+        raise ParseError(
+            f"{what} {text!r}: expected NAME=VALUE (or !=, <, <=, >, >=), e.g. {what} n=10"
+        )
+    at = min(i for i, _, _ in found)
+    op, kind = next((o, k) for i, o, k in found if i == at)  # the longest operator at that place
+    name, raw = text[:at].strip(), text[at + len(op) :]
+    if not name:
+        raise ParseError(f"{what} {text!r}: expected NAME=VALUE, e.g. {what} n=10")
+    value = parse_value(raw)
+    try:
+        if kind == "eq" and isinstance(value, list):
+            return name, Q.in_(value)
+        return name, Condition(kind, value)
+    except TypeError as e:
+        raise ParseError(f"{what} {text!r}: {e}") from e
+
+
 def query(
     cache: Cache,
     function_id: str,
     arguments: Mapping[str, Any] | None = None,
-    metadata: Mapping[str, Any] | None = None,
+    metadata: Mapping[Any, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Records of ``function_id`` whose arguments and metadata match, as ``f.query`` finds them.
 
-    Arguments match through their digests, exactly as the decorated
-    function's ``.query`` does (so ``10`` does not match ``10.0``), and a
-    ``None`` value matches only ``None`` (leave a name out to match anything).
-    A name no record of the function has is an error listing the names it has.
+    Conditions follow :mod:`fleche.terms`: equality by digest (so ``10`` does
+    not match ``10.0``), order comparisons on numbers and str. A name no record
+    of the function has is an error listing the names it has. ``arguments``
+    map names to conditions or plain values (equality; ``None`` matches
+    ``None``); ``metadata`` maps paths to conditions, or is a nested dict of
+    values (``{"tags": {"project": "x"}}``).
     """
-    wanted = {n: digest_bytes(v, name=n) for n, v in (arguments or {}).items()}
-    records = cache.iter_records(function_id)
-    first = next(records, None)
-    if first is None:
-        return
-    names = list(first.get("arguments", {}))
-    unknown = sorted(set(wanted) - set(names))
-    if unknown:
-        raise ParseError(
-            f"{function_id} has no argument {', '.join(unknown)}; its arguments are {names}"
-        )
-
-    def chained() -> Iterator[dict[str, Any]]:
-        yield first
-        yield from records
-
-    yield from iter_matching(chained(), wanted, metadata or {})
+    arguments = {
+        n: v if isinstance(v, Condition) else Condition("eq", v)
+        for n, v in (arguments or {}).items()
+    }
+    meta = dict(metadata or {})
+    if not all(isinstance(k, tuple) for k in meta):
+        meta = metadata_conditions(meta)
+    if arguments:
+        first = next(cache.iter_records(function_id), None)
+        if first is None:
+            return
+        names = list(first.get("arguments", {}))
+        unknown = sorted(set(arguments) - set(names))
+        if unknown:
+            raise ParseError(
+                f"{function_id} has no argument {', '.join(unknown)}; its arguments are {names}"
+            )
+    spec = QuerySpec(function_ids=frozenset([function_id]), args=arguments, metadata=meta)
+    for call in QueryResult(cache, spec, function_id):
+        yield call.record
 
 
 def jsonable(value: Any) -> Any:

@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from fleche import codec
-from fleche.cache import referenced_oids
+from fleche.cache import malformed, referenced_oids
 from fleche.errors import CacheMiss, CorruptObjectError, ReadOnlyStoreError
-from fleche.store import ObjectStore
+from fleche.store import ObjectStore, is_oid
 from fleche.upkeep import WORKERS, Progress
 from fleche.upkeep_scan import Entry, Inventory, read_records, scan
 
@@ -153,7 +153,18 @@ def verify(
             continue
         report.records += 1
         report.bytes += r.entry.size
-        refs = referenced_oids(r.record)
+        try:
+            refs = referenced_oids(r.record)
+        except (AttributeError, TypeError) as e:  # "arguments" that are no map: not our writer's
+            report.corrupt_records.append(Finding("record", name, f"malformed references: {e}"))
+            continue
+        invalid = [o for o in refs if not is_oid(o)]
+        why = malformed(r.record) or (
+            f"references invalid object ids {invalid[:3]}" if invalid else None
+        )
+        if why is not None:  # a reader quarantines it; a name like "../x" is never looked up
+            report.corrupt_records.append(Finding("record", name, why))
+            continue
         referenced.update(refs)
         bad = []
         for oid in refs:

@@ -132,7 +132,7 @@ def test_show_loads_a_result_and_shows_an_object(populated):
         "stored_size": populated.store.size(oid),
         "raw_size": doc["raw_size"],
         "codec": "zstd",
-        "serializer": "pickle (out-of-band buffers)",
+        "serializer": "numpy",  # arrays use the raw numpy codec (docs/values.md)
         "integrity": "ok",
     }
     assert doc["raw_size"] > doc["stored_size"]
@@ -174,6 +174,13 @@ def test_query(populated):
     assert len(run_json("query", "simulate", "-s", s, "--limit", "2")) == 2
     text = run("query", "simulate", "--arg", "alpha=0.2", "-s", s)
     assert "2 calls of" in text and "'abc'" in text and "label" in text
+    ranged = run_json("query", "simulate", "-a", "n>=10", "-a", "alpha<0.5", "-s", s)
+    assert sorted(c["digest"] for c in ranged) == sorted(
+        [populated.simulate[(10, 0.2)], populated.simulate[(11, 0.2, "abc")]]
+    )
+    picked = run_json("query", "simulate", "-a", "n=[3, 10]", "-a", "label!=abc", "-s", s)
+    assert populated.simulate[(3,)] in [c["digest"] for c in picked]
+    assert populated.simulate[(11, 0.2, "abc")] not in [c["digest"] for c in picked]
     big = run_json("query", "big", "--arg", "n=2000", "-s", s)
     assert big[0]["result"]["type"] == "numpy.ndarray" and "oid" in big[0]["result"]
 
@@ -187,6 +194,8 @@ def test_query_errors(populated):
     assert result.exit_code == 1 and "no function 'nope'" in result.stderr
     result = CliRunner().invoke(main, ["query", "simulate", "--arg", "n", "-s", s])
     assert result.exit_code == 1 and "NAME=VALUE" in result.stderr
+    result = CliRunner().invoke(main, ["query", "simulate", "--arg", "n>[1]", "-s", s])
+    assert result.exit_code == 1 and "compares numbers or str" in result.stderr
 
 
 # -- stats, du -----------------------------------------------------------------------------

@@ -18,13 +18,17 @@ LAYERS = {
     "codec": 2,
     "terms": 2,  # query conditions: digest below it; the index and the query API use it
     "testing": 2,
+    "index": 2.5,  # the catalogue of records: store, codec, terms below it; cache keeps one
     "cache": 3,
     "remote": 3,  # the remote-cache server: store and codec below it, nothing above
     "config": 4,
     "sync": 4,  # store, codec, errors and cache.referenced_oids; the CLI calls it
     "metadata": 5,
     "call": 5,
+    "lease": 5,  # single-flight leases: store below it; the decorator calls it
+    "query": 5.5,  # QueryResult over cache, call, terms (and an index, through cache.index)
     "decorator": 6,
+    "executor": 7,  # wrap_executor, map, tasks bound to a cache; executor_dask imports Dask
     "upkeep": 7,  # verify, gc, stats, lookups: store, codec, cache, call; decorator's function_id
     "cli": 8,
     "__init__": 9,

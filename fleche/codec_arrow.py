@@ -1,0 +1,230 @@
+"""pandas and polars frames as Arrow IPC streams, when pyarrow (or polars) is installed.
+
+Arrow is the open columnar format other tools (DuckDB, Spark, R, polars)
+read, it loads without running pickle code, and its buffers load without a
+parse. Exactness comes first: a frame goes to Arrow only if
+
+- no column, index level or categorical uses the ``object`` dtype (what
+  Arrow makes of arbitrary Python objects depends on the values), and
+- a *trial round trip* of its first rows gives back the same frame: dtypes,
+  index (class, dtype, names, freq), columns (class, dtype, names), attrs and
+  flags. Everything Arrow cannot keep (a ``RangeIndex`` of columns, a
+  python-backed string dtype, a ``DatetimeIndex`` frequency, duplicate
+  column names) shows in the first rows already.
+
+Any other frame goes to pickle. Payload (``docs/format.md``): ``u32 n``,
+``n`` bytes of msgpack ``{"kind": "frame" | "series", "name": ...}``, zero
+padding to a 64-byte file offset, then the Arrow IPC stream.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+
+from fleche.codec_base import (
+    SER_ARROW_PANDAS,
+    SER_POLARS,
+    DumpContext,
+    LoadContext,
+    Serializer,
+    pad_to,
+    read_u32,
+    u32,
+)
+from fleche.errors import CorruptObjectError
+
+__all__ = ["PandasArrowSerializer", "PolarsSerializer"]
+
+TRIAL_ROWS = 8
+"""Rows of a frame round-tripped before choosing Arrow for it."""
+
+
+def _head(meta: dict[str, Any]) -> bytes:
+    packed = msgpack.packb(meta, use_bin_type=True)
+    head = u32(len(packed)) + packed
+    return head + b"\0" * pad_to(len(head))
+
+
+def _split(payload: Any, where: str) -> tuple[dict[str, Any], memoryview]:
+    mv = memoryview(payload).cast("B")
+    try:
+        n = read_u32(mv, 0)
+        meta = msgpack.unpackb(mv[4 : 4 + n], raw=False)
+    except (ValueError, TypeError, IndexError, msgpack.UnpackException) as e:
+        raise CorruptObjectError(f"{where} has a malformed frame header: {e}") from e
+    start = 4 + n
+    return meta, mv[start + pad_to(start) :]
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+# -- pandas ---------------------------------------------------------------------------------
+
+
+def _has_object(frame: Any) -> bool:
+    import numpy as np
+    import pandas as pd
+
+    def bad(dtype: Any) -> bool:
+        if isinstance(dtype, pd.CategoricalDtype):
+            return bad(dtype.categories.dtype)
+        return bool(dtype == np.dtype(object))
+
+    index = frame.index
+    levels = index.levels if isinstance(index, pd.MultiIndex) else [index]
+    dtypes = frame.dtypes if isinstance(frame, pd.DataFrame) else [frame.dtype]
+    return any(bad(d) for d in dtypes) or any(bad(lv.dtype) for lv in levels)
+
+
+def _pandas_dump(value: Any) -> tuple[dict[str, Any], Any]:
+    import pandas as pd
+    import pyarrow as pa
+
+    if isinstance(value, pd.Series):
+        if value.name is not None and type(value.name) is not str:
+            raise TypeError("a Series name that is not a str")
+        meta = {"kind": "series", "name": value.name}
+        frame = value.to_frame(name="series")
+    else:
+        meta = {"kind": "frame"}
+        frame = value
+    table = pa.Table.from_pandas(frame, preserve_index=None)
+    # Sized first, then written into a buffer of exactly that size: a growing
+    # BufferOutputStream reallocates, and its copies would double the peak memory.
+    mock = pa.MockOutputStream()
+    with pa.ipc.new_stream(mock, table.schema) as writer:
+        writer.write_table(table)
+    out = pa.allocate_buffer(mock.size())
+    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(out), table.schema) as writer:
+        writer.write_table(table)
+    return meta, out
+
+
+def _pandas_load(meta: dict[str, Any], body: memoryview) -> Any:
+    import pyarrow as pa
+
+    frame = pa.ipc.open_stream(pa.py_buffer(body)).read_all().to_pandas()
+    if meta.get("kind") == "series":
+        return frame.iloc[:, 0].rename(meta.get("name"))
+    return frame
+
+
+def _pandas_same(a: Any, b: Any) -> bool:
+    import pandas as pd
+    import pandas.testing as pdt
+
+    if type(a) is not type(b) or a.attrs != b.attrs or a.flags != b.flags:
+        return False
+    if type(a.index) is not type(b.index):
+        return False
+    if isinstance(a, pd.DataFrame) and type(a.columns) is not type(b.columns):
+        return False
+    check = pdt.assert_frame_equal if isinstance(a, pd.DataFrame) else pdt.assert_series_equal
+    try:
+        check(a, b, check_exact=True, check_index_type=True, check_names=True, check_freq=True)
+    except (AssertionError, TypeError, ValueError):
+        return False
+    return True
+
+
+class PandasArrowSerializer(Serializer):
+    """``pandas.DataFrame`` / ``Series`` (exact types) as an Arrow IPC stream (id 6)."""
+
+    id = SER_ARROW_PANDAS
+    name = "arrow"
+    requires = "pyarrow"
+    modules = ("pandas",)
+
+    def available(self) -> bool:
+        return _importable("pyarrow") and _importable("pandas")
+
+    def accepts(self, value: Any) -> bool:
+        import pandas as pd
+
+        if type(value) not in (pd.DataFrame, pd.Series) or not self.available():
+            return False
+        if _has_object(value):
+            return False
+        try:  # the trial round trip (see the module's doc)
+            head = value.iloc[:TRIAL_ROWS]
+            meta, buf = _pandas_dump(head)
+            return _pandas_same(head, _pandas_load(meta, memoryview(buf)))
+        except Exception:  # noqa: BLE001 - whatever Arrow refuses, pickle takes
+            return False
+
+    def dumps(self, value: Any, ctx: DumpContext) -> tuple[int, Sequence[Any]]:
+        meta, buf = _pandas_dump(value)
+        return SER_ARROW_PANDAS, [_head(meta), memoryview(buf)]
+
+    def loads(self, ser: int, payload: Any, ctx: LoadContext) -> Any:
+        meta, body = _split(payload, ctx.where)
+        return _pandas_load(meta, body)
+
+
+# -- polars ---------------------------------------------------------------------------------
+
+
+def _polars_dump(value: Any) -> tuple[dict[str, Any], Any]:
+    import polars as pl
+
+    if isinstance(value, pl.Series):
+        meta = {"kind": "series"}
+        frame = value.to_frame()
+    else:
+        meta = {"kind": "frame"}
+        frame = value
+    out = io.BytesIO()
+    frame.write_ipc_stream(out, compression="uncompressed")
+    return meta, out.getbuffer()
+
+
+def _polars_load(meta: dict[str, Any], body: memoryview) -> Any:
+    import polars as pl
+
+    frame = pl.read_ipc_stream(io.BytesIO(body))
+    return frame.to_series() if meta.get("kind") == "series" else frame
+
+
+class PolarsSerializer(Serializer):
+    """``polars.DataFrame`` / ``Series`` as an Arrow IPC stream written by polars (id 7)."""
+
+    id = SER_POLARS
+    name = "polars"
+    requires = "polars"
+    modules = ("polars",)
+
+    def available(self) -> bool:
+        return _importable("polars")
+
+    def accepts(self, value: Any) -> bool:
+        import polars as pl
+
+        if type(value) not in (pl.DataFrame, pl.Series):
+            return False
+        try:
+            head = value.head(TRIAL_ROWS)
+            meta, buf = _polars_dump(head)
+            back = _polars_load(meta, memoryview(buf))
+        except Exception:  # noqa: BLE001 - Object columns and the like: pickle takes them
+            return False
+        if isinstance(head, pl.Series):
+            return back.dtype == head.dtype and back.name == head.name and head.equals(back)
+        return back.schema == head.schema and head.equals(back)
+
+    def dumps(self, value: Any, ctx: DumpContext) -> tuple[int, Sequence[Any]]:
+        meta, buf = _polars_dump(value)
+        return SER_POLARS, [_head(meta), buf]
+
+    def loads(self, ser: int, payload: Any, ctx: LoadContext) -> Any:
+        meta, body = _split(payload, ctx.where)
+        return _polars_load(meta, body)

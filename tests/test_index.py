@@ -1,0 +1,519 @@
+"""The index of a cache: kept on writes, never the truth, and catching up with the store.
+
+Real stores, real processes: writers in subprocesses, records copied in with
+``cp``/``rsync``, a damaged or deleted catalogue, a remote store (moto S3 on
+127.0.0.1) whose index lives in the user cache dir, and faults that must never
+cost the user a result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import fleche
+from fleche import Cache, cache, codec
+from fleche.cache_layers import LayeredCache
+from fleche.errors import ConfigError, FlecheWarning
+from fleche.index import default_location
+from fleche.index_db import SqliteDb
+from fleche.store import open_store
+from fleche.store_local import LocalStore
+from fleche.store_memory import MemoryStore
+from fleche.terms import Q, QuerySpec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@fleche.fleche
+def simulate(n, alpha=0.1, label="x"):
+    return n * alpha
+
+
+def fid() -> str:
+    """The function id of ``simulate`` (as its records are filed)."""
+    store = MemoryStore()
+    with cache(Cache(store)):
+        simulate(0)
+    return next(store.iter_functions())
+
+
+def alpha_is(a: float) -> QuerySpec:
+    return QuerySpec(args={"alpha": Q.eq(a)})
+
+
+def count(c: Cache, spec: QuerySpec | None = None) -> int:
+    assert c.index is not None
+    return c.index.count(spec or QuerySpec())
+
+
+def scan_count(store, spec: QuerySpec | None = None) -> int:
+    spec = spec or QuerySpec()
+    n = 0
+    for f, k in store.iter_calls():
+        rec = codec.decode_record(store.get_call(f, k))
+        n += spec.match(rec)
+    return n
+
+
+def fill(c: Cache, ns, alpha: float = 0.1) -> None:
+    with cache(c):
+        for n in ns:
+            simulate(n, alpha=alpha)
+
+
+def age_fans(store: LocalStore, seconds: float = 60.0) -> None:
+    """Make every fan directory look settled: as if written a minute ago."""
+    past = time.time() - seconds
+    for d in Path(store.root, "calls").glob("*/*"):
+        os.utime(d, (past, past))
+
+
+# -- where it lives, and that the store does not see it ------------------------------------
+
+
+def test_local_index_lives_beside_the_store_and_is_invisible_to_it(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    assert c.index is not None
+    assert c.index.location == str(tmp_path / "store" / "index" / "catalog.sqlite")
+    fill(c, range(10))
+    fill(c, range(5), alpha=0.2)
+    assert count(c, alpha_is(0.1)) == 10 and count(c, alpha_is(0.2)) == 5
+    assert (tmp_path / "store" / "index" / "catalog.sqlite").exists()
+    # listings, sync, verify and gc look at calls/ and objects/ only
+    assert list(c.store.iter_functions()) == [fid()]
+    result = fleche.sync(c.store, tmp_path / "copy")
+    assert not (tmp_path / "copy" / "index").exists()
+    assert len(list(open_store(tmp_path / "copy").iter_calls())) == 15
+    assert result is not None
+    runner = CliRunner()
+    from fleche.cli import main
+
+    out = runner.invoke(main, ["verify", "-s", str(tmp_path / "store"), "--json"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(main, ["gc", "-s", str(tmp_path / "store"), "--dry-run", "--json"])
+    assert out.exit_code == 0, out.output
+    assert (tmp_path / "store" / "index" / "catalog.sqlite").exists()
+
+
+def test_memory_stores_have_no_index_unless_asked() -> None:
+    assert Cache(MemoryStore()).index is None
+    c = Cache(MemoryStore(), index=True)
+    assert c.index is not None and c.index.location == ":memory:"
+    fill(c, range(4))
+    other = Cache(c.store, index=False)  # the same store, written around the index
+    fill(other, range(4, 7))
+    assert count(c) == 7  # memory stores are listed before every query
+
+
+def test_read_only_store_keeps_its_index_in_the_user_dir(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FLECHE_INDEX_DIR", str(tmp_path / "indexes"))
+    fill(Cache(tmp_path / "store", index=False), range(3))
+    ro = Cache(open_store(tmp_path / "store", read_only=True))
+    assert ro.index is not None
+    assert ro.index.location.startswith(str(tmp_path / "indexes"))
+    assert count(ro) == 3
+    assert not (tmp_path / "store" / "index").exists()
+
+
+# -- catching up with the store -------------------------------------------------------------
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    import fleche
+    from fleche import Cache, cache
+
+    @fleche.fleche
+    def simulate(n, alpha=0.1, label="x"):
+        return n * alpha
+
+    root, first, last, index = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    with cache(Cache(root, index=index == "1")):
+        for n in range(first, last):
+            simulate(n, alpha=0.3)
+    """
+)
+
+
+def write_in_subprocess(root: Path, first: int, last: int, index: bool) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(root), str(first), str(last), "1" if index else "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_records_written_by_other_processes_show_up(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    fill(c, range(5))
+    assert count(c) == 5
+    p = write_in_subprocess(tmp_path / "store", 100, 120, index=False)  # writes around the index
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert count(c, alpha_is(0.3)) == 20
+    assert count(c) == 25
+
+
+def test_several_processes_write_through_one_catalogue(tmp_path: Path) -> None:
+    """WAL: writers in parallel processes each catalogue their calls; nothing is lost or warned."""
+    procs = [write_in_subprocess(tmp_path / "store", i * 100, i * 100 + 60, True) for i in range(3)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert "Warning" not in err
+    c = Cache(tmp_path / "store")
+    assert count(c, alpha_is(0.3)) == 180
+    # the catalogue the writers kept agrees with the store, without a refresh
+    status = c.index.status()
+    assert status["calls"] == 180 == scan_count(c.store)
+
+
+def _forked_writer(root: str) -> None:
+    with cache(Cache(root)):
+        for n in range(500, 520):
+            simulate(n, alpha=0.4)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_a_forked_child_writes_through_its_own_connection(tmp_path: Path) -> None:
+    import multiprocessing
+
+    c = Cache(tmp_path / "store")
+    fill(c, range(3))
+    assert count(c) == 3  # the parent's connection is open when the child is forked
+    with cache(c):
+        simulate(3)  # and a write is waiting in its buffer
+    child = multiprocessing.get_context("fork").Process(
+        target=_forked_writer, args=(str(c.store.root),)
+    )
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    assert (
+        count(c, alpha_is(0.4)) == 20
+    )  # the child's buffered writes died with it: stamps see them
+    assert count(c) == 24
+
+
+def test_records_copied_in_with_cp_or_rsync_show_up(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    fill(c, range(5))
+    age_fans(c.store)
+    assert count(c) == 5  # records the settled stamps
+    other = Cache(tmp_path / "other", index=False)
+    fill(other, range(50, 60), alpha=0.7)
+    if shutil.which("rsync"):
+        subprocess.run(
+            ["rsync", "-a", f"{tmp_path / 'other'}/calls/", f"{tmp_path / 'store'}/calls/"],
+            check=True,
+        )
+    else:  # the same effect: files copied with their times
+        shutil.copytree(
+            tmp_path / "other" / "calls", tmp_path / "store" / "calls", dirs_exist_ok=True
+        )
+    assert count(c, alpha_is(0.7)) == 10
+    assert count(c) == 15
+
+
+def test_deleted_and_replaced_records_are_noticed(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    with fleche.tags(run="first"):
+        fill(c, range(6))
+    age_fans(c.store)
+    first = QuerySpec(metadata={("tags", "run"): Q.eq("first")})
+    assert count(c, first) == 6
+    keys = sorted(c.store.iter_calls())
+    c.store.delete_call(*keys[0])  # behind the index's back (like gc or another process)
+    other = Cache(tmp_path / "store", index=False)
+    with cache(other), fleche.tags(run="second"):
+        n = codec.decode_record(c.store.get_call(*keys[1]))["arguments"]["n"]
+        simulate.rerun(n)  # a new record under the same key
+    assert count(c) == 5
+    assert count(c, first) == 4
+    assert count(c, QuerySpec(metadata={("tags", "run"): Q.eq("second")})) == 1
+
+
+def test_settled_fans_are_not_reread(tmp_path: Path, monkeypatch) -> None:
+    """A query stats the fan directories; it lists only those whose mtime moved."""
+    from fleche import index_fresh
+
+    c = Cache(tmp_path / "store")
+    fill(c, range(40))
+    age_fans(c.store)
+    assert count(c) == 40
+    listed: list[str] = []
+    real = index_fresh.fan_listing
+    monkeypatch.setattr(
+        "fleche.index.fan_listing", lambda s, f, fan: listed.append(fan) or real(s, f, fan)
+    )
+    assert count(c) == 40
+    assert listed == []  # nothing moved: nothing listed
+    other = Cache(tmp_path / "store", index=False)
+    fill(other, [1000])
+    assert count(c) == 41
+    assert len(listed) == 1  # the one fan that changed
+
+
+def test_a_function_whose_records_all_vanished(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    fill(c, range(3))
+    assert count(c) == 3
+    shutil.rmtree(tmp_path / "store" / "calls")  # gc, or a user, removed everything
+    assert count(c) == 0
+    assert count(c, QuerySpec(function_ids=frozenset({fid()}))) == 0
+
+
+def test_a_copy_of_the_store_with_its_index(tmp_path: Path) -> None:
+    """cp -a keeps mtimes: the copy's catalogue must not trust the original's stamps."""
+    c = Cache(tmp_path / "a")
+    fill(c, range(8))
+    age_fans(c.store)
+    assert count(c) == 8
+    c.index.close()
+    subprocess.run(["cp", "-a", str(tmp_path / "a"), str(tmp_path / "b")], check=True)
+    b = Cache(tmp_path / "b", index=False)
+    victim = sorted(b.store.iter_calls())[0]
+    b.store.delete_call(*victim)
+    for d in Path(tmp_path / "b" / "calls").glob("*/*"):  # as if the copy kept every mtime
+        os.utime(d, (time.time() - 60, time.time() - 60))
+    copy = Cache(tmp_path / "b")
+    assert count(copy) == 7
+    assert count(c) == 8  # the original is untouched
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+def test_a_damaged_catalogue_is_set_aside_and_rebuilt_once(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    fill(c, range(12))
+    assert count(c) == 12  # a local store's catalogue is written when a query catches up
+    c.index.close()
+    path = Path(c.index.location)
+    for suffix in ("-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    path.write_bytes(b"this is not a database" * 200)
+    fresh = Cache(tmp_path / "store")
+    with pytest.warns(FlecheWarning, match="set aside") as caught:
+        assert count(fresh, alpha_is(0.1)) == 12
+        assert count(fresh) == 12
+    assert len([w for w in caught if issubclass(w.category, FlecheWarning)]) == 1
+    assert list(path.parent.glob("catalog.sqlite.damaged-*"))
+
+
+def test_a_deleted_catalogue_loses_nothing(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    fill(c, range(7))
+    assert count(c) == 7
+    shutil.rmtree(tmp_path / "store" / "index")  # while this process has it open
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert count(c) == 7
+        fill(c, range(7, 9))
+        assert count(Cache(tmp_path / "store")) == 9
+
+
+def test_a_catalogue_of_another_schema_is_rebuilt(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    fill(c, range(4))
+    assert count(c) == 4
+    c.index.close()
+    con = sqlite3.connect(c.index.location)
+    con.execute("UPDATE fleche_state SET value = '0' WHERE name = 'schema'")
+    con.commit()
+    con.close()
+    with pytest.warns(FlecheWarning, match="schema 0"):
+        assert count(Cache(tmp_path / "store")) == 4
+
+
+def test_an_index_fault_never_breaks_a_call(tmp_path: Path, monkeypatch) -> None:
+    c = Cache(tmp_path / "store")
+    fill(c, range(2))
+
+    def broken(self):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(SqliteDb, "transaction", broken)
+    with cache(c), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a local store's writes never touch its catalogue
+        for n in range(2, 300):
+            assert simulate(n) == pytest.approx(n * 0.1)
+    assert scan_count(c.store) == 300  # every result was kept
+    with pytest.warns(FlecheWarning, match="disk I/O error") as caught:
+        assert count(c, QuerySpec(args={"n": Q.ge(100)})) == 200  # answered by a scan
+        assert count(c, QuerySpec(args={"n": Q.ge(100)})) == 200
+    ours = [str(w.message) for w in caught if issubclass(w.category, FlecheWarning)]
+    assert len(ours) == 1, ours  # once, not per query
+    assert c.index.stale
+    monkeypatch.undo()
+    assert count(c, QuerySpec(args={"n": Q.ge(100)})) == 200  # refreshed in full, then asked
+    assert not c.index.stale
+
+
+# -- configuration --------------------------------------------------------------------------
+
+
+def test_index_option_in_fleche_toml(tmp_path: Path, monkeypatch) -> None:
+    from fleche import config
+
+    (tmp_path / "fleche.toml").write_text(
+        textwrap.dedent(
+            """
+            root = true
+            [caches.off]
+            url = "off"
+            index = false
+            [caches.file]
+            url = "file"
+            index = "sqlite:///catalogs/file.sqlite"
+            [caches.plain]
+            url = "plain"
+            """
+        )
+    )
+    monkeypatch.chdir(tmp_path)
+    cfg = config.load_config()
+    assert cfg.cache("off").index is None
+    assert cfg.cache("file").index.location == str(tmp_path / "catalogs" / "file.sqlite")
+    assert cfg.cache("plain").index.location == str(tmp_path / "plain" / "index" / "catalog.sqlite")
+    (tmp_path / "fleche.toml").write_text('[caches.bad]\nurl = "x"\nindex = 3\n')
+    with pytest.raises(ConfigError, match="index"):
+        config.load_config()
+    with pytest.raises(ConfigError, match="expected true, false"):
+        Cache(tmp_path / "s", index="catalog.sqlite")
+    assert fleche.config.resolve(str(tmp_path / "s"), index=False).index is None
+
+
+# -- remote stores --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto():
+    pytest.importorskip("moto")
+    pytest.importorskip("s3fs")
+    from s3_server import MotoS3
+
+    server = MotoS3()
+    yield server
+    server.stop()
+
+
+def test_a_remote_store_keeps_its_index_in_the_user_cache_dir(
+    moto, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.delenv("FLECHE_INDEX_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
+    url = f"s3://{moto.new_bucket()}/team"
+    c = Cache(open_store(url, **moto.options()))
+    assert c.index is not None
+    assert c.index.location.startswith(str(tmp_path / "xdg-cache" / "fleche" / "index"))
+    assert c.index.location == default_location(c.store)
+    fill(c, range(6))
+    assert count(c, alpha_is(0.1)) == 6
+    assert Path(c.index.location).exists()
+    other = Cache(open_store(url, **moto.options()), index=False)  # another machine, say
+    fill(other, range(6, 9), alpha=0.9)
+    assert count(c, alpha_is(0.9)) == 0  # a fresh listing is trusted for max_age seconds
+    c.index.max_age = 0
+    assert count(c, alpha_is(0.9)) == 3
+    report = c.index.refresh()
+    assert report.calls == 9 and report.added == 0
+    assert c.index.rebuild().calls == 9
+
+
+# -- the command line -----------------------------------------------------------------------
+
+
+def test_cli_status_refresh_rebuild(tmp_path: Path) -> None:
+    from fleche.cli import main
+
+    c = Cache(tmp_path / "store")
+    fill(c, range(5))
+    assert count(c) == 5
+    runner = CliRunner()
+    s = str(tmp_path / "store")
+    out = runner.invoke(main, ["index", "status", "-s", s, "--json"])
+    assert out.exit_code == 0, out.output
+    doc = json.loads(out.stdout)
+    assert doc["calls"] == 5 and doc["backend"] == "sqlite"
+    out = runner.invoke(main, ["index", "status", "-s", s])
+    assert out.exit_code == 0 and "catalog.sqlite" in out.stdout
+    fill(Cache(tmp_path / "store", index=False), range(5, 8))
+    doc = json.loads(runner.invoke(main, ["index", "refresh", "-s", s, "--json"]).stdout)
+    assert doc["added"] == 3 and doc["calls"] == 8
+    out = runner.invoke(main, ["index", "rebuild", "-s", s])
+    assert out.exit_code == 0 and "rebuilt: 8 calls" in out.stdout
+    out = runner.invoke(main, ["index", "status", "-s", str(tmp_path / "nothing")])
+    assert out.exit_code == 1 and "no fleche store" in out.output
+
+
+def test_cli_refuses_a_cache_without_an_index(tmp_path: Path) -> None:
+    from fleche.cli import main
+
+    (tmp_path / "fleche.toml").write_text('root = true\n[caches.x]\nurl = "s"\nindex = false\n')
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        out = CliRunner().invoke(main, ["index", "status", "-s", "x"])
+    finally:
+        os.chdir(cwd)
+    assert out.exit_code == 1 and "has no index" in out.output
+
+
+# -- layers and scale -----------------------------------------------------------------------
+
+
+def test_merged_index_of_a_layered_cache(tmp_path: Path) -> None:
+    near, far = Cache(tmp_path / "near"), Cache(tmp_path / "far")
+    fill(far, range(4))
+    layered = LayeredCache([near, far])
+    assert layered.index is None  # queries scan the layers (see cache_layers)
+    with cache(layered):
+        simulate(1)  # a hit below, copied up: in both layers now
+        simulate(10)  # near only
+    merged = layered.merged_index()
+    assert merged.count(QuerySpec()) == 5  # each call once
+    got = list(merged.search(alpha_is(0.1), limit=3))
+    assert len(got) == 3 and len(set(got)) == 3
+    assert merged.refresh().calls == 6  # per layer: 1 and 10 in near, 0-3 in far
+    mem = LayeredCache([Cache(MemoryStore()), far])  # a layer without an index is scanned
+    fill(mem.layers[0], [99])
+    assert mem.merged_index().count(QuerySpec()) == 5
+
+
+def test_ten_thousand_records_written_directly_then_rebuilt(tmp_path: Path) -> None:
+    """The 1M benchmark's method at 10k: records through the store API, an index rebuilt."""
+    store = LocalStore(tmp_path / "store")
+    mem = Cache(MemoryStore())
+    with cache(mem):
+        simulate(0)
+    template = codec.decode_record(mem.store.get_call(*next(mem.store.iter_calls())))
+    fid_ = template["function"]
+    for i in range(10_000):
+        rec = dict(template)
+        key = f"{i:032x}"
+        rec["digest"] = key
+        rec["arguments"] = {"n": i, "alpha": (i % 100) / 100, "label": "x"}
+        rec["metadata"] = {**template["metadata"], "created": 1_000_000.0 + i}
+        store.put_call(fid_, key, codec.encode_record(rec))
+    c = Cache(store)
+    report = c.index.rebuild()
+    assert report.calls == 10_000 and report.added == 10_000
+    got = list(c.index.search(QuerySpec(args={"alpha": Q.eq(0.1)})))
+    assert len(got) == 100
+    assert got[0][1] == f"{9_910:032x}"  # newest first
+    assert count(c, QuerySpec(args={"n": Q.between(100, 199.5)})) == 100
+    assert count(c, QuerySpec(metadata={("created",): Q.ge(1_009_990)})) == 10

@@ -1,0 +1,577 @@
+"""Single-flight leases: the store primitives on every backend, and who computes when.
+
+The primitives run against real servers (moto's S3 on 127.0.0.1, OpenSSH's
+sshd, a ``fleche remote --serve`` child); the semantics run on local disk with
+short ttls, in threads and in separate processes.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from s3_server import MotoS3
+
+from fleche import FlecheWarning, ReadOnlyStoreError, cache, fleche
+from fleche.lease import (
+    LEASE_FORMAT,
+    Lease,
+    LeasePolicy,
+    iter_leases,
+    lease_store,
+    policy_of,
+    sweep,
+)
+from fleche.store import ObjectStore, open_store
+from fleche.store_local import LocalStore
+from fleche.store_memory import MemoryStore
+from fleche.testing import FID, digest_of
+
+KEY = digest_of("the call")
+
+
+# -- the store primitives, on every backend ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[MotoS3 | str]:
+    try:
+        server = MotoS3()
+    except Exception as e:  # noqa: BLE001 - the reason to skip
+        yield f"moto's S3 server cannot run here: {e}"
+        return
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["memory", "local", "s3", "sftp", "remote"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
+    kind = request.param
+    if kind == "memory":
+        s: ObjectStore = MemoryStore()
+    elif kind == "local":
+        s = LocalStore(tmp_path / "store")
+    elif kind == "s3":
+        server = request.getfixturevalue("s3")
+        if isinstance(server, str):
+            pytest.skip(server)
+        s = open_store(f"s3://{server.new_bucket()}/cache", **server.options())
+    elif kind == "sftp":
+        sshd = request.getfixturevalue("sshd")
+        (tmp_path / "remote").mkdir()
+        s = open_store(
+            sshd.url(tmp_path / "remote"),
+            key_filename=sshd.key,
+            look_for_keys=False,
+            allow_agent=False,
+            host_key_policy="accept-new",
+        )
+    else:
+        s = open_store(f"fleche+exec://{tmp_path}/served")
+    yield s
+    s.close()
+
+
+def test_a_lease_is_created_once_replaced_by_its_holder_and_released(store: ObjectStore):
+    assert store.read_lease(FID, KEY) is None
+    assert store.acquire_lease(FID, KEY, b"first") is True
+    assert store.acquire_lease(FID, KEY, b"second") is False  # create-only
+    assert store.read_lease(FID, KEY) == b"first"
+    store.renew_lease(FID, KEY, b"renewed")
+    assert store.read_lease(FID, KEY) == b"renewed"
+    store.release_lease(FID, KEY)
+    assert store.read_lease(FID, KEY) is None
+    store.release_lease(FID, KEY)  # already gone: fine
+    assert store.acquire_lease(FID, KEY, b"again") is True
+
+
+def test_one_of_many_racing_creators_wins(store: ObjectStore):
+    barrier = threading.Barrier(6)
+
+    def race(i: int) -> bool:
+        barrier.wait()
+        return store.acquire_lease(FID, KEY, f"owner {i}".encode())
+
+    with ThreadPoolExecutor(6) as pool:
+        won = list(pool.map(race, range(6)))
+    assert won.count(True) == 1
+    assert store.read_lease(FID, KEY) == f"owner {won.index(True)}".encode()
+
+
+def test_lease_names_are_checked(store: ObjectStore):
+    with pytest.raises(ValueError, match="call digest"):
+        store.acquire_lease(FID, "../" + KEY[3:], b"x")
+    with pytest.raises(ValueError, match="function id"):
+        store.read_lease("../etc", KEY)
+
+
+def test_leases_live_under_locks_and_are_not_records(store: ObjectStore):
+    store.acquire_lease(FID, KEY, b"x")
+    assert list(store.iter_calls()) == []
+    assert store.find_call(FID, KEY) is None
+    if getattr(store, "fs", None) is not None:
+        assert list(iter_leases(store)) == [(FID, KEY)]
+
+
+def test_a_read_only_store_refuses_leases(tmp_path: Path):
+    LocalStore(tmp_path / "s").put(b"x")
+    ro = LocalStore(tmp_path / "s", read_only=True)
+    with pytest.raises(ReadOnlyStoreError):
+        ro.acquire_lease(FID, KEY, b"x")
+    with pytest.raises(ReadOnlyStoreError):
+        ro.release_lease(FID, KEY)
+    assert ro.read_lease(FID, KEY) is None
+
+
+# -- the lease record ----------------------------------------------------------------------
+
+
+def _record(store: ObjectStore, digest: str = KEY) -> dict[str, Any]:
+    raw = store.read_lease(FID, digest)
+    assert raw is not None
+    return json.loads(raw)
+
+
+def test_the_lease_file_says_who_holds_it_until_when(tmp_path: Path):
+    store = LocalStore(tmp_path / "s")
+    before = time.time()
+    lease = Lease(store, FID, KEY, ttl=5.0)
+    assert lease.acquire()
+    rec = _record(store)
+    assert rec["lease"] == LEASE_FORMAT
+    assert (rec["function"], rec["digest"], rec["token"]) == (FID, KEY, lease.token)
+    assert rec["pid"] == os.getpid() and rec["host"]
+    assert rec["ttl"] == 5.0
+    assert before <= rec["acquired"] <= rec["renewed"] <= time.time()
+    assert rec["expires"] == pytest.approx(rec["renewed"] + 5.0)
+    lease.renew()
+    assert _record(store)["renewed"] >= rec["renewed"]
+    assert _record(store)["acquired"] == rec["acquired"]
+    other = Lease(store, FID, KEY, ttl=5.0)
+    assert not other.acquire()
+    other.release()  # not its lease: nothing happens
+    assert _record(store)["token"] == lease.token
+    lease.release()
+    assert store.read_lease(FID, KEY) is None
+
+
+def test_a_holder_that_lost_its_lease_leaves_the_new_one_alone(tmp_path: Path):
+    store = LocalStore(tmp_path / "s")
+    lease = Lease(store, FID, KEY, ttl=5.0)
+    assert lease.acquire()
+    store.release_lease(FID, KEY)  # taken over: broken and re-created by another process
+    usurper = Lease(store, FID, KEY, ttl=5.0)
+    assert usurper.acquire()
+    lease.renew()
+    assert lease.lost
+    lease.release()
+    assert _record(store)["token"] == usurper.token
+
+
+def test_policies():
+    assert policy_of(False) is None and policy_of(None) is None
+    assert policy_of(True) == LeasePolicy()
+    p = LeasePolicy(ttl=2, wait=1)
+    assert policy_of(p) is p
+    with pytest.raises(TypeError, match="single_flight"):
+        policy_of("yes")  # type: ignore[arg-type]
+    for bad in ({"ttl": 0}, {"poll": -1}, {"wait": -1}, {"ttl": True}):
+        with pytest.raises(ValueError, match="LeasePolicy"):
+            LeasePolicy(**bad)
+    with pytest.raises(ValueError, match="async def"):
+
+        @fleche(single_flight=True)
+        async def f(x):
+            return x
+
+
+def test_sweep_removes_long_expired_leases_and_junk(tmp_path: Path):
+    store = LocalStore(tmp_path / "s")
+    live = Lease(store, FID, KEY, ttl=30.0)
+    assert live.acquire()
+    dead = digest_of("dead")
+    _forge(store, dead, host="elsewhere", pid=1, age=120.0, ttl=30.0)
+    junk = digest_of("junk")
+    store.acquire_lease(FID, junk, b"not json")
+    assert sweep(store) == 2
+    assert {d for _, d in iter_leases(store)} == {KEY}
+
+
+# -- who computes -----------------------------------------------------------------------------
+
+FAST = LeasePolicy(ttl=0.6, poll=0.01, poll_max=0.05)  # where expiry is what is tested
+# Elsewhere a long ttl: a loaded machine must not make a busy owner look dead.
+STEADY = LeasePolicy(ttl=10.0, poll=0.01, poll_max=0.05)
+
+
+def _forge(
+    store: ObjectStore,
+    digest: str,
+    *,
+    fid: str = FID,
+    host: str,
+    pid: int,
+    age: float = 0.0,
+    ttl: float = 0.6,
+    pidns: str | None = None,
+) -> str:
+    """A lease as another process would have left it, renewed ``age`` seconds ago."""
+    from fleche import lease as lease_module
+
+    token = uuid.uuid4().hex
+    renewed = time.time() - age
+    rec = {
+        "lease": 1,
+        "function": fid,
+        "digest": digest,
+        "token": token,
+        "host": host,
+        "pidns": lease_module._PIDNS if pidns is None else pidns,
+        "pid": pid,
+        "acquired": renewed,
+        "renewed": renewed,
+        "expires": renewed + ttl,
+        "ttl": ttl,
+    }
+    assert store.acquire_lease(fid, digest, json.dumps(rec).encode())
+    return token
+
+
+def _counting(policy: LeasePolicy, seconds: float = 0.0):
+    """A single-flight function that counts its computations, and its counter."""
+    counts: list[int] = []
+    lock = threading.Lock()
+
+    @fleche(single_flight=policy)
+    def f(x):
+        with lock:
+            counts.append(x)
+        time.sleep(seconds)
+        return x * 10
+
+    return f, counts
+
+
+def _fid(f: Any) -> str:
+    return f.__fleche__.function_id
+
+
+def _with(store: ObjectStore, f: Any, x: Any) -> Any:
+    with cache(store):
+        return f(x)
+
+
+def test_threads_of_one_process_wait_for_the_holder(tmp_path: Path):
+    f, counts = _counting(STEADY, seconds=0.3)
+    store = LocalStore(tmp_path / "c")
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda x: _with(store, f, x), [1, 1, 1, 1])) == [10] * 4
+    assert counts == [1]
+    assert list(iter_leases(store)) == []  # released
+
+
+def test_a_waiter_loads_the_result_its_owner_stored(tmp_path: Path):
+    f, counts = _counting(STEADY)
+    store = LocalStore(tmp_path / "c")
+    holder = Lease(store, _fid(f), f.digest(3), ttl=30.0)
+    assert holder.acquire()  # "another process" holds the call...
+    out: list[int] = []
+    waiter = threading.Thread(target=lambda: out.append(_with(store, f, 3)))
+    waiter.start()
+    time.sleep(0.2)
+    assert counts == [] and waiter.is_alive()  # ...so the waiter waits
+    with cache(store):
+        f.rerun(3)  # the holder computes and stores (rerun skips the lease)
+    holder.release()
+    waiter.join(5)
+    assert out == [30]
+    assert counts == [3]  # the holder's computation only: the waiter loaded it
+
+
+def test_an_owner_that_fails_hands_over_to_a_waiter(tmp_path: Path):
+    started = threading.Event()
+    calls: list[str] = []
+
+    @fleche(single_flight=STEADY)
+    def g(x):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 1:
+            started.set()
+            time.sleep(0.2)
+            raise RuntimeError("the first try fails")
+        return x + 1
+
+    store = LocalStore(tmp_path / "c")
+    results: dict[str, Any] = {}
+
+    def run(name: str) -> None:
+        try:
+            results[name] = _with(store, g, 1)
+        except RuntimeError as e:
+            results[name] = e
+
+    a = threading.Thread(target=run, args=("a",), name="a")
+    a.start()
+    assert started.wait(5)
+    b = threading.Thread(target=run, args=("b",), name="b")
+    b.start()
+    a.join(5)
+    b.join(5)
+    assert isinstance(results["a"], RuntimeError)
+    assert results["b"] == 2
+    assert calls == ["a", "b"]
+
+
+def test_a_long_dead_foreign_lease_is_taken_over_at_once(tmp_path: Path):
+    f, counts = _counting(STEADY)
+    store = LocalStore(tmp_path / "c")
+    _forge(store, f.digest(4), fid=_fid(f), host="another-host", pid=12345, age=60.0)
+    t0 = time.monotonic()
+    assert _with(store, f, 4) == 40
+    assert time.monotonic() - t0 < 0.5
+    assert counts == [4]
+
+
+def test_a_lease_nobody_renews_expires_by_the_waiters_clock(tmp_path: Path):
+    # Fresh by its own clock (its host's clock may be ahead of ours), but never renewed.
+    f, counts = _counting(FAST)
+    store = LocalStore(tmp_path / "c")
+    _forge(store, f.digest(5), fid=_fid(f), host="another-host", pid=12345, age=-30.0)
+    t0 = time.monotonic()
+    assert _with(store, f, 5) == 50
+    waited = time.monotonic() - t0
+    assert FAST.ttl <= waited < FAST.ttl + 3.0
+    assert counts == [5]
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_a_dead_owner_on_this_machine_is_replaced_at_once(tmp_path: Path):
+    from fleche import lease as lease_module
+
+    policy = LeasePolicy(ttl=30.0, poll=0.01, poll_max=0.05)
+    f, counts = _counting(policy)
+    store = LocalStore(tmp_path / "c")
+    _forge(store, f.digest(6), fid=_fid(f), host=lease_module._HOST, pid=_dead_pid(), ttl=30.0)
+    t0 = time.monotonic()
+    assert _with(store, f, 6) == 60
+    assert time.monotonic() - t0 < 1.0
+    assert counts == [6]
+    # in another pid namespace (a container with our hostname) the pid says nothing
+    g, _ = _counting(LeasePolicy(ttl=0.5, poll=0.01, poll_max=0.05))
+    _forge(
+        store,
+        g.digest(16),
+        fid=_fid(g),
+        host=lease_module._HOST,
+        pid=_dead_pid(),
+        ttl=0.5,
+        pidns="other",
+    )
+    t0 = time.monotonic()
+    assert _with(store, g, 16) == 160
+    assert time.monotonic() - t0 >= 0.5
+
+
+def test_detect_dead_off_waits_for_expiry(tmp_path: Path):
+    from fleche import lease as lease_module
+
+    f, counts = _counting(LeasePolicy(ttl=0.5, poll=0.01, poll_max=0.05, detect_dead=False))
+    store = LocalStore(tmp_path / "c")
+    _forge(store, f.digest(7), fid=_fid(f), host=lease_module._HOST, pid=_dead_pid(), ttl=0.5)
+    t0 = time.monotonic()
+    assert _with(store, f, 7) == 70
+    assert time.monotonic() - t0 >= 0.5
+    assert counts == [7]
+
+
+def test_junk_in_place_of_a_lease_is_broken(tmp_path: Path):
+    f, counts = _counting(STEADY)
+    store = LocalStore(tmp_path / "c")
+    store.acquire_lease(_fid(f), f.digest(8), b"\x00garbage")
+    assert _with(store, f, 8) == 80
+    assert counts == [8]
+
+
+def test_the_heartbeat_keeps_a_long_computation_leased(tmp_path: Path):
+    policy = LeasePolicy(ttl=0.5, poll=0.01, poll_max=0.05)
+    f, counts = _counting(policy, seconds=1.5)  # three ttls
+    store = LocalStore(tmp_path / "c")
+    renewals: set[float] = set()
+    owner = threading.Thread(target=_with, args=(store, f, 9))
+    owner.start()
+    deadline = time.monotonic() + 5
+    while store.read_lease(_fid(f), f.digest(9)) is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    waiter_out: list[int] = []
+    waiter = threading.Thread(target=lambda: waiter_out.append(_with(store, f, 9)))
+    waiter.start()
+    while owner.is_alive():
+        raw = store.read_lease(_fid(f), f.digest(9))
+        if raw is not None:
+            renewals.add(json.loads(raw)["renewed"])
+        time.sleep(0.05)
+    waiter.join(5)
+    assert waiter_out == [90]
+    assert counts == [9]  # the waiter never judged the busy owner dead
+    assert len(renewals) >= 3
+
+
+def test_a_waiter_gives_up_after_wait_and_computes(tmp_path: Path):
+    f, counts = _counting(LeasePolicy(ttl=30.0, wait=0.3, poll=0.01, poll_max=0.05))
+    store = LocalStore(tmp_path / "c")
+    holder = Lease(store, _fid(f), f.digest(10), ttl=30.0)
+    assert holder.acquire()  # alive and renewed, but never finishing
+    t0 = time.monotonic()
+    with pytest.warns(FlecheWarning, match="waited 0.3 s"):
+        assert _with(store, f, 10) == 100
+    assert 0.3 <= time.monotonic() - t0 < 1.5
+    assert counts == [10]
+    holder.release()
+
+
+class _NoLeases(LocalStore):
+    def acquire_lease(self, function_id: str, digest: str, data: bytes) -> bool:
+        raise OSError("leases refused")
+
+
+def test_a_store_that_refuses_leases_fails_open(tmp_path: Path):
+    f, counts = _counting(STEADY)
+    store = _NoLeases(tmp_path / "c")
+    with pytest.warns(FlecheWarning, match="without single-flight"):
+        assert _with(store, f, 11) == 110
+    assert counts == [11]
+    assert _with(store, f, 11) == 110  # stored anyway: a hit now
+    assert counts == [11]
+
+
+def test_read_only_and_layered_caches(tmp_path: Path):
+    rw = LocalStore(tmp_path / "near")
+    far = LocalStore(tmp_path / "far")
+    from fleche import Cache, LayeredCache
+
+    layered = LayeredCache(
+        [Cache(LocalStore(tmp_path / "ro", read_only=True)), Cache(rw), Cache(far)]
+    )
+    assert lease_store(layered) is rw  # where write="first" puts the record
+    assert lease_store(Cache(LocalStore(tmp_path / "ro", read_only=True))) is None
+    f, counts = _counting(STEADY)
+    with cache(LocalStore(tmp_path / "ro2", read_only=True)):
+        assert f(12) == 120
+    assert counts == [12]
+
+
+# -- in separate processes ----------------------------------------------------------------------
+
+SLOW = LeasePolicy(ttl=2.0, poll=0.01, poll_max=0.05)
+
+
+@fleche(single_flight=SLOW)
+def slow_square(x: int) -> int:
+    """Counts each computation with a file in $FLECHE_TEST_COUNT_DIR."""
+    Path(os.environ["FLECHE_TEST_COUNT_DIR"], f"{x}-{uuid.uuid4().hex}").touch()
+    time.sleep(0.15)
+    return x * x
+
+
+def _child(store_path: str, count_dir: str, keys: list[int]) -> list[int]:
+    os.environ["FLECHE_TEST_COUNT_DIR"] = count_dir
+    with cache(store_path):
+        return [slow_square(k) for k in keys]
+
+
+def _run_child(args: tuple[str, str, list[int]], out: Any) -> None:
+    out.put(_child(*args))
+
+
+def test_processes_compute_each_call_once(tmp_path: Path):
+    counts = tmp_path / "counts"
+    counts.mkdir()
+    keys = list(range(6))
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    orders = [keys, keys[::-1], keys[3:] + keys[:3]]
+    procs = [
+        ctx.Process(target=_run_child, args=((str(tmp_path / "c"), str(counts), o), out))
+        for o in orders
+    ]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert sorted(map(sorted, results)) == [[k * k for k in keys]] * 3
+    computed = sorted(int(p.name.split("-")[0]) for p in counts.iterdir())
+    assert computed == keys  # each key once, across three processes
+    assert list(iter_leases(LocalStore(tmp_path / "c"))) == []
+
+
+def test_single_flight_on_every_backend(store: ObjectStore):
+    """Threads racing on one call compute it once; a long-dead foreign lease is taken over."""
+    f, counts = _counting(STEADY, seconds=0.2)
+    with ThreadPoolExecutor(3) as pool:
+        assert list(pool.map(lambda x: _with(store, f, x), [1, 1, 1])) == [10] * 3
+    assert counts == [1]
+    assert store.read_lease(_fid(f), f.digest(1)) is None
+    _forge(store, f.digest(2), fid=_fid(f), host="another-host", pid=12345, age=60.0)
+    t0 = time.monotonic()
+    assert _with(store, f, 2) == 20
+    assert time.monotonic() - t0 < 2.0
+    assert counts == [1, 2]
+
+
+def test_the_functions_own_oserror_is_not_a_lease_fault(tmp_path: Path):
+    runs: list[int] = []
+
+    @fleche(single_flight=STEADY)
+    def reads(x):
+        runs.append(x)
+        raise FileNotFoundError(f"input {x} is missing")
+
+    with pytest.raises(FileNotFoundError, match="input 1"):
+        _with(LocalStore(tmp_path / "c"), reads, 1)
+    assert runs == [1]  # raised once, not retried "without single-flight"
+    assert list(iter_leases(LocalStore(tmp_path / "c"))) == []  # and the lease is released
+
+
+OLD_SERVER = """
+import fleche.remote as r
+_init = r._Server.__init__
+def init(self, *a, **k):
+    _init(self, *a, **k)
+    for op in ("acquire_lease", "read_lease", "renew_lease", "release_lease"):
+        del self.ops[op]  # a fleche remote server from before leases
+r._Server.__init__ = init
+"""
+
+
+def test_a_remote_server_without_leases_fails_open(tmp_path: Path):
+    python = [
+        sys.executable,
+        "-c",
+        f"import sys\n{OLD_SERVER}\nfrom fleche.cli import main\nmain(sys.argv[3:])",
+    ]
+    store = open_store(f"fleche+exec://{tmp_path}/served", python=python)
+    f, counts = _counting(STEADY)
+    try:
+        with pytest.warns(FlecheWarning, match="without single-flight"):
+            assert _with(store, f, 1) == 10
+        assert _with(store, f, 1) == 10  # stored all the same: a hit
+        assert counts == [1]
+    finally:
+        store.close()
