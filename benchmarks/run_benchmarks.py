@@ -4,7 +4,12 @@ Every ``benchmarks/bench_*.py`` module contributes its ``bench_*`` functions;
 ``-k`` keeps those whose module or function name contains the given text:
 ``cache`` (fleche against its peers), ``digest``, ``backends`` (every store over
 loopback: memory, local, S3 on moto and radosgw, SFTP, the remote cache, layered),
-``sync`` (``fleche.sync`` local -> local and local -> S3).  ``--list`` shows them all.
+``sync`` (``fleche.sync`` local -> local and local -> S3), ``values`` (1 GiB arrays,
+a 10M-row frame and 10,000 small arrays against np.save, pickle, joblib and raw I/O,
+with peak memory), ``parallel`` (a hit through ``wrap_executor`` against a plain submit on
+threads, processes and Dask; 10,000 cached calls through Dask), ``index`` (1,000,000 call
+records: hits at 1k vs 1M, index rebuild, query by argument on SQLite and PostgreSQL;
+``FLECHE_BENCH_INDEX_N`` for fewer).  ``--list`` shows them all.
 """
 
 from __future__ import annotations
