@@ -102,32 +102,39 @@ class Q:
 
     @staticmethod
     def eq(value: Any) -> Condition:
+        """Equal to ``value`` (what a plain value means; spelled out to combine or build queries)."""
         return Condition("eq", value)
 
     @staticmethod
     def ne(value: Any) -> Condition:
+        """Anything but ``value``."""
         return Condition("ne", value)
 
     @staticmethod
     def in_(values: Iterable[Any]) -> Condition:
+        """One of ``values`` (named ``in_`` because ``in`` is a keyword)."""
         if isinstance(values, (str, bytes)):
             raise TypeError("Q.in_() takes a collection of values, not a single str or bytes")
         return Condition("in", tuple(values))
 
     @staticmethod
     def lt(value: Any) -> Condition:
+        """Less than ``value``; values that cannot be ordered against it do not match."""
         return Condition("lt", value)
 
     @staticmethod
     def le(value: Any) -> Condition:
+        """Less than or equal to ``value``."""
         return Condition("le", value)
 
     @staticmethod
     def gt(value: Any) -> Condition:
+        """Greater than ``value``; values that cannot be ordered against it do not match."""
         return Condition("gt", value)
 
     @staticmethod
     def ge(value: Any) -> Condition:
+        """Greater than or equal to ``value``."""
         return Condition("ge", value)
 
     @staticmethod
