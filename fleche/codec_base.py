@@ -14,6 +14,7 @@ pandas and pyarrow, which the serializers needing them import when first used.
 from __future__ import annotations
 
 import struct
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,7 +105,7 @@ class LoadContext:
     where: str = "object"
 
 
-class Serializer:
+class Serializer(ABC):
     """One way of turning values into payload buffers and back.
 
     Subclasses set ``id`` (stable, in the header), ``name`` (what users pass
@@ -126,17 +127,17 @@ class Serializer:
         """Whether the packages this serializer needs can be imported here."""
         return True
 
+    @abstractmethod
     def accepts(self, value: Any) -> bool:
         """Whether this serializer round-trips ``value`` exactly (type included)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def dumps(self, value: Any, ctx: DumpContext) -> tuple[int, Sequence[Any]]:
         """``(header serializer byte, payload buffers)``; buffers are not copied when avoidable."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loads(self, ser: int, payload: Any, ctx: LoadContext) -> Any:
         """The value of a checked payload (``ser`` is the header byte, flags included)."""
-        raise NotImplementedError
 
     def missing(self, where: str) -> MissingSerializerError:
         """The error for a reader that lacks this serializer's packages."""

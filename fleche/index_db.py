@@ -26,8 +26,9 @@ import os
 import sqlite3
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from fleche.errors import FlecheError
@@ -54,17 +55,19 @@ class CatalogReset(IndexFault):
         self.reason = reason
 
 
-class Tx:
+class Tx(ABC):
     """A write transaction: statements with ``:name`` parameters."""
 
+    @abstractmethod
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Run one statement; its rows (empty for writes)."""
 
+    @abstractmethod
     def executemany(self, sql: str, rows: Sequence[dict[str, Any]]) -> None:
-        raise NotImplementedError
+        """Run one statement per row of parameters."""
 
 
-class Db:
+class Db(ABC):
     """A catalogue's database connection; subclasses implement the four primitives."""
 
     dialect: str = "sqlite"
@@ -72,13 +75,13 @@ class Db:
     faults: tuple[type[BaseException], ...] = (IndexFault,)
     """Exceptions meaning "the index failed" (never "the store failed")."""
 
+    @abstractmethod
     def read(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
+        """Rows of one read-only statement."""
 
-    @contextmanager
-    def transaction(self) -> Iterator[Tx]:
-        raise NotImplementedError
-        yield  # pragma: no cover
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A write transaction, committed when the block ends without an error."""
 
     def reset(self, *, indexes: bool = True) -> None:
         """Drop every table and create them anew (``rebuild``).
@@ -123,9 +126,11 @@ class Db:
         """Bytes the catalogue takes, when known."""
         return None
 
+    @abstractmethod
     def close(self) -> None:
-        pass
+        """Release the connections."""
 
+    @abstractmethod
     def after_fork(self) -> None:
         """In a forked child: forget what belongs to the parent (connections, held locks)."""
 

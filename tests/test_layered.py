@@ -34,6 +34,12 @@ class Counter:
         self.n += 1
 
 
+def ours(seen: Any) -> list[Any]:
+    """fleche's warnings among those recorded (a stray ResourceWarning from a client's
+    socket closed by the garbage collector may land in the same block)."""
+    return [w for w in seen if issubclass(w.category, FlecheWarning)]
+
+
 def local(path: Path, **options: Any) -> Cache:
     return Cache(open_store(path, **options))
 
@@ -153,7 +159,7 @@ def test_a_failed_object_copy_never_publishes_the_record(tmp_path: Path) -> None
     ):
         assert big(1) == value
         assert big(1) == value
-    assert len(seen) == 1
+    assert len(ours(seen)) == 1
     assert calls.n == 1
     assert log == []  # no record without its object
     assert not top_store.has_call(big.__fleche__.function_id, big.digest(1))  # type: ignore[attr-defined]
@@ -203,7 +209,7 @@ def test_a_failing_layer_warns_once_and_is_left_alone(
     layered = LayeredCache([Cache(front), local(tmp_path / "back")], retry_after=retry_after)
     with cache(layered), pytest.warns(FlecheWarning, match="layer 1 .*No space left") as seen:
         assert [small(x) for x in range(4)] == [0, 2, 4, 6]
-    assert len(seen) == 1  # however often it fails
+    assert len(ours(seen)) == 1  # however often it fails
     assert front.attempts == attempts  # skipped for retry_after seconds after a failure
     assert calls.n == 4
     with cache(tmp_path / "back"):
@@ -264,7 +270,7 @@ def test_failing_first_layer_falls_through_to_the_next(tmp_path: Path) -> None:
         value = big(1)
         assert big(1) == value  # stored in the second layer instead
         big(2)
-    assert len(seen) == 1
+    assert len(ours(seen)) == 1
     assert "layer 1" in str(seen[0].message) and "not written" in str(seen[0].message)
     assert calls.n == 2
     with cache(tmp_path / "back"):
@@ -461,7 +467,7 @@ config_kwargs = {{ retries = {{ max_attempts = 1 }} }}
     with pytest.warns(FlecheWarning) as seen:
         with cache("team") as team:  # opening the S3 layer fails: it starts out skipped
             assert [small(x) for x in (1, 2, 1, 2, 3)] == [2, 4, 2, 4, 6]
-    assert len(seen) == 1
+    assert len(ours(seen)) == 1, [str(w.message) for w in seen]
     message = str(seen[0].message)
     assert "layer 2 (s3://team-bucket/cache) of cache 'team' failed to open" in message
     assert "Could not connect" in message
@@ -487,7 +493,7 @@ def test_s3_layer_lost_while_in_use(tmp_path: Path) -> None:
             server.stop()
             with pytest.warns(FlecheWarning, match="layer 2 .* failed to") as seen:
                 assert [small(x) for x in (2, 3, 1, 4, 4)] == [4, 6, 2, 8, 8]
-            assert len(seen) == 1
+            assert len(ours(seen)) == 1
             assert calls.n == 4
             assert small.contains(3)  # type: ignore[attr-defined]
             with pytest.raises(OSError, match="layer 2 .* could not|could not be removed"):
