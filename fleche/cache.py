@@ -195,9 +195,11 @@ class Cache:
             return None
 
     def has_record(self, function_id: str, key: str) -> bool:
+        """Whether the call is stored (``f.contains``), without reading its record."""
         return self.store.has_call(function_id, key)
 
     def put_record(self, function_id: str, key: str, record: dict[str, Any]) -> None:
+        """Write a call record, after the objects it refers to (the caller stores those first)."""
         try:
             blob = codec.encode_record(record, level=self.level)
         except UnicodeEncodeError:
@@ -210,6 +212,7 @@ class Cache:
             self.index.add(function_id, key, record, len(blob))  # faults warn, never raise
 
     def delete_record(self, function_id: str, key: str) -> None:
+        """Forget a call (``f.evict``); value objects stay until ``fleche gc`` finds them unused."""
         self.store.delete_call(function_id, key)
         if self.index is not None:
             self.index.remove(function_id, key)

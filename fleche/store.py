@@ -389,6 +389,7 @@ class ObjectStore:
             raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
 
     def exists(self, oid: str) -> bool:
+        """Whether object ``oid`` is stored (one request on remote stores, no read)."""
         return self._exists(self._oid_path(oid))
 
     def delete(self, oid: str) -> None:
@@ -401,6 +402,7 @@ class ObjectStore:
             pass
 
     def iter_oids(self) -> Iterator[str]:
+        """Every object's oid, from listings (a LIST per 1,000 names on S3), never reads."""
         return self._list_fanout(self._objects)
 
     def size(self, oid: str) -> int:
@@ -430,6 +432,7 @@ class ObjectStore:
         self._write(path, (data,))
 
     def get_call(self, function_id: str, digest: str) -> bytes:
+        """The bytes of a call record; :class:`~fleche.errors.CacheMiss` when there is none."""
         data = self.find_call(function_id, digest)
         if data is None:
             raise CacheMiss(f"no call record {function_id}/{digest} in the store at {self.url}")
@@ -444,9 +447,11 @@ class ObjectStore:
             return None
 
     def has_call(self, function_id: str, digest: str) -> bool:
+        """Whether a record is stored for this call, without reading it."""
         return self._exists(self._call_path(function_id, digest))
 
     def delete_call(self, function_id: str, digest: str) -> None:
+        """Remove a call record (already gone is not an error); its objects stay for ``gc``."""
         path = self._call_path(function_id, digest)
         self._check_writable()
         try:
@@ -462,6 +467,7 @@ class ObjectStore:
                 yield fid, digest
 
     def iter_functions(self) -> Iterator[str]:
+        """The function ids that have call records (directory names under ``calls/``)."""
         for name in self._list_dirs(self._calls):
             if is_function_id(name):
                 yield name
