@@ -30,16 +30,14 @@ that references them, exactly as a single cache writes them.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from fleche import codec
 from fleche.cache import Cache, encode_value, put_encoded, referenced_oids
-from fleche.errors import CacheMiss, CorruptObjectError, FlecheWarning
+from fleche.errors import CacheMiss, CorruptObjectError, warn_user
 from fleche.index import LayeredIndex
 
 __all__ = ["RETRY_AFTER", "WRITE_MODES", "LayerSpec", "LayeredCache"]
@@ -66,16 +64,6 @@ class LayerSpec(NamedTuple):
     url: str
     open: Callable[[], Cache]
     read_only: bool = False
-
-
-def _warn(message: str) -> None:
-    """Warn at the first frame outside fleche, so the warning points at the user's line."""
-    frame = sys._getframe(1)
-    level = 2
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "fleche":
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    warnings.warn(message, FlecheWarning, stacklevel=level)
 
 
 class _Layer:
@@ -272,7 +260,7 @@ class LayeredCache:
         if first:
             skipped = "skipped" if reads else "not written"
             of = f" of cache {self._given_name!r}" if self._given_name else ""
-            _warn(
+            warn_user(
                 f"fleche: {layer.label}{of} failed to {action}: {error}; using the other "
                 f"layers ({skipped} for {self.retry_after:g} s at a time while it fails; "
                 "this warning is not repeated)"
@@ -536,7 +524,9 @@ class LayeredCache:
             fixed.append(layer.label)
         where = ", ".join(la.label for la, _ in damaged)
         done = f"; the good copy was put back into {', '.join(fixed)}" if fixed else ""
-        _warn(f"fleche: {error}; loaded object {oid} from {source.label} instead of {where}{done}")
+        warn_user(
+            f"fleche: {error}; loaded object {oid} from {source.label} instead of {where}{done}"
+        )
 
 
 def _chain1(

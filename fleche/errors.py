@@ -7,6 +7,9 @@ code written against the original fleche.
 
 from __future__ import annotations
 
+import sys
+import warnings
+
 
 class FlecheError(Exception):
     """Base class of all errors fleche raises on purpose."""
@@ -45,3 +48,16 @@ class SerializationError(FlecheError, TypeError):
 
 class ConfigError(FlecheError, ValueError):
     """A ``fleche.toml`` or a cache specification is invalid."""
+
+
+def warn_user(message: str) -> None:
+    """Warn with :class:`FlecheWarning` at the first frame outside fleche.
+
+    So the warning points at the user's line, however deep in fleche it was raised.
+    """
+    frame = sys._getframe(1)
+    level = 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "fleche":
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    warnings.warn(message, FlecheWarning, stacklevel=level)

@@ -31,16 +31,14 @@ from __future__ import annotations
 import atexit
 import itertools
 import os
-import sys
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from fleche import codec
-from fleche.errors import ConfigError, CorruptObjectError, FlecheWarning
+from fleche.errors import ConfigError, CorruptObjectError, warn_user
 from fleche.index_db import CatalogReset, Db, IndexFault, SqliteDb, Tx
 from fleche.index_fresh import (
     RefreshReport,
@@ -87,16 +85,6 @@ PENDING_MAX = 256  # buffered writes before a flush
 PENDING_AGE = 1.0  # seconds the oldest buffered write may wait for the next one
 PAGE = 1000  # rows fetched per query page
 ANALYZE_FROM = 1000  # rows from which the planner gets statistics
-
-
-def _warn(message: str) -> None:
-    """Warn at the first frame outside fleche, so the warning points at the user's line."""
-    frame = sys._getframe(1)
-    level = 2
-    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "fleche":
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    warnings.warn(message, FlecheWarning, stacklevel=level)
 
 
 # -- the index ------------------------------------------------------------------------------
@@ -186,7 +174,7 @@ class Index:
             # the driver's own message, first line: SQLAlchemy appends the statement and parameters
             said = str(getattr(error, "orig", None) or error).strip().splitlines()
             reason = (said[0] if said else type(error).__name__)[:300]
-            _warn(
+            warn_user(
                 f"fleche: the index of {where} ({self.db.location}) failed to {action}: {reason}; "
                 "the store is unaffected (queries read it directly until the index recovers; "
                 "this warning is not repeated)"
@@ -196,7 +184,7 @@ class Index:
         self._stale = True
         if "reset" not in self._warned:
             self._warned.add("reset")
-            _warn(
+            warn_user(
                 f"fleche: the index {self.db.location} was set aside: {reset.reason}; it is being "
                 "rebuilt from the store (nothing is lost: the index is a copy of the store's records)"
             )

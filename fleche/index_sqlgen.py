@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleche.digest import digest_bytes
-from fleche.terms import ORDERED, Condition, QuerySpec
+from fleche.terms import ORDERED, Condition, QuerySpec, holds_at
 
 __all__ = [
     "DIALECTS",
@@ -438,15 +438,7 @@ class Compiled:
         if not self.post:
             return True
         meta = decode_metadata(metadata_json)
-        for path, cond in self.post:
-            node: Any = meta
-            for key in path:
-                if not isinstance(node, dict) or key not in node:
-                    return False
-                node = node[key]
-            if not cond.test(node):
-                return False
-        return True
+        return all(holds_at(meta, path, cond) for path, cond in self.post)
 
 
 def _in_list(col: str, values: Iterable[str], p: _Params) -> str:

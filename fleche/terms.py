@@ -22,7 +22,15 @@ from typing import Any
 
 from fleche.digest import digest_bytes
 
-__all__ = ["ORDERED", "Condition", "Q", "QuerySpec", "as_condition", "metadata_conditions"]
+__all__ = [
+    "ORDERED",
+    "Condition",
+    "Q",
+    "QuerySpec",
+    "as_condition",
+    "metadata_conditions",
+    "holds_at",
+]
 
 ORDERED = ("lt", "le", "gt", "ge", "between")
 _OPS = ("eq", "ne", "in", *ORDERED)
@@ -194,15 +202,18 @@ class QuerySpec:
         for name, cond in self.args.items():
             if name not in stored_args or not _arg_test(cond, stored_args[name]):
                 return False
-        for path, cond in self.metadata.items():
-            node: Any = record.get("metadata") or {}
-            for key in path:
-                if not isinstance(node, dict) or key not in node:
-                    return False
-                node = node[key]
-            if not cond.test(node):
-                return False
-        return True
+        meta = record.get("metadata") or {}
+        return all(holds_at(meta, path, cond) for path, cond in self.metadata.items())
+
+
+def holds_at(meta: Any, path: tuple[str, ...], cond: Condition) -> bool:
+    """Whether ``cond`` holds at ``path`` inside nested metadata; a missing key never matches."""
+    node = meta
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return cond.test(node)
 
 
 def metadata_conditions(
