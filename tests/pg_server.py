@@ -13,25 +13,12 @@ connection's ``search_path``.
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from urllib.parse import quote
 
-SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "services" / "postgres"
-
-
-def _read_env_file(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        env[name] = shlex.split(value)[0] if value else ""
-    return env
+from services import service_env
 
 
 def _from_env(env: dict[str, str]) -> str:
@@ -47,21 +34,8 @@ def postgres_service() -> Iterator[str]:
 
     Yields ``skip:REASON`` when there is none.
     """
-    if "FLECHE_TEST_PG_URL" in os.environ or "FLECHE_TEST_PG_SKIP" in os.environ:
-        yield _from_env(dict(os.environ))
-        return
-    with tempfile.TemporaryDirectory(prefix="fleche-postgres-") as tmp:
-        started = subprocess.run(
-            [str(SCRIPT), "start", tmp], capture_output=True, text=True, check=False
-        )
-        env_file = Path(tmp) / "env"
-        if started.returncode or not env_file.exists():
-            yield f"skip:tools/services/postgres failed: {started.stderr.strip()[-500:]}"
-            return
-        try:
-            yield _from_env(_read_env_file(env_file))
-        finally:
-            subprocess.run([str(SCRIPT), "stop", tmp], check=False)
+    with service_env("postgres", "FLECHE_TEST_PG_", "URL") as env:
+        yield "skip:" + env if isinstance(env, str) else _from_env(env)
 
 
 def schema_url(url: str) -> str:

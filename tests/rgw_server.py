@@ -10,18 +10,13 @@ need it skip with that reason. Isolate tests with a fresh bucket each.
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
-import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "services" / "radosgw"
+from services import service_env
 
 
 @dataclass(frozen=True)
@@ -65,41 +60,8 @@ def _from_env(env: dict[str, str]) -> RadosGW | str:
     )
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        env[name] = shlex.split(value)[0] if value else ""
-    return env
-
-
 @contextmanager
 def radosgw_service() -> Iterator[RadosGW | str]:
     """The running test radosgw (from ``tools/test``) or one started for this session."""
-    if "FLECHE_TEST_RGW_ENDPOINT" in os.environ or "FLECHE_TEST_RGW_SKIP" in os.environ:
-        yield _from_env(dict(os.environ))
-        return
-    with tempfile.TemporaryDirectory(prefix="fleche-rgw-") as tmp:
-        try:
-            yield _start(Path(tmp))
-        finally:
-            subprocess.run([str(SCRIPT), "stop", tmp], check=False, timeout=60)
-
-
-def _start(tmp: Path) -> RadosGW | str:
-    """Start the service into ``tmp``: the server, or the reason it did not start."""
-    try:
-        # The daemons' output goes to files under tmp, never to these pipes.
-        started = subprocess.run(
-            [str(SCRIPT), "start", str(tmp)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,  # a first run installs Ceph (~11-35 s)
-        )
-    except subprocess.TimeoutExpired:
-        return "tools/services/radosgw did not finish starting within 600 s"
-    env_file = tmp / "env"
-    if started.returncode or not env_file.exists():
-        return f"tools/services/radosgw failed: {started.stderr.strip()[-500:]}"
-    return _from_env(_read_env_file(env_file))
+    with service_env("radosgw", "FLECHE_TEST_RGW_", "ENDPOINT") as env:
+        yield env if isinstance(env, str) else _from_env(env)

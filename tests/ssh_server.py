@@ -9,16 +9,11 @@ run here (not installed and no root to install it), the script says why in
 
 from __future__ import annotations
 
-import os
-import shlex
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parent.parent / "tools" / "services" / "sshd"
+from services import service_env
 
 
 @dataclass(frozen=True)
@@ -53,29 +48,8 @@ def _from_env(env: dict[str, str]) -> SSHServer | str:
     )
 
 
-def _read_env_file(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        env[name] = shlex.split(value)[0] if value else ""
-    return env
-
-
 @contextmanager
 def sshd_service() -> Iterator[SSHServer | str]:
     """The running test sshd (from ``tools/test``) or one started for this session."""
-    if "FLECHE_TEST_SSH_HOST" in os.environ or "FLECHE_TEST_SSH_SKIP" in os.environ:
-        yield _from_env(dict(os.environ))
-        return
-    with tempfile.TemporaryDirectory(prefix="fleche-sshd-") as tmp:
-        started = subprocess.run(
-            [str(SCRIPT), "start", tmp], capture_output=True, text=True, check=False
-        )
-        env_file = Path(tmp) / "env"
-        if started.returncode or not env_file.exists():
-            yield f"tools/services/sshd failed: {started.stderr.strip()[-500:]}"
-            return
-        try:
-            yield _from_env(_read_env_file(env_file))
-        finally:
-            subprocess.run([str(SCRIPT), "stop", tmp], check=False)
+    with service_env("sshd", "FLECHE_TEST_SSH_", "HOST") as env:
+        yield env if isinstance(env, str) else _from_env(env)
