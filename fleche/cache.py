@@ -52,12 +52,19 @@ def put_encoded(store: ObjectStore, enc: codec.Encoded) -> None:
     for obj in enc.objects():
         if obj.stream is not None:
             store.put_stream(obj.chunks(), oid=obj.oid)
+        elif obj.pending is not None and not obj.pending.done():  # hashed while written
+            store.put_later(obj.named(), obj.payload, header_size=codec.HEADER_SIZE)
         else:
             store.put(obj.parts, oid=obj.oid)
 
 
 def encode_value(
-    value: Any, *, serializer: str = "auto", level: int = 1, inline_limit: int = INLINE_LIMIT
+    value: Any,
+    *,
+    serializer: str = "auto",
+    level: int = 1,
+    inline_limit: int = INLINE_LIMIT,
+    defer: bool = False,
 ) -> tuple[dict[str, Any], codec.Encoded | None]:
     """The reference a record keeps for ``value``, and the object to store (None when inline).
 
@@ -66,6 +73,10 @@ def encode_value(
     A value with large array members is never inline: its reference lists
     their oids (``children``) so copies, ``gc`` and ``verify`` see them.
     Raises :class:`~fleche.errors.SerializationError` when no serializer accepts it.
+
+    ``defer=True`` leaves ``ref["oid"]`` None while a large value is still
+    being hashed, so :func:`put_encoded` can write it meanwhile: set it from
+    ``enc.oid`` after storing.
     """
     ser, parts, children = codec.serialize(value, serializer, level=level)
     size = sum(codec.nbytes(p) for p in parts)
@@ -76,7 +87,7 @@ def encode_value(
     s = codec.by_id(ser)
     level = level if s is None or s.compress else 0
     enc = codec.frame(parts, ser, level=level, children=children, size=size)
-    ref["oid"] = enc.oid
+    ref["oid"] = None if defer else enc.oid
     ref["size"] = enc.raw_size
     if children:
         ref["children"] = [c.oid for c in enc.objects() if c is not enc]
@@ -172,20 +183,26 @@ class Cache:
 
     # -- records -------------------------------------------------------------------------
 
-    def get_record(self, function_id: str, key: str) -> dict[str, Any] | None:
-        """The record stored for a call, or None on a miss (a corrupt record is a miss, with a warning)."""
+    def get_record(
+        self, function_id: str, key: str, *, lazy: bool = False
+    ) -> dict[str, Any] | None:
+        """The record stored for a call, or None on a miss (a corrupt record is a miss, with a warning).
+
+        ``lazy=True`` (a hit, which reads only ``result``): ``arguments`` and
+        ``metadata`` may stay unparsed bytes; see :func:`fleche.codec.expand_record`.
+        """
         blob = self.store.find_call(function_id, key)
         if blob is None:
             return None
         try:
-            rec = codec.decode_record(blob)
+            rec = codec.decode_record(blob, lazy=lazy)
             if malformed(rec) is None:
                 return rec
         except CorruptObjectError:
             pass  # decode again, naming the file: building its name costs a hit 0.2 µs
         where = f"call record {function_id}/{key} in {self.store.url}"
         try:
-            rec = codec.decode_record(blob, where)
+            rec = codec.decode_record(blob, where, lazy=lazy)
             why = malformed(rec)
             if why is not None:
                 raise CorruptObjectError(f"{where} {why}")
@@ -209,6 +226,7 @@ class Cache:
             blob = codec.encode_record(record, level=self.level)
         self.store.put_call(function_id, key, blob)
         if self.index is not None:  # after the store: the index never lists what is not there
+            record = codec.expand_record(dict(record))
             self.index.add(function_id, key, record, len(blob))  # faults warn, never raise
 
     def delete_record(self, function_id: str, key: str) -> None:
@@ -226,10 +244,16 @@ class Cache:
 
     # -- values --------------------------------------------------------------------------
 
-    def encode_value(self, value: Any) -> tuple[dict[str, Any], codec.Encoded | None]:
+    def encode_value(
+        self, value: Any, *, defer: bool = False
+    ) -> tuple[dict[str, Any], codec.Encoded | None]:
         """:func:`encode_value` with this cache's serializer, compression and inline limit."""
         return encode_value(
-            value, serializer=self.serializer, level=self.level, inline_limit=self.inline_limit
+            value,
+            serializer=self.serializer,
+            level=self.level,
+            inline_limit=self.inline_limit,
+            defer=defer,
         )
 
     def put_value(self, value: Any) -> dict[str, Any]:
@@ -237,9 +261,10 @@ class Cache:
 
         Raises :class:`~fleche.errors.SerializationError` when no serializer accepts it.
         """
-        ref, enc = self.encode_value(value)
+        ref, enc = self.encode_value(value, defer=True)
         if enc is not None:
             put_encoded(self.store, enc)
+            ref["oid"] = enc.oid
         return ref
 
     def load_value(self, ref: dict[str, Any], *, mmap: bool = False) -> Any:

@@ -288,11 +288,17 @@ class LayeredCache:
 
     # -- records -------------------------------------------------------------------------
 
-    def get_record(self, function_id: str, key: str) -> dict[str, Any] | None:
-        """The nearest layer's record of a call (copied up when found below), or None."""
+    def get_record(
+        self, function_id: str, key: str, *, lazy: bool = False
+    ) -> dict[str, Any] | None:
+        """The nearest layer's record of a call (copied up when found below), or None.
+
+        ``lazy`` applies to the first layer only: copying a record up needs
+        its arguments (the objects they refer to come along).
+        """
         for layer, cache in self._readable():
             try:
-                rec = cache.get_record(function_id, key)
+                rec = cache.get_record(function_id, key, lazy=lazy and not layer.index)
             except OSError as e:
                 self._fault(layer, "read", e, reads=True)
                 continue
@@ -387,8 +393,14 @@ class LayeredCache:
         writers = self._writable()
         first = next(writers, None)
         encoder = first[1] if first else self._any_writable_cache()
-        ref, enc = encoder.encode_value(value) if encoder else encode_value(value)
-        if enc is None or first is None:
+        if encoder is not None:
+            ref, enc = encoder.encode_value(value, defer=True)
+        else:
+            ref, enc = encode_value(value, defer=True)
+        if enc is None:
+            return ref
+        if first is None:
+            ref["oid"] = enc.oid
             return ref
         for layer, cache in _chain1(first, writers):
             try:
@@ -400,6 +412,7 @@ class LayeredCache:
                 layer.remember(obj.oid)
             if self.write == "first":
                 break
+        ref["oid"] = enc.oid
         return ref
 
     def _any_writable_cache(self) -> Cache | None:

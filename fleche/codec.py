@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import xxhash
 
 from fleche.codec_base import (
     ALIGN,
@@ -93,6 +94,7 @@ __all__ = [
     "decode_value",
     "encode_record",
     "encode_value",
+    "expand_record",
     "frame",
     "frame_bytes",
     "map_object",
@@ -220,14 +222,51 @@ def map_object(path: str, where: str = "object") -> tuple[int, Any] | None:
 RECORD_FORMAT = 1
 
 
+LAZY_FIELDS = ("arguments", "metadata")
+"""Record fields stored as msgpack inside a bin: a hit parses the record without them."""
+
+
 def encode_record(record: dict[str, Any], *, level: int = 1) -> bytes:
-    """Frame a call record (a msgpack map) into the bytes stored under its call key."""
+    """Frame a call record (a msgpack map) into the bytes stored under its call key.
+
+    ``arguments`` and ``metadata`` are packed on their own and kept as bins
+    (:data:`LAZY_FIELDS`), so the cost of a hit does not grow with the
+    number of arguments or the metadata a call carries; a field that is
+    already bytes (from a lazily decoded record) is kept as it is.
+    """
+    record = dict(record)
+    for field in LAZY_FIELDS:
+        value = record.get(field)
+        if value is not None and not isinstance(value, bytes):
+            record[field] = msgpack.packb(value, use_bin_type=True)
     payload = msgpack.packb(record, use_bin_type=True)
     return frame_bytes(payload, SER_MSGPACK, level=level, min_compress=RECORD_MIN_COMPRESS)
 
 
-def decode_record(blob: Any, where: str = "call record") -> dict[str, Any]:
-    """Verify and parse a stored call record; CorruptObjectError on any damage."""
+_HEADER_UNPACK = HEADER.unpack_from
+_RAW_RECORD = (MAGIC, FORMAT, CODEC_RAW, SER_MSGPACK)
+
+
+def decode_record(blob: Any, where: str = "call record", *, lazy: bool = False) -> dict[str, Any]:
+    """Verify and parse a stored call record; CorruptObjectError on any damage.
+
+    ``lazy=True`` leaves :data:`LAZY_FIELDS` as the bytes they are stored as
+    (what a hit wants: only ``result`` is read); :func:`expand_record`
+    parses them later.
+    """
+    # The hit path: an intact raw record, checked and parsed without the general
+    # machinery (0.3 µs of a ~7 µs hit). Anything else takes the path that says why.
+    if len(blob) >= HEADER_SIZE:
+        magic, fmt, codec_id, ser, _flags, size, digest = _HEADER_UNPACK(blob)
+        if (magic, fmt, codec_id, ser) == _RAW_RECORD and len(blob) == HEADER_SIZE + size:
+            body = memoryview(blob)[HEADER_SIZE:]
+            if xxhash.xxh3_128_digest(body) == digest:
+                try:
+                    rec = msgpack.unpackb(body, raw=False, strict_map_key=False)
+                except (ValueError, TypeError, msgpack.UnpackException):
+                    rec = None
+                if type(rec) is dict and rec.get("fleche") == RECORD_FORMAT:
+                    return rec if lazy else expand_record(rec, where)
     ser, payload = unframe(blob, where)
     if ser != SER_MSGPACK:
         raise CorruptObjectError(f"{where} is not a msgpack record (serializer id {ser})")
@@ -237,4 +276,18 @@ def decode_record(blob: Any, where: str = "call record") -> dict[str, Any]:
         raise CorruptObjectError(f"{where} is not valid msgpack: {e}") from e
     if not isinstance(rec, dict) or rec.get("fleche") != RECORD_FORMAT:
         raise CorruptObjectError(f"{where} is not a fleche call record of format {RECORD_FORMAT}")
+    return rec if lazy else expand_record(rec, where)
+
+
+def expand_record(rec: dict[str, Any], where: str = "call record") -> dict[str, Any]:
+    """Parse a record's :data:`LAZY_FIELDS` in place (a no-op when they are maps already)."""
+    for field in LAZY_FIELDS:
+        value = rec.get(field)
+        if isinstance(value, bytes):
+            try:
+                value = rec[field] = msgpack.unpackb(value, raw=False, strict_map_key=False)
+            except (ValueError, TypeError, msgpack.UnpackException) as e:
+                raise CorruptObjectError(f"{where} has unreadable {field}: {e}") from e
+        if value is not None and type(value) is not dict:
+            raise CorruptObjectError(f"{where} has {field} that is not a map")
     return rec

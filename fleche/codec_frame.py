@@ -20,7 +20,7 @@ import io
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from concurrent.futures import Future
 from typing import Any, BinaryIO
 
 import xxhash
@@ -73,24 +73,89 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
-@dataclass(frozen=True)
 class Encoded:
-    """A framed object ready for ``ObjectStore.put(parts, oid=oid)``.
+    """A framed object ready for :func:`fleche.cache.put_encoded`.
 
     ``children`` are objects this one refers to (large array members stored
     on their own): they must be stored first. ``stream``, when set, yields the
     whole file (header first) compressed on the fly, and ``parts`` is empty:
-    write it with ``ObjectStore.put_stream``. :func:`fleche.cache.put_encoded`
-    does all of that.
+    write it with ``ObjectStore.put_stream``.
+
+    A large raw payload is hashed in a background thread (:attr:`pending`)
+    while the store writes it: reading ``oid``, ``digest`` or ``parts`` waits
+    for the hash, :meth:`ObjectStore.put_later` does not.
     """
 
-    oid: str
-    parts: list[Any]  # header, then payload buffers, written back to back
-    raw_size: int  # uncompressed payload size
-    stored_size: int  # bytes on disk, header included; -1 while unknown (streamed)
-    serializer: int
-    children: tuple[Encoded, ...] = ()
-    stream: Callable[[], Iterator[Any]] | None = None
+    __slots__ = (
+        "_digest",
+        "_header",
+        "children",
+        "codec",
+        "payload",
+        "pending",
+        "raw_size",
+        "serializer",
+        "stored_size",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        digest: bytes | Future[bytes],
+        codec: int,
+        payload: list[Any],
+        raw_size: int,
+        stored_size: int,
+        serializer: int,
+        children: tuple[Encoded, ...] = (),
+        stream: Callable[[], Iterator[Any]] | None = None,
+    ) -> None:
+        self._digest = digest if isinstance(digest, bytes) else None
+        self.pending = None if isinstance(digest, bytes) else digest
+        self._header: bytes | None = None
+        self.codec = codec
+        self.payload = payload  # the buffers after the header, written back to back
+        self.raw_size = raw_size  # uncompressed payload size
+        self.stored_size = stored_size  # bytes on disk, header included; -1 while unknown
+        self.serializer = serializer
+        self.children = children
+        self.stream = stream
+
+    @property
+    def digest(self) -> bytes:
+        """XXH3-128 of the uncompressed payload (waits for a background hash)."""
+        if self._digest is None:
+            assert self.pending is not None
+            self._digest = self.pending.result()
+        return self._digest
+
+    @property
+    def oid(self) -> str:
+        """The object's name: its digest in hex."""
+        return self.digest.hex()
+
+    @property
+    def header(self) -> bytes:
+        """The 32-byte header, which carries the digest."""
+        if self._header is None:
+            self._header = HEADER.pack(
+                MAGIC, FORMAT, self.codec, self.serializer, 0, self.raw_size, self.digest
+            )
+        return self._header
+
+    @property
+    def parts(self) -> list[Any]:
+        """Header then payload buffers: the whole file (empty when streamed)."""
+        return [] if self.stream is not None else [self.header, *self.payload]
+
+    def named(self) -> Future[tuple[str, bytes]]:
+        """A future of ``(oid, header)``, for ``ObjectStore.put_later``."""
+        out: Future[tuple[str, bytes]] = Future()
+        if self.pending is None:
+            out.set_result((self.oid, self.header))
+        else:
+            self.pending.add_done_callback(lambda f: _name_done(self, f, out))
+        return out
 
     def objects(self) -> Iterator[Encoded]:
         """This object's children (depth first), then itself: the order to store them in."""
@@ -101,6 +166,36 @@ class Encoded:
     def chunks(self) -> Iterator[Any]:
         """The file's bytes in order, computed lazily when streamed."""
         return self.stream() if self.stream is not None else iter(self.parts)
+
+
+def _name_done(enc: Encoded, done: Future[bytes], out: Future[tuple[str, bytes]]) -> None:
+    error = done.exception()
+    if error is not None:
+        out.set_exception(error)
+    else:
+        out.set_result((enc.oid, enc.header))
+
+
+HASH_AHEAD = 16 << 20
+"""Payloads from this size are hashed in a thread while they are sampled and written."""
+
+
+def _hash_ahead(parts: Sequence[Any]) -> Future[bytes]:
+    """Start hashing ``parts`` in a thread (xxhash releases the GIL on large buffers).
+
+    One short-lived thread per large object, not a pool: nothing to shut
+    down, nothing inherited broken by a forked child.
+    """
+    out: Future[bytes] = Future()
+
+    def run() -> None:
+        try:
+            out.set_result(digest_parts(parts))
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the digest
+            out.set_exception(e)
+
+    threading.Thread(target=run, name="fleche-hash", daemon=True).start()
+    return out
 
 
 def _sample(parts: Sequence[Any], size: int, pieces: int = 4) -> bytes:
@@ -191,29 +286,19 @@ def frame(
     """
     if size is None:
         size = sum(nbytes(p) for p in parts)
-    digest = digest or digest_parts(parts)
+    if digest is None:
+        digest = _hash_ahead(parts) if size >= HASH_AHEAD else digest_parts(parts)
+    kids = tuple(children)
     if size > STREAM_MIN and level > 0 and _sample_pays(parts, level, size):
-        header = HEADER.pack(MAGIC, FORMAT, CODEC_ZSTD, serializer, 0, size, digest)
+        enc = Encoded(digest, CODEC_ZSTD, [], size, -1, serializer, kids)
         held = list(parts)
-        return Encoded(
-            digest.hex(),
-            [],
-            size,
-            -1,
-            serializer,
-            tuple(children),
-            lambda: _compressed_chunks(header, held, size, level),
-        )
+        enc.stream = lambda: _compressed_chunks(enc.header, held, size, level)
+        return enc
     compressed = _worth_compressing(parts, size, level, min_compress)
     if compressed is None:
-        header = HEADER.pack(MAGIC, FORMAT, CODEC_RAW, serializer, 0, size, digest)
-        out = [header, *parts]
-        stored = HEADER_SIZE + size
-    else:
-        header = HEADER.pack(MAGIC, FORMAT, CODEC_ZSTD, serializer, 0, size, digest)
-        out = [header, compressed]
-        stored = HEADER_SIZE + len(compressed)
-    return Encoded(digest.hex(), out, size, stored, serializer, tuple(children))
+        return Encoded(digest, CODEC_RAW, list(parts), size, HEADER_SIZE + size, serializer, kids)
+    stored = HEADER_SIZE + len(compressed)
+    return Encoded(digest, CODEC_ZSTD, [compressed], size, stored, serializer, kids)
 
 
 def frame_bytes(

@@ -275,7 +275,7 @@ class CachedFunction:
     def lookup(self, cache: Cache, key: str) -> tuple[bool, Any]:
         """(True, result) on a hit; (False, None) on a miss or any fault reading the cache."""
         try:
-            rec = cache.get_record(self.function_id, key)
+            rec = cache.get_record(self.function_id, key, lazy=True)
             if rec is None:
                 return False, None
             ref = rec["result"]

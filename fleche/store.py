@@ -25,6 +25,7 @@ import os
 import re
 import secrets
 from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -337,6 +338,22 @@ class ObjectStore:
         if self._info is None:
             self._ensure_marker()
         self._write(path, parts)
+
+    def put_later(
+        self, name: Future[tuple[str, bytes]], parts: Sequence[BytesLike], *, header_size: int
+    ) -> str:
+        """Store an object whose name is still being computed; returns its oid.
+
+        ``parts`` is the file after its header; ``name`` resolves to ``(oid,
+        header)``, the header being ``header_size`` bytes. A large value's hash then runs while its bytes are written
+        (``LocalStore`` writes the header last); here the write simply waits
+        for the name. Nothing is written when the object exists.
+        """
+        self._check_writable()
+        oid, header = name.result()
+        if len(header) != header_size:
+            raise ValueError(f"header is {len(header)} bytes, expected {header_size}")
+        return self.put([header, *parts], oid=oid)
 
     def put_stream(self, chunks: Iterable[BytesLike], *, oid: str) -> str:
         """Store object ``oid`` from ``chunks`` consumed one at a time (bounded memory).

@@ -14,7 +14,8 @@ import itertools
 import mmap
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
 from typing import BinaryIO
 
 from fsspec.implementations.local import LocalFileSystem
@@ -82,13 +83,18 @@ def _write_all(fd: int, data: BytesLike) -> None:
 
 
 _GATHER = 4 << 20  # small parts are gathered into writes of up to this many bytes
+_SLICE = 8 << 20  # put_later writes large parts in steps of this, checking for a duplicate
 
 
-def _write_parts(fd: int, parts: Iterable[BytesLike]) -> None:
+def _write_parts(
+    fd: int, parts: Iterable[BytesLike], stop: Callable[[], bool] | None = None
+) -> bool:
     """Write ``parts`` in order: large ones as they are, runs of small ones gathered.
 
     A dict of 10,000 small arrays is 20,000 parts: one syscall each would cost
-    more than the bytes; joining a run of small parts copies little.
+    more than the bytes; joining a run of small parts copies little. With
+    ``stop``, large parts go in ``_SLICE`` steps and the write ends early
+    (returning False) as soon as ``stop()`` says the file is not wanted.
     """
     run: list[BytesLike] = []
     held = 0
@@ -98,7 +104,14 @@ def _write_parts(fd: int, parts: Iterable[BytesLike]) -> None:
             if run:
                 _write_all(fd, b"".join(run))
                 run, held = [], 0
-            _write_all(fd, part)
+            if stop is None:
+                _write_all(fd, part)
+                continue
+            view = memoryview(part).cast("B")
+            for start in range(0, n, _SLICE):
+                if stop():
+                    return False
+                _write_all(fd, view[start : start + _SLICE])
             continue
         run.append(part)
         held += n
@@ -107,6 +120,7 @@ def _write_parts(fd: int, parts: Iterable[BytesLike]) -> None:
             run, held = [], 0
     if run:
         _write_all(fd, run[0] if len(run) == 1 else b"".join(run))
+    return True
 
 
 def _unlink_quiet(path: str) -> None:
@@ -195,6 +209,56 @@ class LocalStore(ObjectStore):
             raise
         if self.durable:
             self._fsync_dir(os.path.dirname(path))
+
+    def put_later(
+        self, name: Future[tuple[str, bytes]], parts: Sequence[BytesLike], *, header_size: int
+    ) -> str:
+        """Write ``parts`` after a blank header while the name is computed, then finish.
+
+        The header goes in last (``pwrite`` at offset 0) and the file is
+        renamed only then, so a crash leaves a stray file in ``tmp/``, never a
+        bad object. Once the name is known, a write whose object already
+        exists stops at the next 8 MiB step.
+        """
+        self._check_writable()
+        if self._info is None:
+            self._ensure_marker()
+        duplicate: list[str] = []
+
+        def stop() -> bool:
+            if duplicate or not name.done() or name.exception() is not None:
+                return bool(duplicate)
+            oid = name.result()[0]
+            if self._exists(self._oid_path(oid)):
+                duplicate.append(oid)
+            return bool(duplicate)
+
+        fd, tmp = self._open_tmp()
+        try:
+            _write_all(fd, bytes(header_size))
+            finished = _write_parts(fd, parts, stop)
+            oid, header = name.result()
+            if len(header) != header_size:
+                raise ValueError(f"header is {len(header)} bytes, expected {header_size}")
+            if finished:
+                os.pwrite(fd, header, 0)
+                if self.durable:
+                    os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(tmp)
+            raise
+        os.close(fd)
+        path = self._oid_path(oid)
+        try:
+            if not finished or self._exists(path):
+                return oid
+            self._rename(tmp, path)
+        finally:
+            _unlink_quiet(tmp)
+        if self.durable:
+            self._fsync_dir(os.path.dirname(path))
+        return oid
 
     def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
         self._write(path, chunks)  # _write_tmp writes parts as they come: already streaming

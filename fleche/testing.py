@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
 import pytest
@@ -255,6 +255,50 @@ class StoreConformance:
         assert not store.exists(oid)
         with pytest.raises(CacheMiss):
             store.get(oid)
+
+    # -- put_later: the name arrives while the bytes are written --------------------
+
+    @staticmethod
+    def _named_later(head: bytes, body: bytes) -> tuple[Future[tuple[str, bytes]], str]:
+        name: Future[tuple[str, bytes]] = Future()
+        oid = xxhash.xxh3_128_hexdigest(head + body)
+        threading.Timer(0.01, name.set_result, ((oid, head),)).start()
+        return name, oid
+
+    def test_put_later_writes_header_first_in_the_file(self, store: ObjectStore) -> None:
+        head, body = os.urandom(32), os.urandom((17 << 20) + 5)
+        name, oid = self._named_later(head, body)
+        view = memoryview(body)
+        assert store.put_later(name, [view[:100], view[100:]], header_size=32) == oid
+        assert store.get(oid) == head + body
+
+    def test_put_later_keeps_an_existing_object(self, store: ObjectStore) -> None:
+        head, body = b"H" * 32, os.urandom(9 << 20)
+        name, oid = self._named_later(head, body)
+        store.put(b"already here", oid=oid)  # the name is taken (by design: first wins)
+        assert store.put_later(name, [body], header_size=32) == oid
+        assert store.get(oid) == b"already here"
+
+    def test_put_later_failed_name_leaves_no_object(self, store: ObjectStore) -> None:
+        name: Future[tuple[str, bytes]] = Future()
+        name.set_exception(RuntimeError("hashing failed"))
+        with pytest.raises(RuntimeError, match="hashing failed"):
+            store.put_later(name, [os.urandom(1 << 20)], header_size=32)
+        assert list(store.iter_oids()) == []
+
+    def test_put_later_wrong_header_size_is_refused(self, store: ObjectStore) -> None:
+        name: Future[tuple[str, bytes]] = Future()
+        name.set_result((digest_of("short header"), b"tiny"))
+        with pytest.raises(ValueError, match="header"):
+            store.put_later(name, [b"body"], header_size=32)
+        assert list(store.iter_oids()) == []
+
+    def test_put_later_on_read_only_is_refused(self, store: ObjectStore) -> None:
+        ro = self.reopen(store, read_only=True)
+        name: Future[tuple[str, bytes]] = Future()
+        name.set_result((digest_of("ro later"), bytes(32)))
+        with pytest.raises(ReadOnlyStoreError):
+            ro.put_later(name, [b"x"], header_size=32)
 
     def test_open_read_missing_is_a_cache_miss(self, store: ObjectStore) -> None:
         oid = digest_of("nothing to read")

@@ -52,6 +52,22 @@ def test_incompressible_large_array_is_stored_raw_without_copy():
     np.testing.assert_array_equal(back, a)
 
 
+def test_large_payload_is_hashed_in_the_background_and_stored_intact(tmp_path):
+    from fleche.cache import Cache
+
+    a = np.random.default_rng(1).random(3 << 20)  # 24 MiB: over HASH_AHEAD
+    enc = codec.encode_value(a)
+    assert enc.pending is not None  # hashed by a thread, not before frame() returned
+    payload = b"".join(bytes(memoryview(p).cast("B")) for p in enc.payload)
+    assert enc.oid == xxhash.xxh3_128_hexdigest(payload)
+    cache = Cache(str(tmp_path / "store"))
+    ref = cache.put_value(a)
+    assert ref["oid"] == enc.oid and ref["size"] == enc.raw_size
+    np.testing.assert_array_equal(cache.load_value(ref), a)
+    assert cache.put_value(a)["oid"] == ref["oid"]  # stored once
+    assert list(cache.store.iter_oids()) == [ref["oid"]]
+
+
 def test_out_of_band_buffers_are_aligned():
     a = np.arange(1000, dtype=np.float64)
     blob = joined(codec.encode_value(a, level=0))

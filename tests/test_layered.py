@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import random
 import socket
 import warnings
 from collections.abc import Callable, Iterator
@@ -214,6 +215,29 @@ def test_a_failing_layer_warns_once_and_is_left_alone(
     assert calls.n == 4
     with cache(tmp_path / "back"):
         assert all(small.contains(x) for x in range(4))  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_large_value_hashed_while_written_gets_its_name_in_every_layer(
+    tmp_path: Path, read_only: bool
+) -> None:
+    calls = Counter()
+
+    @fleche
+    def huge(x: int) -> bytes:
+        calls()
+        return random.Random(x).randbytes(20 << 20)  # over HASH_AHEAD: hashed in a thread
+
+    layers = [
+        local(tmp_path / "a", read_only=read_only),
+        local(tmp_path / "b", read_only=read_only),
+    ]
+    with cache(layers, write="through"):
+        value = huge(1)
+        assert huge(1) == value
+    assert calls.n == 1 + read_only  # nothing writable: computed each time, no record
+    for root in ("a", "b"):
+        assert len(files(tmp_path / root)) == (0 if read_only else 2)
 
 
 def test_read_only_layer_in_front(tmp_path: Path) -> None:

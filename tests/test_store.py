@@ -80,6 +80,40 @@ def test_no_partial_file_when_a_part_fails(local_store: LocalStore) -> None:
     assert os.listdir(f"{local_store.root}/tmp") == []
 
 
+def test_put_later_stops_writing_a_duplicate_early(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from concurrent.futures import Future
+
+    import fleche.store_local as sl
+
+    body = os.urandom(64 << 20)
+    oid = xxhash.xxh3_128_hexdigest(bytes(32) + body)
+    local_store.put(b"first", oid=oid)
+    written: list[int] = []
+    real = sl._write_all
+    monkeypatch.setattr(
+        sl, "_write_all", lambda fd, data: (written.append(len(data)), real(fd, data))
+    )
+    name: Future[tuple[str, bytes]] = Future()
+    name.set_result((oid, bytes(32)))
+    assert local_store.put_later(name, [body], header_size=32) == oid
+    assert sum(written) < len(body) // 4  # stopped at the first 8 MiB step
+    assert local_store.get(oid) == b"first"
+    assert os.listdir(f"{local_store.root}/tmp") == []
+
+
+def test_put_later_failure_leaves_nothing_in_tmp(local_store: LocalStore) -> None:
+    from concurrent.futures import Future
+
+    name: Future[tuple[str, bytes]] = Future()
+    name.set_exception(MemoryError("no room to hash"))
+    with pytest.raises(MemoryError):
+        local_store.put_later(name, [os.urandom(20 << 20)], header_size=32)
+    assert os.listdir(f"{local_store.root}/tmp") == []
+    assert list(local_store.iter_oids()) == []
+
+
 def test_a_directory_under_an_object_name_is_not_a_miss(local_store: LocalStore) -> None:
     oid = digest_of("odd")
     os.makedirs(local_store._oid_path(oid))
