@@ -21,8 +21,10 @@ from fleche.errors import (
     FlecheWarning,
     ReadOnlyStoreError,
     SerializationError,
+    SignatureError,
     StoreFormatError,
     UnhashableArgumentError,
+    UnsafeValueError,
 )
 from fleche.executor import map as map  # fleche.map; not in __all__: `import *` keeps the builtin
 from fleche.executor import wrap_executor
@@ -46,10 +48,12 @@ __all__ = [
     "QueryResult",
     "ReadOnlyStoreError",
     "SerializationError",
+    "SignatureError",
     "StoreFormatError",
     "SyncError",
     "SyncResult",
     "UnhashableArgumentError",
+    "UnsafeValueError",
     "__version__",
     "active_cache",
     "cache",

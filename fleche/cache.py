@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fleche import codec
-from fleche.errors import CacheMiss, CorruptObjectError, FlecheWarning
+from fleche.codec_sign import Signer, signer_from
+from fleche.errors import CacheMiss, CorruptObjectError, FlecheWarning, SignatureError
 from fleche.index import Index, IndexSpec, open_index
 from fleche.store import ObjectStore, is_oid, open_store
 
@@ -65,6 +66,8 @@ def encode_value(
     level: int = 1,
     inline_limit: int = INLINE_LIMIT,
     defer: bool = False,
+    signer: Signer | None = None,
+    safe: bool = False,
 ) -> tuple[dict[str, Any], codec.Encoded | None]:
     """The reference a record keeps for ``value``, and the object to store (None when inline).
 
@@ -76,9 +79,10 @@ def encode_value(
 
     ``defer=True`` leaves ``ref["oid"]`` None while a large value is still
     being hashed, so :func:`put_encoded` can write it meanwhile: set it from
-    ``enc.oid`` after storing.
+    ``enc.oid`` after storing. ``signer`` signs the object; ``safe`` refuses
+    (UnsafeValueError) a value only pickle could store.
     """
-    ser, parts, children = codec.serialize(value, serializer, level=level)
+    ser, parts, children = codec.serialize(value, serializer, level=level, safe=safe)
     size = sum(codec.nbytes(p) for p in parts)
     ref: dict[str, Any] = {"type": type_name(value), "ser": ser}
     if size <= inline_limit and not children:
@@ -86,7 +90,7 @@ def encode_value(
         return ref, None
     s = codec.by_id(ser)
     level = level if s is None or s.compress else 0
-    enc = codec.frame(parts, ser, level=level, children=children, size=size)
+    enc = codec.frame(parts, ser, level=level, children=children, size=size, signer=signer)
     ref["oid"] = None if defer else enc.oid
     ref["size"] = enc.raw_size
     if children:
@@ -138,6 +142,11 @@ class Cache:
     ``index``: the queryable catalogue of the records (:mod:`fleche.index`): None
     for the default (on for local and remote stores, off for memory), True,
     False, ``sqlite:///path`` or a database URL; see ``docs/catalog.md``.
+    ``secret_key``: sign every file written and refuse (as misses) files not
+    signed with one of the keys: a key, a list of keys (the first signs), None
+    to read ``FLECHE_SECRET_KEY``, or False for no signing; see ``docs/security.md``.
+    ``safe``: never store or load a value with pickle (loading a pickle runs
+    code); values only pickle can store are returned uncached.
     """
 
     def __init__(
@@ -149,6 +158,8 @@ class Cache:
         serializer: str = "auto",
         name: str | None = None,
         index: IndexSpec = None,
+        secret_key: str | bytes | Sequence[str | bytes] | Signer | bool | None = None,
+        safe: bool = False,
     ) -> None:
         if not isinstance(store, ObjectStore):
             store = open_store(store)
@@ -160,6 +171,16 @@ class Cache:
             raise ValueError(f"compression_level={compression_level!r}: expected an int in 0..22")
         if not isinstance(inline_limit, int) or inline_limit < 0:
             raise ValueError(f"inline_limit={inline_limit!r}: expected an int >= 0")
+        if not isinstance(safe, bool):
+            raise ValueError(f"safe={safe!r}: expected True or False")
+        if safe and serializer in ("pickle", "cloudpickle", "dill", "bagofholding"):
+            raise ValueError(
+                f"serializer={serializer!r} stores values with pickle, which safe=True refuses; "
+                "use serializer='auto'"
+            )
+        self.signer: Signer | None = signer_from(secret_key)
+        self._signature_warned: set[str] = set()
+        self.safe = safe
         self.store = store
         self.level = compression_level
         self.inline_limit = inline_limit
@@ -195,14 +216,16 @@ class Cache:
         if blob is None:
             return None
         try:
-            rec = codec.decode_record(blob, lazy=lazy)
+            rec = codec.decode_record(blob, lazy=lazy, signer=self.signer, name=(function_id, key))
             if malformed(rec) is None:
                 return rec
         except CorruptObjectError:
             pass  # decode again, naming the file: building its name costs a hit 0.2 µs
         where = f"call record {function_id}/{key} in {self.store.url}"
         try:
-            rec = codec.decode_record(blob, where, lazy=lazy)
+            rec = codec.decode_record(
+                blob, where, lazy=lazy, signer=self.signer, name=(function_id, key)
+            )
             why = malformed(rec)
             if why is not None:
                 raise CorruptObjectError(f"{where} {why}")
@@ -217,13 +240,14 @@ class Cache:
 
     def put_record(self, function_id: str, key: str, record: dict[str, Any]) -> None:
         """Write a call record, after the objects it refers to (the caller stores those first)."""
+        sign = {"signer": self.signer, "name": (function_id, key)}
         try:
-            blob = codec.encode_record(record, level=self.level)
+            blob = codec.encode_record(record, level=self.level, **sign)
         except UnicodeEncodeError:
             # text msgpack cannot hold: lone surrogates, as os.getcwd() returns for a
             # directory whose name is not UTF-8, or in tags; kept backslash-escaped
             record = _utf8_safe(record)
-            blob = codec.encode_record(record, level=self.level)
+            blob = codec.encode_record(record, level=self.level, **sign)
         self.store.put_call(function_id, key, blob)
         if self.index is not None:  # after the store: the index never lists what is not there
             record = codec.expand_record(dict(record))
@@ -254,6 +278,8 @@ class Cache:
             level=self.level,
             inline_limit=self.inline_limit,
             defer=defer,
+            signer=self.signer,
+            safe=self.safe,
         )
 
     def put_value(self, value: Any) -> dict[str, Any]:
@@ -276,7 +302,7 @@ class Cache:
         """
         inline = ref.get("inline")
         if inline is not None:
-            return codec.decode_payload(ref["ser"], inline, "inline value")
+            return codec.decode_payload(ref["ser"], inline, "inline value", safe=self.safe)
         size = ref.get("size")
         return self.load_object(ref["oid"], mmap=mmap, size=size if isinstance(size, int) else None)
 
@@ -301,11 +327,11 @@ class Cache:
             where = f"object {oid} in {self.store.url}"
             try:
                 with self.store.open_read(oid) as f:
-                    ser, payload = codec.unframe_stream(f, where, expect=oid)
+                    ser, payload = codec.unframe_stream(f, where, expect=oid, signer=self.signer)
             except CorruptObjectError as e:
                 action = self._quarantine(e, warn=False, oid=oid)
-                raise CorruptObjectError(f"{e}; {action}") from e
-            return codec.decode_payload(ser, payload, where, resolve=resolve)
+                raise type(e)(f"{e}; {action}") from e
+            return codec.decode_payload(ser, payload, where, resolve=resolve, safe=self.safe)
         return self.decode_object(oid, self.store.get(oid), resolve)
 
     def _map(self, oid: str) -> Any:
@@ -315,19 +341,19 @@ class Cache:
             return _NOT_MAPPED
         where = f"object {oid} in {self.store.url}"
         try:
-            got = codec.map_object(path, where)
+            got = codec.map_object(path, where, signer=self.signer)
         except FileNotFoundError:
             raise CacheMiss(f"object {oid} is not in the store at {self.store.url}") from None
         except CorruptObjectError as e:
             action = self._quarantine(e, warn=False, oid=oid)
-            raise CorruptObjectError(f"{e}; {action}") from e
+            raise type(e)(f"{e}; {action}") from e
         if got is None:
             return _NOT_MAPPED  # compressed: decompressed into a fresh buffer instead
         ser, payload = got
         if ser != codec.SER_NUMPY:
             # not an array: read and verified as usual (its array members are still mapped)
             return _NOT_MAPPED
-        return codec.decode_payload(ser, payload, where, mmap=True)
+        return codec.decode_payload(ser, payload, where, mmap=True, safe=self.safe)
 
     def decode_object(self, oid: str, blob: Any, resolve: Any = None) -> Any:
         """Verify and decode the bytes of object ``oid`` read from this cache's store.
@@ -339,12 +365,17 @@ class Cache:
             resolve = self.load_object
         try:
             return codec.decode_value(
-                blob, expect=oid, where=f"object {oid} in {self.store.url}", resolve=resolve
+                blob,
+                expect=oid,
+                where=f"object {oid} in {self.store.url}",
+                resolve=resolve,
+                signer=self.signer,
+                safe=self.safe,
             )
         except CorruptObjectError as e:
             # the caller reports it (once, in its own words); we only move it aside
             action = self._quarantine(e, warn=False, oid=oid)
-            raise CorruptObjectError(f"{e}; {action}") from e
+            raise type(e)(f"{e}; {action}") from e
 
     # -- faults --------------------------------------------------------------------------
 
@@ -358,6 +389,12 @@ class Cache:
                 action = "moved to quarantine/"
             except OSError as e:
                 action = f"could not be moved to quarantine/ ({e})"
+        if warn and isinstance(error, SignatureError):
+            # a store signed late holds thousands of unsigned files: say it once per kind
+            if error.reason in self._signature_warned:
+                return action
+            self._signature_warned.add(error.reason)
+            action += "; further files refused for the same reason are moved aside silently"
         if warn:
             warnings.warn(f"{error}; treated as a miss and {action}", FlecheWarning, stacklevel=4)
         return action

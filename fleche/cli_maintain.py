@@ -37,16 +37,19 @@ from fleche.upkeep import format_size, format_time
 def verify(store: str | None, as_json: bool, workers: int, repair: bool) -> None:
     """Re-hash every object and record; report corrupt, dangling and orphan ones.
 
-    Corrupt: a file whose hash, length or header is wrong. Dangling: a record
+    Corrupt: a file whose hash, length or header is wrong (or, when
+    FLECHE_SECRET_KEY is set, one not signed with one of its keys). Dangling: a record
     whose object is missing or corrupt. Orphan: an object no record uses
     (harmless; 'fleche gc' removes them). Exit status 1 while corrupt or
     dangling files remain, 0 otherwise.
     """
+    from fleche.codec_sign import signer_from
     from fleche.upkeep_verify import verify as run
 
     s = open_target(store)
+    signer = signer_from(None)  # FLECHE_SECRET_KEY set: unsigned files count as corrupt
     with progress_bar() as progress:
-        report = run(s, repair=repair, workers=workers, progress=progress)
+        report = run(s, repair=repair, workers=workers, progress=progress, signer=signer)
     if as_json:
         emit_json(report.to_dict())
     else:

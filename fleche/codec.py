@@ -40,6 +40,7 @@ from fleche.codec_base import (
 from fleche.codec_frame import (
     CODEC_RAW,
     CODEC_ZSTD,
+    FLAG_SIGNED,
     FORMAT,
     HEADER,
     LARGE,
@@ -52,19 +53,23 @@ from fleche.codec_frame import (
     Encoded,
     _decompress,
     _worth_compressing,
+    check_signature,
     frame,
     frame_bytes,
+    read_frame_header,
     read_header,
     unframe,
     unframe_stream,
 )
-from fleche.codec_registry import by_id, decode, serialize, serializer_names
-from fleche.errors import CorruptObjectError
+from fleche.codec_registry import by_id, decode, is_safe, serialize, serializer_names
+from fleche.codec_sign import TRAILER_SIZE, Signer
+from fleche.errors import CorruptObjectError, UnsafeValueError
 
 __all__ = [
     "ALIGN",
     "CODEC_RAW",
     "CODEC_ZSTD",
+    "FLAG_SIGNED",
     "FORMAT",
     "HEADER",
     "HEADER_SIZE",
@@ -102,6 +107,8 @@ __all__ = [
     "serialize",
     "serializer_names",
     "by_id",
+    "is_safe",
+    "read_frame_header",
     "read_header",
     "serialize_value",
     "unframe",
@@ -140,14 +147,22 @@ def serialize_value(value: Any, serializer: str = "auto") -> tuple[int, list[Any
     return ser, list(parts)
 
 
-def encode_value(value: Any, *, serializer: str = "auto", level: int = 1) -> Encoded:
+def encode_value(
+    value: Any,
+    *,
+    serializer: str = "auto",
+    level: int = 1,
+    signer: Signer | None = None,
+    safe: bool = False,
+) -> Encoded:
     """Serialize and frame ``value`` as a stored object named by its payload's hash.
 
     Large array members become ``Encoded.children``, stored before it.
     """
-    ser, parts, children = serialize(value, serializer, level=level)
+    ser, parts, children = serialize(value, serializer, level=level, safe=safe)
     s = by_id(ser)
-    return frame(parts, ser, level=level if s is None or s.compress else 0, children=children)
+    level = level if s is None or s.compress else 0
+    return frame(parts, ser, level=level, children=children, signer=signer)
 
 
 def decode_payload(
@@ -157,12 +172,20 @@ def decode_payload(
     *,
     resolve: Callable[[str], Any] | None = None,
     mmap: bool = False,
+    safe: bool = False,
 ) -> Any:
     """Deserialize a checked payload (see :func:`unframe`).
 
     ``resolve(oid)`` loads a child object (a large array member stored on its
     own); ``mmap`` says the payload is a read-only memory map to view, not copy.
+    ``safe`` refuses (UnsafeValueError) any payload that would run pickle.
     """
+    if safe and not is_safe(ser):
+        s = by_id(ser)
+        raise UnsafeValueError(
+            f"{where} was stored with the {s.name if s else ser!r} serializer, which can run "
+            "code when loaded; safe mode refuses it (treated as a miss)"
+        )
     if (ser == SER_MSGPACK or (ser == SER_PICKLE and resolve is None)) and not mmap:
         # the hit path of small results: no context, no registry; a failure takes the
         # full path below, which says what went wrong
@@ -183,38 +206,51 @@ def decode_value(
     expect: str | None = None,
     where: str = "object",
     resolve: Callable[[str], Any] | None = None,
+    signer: Signer | None = None,
+    safe: bool = False,
 ) -> Any:
-    """Verify and deserialize a value object read from a store."""
-    ser, payload = unframe(blob, where, expect=expect)
-    return decode_payload(ser, payload, where, resolve=resolve)
+    """Verify (and with ``signer``, authenticate) and deserialize a value object."""
+    ser, payload = unframe(blob, where, expect=expect, signer=signer)
+    return decode_payload(ser, payload, where, resolve=resolve, safe=safe)
 
 
-def map_object(path: str, where: str = "object") -> tuple[int, Any] | None:
+def map_object(
+    path: str, where: str = "object", *, signer: Signer | None = None
+) -> tuple[int, Any] | None:
     """Memory-map an uncompressed object file read-only: (serializer id, payload view).
 
     None when the object is compressed (it cannot be viewed in place). The
     header and the length are checked; the payload's hash is *not* (that
     would read every byte, which mapping exists to avoid): ``fleche verify``
-    checks stored objects. FileNotFoundError when the file is gone.
+    checks stored objects. With ``signer`` the signature *is* checked, which
+    reads every byte once: a signed store trades mapping's speed for trust.
+    FileNotFoundError when the file is gone.
     """
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
         size = os.fstat(fd).st_size
         head = os.pread(fd, HEADER_SIZE, 0)
-        codec_id, ser, length, _ = read_header(head, where)
+        codec_id, ser, length, _, flags = read_frame_header(head, where)
         if codec_id != CODEC_RAW:
             return None
-        if size != HEADER_SIZE + length:
+        extra = TRAILER_SIZE if flags & FLAG_SIGNED else 0
+        if size != HEADER_SIZE + length + extra:
             raise CorruptObjectError(
-                f"{where} is truncated or padded: payload {size - HEADER_SIZE} bytes, "
+                f"{where} is truncated or padded: payload {size - HEADER_SIZE - extra} bytes, "
                 f"header says {length}"
             )
-        if length == 0:
+        if signer is not None and not extra:
+            check_signature(signer, None, ser, b"", where)  # raises: unsigned
+        if length == 0 and not extra:
             return ser, memoryview(b"")
         mapped = _mmap.mmap(fd, size, access=_mmap.ACCESS_READ)
     finally:
         os.close(fd)
-    return ser, memoryview(mapped)[HEADER_SIZE:]
+    view = memoryview(mapped)
+    payload = view[HEADER_SIZE : HEADER_SIZE + length]
+    if signer is not None:
+        check_signature(signer, view[HEADER_SIZE + length :], ser, payload, where)
+    return ser, payload
 
 
 # -- call records -------------------------------------------------------------------------
@@ -226,13 +262,21 @@ LAZY_FIELDS = ("arguments", "metadata")
 """Record fields stored as msgpack inside a bin: a hit parses the record without them."""
 
 
-def encode_record(record: dict[str, Any], *, level: int = 1) -> bytes:
+def encode_record(
+    record: dict[str, Any],
+    *,
+    level: int = 1,
+    signer: Signer | None = None,
+    name: tuple[str, str] | None = None,
+) -> bytes:
     """Frame a call record (a msgpack map) into the bytes stored under its call key.
 
     ``arguments`` and ``metadata`` are packed on their own and kept as bins
     (:data:`LAZY_FIELDS`), so the cost of a hit does not grow with the
     number of arguments or the metadata a call carries; a field that is
-    already bytes (from a lazily decoded record) is kept as it is.
+    already bytes (from a lazily decoded record) is kept as it is. With
+    ``signer``, the record is signed for its place ``name`` = (function id,
+    call key).
     """
     record = dict(record)
     for field in LAZY_FIELDS:
@@ -240,34 +284,59 @@ def encode_record(record: dict[str, Any], *, level: int = 1) -> bytes:
         if value is not None and not isinstance(value, bytes):
             record[field] = msgpack.packb(value, use_bin_type=True)
     payload = msgpack.packb(record, use_bin_type=True)
-    return frame_bytes(payload, SER_MSGPACK, level=level, min_compress=RECORD_MIN_COMPRESS)
+    return frame_bytes(
+        payload,
+        SER_MSGPACK,
+        level=level,
+        min_compress=RECORD_MIN_COMPRESS,
+        signer=signer,
+        name=_record_name(signer, name),
+    )
+
+
+def _record_name(signer: Signer | None, name: tuple[str, str] | None) -> bytes:
+    if signer is None:
+        return b""
+    if name is None:
+        raise ValueError("a signed record needs its name: (function id, call key)")
+    return f"{name[0]}/{name[1]}".encode()
 
 
 _HEADER_UNPACK = HEADER.unpack_from
 _RAW_RECORD = (MAGIC, FORMAT, CODEC_RAW, SER_MSGPACK)
 
 
-def decode_record(blob: Any, where: str = "call record", *, lazy: bool = False) -> dict[str, Any]:
+def decode_record(
+    blob: Any,
+    where: str = "call record",
+    *,
+    lazy: bool = False,
+    signer: Signer | None = None,
+    name: tuple[str, str] | None = None,
+) -> dict[str, Any]:
     """Verify and parse a stored call record; CorruptObjectError on any damage.
 
     ``lazy=True`` leaves :data:`LAZY_FIELDS` as the bytes they are stored as
     (what a hit wants: only ``result`` is read); :func:`expand_record`
-    parses them later.
+    parses them later. With ``signer`` the record must be signed for its
+    place ``name`` = (function id, call key).
     """
     # The hit path: an intact raw record, checked and parsed without the general
     # machinery (0.3 µs of a ~7 µs hit). Anything else takes the path that says why.
-    if len(blob) >= HEADER_SIZE:
+    if signer is None and len(blob) >= HEADER_SIZE:
         magic, fmt, codec_id, ser, _flags, size, digest = _HEADER_UNPACK(blob)
-        if (magic, fmt, codec_id, ser) == _RAW_RECORD and len(blob) == HEADER_SIZE + size:
-            body = memoryview(blob)[HEADER_SIZE:]
-            if xxhash.xxh3_128_digest(body) == digest:
+        if (magic, fmt, codec_id, ser) == _RAW_RECORD and len(blob) == HEADER_SIZE + size + (
+            TRAILER_SIZE if _flags & FLAG_SIGNED else 0
+        ):
+            body = memoryview(blob)[HEADER_SIZE : HEADER_SIZE + size]
+            if xxhash.xxh3_128_digest(body) == digest and not _flags & ~FLAG_SIGNED:
                 try:
                     rec = msgpack.unpackb(body, raw=False, strict_map_key=False)
                 except (ValueError, TypeError, msgpack.UnpackException):
                     rec = None
                 if type(rec) is dict and rec.get("fleche") == RECORD_FORMAT:
                     return rec if lazy else expand_record(rec, where)
-    ser, payload = unframe(blob, where)
+    ser, payload = unframe(blob, where, signer=signer, record=True, name=_record_name(signer, name))
     if ser != SER_MSGPACK:
         raise CorruptObjectError(f"{where} is not a msgpack record (serializer id {ser})")
     try:

@@ -142,6 +142,7 @@ class PandasArrowSerializer(Serializer):
 
     id = SER_ARROW_PANDAS
     name = "arrow"
+    safe = True  # no pickle: loading runs no code the payload chooses
     requires = "pyarrow"
     modules = ("pandas",)
 
@@ -200,6 +201,7 @@ class PolarsSerializer(Serializer):
 
     id = SER_POLARS
     name = "polars"
+    safe = True  # no pickle: loading runs no code the payload chooses
     requires = "polars"
     modules = ("polars",)
 

@@ -122,6 +122,8 @@ class Serializer(ABC):
     modules: tuple[str, ...] = ()
     compress: bool = True
     """False keeps objects raw whatever they would save (a bag stays an HDF5 file in place)."""
+    safe: bool = False
+    """True when loading runs no code the payload chooses (no pickle): allowed in safe mode."""
 
     def available(self) -> bool:
         """Whether the packages this serializer needs can be imported here."""

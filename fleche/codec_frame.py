@@ -27,6 +27,7 @@ import xxhash
 import zstandard
 
 from fleche.codec_base import HEADER_SIZE, nbytes
+from fleche.codec_sign import TRAILER_SIZE, Signer
 from fleche.errors import CorruptObjectError
 from fleche.store import digest_parts
 from fleche.store_local import _writable_buffer
@@ -38,6 +39,10 @@ assert HEADER.size == HEADER_SIZE
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+
+FLAG_SIGNED = 0x01
+"""Header flag: the file ends in a 32-byte signature trailer (:mod:`fleche.codec_sign`)."""
+_KNOWN_FLAGS = FLAG_SIGNED
 
 # Below this a payload is never worth compressing: zstd's frame overhead eats the gain.
 MIN_COMPRESS = 128
@@ -89,8 +94,10 @@ class Encoded:
     __slots__ = (
         "_digest",
         "_header",
+        "_trailer",
         "children",
         "codec",
+        "flags",
         "payload",
         "pending",
         "raw_size",
@@ -101,7 +108,7 @@ class Encoded:
 
     def __init__(
         self,
-        digest: bytes | Future[bytes],
+        digest: bytes | Future[tuple[bytes, bytes]],
         codec: int,
         payload: list[Any],
         raw_size: int,
@@ -109,25 +116,43 @@ class Encoded:
         serializer: int,
         children: tuple[Encoded, ...] = (),
         stream: Callable[[], Iterator[Any]] | None = None,
+        *,
+        flags: int = 0,
+        trailer: bytes = b"",
     ) -> None:
+        ready = isinstance(digest, bytes)
         self._digest = digest if isinstance(digest, bytes) else None
+        self._trailer = trailer if ready else None
         self.pending = None if isinstance(digest, bytes) else digest
         self._header: bytes | None = None
         self.codec = codec
+        self.flags = flags
         self.payload = payload  # the buffers after the header, written back to back
         self.raw_size = raw_size  # uncompressed payload size
-        self.stored_size = stored_size  # bytes on disk, header included; -1 while unknown
+        self.stored_size = stored_size  # bytes on disk, header and trailer included; -1: unknown
         self.serializer = serializer
         self.children = children
         self.stream = stream
+
+    def _resolve(self) -> None:
+        assert self.pending is not None
+        self._digest, self._trailer = self.pending.result()
 
     @property
     def digest(self) -> bytes:
         """XXH3-128 of the uncompressed payload (waits for a background hash)."""
         if self._digest is None:
-            assert self.pending is not None
-            self._digest = self.pending.result()
+            self._resolve()
+        assert self._digest is not None
         return self._digest
+
+    @property
+    def trailer(self) -> bytes:
+        """The signature trailer, or ``b""`` for an unsigned frame (waits like ``digest``)."""
+        if self._trailer is None:
+            self._resolve()
+        assert self._trailer is not None
+        return self._trailer
 
     @property
     def oid(self) -> str:
@@ -139,20 +164,23 @@ class Encoded:
         """The 32-byte header, which carries the digest."""
         if self._header is None:
             self._header = HEADER.pack(
-                MAGIC, FORMAT, self.codec, self.serializer, 0, self.raw_size, self.digest
+                MAGIC, FORMAT, self.codec, self.serializer, self.flags, self.raw_size, self.digest
             )
         return self._header
 
     @property
     def parts(self) -> list[Any]:
-        """Header then payload buffers: the whole file (empty when streamed)."""
-        return [] if self.stream is not None else [self.header, *self.payload]
+        """Header, payload buffers, trailer: the whole file (empty when streamed)."""
+        if self.stream is not None:
+            return []
+        trailer = self.trailer
+        return [self.header, *self.payload, trailer] if trailer else [self.header, *self.payload]
 
-    def named(self) -> Future[tuple[str, bytes]]:
-        """A future of ``(oid, header)``, for ``ObjectStore.put_later``."""
-        out: Future[tuple[str, bytes]] = Future()
+    def named(self) -> Future[tuple[str, bytes, bytes]]:
+        """A future of ``(oid, header, trailer)``, for ``ObjectStore.put_later``."""
+        out: Future[tuple[str, bytes, bytes]] = Future()
         if self.pending is None:
-            out.set_result((self.oid, self.header))
+            out.set_result((self.oid, self.header, self.trailer))
         else:
             self.pending.add_done_callback(lambda f: _name_done(self, f, out))
         return out
@@ -168,29 +196,34 @@ class Encoded:
         return self.stream() if self.stream is not None else iter(self.parts)
 
 
-def _name_done(enc: Encoded, done: Future[bytes], out: Future[tuple[str, bytes]]) -> None:
+def _name_done(
+    enc: Encoded, done: Future[tuple[bytes, bytes]], out: Future[tuple[str, bytes, bytes]]
+) -> None:
     error = done.exception()
     if error is not None:
         out.set_exception(error)
     else:
-        out.set_result((enc.oid, enc.header))
+        out.set_result((enc.oid, enc.header, enc.trailer))
 
 
 HASH_AHEAD = 16 << 20
 """Payloads from this size are hashed in a thread while they are sampled and written."""
 
 
-def _hash_ahead(parts: Sequence[Any]) -> Future[bytes]:
-    """Start hashing ``parts`` in a thread (xxhash releases the GIL on large buffers).
+def _hash_ahead(
+    parts: Sequence[Any], signer: Signer | None, serializer: int
+) -> Future[tuple[bytes, bytes]]:
+    """Start hashing (and signing) ``parts`` in a thread; both release the GIL on large buffers.
 
     One short-lived thread per large object, not a pool: nothing to shut
     down, nothing inherited broken by a forked child.
     """
-    out: Future[bytes] = Future()
+    out: Future[tuple[bytes, bytes]] = Future()
 
     def run() -> None:
         try:
-            out.set_result(digest_parts(parts))
+            digest = digest_parts(parts)
+            out.set_result((digest, signer.trailer(serializer, parts) if signer else b""))
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits for the digest
             out.set_exception(e)
 
@@ -255,9 +288,9 @@ def _worth_compressing(
     return out if len(out) <= ratio * size else None
 
 
-def _compressed_chunks(header: bytes, parts: Sequence[Any], size: int, level: int) -> Iterator[Any]:
-    """The header, then the payload compressed ``CHUNK`` bytes at a time (one zstd frame)."""
-    yield header
+def _compressed_chunks(enc: Encoded, parts: Sequence[Any], size: int, level: int) -> Iterator[Any]:
+    """The header, the payload compressed ``CHUNK`` bytes at a time (one zstd frame), the trailer."""
+    yield enc.header
     cobj = zstandard.ZstdCompressor(level=level).compressobj(size=size)
     for part in parts:
         mv = memoryview(part).cast("B")
@@ -266,6 +299,8 @@ def _compressed_chunks(header: bytes, parts: Sequence[Any], size: int, level: in
             if out:
                 yield out
     yield cobj.flush()
+    if enc.trailer:
+        yield enc.trailer
 
 
 def frame(
@@ -277,39 +312,93 @@ def frame(
     min_compress: int = MIN_COMPRESS,
     children: Sequence[Encoded] = (),
     size: int | None = None,
+    signer: Signer | None = None,
 ) -> Encoded:
     """Frame a payload given as buffers: hash, maybe compress, prepend the header.
 
     A compressible payload above :data:`STREAM_MIN` is not compressed here:
     the returned object streams (``Encoded.stream``), so compressing 1 GiB
-    never holds the compressed copy in memory.
+    never holds the compressed copy in memory. From :data:`HASH_AHEAD` bytes
+    the hash runs in a thread, while the payload is sampled and written.
+    With ``signer`` the frame ends in a signature trailer.
     """
     if size is None:
         size = sum(nbytes(p) for p in parts)
-    if digest is None:
-        digest = _hash_ahead(parts) if size >= HASH_AHEAD else digest_parts(parts)
+    named: bytes | Future[tuple[bytes, bytes]]
+    trailer = b""
+    if digest is not None:
+        named = digest
+        trailer = signer.trailer(serializer, parts) if signer else b""
+    elif size >= HASH_AHEAD:
+        named = _hash_ahead(parts, signer, serializer)
+    else:
+        named = digest_parts(parts)
+        trailer = signer.trailer(serializer, parts) if signer else b""
+    flags, extra = (FLAG_SIGNED, TRAILER_SIZE) if signer else (0, 0)
     kids = tuple(children)
     if size > STREAM_MIN and level > 0 and _sample_pays(parts, level, size):
-        enc = Encoded(digest, CODEC_ZSTD, [], size, -1, serializer, kids)
+        enc = Encoded(
+            named, CODEC_ZSTD, [], size, -1, serializer, kids, flags=flags, trailer=trailer
+        )
         held = list(parts)
-        enc.stream = lambda: _compressed_chunks(enc.header, held, size, level)
+        enc.stream = lambda: _compressed_chunks(enc, held, size, level)
         return enc
     compressed = _worth_compressing(parts, size, level, min_compress)
     if compressed is None:
-        return Encoded(digest, CODEC_RAW, list(parts), size, HEADER_SIZE + size, serializer, kids)
-    stored = HEADER_SIZE + len(compressed)
-    return Encoded(digest, CODEC_ZSTD, [compressed], size, stored, serializer, kids)
+        stored = HEADER_SIZE + size + extra
+        return Encoded(
+            named,
+            CODEC_RAW,
+            list(parts),
+            size,
+            stored,
+            serializer,
+            kids,
+            flags=flags,
+            trailer=trailer,
+        )
+    stored = HEADER_SIZE + len(compressed) + extra
+    return Encoded(
+        named,
+        CODEC_ZSTD,
+        [compressed],
+        size,
+        stored,
+        serializer,
+        kids,
+        flags=flags,
+        trailer=trailer,
+    )
 
 
 def frame_bytes(
-    payload: bytes, serializer: int, *, level: int = 1, min_compress: int = MIN_COMPRESS
+    payload: bytes,
+    serializer: int,
+    *,
+    level: int = 1,
+    min_compress: int = MIN_COMPRESS,
+    signer: Signer | None = None,
+    name: bytes = b"",
 ) -> bytes:
-    """Frame a small payload into one bytes object (call records, inline values)."""
+    """Frame a small payload into one bytes object (call records).
+
+    With ``signer`` it is signed as a record stored under ``name``
+    (``function id/call key``): the signature does not hold anywhere else.
+    """
+    trailer = signer.trailer(serializer, [payload], record=True, name=name) if signer else b""
+    flags = FLAG_SIGNED if signer else 0
     if len(payload) < min_compress or level <= 0:  # the common case, on every miss: raw
         digest = xxhash.xxh3_128_digest(payload)
         size = len(payload)
-        return HEADER.pack(MAGIC, FORMAT, CODEC_RAW, serializer, 0, size, digest) + payload
+        return (
+            HEADER.pack(MAGIC, FORMAT, CODEC_RAW, serializer, flags, size, digest)
+            + payload
+            + trailer
+        )
     enc = frame([payload], serializer, level=level, min_compress=min_compress)
+    if signer:  # re-packed with the flag; the trailer covers the uncompressed payload
+        head = HEADER.pack(MAGIC, FORMAT, enc.codec, serializer, flags, enc.raw_size, enc.digest)
+        return b"".join([head, *enc.payload, trailer])
     return b"".join(enc.parts)
 
 
@@ -348,13 +437,13 @@ def _decompress_from(reader: Any, size: int) -> Any:
     return view if got == size else view[:got]
 
 
-def read_header(blob: Any, where: str = "object") -> tuple[int, int, int, bytes]:
-    """Parse and check a frame header; returns (codec, serializer, raw length, hash)."""
+def read_frame_header(blob: Any, where: str = "object") -> tuple[int, int, int, bytes, int]:
+    """Parse and check a frame header; returns (codec, serializer, raw length, hash, flags)."""
     if len(blob) < HEADER_SIZE:
         raise CorruptObjectError(
             f"{where} is truncated: {len(blob)} bytes, shorter than the {HEADER_SIZE}-byte header"
         )
-    magic, fmt, codec, ser, _flags, size, digest = HEADER.unpack_from(blob)
+    magic, fmt, codec, ser, flags, size, digest = HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise CorruptObjectError(f"{where} is not a fleche object (bad magic {magic!r})")
     if fmt != FORMAT:
@@ -363,7 +452,16 @@ def read_header(blob: Any, where: str = "object") -> tuple[int, int, int, bytes]
         )
     if codec not in (CODEC_RAW, CODEC_ZSTD):
         raise CorruptObjectError(f"{where} uses unknown codec {codec}")
-    return codec, ser, size, digest
+    if flags & ~_KNOWN_FLAGS:
+        raise CorruptObjectError(
+            f"{where} sets header flags {flags:#04x}, unknown to this fleche: upgrade fleche"
+        )
+    return codec, ser, size, digest, flags
+
+
+def read_header(blob: Any, where: str = "object") -> tuple[int, int, int, bytes]:
+    """Parse and check a frame header; returns (codec, serializer, raw length, hash)."""
+    return read_frame_header(blob, where)[:4]
 
 
 def _check(payload: Any, size: int, digest: bytes, where: str, expect: str | None) -> None:
@@ -377,15 +475,44 @@ def _check(payload: Any, size: int, digest: bytes, where: str, expect: str | Non
         raise CorruptObjectError(f"{where} holds object {digest.hex()}, not {expect}")
 
 
-def unframe(blob: Any, where: str = "object", *, expect: str | None = None) -> tuple[int, Any]:
+def check_signature(
+    signer: Signer | None,
+    trailer: Any,
+    ser: int,
+    payload: Any,
+    where: str,
+    *,
+    record: bool = False,
+    name: bytes = b"",
+) -> None:
+    """Nothing without a signer; else SignatureError unless the trailer signs the payload."""
+    if signer is not None:
+        signer.check(trailer, ser, payload, where, record=record, name=name)
+
+
+def unframe(
+    blob: Any,
+    where: str = "object",
+    *,
+    expect: str | None = None,
+    signer: Signer | None = None,
+    record: bool = False,
+    name: bytes = b"",
+) -> tuple[int, Any]:
     """Check and decompress a frame; returns (serializer id, payload buffer).
 
     ``expect`` is the oid the caller asked for: a file stored under the wrong
     name is as corrupt as a flipped bit.  A raw payload comes back as a
-    zero-copy memoryview of ``blob``.
+    zero-copy memoryview of ``blob``. With ``signer``, the frame must carry a
+    valid signature (for a record: of ``name``); without, a trailer is skipped.
     """
-    codec, ser, size, digest = read_header(blob, where)
+    codec, ser, size, digest, flags = read_frame_header(blob, where)
     body = memoryview(blob)[HEADER_SIZE:]
+    trailer = None
+    if flags & FLAG_SIGNED:
+        if body.nbytes < TRAILER_SIZE:
+            raise CorruptObjectError(f"{where} is truncated: its signature trailer is missing")
+        trailer, body = body[-TRAILER_SIZE:], body[:-TRAILER_SIZE]
     if codec == CODEC_RAW:
         if body.nbytes != size:
             raise CorruptObjectError(
@@ -398,31 +525,88 @@ def unframe(blob: Any, where: str = "object", *, expect: str | None = None) -> t
         except zstandard.ZstdError as e:
             raise CorruptObjectError(f"{where} is truncated or damaged (zstd: {e})") from e
     _check(payload, size, digest, where, expect)
+    check_signature(signer, trailer, ser, payload, where, record=record, name=name)
     return ser, payload
 
 
+class _HoldBack:
+    """Reads a file but keeps its last ``n`` bytes back: a streamed frame's trailer.
+
+    The zstd reader reads ahead; without this it would swallow the trailer
+    (and see it as bytes after the frame).
+    """
+
+    def __init__(self, f: BinaryIO, n: int) -> None:
+        self._f, self._n = f, n
+        self.held = b""
+
+    def read(self, size: int = -1) -> bytes:
+        if size == 0:
+            return b""
+        if size < 0:
+            got = self.held + self._f.read()
+        else:
+            got = self.held + (self._f.read(size) or b"")
+            while len(got) <= self._n:  # nothing to hand out yet: read on, unless at the end
+                more = self._f.read(size)
+                if not more:
+                    break
+                got += more
+        if len(got) <= self._n:
+            self.held = got
+            return b""
+        self.held = got[-self._n :]
+        return got[: -self._n]
+
+    def readinto(self, buf: Any) -> int:
+        data = self.read(memoryview(buf).nbytes)
+        memoryview(buf)[: len(data)] = data
+        return len(data)
+
+
 def unframe_stream(
-    f: BinaryIO, where: str = "object", *, expect: str | None = None
+    f: BinaryIO,
+    where: str = "object",
+    *,
+    expect: str | None = None,
+    signer: Signer | None = None,
 ) -> tuple[int, Any]:
     """:func:`unframe` for a file opened with ``ObjectStore.open_read``: bounded extra memory.
 
     The payload is read (or decompressed) ``CHUNK`` by ``CHUNK`` straight into
     one writable buffer, so loading a 1 GiB object costs 1 GiB, not two.
     """
-    head = f.read(HEADER_SIZE)
-    codec, ser, size, digest = read_header(head, where)
+    head = _read_upto(f, HEADER_SIZE)  # a socket-like file may return less than asked
+    codec, ser, size, digest, flags = read_frame_header(head, where)
+    signed = bool(flags & FLAG_SIGNED)
+    trailer = None
     try:
         if codec == CODEC_ZSTD:
-            payload = _decompress_from(_decompressor().stream_reader(f, read_size=CHUNK), size)
+            src: Any = _HoldBack(f, TRAILER_SIZE) if signed else f
+            payload = _decompress_from(_decompressor().stream_reader(src, read_size=CHUNK), size)
+            if signed:  # the zstd reader stopped at the frame's end: the rest is the trailer
+                trailer = src.held + _read_upto(f, TRAILER_SIZE + 1)
         else:
             buf = _writable_buffer(size)
             view, got = memoryview(buf), 0
             while got < size and (n := f.readinto(view[got : got + CHUNK])):
                 got += n
+            if signed:
+                trailer = _read_upto(f, TRAILER_SIZE)
             if got == size and f.read(1):
                 raise CorruptObjectError(f"{where} is padded: payload longer than {size} bytes")
             payload = view[:got]
     except zstandard.ZstdError as e:
         raise CorruptObjectError(f"{where} is truncated or damaged (zstd: {e})") from e
+    if signed and (trailer is None or len(trailer) != TRAILER_SIZE):
+        raise CorruptObjectError(f"{where} is truncated or padded around its signature trailer")
     _check(payload, size, digest, where, expect)
+    check_signature(signer, trailer, ser, payload, where)
     return ser, payload
+
+
+def _read_upto(f: BinaryIO, n: int) -> bytes:
+    out = b""
+    while len(out) < n and (more := f.read(n - len(out))):
+        out += more
+    return out

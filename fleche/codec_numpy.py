@@ -95,6 +95,7 @@ class NumpySerializer(Serializer):
 
     id = SER_NUMPY
     name = "numpy"
+    safe = True  # no pickle: loading runs no code the payload chooses
     requires = "numpy"
     modules = ("numpy",)
 

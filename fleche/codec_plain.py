@@ -50,6 +50,7 @@ class PlainSerializer(Serializer):
 
     id = SER_MSGPACK
     name = "msgpack"
+    safe = True  # no pickle: loading runs no code the payload chooses
     modules = ("builtins",)
 
     def accepts(self, value: Any) -> bool:

@@ -46,13 +46,14 @@ from fleche.codec_frame import Encoded, frame
 from fleche.codec_numpy import NumpySerializer
 from fleche.codec_pickle import PickleSerializer
 from fleche.codec_plain import PlainSerializer
-from fleche.errors import CorruptObjectError, SerializationError
+from fleche.errors import CorruptObjectError, SerializationError, UnsafeValueError
 
 __all__ = [
     "SPLIT_MIN",
     "by_id",
     "by_name",
     "decode",
+    "is_safe",
     "register",
     "serialize",
     "serializer_names",
@@ -117,6 +118,29 @@ def by_name(name: str) -> Serializer:
     return s
 
 
+def is_safe(ser: int) -> bool:
+    """Whether an object of header serializer byte ``ser`` loads without running pickle."""
+    sid = ser & 0x7F
+    if sid == SER_BYTES:
+        return True
+    s = _by_id.get(sid)
+    if s is None or not s.safe or ser & OOB:
+        return False
+    if s.name == "arrow":  # pyarrow < 14.0.1 runs code from Arrow streams (CVE-2023-47248)
+        return _pyarrow_fixed()
+    return True
+
+
+def _pyarrow_fixed() -> bool:
+    try:
+        from importlib.metadata import version
+
+        parts = [int(p) for p in version("pyarrow").split(".")[:3] if p.isdigit()]
+    except Exception:  # noqa: BLE001 - not installed or an odd version string: not trusted
+        return False
+    return tuple(parts) >= (14, 0, 1)
+
+
 def serializer_names() -> list[str]:
     """Every name ``serializer=`` accepts."""
     return ["auto", *sorted(n for n in _by_name if n != "bytes")]
@@ -164,18 +188,26 @@ def _splitter(ctx: DumpContext) -> Any:
 
 
 def serialize(
-    value: Any, serializer: str = "auto", *, level: int = 1, split: bool = True
+    value: Any,
+    serializer: str = "auto",
+    *,
+    level: int = 1,
+    split: bool = True,
+    safe: bool = False,
 ) -> tuple[int, Sequence[Any], list[Encoded]]:
     """``(header serializer byte, payload buffers, child objects)`` for ``value``.
 
     ``split=False`` keeps large array members inside (for payloads that must
     stand alone, e.g. values sent elsewhere). SerializationError names the
-    value's type when no serializer accepts it.
+    value's type when no serializer accepts it; with ``safe``,
+    UnsafeValueError when only pickle would.
     """
     if serializer == "auto":
         chosen = _choose(value)
     else:
         chosen = by_name(serializer)
+    if safe:
+        return _serialize_safely(value, chosen, level)
     ctx = DumpContext(level=level, split_min=SPLIT_MIN)
     try:
         if chosen is not _PICKLE and chosen.id not in (SER_CLOUDPICKLE,):
@@ -197,6 +229,26 @@ def serialize(
         raise SerializationError(
             f"cannot serialize a value of type {t.__module__}.{t.__qualname__}: {e}"
         ) from e
+
+
+def _serialize_safely(
+    value: Any, chosen: Serializer, level: int
+) -> tuple[int, Sequence[Any], list[Encoded]]:
+    t = type(value)
+    what = f"a value of type {t.__module__}.{t.__qualname__}"
+    fix = (
+        "return plain data (None, bool, int, float, str, bytes, lists, str-keyed dicts), "
+        "numpy arrays of plain dtypes or data frames instead, or turn safe mode off"
+    )
+    if not chosen.safe:
+        raise UnsafeValueError(f"safe mode: {what} can only be stored with pickle; {fix}")
+    try:
+        ser, parts = chosen.dumps(value, DumpContext(level=level, split_min=SPLIT_MIN))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise UnsafeValueError(
+            f"safe mode: {what} can only be stored with pickle ({e}); {fix}"
+        ) from e
+    return ser, parts, []
 
 
 def decode(ser: int, payload: Any, ctx: LoadContext) -> Any:

@@ -39,6 +39,8 @@ CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "storage_options": (dict, "a table of fsspec options"),
     "metadata": ((list, bool), "a list of metadata groups, or true (all) / false (created only)"),
     "index": ((bool, str), "true, false, sqlite:///PATH or a database URL (docs/catalog.md)"),
+    "safe": (bool, "true or false (true: never store or load pickles)"),
+    "secret_key_file": (str, "the path of a file holding the secret key(s), one per line"),
 }
 # A layered cache's own keys; each of its layers takes CACHE_KEYS.
 LAYERED_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -51,7 +53,15 @@ TOP_KEYS = {"root", "default", "caches"}
 # What a call record's metadata may hold besides ``created`` (see fleche.metadata); a
 # cache's ``metadata`` key picks some, kept on the cache object as ``metadata_groups``.
 METADATA_GROUPS = ("runtime", "environment", "git", "tags")
-CACHE_OPTIONS = ("compression_level", "inline_limit", "serializer", "name", "index")
+CACHE_OPTIONS = (
+    "compression_level",
+    "inline_limit",
+    "serializer",
+    "name",
+    "index",
+    "safe",
+    "secret_key",
+)
 
 AnyCache = Cache | LayeredCache
 """What a cache name, URL or list of layers resolves to."""
@@ -93,6 +103,9 @@ def _open_cache(options: Mapping[str, Any], source: Path | None, name: str | Non
         if path != ":memory:" and not os.path.isabs(path):  # relative to the file that says it
             o["index"] = "sqlite:///" + str(source.parent / path)
     chosen = o.pop("metadata", None)
+    key_file = o.pop("secret_key_file", None)
+    if key_file is not None:
+        o["secret_key"] = _read_key_file(key_file, source, name)
     store = open_store(
         url,
         read_only=o.pop("read_only", False),
@@ -103,6 +116,24 @@ def _open_cache(options: Mapping[str, Any], source: Path | None, name: str | Non
     if chosen is not None:  # checked by read_file; read by the decorator's miss path
         c.metadata_groups = metadata_groups(chosen, f"[caches.{name}]")  # type: ignore[attr-defined]
     return c
+
+
+def _read_key_file(path: str, source: Path | None, name: str | None) -> list[str]:
+    """The keys in a ``secret_key_file`` (one per line, first signs); relative to the config file."""
+    where = f"[caches.{name}] secret_key_file"
+    full = Path(os.path.expanduser(path))
+    if source is not None and not full.is_absolute():
+        full = source.parent / full
+    try:
+        lines = full.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"{where} = {path!r}: cannot read {full}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{where} = {path!r}: {full} is not UTF-8 text") from None
+    keys = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not keys:
+        raise ConfigError(f"{where} = {path!r}: {full} holds no key (one per line)")
+    return keys
 
 
 def _layer_spec(options: Mapping[str, Any], source: Path | None, name: str | None) -> LayerSpec:
@@ -196,6 +227,12 @@ def _check_single(table: Any, where: str, section: str) -> dict[str, Any]:
     hint = ""
     if any(k in LAYERED_KEYS for k in table):
         hint = "; 'layers', 'write' and 'retry_after' belong to a layered cache's own table"
+    if "secret_key" in table:
+        raise ConfigError(
+            f"{where}{section} secret_key: a key written in fleche.toml is one commit away "
+            "from being public; put it in a file named by secret_key_file, or in the "
+            "FLECHE_SECRET_KEY environment variable"
+        )
     _check_types(table, CACHE_KEYS, where, section, hint)
     if "metadata" in table:
         metadata_groups(table["metadata"], f"{where}{section}")

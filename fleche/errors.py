@@ -34,6 +34,19 @@ class CorruptObjectError(FlecheError, ValueError):
     """A stored object failed its integrity check or could not be decoded."""
 
 
+class SignatureError(CorruptObjectError):
+    """A file of a signed store is unsigned, or signed with a key this reader lacks, or forged.
+
+    Treated like damage: a miss, a warning, and the file moved aside, so that
+    recomputing writes a signed one. Readers without a key never raise it.
+    ``reason`` is ``"unsigned"``, ``"unknown key <id>"`` or ``"forged"``.
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class StoreFormatError(FlecheError):
     """A store was written in a format this version of fleche does not understand."""
 
@@ -44,6 +57,14 @@ class ReadOnlyStoreError(FlecheError, PermissionError):
 
 class SerializationError(FlecheError, TypeError):
     """A value could not be serialized (or deserialized) by any available serializer."""
+
+
+class UnsafeValueError(SerializationError):
+    """A cache in safe mode met a value that only pickle could store or load.
+
+    On a write the value is returned uncached; on a read the entry is a miss
+    and is recomputed (and stored safely when it can be).
+    """
 
 
 class ConfigError(FlecheError, ValueError):

@@ -340,20 +340,26 @@ class ObjectStore:
         self._write(path, parts)
 
     def put_later(
-        self, name: Future[tuple[str, bytes]], parts: Sequence[BytesLike], *, header_size: int
+        self,
+        name: Future[tuple[str, bytes, bytes]],
+        parts: Sequence[BytesLike],
+        *,
+        header_size: int,
     ) -> str:
         """Store an object whose name is still being computed; returns its oid.
 
-        ``parts`` is the file after its header; ``name`` resolves to ``(oid,
-        header)``, the header being ``header_size`` bytes. A large value's hash then runs while its bytes are written
-        (``LocalStore`` writes the header last); here the write simply waits
-        for the name. Nothing is written when the object exists.
+        ``parts`` is the middle of the file; ``name`` resolves to ``(oid,
+        header, trailer)``: ``header_size`` bytes that go first and bytes
+        (maybe none) that go last. A large value's hash then runs while its
+        bytes are written (``LocalStore`` writes the header last); here the
+        write simply waits for the name. Nothing is written when the object
+        exists.
         """
         self._check_writable()
-        oid, header = name.result()
+        oid, header, trailer = name.result()
         if len(header) != header_size:
             raise ValueError(f"header is {len(header)} bytes, expected {header_size}")
-        return self.put([header, *parts], oid=oid)
+        return self.put([header, *parts, trailer] if trailer else [header, *parts], oid=oid)
 
     def put_stream(self, chunks: Iterable[BytesLike], *, oid: str) -> str:
         """Store object ``oid`` from ``chunks`` consumed one at a time (bounded memory).

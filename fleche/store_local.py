@@ -211,7 +211,11 @@ class LocalStore(ObjectStore):
             self._fsync_dir(os.path.dirname(path))
 
     def put_later(
-        self, name: Future[tuple[str, bytes]], parts: Sequence[BytesLike], *, header_size: int
+        self,
+        name: Future[tuple[str, bytes, bytes]],
+        parts: Sequence[BytesLike],
+        *,
+        header_size: int,
     ) -> str:
         """Write ``parts`` after a blank header while the name is computed, then finish.
 
@@ -237,10 +241,12 @@ class LocalStore(ObjectStore):
         try:
             _write_all(fd, bytes(header_size))
             finished = _write_parts(fd, parts, stop)
-            oid, header = name.result()
+            oid, header, trailer = name.result()
             if len(header) != header_size:
                 raise ValueError(f"header is {len(header)} bytes, expected {header_size}")
             if finished:
+                if trailer:
+                    _write_all(fd, trailer)
                 os.pwrite(fd, header, 0)
                 if self.durable:
                     os.fsync(fd)

@@ -259,18 +259,23 @@ class StoreConformance:
     # -- put_later: the name arrives while the bytes are written --------------------
 
     @staticmethod
-    def _named_later(head: bytes, body: bytes) -> tuple[Future[tuple[str, bytes]], str]:
-        name: Future[tuple[str, bytes]] = Future()
-        oid = xxhash.xxh3_128_hexdigest(head + body)
-        threading.Timer(0.01, name.set_result, ((oid, head),)).start()
+    def _named_later(
+        head: bytes, body: bytes, tail: bytes = b""
+    ) -> tuple[Future[tuple[str, bytes, bytes]], str]:
+        name: Future[tuple[str, bytes, bytes]] = Future()
+        oid = xxhash.xxh3_128_hexdigest(head + body + tail)
+        threading.Timer(0.01, name.set_result, ((oid, head, tail),)).start()
         return name, oid
 
     def test_put_later_writes_header_first_in_the_file(self, store: ObjectStore) -> None:
-        head, body = os.urandom(32), os.urandom((17 << 20) + 5)
-        name, oid = self._named_later(head, body)
+        head, body, tail = os.urandom(32), os.urandom((17 << 20) + 5), os.urandom(32)
+        name, oid = self._named_later(head, body, tail)
         view = memoryview(body)
         assert store.put_later(name, [view[:100], view[100:]], header_size=32) == oid
-        assert store.get(oid) == head + body
+        assert store.get(oid) == head + body + tail
+        name, oid = self._named_later(os.urandom(32), b"no trailer")
+        store.put_later(name, [b"no trailer"], header_size=32)
+        assert store.get(oid).endswith(b"no trailer")
 
     def test_put_later_keeps_an_existing_object(self, store: ObjectStore) -> None:
         head, body = b"H" * 32, os.urandom(9 << 20)
@@ -280,23 +285,23 @@ class StoreConformance:
         assert store.get(oid) == b"already here"
 
     def test_put_later_failed_name_leaves_no_object(self, store: ObjectStore) -> None:
-        name: Future[tuple[str, bytes]] = Future()
+        name: Future[tuple[str, bytes, bytes]] = Future()
         name.set_exception(RuntimeError("hashing failed"))
         with pytest.raises(RuntimeError, match="hashing failed"):
             store.put_later(name, [os.urandom(1 << 20)], header_size=32)
         assert list(store.iter_oids()) == []
 
     def test_put_later_wrong_header_size_is_refused(self, store: ObjectStore) -> None:
-        name: Future[tuple[str, bytes]] = Future()
-        name.set_result((digest_of("short header"), b"tiny"))
+        name: Future[tuple[str, bytes, bytes]] = Future()
+        name.set_result((digest_of("short header"), b"tiny", b""))
         with pytest.raises(ValueError, match="header"):
             store.put_later(name, [b"body"], header_size=32)
         assert list(store.iter_oids()) == []
 
     def test_put_later_on_read_only_is_refused(self, store: ObjectStore) -> None:
         ro = self.reopen(store, read_only=True)
-        name: Future[tuple[str, bytes]] = Future()
-        name.set_result((digest_of("ro later"), bytes(32)))
+        name: Future[tuple[str, bytes, bytes]] = Future()
+        name.set_result((digest_of("ro later"), bytes(32), b""))
         with pytest.raises(ReadOnlyStoreError):
             ro.put_later(name, [b"x"], header_size=32)
 

@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from fleche import codec
+from fleche.codec_sign import Signer
 from fleche.errors import CacheMiss, CorruptObjectError
 from fleche.store import ObjectStore, is_function_id, is_oid
 from fleche.store_local import LocalStore
@@ -452,6 +453,7 @@ def read_records(
     workers: int = WORKERS,
     progress: Progress | None = None,
     phase: str = "records",
+    signer: Signer | None = None,
 ) -> Iterator[RecordRead]:
     """Read and verify ``calls`` concurrently, in order; damage is reported, never raised.
 
@@ -467,7 +469,7 @@ def read_records(
         except CacheMiss:
             return RecordRead(fid, e, None)
         try:
-            rec = codec.decode_record(blob, "the file")
+            rec = codec.decode_record(blob, "the file", signer=signer, name=(fid, e.name))
         except CorruptObjectError as err:
             return RecordRead(fid, e, None, str(err))
         if rec.get("digest") != e.name or rec.get("function") != fid:

@@ -27,6 +27,7 @@ from typing import Any
 
 from fleche import codec
 from fleche.cache import malformed, referenced_oids
+from fleche.codec_sign import Signer
 from fleche.errors import CacheMiss, CorruptObjectError, ReadOnlyStoreError
 from fleche.store import ObjectStore, is_oid
 from fleche.upkeep import WORKERS, Progress
@@ -88,8 +89,9 @@ def _check_objects(
     workers: int,
     progress: Progress | None,
     report: VerifyReport,
+    signer: Signer | None = None,
 ) -> set[str]:
-    """Re-hash every object; returns the oids that are intact."""
+    """Re-hash every object (and check its signature); returns the oids that are intact."""
 
     def check(e: Entry) -> tuple[str, int, str | None] | None:
         try:
@@ -97,7 +99,7 @@ def _check_objects(
         except CacheMiss:
             return None  # deleted while we looked (a concurrent gc): not damage
         try:
-            codec.unframe(blob, "the file", expect=e.name)
+            codec.unframe(blob, "the file", expect=e.name, signer=signer)
         except CorruptObjectError as err:
             return e.name, len(blob), str(err)
         return e.name, len(blob), None
@@ -126,8 +128,12 @@ def verify(
     workers: int = WORKERS,
     progress: Progress | None = None,
     inventory: Inventory | None = None,
+    signer: Signer | None = None,
 ) -> VerifyReport:
     """Check every object and record of ``store``; with ``repair``, fix what can be fixed.
+
+    With ``signer`` (a signed store), a file that is unsigned or not signed
+    with one of its keys counts as corrupt too.
 
     Safe on a store in use: a file that vanishes while being checked is
     skipped, and an object a record needs that the listing did not show (it
@@ -139,11 +145,12 @@ def verify(
     started = time.perf_counter()
     inv = inventory or scan(store)
     report = VerifyReport(store.url)
-    good = _check_objects(store, inv.objects, workers, progress, report)
+    good = _check_objects(store, inv.objects, workers, progress, report, signer)
     listed = {e.name for e in inv.objects}
     corrupt = {f.name for f in report.corrupt_objects}
     referenced: set[str] = set()
-    for r in read_records(store, list(inv.iter_calls()), workers=workers, progress=progress):
+    calls = list(inv.iter_calls())
+    for r in read_records(store, calls, workers=workers, progress=progress, signer=signer):
         name = f"{r.function_id}/{r.digest}"
         if r.record is None:
             if r.error is not None:

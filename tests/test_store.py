@@ -95,8 +95,8 @@ def test_put_later_stops_writing_a_duplicate_early(
     monkeypatch.setattr(
         sl, "_write_all", lambda fd, data: (written.append(len(data)), real(fd, data))
     )
-    name: Future[tuple[str, bytes]] = Future()
-    name.set_result((oid, bytes(32)))
+    name: Future[tuple[str, bytes, bytes]] = Future()
+    name.set_result((oid, bytes(32), b""))
     assert local_store.put_later(name, [body], header_size=32) == oid
     assert sum(written) < len(body) // 4  # stopped at the first 8 MiB step
     assert local_store.get(oid) == b"first"
@@ -106,7 +106,7 @@ def test_put_later_stops_writing_a_duplicate_early(
 def test_put_later_failure_leaves_nothing_in_tmp(local_store: LocalStore) -> None:
     from concurrent.futures import Future
 
-    name: Future[tuple[str, bytes]] = Future()
+    name: Future[tuple[str, bytes, bytes]] = Future()
     name.set_exception(MemoryError("no room to hash"))
     with pytest.raises(MemoryError):
         local_store.put_later(name, [os.urandom(20 << 20)], header_size=32)
