@@ -143,6 +143,11 @@ class PandasArrowSerializer(Serializer):
     id = SER_ARROW_PANDAS
     name = "arrow"
     safe = True  # no pickle: loading runs no code the payload chooses
+    compress = False
+    """Stored raw: a frame's integer and time columns make a sample look compressible, and
+    zstd over the whole stream then costs 4-7x the store and load time of the frame
+    (10M rows: 532 / 487 ms to store / load compressed, 115 / 68 ms raw). Raw, the Arrow stream is also an Arrow
+    file other tools read in place. ``serializer="pickle"`` compresses column by column."""
     requires = "pyarrow"
     modules = ("pandas",)
 
@@ -202,6 +207,7 @@ class PolarsSerializer(Serializer):
     id = SER_POLARS
     name = "polars"
     safe = True  # no pickle: loading runs no code the payload chooses
+    compress = False  # as for pandas frames: see PandasArrowSerializer.compress
     requires = "polars"
     modules = ("polars",)
 

@@ -271,6 +271,20 @@ def test_a_typical_frame_goes_to_arrow_and_an_inexact_one_to_pickle():
         assert_same_frame(df, back)
 
 
+def test_arrow_frames_are_stored_raw_and_readable_by_arrow_in_place():
+    pa = pytest.importorskip("pyarrow")
+    df = pd.DataFrame({"id": np.arange(200_000), "zeros": np.zeros(200_000)})  # compressible
+    enc = codec.encode_value(df)
+    assert enc.serializer == codec.SER_ARROW_PANDAS
+    assert enc.codec == codec.CODEC_RAW  # whole-stream zstd costs more than it saves
+    blob = b"".join(bytes(memoryview(p).cast("B")) for p in enc.parts)
+    payload = memoryview(blob)[codec.HEADER_SIZE :]
+    n = struct.unpack_from("<I", payload, 0)[0]
+    start = 4 + n + (-(codec.HEADER_SIZE + 4 + n) % codec.ALIGN)
+    table = pa.ipc.open_stream(pa.py_buffer(payload[start:])).read_all()
+    assert table.num_rows == 200_000 and table.column("id")[-1].as_py() == 199_999
+
+
 def test_polars_frames_and_series():
     pl = pytest.importorskip("polars")
     df = pl.DataFrame(
