@@ -22,9 +22,6 @@ local-disk row of the same run.
 from __future__ import annotations
 
 import os
-import shlex
-import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,6 +48,7 @@ from benchmarks.harness import (
 from fleche import Cache, LayeredCache, cache, fleche
 from fleche.errors import FlecheWarning
 from fleche.store import ObjectStore, open_store
+from tests.services import service_env
 
 SERVICES = Path(__file__).resolve().parent.parent / "tools" / "services"
 HITS = {"in-process": 2000, "network": 400}  # per-call samples of a small hit
@@ -174,42 +172,19 @@ def _layered(local: str, url: str, **options: Any) -> Callable[[], tuple[Any, li
 
 
 @contextmanager
-def _service(name: str, prefix: str) -> Iterator[dict[str, str]]:
-    """``FLECHE_TEST_<prefix>_*`` from the environment, or ``tools/services/<name>`` started now.
+def _service(name: str, prefix: str, marker: str) -> Iterator[dict[str, str]]:
+    """``FLECHE_TEST_<prefix>_*`` from ``tools/test``, or ``tools/services/<name>`` started now.
 
-    Raises :class:`ServiceUnavailable` with the reason when it cannot run; stops what it
-    started (always).
+    The tests' own helper (``tests/services.py``), so both start services the
+    same way. Raises :class:`ServiceUnavailable` with the reason when it cannot
+    run; stops what it started (always).
     """
-    ours = {k: v for k, v in os.environ.items() if k.startswith(f"FLECHE_TEST_{prefix}_")}
-    if ours:
-        if ours.get(f"FLECHE_TEST_{prefix}_SKIP"):
-            raise ServiceUnavailable(ours[f"FLECHE_TEST_{prefix}_SKIP"])
-        yield ours
-        return
-    script = SERVICES / name
-    tmp = tempfile.mkdtemp(prefix=f"fleche-bench-{name}-")
-    try:
-        try:
-            started = subprocess.run(
-                [str(script), "start", tmp], capture_output=True, text=True, timeout=600
-            )
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise ServiceUnavailable(f"tools/services/{name} start: {e}") from None
-        env_file = Path(tmp) / "env"
-        if started.returncode or not env_file.exists():
-            raise ServiceUnavailable(
-                f"tools/services/{name} start failed: {started.stderr.strip()[-300:]}"
-            )
-        env = {}
-        for line in env_file.read_text().splitlines():
-            key, _, value = line.removeprefix("export ").partition("=")
-            env[key] = shlex.split(value)[0] if value else ""
+    with service_env(name, f"FLECHE_TEST_{prefix}_", marker) as env:
+        if isinstance(env, str):
+            raise ServiceUnavailable(env)
         if env.get(f"FLECHE_TEST_{prefix}_SKIP"):
             raise ServiceUnavailable(env[f"FLECHE_TEST_{prefix}_SKIP"])
         yield env
-    finally:
-        subprocess.run([str(script), "stop", tmp], capture_output=True, check=False, timeout=120)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # -- measuring one backend -------------------------------------------------------------------
@@ -482,7 +457,7 @@ def _moto_backends(stack: ExitStack, tmp: Path) -> tuple[list[Backend], Any]:
 
 
 def _rgw_backends(stack: ExitStack) -> list[Backend]:
-    env = stack.enter_context(_service("radosgw", "RGW"))
+    env = stack.enter_context(_service("radosgw", "RGW", "ENDPOINT"))
     options = {
         "endpoint_url": env["FLECHE_TEST_RGW_ENDPOINT"],
         "key": env["FLECHE_TEST_RGW_KEY"],
@@ -497,7 +472,7 @@ def _rgw_backends(stack: ExitStack) -> list[Backend]:
 
 
 def _ssh_backends(stack: ExitStack, tmp: Path) -> list[Backend]:
-    env = stack.enter_context(_service("sshd", "SSH"))
+    env = stack.enter_context(_service("sshd", "SSH", "HOST"))
     config = env["FLECHE_TEST_SSH_CONFIG"]  # its "fleche-test" alias: host, port, user, key
     sftp = tmp / "sftp"
     sftp.mkdir()

@@ -38,6 +38,7 @@ from fleche.index_fresh import SETTLE_NS
 from fleche.store_local import LocalStore
 from fleche.store_memory import MemoryStore
 from fleche.terms import Q, QuerySpec
+from tests.services import service_env
 
 N = int(os.environ.get("FLECHE_BENCH_INDEX_N", "1000000"))
 SMALL = 1_000
@@ -136,29 +137,13 @@ def _du(path: Path) -> str:
 @contextmanager
 def _postgres() -> Iterator[str | None]:
     """A PostgreSQL URL: ``FLECHE_TEST_PG_URL``, else a throwaway cluster; None with a reason printed."""
-    if os.environ.get("FLECHE_TEST_PG_URL"):
-        yield os.environ["FLECHE_TEST_PG_URL"]
-        return
-    script = ROOT / "tools" / "services" / "postgres"
-    with tempfile.TemporaryDirectory(prefix="fleche-bench-pg-") as tmp:
-        started = subprocess.run(
-            [str(script), "start", tmp], capture_output=True, text=True, check=False
-        )
-        env: dict[str, str] = {}
-        env_file = Path(tmp, "env")
-        if env_file.exists():
-            for line in env_file.read_text().splitlines():
-                name, _, value = line.removeprefix("export ").partition("=")
-                env[name] = value
-        try:
-            if "FLECHE_TEST_PG_URL" not in env:
-                reason = env.get("FLECHE_TEST_PG_SKIP") or started.stderr.strip()[-300:]
-                print(f"\n## PostgreSQL\n   skipped: {reason}")
-                yield None
-            else:
-                yield env["FLECHE_TEST_PG_URL"]
-        finally:
-            subprocess.run([str(script), "stop", tmp], check=False)
+    with service_env("postgres", "FLECHE_TEST_PG_", "URL") as env:
+        if isinstance(env, str) or "FLECHE_TEST_PG_URL" not in env:
+            reason = env if isinstance(env, str) else env.get("FLECHE_TEST_PG_SKIP", "no URL")
+            print(f"\n## PostgreSQL\n   skipped: {reason}")
+            yield None
+        else:
+            yield env["FLECHE_TEST_PG_URL"]
 
 
 def _queries(index: Index, label: str, fid: str) -> list[Timing]:

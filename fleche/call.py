@@ -254,6 +254,20 @@ class Call:
             for k, v in self.record["arguments"].items()
         }
 
+    # Displays read the record only (a result shows as its type and size), and never raise.
+
+    def _repr_html_(self) -> str:
+        """The call as an HTML table, which Jupyter shows instead of the repr."""
+        from fleche.render import call_html
+
+        return call_html(self)
+
+    def __rich__(self) -> Any:
+        """The call as a rich table: ``rich.print(call)``."""
+        from fleche.render import call_rich
+
+        return call_rich(self)
+
 
 def iter_matching(
     records: Iterator[dict[str, Any]], wanted: Mapping[str, bytes], metadata: Mapping[str, Any]

@@ -127,7 +127,13 @@ class FlecheGroup(click.Group):
     envvar="FLECHE_DEBUG",
     help="Show the traceback of an error instead of its one-line reason.",
 )
-def main(debug: bool) -> None:
+@click.option(
+    "--no-progress",
+    is_flag=True,
+    help="No progress bars on stderr (they are drawn only on a terminal anyway; "
+    "FLECHE_PROGRESS=0 says the same).",
+)
+def main(debug: bool, no_progress: bool) -> None:
     """Inspect and manage fleche caches.
 
     Every command works on a store: a path, an fsspec URL (s3://bucket/prefix,
@@ -140,11 +146,16 @@ def main(debug: bool) -> None:
     def one_line_warning(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
         click.echo(f"fleche: warning: {one_line(str(message))}", err=True)
 
+    ctx = click.get_current_context()
     if not debug:  # a FlecheWarning (a damaged record met by query) on one line, too
         previous = warnings.showwarning
         warnings.showwarning = one_line_warning
-        ctx = click.get_current_context()
         ctx.call_on_close(lambda: setattr(warnings, "showwarning", previous))
+    if no_progress:  # for every bar of the command, sync's and upkeep's alike
+        from fleche.render import set_progress
+
+        set_progress(False)
+        ctx.call_on_close(lambda: set_progress(None))
 
 
 # -- options every command shares ----------------------------------------------------------
@@ -268,11 +279,13 @@ def print_table(table: Any) -> None:
 def progress_bar(enabled: bool | None = None) -> Iterator[Callable[[str, int, int], None] | None]:
     """A callback ``(phase, done, total)`` drawing rich progress bars on stderr, or None.
 
-    Shown only when stderr is a terminal: scripts and logs get no bar codes.
+    Shown only when stderr is a terminal (see :func:`fleche.render.progress_wanted`:
+    ``fleche --no-progress`` and ``FLECHE_PROGRESS=0`` turn it off): scripts and
+    logs get no bar codes.
     """
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
+    from fleche.render import progress_wanted
+
+    if not progress_wanted(enabled):
         yield None
         return
     from rich.console import Console

@@ -354,7 +354,19 @@ def query(
 # -- stats ---------------------------------------------------------------------------------
 
 
-@click.command("stats", short_help="Counts, bytes, ages; compressed vs raw.")
+def _report_files(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> list[tuple[str, str]]:
+    """``--plot`` files with their formats, checked before any work (a .png needs matplotlib)."""
+    from fleche.upkeep_report import report_format
+
+    try:
+        return [(path, report_format(path)) for path in value]
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx, param) from e
+
+
+@click.command("stats", short_help="Counts, bytes, ages; compressed vs raw; --plot charts.")
 @store_option
 @json_option
 @workers_option
@@ -363,19 +375,58 @@ def query(
     is_flag=True,
     help="Skip raw (uncompressed) sizes, which read each file's 32-byte header.",
 )
-def stats(store: str | None, as_json: bool, workers: int, no_raw: bool) -> None:
+@click.option(
+    "--plot",
+    "plots",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    callback=_report_files,
+    metavar="FILE",
+    help="Also write a report with charts: FILE.html (self-contained) or FILE.png (matplotlib).",
+)
+@click.option(
+    "--html",
+    "htmls",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Also write the report as a self-contained HTML page, whatever FILE is called.",
+)
+def stats(
+    store: str | None,
+    as_json: bool,
+    workers: int,
+    no_raw: bool,
+    plots: list[tuple[str, str]],
+    htmls: tuple[str, ...],
+) -> None:
     """Counts, bytes and ages of a store, per function; compressed against raw sizes.
 
     Counts, sizes and times come from listings (times are file modification
     times); raw sizes from each file's header, never from decoding records.
+    --plot/--html also read every record (not the values) to chart the
+    store's size over time, calls and bytes per function and the compute time
+    the records keep.
     """
+    from fleche.upkeep_scan import scan
     from fleche.upkeep_scan import stats as compute
 
+    reports = [(p, "html") for p in htmls] + list(plots)
     s = open_target(store)
     with progress_bar() as progress:
-        st = compute(s, headers=not no_raw, workers=workers, progress=progress)
+        inv = scan(s)
+        st = compute(s, inv, headers=not no_raw, workers=workers, progress=progress)
+        if reports:
+            from fleche.upkeep_report import build_report, write_report
+
+            report = build_report(s, inv, st, workers=workers, progress=progress)
+    for path, fmt in reports:
+        write_report(report, path, fmt)
     if as_json:
-        emit_json(st.to_dict())
+        doc = st.to_dict()
+        if reports:
+            doc["reports"] = [path for path, _ in reports]
+        emit_json(doc)
         return
     m = st.marker
     marker = (
@@ -438,6 +489,8 @@ def stats(store: str | None, as_json: bool, workers: int, no_raw: bool) -> None:
             )
         click.echo()
         print_table(table)
+    for path, _ in reports:
+        click.echo(f"report written to {path}")
 
 
 # -- du ------------------------------------------------------------------------------------

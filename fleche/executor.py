@@ -282,7 +282,7 @@ def wrap_executor(executor: E) -> E:
 # -- many calls ------------------------------------------------------------------------------------
 
 
-def _progress(enabled: bool, what: str, total: int) -> Any:
+def _progress(enabled: bool | None, what: str, total: int) -> Any:
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -293,6 +293,8 @@ def _progress(enabled: bool, what: str, total: int) -> Any:
         TimeRemainingColumn,
     )
 
+    from fleche.render import progress_wanted
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -301,7 +303,7 @@ def _progress(enabled: bool, what: str, total: int) -> Any:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
-        disable=not enabled,
+        disable=not progress_wanted(enabled),  # None: a terminal or Jupyter only
     )
 
 
@@ -309,7 +311,7 @@ def map(
     func: Callable[..., Any],
     *iterables: Iterable[Any],
     executor: Any = None,
-    progress: bool = True,
+    progress: bool | None = None,
     timeout: float | None = None,
     **kwargs: Any,
 ) -> list[Any]:
@@ -320,7 +322,8 @@ def map(
     with the active cache; without one, calls run here, one after another.
     ``kwargs`` go to every call: the executor's own (``resource_dict``,
     ``resources``...) to the executor, the rest to ``func``. ``progress`` shows
-    a bar on stderr. The first failed call raises, after the calls not started
+    a bar on stderr: None (the default) when it is a terminal or Jupyter,
+    True always, False never; ``FLECHE_PROGRESS=0`` turns it off. The first failed call raises, after the calls not started
     yet are cancelled. ``timeout``: seconds for the whole map.
     """
     calls = list(zip(*iterables, strict=False))  # the shortest, like map()

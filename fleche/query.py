@@ -130,6 +130,21 @@ class QueryResult:
     def __repr__(self) -> str:
         return f"<QueryResult {self.description} in {self.cache.url}>"
 
+    def _repr_html_(self) -> str:
+        """The newest matching calls as an HTML table, and how many more (Jupyter shows it).
+
+        Reads records, not values: a result shows as its type and size.
+        """
+        from fleche.render import query_html
+
+        return query_html(self)
+
+    def __rich_console__(self, console: Any, options: Any) -> Iterator[Any]:
+        """The newest matching calls as a rich table (``rich.print(q)``), fitted to the width."""
+        from fleche.render import query_rich
+
+        yield query_rich(self, width=options.max_width)
+
     # -- reading -------------------------------------------------------------------------
 
     def _scan(self) -> Iterator[dict[str, Any]]:

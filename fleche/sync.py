@@ -21,6 +21,7 @@ second run copies only what is still missing.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -44,6 +45,7 @@ __all__ = ["SyncError", "SyncResult", "call_name", "object_name", "sync"]
 
 T = TypeVar("T")
 CallKey = tuple[str, str]  # (function id, call digest)
+_log = logging.getLogger(__name__)  # one INFO line per sync: what it did
 
 # Records held in memory between the read that finds their objects (functions=
 # filter) and their write; past this many bytes they are read again instead.
@@ -286,11 +288,13 @@ def _run(
 class _Progress:
     """A rich progress bar on stderr (counts and bytes), or nothing."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool | None) -> None:
         self._bar: Any = None
         self._task: Any = None
         self._bytes = 0
-        if not enabled:
+        from fleche.render import progress_wanted  # None: only on a terminal; see there
+
+        if not progress_wanted(enabled):
             return
         from rich.console import Console  # lazily: the import costs ~50 ms
         from rich.progress import (
@@ -478,7 +482,7 @@ def sync(
     delete: bool = False,
     dry_run: bool = False,
     workers: int = 8,
-    progress: bool = False,
+    progress: bool | None = False,
     src_options: dict[str, Any] | None = None,
     dst_options: dict[str, Any] | None = None,
 ) -> SyncResult:
@@ -490,7 +494,8 @@ def sync(
     records, and the objects they reference.  ``delete``: then remove from
     ``dst`` the records (and, without ``functions``, the objects) that ``src``
     lacks, records first.  ``dry_run``: list, plan and report; write nothing.
-    ``workers``: concurrent transfers.  ``progress``: a progress bar on stderr.
+    ``workers``: concurrent transfers.  ``progress``: a progress bar on stderr
+    (None: when stderr is a terminal; ``FLECHE_PROGRESS=0`` turns it off).
 
     A corrupt or vanished source file, or a write that fails, is reported in
     ``result.failed`` and the sync goes on; a record whose objects failed is
@@ -529,6 +534,7 @@ def sync(
             finally:
                 bar.close()
                 result.seconds = time.perf_counter() - start
+        _log.info("sync %s", result)
         return result
     finally:
         for store in opened:

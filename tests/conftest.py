@@ -33,10 +33,15 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 
 @pytest.fixture(autouse=True)
 def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """No test sees the developer's own fleche.toml, FLECHE_CACHE or a default left by another test."""
+    """No test sees the developer's own fleche.toml, FLECHE_CACHE or a default left by another test.
+
+    Nor writes the catalogues of its remote stores into the user's cache
+    directory: they go to this run's temporary directory.
+    """
     from fleche import config
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+    monkeypatch.setenv("FLECHE_INDEX_DIR", str(tmp_path_factory.getbasetemp() / "user-index"))
     monkeypatch.delenv("FLECHE_CACHE", raising=False)
     config.reset_default()
     yield

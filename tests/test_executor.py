@@ -276,7 +276,8 @@ def test_bound_tasks_pickle_with_their_cache(store_dir: Path):
 def test_map_submits_each_distinct_miss_once(store_dir: Path, capsys: pytest.CaptureFixture):
     with cache(store_dir), CountingPool(2) as pool:
         square(1)
-        out = fleche_pkg.map(square, [1, 2, 3, 2, 3, 3], executor=pool)
+        # progress=True: the default draws only on a terminal (test_progress_log.py)
+        out = fleche_pkg.map(square, [1, 2, 3, 2, 3, 3], executor=pool, progress=True)
         assert [v for v, _ in out] == [1, 4, 9, 4, 9, 9]
         assert len(pool.submitted) == 2  # 2 and 3; 1 was cached, repeats shared
         assert fleche_pkg.map(square, [1, 2, 3], executor=pool, progress=False) == [

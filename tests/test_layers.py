@@ -13,6 +13,7 @@ import fleche
 LAYERS = {
     "errors": 0,
     "_version": 0,
+    "render": 0.5,  # tables of calls, charts, whether to draw a bar: imports nothing of fleche
     "store": 1,
     "digest": 1,
     "codec": 2,

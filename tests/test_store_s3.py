@@ -312,3 +312,16 @@ def test_fleche_round_trip_on_s3(s3: MotoS3, bucket: str) -> None:
         assert simulate.load(10) == first
         assert simulate.call(10).arguments["n"] == 10
     assert calls == [10]
+
+
+def test_same_bucket_on_two_endpoints_has_two_catalogues(s3: MotoS3, bucket: str) -> None:
+    from fleche.index_where import default_location
+
+    url = f"s3://{bucket}/cache"
+    here = open_store(url, **s3.options())
+    there = open_store(
+        url, **s3.options(endpoint_url=s3.endpoint.replace("127.0.0.1", "localhost"))
+    )
+    assert here.url == there.url
+    assert default_location(here) != default_location(there)
+    assert default_location(here) == default_location(open_store(url, **s3.options()))
