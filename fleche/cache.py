@@ -37,7 +37,7 @@ def referenced_oids(record: dict[str, Any]) -> list[str]:
     must never be published before the objects it references.
     """
     refs = [record.get("result"), *(record.get("arguments") or {}).values()]
-    oids = []
+    oids: list[str] = []
     for r in refs:
         if isinstance(r, dict) and isinstance(r.get("oid"), str):
             # large array members stored on their own come first: their parent needs them
@@ -240,7 +240,7 @@ class Cache:
 
     def put_record(self, function_id: str, key: str, record: dict[str, Any]) -> None:
         """Write a call record, after the objects it refers to (the caller stores those first)."""
-        sign = {"signer": self.signer, "name": (function_id, key)}
+        sign: dict[str, Any] = {"signer": self.signer, "name": (function_id, key)}
         try:
             blob = codec.encode_record(record, level=self.level, **sign)
         except UnicodeEncodeError:

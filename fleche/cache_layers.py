@@ -39,6 +39,7 @@ from fleche import codec
 from fleche.cache import Cache, encode_value, put_encoded, referenced_oids
 from fleche.errors import CacheMiss, CorruptObjectError, warn_user
 from fleche.index import LayeredIndex
+from fleche.store import BytesLike
 
 __all__ = ["RETRY_AFTER", "WRITE_MODES", "LayerSpec", "LayeredCache"]
 
@@ -196,8 +197,8 @@ class LayeredCache:
         self._given_name = name
         self.store = _StoreView(self)
         self._warn_lock = threading.Lock()
-        for layer in self._layers:  # a bad URL fails now; an unreachable server degrades
-            self._open(layer)
+        for each in self._layers:  # a bad URL fails now; an unreachable server degrades
+            self._open(each)
 
     def __repr__(self) -> str:
         urls = [layer.url for layer in self._layers]
@@ -324,7 +325,7 @@ class LayeredCache:
         and a cache that cannot keep it must not take it from them.
         """
         oids = referenced_oids(record)
-        blobs: dict[str, bytes] = {}
+        blobs: dict[str, BytesLike] = {}
         for layer, cache in self._writable():
             try:
                 # Normally a no-op (put_value just wrote them here).  After a fault it
@@ -454,7 +455,7 @@ class LayeredCache:
 
     # -- copying between layers ----------------------------------------------------------
 
-    def _fetch(self, layer: _Layer, cache: Cache, oid: str) -> bytes | None:
+    def _fetch(self, layer: _Layer, cache: Cache, oid: str) -> BytesLike | None:
         """The verified bytes of object ``oid`` in a source layer, or None (nothing is copied then)."""
         try:
             blob = cache.store.get(oid)
@@ -471,7 +472,7 @@ class LayeredCache:
         layer: _Layer,
         target: Cache,
         oids: list[str],
-        blobs: dict[str, bytes],
+        blobs: dict[str, BytesLike],
         source: tuple[_Layer, Cache] | None = None,
     ) -> bool:
         """Put each object of ``oids`` into ``layer`` unless it is there; False if one cannot be had.
@@ -490,7 +491,10 @@ class LayeredCache:
                 else:
                     candidates = [(la, c) for la, c in self._readable() if la is not layer]
                     candidates.sort(key=lambda lc: oid not in lc[0].known)
-                blob = next(filter(None, (self._fetch(la, c, oid) for la, c in candidates)), None)
+                fetched: Iterator[BytesLike] = filter(
+                    None, (self._fetch(la, c, oid) for la, c in candidates)
+                )
+                blob = next(fetched, None)
                 if blob is None:
                     return False
                 blobs[oid] = blob
@@ -503,7 +507,7 @@ class LayeredCache:
     ) -> None:
         """Copy a hit found in a lower layer into the writable layer(s) above: objects, then record."""
         oids = referenced_oids(rec)
-        blobs: dict[str, bytes] = {}
+        blobs: dict[str, BytesLike] = {}
         for layer, target in self._writable(above=source.index):
             try:
                 if not self._supply(layer, target, oids, blobs, (source, cache)):
@@ -518,7 +522,7 @@ class LayeredCache:
     def _repair(
         self,
         oid: str,
-        blob: bytes,
+        blob: BytesLike,
         damaged: list[tuple[_Layer, Cache]],
         source: _Layer,
         error: CorruptObjectError | None,

@@ -19,6 +19,7 @@ from typing import Any
 import xxhash
 
 from fleche.digest import digest_bytes
+from fleche.errors import FlecheError
 
 _CALL_TAG = b"fleche/call/1\0"
 _MISSING = object()
@@ -38,7 +39,7 @@ def is_clear(v: Any) -> bool:
     if v is None or t is bool or t is float:
         return True
     if t is int:
-        return _INT64[0] <= v <= _INT64[1]
+        return bool(_INT64[0] <= v <= _INT64[1])
     if t is str or t is bytes:
         return len(v) <= CLEAR_LIMIT
     return False
@@ -77,7 +78,7 @@ class Binder:
                 ok = all(d is not inspect.Parameter.empty for d in tail)
                 self.tails.append(tail if ok else None)
 
-    def bind(self, args: tuple, kwargs: dict) -> list[tuple[str, Any]]:
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
         """Return ``[(name, value), ...]`` in signature order, ignored names dropped.
 
         Raises ``TypeError`` exactly as calling the function would.
@@ -114,7 +115,7 @@ class Binder:
         ba.apply_defaults()
         return [(n, v) for n, v in ba.arguments.items() if n not in self.ignore]
 
-    def bind_partial(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+    def bind_partial(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Bind a query's partial arguments; unknown names raise a TypeError listing the valid ones."""
         unknown = [k for k in kwargs if k not in self.index]
         if unknown:
@@ -181,7 +182,7 @@ def metadata_matches(have: Any, want: Any) -> bool:
         if not isinstance(have, Mapping):
             return False
         return all(k in have and metadata_matches(have[k], v) for k, v in want.items())
-    return have == want
+    return bool(have == want)
 
 
 @dataclass(frozen=True)
@@ -237,15 +238,24 @@ class Call:
     @property
     def arguments(self) -> dict[str, Any]:
         if self._arguments is None:
+            loader = self._loader_or_error()
             self._arguments = {
-                k: _argument(v, self._loader) if isinstance(v, dict) else v
+                k: _argument(v, loader) if isinstance(v, dict) else v
                 for k, v in self.record["arguments"].items()
             }
         return self._arguments
 
     @property
     def result(self) -> Any:
-        return self._loader(self.record["result"])
+        return self._loader_or_error()(self.record["result"])
+
+    def _loader_or_error(self) -> Callable[[dict[str, Any]], Any]:
+        if self._loader is None:
+            raise FlecheError(
+                f"this Call of {self.name} was built without a cache to load values from: "
+                "get Calls from f.call(...), f.query(...) or fleche.query(...)"
+            )
+        return self._loader
 
     @property
     def argument_digests(self) -> dict[str, str]:

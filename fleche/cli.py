@@ -93,7 +93,7 @@ class FlecheGroup(click.Group):
             where = " ".join(filter(None, (ctx.command_path, ctx.invoked_subcommand)))
             raise Failure(one_line(e), where) from e
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Any = None,
         prog_name: str | None = None,

@@ -49,7 +49,7 @@ def ls(store: str | None, as_json: bool) -> None:
 
     s = open_target(store)
     inv = scan(s)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for fid in sorted(inv.calls):
         entries = inv.calls[fid]
         times = [e.mtime for e in entries if e.mtime is not None]
@@ -180,6 +180,9 @@ def _show_object(s: Any, oid: str, as_json: bool, load: bool) -> None:
     from fleche.errors import CorruptObjectError
 
     blob = s.get(oid)
+    codec_id: int | None
+    ser: int | None
+    raw: int | None
     try:
         codec_id, ser, raw, _ = codec.read_header(blob, f"object {oid}")
         codec.unframe(blob, f"object {oid}", expect=oid)
@@ -565,7 +568,7 @@ def config(store: str | None, as_json: bool) -> None:
 
     cfg = cfg_mod.load_config()
     env = os.environ.get("FLECHE_CACHE")
-    default_from = None
+    default_from: str | None = None
     for path in cfg.files:  # nearest first: the first that says default = wins
         if "default" in cfg_mod.read_file(path):
             default_from = str(path)
@@ -575,8 +578,7 @@ def config(store: str | None, as_json: bool) -> None:
     elif env:
         active, source = env, "env FLECHE_CACHE"
     elif cfg.default is not None:
-        single = default_from is None
-        active, source = cfg.default, "the only cache defined" if single else default_from
+        active, source = cfg.default, default_from or "the only cache defined"
     else:
         active, source = "memory://", "default (nothing configured: a private in-memory cache)"
     defaults = _defaults()

@@ -53,7 +53,6 @@ from fleche.codec_frame import (
     Encoded,
     _decompress,
     _worth_compressing,
-    check_signature,
     frame,
     frame_bytes,
     read_frame_header,
@@ -240,7 +239,7 @@ def map_object(
                 f"header says {length}"
             )
         if signer is not None and not extra:
-            check_signature(signer, None, ser, b"", where)  # raises: unsigned
+            signer.check(None, ser, b"", where)  # raises: unsigned
         if length == 0 and not extra:
             return ser, memoryview(b"")
         mapped = _mmap.mmap(fd, size, access=_mmap.ACCESS_READ)
@@ -249,7 +248,7 @@ def map_object(
     view = memoryview(mapped)
     payload = view[HEADER_SIZE : HEADER_SIZE + length]
     if signer is not None:
-        check_signature(signer, view[HEADER_SIZE + length :], ser, payload, where)
+        signer.check(view[HEADER_SIZE + length :], ser, payload, where)
     return ser, payload
 
 

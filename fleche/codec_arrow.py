@@ -44,7 +44,7 @@ TRIAL_ROWS = 8
 
 
 def _head(meta: dict[str, Any]) -> bytes:
-    packed = msgpack.packb(meta, use_bin_type=True)
+    packed: bytes = msgpack.packb(meta, use_bin_type=True)
     head = u32(len(packed)) + packed
     return head + b"\0" * pad_to(len(head))
 
@@ -225,9 +225,12 @@ class PolarsSerializer(Serializer):
             back = _polars_load(meta, memoryview(buf))
         except Exception:  # noqa: BLE001 - Object columns and the like: pickle takes them
             return False
+        same: bool
         if isinstance(head, pl.Series):
-            return back.dtype == head.dtype and back.name == head.name and head.equals(back)
-        return back.schema == head.schema and head.equals(back)
+            same = back.dtype == head.dtype and back.name == head.name and head.equals(back)
+        else:
+            same = back.schema == head.schema and head.equals(back)
+        return same
 
     def dumps(self, value: Any, ctx: DumpContext) -> tuple[int, Sequence[Any]]:
         meta, buf = _polars_dump(value)

@@ -21,7 +21,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import Any, BinaryIO
+from typing import Any
 
 import xxhash
 import zstandard
@@ -29,7 +29,7 @@ import zstandard
 from fleche.codec_base import HEADER_SIZE, nbytes
 from fleche.codec_sign import TRAILER_SIZE, Signer
 from fleche.errors import CorruptObjectError
-from fleche.store import digest_parts
+from fleche.store import ReadableFile, digest_parts
 from fleche.store_local import _writable_buffer
 
 MAGIC = b"FLCH"
@@ -64,7 +64,7 @@ _local = threading.local()
 
 
 def _compressor(level: int) -> zstandard.ZstdCompressor:
-    cs = _local.__dict__.setdefault("c", {})
+    cs: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
     c = cs.get(level)
     if c is None:
         c = cs[level] = zstandard.ZstdCompressor(level=level)
@@ -134,25 +134,22 @@ class Encoded:
         self.children = children
         self.stream = stream
 
-    def _resolve(self) -> None:
-        assert self.pending is not None
-        self._digest, self._trailer = self.pending.result()
+    def _named(self) -> tuple[bytes, bytes]:
+        """(digest, trailer), waiting for the background hash when there is one."""
+        if self._digest is None or self._trailer is None:
+            assert self.pending is not None
+            self._digest, self._trailer = self.pending.result()
+        return self._digest, self._trailer
 
     @property
     def digest(self) -> bytes:
         """XXH3-128 of the uncompressed payload (waits for a background hash)."""
-        if self._digest is None:
-            self._resolve()
-        assert self._digest is not None
-        return self._digest
+        return self._named()[0]
 
     @property
     def trailer(self) -> bytes:
         """The signature trailer, or ``b""`` for an unsigned frame (waits like ``digest``)."""
-        if self._trailer is None:
-            self._resolve()
-        assert self._trailer is not None
-        return self._trailer
+        return self._named()[1]
 
     @property
     def oid(self) -> str:
@@ -475,21 +472,6 @@ def _check(payload: Any, size: int, digest: bytes, where: str, expect: str | Non
         raise CorruptObjectError(f"{where} holds object {digest.hex()}, not {expect}")
 
 
-def check_signature(
-    signer: Signer | None,
-    trailer: Any,
-    ser: int,
-    payload: Any,
-    where: str,
-    *,
-    record: bool = False,
-    name: bytes = b"",
-) -> None:
-    """Nothing without a signer; else SignatureError unless the trailer signs the payload."""
-    if signer is not None:
-        signer.check(trailer, ser, payload, where, record=record, name=name)
-
-
 def unframe(
     blob: Any,
     where: str = "object",
@@ -525,7 +507,8 @@ def unframe(
         except zstandard.ZstdError as e:
             raise CorruptObjectError(f"{where} is truncated or damaged (zstd: {e})") from e
     _check(payload, size, digest, where, expect)
-    check_signature(signer, trailer, ser, payload, where, record=record, name=name)
+    if signer is not None:
+        signer.check(trailer, ser, payload, where, record=record, name=name)
     return ser, payload
 
 
@@ -536,7 +519,7 @@ class _HoldBack:
     (and see it as bytes after the frame).
     """
 
-    def __init__(self, f: BinaryIO, n: int) -> None:
+    def __init__(self, f: ReadableFile, n: int) -> None:
         self._f, self._n = f, n
         self.held = b""
 
@@ -565,7 +548,7 @@ class _HoldBack:
 
 
 def unframe_stream(
-    f: BinaryIO,
+    f: ReadableFile,
     where: str = "object",
     *,
     expect: str | None = None,
@@ -601,11 +584,12 @@ def unframe_stream(
     if signed and (trailer is None or len(trailer) != TRAILER_SIZE):
         raise CorruptObjectError(f"{where} is truncated or padded around its signature trailer")
     _check(payload, size, digest, where, expect)
-    check_signature(signer, trailer, ser, payload, where)
+    if signer is not None:
+        signer.check(trailer, ser, payload, where)
     return ser, payload
 
 
-def _read_upto(f: BinaryIO, n: int) -> bytes:
+def _read_upto(f: ReadableFile, n: int) -> bytes:
     out = b""
     while len(out) < n and (more := f.read(n - len(out))):
         out += more

@@ -65,7 +65,7 @@ def dtype_from_plain(p: Any) -> Any:
         return np.dtype(p)
     if "base" in p:
         return np.dtype((dtype_from_plain(p["base"]), tuple(p["shape"])))
-    spec: dict[str, Any] = {
+    spec: Any = {  # numpy's dtype dict (a TypedDict there), built from stored plain data
         "names": p["names"],
         "formats": [dtype_from_plain(f) for f in p["formats"]],
         "offsets": p["offsets"],
@@ -157,6 +157,7 @@ class NumpySerializer(Serializer):
             )
         if count == 0:
             return np.empty(shape, dtype=dtype, order=order)
+        buf: memoryview | bytearray = data
         if not ctx.writable and not ctx.mmap:
-            data = bytearray(data)  # arrays on read-only memory are read-only; users mutate results
-        return np.ndarray(shape, dtype=dtype, buffer=data, order=order)
+            buf = bytearray(data)  # arrays on read-only memory are read-only; users mutate results
+        return np.ndarray(shape, dtype=dtype, buffer=buf, order=order)

@@ -71,7 +71,7 @@ CacheLike = AnyCache | ObjectStore | str | os.PathLike[str] | Sequence[LayerLike
 
 def _layer_url(options: Mapping[str, Any], source: Path | None) -> str:
     """A layer's URL with ``~`` expanded; a relative path is relative to the file that says it."""
-    url = os.path.expanduser(options["url"])
+    url: str = os.path.expanduser(options["url"])
     if source is not None and "://" not in url and not os.path.isabs(url):
         url = str(source.parent / url)
     return url

@@ -24,11 +24,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from typing import Any, TypeVar, overload
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from fleche import metadata as _metadata
 from fleche.cache import Cache, type_name
-from fleche.cache_layers import RETRY_AFTER
+from fleche.cache_layers import RETRY_AFTER, LayeredCache
 from fleche.call import NO_VERSION, Binder, Call, KeyMaker, is_clear
 from fleche.config import active_cache
 from fleche.digest import code_digest, digest_bytes
@@ -43,6 +43,34 @@ from fleche.lease import LeasePolicy, compute_once, policy_of
 from fleche.query import QueryResult, for_function
 
 F = TypeVar("F", bound=Callable[..., Any])
+AnyCache = Cache | LayeredCache
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class CachedCallable(Protocol[P, R_co]):
+    """What ``@fleche`` returns: the function (same signature), plus its cache helpers."""
+
+    __fleche__: CachedFunction
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def rerun(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def digest(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
+    def contains(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    def load(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call: ...
+    def evict(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
+    def query(
+        self, *args: Any, metadata: dict[str, Any] | None = None, **kwargs: Any
+    ) -> QueryResult: ...
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> CachedCallable[P, R_co]: ...
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None, /
+    ) -> Callable[..., R_co]: ...
+
 
 # Hits, misses and stores at DEBUG: logging.getLogger("fleche").setLevel("DEBUG"). On the hit
 # path, the isEnabledFor check costs 30-70 ns of a ~5 µs hit when logging is off (docs/usage.md).
@@ -253,7 +281,9 @@ class CachedFunction:
 
     # -- keys ----------------------------------------------------------------------------
 
-    def key(self, args: tuple, kwargs: dict) -> tuple[str, list[tuple[str, Any]], list[bytes]]:
+    def key(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, list[tuple[str, Any]], list[bytes]]:
         items = self.binder.bind(args, kwargs)
         key, digests = self.keys.key(items)
         return key, items, digests
@@ -278,7 +308,7 @@ class CachedFunction:
 
     # -- lookups (fail open) -------------------------------------------------------------
 
-    def lookup(self, cache: Cache, key: str) -> tuple[bool, Any]:
+    def lookup(self, cache: AnyCache, key: str) -> tuple[bool, Any]:
         """(True, result) on a hit; (False, None) on a miss or any fault reading the cache."""
         try:
             rec = cache.get_record(self.function_id, key, lazy=True)
@@ -306,7 +336,7 @@ class CachedFunction:
             )
         return False, None
 
-    def skipped(self, cache: Cache) -> bool:
+    def skipped(self, cache: AnyCache) -> bool:
         """True (after one warning) while the cache is skipped: it failed a read moments ago."""
         if not _DOWN or not _down(cache):
             return False
@@ -315,7 +345,7 @@ class CachedFunction:
 
     # -- computing and storing -----------------------------------------------------------
 
-    def _run(self, args: tuple, kwargs: dict, key: str) -> Any:
+    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Any:
         if not self.isolate:
             return self.func(*args, **kwargs)
         with _ISOLATE_LOCK, tempfile.TemporaryDirectory(prefix=f"fleche-{key[:12]}-") as d:
@@ -328,7 +358,7 @@ class CachedFunction:
 
     def record(
         self,
-        cache: Cache,
+        cache: AnyCache,
         key: str,
         items: list[tuple[str, Any]],
         digests: list[bytes],
@@ -360,7 +390,7 @@ class CachedFunction:
 
     def store(
         self,
-        cache: Cache,
+        cache: AnyCache,
         key: str,
         items: list[tuple[str, Any]],
         digests: list[bytes],
@@ -408,9 +438,9 @@ class CachedFunction:
 
     def compute(
         self,
-        cache: Cache,
-        args: tuple,
-        kwargs: dict,
+        cache: AnyCache,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         key: str,
         items: list[tuple[str, Any]],
         digests: list[bytes],
@@ -422,6 +452,7 @@ class CachedFunction:
             leader = flight is None
             if leader:
                 flight = self._flights[fkey] = _Flight()
+        assert flight is not None
         if not leader and flight.owner != threading.get_ident():
             flight.done.acquire()  # blocks until the leader releases it
             flight.done.release()
@@ -450,7 +481,7 @@ class CachedFunction:
         # that cannot be reached or read then must not cost the caller their result.
         self.warn_once("open", f"cannot open the cache ({error}); computing uncached")
 
-    def __call__(self, args: tuple, kwargs: dict) -> Any:
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             cache = active_cache()
         except OSError as e:
@@ -468,7 +499,7 @@ class CachedFunction:
                 return compute_once(self, cache, args, kwargs, key, items, digests, policy)
         return self.compute(cache, args, kwargs, key, items, digests)
 
-    async def acall(self, args: tuple, kwargs: dict) -> Any:
+    async def acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
             cache = active_cache()
         except OSError as e:
@@ -511,7 +542,9 @@ class CachedFunction:
     def contains(self, *args: Any, **kwargs: Any) -> bool:
         return active_cache().has_record(self.function_id, self.digest(*args, **kwargs))
 
-    def _record_or_miss(self, args: tuple, kwargs: dict) -> tuple[Cache, dict[str, Any]]:
+    def _record_or_miss(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[AnyCache, dict[str, Any]]:
         cache = active_cache()
         key = self.digest(*args, **kwargs)
         rec = cache.get_record(self.function_id, key)
@@ -557,7 +590,7 @@ class CachedFunction:
 
 
 @overload
-def fleche(func: F, /) -> F: ...
+def fleche(func: Callable[P, R], /) -> CachedCallable[P, R]: ...
 @overload
 def fleche(
     func: None = None,
@@ -573,7 +606,7 @@ def fleche(
     metadata: bool | Iterable[str] | None = None,
     single_flight: bool | LeasePolicy = False,
     mmap: bool = False,
-) -> Callable[[F], F]: ...
+) -> Callable[[Callable[P, R]], CachedCallable[P, R]]: ...
 
 
 def fleche(

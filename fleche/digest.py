@@ -68,7 +68,7 @@ class _Stream(bytearray):
     and is shared with the sub-streams that digest dict and set entries.
     """
 
-    hasher: Any = None
+    hasher: xxhash.xxh3_128 | None = None
     active: set[int] | None = None
 
 
@@ -290,13 +290,13 @@ def _enc_items(items: Any, st: _Stream) -> None:
         raise
 
 
-def _enc_tuple(obj: tuple, st: _Stream) -> None:
+def _enc_tuple(obj: tuple[Any, ...], st: _Stream) -> None:
     n = len(obj)
     st += _TUPLE_HEADERS[n] if n < 64 else _PACK_TAG_LEN(0x28, n)
     _enc_items(obj, st)
 
 
-def _enc_list(obj: list, st: _Stream) -> None:
+def _enc_list(obj: list[Any], st: _Stream) -> None:
     active = _enter(obj, st)
     st += _PACK_TAG_LEN(0x5B, len(obj))  # "["
     _enc_items(obj, st)
@@ -348,7 +348,7 @@ def _pair_digests(items: Any, active: set[int], attrs: bool = False) -> list[byt
     return out
 
 
-def _enc_dict(obj: dict, st: _Stream) -> None:
+def _enc_dict(obj: dict[Any, Any], st: _Stream) -> None:
     active = _enter(obj, st)
     st += _PACK_TAG_LEN(0x7B, len(obj))  # "{"
     st += b"".join(sorted(_pair_digests(obj.items(), active)))
@@ -371,14 +371,14 @@ def _element_digests(obj: Any, st: _Stream) -> list[bytes]:
     return out
 
 
-def _enc_set(obj: set, st: _Stream) -> None:
+def _enc_set(obj: set[Any], st: _Stream) -> None:
     # Elements are hashable, so a set cannot reach itself without passing through
     # a tracked object: no cycle bookkeeping needed here.
     st += _PACK_TAG_LEN(0x53, len(obj))  # "S"
     st += b"".join(sorted(_element_digests(obj, st)))
 
 
-def _enc_frozenset(obj: frozenset, st: _Stream) -> None:
+def _enc_frozenset(obj: frozenset[Any], st: _Stream) -> None:
     st += _PACK_TAG_LEN(0x5A, len(obj))  # "Z"
     st += b"".join(sorted(_element_digests(obj, st)))
 

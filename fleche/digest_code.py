@@ -205,7 +205,7 @@ def _ast_key(node: Any) -> Any:
     return node
 
 
-def _code_object_key(code: types.CodeType, doc: str | None = None) -> tuple:
+def _code_object_key(code: types.CodeType, doc: str | None = None) -> tuple[Any, ...]:
     """Fallback when there is no source: bytecode and constants.  Stable across
     processes and machines, not across Python minor versions (bytecode changes)."""
     consts = code.co_consts

@@ -127,7 +127,8 @@ def _scalar_bytes(np: Any, x: Any, le: Any) -> bytes:
             _nan_bytes(np, part) if v != v else np.array(v, dtype=part).tobytes()
             for v in (x.real, x.imag)
         )
-    return x.tobytes() if le is x.dtype else np.asarray(x).astype(le).tobytes()
+    raw: bytes = x.tobytes() if le is x.dtype else np.asarray(x).astype(le).tobytes()
+    return raw
 
 
 def _enc_np_scalar(x: Any, st: _Stream) -> None:

@@ -111,7 +111,7 @@ def _pandas_encoder(t: type) -> _Encoder | None:
         return None
     # Fixed tags, not module.qualname: pandas moves its scalar classes between
     # private modules across versions.
-    rules: tuple[tuple[type, Any], ...] = (
+    rules: tuple[tuple[type, _Encoder], ...] = (
         (pd.DataFrame, _enc_frame),
         (pd.Series, _enc_series),
         (pd.MultiIndex, _enc_multiindex),

@@ -135,29 +135,29 @@ def _container_subclass_encoder(t: type) -> _Encoder | None:
             )
     for base, value in _BASE_VALUE:
         if issubclass(t, base):
-            return _standin_encoder(
-                _qualname(t),
-                lambda x, value=value: (value(x), getattr(x, "__dict__", None)),
-                track=True,
-            )
+
+            def standin(x: Any, value: Callable[[Any], Any] = value) -> Any:
+                return (value(x), getattr(x, "__dict__", None))
+
+            return _standin_encoder(_qualname(t), standin, track=True)
     return None
 
 
 # --------------------------------------------------------------------------- standard library
 
 
-def _datetime_standin(d: Any) -> tuple:
+def _datetime_standin(d: Any) -> tuple[Any, ...]:
     # Wall-clock fields plus offset and zone name: 12:00+01:00 and 11:00+00:00 are
     # the same instant, but a function reading .hour sees different inputs.
     return (d.year, d.month, d.day, d.hour, d.minute, d.second, d.microsecond,
             d.utcoffset(), d.tzname())  # fmt: skip
 
 
-def _time_standin(t: Any) -> tuple:
+def _time_standin(t: Any) -> tuple[Any, ...]:
     return (t.hour, t.minute, t.second, t.microsecond, t.utcoffset(), t.tzname())
 
 
-def _decimal_standin(d: Any) -> tuple:
+def _decimal_standin(d: Any) -> tuple[Any, ...]:
     """(sign, coefficient, exponent) with trailing zeros stripped, so that the equal
     Decimal('1.0') and Decimal('1.00') digest the same.  Decimal.normalize() would
     round to the context precision and merge distinct values."""

@@ -83,8 +83,8 @@ def _parameters(func: Callable[..., Any], cf: CachedFunction | None) -> set[str]
     return {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
 
 
-def _done(value: Any) -> Future:
-    fut: Future = Future()
+def _done(value: Any) -> Future[Any]:
+    fut: Future[Any] = Future()
     fut.set_result(value)
     return fut
 
@@ -107,7 +107,7 @@ def walk(obj: Any, leaf: Callable[[Any], Any]) -> Any:
     return leaf(obj)
 
 
-def _futures_in(obj: tuple[tuple, dict[str, Any]]) -> list[Any]:
+def _futures_in(obj: tuple[tuple[Any, ...], dict[str, Any]]) -> list[Any]:
     """The futures (standard or Dask) among arguments, as an executor resolving them sees them."""
     dask = sys.modules.get("distributed")
     kinds: tuple[type, ...] = (Future, dask.Future) if dask is not None else (Future,)
@@ -166,7 +166,7 @@ class _Submitter:
         return mine, {k: v for k, v in kwargs.items() if k not in mine}
 
     def probe(
-        self, cf: CachedFunction, c: Any, args: tuple, kwargs: dict[str, Any]
+        self, cf: CachedFunction, c: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[bool, Any, str | None]:
         """(hit, value, call key): look the call up in cache ``c``; key None when not cacheable."""
         if self.kind.resolves_futures:
@@ -190,7 +190,7 @@ class _Submitter:
         self,
         func: Callable[..., Any],
         task: Bound,
-        args: tuple,
+        args: tuple[Any, ...],
         kwargs: dict[str, Any],
         executor_kwargs: dict[str, Any],
     ) -> Any:

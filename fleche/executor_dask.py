@@ -27,6 +27,7 @@ carries the cache in the task instead.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
@@ -55,7 +56,7 @@ def resolve_local(obj: Any) -> Any:
 
 def patch_gather(client: Client) -> None:
     """Let ``client.gather`` take fleche's hit futures along with Dask's (patched on the instance)."""
-    original = client.gather
+    original: Callable[..., Any] = client.gather
 
     def gather(futures: Any, *args: Any, **kwargs: Any) -> Any:
         return original(resolve_local(futures), *args, **kwargs)

@@ -56,7 +56,7 @@ class _CacheRecipe:
         if isinstance(c.store, MemoryStore):
             raise _not_portable(c.url)
         self.store = c.store
-        self.options = {
+        self.options: dict[str, Any] = {
             "compression_level": c.level,
             "inline_limit": c.inline_limit,
             "serializer": c.serializer,

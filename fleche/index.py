@@ -29,13 +29,14 @@ in memory for memory stores (off by default); or any SQLAlchemy URL.
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from fleche import codec
 from fleche.errors import ConfigError, CorruptObjectError, warn_user
@@ -66,6 +67,8 @@ from fleche.index_write import (
 )
 from fleche.store import ObjectStore, is_function_id
 from fleche.terms import QuerySpec
+
+_T = TypeVar("_T")
 
 __all__ = [
     "REMOTE_MAX_AGE",
@@ -189,7 +192,7 @@ class Index:
                 "rebuilt from the store (nothing is lost: the index is a copy of the store's records)"
             )
 
-    def _guarded(self, fn: Callable[[], Any]) -> Any:
+    def _guarded(self, fn: Callable[[], _T]) -> _T:
         """Run a catalogue operation; a reset catalogue is refilled and the operation retried once."""
         try:
             return fn()
@@ -252,7 +255,11 @@ class Index:
                 if kind == "add":
                     rows = []
                     for _, fid, key, rec, size in items:
-                        stamp = record_stamp(self.store, fid, key) if local else None
+                        stamp = (
+                            record_stamp(self.store, fid, key)
+                            if local and self.store is not None  # local: a LocalStore
+                            else None
+                        )
                         rows.append(call_row(fid, key, rec or {}, size, stamp))
                     for chunk in chunks(rows):
                         self._upsert(tx, chunk)
@@ -393,7 +400,7 @@ class Index:
                 f"ORDER BY c.created {order}, c.id {order} LIMIT {int(n)}"
             )
             with self._lock:
-                page = self._guarded(lambda sql=sql, params=params: self.db.read(sql, params))
+                page = self._guarded(functools.partial(self.db.read, sql, params))
             for row in page:
                 if compiled.post and not compiled.accept(row[4]):
                     continue

@@ -45,7 +45,7 @@ def scan(
                 continue
             if spec.match(rec):
                 meta = rec.get("metadata")
-                created = meta.get("created") if isinstance(meta, dict) else None
+                created: Any = meta.get("created") if isinstance(meta, dict) else None
                 t = float(created) if type(created) in (int, float) else 0.0
                 found.append((t, fid, key))
     found.sort(key=lambda r: (r[0], r[1], r[2]), reverse=newest_first)

@@ -120,7 +120,9 @@ class SqlAlchemyDb(Db):
             return sa.create_engine(self.url, pool_pre_ping=True)
         engine = sa.create_engine(self.url)
 
-        @sa.event.listens_for(engine, "connect")
+        from sqlalchemy import event  # typed, unlike self._sa (imported by __init__ already)
+
+        @event.listens_for(engine, "connect")
         def _connect(dbapi_con: Any, _record: Any) -> None:
             dbapi_con.isolation_level = None  # we say BEGIN ourselves, below
             cur = dbapi_con.cursor()
@@ -130,7 +132,7 @@ class SqlAlchemyDb(Db):
             cur.execute("PRAGMA cache_size = -65536")
             cur.close()
 
-        @sa.event.listens_for(engine, "begin")
+        @event.listens_for(engine, "begin")
         def _begin(conn: Any) -> None:
             # a write takes the lock up front; a read must not block writers
             conn.exec_driver_sql(

@@ -271,10 +271,9 @@ def decode_metadata(text: Any) -> Any:
 
 
 def _number(v: Any) -> float:
-    t = type(v)
-    if t is float and math.isfinite(v):
+    if type(v) is float and math.isfinite(v):
         return v
-    if t is int:
+    if type(v) is int:
         try:
             return float(v)
         except OverflowError:
@@ -524,9 +523,9 @@ def _meta_prefilter(dialect: str, path: tuple[str, ...], cond: Condition, p: _Pa
 
     None when the database cannot help; the Python test then sees every candidate.
     """
-    bounds = ()
+    bounds: tuple[Any, ...] = ()
     if cond.op in ORDERED:
-        bounds = cond.operand if cond.op == "between" else (cond.operand,)
+        bounds = tuple(cond.operand) if cond.op == "between" else (cond.operand,)
         if cond.op == "between" and (type(bounds[0]) is str) != (type(bounds[1]) is str):
             return FALSE  # nothing is comparable with both a str and a number
     lo = bounds[0] if cond.op in ("gt", "ge", "between") else None

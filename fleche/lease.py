@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleche.errors import FlecheError
-from fleche.store import ObjectStore, is_function_id, is_oid
+from fleche.store import BytesLike, ObjectStore, is_function_id, is_oid
 
 __all__ = [
     "LEASE_FORMAT",
@@ -154,7 +154,7 @@ def _encode(function_id: str, digest: str, token: str, ttl: float, acquired: flo
     return json.dumps(record, separators=(",", ":")).encode()
 
 
-def _decode(raw: bytes | None) -> dict[str, Any] | None:
+def _decode(raw: BytesLike | None) -> dict[str, Any] | None:
     """The lease record, or None when ``raw`` is not one (junk is treated as a dead lease)."""
     if raw is None:
         return None
@@ -286,8 +286,8 @@ class _Computes(Protocol):
     def compute(
         self,
         cache: Any,
-        args: tuple,
-        kwargs: dict,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
         key: str,
         items: list[tuple[str, Any]],
         digests: list[bytes],
@@ -344,8 +344,8 @@ def _break(store: ObjectStore, function_id: str, digest: str, token: str | None)
 def compute_once(
     cf: _Computes,
     cache: Any,
-    args: tuple,
-    kwargs: dict,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
     key: str,
     items: list[tuple[str, Any]],
     digests: list[bytes],
@@ -427,8 +427,8 @@ def _wait_or_lead(
 def _as_owner(
     cf: _Computes,
     cache: Any,
-    args: tuple,
-    kwargs: dict,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
     key: str,
     items: list[tuple[str, Any]],
     digests: list[bytes],

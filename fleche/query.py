@@ -172,8 +172,8 @@ class QueryResult:
                     yield rec
             return
         for fid, key in index.search(self.spec, newest_first=True):
-            rec = self.cache.get_record(fid, key)
-            if rec is None or not self.spec.match(rec):
+            found = self.cache.get_record(fid, key)
+            if found is None or not self.spec.match(found):
                 self.stale += 1
                 if self.stale == 1:
                     warnings.warn(
@@ -184,7 +184,7 @@ class QueryResult:
                         stacklevel=3,
                     )
                 continue
-            yield rec
+            yield found
 
     def _call(self, record: dict[str, Any]) -> Call:
         return Call.from_record(record, self.cache.load_value)
@@ -333,7 +333,7 @@ def for_function(
     binder: Binder,
     function_id: str,
     qualname: str,
-    args: tuple,
+    args: tuple[Any, ...],
     kwargs: dict[str, Any],
     metadata: Mapping[str, Any] | None = None,
     version: Any = _ANY,

@@ -24,7 +24,7 @@ import os
 import sys
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "ROWS",
@@ -419,7 +419,7 @@ def query_rich(q: Any, limit: int = ROWS, width: int | None = None) -> Any:
             if c in _FREE:
                 table.add_column(c, overflow="fold", ratio=2 if c == "arguments" else 1)
             else:
-                justify = "right" if c == "duration" else "left"
+                justify: Literal["right", "left"] = "right" if c == "duration" else "left"
                 table.add_column(
                     c, no_wrap=True, overflow="ellipsis", max_width=_WIDTHS.get(c), justify=justify
                 )

@@ -27,7 +27,8 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, BinaryIO
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import fsspec
 import xxhash
@@ -58,6 +59,27 @@ MARKER = "fleche.json"
 
 BytesLike = bytes | bytearray | memoryview
 Data = BytesLike | Sequence[BytesLike]
+
+
+class ReadableFile(Protocol):
+    """What ``ObjectStore.open_read`` returns: a binary file with ``read`` and ``readinto``."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def readinto(self, buffer: Any, /) -> int: ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ReadableFile: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+        /,
+    ) -> object: ...
+
 
 _HEX = "0123456789abcdef"
 _FUNCTION_ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
@@ -120,6 +142,14 @@ def hash_parts(parts: Sequence[BytesLike]) -> str:
     return digest_parts(parts).hex()
 
 
+def named(name: Future[tuple[str, bytes, bytes]], header_size: int) -> tuple[str, bytes, bytes]:
+    """``put_later``'s ``(oid, header, trailer)``, waited for; ValueError for a wrong-size header."""
+    oid, header, trailer = name.result()
+    if len(header) != header_size:
+        raise ValueError(f"header is {len(header)} bytes, expected {header_size}")
+    return oid, header, trailer
+
+
 def new_marker() -> dict[str, Any]:
     """The content of a fresh ``fleche.json``."""
     return {
@@ -171,7 +201,8 @@ class ObjectStore:
         self._info: dict[str, Any] | None = self._load_marker()
 
     def _make_url(self) -> str:
-        return self.fs.unstrip_protocol(self.root)
+        url: str = self.fs.unstrip_protocol(self.root)
+        return url
 
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
@@ -205,8 +236,9 @@ class ObjectStore:
 
     # -- filesystem primitives: a backend overrides these, nothing else -------
 
-    def _read(self, path: str) -> bytes:
-        return self.fs.cat_file(path)
+    def _read(self, path: str) -> BytesLike:
+        data: bytes = self.fs.cat_file(path)
+        return data
 
     def _write(self, path: str, parts: Sequence[BytesLike]) -> None:
         """Write ``parts`` under ``path`` atomically, replacing any existing file."""
@@ -280,10 +312,10 @@ class ObjectStore:
             return None
         return self._parse_marker(raw)
 
-    def _parse_marker(self, raw: bytes) -> dict[str, Any]:
+    def _parse_marker(self, raw: BytesLike) -> dict[str, Any]:
         where = f"{self.url.rstrip('/')}/{MARKER}"
         try:
-            info = json.loads(raw)
+            info = json.loads(bytes(raw))
         except ValueError as e:
             raise StoreFormatError(
                 f"{where} is not valid JSON ({e}); is this a fleche store?"
@@ -300,7 +332,7 @@ class ObjectStore:
             raise StoreFormatError(
                 f"{where} says names are {info['digest']!r} digests; this fleche uses {DIGEST!r}"
             )
-        return info
+        return cast("dict[str, Any]", info)  # a dict: its "format" was read above
 
     def _ensure_marker(self) -> None:
         """Write ``fleche.json`` before the first file, once (create-only)."""
@@ -356,9 +388,7 @@ class ObjectStore:
         exists.
         """
         self._check_writable()
-        oid, header, trailer = name.result()
-        if len(header) != header_size:
-            raise ValueError(f"header is {len(header)} bytes, expected {header_size}")
+        oid, header, trailer = named(name, header_size)
         return self.put([header, *parts, trailer] if trailer else [header, *parts], oid=oid)
 
     def put_stream(self, chunks: Iterable[BytesLike], *, oid: str) -> str:
@@ -389,7 +419,7 @@ class ObjectStore:
     streams_reads = True
     """Whether ``open_read`` reads as the caller asks (else it fetches the object whole)."""
 
-    def open_read(self, oid: str) -> BinaryIO:
+    def open_read(self, oid: str) -> ReadableFile:
         """A binary file object reading object ``oid`` (``read``/``readinto``), for large objects.
 
         Use it as a context manager. ``CacheMiss`` when the object is absent.
@@ -400,10 +430,11 @@ class ObjectStore:
         except FileNotFoundError:
             raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
 
-    def _open_read(self, path: str) -> BinaryIO:
-        return self.fs.open(path, "rb")  # type: ignore[no-any-return]
+    def _open_read(self, path: str) -> ReadableFile:
+        f: ReadableFile = self.fs.open(path, "rb")
+        return f
 
-    def get(self, oid: str) -> bytes:
+    def get(self, oid: str) -> BytesLike:
         """The bytes of object ``oid``; ``CacheMiss`` when it is not in the store."""
         path = self._oid_path(oid)
         try:
@@ -454,14 +485,14 @@ class ObjectStore:
             self._ensure_marker()
         self._write(path, (data,))
 
-    def get_call(self, function_id: str, digest: str) -> bytes:
+    def get_call(self, function_id: str, digest: str) -> BytesLike:
         """The bytes of a call record; :class:`~fleche.errors.CacheMiss` when there is none."""
         data = self.find_call(function_id, digest)
         if data is None:
             raise CacheMiss(f"no call record {function_id}/{digest} in the store at {self.url}")
         return data
 
-    def find_call(self, function_id: str, digest: str) -> bytes | None:
+    def find_call(self, function_id: str, digest: str) -> BytesLike | None:
         """The record's bytes, or None when there is none: a miss raises nothing (cheaper)."""
         path = self._call_path(function_id, digest)
         try:
@@ -516,7 +547,7 @@ class ObjectStore:
             self._ensure_dir(path.rpartition("/")[0])
             return self._write_new(path, data)
 
-    def read_lease(self, function_id: str, digest: str) -> bytes | None:
+    def read_lease(self, function_id: str, digest: str) -> BytesLike | None:
         """The lease file's bytes, or None when no process holds the call."""
         try:
             return self._read(self._lease_path(function_id, digest))

@@ -16,11 +16,11 @@ import os
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
-from typing import BinaryIO
+from contextlib import contextmanager
 
 from fsspec.implementations.local import LocalFileSystem
 
-from fleche.store import _HEX, BytesLike, ObjectStore, is_oid
+from fleche.store import _HEX, BytesLike, ObjectStore, ReadableFile, is_oid, named
 
 __all__ = ["LocalStore"]
 
@@ -153,7 +153,7 @@ class LocalStore(ObjectStore):
 
     # -- primitives ---------------------------------------------------------------
 
-    def _read(self, path: str) -> bytes:
+    def _read(self, path: str) -> BytesLike:
         fd = os.open(path, _READ)
         try:
             # Most call records fit one guess-sized read, which saves an fstat on every
@@ -186,11 +186,12 @@ class LocalStore(ObjectStore):
             tmp = f"{self._tmp}/{secrets.token_hex(12)}"
         return os.open(tmp, _CREATE, 0o666), tmp
 
-    def _write_tmp(self, parts: Iterable[BytesLike]) -> str:
-        """Write ``parts`` to a fresh file under ``tmp/`` and return its path."""
+    @contextmanager
+    def _tmp_file(self) -> Iterator[tuple[int, str]]:
+        """A fresh file under ``tmp/``: closed after the block (fsynced if durable), removed on error."""
         fd, tmp = self._open_tmp()
         try:
-            _write_parts(fd, parts)
+            yield fd, tmp
             if self.durable:
                 os.fsync(fd)
         except BaseException:
@@ -198,9 +199,14 @@ class LocalStore(ObjectStore):
             _unlink_quiet(tmp)
             raise
         os.close(fd)
+
+    def _write_tmp(self, parts: Iterable[BytesLike]) -> str:
+        """Write ``parts`` to a fresh file under ``tmp/`` and return its path."""
+        with self._tmp_file() as (fd, tmp):
+            _write_parts(fd, parts)
         return tmp
 
-    def _write(self, path: str, parts: Iterable[BytesLike]) -> None:  # type: ignore[override]
+    def _write(self, path: str, parts: Iterable[BytesLike]) -> None:
         tmp = self._write_tmp(parts)
         try:
             self._rename(tmp, path)
@@ -237,24 +243,14 @@ class LocalStore(ObjectStore):
                 duplicate.append(oid)
             return bool(duplicate)
 
-        fd, tmp = self._open_tmp()
-        try:
+        with self._tmp_file() as (fd, tmp):
             _write_all(fd, bytes(header_size))
             finished = _write_parts(fd, parts, stop)
-            oid, header, trailer = name.result()
-            if len(header) != header_size:
-                raise ValueError(f"header is {len(header)} bytes, expected {header_size}")
+            oid, header, trailer = named(name, header_size)
             if finished:
                 if trailer:
                     _write_all(fd, trailer)
                 os.pwrite(fd, header, 0)
-                if self.durable:
-                    os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            _unlink_quiet(tmp)
-            raise
-        os.close(fd)
         path = self._oid_path(oid)
         try:
             if not finished or self._exists(path):
@@ -269,7 +265,7 @@ class LocalStore(ObjectStore):
     def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
         self._write(path, chunks)  # _write_tmp writes parts as they come: already streaming
 
-    def _open_read(self, path: str) -> BinaryIO:
+    def _open_read(self, path: str) -> ReadableFile:
         return open(path, "rb", buffering=0)  # the caller closes it
 
     def _rename(self, src: str, dst: str) -> None:

@@ -18,7 +18,7 @@ from fleche.store import ObjectStore
 __all__ = ["MemoryStore", "PrivateMemoryFileSystem"]
 
 
-class PrivateMemoryFileSystem(MemoryFileSystem):
+class PrivateMemoryFileSystem(MemoryFileSystem):  # type: ignore[misc]
     """A ``MemoryFileSystem`` whose files belong to this instance alone."""
 
     cachable = False  # fsspec would otherwise hand back one shared instance
@@ -39,7 +39,8 @@ class PrivateMemoryFileSystem(MemoryFileSystem):
         f = self.store.get(name)
         if f is not None:
             return {"name": name, "size": f.size, "type": "file", "created": f.created}
-        return super().info(path, **kwargs)
+        info: dict[str, Any] = super().info(path, **kwargs)
+        return info
 
 
 _named: dict[str, PrivateMemoryFileSystem] = {}

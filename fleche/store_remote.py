@@ -31,11 +31,19 @@ import time
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 from fleche._version import __version__
 from fleche.errors import CacheMiss, ConfigError, FlecheWarning, ReadOnlyStoreError
-from fleche.store import Data, ObjectStore, as_parts, check_function_id, check_oid, hash_parts
+from fleche.store import (
+    Data,
+    ObjectStore,
+    ReadableFile,
+    as_parts,
+    check_function_id,
+    check_oid,
+    hash_parts,
+)
 from fleche.store_wire import (
     ERROR,
     MISS,
@@ -166,7 +174,7 @@ class RemoteStore(ObjectStore):
                 f"{url!r}: ssh_config=, identity_file= and ssh_options= need fleche+ssh://"
             )
         self.url = url
-        self.fs = None  # type: ignore[assignment]
+        self.fs = None
         self.root = path
         self.read_only = read_only
         self.durable = durable
@@ -378,7 +386,7 @@ class RemoteStore(ObjectStore):
             conn.close(wait=0.5)
 
     def _request(
-        self, head: tuple[Any, ...], parts: Sequence[Any] = (), *, retry: bool = True
+        self, head: tuple[Any, ...], parts: Iterable[Any] = (), *, retry: bool = True
     ) -> tuple[Any, Any]:
         """Send ``head`` (+ ``parts``), return ``(value, body)``; None value on a miss.
 
@@ -452,10 +460,10 @@ class RemoteStore(ObjectStore):
     # through open_read would only add a copy, so the cache does not stream from here.
     streams_reads = False
 
-    def _open_read(self, path: str) -> BinaryIO:
+    def _open_read(self, path: str) -> ReadableFile:
         raise AssertionError("RemoteStore.open_read does not use paths")  # pragma: no cover
 
-    def open_read(self, oid: str) -> BinaryIO:
+    def open_read(self, oid: str) -> ReadableFile:
         """The object's bytes as a file (fetched whole: the remote store does not stream reads)."""
         return _BufferReader(self.get(oid))
 

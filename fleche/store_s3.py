@@ -32,15 +32,15 @@ import inspect
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, BinaryIO
+from typing import Any
 
 from fleche.errors import ConfigError
-from fleche.store import BytesLike, ObjectStore, is_function_id, is_oid
+from fleche.store import BytesLike, ObjectStore, ReadableFile, is_function_id, is_oid
 
 try:  # botocore comes with s3fs; without it S3Store cannot be built anyway
     from botocore.exceptions import BotoCoreError, NoCredentialsError
 except ImportError:  # pragma: no cover - exercised only without the s3 extra
-    BotoCoreError = NoCredentialsError = ()  # type: ignore[assignment,misc]
+    BotoCoreError = NoCredentialsError = ()
 
 __all__ = ["HEAD_FIRST", "MULTIPART_MIN", "PART_SIZE", "S3Store"]
 
@@ -195,7 +195,8 @@ class S3Store(ObjectStore):
 
     def _read(self, path: str) -> bytes:
         with self._errors(path, "read"):
-            return self.fs.cat_file(path, **self._cat_kwargs)
+            data: bytes = self.fs.cat_file(path, **self._cat_kwargs)
+            return data
 
     def _write(self, path: str, parts: Sequence[BytesLike]) -> None:
         with self._errors(path, "write"):
@@ -293,10 +294,11 @@ class S3Store(ObjectStore):
     def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
         self._multipart(path, chunks)
 
-    def _open_read(self, path: str) -> BinaryIO:
+    def _open_read(self, path: str) -> ReadableFile:
         """Ranged GETs of ``PART_SIZE`` bytes as the reader asks (s3fs's file, no read-ahead cache)."""
         with self._errors(path, "read"):
-            return self.fs.open(path, "rb", block_size=PART_SIZE, cache_type="none")  # type: ignore[no-any-return]
+            f: ReadableFile = self.fs.open(path, "rb", block_size=PART_SIZE, cache_type="none")
+            return f
 
     def _exists(self, path: str) -> bool:
         # One HEAD; fs.info would LIST after a 404 to look for a "directory".

@@ -37,7 +37,7 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paramiko
@@ -62,7 +62,7 @@ from paramiko.sftp import (
 from paramiko.sftp_attr import SFTPAttributes
 
 from fleche.errors import ConfigError, FlecheError
-from fleche.store import _HEX, BytesLike, ObjectStore, is_oid
+from fleche.store import _HEX, BytesLike, ObjectStore, ReadableFile, is_oid
 from fleche.store_ssh import (
     SSHAuthenticationError,
     SSHConnectionError,
@@ -107,7 +107,8 @@ def _data(r: _Replies, num: int, path: str) -> bytes:
         return b""
     if t != CMD_DATA:
         raise _Failure(f"the server answered a read with message type {t}: {path}")
-    return msg.get_string()
+    data: bytes = msg.get_string()
+    return data
 
 
 def _read_file(r: _Replies, path: str, chunk: int) -> bytes | bytearray:
@@ -402,9 +403,9 @@ class SFTPStore(ObjectStore):
 
     # -- primitives -----------------------------------------------------------------------
 
-    def _read(self, path: str) -> bytes:
+    def _read(self, path: str) -> BytesLike:
         with self._session(path, "read") as r:
-            return _read_file(r, path, self.fs.read_chunk)  # type: ignore[return-value]
+            return _read_file(r, path, self.fs.read_chunk)
 
     def _write(self, path: str, parts: Sequence[BytesLike]) -> None:
         self._put(path, parts, replace=True)
@@ -415,7 +416,7 @@ class SFTPStore(ObjectStore):
     def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
         self._put(path, chunks, replace=False)  # pipelined writes as the chunks come
 
-    def _open_read(self, path: str) -> BinaryIO:
+    def _open_read(self, path: str) -> ReadableFile:
         return io.BufferedReader(_Reader(self, path), buffer_size=self.fs.read_chunk)
 
     def _put(self, path: str, parts: Iterable[BytesLike], *, replace: bool) -> bool:
@@ -529,7 +530,8 @@ class SFTPStore(ObjectStore):
     def _listdir(self, path: str) -> list[SFTPAttributes]:
         try:
             with self._session(path, "list") as r:
-                return r.sftp.listdir_attr(path)
+                entries: list[SFTPAttributes] = r.sftp.listdir_attr(path)
+                return entries
         except FileNotFoundError:
             return []
 

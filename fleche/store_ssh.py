@@ -81,7 +81,13 @@ _STRICT["off"] = _STRICT["no"]
 # Options handled here; paramiko's SSHClient.connect takes the rest.
 _OWN = {"hostname", "port", "username", "key_filename", "timeout", "sock"}
 _CONNECT = set(inspect.signature(paramiko.SSHClient.connect).parameters) - _OWN - {"self"}
-_STORE_OPTIONS = ("ssh_config", "known_hosts", "host_key_policy", "io_timeout", "keepalive")
+_STORE_OPTIONS: tuple[str, ...] = (
+    "ssh_config",
+    "known_hosts",
+    "host_key_policy",
+    "io_timeout",
+    "keepalive",
+)
 _STORE_OPTIONS += ("max_sessions",)
 _TIMEOUTS = ("banner_timeout", "auth_timeout")  # default to timeout= rather than paramiko's
 _DEFAULT_KNOWN = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
@@ -260,7 +266,7 @@ def _resolve(host: str, options: dict[str, Any]) -> _Settings:
     )
 
 
-class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):
+class _RefuseUnknownHost(paramiko.MissingHostKeyPolicy):  # type: ignore[misc]
     """Refuse a host whose key is in no known_hosts file, saying how to check and record it."""
 
     def __init__(self, settings: _Settings) -> None:
@@ -303,7 +309,8 @@ class _Replies:
         self.got[num] = (t, msg)
 
     def send(self, t: int, *args: Any) -> int:
-        return self.sftp._async_request(self, t, *args)
+        num: int = self.sftp._async_request(self, t, *args)
+        return num
 
     def wait(self, num: int, path: str) -> tuple[int, paramiko.Message]:
         """The reply to request ``num``; a failure status raises (EOF as ``EOFError``)."""
@@ -341,7 +348,7 @@ def _raise_status(msg: paramiko.Message, path: str) -> None:
 # -- the filesystem: one connection, a pool of SFTP sessions ---------------------------------
 
 
-class SSHFileSystem(SFTPFileSystem):
+class SSHFileSystem(SFTPFileSystem):  # type: ignore[misc]
     """fsspec's ``SFTPFileSystem``, with ssh_config, checked host keys and thread-safe sessions.
 
     ``SSHFileSystem("host", port=..., username=..., key_filename=...,

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
@@ -104,8 +104,11 @@ def nbytes(part: Any) -> int:
     return len(part) if isinstance(part, bytes) else memoryview(part).nbytes
 
 
-def write_message(out: io.BufferedWriter, head: Any, parts: Sequence[Any] = ()) -> None:
-    """Send one message: prefix, msgpack ``head``, then ``parts`` back to back (never joined)."""
+def write_message(out: io.BufferedWriter, head: Any, parts: Iterable[Any] = ()) -> None:
+    """Send one message: prefix, msgpack ``head``, then ``parts`` back to back (never joined).
+
+    ``parts`` is iterated twice (sizes, then bytes): a sequence, or a re-iterable like a spool.
+    """
     packed = msgpack.packb(head, use_bin_type=True)
     out.write(PREFIX.pack(len(packed), sum(nbytes(p) for p in parts)))
     out.write(packed)
@@ -203,7 +206,8 @@ def stderr_tail(f: Any, limit: int = 4000) -> str:
         f.flush()
         size = f.seek(0, os.SEEK_END)
         f.seek(max(0, size - limit))
-        return f.read().decode(errors="replace").strip()
+        tail: str = f.read().decode(errors="replace").strip()
+        return tail
     except (OSError, ValueError):  # closed already
         return ""
 
@@ -228,7 +232,7 @@ class Connection:
         )
         self.pid = os.getpid()  # a forked child must not write into its parent's pipes
         assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.writer = io.BufferedWriter(self.proc.stdin, _BUFFER)  # type: ignore[arg-type]
+        self.writer: io.BufferedWriter = io.BufferedWriter(self.proc.stdin, _BUFFER)
         self.reader: io.BufferedReader | None = None
         self.finalizer: Any = None
 
@@ -278,7 +282,7 @@ class Connection:
         self.reader = io.BufferedReader(raw, _BUFFER)  # type: ignore[arg-type]
         return hello
 
-    def exchange(self, head: Any, parts: Sequence[Any]) -> tuple[Any, Any]:
+    def exchange(self, head: Any, parts: Iterable[Any]) -> tuple[Any, Any]:
         """One request, one reply; any fault of the transport becomes ``BrokenStream``."""
         assert self.reader is not None
         try:

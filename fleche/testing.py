@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 
@@ -29,7 +30,7 @@ from hypothesis import strategies as st
 
 from fleche._version import __version__
 from fleche.errors import CacheMiss, ReadOnlyStoreError, StoreFormatError
-from fleche.store import ObjectStore
+from fleche.store import BytesLike, ObjectStore
 
 __all__ = ["StoreConformance", "digest_of"]
 
@@ -105,7 +106,7 @@ class StoreConformance:
         assert store.get(oid) == b"buffer"
 
     def test_put_parts_written_back_to_back(self, store: ObjectStore) -> None:
-        parts = [b"head:", bytearray(b"middle:"), memoryview(b"..tail")[2:], b""]
+        parts: list[BytesLike] = [b"head:", bytearray(b"middle:"), memoryview(b"..tail")[2:], b""]
         oid = store.put(parts)
         assert oid == xxhash.xxh3_128_hexdigest(b"head:middle:tail")
         assert store.get(oid) == b"head:middle:tail"
@@ -207,7 +208,7 @@ class StoreConformance:
         oid = xxhash.xxh3_128_hexdigest(data)
         consumed: list[int] = []
 
-        def produce():
+        def produce() -> Iterator[bytes]:
             for i, c in enumerate(chunks):
                 consumed.append(i)
                 yield c
@@ -230,7 +231,8 @@ class StoreConformance:
             assert f.read(1) == b""
 
     def test_put_stream_small_and_empty(self, store: ObjectStore) -> None:
-        oid = store.put_stream(iter([b"a", memoryview(b"bc"), bytearray(b"d")]), oid=digest_of("s"))
+        chunks: list[BytesLike] = [b"a", memoryview(b"bc"), bytearray(b"d")]
+        oid = store.put_stream(iter(chunks), oid=digest_of("s"))
         assert store.get(oid) == b"abcd"
         empty = store.put_stream(iter([]), oid=digest_of("empty"))
         assert store.get(empty) == b""
@@ -246,7 +248,7 @@ class StoreConformance:
     def test_put_stream_failure_leaves_no_object(self, store: ObjectStore) -> None:
         oid = digest_of("broken stream")
 
-        def produce():
+        def produce() -> Iterator[bytes]:
             yield os.urandom(1 << 20)
             raise RuntimeError("the producer failed")
 
@@ -275,7 +277,7 @@ class StoreConformance:
         assert store.get(oid) == head + body + tail
         name, oid = self._named_later(os.urandom(32), b"no trailer")
         store.put_later(name, [b"no trailer"], header_size=32)
-        assert store.get(oid).endswith(b"no trailer")
+        assert bytes(store.get(oid)).endswith(b"no trailer")
 
     def test_put_later_keeps_an_existing_object(self, store: ObjectStore) -> None:
         head, body = b"H" * 32, os.urandom(9 << 20)
@@ -398,7 +400,7 @@ class StoreConformance:
 
     @pytest.mark.parametrize("bad", BAD_OIDS, ids=repr)
     def test_invalid_oid_is_a_value_error_naming_it(self, store: ObjectStore, bad: str) -> None:
-        calls = [
+        calls: list[Callable[[], object]] = [
             lambda: store.get(bad),
             lambda: store.exists(bad),
             lambda: store.delete(bad),
@@ -423,7 +425,7 @@ class StoreConformance:
         self, store: ObjectStore, bad: str
     ) -> None:
         digest = digest_of("x")
-        calls = [
+        calls: list[Callable[[], object]] = [
             lambda: store.put_call(bad, digest, b"x"),
             lambda: store.get_call(bad, digest),
             lambda: store.has_call(bad, digest),
@@ -455,7 +457,7 @@ class StoreConformance:
         assert ro.get(oid) == b"shared"
         assert ro.get_call(FID, digest) == b"record"
         assert list(ro.iter_oids()) == [oid]
-        writes = [
+        writes: list[Callable[[], object]] = [
             lambda: ro.put(b"new"),
             lambda: ro.put(b"shared"),  # even when it exists: the caller asked to write
             lambda: ro.delete(oid),
@@ -542,7 +544,9 @@ class StoreConformance:
         for name in ("_read", "_write", "_write_new", "_exists", "_ensure_dir"):
             original = getattr(store, name)
 
-            def counted(*args: object, _name: str = name, _original=original) -> object:
+            def counted(
+                *args: object, _name: str = name, _original: Callable[..., object] = original
+            ) -> object:
                 counts[_name] = counts.get(_name, 0) + 1
                 return _original(*args)
 
@@ -615,7 +619,7 @@ class StoreConformance:
             start.wait()
             for _ in range(100):
                 try:
-                    seen.append(store.get_call(FID, digest))
+                    seen.append(bytes(store.get_call(FID, digest)))
                 except CacheMiss:
                     pass
 

@@ -181,17 +181,19 @@ def plan_gc(
 
     records: list[_Rec] = []
     unreadable_bytes = 0
-    for r in read_records(store, list(inv.iter_calls()), workers=workers, progress=progress):
-        plan.known[(r.function_id, r.digest)] = (r.entry.size, r.entry.mtime)
-        if r.record is None:
-            if r.error is not None:
-                plan.unreadable.append(f"{r.function_id}/{r.digest}")
-                unreadable_bytes += r.entry.size
+    for got in read_records(store, list(inv.iter_calls()), workers=workers, progress=progress):
+        plan.known[(got.function_id, got.digest)] = (got.entry.size, got.entry.mtime)
+        if got.record is None:
+            if got.error is not None:
+                plan.unreadable.append(f"{got.function_id}/{got.digest}")
+                unreadable_bytes += got.entry.size
             continue
-        created = r.record.get("metadata", {}).get("created")
+        created = got.record.get("metadata", {}).get("created")
         if not isinstance(created, (int, float)) or isinstance(created, bool):
-            created = r.entry.mtime
-        records.append(_Rec(r.function_id, r.entry, created, tuple(referenced_oids(r.record))))
+            created = got.entry.mtime
+        records.append(
+            _Rec(got.function_id, got.entry, created, tuple(referenced_oids(got.record)))
+        )
 
     candidates = [r for r in records if chosen is None or r.function_id in chosen]
     doomed: dict[tuple[str, str], str] = {}

@@ -350,7 +350,7 @@ def _png(report: StoreReport, path: Path) -> None:
     size.set(title="store size over time", ylabel="MiB")
     fns = list(report.functions.values())
     for ax, title, items, unit in (
-        (calls, "calls per function", [(u.function, u.calls) for u in fns], "calls"),
+        (calls, "calls per function", [(u.function, float(u.calls)) for u in fns], "calls"),
         (largest, "largest functions", [(u.function, u.bytes / 2**20) for u in fns], "MiB"),
         (
             kept,

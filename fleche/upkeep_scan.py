@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from fleche import codec
 from fleche.codec_sign import Signer
 from fleche.errors import CacheMiss, CorruptObjectError
-from fleche.store import ObjectStore, is_function_id, is_oid
+from fleche.store import BytesLike, ObjectStore, is_function_id, is_oid
 from fleche.store_local import LocalStore
 from fleche.upkeep import WORKERS, Progress
 
@@ -279,7 +279,7 @@ def call_path(store: ObjectStore, function_id: str, digest: str) -> str:
     return f"{store.root}/calls/{function_id}/{digest[:2]}/{digest[2:]}"
 
 
-def read_head(store: ObjectStore, path: str, fetch: Callable[[], bytes]) -> bytes:
+def read_head(store: ObjectStore, path: str, fetch: Callable[[], BytesLike]) -> bytes:
     """The first bytes of a file: one ``pread`` locally, a ranged GET elsewhere, else the whole."""
     n = codec.HEADER_SIZE
     if isinstance(store, LocalStore):
@@ -344,14 +344,14 @@ class StoreStats:
 
 def _header_sizes(
     store: ObjectStore,
-    items: list[tuple[str, Callable[[], bytes]]],
+    items: list[tuple[str, Callable[[], BytesLike]]],
     workers: int,
     phase: str,
     progress: Progress | None,
 ) -> tuple[int, int, int]:
     """(raw payload bytes, compressed files, unreadable) over the headers of ``items``."""
 
-    def head(item: tuple[str, Callable[[], bytes]]) -> tuple[int, int] | None:
+    def head(item: tuple[str, Callable[[], BytesLike]]) -> tuple[int, int] | None:
         try:
             codec_id, _ser, size, _digest = codec.read_header(read_head(store, *item))
         except (CorruptObjectError, FileNotFoundError, CacheMiss):
@@ -421,11 +421,11 @@ def stats(
     return st
 
 
-def _fetch_call(store: ObjectStore, fid: str, digest: str) -> Callable[[], bytes]:
+def _fetch_call(store: ObjectStore, fid: str, digest: str) -> Callable[[], BytesLike]:
     return lambda: store.get_call(fid, digest)
 
 
-def _fetch_object(store: ObjectStore, oid: str) -> Callable[[], bytes]:
+def _fetch_object(store: ObjectStore, oid: str) -> Callable[[], BytesLike]:
     return lambda: store.get(oid)
 
 
