@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from fleche.cli import emit_json, json_option, print_table, store_option
+from fleche.cli import emit_json, json_option, print_table, progress_bar, store_option
 from fleche.errors import FlecheError
 
 if TYPE_CHECKING:
@@ -85,7 +85,11 @@ def _run(store: str | None, as_json: bool, rebuild: bool) -> None:
     reports: list[dict[str, Any]] = []
     for cache in _caches(store):
         assert cache.index is not None
-        report = cache.index.rebuild() if rebuild else cache.index.refresh()
+        with progress_bar() as progress:
+            if rebuild:
+                report = cache.index.rebuild(progress=progress)
+            else:
+                report = cache.index.refresh(progress=progress)
         reports.append({"store": cache.url, "index": cache.index.location, **report.as_dict()})
         if not as_json:
             click.echo(f"{cache.url}: {report}")

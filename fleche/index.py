@@ -68,6 +68,9 @@ from fleche.index_write import (
 from fleche.store import ObjectStore, is_function_id
 from fleche.terms import QuerySpec
 
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``, as ``fleche.cli.progress_bar`` draws it."""
+
 _T = TypeVar("_T")
 
 __all__ = [
@@ -582,8 +585,11 @@ class Index:
         report.removed = len(gone)
         return report
 
-    def _refresh(self, store: ObjectStore) -> RefreshReport:
-        """Compare every function's full listing with the catalogue and fix the differences."""
+    def _refresh(self, store: ObjectStore, progress: Progress | None = None) -> RefreshReport:
+        """Compare every function's full listing with the catalogue and fix the differences.
+
+        ``progress(phase, done, total)`` hears of each function finished.
+        """
         t0 = time.perf_counter()
         started = time.time()
         local = is_local(store)
@@ -592,7 +598,9 @@ class Index:
             self._check_identity(store)
         present = list_functions(store)
         report = RefreshReport()
-        for fid in present:
+        for i, fid in enumerate(present, 1):
+            if progress is not None:
+                progress("functions", i - 1, len(present))
             if local:
                 mtimes = fan_mtimes(store, fid)  # before the listing: a later write moves them
                 recorded = {
@@ -604,6 +612,8 @@ class Index:
                 report.merge(self._sync_fans(store, fid, set(mtimes) | recorded, mtimes))
             else:
                 report.merge(self._sync(store, fid, list_function(store, fid), self._indexed(fid)))
+        if progress is not None and present:
+            progress("functions", len(present), len(present))
         known = {r[0] for r in self.db.read("SELECT DISTINCT function FROM fleche_calls")}
         known |= {r[0] for r in self.db.read("SELECT DISTINCT function FROM fleche_fans")}
         for fid in sorted(known - set(present)):
@@ -619,18 +629,22 @@ class Index:
 
     # -- maintenance ---------------------------------------------------------------------
 
-    def refresh(self, store: ObjectStore | None = None) -> RefreshReport:
+    def refresh(
+        self, store: ObjectStore | None = None, *, progress: Progress | None = None
+    ) -> RefreshReport:
         """Bring the catalogue up to date with the whole store: add missing records, drop vanished ones."""
         store = store or self.store
         if store is None:
             raise IndexFault("refresh() needs the store to read: this index was given none")
         self.flush()
         with self._lock:
-            report = self._guarded(lambda: self._refresh(store))
+            report = self._guarded(lambda: self._refresh(store, progress))
             self._stale = False
         return report
 
-    def rebuild(self, store: ObjectStore | None = None) -> RefreshReport:
+    def rebuild(
+        self, store: ObjectStore | None = None, *, progress: Progress | None = None
+    ) -> RefreshReport:
         """Empty the catalogue and fill it again from every record of the store."""
         store = store or self.store
         if store is None:
@@ -643,7 +657,7 @@ class Index:
             self._fans_known.clear()
             self._analyzed = None
             try:
-                report = self._guarded(lambda: self._refresh(store))
+                report = self._guarded(lambda: self._refresh(store, progress))
             finally:
                 self.db.create_indexes()  # sorted once, after the rows: several times faster
             self._stale = False

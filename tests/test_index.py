@@ -431,7 +431,9 @@ def test_a_remote_store_keeps_its_index_in_the_user_cache_dir(
     assert count(c, alpha_is(0.9)) == 3
     report = c.index.refresh()
     assert report.calls == 9 and report.added == 0
-    assert c.index.rebuild().calls == 9
+    heard: list[tuple[str, int, int]] = []
+    assert c.index.rebuild(progress=lambda *a: heard.append(a)).calls == 9
+    assert heard[0] == ("functions", 0, 1) and heard[-1] == ("functions", 1, 1)
 
 
 # -- the command line -----------------------------------------------------------------------
