@@ -53,6 +53,8 @@ def put_encoded(store: ObjectStore, enc: codec.Encoded) -> None:
     for obj in enc.objects():
         if obj.stream is not None:
             store.put_stream(obj.chunks(), oid=obj.oid)
+        elif obj.produce is not None:  # written as the serializer produces it
+            store.put_produced(obj.write_payload, obj.named(), header_size=codec.HEADER_SIZE)
         elif obj.pending is not None and not obj.pending.done():  # hashed while written
             store.put_later(obj.named(), obj.payload, header_size=codec.HEADER_SIZE)
         else:
@@ -82,7 +84,17 @@ def encode_value(
     ``enc.oid`` after storing. ``signer`` signs the object; ``safe`` refuses
     (UnsafeValueError) a value only pickle could store.
     """
-    ser, parts, children = codec.serialize(value, serializer, level=level, safe=safe)
+    if defer:  # a large frame may be written as Arrow produces it: never held twice
+        got = codec.serialize_streamed(
+            value, serializer, level=level, safe=safe, stream_min=codec.PRODUCE_MIN
+        )
+        if isinstance(got, codec.Streamed):
+            enc = codec.frame_streamed(got, signer=signer)
+            ref0 = {"type": type_name(value), "ser": got.serializer, "oid": None, "size": got.size}
+            return ref0, enc
+        ser, parts, children = got
+    else:
+        ser, parts, children = codec.serialize(value, serializer, level=level, safe=safe)
     size = sum(codec.nbytes(p) for p in parts)
     ref: dict[str, Any] = {"type": type_name(value), "ser": ser}
     if size <= inline_limit and not children:

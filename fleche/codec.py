@@ -35,6 +35,7 @@ from fleche.codec_base import (
     SER_POLARS,
     LoadContext,
     MissingSerializerError,
+    Streamed,
     nbytes,
 )
 from fleche.codec_frame import (
@@ -47,6 +48,7 @@ from fleche.codec_frame import (
     LARGE_RATIO,
     MAGIC,
     MIN_COMPRESS,
+    PRODUCE_MIN,
     SAMPLE,
     SMALL_RATIO,
     STREAM_MIN,
@@ -55,12 +57,20 @@ from fleche.codec_frame import (
     _worth_compressing,
     frame,
     frame_bytes,
+    frame_streamed,
     read_frame_header,
     read_header,
     unframe,
     unframe_stream,
 )
-from fleche.codec_registry import by_id, decode, is_safe, serialize, serializer_names
+from fleche.codec_registry import (
+    by_id,
+    decode,
+    is_safe,
+    serialize,
+    serialize_streamed,
+    serializer_names,
+)
 from fleche.codec_sign import TRAILER_SIZE, Signer
 from fleche.errors import CorruptObjectError, UnsafeValueError
 
@@ -89,8 +99,10 @@ __all__ = [
     "SER_POLARS",
     "SMALL_RATIO",
     "STREAM_MIN",
+    "PRODUCE_MIN",
     "Encoded",
     "MissingSerializerError",
+    "Streamed",
     "_decompress",
     "_worth_compressing",
     "decode_payload",
@@ -101,9 +113,11 @@ __all__ = [
     "expand_record",
     "frame",
     "frame_bytes",
+    "frame_streamed",
     "map_object",
     "nbytes",
     "serialize",
+    "serialize_streamed",
     "serializer_names",
     "by_id",
     "is_safe",

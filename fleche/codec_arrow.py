@@ -20,7 +20,7 @@ padding to a 64-byte file offset, then the Arrow IPC stream.
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -31,6 +31,7 @@ from fleche.codec_base import (
     DumpContext,
     LoadContext,
     Serializer,
+    Streamed,
     pad_to,
     read_u32,
     u32,
@@ -86,7 +87,8 @@ def _has_object(frame: Any) -> bool:
     return any(bad(d) for d in dtypes) or any(bad(lv.dtype) for lv in levels)
 
 
-def _pandas_dump(value: Any) -> tuple[dict[str, Any], Any]:
+def _pandas_table(value: Any) -> tuple[dict[str, Any], Any, int]:
+    """(meta, Arrow table, size of its IPC stream): what both ways of storing a frame need."""
     import pandas as pd
     import pyarrow as pa
 
@@ -99,15 +101,43 @@ def _pandas_dump(value: Any) -> tuple[dict[str, Any], Any]:
         meta = {"kind": "frame"}
         frame = value
     table = pa.Table.from_pandas(frame, preserve_index=None)
-    # Sized first, then written into a buffer of exactly that size: a growing
-    # BufferOutputStream reallocates, and its copies would double the peak memory.
-    mock = pa.MockOutputStream()
-    with pa.ipc.new_stream(mock, table.schema) as writer:
+    mock = pa.MockOutputStream()  # sized first: a pass that writes nothing
+    _write_ipc(mock, table)
+    return meta, table, int(mock.size())
+
+
+def _write_ipc(sink: Any, table: Any) -> None:
+    import pyarrow as pa
+
+    with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    out = pa.allocate_buffer(mock.size())
-    with pa.ipc.new_stream(pa.FixedSizeBufferWriter(out), table.schema) as writer:
-        writer.write_table(table)
+
+
+def _pandas_dump(value: Any) -> tuple[dict[str, Any], Any]:
+    import pyarrow as pa
+
+    meta, table, size = _pandas_table(value)
+    # written into a buffer of exactly the size: a growing BufferOutputStream
+    # reallocates, and its copies would double the peak memory
+    out = pa.allocate_buffer(size)
+    _write_ipc(pa.FixedSizeBufferWriter(out), table)
     return meta, out
+
+
+class _Sink:
+    """A file-like Arrow writes its stream into, piece by piece (body buffers without a copy)."""
+
+    closed = False
+
+    def __init__(self, write: Callable[[Any], object]) -> None:
+        self._write = write
+
+    def write(self, data: Any) -> int:
+        self._write(data)
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        pass
 
 
 def _pandas_load(meta: dict[str, Any], body: memoryview) -> Any:
@@ -171,6 +201,17 @@ class PandasArrowSerializer(Serializer):
     def dumps(self, value: Any, ctx: DumpContext) -> tuple[int, Sequence[Any]]:
         meta, buf = _pandas_dump(value)
         return SER_ARROW_PANDAS, [_head(meta), memoryview(buf)]
+
+    def stream(self, value: Any, ctx: DumpContext) -> Streamed:
+        """Arrow writes the stream straight into the store: no second copy of the frame."""
+        meta, table, size = _pandas_table(value)
+        head = _head(meta)
+
+        def produce(write: Callable[[Any], object]) -> None:
+            write(head)
+            _write_ipc(_Sink(write), table)
+
+        return Streamed(SER_ARROW_PANDAS, len(head) + size, produce)
 
     def loads(self, ser: int, payload: Any, ctx: LoadContext) -> Any:
         meta, body = _split(payload, ctx.where)

@@ -29,6 +29,7 @@ __all__ = [
     "LoadContext",
     "MissingSerializerError",
     "Serializer",
+    "Streamed",
     "nbytes",
     "pad_to",
 ]
@@ -105,6 +106,19 @@ class LoadContext:
     where: str = "object"
 
 
+@dataclass(frozen=True)
+class Streamed:
+    """A payload produced on demand: ``produce(write)`` calls ``write`` with its pieces in order.
+
+    ``size`` is the payload's exact length. ``produce`` may be called more
+    than once (a layered cache writing through); it gives the same bytes each time.
+    """
+
+    serializer: int
+    size: int
+    produce: Callable[[Callable[[Any], object]], None]
+
+
 class Serializer(ABC):
     """One way of turning values into payload buffers and back.
 
@@ -140,6 +154,15 @@ class Serializer(ABC):
     @abstractmethod
     def loads(self, ser: int, payload: Any, ctx: LoadContext) -> Any:
         """The value of a checked payload (``ser`` is the header byte, flags included)."""
+
+    def stream(self, value: Any, ctx: DumpContext) -> Streamed | None:
+        """The payload as a writer instead of buffers, for values too big to hold twice; or None.
+
+        Only serializers that can tell the payload's size before producing it
+        stream (the size goes into the header and the signature first); the
+        bytes must be exactly those ``dumps`` would give. The default: no.
+        """
+        return None
 
     def missing(self, where: str) -> MissingSerializerError:
         """The error for a reader that lacks this serializer's packages."""

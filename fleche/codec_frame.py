@@ -26,9 +26,9 @@ from typing import Any
 import xxhash
 import zstandard
 
-from fleche.codec_base import HEADER_SIZE, nbytes
+from fleche.codec_base import HEADER_SIZE, Streamed, nbytes
 from fleche.codec_sign import TRAILER_SIZE, Signer
-from fleche.errors import CorruptObjectError
+from fleche.errors import CorruptObjectError, SerializationError
 from fleche.store import ReadableFile, digest_parts
 from fleche.store_local import _writable_buffer
 
@@ -94,12 +94,15 @@ class Encoded:
     __slots__ = (
         "_digest",
         "_header",
+        "_signer",
+        "_signing",
         "_trailer",
         "children",
         "codec",
         "flags",
         "payload",
         "pending",
+        "produce",
         "raw_size",
         "serializer",
         "stored_size",
@@ -133,11 +136,15 @@ class Encoded:
         self.serializer = serializer
         self.children = children
         self.stream = stream
+        self.produce: Callable[[Callable[[Any], object]], None] | None = None
+        self._signer: Signer | None = None
 
     def _named(self) -> tuple[bytes, bytes]:
         """(digest, trailer), waiting for the background hash when there is one."""
         if self._digest is None or self._trailer is None:
             assert self.pending is not None
+            if self.produce is not None and not self.pending.done():
+                self.write_payload(_discard)  # no store took it: hashed for its name alone
             self._digest, self._trailer = self.pending.result()
         return self._digest, self._trailer
 
@@ -170,6 +177,10 @@ class Encoded:
         """Header, payload buffers, trailer: the whole file (empty when streamed)."""
         if self.stream is not None:
             return []
+        if self.produce is not None:  # produced into memory: for stores that cannot stream it
+            chunks: list[Any] = []
+            self.write_payload(chunks.append)
+            return [self.header, *chunks, self.trailer] if self.trailer else [self.header, *chunks]
         trailer = self.trailer
         return [self.header, *self.payload, trailer] if trailer else [self.header, *self.payload]
 
@@ -182,6 +193,39 @@ class Encoded:
             self.pending.add_done_callback(lambda f: _name_done(self, f, out))
         return out
 
+    def write_payload(self, write: Callable[[Any], object]) -> None:
+        """Produce a streamed payload (see :func:`frame_streamed`) into ``write``.
+
+        Until one run completes, each run hashes (and signs) the payload as it
+        goes, which names the object; a write that failed half-way (a full
+        disk) leaves it unnamed for the next layer to try. Later runs just
+        give the same bytes again.
+        """
+        assert self.produce is not None and self.pending is not None
+        if self.pending.done():
+            self.produce(write)
+            return
+        h = xxhash.xxh3_128()
+        signing = self._signer.start(self.serializer, self.raw_size) if self._signer else None
+        got = 0
+
+        def tee(data: Any) -> None:
+            nonlocal got
+            h.update(data)
+            if signing is not None:
+                signing.update(data)
+            got += memoryview(data).nbytes
+            write(data)
+
+        self.produce(tee)
+        if got != self.raw_size:
+            raise SerializationError(
+                f"the {self.serializer} serializer announced {self.raw_size} bytes "
+                f"and produced {got}"
+            )
+        trailer = self._signer.finish(signing) if self._signer is not None else b""
+        self.pending.set_result((h.digest(), trailer))
+
     def objects(self) -> Iterator[Encoded]:
         """This object's children (depth first), then itself: the order to store them in."""
         for child in self.children:
@@ -191,6 +235,10 @@ class Encoded:
     def chunks(self) -> Iterator[Any]:
         """The file's bytes in order, computed lazily when streamed."""
         return self.stream() if self.stream is not None else iter(self.parts)
+
+
+def _discard(data: Any) -> None:
+    """A ``write`` that keeps nothing."""
 
 
 def _name_done(
@@ -205,6 +253,9 @@ def _name_done(
 
 HASH_AHEAD = 16 << 20
 """Payloads from this size are hashed in a thread while they are sampled and written."""
+PRODUCE_MIN = 16 << 20
+"""Payloads from this size that a serializer can write out piece by piece (a data frame as
+Arrow) are written to the store as they are produced: the value is never held twice."""
 
 
 def _hash_ahead(
@@ -366,6 +417,20 @@ def frame(
         flags=flags,
         trailer=trailer,
     )
+
+
+def frame_streamed(streamed: Streamed, *, signer: Signer | None = None) -> Encoded:
+    """Frame a payload that a serializer writes out on demand (stored raw, never in memory whole).
+
+    Its name and signature are computed while it is written
+    (``Encoded.write_payload``), so it is written with ``ObjectStore.put_produced``.
+    """
+    flags, extra = (FLAG_SIGNED, TRAILER_SIZE) if signer else (0, 0)
+    size, ser = streamed.size, streamed.serializer
+    enc = Encoded(Future(), CODEC_RAW, [], size, HEADER_SIZE + size + extra, ser, flags=flags)
+    enc.produce = streamed.produce
+    enc._signer = signer
+    return enc
 
 
 def frame_bytes(

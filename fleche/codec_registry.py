@@ -41,6 +41,7 @@ from fleche.codec_base import (
     LoadContext,
     MissingSerializerError,
     Serializer,
+    Streamed,
 )
 from fleche.codec_frame import Encoded, frame
 from fleche.codec_numpy import NumpySerializer
@@ -56,6 +57,7 @@ __all__ = [
     "is_safe",
     "register",
     "serialize",
+    "serialize_streamed",
     "serializer_names",
 ]
 
@@ -202,10 +204,38 @@ def serialize(
     value's type when no serializer accepts it; with ``safe``,
     UnsafeValueError when only pickle would.
     """
-    if serializer == "auto":
-        chosen = _choose(value)
-    else:
-        chosen = by_name(serializer)
+    chosen = _choose(value) if serializer == "auto" else by_name(serializer)
+    return _serialize_with(chosen, value, serializer, level=level, split=split, safe=safe)
+
+
+def serialize_streamed(
+    value: Any,
+    serializer: str = "auto",
+    *,
+    level: int = 1,
+    safe: bool = False,
+    stream_min: int,
+) -> Streamed | tuple[int, Sequence[Any], list[Encoded]]:
+    """:func:`serialize`, or a :class:`Streamed` payload for a value of ``stream_min`` bytes or more
+    whose serializer can write it out piece by piece (a large data frame as Arrow)."""
+    chosen = _choose(value) if serializer == "auto" else by_name(serializer)
+    if type(chosen).stream is not Serializer.stream and (chosen.safe or not safe):
+        try:
+            streamed = chosen.stream(value, DumpContext(level=level, split_min=SPLIT_MIN))
+        except (TypeError, ValueError, OverflowError):
+            streamed = None  # the usual path says what is wrong, or falls back to pickle
+        if streamed is not None:
+            if streamed.size >= stream_min:
+                return streamed
+            parts: list[Any] = []  # small: the pieces are the payload's buffers (no copy)
+            streamed.produce(parts.append)
+            return streamed.serializer, parts, []
+    return _serialize_with(chosen, value, serializer, level=level, split=True, safe=safe)
+
+
+def _serialize_with(
+    chosen: Serializer, value: Any, serializer: str, *, level: int, split: bool, safe: bool
+) -> tuple[int, Sequence[Any], list[Encoded]]:
     if safe:
         return _serialize_safely(value, chosen, level)
     ctx = DumpContext(level=level, split_min=SPLIT_MIN)

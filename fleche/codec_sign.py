@@ -108,15 +108,28 @@ class Signer:
         """Hex id of the signing key (safe to show: it does not reveal the key)."""
         return self._sign.id.hex()
 
-    def _tag(self, key: _Key, record: bool, name: bytes, ser: int, parts: Iterable[Any]) -> bytes:
+    def _start(self, key: _Key, record: bool, name: bytes, ser: int, size: int) -> Any:
         h = self._hasher(key=key.record if record else key.object, max_threads=1)
         h.update(_NAME_LEN.pack(len(name)))
         h.update(name)
+        h.update(_PREFIX.pack(ser, size))
+        return h
+
+    def _tag(self, key: _Key, record: bool, name: bytes, ser: int, parts: Iterable[Any]) -> bytes:
         sized = list(parts)
-        h.update(_PREFIX.pack(ser, sum(memoryview(p).nbytes for p in sized)))
+        h = self._start(key, record, name, ser, sum(memoryview(p).nbytes for p in sized))
         for part in sized:
             h.update(part)
         return bytes(h.digest(length=_TAG))
+
+    def start(self, ser: int, size: int) -> Any:
+        """An incremental signer of an object's payload of ``size`` bytes: ``update`` it, then
+        :meth:`finish` it (a payload produced piece by piece, never whole in memory)."""
+        return self._start(self._sign, False, b"", ser, size)
+
+    def finish(self, hasher: Any) -> bytes:
+        """The trailer of a payload fed to ``hasher`` (from :meth:`start`)."""
+        return self._sign.id + bytes(hasher.digest(length=_TAG))
 
     def trailer(
         self, ser: int, parts: Iterable[Any], *, record: bool = False, name: bytes = b""

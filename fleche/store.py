@@ -24,7 +24,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timezone
 from types import TracebackType
@@ -390,6 +390,24 @@ class ObjectStore:
         self._check_writable()
         oid, header, trailer = named(name, header_size)
         return self.put([header, *parts, trailer] if trailer else [header, *parts], oid=oid)
+
+    def put_produced(
+        self,
+        produce: Callable[[Callable[[BytesLike], object]], None],
+        name: Future[tuple[str, bytes, bytes]],
+        *,
+        header_size: int,
+    ) -> str:
+        """Store an object whose middle ``produce(write)`` writes and whose name it computes.
+
+        ``name`` resolves once ``produce`` has returned. ``LocalStore`` writes
+        the pieces to disk as they come (a 10 GB data frame is never held
+        twice); here they are gathered first, then put.
+        """
+        self._check_writable()
+        chunks: list[BytesLike] = []
+        produce(chunks.append)
+        return self.put_later(name, chunks, header_size=header_size)
 
     def put_stream(self, chunks: Iterable[BytesLike], *, oid: str) -> str:
         """Store object ``oid`` from ``chunks`` consumed one at a time (bounded memory).

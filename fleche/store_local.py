@@ -251,9 +251,33 @@ class LocalStore(ObjectStore):
                 if trailer:
                     _write_all(fd, trailer)
                 os.pwrite(fd, header, 0)
+        return self._publish_tmp(tmp, oid, keep=finished)
+
+    def put_produced(
+        self,
+        produce: Callable[[Callable[[BytesLike], object]], None],
+        name: Future[tuple[str, bytes, bytes]],
+        *,
+        header_size: int,
+    ) -> str:
+        """Write the pieces to ``tmp/`` as they are produced, the header last, then rename."""
+        self._check_writable()
+        if self._info is None:
+            self._ensure_marker()
+        with self._tmp_file() as (fd, tmp):
+            _write_all(fd, bytes(header_size))
+            produce(lambda data: _write_all(fd, data))
+            oid, header, trailer = named(name, header_size)
+            if trailer:
+                _write_all(fd, trailer)
+            os.pwrite(fd, header, 0)
+        return self._publish_tmp(tmp, oid, keep=True)
+
+    def _publish_tmp(self, tmp: str, oid: str, *, keep: bool) -> str:
+        """Rename a finished ``tmp`` file to object ``oid`` (unless it exists, or not ``keep``)."""
         path = self._oid_path(oid)
         try:
-            if not finished or self._exists(path):
+            if not keep or self._exists(path):
                 return oid
             self._rename(tmp, path)
         finally:

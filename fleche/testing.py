@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
+from typing import Any
 
 import pytest
 import xxhash
@@ -278,6 +279,31 @@ class StoreConformance:
         name, oid = self._named_later(os.urandom(32), b"no trailer")
         store.put_later(name, [b"no trailer"], header_size=32)
         assert bytes(store.get(oid)).endswith(b"no trailer")
+
+    def test_put_produced_writes_what_produce_writes(self, store: ObjectStore) -> None:
+        pieces = [os.urandom(3 << 20), memoryview(os.urandom(1000)), b"", bytearray(b"end")]
+        head, tail = os.urandom(32), os.urandom(32)
+        oid = xxhash.xxh3_128_hexdigest(head + b"".join(bytes(p) for p in pieces) + tail)
+        name: Future[tuple[str, bytes, bytes]] = Future()
+
+        def produce(write: Any) -> None:
+            for p in pieces:
+                write(p)
+            name.set_result((oid, head, tail))  # known once everything was written
+
+        assert store.put_produced(produce, name, header_size=32) == oid
+        assert store.get(oid) == head + b"".join(bytes(p) for p in pieces) + tail
+
+    def test_put_produced_failure_leaves_no_object(self, store: ObjectStore) -> None:
+        name: Future[tuple[str, bytes, bytes]] = Future()
+
+        def produce(write: Any) -> None:
+            write(os.urandom(1 << 20))
+            raise RuntimeError("the serializer failed")
+
+        with pytest.raises(RuntimeError, match="serializer failed"):
+            store.put_produced(produce, name, header_size=32)
+        assert list(store.iter_oids()) == []
 
     def test_put_later_keeps_an_existing_object(self, store: ObjectStore) -> None:
         head, body = b"H" * 32, os.urandom(9 << 20)

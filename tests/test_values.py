@@ -19,7 +19,7 @@ from fleche.cache import referenced_oids
 from fleche.cache_layers import LayeredCache
 from fleche.codec_arrow import PandasArrowSerializer
 from fleche.codec_registry import SPLIT_MIN
-from fleche.errors import CorruptObjectError
+from fleche.errors import CorruptObjectError, SerializationError
 from fleche.store import open_store
 
 MiB = 1 << 20
@@ -361,3 +361,97 @@ def test_bagofholding_results_browse_and_reload_in_part(tmp_path: Path) -> None:
     mref = remote.put_value(value)
     with open_bag(remote.store, mref) as bag:  # extracted to a temporary file
         assert bag.load("object/c") == {"n": 1.5}
+
+
+# -- large frames are written as Arrow produces them ---------------------------------------
+
+
+def _big_frame() -> pd.DataFrame:
+    n = 1_500_000  # ~24 MB as Arrow: over codec.PRODUCE_MIN
+    rng = np.random.default_rng(7)
+    return pd.DataFrame({"id": np.arange(n), "x": rng.random(n), "flag": rng.random(n) < 0.5})
+
+
+@pytest.mark.parametrize("where", ["local", "memory", "local, signed"])
+def test_large_frame_is_written_as_produced_and_named_like_any_frame(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    pytest.importorskip("pyarrow")
+    df = _big_frame()
+    url = str(tmp_path / "s") if where.startswith("local") else "memory://"
+    c = Cache(url, secret_key="k" * 32 if "signed" in where else False)
+    produced: list[int] = []
+    real = type(c.store).put_produced
+
+    def spy(self, produce, name, *, header_size):  # type: ignore[no-untyped-def]
+        produced.append(header_size)
+        return real(self, produce, name, header_size=header_size)
+
+    monkeypatch.setattr(type(c.store), "put_produced", spy)
+    ref = c.put_value(df)
+    assert produced == [codec.HEADER_SIZE]
+    assert ref["oid"] == codec.encode_value(df).oid  # the same object as the buffered path
+    assert ref["size"] > codec.PRODUCE_MIN
+    pd.testing.assert_frame_equal(c.load_value(ref), df)
+    assert c.put_value(df)["oid"] == ref["oid"]  # stored once
+
+
+def test_large_frame_reaches_every_layer_of_a_write_through_cache(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    df = _big_frame()
+    layered = LayeredCache(
+        [Cache(str(tmp_path / "a")), Cache(str(tmp_path / "b"))], write="through"
+    )
+    ref = layered.put_value(df)
+    for root in ("a", "b"):
+        pd.testing.assert_frame_equal(Cache(str(tmp_path / root)).load_value(ref), df)
+
+
+def test_a_serializer_producing_other_than_it_announced_stores_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("pyarrow")
+    real = PandasArrowSerializer.stream
+
+    def short(self, value, ctx):  # type: ignore[no-untyped-def]
+        st = real(self, value, ctx)
+        return codec.Streamed(st.serializer, st.size + 1, st.produce)
+
+    monkeypatch.setattr(PandasArrowSerializer, "stream", short)
+    c = Cache(str(tmp_path / "s"))
+    with pytest.raises(SerializationError, match="announced"):
+        c.put_value(_big_frame())
+    assert list(c.store.iter_oids()) == []
+    assert not any((tmp_path / "s" / "tmp").iterdir())
+
+
+def test_a_large_frame_no_layer_could_take_still_gets_its_name(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    df = _big_frame()
+    ro = Cache(open_store(str(tmp_path / "ro"), read_only=True))
+    layered = LayeredCache([ro, Cache(open_store(str(tmp_path / "ro2"), read_only=True))])
+    ref = layered.put_value(df)  # nothing written anywhere, no waiting for a name forever
+    assert ref["oid"] == codec.encode_value(df).oid
+
+
+def test_a_large_frame_a_full_layer_dropped_half_way_lands_in_the_next(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow")
+    import errno
+    import warnings as w
+
+    df = _big_frame()
+    full, fine = Cache(str(tmp_path / "full")), Cache(str(tmp_path / "fine"))
+
+    def no_space(produce, name, *, header_size):  # type: ignore[no-untyped-def]
+        def write(data):  # type: ignore[no-untyped-def]
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        produce(write)
+
+    full.store.put_produced = no_space  # type: ignore[method-assign]
+    with w.catch_warnings(record=True) as seen:
+        w.simplefilter("always")
+        ref = LayeredCache([full, fine], write="through").put_value(df)
+    assert any("No space left" in str(x.message) for x in seen)
+    assert ref["oid"] == codec.encode_value(df).oid
+    pd.testing.assert_frame_equal(fine.load_value(ref), df)
