@@ -393,29 +393,12 @@ def frame(
         return enc
     compressed = _worth_compressing(parts, size, level, min_compress)
     if compressed is None:
-        stored = HEADER_SIZE + size + extra
-        return Encoded(
-            named,
-            CODEC_RAW,
-            list(parts),
-            size,
-            stored,
-            serializer,
-            kids,
-            flags=flags,
-            trailer=trailer,
-        )
-    stored = HEADER_SIZE + len(compressed) + extra
+        codec_id, payload, stored = CODEC_RAW, list(parts), HEADER_SIZE + size + extra
+    else:
+        codec_id, payload = CODEC_ZSTD, [compressed]
+        stored = HEADER_SIZE + len(compressed) + extra
     return Encoded(
-        named,
-        CODEC_ZSTD,
-        [compressed],
-        size,
-        stored,
-        serializer,
-        kids,
-        flags=flags,
-        trailer=trailer,
+        named, codec_id, payload, size, stored, serializer, kids, flags=flags, trailer=trailer
     )
 
 
