@@ -123,6 +123,17 @@ def _write_parts(
     return True
 
 
+def _write_at_start(fd: int, header: bytes) -> None:
+    """The header, written last over the blank one at offset 0 (``pwrite``; Windows has none)."""
+    if hasattr(os, "pwrite"):
+        os.pwrite(fd, header, 0)
+    else:  # pragma: no cover - Windows
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        os.lseek(fd, 0, os.SEEK_SET)
+        _write_all(fd, header)
+        os.lseek(fd, end, os.SEEK_SET)
+
+
 def _unlink_quiet(path: str) -> None:
     try:
         os.unlink(path)
@@ -233,15 +244,14 @@ class LocalStore(ObjectStore):
         self._check_writable()
         if self._info is None:
             self._ensure_marker()
-        duplicate: list[str] = []
+        seen: list[bool] = []  # [duplicate?] once the name is known and looked up
 
         def stop() -> bool:
-            if duplicate or not name.done() or name.exception() is not None:
-                return bool(duplicate)
-            oid = name.result()[0]
-            if self._exists(self._oid_path(oid)):
-                duplicate.append(oid)
-            return bool(duplicate)
+            if not seen:
+                if not name.done() or name.exception() is not None:
+                    return False
+                seen.append(self._exists(self._oid_path(name.result()[0])))
+            return seen[0]
 
         with self._tmp_file() as (fd, tmp):
             _write_all(fd, bytes(header_size))
@@ -250,7 +260,7 @@ class LocalStore(ObjectStore):
             if finished:
                 if trailer:
                     _write_all(fd, trailer)
-                os.pwrite(fd, header, 0)
+                _write_at_start(fd, header)
         return self._publish_tmp(tmp, oid, keep=finished)
 
     def put_produced(
@@ -270,7 +280,7 @@ class LocalStore(ObjectStore):
             oid, header, trailer = named(name, header_size)
             if trailer:
                 _write_all(fd, trailer)
-            os.pwrite(fd, header, 0)
+            _write_at_start(fd, header)
         return self._publish_tmp(tmp, oid, keep=True)
 
     def _publish_tmp(self, tmp: str, oid: str, *, keep: bool) -> str:
