@@ -53,15 +53,10 @@ from fleche.codec_frame import (
     SMALL_RATIO,
     STREAM_MIN,
     Encoded,
-    _decompress,
     _worth_compressing,
     frame,
     frame_bytes,
     frame_streamed,
-    read_frame_header,
-    read_header,
-    unframe,
-    unframe_stream,
 )
 from fleche.codec_registry import (
     by_id,
@@ -72,6 +67,13 @@ from fleche.codec_registry import (
     serializer_names,
 )
 from fleche.codec_sign import TRAILER_SIZE, Signer
+from fleche.codec_unframe import (
+    _decompress,
+    read_frame_header,
+    read_header,
+    unframe,
+    unframe_stream,
+)
 from fleche.errors import CorruptObjectError, UnsafeValueError
 
 __all__ = [

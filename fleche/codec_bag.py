@@ -112,7 +112,8 @@ def open_bag(store: Any, ref: dict[str, Any]) -> Iterator[Any]:
         with open_bag(cache.store, record["result"]) as bag:
             bag.list_paths(); bag.load("object/a")
     """
-    from fleche.codec_frame import CODEC_RAW, read_header, unframe
+    from fleche.codec_frame import CODEC_RAW
+    from fleche.codec_unframe import read_header, unframe
 
     if ref.get("ser", -1) & 0x7F != SER_BAGOFHOLDING:
         raise FlecheError(f"the value is not a bagofholding bag (serializer {ref.get('ser')})")
