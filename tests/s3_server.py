@@ -15,6 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from fleche.store import ObjectStore
+from fleche.store_s3 import S3Store
+from fleche.testing import StoreConformance
+
 KEY, SECRET = "fleche-test-key", "fleche-test-secret"  # moto accepts any until auth is enforced
 
 _ALLOW_S3 = json.dumps(
@@ -110,3 +114,15 @@ def count_requests(fs: Any) -> Iterator[list[tuple[str, str, dict[str, str]]]]:
         yield seen
     finally:
         events.unregister("before-send.s3", record)
+
+
+def methods(seen: list[tuple[str, str, dict[str, str]]]) -> list[str]:
+    """The HTTP methods of requests recorded by :func:`count_requests`, in order."""
+    return [method for method, _, _ in seen]
+
+
+class S3StoreConformance(StoreConformance):
+    """The conformance suite for an S3-compatible server: subclasses give the ``store`` fixture."""
+
+    def reopen(self, store: ObjectStore, *, read_only: bool = False) -> ObjectStore:
+        return S3Store(store.url, fs=store.fs, read_only=read_only)

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 from rgw_server import RadosGW, radosgw_service
-from s3_server import count_requests
+from s3_server import S3StoreConformance, count_requests, methods
 
 from fleche import Cache, ConfigError, cache, fleche
 from fleche.errors import CacheMiss
-from fleche.store import ObjectStore, open_store
+from fleche.store import open_store
 from fleche.store_s3 import HEAD_FIRST, S3Store
-from fleche.testing import FID, StoreConformance, digest_of
+from fleche.testing import FID, digest_of
 
 for _module in ("s3fs", "boto3"):
     pytest.importorskip(
@@ -51,17 +51,10 @@ def rgw_store(rgw: RadosGW, bucket: str) -> S3Store:
     return store
 
 
-class TestRadosGWStore(StoreConformance):
+class TestRadosGWStore(S3StoreConformance):
     @pytest.fixture
     def store(self, rgw_store: S3Store) -> S3Store:
         return rgw_store
-
-    def reopen(self, store: ObjectStore, *, read_only: bool = False) -> ObjectStore:
-        return S3Store(store.url, fs=store.fs, read_only=read_only)
-
-
-def _methods(seen: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
-    return [method for method, _, _ in seen]
 
 
 # -- create-only writes, as the server does them --------------------------------------------
@@ -91,7 +84,7 @@ def test_a_refused_create_only_put_is_success_for_the_store(
     other.info()  # the marker read: only the write below is counted
     with count_requests(other.fs) as seen:
         assert other.put(b"second writer", oid=oid) == oid  # no error: the name exists
-    assert _methods(seen) == ["PUT"]  # answered 412, not retried, no HEAD
+    assert methods(seen) == ["PUT"]  # answered 412, not retried, no HEAD
     assert seen[0][2].get("If-None-Match") == "*"
     # Bypassing the store's own logic: the server itself refuses the create-only PUT.
     assert other._write_new(other._oid_path(oid), b"third writer") is False
@@ -103,12 +96,12 @@ def test_writes_are_one_put_each(rgw_store: S3Store) -> None:
     rgw_store.info()
     with count_requests(rgw_store.fs) as seen:
         oid = rgw_store.put(b"new value")
-    assert _methods(seen) == ["PUT"]
+    assert methods(seen) == ["PUT"]
     assert seen[0][2].get("If-None-Match") == "*"
     with count_requests(rgw_store.fs) as seen:
         rgw_store.put_call(FID, digest_of(1), b"record")
         rgw_store.put_call(FID, digest_of(1), b"record, replaced")
-    assert _methods(seen) == ["PUT", "PUT"]  # call records: plain PUTs, last writer wins
+    assert methods(seen) == ["PUT", "PUT"]  # call records: plain PUTs, last writer wins
     assert all("If-None-Match" not in headers for _, _, headers in seen)
     assert rgw_store.get_call(FID, digest_of(1)) == b"record, replaced"
     assert rgw_store.get(oid) == b"new value"
@@ -118,10 +111,10 @@ def test_large_existing_value_is_not_uploaded_again(rgw_store: S3Store) -> None:
     big = os.urandom(HEAD_FIRST + 1)
     with count_requests(rgw_store.fs) as seen:
         oid = rgw_store.put(big)
-    assert _methods(seen) == ["HEAD", "PUT", "PUT"]  # 404, fleche.json, the object
+    assert methods(seen) == ["HEAD", "PUT", "PUT"]  # 404, fleche.json, the object
     with count_requests(rgw_store.fs) as seen:
         assert rgw_store.put(big) == oid
-    assert _methods(seen) == ["HEAD"]
+    assert methods(seen) == ["HEAD"]
     assert rgw_store.get(oid) == big
 
 
@@ -134,17 +127,17 @@ def test_a_small_read_is_one_get(rgw: RadosGW, rgw_store: S3Store) -> None:
     oid = rgw_store.put(b"small value")
     with count_requests(rgw_store.fs) as seen:
         other = S3Store(rgw_store.url, fs=rgw_store.fs)
-    assert _methods(seen) == ["GET"]  # fleche.json, once
+    assert methods(seen) == ["GET"]  # fleche.json, once
     assert seen[0][1].endswith("/team/cache/fleche.json")
     with count_requests(rgw_store.fs) as seen:
         assert other.get_call(FID, digest) == b"x" * 200
-    assert _methods(seen) == ["GET"]
+    assert methods(seen) == ["GET"]
     with count_requests(rgw_store.fs) as seen:
         assert other.get(oid) == b"small value"
-    assert _methods(seen) == ["GET"]
+    assert methods(seen) == ["GET"]
     with count_requests(rgw_store.fs) as seen, pytest.raises(CacheMiss):
         other.get_call(FID, digest_of("miss"))
-    assert _methods(seen) == ["GET"]  # a miss is one 404 (NoSuchKey): no HEAD, no LIST
+    assert methods(seen) == ["GET"]  # a miss is one 404 (NoSuchKey): no HEAD, no LIST
 
 
 def test_listing_pages(rgw_store: S3Store) -> None:
@@ -155,7 +148,7 @@ def test_listing_pages(rgw_store: S3Store) -> None:
     with count_requests(rgw_store.fs) as seen:
         assert set(rgw_store.iter_oids()) == oids
         assert set(rgw_store.iter_calls()) == calls
-    assert _methods(seen) == ["GET", "GET"]  # one ListObjectsV2 each
+    assert methods(seen) == ["GET", "GET"]  # one ListObjectsV2 each
     rgw_store._page_size = 2
     with count_requests(rgw_store.fs) as seen:
         assert set(rgw_store.iter_oids()) == oids
@@ -166,12 +159,12 @@ def test_16_mib_value_round_trip(rgw: RadosGW, rgw_store: S3Store) -> None:
     data = os.urandom(16 * 2**20)
     with count_requests(rgw_store.fs) as seen:
         oid = rgw_store.put([memoryview(data)[: 5 * 2**20], memoryview(data)[5 * 2**20 :]])
-    assert _methods(seen) == ["HEAD", "PUT", "PUT"]  # one PUT for the body, not a multipart upload
+    assert methods(seen) == ["HEAD", "PUT", "PUT"]  # one PUT for the body, not a multipart upload
     fresh = open_store(rgw_store.url, **rgw.options(skip_instance_cache=True))
     assert fresh.size(oid) == len(data)
     with count_requests(fresh.fs) as seen:
         assert fresh.get(oid) == data
-    assert _methods(seen) == ["GET"]
+    assert methods(seen) == ["GET"]
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -254,7 +247,7 @@ def test_decorator_end_to_end(rgw: RadosGW, bucket: str) -> None:
         assert simulate.load(10) == first
         with count_requests(fresh.fs) as seen:
             assert small(3) == 9
-        assert _methods(seen) == ["GET"]  # a small hit: one request
+        assert methods(seen) == ["GET"]  # a small hit: one request
     assert calls == [10, -3]
 
 

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from s3_server import MotoS3, count_requests
+from s3_server import MotoS3, S3StoreConformance, count_requests, methods
 
 from fleche import Cache, ConfigError, cache, fleche
 from fleche.errors import CacheMiss, FlecheWarning
-from fleche.store import ObjectStore, open_store
+from fleche.store import open_store
 from fleche.store_s3 import HEAD_FIRST, S3Store
-from fleche.testing import FID, StoreConformance, digest_of
+from fleche.testing import FID, digest_of
 
 pytest.importorskip(
     "moto", reason="moto (the S3 test server) is not installed: run ./tools/test, which installs it"
@@ -40,17 +40,10 @@ def s3_store(s3: MotoS3, bucket: str) -> S3Store:
     return store
 
 
-class TestS3Store(StoreConformance):
+class TestS3Store(S3StoreConformance):
     @pytest.fixture
     def store(self, s3_store: S3Store) -> S3Store:
         return s3_store
-
-    def reopen(self, store: ObjectStore, *, read_only: bool = False) -> ObjectStore:
-        return S3Store(store.url, fs=store.fs, read_only=read_only)
-
-
-def _methods(seen: list[tuple[str, str, dict[str, Any]]]) -> list[str]:
-    return [method for method, _, _ in seen]
 
 
 # -- requests on the hot paths -------------------------------------------------------
@@ -68,29 +61,29 @@ def test_a_small_hit_is_one_get(s3: MotoS3, s3_store: S3Store) -> None:
     s3_store.put_call(FID, digest, b"x" * 200)
     with count_requests(s3_store.fs) as seen:
         other = S3Store(s3_store.url, fs=s3_store.fs)
-    assert _methods(seen) == ["GET"]  # fleche.json, once
+    assert methods(seen) == ["GET"]  # fleche.json, once
     assert seen[0][1].endswith("/team/cache/fleche.json")
     with count_requests(s3_store.fs) as seen:
         assert other.get_call(FID, digest) == b"x" * 200
-    assert _methods(seen) == ["GET"]
+    assert methods(seen) == ["GET"]
     with count_requests(s3_store.fs) as seen, pytest.raises(CacheMiss):
         other.get_call(FID, digest_of("miss"))
-    assert _methods(seen) == ["GET"]  # a miss is one 404, no HEAD, no LIST
+    assert methods(seen) == ["GET"]  # a miss is one 404, no HEAD, no LIST
 
 
 def test_writes_are_one_put_each(s3_store: S3Store) -> None:
     s3_store.info()  # the marker exists: only the writes below are counted
     with count_requests(s3_store.fs) as seen:
         oid = s3_store.put(b"new value")
-    assert _methods(seen) == ["PUT"]
+    assert methods(seen) == ["PUT"]
     assert seen[0][2].get("If-None-Match") == "*"
     with count_requests(s3_store.fs) as seen:
         assert s3_store.put(b"new value") == oid
-    assert _methods(seen) == ["PUT"]  # refused with 412 by the server: nothing rewritten
+    assert methods(seen) == ["PUT"]  # refused with 412 by the server: nothing rewritten
     with count_requests(s3_store.fs) as seen:
         s3_store.put_call(FID, digest_of(1), b"record")
         s3_store.put_call(FID, digest_of(1), b"record, replaced")
-    assert _methods(seen) == ["PUT", "PUT"]
+    assert methods(seen) == ["PUT", "PUT"]
     assert all("If-None-Match" not in headers for _, _, headers in seen)
     assert s3_store.get_call(FID, digest_of(1)) == b"record, replaced"
 
@@ -99,10 +92,10 @@ def test_large_existing_value_is_not_uploaded_again(s3_store: S3Store) -> None:
     big = os.urandom(HEAD_FIRST + 1)
     with count_requests(s3_store.fs) as seen:
         oid = s3_store.put(big)
-    assert _methods(seen) == ["HEAD", "PUT", "PUT"]  # 404, fleche.json, the object
+    assert methods(seen) == ["HEAD", "PUT", "PUT"]  # 404, fleche.json, the object
     with count_requests(s3_store.fs) as seen:
         assert s3_store.put(big) == oid
-    assert _methods(seen) == ["HEAD"]
+    assert methods(seen) == ["HEAD"]
     assert s3_store.get(oid) == big
 
 
@@ -126,7 +119,7 @@ def test_listing_is_one_paginated_list(s3_store: S3Store) -> None:
     with count_requests(s3_store.fs) as seen:
         assert set(s3_store.iter_oids()) == oids
         assert set(s3_store.iter_calls()) == calls
-    assert _methods(seen) == ["GET", "GET"]  # one ListObjectsV2 each
+    assert methods(seen) == ["GET", "GET"]  # one ListObjectsV2 each
     s3_store._page_size = 2
     with count_requests(s3_store.fs) as seen:
         assert set(s3_store.iter_oids()) == oids
