@@ -262,7 +262,6 @@ class Cache:
             blob = codec.encode_record(record, level=self.level, **sign)
         self.store.put_call(function_id, key, blob)
         if self.index is not None:  # after the store: the index never lists what is not there
-            record = codec.expand_record(dict(record))
             self.index.add(function_id, key, record, len(blob))  # faults warn, never raise
 
     def delete_record(self, function_id: str, key: str) -> None:

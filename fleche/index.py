@@ -219,7 +219,8 @@ class Index:
         """
         if is_local(self.store):
             return
-        self._queue(("add", function_id, key, record, size))
+        # a record copied up from a lazily read one may still hold its fields packed
+        self._queue(("add", function_id, key, codec.expand_record(dict(record)), size))
 
     def remove(self, function_id: str, key: str) -> None:
         """Forget a record just deleted from the store (local stores: see :meth:`add`)."""
