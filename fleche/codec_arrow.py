@@ -140,13 +140,55 @@ class _Sink:
         pass
 
 
-def _pandas_load(meta: dict[str, Any], body: memoryview) -> Any:
+def _pandas_load(meta: dict[str, Any], body: memoryview, writable: bool = False) -> Any:
     import pyarrow as pa
 
-    frame = pa.ipc.open_stream(pa.py_buffer(body)).read_all().to_pandas()
+    table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
+    frame = _owning_frame(table, body) if writable else table.to_pandas()
     if meta.get("kind") == "series":
         return frame.iloc[:, 0].rename(meta.get("name"))
     return frame
+
+
+def _owning_frame(table: Any, body: memoryview) -> Any:
+    """The frame, its numeric and time columns writable views of ``body``: no second copy.
+
+    ``to_pandas()`` copies every column out of the buffer the object was read
+    into, so a load peaked at twice the frame. With ``split_blocks=True`` Arrow
+    hands out columns without nulls as *read-only* views of that buffer
+    instead, which pandas then refuses to assign into; the buffer is ours (it
+    was read for this load), so those columns are rebuilt as writable numpy
+    views of the same bytes. Other columns (extension dtypes, bools, what
+    Arrow had to convert) are taken as Arrow made them.
+    """
+    import numpy as np
+    import pandas as pd
+
+    frame = table.to_pandas(split_blocks=True)
+    base = np.frombuffer(body, np.uint8)
+    lo = base.ctypes.data
+    hi = lo + base.nbytes
+    columns: dict[int, Any] = {}
+    for i, dtype in enumerate(frame.dtypes):
+        column = frame.iloc[:, i]
+        data = column.array
+        if isinstance(dtype, np.dtype):
+            view = column.to_numpy()
+            start = view.ctypes.data
+            if (
+                not view.flags.writeable
+                and view.flags.c_contiguous
+                and lo <= start
+                and start + view.nbytes <= hi
+            ):
+                data = base[start - lo : start - lo + view.nbytes].view(dtype)
+        columns[i] = data
+    out = pd.DataFrame(columns, index=frame.index, copy=False)
+    out.columns = frame.columns
+    out.attrs = frame.attrs
+    if not frame.flags.allows_duplicate_labels:
+        out = out.set_flags(allows_duplicate_labels=False)
+    return out
 
 
 def _pandas_same(a: Any, b: Any) -> bool:
@@ -194,7 +236,11 @@ class PandasArrowSerializer(Serializer):
         try:  # the trial round trip (see the module's doc)
             head = value.iloc[:TRIAL_ROWS]
             meta, buf = _pandas_dump(head)
-            return _pandas_same(head, _pandas_load(meta, memoryview(buf)))
+            # both ways a frame loads: into a buffer of its own, or from a read-only one
+            view = memoryview(buf)
+            return _pandas_same(head, _pandas_load(meta, view, True)) and _pandas_same(
+                head, _pandas_load(meta, view.toreadonly())
+            )
         except Exception:  # noqa: BLE001 - whatever Arrow refuses, pickle takes
             return False
 
@@ -215,7 +261,7 @@ class PandasArrowSerializer(Serializer):
 
     def loads(self, ser: int, payload: Any, ctx: LoadContext) -> Any:
         meta, body = _split(payload, ctx.where)
-        return _pandas_load(meta, body)
+        return _pandas_load(meta, body, ctx.writable)
 
 
 # -- polars ---------------------------------------------------------------------------------

@@ -244,6 +244,9 @@ def test_frames_round_trip_exactly(df):
     enc, back = round_trip(df)
     assert_same_frame(df, back)
     assert enc.serializer & 0x7F in (codec.SER_ARROW_PANDAS, codec.SER_PICKLE)
+    # read into a buffer of its own (a store read): columns become views of it
+    owned = codec.decode_value(bytearray(joined(enc)), expect=enc.oid)
+    assert_same_frame(df, owned)
 
 
 def test_a_typical_frame_goes_to_arrow_and_an_inexact_one_to_pickle():

@@ -455,3 +455,41 @@ def test_a_large_frame_a_full_layer_dropped_half_way_lands_in_the_next(tmp_path:
     assert any("No space left" in str(x.message) for x in seen)
     assert ref["oid"] == codec.encode_value(df).oid
     pd.testing.assert_frame_equal(fine.load_value(ref), df)
+
+
+def test_a_loaded_frame_lives_in_the_buffer_it_was_read_into_and_stays_writable(
+    local: Cache,
+) -> None:
+    pytest.importorskip("pyarrow")
+    n = 100_000
+    df = pd.DataFrame(
+        {
+            "id": np.arange(n),
+            "x": np.linspace(0, 1, n),
+            "flag": np.arange(n) % 3 == 0,
+            "t": pd.date_range("2020", periods=n, freq="s").as_unit("ns"),
+            "n": pd.array(np.arange(n), dtype="Int64"),
+        },
+        index=pd.Index(np.arange(n) * 2, name="k"),
+    )
+    ref = local.put_value(df)
+    assert ref["ser"] == codec.SER_ARROW_PANDAS
+    back = local.load_value(ref)
+    pd.testing.assert_frame_equal(df, back, check_exact=True)
+
+    # the numeric and time columns are views of one buffer, not copies of it
+    def owner(a: np.ndarray) -> object:
+        while isinstance(a.base, np.ndarray):
+            a = a.base
+        return a.base
+
+    assert len({id(owner(back[c].to_numpy())) for c in ("id", "x", "t")}) == 1
+    back.loc[0, "x"] = 5.0  # pandas refuses to assign into read-only columns
+    back.loc[2, "id"] = -1
+    back["t"] += pd.Timedelta("1s")
+    assert back.loc[0, "x"] == 5.0 and back.loc[2, "id"] == -1
+    again = local.load_value(ref)  # the store's object is untouched
+    pd.testing.assert_frame_equal(df, again, check_exact=True)
+    series = local.load_value(local.put_value(df["x"]))
+    series.iloc[0] = 7.0
+    assert series.iloc[0] == 7.0
