@@ -137,8 +137,19 @@ def _load(method: str, d: str, n: int) -> Any:
     return Cache(f"{d}/fleche").load_value(ref, mmap=method == "fleche mmap")
 
 
+def _import_for(method: str) -> None:
+    import numpy  # noqa: F401
+    import pandas  # noqa: F401
+
+    if method.startswith("fleche"):
+        import fleche  # noqa: F401
+    elif method == "joblib":
+        import joblib  # noqa: F401
+
+
 def worker(step: str, method: str, kind: str, d: str) -> dict[str, float]:
     """One step in this process: ``store`` builds the value first; ``load`` starts empty."""
+    _import_for(method)  # imports are not part of a step
     if step == "store":
         before = _rss()
         value = _make(kind)
@@ -152,11 +163,6 @@ def worker(step: str, method: str, kind: str, d: str) -> dict[str, float]:
         _store(method, value, d)
         dt = time.perf_counter() - t0
         return {"seconds": dt, "peak": (own + _peak() - base) / own, "own": own}
-    if method in ("fleche", "fleche mmap"):
-        import fleche  # noqa: F401 - its import is not part of a load
-    import numpy  # noqa: F401
-    import pandas  # noqa: F401
-
     _reset_peak()
     base = _rss()
     t0 = time.perf_counter()
