@@ -307,8 +307,8 @@ class Cache:
     def load_value(self, ref: dict[str, Any], *, mmap: bool = False) -> Any:
         """Load a value from its reference; CacheMiss if its object is gone, CorruptObjectError if damaged.
 
-        ``mmap=True``: arrays stored raw (uncompressed, numpy codec) in a local
-        store come back as read-only views of the mapped file, in well under a
+        ``mmap=True``: arrays stored raw (uncompressed; numpy or tree codec) in a
+        local store come back as read-only views of the mapped file, in well under a
         millisecond whatever their size; other objects load as usual.
         """
         inline = ref.get("inline")
@@ -331,7 +331,7 @@ class Cache:
             return memo[child]
 
         if mmap:
-            mapped = self._map(oid)
+            mapped = self._map(oid, resolve)
             if mapped is not _NOT_MAPPED:
                 return mapped
         if size is not None and size > codec.STREAM_MIN and self.store.streams_reads:
@@ -345,7 +345,7 @@ class Cache:
             return codec.decode_payload(ser, payload, where, resolve=resolve, safe=self.safe)
         return self.decode_object(oid, self.store.get(oid), resolve)
 
-    def _map(self, oid: str) -> Any:
+    def _map(self, oid: str, resolve: Any) -> Any:
         """The value of a raw array object viewed in place, or _NOT_MAPPED when it cannot be."""
         path = self.store.local_path(oid)
         if path is None:
@@ -361,10 +361,11 @@ class Cache:
         if got is None:
             return _NOT_MAPPED  # compressed: decompressed into a fresh buffer instead
         ser, payload = got
-        if ser != codec.SER_NUMPY:
-            # not an array: read and verified as usual (its array members are still mapped)
+        if ser not in (codec.SER_NUMPY, codec.SER_TREE):
+            # no arrays of its own: read and verified as usual (its array members are
+            # objects of their own, and still mapped)
             return _NOT_MAPPED
-        return codec.decode_payload(ser, payload, where, mmap=True, safe=self.safe)
+        return codec.decode_payload(ser, payload, where, resolve=resolve, mmap=True, safe=self.safe)
 
     def decode_object(self, oid: str, blob: Any, resolve: Any = None) -> Any:
         """Verify and decode the bytes of object ``oid`` read from this cache's store.

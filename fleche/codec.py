@@ -33,6 +33,7 @@ from fleche.codec_base import (
     SER_NUMPY,
     SER_PICKLE,
     SER_POLARS,
+    SER_TREE,
     LoadContext,
     MissingSerializerError,
     Streamed,
@@ -99,6 +100,7 @@ __all__ = [
     "SER_NUMPY",
     "SER_PICKLE",
     "SER_POLARS",
+    "SER_TREE",
     "SMALL_RATIO",
     "STREAM_MIN",
     "PRODUCE_MIN",
@@ -140,6 +142,7 @@ SERIALIZER_NAMES = {
     SER_ARROW_PANDAS: "arrow",
     SER_POLARS: "polars",
     SER_BAGOFHOLDING: "bagofholding",
+    SER_TREE: "tree",
 }
 SERIALIZER_IDS = {v: k for k, v in SERIALIZER_NAMES.items()}
 

@@ -51,6 +51,7 @@ SER_NUMPY = 5  # one numpy array: dtype, shape, order, then its raw buffer
 SER_ARROW_PANDAS = 6  # a pandas DataFrame or Series as an Arrow IPC stream
 SER_POLARS = 7  # a polars DataFrame or Series as an Arrow IPC stream (polars' own writer)
 SER_BAGOFHOLDING = 8  # any picklable value as a bagofholding H5Bag file
+SER_TREE = 9  # plain data whose leaves may be numpy arrays: msgpack, then raw buffers
 USER_IDS = range(64, 128)
 """Ids free for serializers registered outside fleche."""
 
@@ -117,6 +118,13 @@ class Streamed:
     serializer: int
     size: int
     produce: Callable[[Callable[[Any], object]], None]
+    pieces: int = 1
+    """How many buffers the payload is made of. Held in a list, each costs ~200 bytes of
+    Python objects: a payload of many small pieces streams whatever its size."""
+    gather: Callable[[], Sequence[Any]] | None = None
+    """The payload's buffers as a list, without copies, for a payload not worth streaming
+    (by default ``produce`` is collected; a producer that gathers small pieces into
+    bigger writes copies them)."""
 
 
 class Serializer(ABC):

@@ -33,7 +33,7 @@ from fleche.codec_base import (
 )
 from fleche.errors import CorruptObjectError
 
-__all__ = ["NumpySerializer", "dtype_from_plain", "dtype_to_plain"]
+__all__ = ["NumpySerializer", "dtype_from_plain", "dtype_to_plain", "plain_dtype"]
 
 
 def dtype_to_plain(d: Any) -> Any:
@@ -76,7 +76,7 @@ def dtype_from_plain(p: Any) -> Any:
     return np.dtype(spec, align=p["aligned"])
 
 
-def _plain_dtype(d: Any) -> Any | None:
+def plain_dtype(d: Any) -> Any | None:
     """The plain form of ``d`` if it round-trips exactly and has no Python objects, else None."""
     if d.hasobject or d.itemsize == 0 or d.metadata is not None or d.kind == "T":
         return None
@@ -109,12 +109,12 @@ class NumpySerializer(Serializer):
     def accepts(self, value: Any) -> bool:
         import numpy as np
 
-        return type(value) is np.ndarray and _plain_dtype(value.dtype) is not None
+        return type(value) is np.ndarray and plain_dtype(value.dtype) is not None
 
     def dumps(self, value: Any, ctx: DumpContext) -> tuple[int, Sequence[Any]]:
         import numpy as np
 
-        plain = _plain_dtype(value.dtype)
+        plain = plain_dtype(value.dtype)
         if plain is None:
             raise TypeError(f"dtype {value.dtype} cannot be stored raw")
         if value.flags.c_contiguous:

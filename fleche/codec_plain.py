@@ -20,23 +20,23 @@ import msgpack
 from fleche.codec_base import SER_MSGPACK, DumpContext, LoadContext, Serializer
 from fleche.errors import CorruptObjectError
 
-__all__ = ["PlainSerializer"]
+__all__ = ["PlainSerializer", "str_keys"]
 
 _SCALARS = (type(None), bool, int, float, str, bytes)
 
 
-def _str_keys(value: Any, depth: int = 0) -> bool:
+def str_keys(value: Any, depth: int = 0) -> bool:
     """Whether every dict in the tree has str keys only (msgpack checked the rest)."""
     t = type(value)
     if t is dict:
         for k, v in value.items():
             if type(k) is not str:
                 return False
-            if type(v) in (dict, list) and not _str_keys(v, depth + 1):
+            if type(v) in (dict, list) and not str_keys(v, depth + 1):
                 return False
     elif t is list:
         for v in value:
-            if type(v) in (dict, list) and not _str_keys(v, depth + 1):
+            if type(v) in (dict, list) and not str_keys(v, depth + 1):
                 return False
     return True
 
@@ -63,7 +63,7 @@ class PlainSerializer(Serializer):
         # strict_types: tuples, subclasses and unknown types raise TypeError; big ints
         # OverflowError; deep trees ValueError. The registry then falls back to pickle.
         data = msgpack.packb(value, use_bin_type=True, strict_types=True)
-        if _has_containers(value) and not _str_keys(value):
+        if _has_containers(value) and not str_keys(value):
             raise TypeError("a dict key is not a str")
         return SER_MSGPACK, [data]
 

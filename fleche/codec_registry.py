@@ -47,6 +47,7 @@ from fleche.codec_frame import Encoded, frame
 from fleche.codec_numpy import NumpySerializer
 from fleche.codec_pickle import PickleSerializer
 from fleche.codec_plain import PlainSerializer
+from fleche.codec_tree import TreeSerializer
 from fleche.errors import CorruptObjectError, SerializationError, UnsafeValueError
 
 __all__ = [
@@ -63,6 +64,10 @@ __all__ = [
 
 SPLIT_MIN = 1 << 20
 """Array members of a pickled value from this size are stored as objects of their own."""
+STREAM_PIECES = 1024
+STREAM_PIECES_MIN = 1 << 20
+"""A payload of this many pieces (and at least this size) streams whatever its size: listing
+10,000 small arrays as buffers costs a fifth of their data in Python objects."""
 
 _by_id: dict[int, Serializer] = {}
 _by_name: dict[str, Serializer] = {}
@@ -70,6 +75,7 @@ _by_module: dict[str, list[Serializer]] = {}
 _PLAIN = PlainSerializer()
 _PICKLE = PickleSerializer(SER_PICKLE, "pickle")
 _NUMPY = NumpySerializer()
+_TREE = TreeSerializer()
 FORCED = ("pickle", "cloudpickle", "dill", "bagofholding")
 """Names accepted as ``serializer=`` besides ``"auto"``: one serializer for every value."""
 
@@ -103,6 +109,7 @@ for _s in (
     PandasArrowSerializer(),
     PolarsSerializer(),
     BagSerializer(),
+    _TREE,
 ):
     register(_s, builtin=True)
 _by_module.pop("builtins", None)  # plain data is tried by type below, not by module
@@ -219,18 +226,50 @@ def serialize_streamed(
     """:func:`serialize`, or a :class:`Streamed` payload for a value of ``stream_min`` bytes or more
     whose serializer can write it out piece by piece (a large data frame as Arrow)."""
     chosen = _choose(value) if serializer == "auto" else by_name(serializer)
-    if type(chosen).stream is not Serializer.stream and (chosen.safe or not safe):
-        try:
-            streamed = chosen.stream(value, DumpContext(level=level, split_min=SPLIT_MIN))
+    if chosen is _PLAIN and _tree_may_take(value):
+        try:  # plain data first: the common small result, in one msgpack pass
+            ser, parts = _PLAIN.dumps(value, DumpContext(level=level))
+            return ser, parts, []
         except (TypeError, ValueError, OverflowError):
-            streamed = None  # the usual path says what is wrong, or falls back to pickle
-        if streamed is not None:
-            if streamed.size >= stream_min:
-                return streamed
-            parts: list[Any] = []  # small: the pieces are the payload's buffers (no copy)
-            streamed.produce(parts.append)
-            return streamed.serializer, parts, []
+            chosen = _TREE  # arrays among the leaves, or pickle's (below)
+    if type(chosen).stream is not Serializer.stream and (chosen.safe or not safe):
+        got = _stream(chosen, value, level, stream_min)
+        if got is not None:
+            return got
+        if chosen is _TREE:  # neither plain data nor arrays: pickle's, or safe mode's error
+            chosen = _PLAIN if safe else _PICKLE
     return _serialize_with(chosen, value, serializer, level=level, split=True, safe=safe)
+
+
+def _stream(
+    chosen: Serializer, value: Any, level: int, stream_min: int
+) -> Streamed | tuple[int, Sequence[Any], list[Encoded]] | None:
+    """``chosen``'s Streamed payload if it is large or many pieces, else its buffers; None: failed."""
+    ctx = DumpContext(level=level, split_min=SPLIT_MIN)
+    ctx.split = _splitter(ctx)
+    try:
+        streamed = chosen.stream(value, ctx)
+    except (TypeError, ValueError, OverflowError):
+        streamed = None  # the usual path says what is wrong, or falls back to pickle
+    if streamed is not None:
+        many = streamed.pieces >= STREAM_PIECES and streamed.size >= STREAM_PIECES_MIN
+        if streamed.size >= stream_min or many:
+            return streamed
+        if streamed.gather is not None:
+            return streamed.serializer, list(streamed.gather()), ctx.children
+        parts: list[Any] = []  # small: the pieces are the payload's buffers (no copy)
+        streamed.produce(parts.append)
+        return streamed.serializer, parts, ctx.children
+    try:  # not streamable (split members; compresses): buffers, with the same context
+        ser, buffers = chosen.dumps(value, ctx)  # (members already split are not framed again)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return ser, buffers, ctx.children
+
+
+def _tree_may_take(value: Any) -> bool:
+    """Whether a dict or list msgpack refused may hold arrays (only if numpy was imported)."""
+    return type(value) in (dict, list) and "numpy" in sys.modules
 
 
 def _serialize_with(
@@ -248,6 +287,14 @@ def _serialize_with(
                 if serializer != "auto":
                     raise
                 chosen = _PICKLE  # e.g. a tuple deep inside a list: pickle keeps it
+            if _tree_may_take(value):
+                if split:
+                    ctx.split = _splitter(ctx)
+                try:  # arrays among plain data: no pickle needed
+                    ser, parts = _TREE.dumps(value, ctx)
+                    return ser, parts, ctx.children
+                except (TypeError, ValueError, OverflowError):
+                    ctx.children.clear()  # a tuple among them: pickle takes all (and splits)
         if split:
             ctx.split = _splitter(ctx)
         ser, parts = chosen.dumps(value, ctx)
@@ -272,13 +319,20 @@ def _serialize_safely(
     )
     if not chosen.safe:
         raise UnsafeValueError(f"safe mode: {what} can only be stored with pickle; {fix}")
+    ctx = DumpContext(level=level, split_min=SPLIT_MIN)
     try:
-        ser, parts = chosen.dumps(value, DumpContext(level=level, split_min=SPLIT_MIN))
+        try:
+            ser, parts = chosen.dumps(value, ctx)
+        except (TypeError, ValueError, OverflowError):
+            if chosen is not _PLAIN or not _tree_may_take(value):
+                raise
+            ctx.split = _splitter(ctx)  # arrays among plain data: the tree codec, no pickle
+            ser, parts = _TREE.dumps(value, ctx)
     except (TypeError, ValueError, OverflowError) as e:
         raise UnsafeValueError(
             f"safe mode: {what} can only be stored with pickle ({e}); {fix}"
         ) from e
-    return ser, parts, []
+    return ser, parts, ctx.children
 
 
 def decode(ser: int, payload: Any, ctx: LoadContext) -> Any:
