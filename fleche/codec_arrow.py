@@ -100,10 +100,47 @@ def _pandas_table(value: Any) -> tuple[dict[str, Any], Any, int]:
     else:
         meta = {"kind": "frame"}
         frame = value
-    table = pa.Table.from_pandas(frame, preserve_index=None)
+    table = _table(frame)
     mock = pa.MockOutputStream()  # sized first: a pass that writes nothing
     _write_ipc(mock, table)
     return meta, table, int(mock.size())
+
+
+def _table(frame: Any) -> Any:
+    """``pa.Table.from_pandas(frame)``, the same table, without its slowest scans.
+
+    ``from_pandas`` looks for NaN in every float column and NaT in every time
+    column to make them nulls, at ~1.7 ns a value (17 ms for 10M floats, a
+    third of storing them). numpy answers "is there any?" six times faster;
+    columns that have none are handed to Arrow as they are (no copy), the
+    others converted as ``from_pandas`` converts them (``pa.array(...,
+    from_pandas=True)`` against its schema), so the table is the same.
+    """
+    import numpy as np
+    import pyarrow as pa
+
+    schema = pa.Schema.from_pandas(frame, preserve_index=None)
+    index = [c for c in schema.pandas_metadata["index_columns"] if isinstance(c, str)]
+    sources = [frame.iloc[:, i] for i in range(frame.shape[1])]
+    if index:
+        sources += [frame.index.get_level_values(i) for i in range(len(index))]
+    if len(sources) != len(schema) or not sources:
+        # not the layout assumed, or no arrays to count the rows of: Arrow's own way
+        return pa.Table.from_pandas(frame, preserve_index=None)
+    arrays = []
+    for values, field in zip(sources, schema, strict=True):
+        data = values.to_numpy() if isinstance(values.dtype, np.dtype) else None
+        fast = None
+        if data is not None and data.ndim == 1 and data.flags.c_contiguous:
+            kind = data.dtype.kind
+            if kind == "f" and pa.types.is_floating(field.type) and not np.isnan(data).any():
+                fast = pa.array(data, type=field.type)
+            elif kind == "M" and pa.types.is_timestamp(field.type) and data.size:
+                ticks = data.view(np.int64)
+                if ticks.min() != np.iinfo(np.int64).min:  # no NaT
+                    fast = pa.Array.from_buffers(field.type, data.size, [None, pa.py_buffer(ticks)])
+        arrays.append(fast if fast is not None else pa.array(values, field.type, from_pandas=True))
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def _write_ipc(sink: Any, table: Any) -> None:
