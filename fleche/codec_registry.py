@@ -7,7 +7,9 @@ Choosing (``serializer="auto"``, the default) goes by the value's type:
 2. a pandas or polars frame that Arrow round-trips exactly: Arrow IPC;
 3. plain data (None, bool, int, float, str, bytes, lists and str-keyed dicts
    of them, exact types): msgpack;
-4. anything else: pickle protocol 5 (cloudpickle for lambdas and local
+4. such plain data with numpy arrays among its leaves: the tree codec
+   (msgpack plus raw buffers, no pickle);
+5. anything else: pickle protocol 5 (cloudpickle for lambdas and local
    classes), with large array members split into objects of their own.
 
 ``serializer="pickle" | "cloudpickle" | "dill" | "bagofholding"`` forces one
