@@ -309,7 +309,8 @@ class Cache:
 
         ``mmap=True``: arrays stored raw (uncompressed; numpy or tree codec) in a
         local store come back as read-only views of the mapped file, in well under a
-        millisecond whatever their size; other objects load as usual.
+        millisecond whatever their size, and so do the numeric and time columns of a
+        pandas frame stored as Arrow; other objects load as usual.
         """
         inline = ref.get("inline")
         if inline is not None:
@@ -361,7 +362,7 @@ class Cache:
         if got is None:
             return _NOT_MAPPED  # compressed: decompressed into a fresh buffer instead
         ser, payload = got
-        if ser not in (codec.SER_NUMPY, codec.SER_TREE):
+        if ser not in (codec.SER_NUMPY, codec.SER_TREE, codec.SER_ARROW_PANDAS):
             # no arrays of its own: read and verified as usual (its array members are
             # objects of their own, and still mapped)
             return _NOT_MAPPED

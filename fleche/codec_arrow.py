@@ -177,11 +177,16 @@ class _Sink:
         pass
 
 
-def _pandas_load(meta: dict[str, Any], body: memoryview, writable: bool = False) -> Any:
+def _pandas_load(
+    meta: dict[str, Any], body: memoryview, writable: bool = False, mapped: bool = False
+) -> Any:
     import pyarrow as pa
 
     table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-    frame = _owning_frame(table, body) if writable else table.to_pandas()
+    if writable:
+        frame = _owning_frame(table, body)
+    else:  # mapped: columns without nulls stay read-only views of the map
+        frame = table.to_pandas(split_blocks=mapped)
     if meta.get("kind") == "series":
         return frame.iloc[:, 0].rename(meta.get("name"))
     return frame
@@ -273,11 +278,11 @@ class PandasArrowSerializer(Serializer):
         try:  # the trial round trip (see the module's doc)
             head = value.iloc[:TRIAL_ROWS]
             meta, buf = _pandas_dump(head)
-            # both ways a frame loads: into a buffer of its own, or from a read-only one
+            # every way a frame loads: into a buffer of its own, from read-only bytes, mapped
             view = memoryview(buf)
-            return _pandas_same(head, _pandas_load(meta, view, True)) and _pandas_same(
-                head, _pandas_load(meta, view.toreadonly())
-            )
+            loads = [(view, True, False), (view.toreadonly(), False, False)]
+            loads.append((view.toreadonly(), False, True))
+            return all(_pandas_same(head, _pandas_load(meta, *how)) for how in loads)
         except Exception:  # noqa: BLE001 - whatever Arrow refuses, pickle takes
             return False
 
@@ -298,7 +303,7 @@ class PandasArrowSerializer(Serializer):
 
     def loads(self, ser: int, payload: Any, ctx: LoadContext) -> Any:
         meta, body = _split(payload, ctx.where)
-        return _pandas_load(meta, body, ctx.writable)
+        return _pandas_load(meta, body, ctx.writable, ctx.mmap)
 
 
 # -- polars ---------------------------------------------------------------------------------

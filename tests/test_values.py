@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -493,3 +494,29 @@ def test_a_loaded_frame_lives_in_the_buffer_it_was_read_into_and_stays_writable(
     series = local.load_value(local.put_value(df["x"]))
     series.iloc[0] = 7.0
     assert series.iloc[0] == 7.0
+
+
+def test_a_frame_loaded_with_mmap_views_the_stored_file(local: Cache) -> None:
+    pytest.importorskip("pyarrow")
+    n = 200_000
+    df = pd.DataFrame({"x": np.linspace(0, 1, n), "i": np.arange(n), "flag": np.arange(n) % 2 == 0})
+    ref = local.put_value(df)
+    mapped = local.load_value(ref, mmap=True)
+    pd.testing.assert_frame_equal(df, mapped, check_exact=True)
+    x = mapped["x"].to_numpy()
+    assert not x.flags.writeable
+    path = os.path.realpath(local.store.local_path(ref["oid"]))
+    if os.path.exists("/proc/self/maps"):  # the column's memory is the mapped file's
+        with open("/proc/self/maps") as f:
+            spans = [line.split() for line in f]
+        addr = x.ctypes.data
+        assert any(
+            len(m) >= 6
+            and m[5] == path
+            and int(m[0].split("-")[0], 16) <= addr
+            and addr < int(m[0].split("-")[1], 16)
+            for m in spans
+        )
+    copy = mapped.copy()
+    copy.loc[0, "x"] = 5.0  # a copy is the user's to change
+    assert copy.loc[0, "x"] == 5.0 and local.load_value(ref).loc[0, "x"] == 0.0
