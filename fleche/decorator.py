@@ -7,6 +7,10 @@ identity, signature, key prefix) is computed at decoration time.
 Faults fail open: a store that cannot be read or written, a corrupt object or
 a result that cannot be serialized never costs the caller their result; they
 get it, and one :class:`~fleche.errors.FlecheWarning` says what went wrong.
+
+The machinery is in the family: :mod:`fleche.decorator_identity` names a
+function, :mod:`fleche.decorator_results` reads and writes its calls (failing
+open), :mod:`fleche.decorator_compute` computes a miss once per process.
 """
 
 from __future__ import annotations
@@ -14,36 +18,26 @@ from __future__ import annotations
 import functools
 import importlib
 import inspect
-import logging
-import os
-import re
-import sys
-import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from fleche import metadata as _metadata
-from fleche.cache import Cache, type_name
-from fleche.cache_layers import RETRY_AFTER, LayeredCache
-from fleche.call import NO_VERSION, Binder, Call, KeyMaker, is_clear
-from fleche.config import active_cache
-from fleche.digest import code_digest, digest_bytes
-from fleche.errors import (
-    CacheMiss,
-    CorruptObjectError,
-    FlecheError,
-    FlecheWarning,
-    SerializationError,
-)
+from fleche.call import NO_VERSION, Binder, Call, KeyMaker
+from fleche.config import AnyCache, active_cache
+from fleche.decorator_compute import Computing, _Flight
+from fleche.decorator_identity import _find, _scope, function_id
+from fleche.decorator_results import _DOWN
+from fleche.digest import code_digest
+from fleche.errors import CacheMiss
 from fleche.lease import LeasePolicy, compute_once, policy_of
 from fleche.query import QueryResult, for_function
 
+__all__ = ["CachedCallable", "CachedFunction", "fleche", "function_id"]
+
 F = TypeVar("F", bound=Callable[..., Any])
-AnyCache = Cache | LayeredCache
 P = ParamSpec("P")
 R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
@@ -72,39 +66,8 @@ class CachedCallable(Protocol[P, R_co]):
     ) -> Callable[..., R_co]: ...
 
 
-# Hits, misses and stores at DEBUG: logging.getLogger("fleche").setLevel("DEBUG"). On the hit
-# path, the isEnabledFor check costs 30-70 ns of a ~5 µs hit when logging is off (docs/usage.md).
-_log = logging.getLogger(__name__)
-_DEBUG = logging.DEBUG
-
 # Set while f.rerun(...) runs, so nested cached calls recompute too.
 _REFRESH: ContextVar[bool] = ContextVar("fleche_refresh", default=False)
-# os.chdir is process-wide: isolated calls take turns.
-_ISOLATE_LOCK = threading.RLock()
-_FID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
-# Caches whose reads failed (a server down, a refused read): id -> (time.monotonic() until
-# which they are skipped, the cache). Every call then does not wait for the client's retries
-# again (an S3 client takes ~6 s to give up on one request) before computing. By object, not
-# by URL: private memory stores all have the URL memory://.
-_DOWN: dict[int, tuple[float, Any]] = {}
-
-
-def _down(cache: Any) -> bool:
-    entry = _DOWN.get(id(cache))
-    if entry is None or entry[1] is not cache:
-        return False
-    if time.monotonic() < entry[0]:
-        return True
-    _DOWN.pop(id(cache), None)  # time to try it again
-    return False
-
-
-def function_id(identity: str) -> str:
-    """A store-safe directory name for a function identity like ``pkg.mod:Class.method``."""
-    fid = _FID_BAD.sub("_", identity.replace(":", ".")).lstrip(".") or "_"
-    if len(fid) > 200:
-        fid = fid[:167] + "-" + digest_bytes(identity).hex()
-    return fid
 
 
 def _names(x: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
@@ -118,40 +81,6 @@ def _names(x: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
     return out
 
 
-def _utf8(text: str) -> bool:
-    """Whether ``text`` can be stored in clear (UTF-8): not with lone surrogates ("a\\udcff")."""
-    if text.isascii():
-        return True
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-class _Flight:
-    """One in-progress computation that other threads asking for the same key wait on."""
-
-    __slots__ = ("done", "ok", "owner", "result")
-
-    def __init__(self) -> None:
-        # A held lock, released when the result is in: waiters acquire and release it.
-        # (An Event costs a Condition and two locks on every miss.)
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.ok = False
-        self.result: Any = None
-        self.owner = threading.get_ident()
-
-
-def _find(module: str, qualname: str) -> Any:
-    """``module.qualname`` if it can be imported (None for ``<locals>`` and the like)."""
-    obj: Any = sys.modules.get(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part, None)
-    return obj
-
-
 def _cached_function(module: str, qualname: str) -> CachedFunction:
     """Unpickling a CachedFunction by reference: the one behind ``module.qualname``."""
     importlib.import_module(module)
@@ -161,41 +90,7 @@ def _cached_function(module: str, qualname: str) -> CachedFunction:
     return cf
 
 
-def _scope(func: Callable[..., Any], qualname: str) -> str:
-    """What sets a lambda or closure apart from others of the same name: "" for plain functions.
-
-    ``lambda x: x + 1`` and ``lambda x: x * 2`` in one module are both ``<lambda>``,
-    and ``make(1)`` and ``make(100)`` return two ``make.<locals>.inner``: without
-    this they would share results. A lambda adds its code's digest; a closure the
-    digests of its free variables as they are when it is decorated (a variable not
-    yet assigned, such as the function itself in a recursive closure, is left out;
-    one that cannot be digested counts by its type).
-    """
-    parts = []
-    if qualname.rpartition(".")[2] == "<lambda>":
-        try:
-            parts.append("code:" + code_digest(func))
-        except (TypeError, OSError):  # no Python code object to digest
-            pass
-    cells = getattr(func, "__closure__", None)
-    names = getattr(getattr(func, "__code__", None), "co_freevars", ())
-    if cells:
-        free: dict[str, str] = {}
-        for name, cell in zip(names, cells, strict=False):
-            try:
-                value = cell.cell_contents
-            except ValueError:  # empty until the enclosing scope assigns it
-                continue
-            try:
-                free[name] = digest_bytes(value, name=name).hex()
-            except Exception:  # noqa: BLE001 - undigestable: its type still tells closures apart
-                free[name] = type_name(value)
-        if free:
-            parts.append("closure:" + digest_bytes(free, name="closure").hex())
-    return "#".join(parts)
-
-
-class CachedFunction:
+class CachedFunction(Computing):
     """Everything ``@fleche`` knows about one function; its wrapper delegates here."""
 
     def __init__(
@@ -297,184 +192,6 @@ class CachedFunction:
         if missing:
             self.warn_once("require", f"not cached: required argument(s) {missing} not given")
         return bool(missing)
-
-    # -- warnings ------------------------------------------------------------------------
-
-    def warn_once(self, kind: str, message: str) -> None:
-        """One warning per function and kind of fault: a loop of failures says it once."""
-        if kind not in self._warned:
-            self._warned.add(kind)
-            warnings.warn(f"fleche: {self.qualname}: {message}", FlecheWarning, stacklevel=4)
-
-    # -- lookups (fail open) -------------------------------------------------------------
-
-    def lookup(self, cache: AnyCache, key: str) -> tuple[bool, Any]:
-        """(True, result) on a hit; (False, None) on a miss or any fault reading the cache."""
-        try:
-            rec = cache.get_record(self.function_id, key, lazy=True)
-            if rec is None:
-                if _log.isEnabledFor(_DEBUG):
-                    _log.debug("miss %s %s in %s", self.function_id, key, cache.url)
-                return False, None
-            ref = rec["result"]
-            value = cache.load_value(ref, mmap=True) if self.mmap else cache.load_value(ref)
-            if _log.isEnabledFor(_DEBUG):
-                _log.debug("hit %s %s in %s", self.function_id, key, cache.url)
-            return True, value
-        except CacheMiss:
-            self.warn_once(
-                "dangling", f"the record of call {key} points at a missing object; recomputing"
-            )
-        except (CorruptObjectError, SerializationError) as e:
-            self.warn_once("unreadable", f"{e}; recomputing")
-        except OSError as e:
-            # one warning per store fault, read or write: a server that is down says it once
-            _DOWN[id(cache)] = (time.monotonic() + RETRY_AFTER, cache)
-            self.warn_once(
-                f"io:{cache.url}",
-                f"cannot read {cache.url} ({e}); recomputing, without it for {RETRY_AFTER:g} s",
-            )
-        return False, None
-
-    def skipped(self, cache: AnyCache) -> bool:
-        """True (after one warning) while the cache is skipped: it failed a read moments ago."""
-        if not _DOWN or not _down(cache):
-            return False
-        self.warn_once(f"io:{cache.url}", f"{cache.url} failed moments ago; computing uncached")
-        return True
-
-    # -- computing and storing -----------------------------------------------------------
-
-    def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Any:
-        if not self.isolate:
-            return self.func(*args, **kwargs)
-        with _ISOLATE_LOCK, tempfile.TemporaryDirectory(prefix=f"fleche-{key[:12]}-") as d:
-            old = os.getcwd()
-            os.chdir(d)
-            try:
-                return self.func(*args, **kwargs)
-            finally:
-                os.chdir(old)
-
-    def record(
-        self,
-        cache: AnyCache,
-        key: str,
-        items: list[tuple[str, Any]],
-        digests: list[bytes],
-        result_ref: dict[str, Any],
-        started: float,
-        duration: float,
-        cpu: float | None = None,
-    ) -> dict[str, Any]:
-        arguments: dict[str, Any] = {}
-        for (name, value), d in zip(items, digests, strict=True):
-            if is_clear(value) and (type(value) is not str or _utf8(value)):
-                arguments[name] = value
-                continue
-            try:
-                ref = cache.put_value(value)
-            except SerializationError:
-                ref = {"type": type_name(value)}  # the key is still exact; the value is not kept
-            ref["digest"] = d.hex()
-            arguments[name] = ref
-        rec = self._record_head.copy()  # the fields that are the same for every call
-        rec["digest"] = key
-        rec["arguments"] = arguments
-        rec["result"] = result_ref
-        chosen = self.metadata
-        if chosen is None:
-            chosen = getattr(cache, "metadata_groups", _metadata.ALL)
-        rec["metadata"] = _metadata.collect(started, duration, cpu, chosen, self.module)
-        return rec
-
-    def store(
-        self,
-        cache: AnyCache,
-        key: str,
-        items: list[tuple[str, Any]],
-        digests: list[bytes],
-        result: Any,
-        started: float,
-        duration: float,
-        cpu: float | None = None,
-    ) -> None:
-        """Write the value, then the record that points at it; warn (never raise) on faults."""
-        debug = _log.isEnabledFor(_DEBUG)
-        if cache.read_only or (_DOWN and _down(cache)):
-            if debug:
-                _log.debug(
-                    "not stored %s %s: %s is read-only or down", self.function_id, key, cache.url
-                )
-            return
-        try:
-            t0 = time.perf_counter() if debug else 0.0
-            ref = cache.put_value(result)
-            rec = self.record(cache, key, items, digests, ref, started, duration, cpu)
-            cache.put_record(self.function_id, key, rec)
-            if debug:
-                from fleche.render import format_duration, format_size
-
-                inline = ref.get("inline")
-                where = "inline" if inline is not None else f"as object {ref.get('oid')}"
-                size = len(inline) if inline is not None else ref.get("size")
-                _log.debug(
-                    "stored %s %s in %s: %s %s %s; computed in %s, stored in %s",
-                    self.function_id,
-                    key,
-                    cache.url,
-                    ref.get("type"),
-                    format_size(size),
-                    where,
-                    format_duration(duration),
-                    format_duration(time.perf_counter() - t0),
-                )
-        except SerializationError as e:
-            self.warn_once(f"serialize:{type(result).__qualname__}", f"{e}; returned uncached")
-        except (OSError, FlecheError) as e:
-            self.warn_once(
-                f"io:{cache.url}", f"cannot write to {cache.url} ({e}); returned uncached"
-            )
-
-    def compute(
-        self,
-        cache: AnyCache,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        key: str,
-        items: list[tuple[str, Any]],
-        digests: list[bytes],
-    ) -> Any:
-        """Compute a miss once per process: concurrent threads asking for the same key wait."""
-        fkey = (id(cache), key)
-        with self._flights_lock:
-            flight = self._flights.get(fkey)
-            leader = flight is None
-            if leader:
-                flight = self._flights[fkey] = _Flight()
-        assert flight is not None
-        if not leader and flight.owner != threading.get_ident():
-            flight.done.acquire()  # blocks until the leader releases it
-            flight.done.release()
-            if flight.ok:
-                return flight.result
-            # the leader raised: compute (and raise) for ourselves rather than share its error
-        try:
-            started = time.time()
-            c0 = time.process_time()
-            t0 = time.perf_counter()
-            result = self._run(args, kwargs, key)
-            duration = time.perf_counter() - t0
-            cpu = time.process_time() - c0
-            if leader:
-                flight.result, flight.ok = result, True
-            self.store(cache, key, items, digests, result, started, duration, cpu)
-            return result
-        finally:
-            if leader:
-                with self._flights_lock:
-                    del self._flights[fkey]
-                flight.done.release()
 
     def _unopened(self, error: OSError) -> None:
         # The default cache (FLECHE_CACHE, fleche.toml) is opened by the first call: a store

@@ -24,23 +24,22 @@ Where it lives (:func:`open_index`): beside a writable local store
 ``verify`` and ``gc`` only look at ``calls/``, ``objects/``, ``tmp/`` and
 ``quarantine/``); in the user cache dir for remote and read-only stores;
 in memory for memory stores (off by default); or any SQLAlchemy URL.
+
+The catalogue itself, its faults and buffered writes are
+:mod:`fleche.index_catalog`'s; answering queries, :mod:`fleche.index_search`'s;
+this module keeps it in step with the store and opens it.
 """
 
 from __future__ import annotations
 
-import atexit
-import functools
-import itertools
 import os
-import threading
 import time
-import weakref
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 from fleche import codec
-from fleche.errors import ConfigError, CorruptObjectError, warn_user
-from fleche.index_db import CatalogReset, Db, IndexFault, SqliteDb, Tx
+from fleche.errors import ConfigError, CorruptObjectError
+from fleche.index_catalog import REMOTE_MAX_AGE, Progress
+from fleche.index_db import IndexFault, SqliteDb
 from fleche.index_fresh import (
     RefreshReport,
     fan_listing,
@@ -50,28 +49,14 @@ from fleche.index_fresh import (
     list_function,
     list_functions,
     read_blobs,
-    record_stamp,
     settled,
 )
 from fleche.index_layers import LayeredIndex, scan
-from fleche.index_sqlgen import call_row, compile_spec
+from fleche.index_search import SearchableCatalog
+from fleche.index_sqlgen import call_row
 from fleche.index_where import default_location, sqlite_with_fallback
-from fleche.index_write import (
-    BATCH,
-    Row,
-    chunks,
-    delete,
-    drop_function,
-    upsert_postgresql,
-    upsert_sqlite,
-)
+from fleche.index_write import BATCH, Row, chunks, delete, drop_function
 from fleche.store import ObjectStore, is_function_id
-from fleche.terms import QuerySpec
-
-Progress = Callable[[str, int, int], None]
-"""``progress(phase, done, total)``, as ``fleche.cli.progress_bar`` draws it."""
-
-_T = TypeVar("_T")
 
 __all__ = [
     "REMOTE_MAX_AGE",
@@ -84,44 +69,8 @@ __all__ = [
     "scan",
 ]
 
-REMOTE_MAX_AGE = 300.0
-"""Seconds a listing of a remote store is trusted: records written there by other
-machines show up in queries after at most this long (or ``fleche index refresh``)."""
-PENDING_MAX = 256  # buffered writes before a flush
-PENDING_AGE = 1.0  # seconds the oldest buffered write may wait for the next one
-PAGE = 1000  # rows fetched per query page
-ANALYZE_FROM = 1000  # rows from which the planner gets statistics
 
-
-# -- the index ------------------------------------------------------------------------------
-
-_LIVE: weakref.WeakSet[Index] = weakref.WeakSet()
-
-
-@atexit.register
-def _flush_all() -> None:
-    """Buffered writes reach the catalogue before the interpreter exits (best effort)."""
-    for index in list(_LIVE):
-        index.flush()
-
-
-def _after_fork() -> None:
-    """In a forked child: fresh locks (another thread may have held them), no inherited writes.
-
-    The parent flushes its own buffered writes; the child would only repeat them.
-    """
-    for index in list(_LIVE):
-        index._lock = threading.RLock()
-        index._pending_lock = threading.Lock()
-        index._pending = []
-        index.db.after_fork()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork)
-
-
-class Index:
+class Index(SearchableCatalog):
     """A catalogue of one store's call records, in the database behind ``db``.
 
     ``store``: the store it indexes; an index without one only stores what it
@@ -134,288 +83,6 @@ class Index:
     and count answer from the store by a scan, with a warning, when the
     catalogue cannot be used.
     """
-
-    def __init__(
-        self, db: Db, store: ObjectStore | None = None, *, max_age: float | None = None
-    ) -> None:
-        self.db = db
-        self.store = store
-        if max_age is None:
-            max_age = 0.0 if is_memory(store) else REMOTE_MAX_AGE
-        self.max_age = max_age
-        self._lock = threading.RLock()  # one catalogue operation at a time in this process
-        self._pending_lock = threading.Lock()
-        self._pending: list[tuple[str, str, str, dict[str, Any] | None, int]] = []
-        self._pending_since = 0.0
-        self._stale = False
-        self._checked_identity = False
-        self._warned: set[str] = set()
-        # (function, fan) pairs this process knows have a fleche_fans row
-        self._fans_known: set[tuple[str, str]] = set()
-        self._analyzed: int | None = None  # catalogue size at the last ANALYZE
-        _LIVE.add(self)
-
-    def __repr__(self) -> str:
-        return f"Index({self.db.location!r}, store={getattr(self.store, 'url', None)!r})"
-
-    @property
-    def stale(self) -> bool:
-        """True after a fault, until a full refresh (done by the next query) succeeds."""
-        return self._stale
-
-    @property
-    def location(self) -> str:
-        """Where the catalogue is: a file path or a database URL (password hidden)."""
-        return self.db.location
-
-    # -- faults --------------------------------------------------------------------------
-
-    def _fault(self, action: str, error: BaseException) -> None:
-        """Warn once per kind of fault; the index is stale until a full refresh succeeds."""
-        self._stale = True
-        kind = f"{action}:{type(error).__name__}"
-        if kind not in self._warned:
-            self._warned.add(kind)
-            where = getattr(self.store, "url", None) or "its store"
-            # the driver's own message, first line: SQLAlchemy appends the statement and parameters
-            said = str(getattr(error, "orig", None) or error).strip().splitlines()
-            reason = (said[0] if said else type(error).__name__)[:300]
-            warn_user(
-                f"fleche: the index of {where} ({self.db.location}) failed to {action}: {reason}; "
-                "the store is unaffected (queries read it directly until the index recovers; "
-                "this warning is not repeated)"
-            )
-
-    def _reset(self, reset: CatalogReset) -> None:
-        self._stale = True
-        if "reset" not in self._warned:
-            self._warned.add("reset")
-            warn_user(
-                f"fleche: the index {self.db.location} was set aside: {reset.reason}; it is being "
-                "rebuilt from the store (nothing is lost: the index is a copy of the store's records)"
-            )
-
-    def _guarded(self, fn: Callable[[], _T]) -> _T:
-        """Run a catalogue operation; a reset catalogue is refilled and the operation retried once."""
-        try:
-            return fn()
-        except CatalogReset as r:
-            self._reset(r)
-            if self.store is not None:
-                self._refresh(self.store)
-                self._stale = False
-        return fn()
-
-    # -- writes (batched) ----------------------------------------------------------------
-
-    def add(self, function_id: str, key: str, record: dict[str, Any], size: int) -> None:
-        """Catalogue a record just written to the store (``size``: its bytes there).
-
-        On a local store this does nothing: the catalogue catches up from the
-        fan directories' stamps before each query (it must, for other
-        processes' writes), so a miss does not pay ~30 µs of row building and
-        SQLite work that doubled its cost. Listing a remote store is slow, so
-        there writes are catalogued as they happen (buffered).
-        """
-        if is_local(self.store):
-            return
-        # a record copied up from a lazily read one may still hold its fields packed
-        self._queue(("add", function_id, key, codec.expand_record(dict(record)), size))
-
-    def remove(self, function_id: str, key: str) -> None:
-        """Forget a record just deleted from the store (local stores: see :meth:`add`)."""
-        if is_local(self.store):
-            return
-        self._queue(("remove", function_id, key, None, 0))
-
-    def _queue(self, op: tuple[str, str, str, dict[str, Any] | None, int]) -> None:
-        now = time.monotonic()
-        with self._pending_lock:
-            if not self._pending:
-                self._pending_since = now
-            self._pending.append(op)
-            due = len(self._pending) >= PENDING_MAX or now - self._pending_since > PENDING_AGE
-        if due:
-            self.flush()
-
-    def flush(self) -> None:
-        """Write buffered updates to the catalogue now (also done before every query and at exit)."""
-        with self._pending_lock:
-            ops, self._pending = self._pending, []
-        if not ops:
-            return
-        try:
-            with self._lock:
-                self._guarded(lambda: self._apply(ops))
-        except self.db.faults as e:
-            self._fault("record a write", e)
-
-    def _apply(self, ops: list[tuple[str, str, str, dict[str, Any] | None, int]]) -> None:
-        local = is_local(self.store)
-        new_fans: set[tuple[str, str]] = set()
-        with self.db.transaction() as tx:
-            for kind, group in itertools.groupby(ops, key=lambda op: op[0]):
-                items = list(group)
-                if kind == "add":
-                    rows = []
-                    for _, fid, key, rec, size in items:
-                        stamp = (
-                            record_stamp(self.store, fid, key)
-                            if local and self.store is not None  # local: a LocalStore
-                            else None
-                        )
-                        rows.append(call_row(fid, key, rec or {}, size, stamp))
-                    for chunk in chunks(rows):
-                        self._upsert(tx, chunk)
-                    if local:  # the stamp check now knows the function (and looks at these fans)
-                        fans = {(op[1], op[2][:2]) for op in items} - self._fans_known
-                        for fid, fan in sorted(fans):
-                            tx.execute(
-                                "INSERT INTO fleche_fans (function, fan, stamp) "
-                                "VALUES (:f, :n, NULL) ON CONFLICT (function, fan) DO NOTHING",
-                                {"f": fid, "n": fan},
-                            )
-                        new_fans.update(fans)
-                else:
-                    for fid, keys in itertools.groupby(items, key=lambda op: op[1]):
-                        for chunk in chunks([op[2] for op in keys]):
-                            delete(tx, fid, chunk)
-        self._fans_known |= new_fans  # committed: no need to say it again in this process
-
-    def _upsert(self, tx: Tx, rows: list[Row]) -> None:
-        latest = {(r["function"], r["key"]): (r, a) for r, a in rows}  # a rerun: the last wins
-        rows = [latest[k] for k in sorted(latest)]  # one lock order for every writer
-        if self.db.dialect == "postgresql":
-            upsert_postgresql(tx, rows)
-        else:
-            upsert_sqlite(tx, rows)
-
-    # -- queries -------------------------------------------------------------------------
-
-    def search(
-        self, spec: QuerySpec, *, limit: int | None = None, newest_first: bool = True
-    ) -> Iterator[tuple[str, str]]:
-        """``(function_id, key)`` of the calls matching ``spec``, newest first (or oldest first).
-
-        Lazy: the catalogue is brought up to date at the first ``next()``, then
-        read a page at a time.
-        """
-        return (
-            (fid, key) for _, fid, key in self.rows(spec, limit=limit, newest_first=newest_first)
-        )
-
-    def rows(
-        self, spec: QuerySpec, *, limit: int | None = None, newest_first: bool = True
-    ) -> Iterator[tuple[float, str, str]]:
-        """As :meth:`search`, with each call's ``created`` time first (for merging indexes)."""
-        if limit is not None and limit <= 0:
-            return
-        seen: set[tuple[str, str]] = set()
-        try:
-            self._prepare(spec)
-            for row in self._select(spec, limit, newest_first):
-                seen.add(row[1:])
-                yield row
-            return
-        except self.db.faults as e:
-            if self.store is None:
-                raise IndexFault(f"the index {self.db.location} failed: {e}") from e
-            self._fault("answer a query", e)
-        left = None if limit is None else limit - len(seen)
-        for row in scan(self.store, spec, newest_first=newest_first):
-            if row[1:] in seen:
-                continue
-            if left is not None:
-                if left <= 0:
-                    return
-                left -= 1
-            yield row
-
-    def count(self, spec: QuerySpec) -> int:
-        """How many calls match ``spec``."""
-        try:
-            self._prepare(spec)
-            compiled = compile_spec(spec, self.db.dialect)
-            if not compiled.post:
-                with self._lock:
-                    rows = self._guarded(
-                        lambda: self.db.read(
-                            f"SELECT COUNT(*) FROM fleche_calls c WHERE {compiled.where}",
-                            compiled.params,
-                        )
-                    )
-                return int(rows[0][0])
-            return sum(1 for _ in self._select(spec, None, False))
-        except self.db.faults as e:
-            if self.store is None:
-                raise IndexFault(f"the index {self.db.location} failed: {e}") from e
-            self._fault("answer a query", e)
-        return sum(1 for _ in scan(self.store, spec))
-
-    def _prepare(self, spec: QuerySpec) -> None:
-        self.flush()
-        with self._lock:
-            if self.store is not None:
-                self._guarded(lambda: self._catch_up(spec.function_ids))
-            self._guarded(self._maybe_analyze)
-
-    def _maybe_analyze(self) -> None:
-        """Refresh the planner's statistics when the catalogue has doubled since they were taken.
-
-        Without them SQLite walks a function's calls in time order testing each
-        against the argument condition (100 ms at 1M calls) instead of starting
-        from the argument index (0.1 ms). A sampled ANALYZE takes milliseconds.
-        """
-        rows = self.db.read("SELECT MAX(id) FROM fleche_calls")
-        size = int(rows[0][0] or 0)
-        if self._analyzed is None:
-            got = self.db.read("SELECT value FROM fleche_state WHERE name = 'analyzed'")
-            self._analyzed = int(got[0][0]) if got else 0
-        if size < ANALYZE_FROM or size <= 2 * self._analyzed:
-            return
-        with self.db.transaction() as tx:
-            if self.db.dialect == "sqlite":
-                tx.execute("PRAGMA analysis_limit = 1000")  # sample: milliseconds, not seconds
-                tx.execute("ANALYZE")
-            else:
-                tx.execute("ANALYZE fleche_calls")
-                tx.execute("ANALYZE fleche_args")
-            self._set_state(tx, "analyzed", str(size))
-        self._analyzed = size
-
-    def _select(
-        self, spec: QuerySpec, limit: int | None, newest_first: bool
-    ) -> Iterator[tuple[float, str, str]]:
-        compiled = compile_spec(spec, self.db.dialect)
-        order = "DESC" if newest_first else "ASC"
-        cmp = "<" if newest_first else ">"
-        cols = "c.created, c.id, c.function, c.key" + (", c.metadata" if compiled.post else "")
-        left = limit
-        after: tuple[float, int] | None = None
-        while True:
-            n = PAGE if left is None or compiled.post else min(PAGE, left)
-            params = dict(compiled.params)
-            where = compiled.where
-            if after is not None:
-                params["kc"], params["ki"] = after
-                where += f" AND (c.created {cmp} :kc OR (c.created = :kc AND c.id {cmp} :ki))"
-            sql = (
-                f"SELECT {cols} FROM fleche_calls c WHERE {where} "
-                f"ORDER BY c.created {order}, c.id {order} LIMIT {int(n)}"
-            )
-            with self._lock:
-                page = self._guarded(functools.partial(self.db.read, sql, params))
-            for row in page:
-                if compiled.post and not compiled.accept(row[4]):
-                    continue
-                yield (row[0], row[2], row[3])
-                if left is not None:
-                    left -= 1
-                    if left <= 0:
-                        return
-            if len(page) < n:
-                return
-            after = (page[-1][0], page[-1][1])
 
     # -- catching up with the store ------------------------------------------------------
 
@@ -457,13 +124,6 @@ class Index:
         with self.db.transaction() as tx:
             for name in names:
                 self._set_state(tx, f"listed:{name}", repr(when))
-
-    @staticmethod
-    def _set_state(tx: Tx, name: str, value: str) -> None:
-        tx.execute("DELETE FROM fleche_state WHERE name = :n", {"n": name})
-        tx.execute(
-            "INSERT INTO fleche_state (name, value) VALUES (:n, :v)", {"n": name, "v": value}
-        )
 
     def _check_identity(self, store: ObjectStore) -> None:
         """Forget every stamp when the catalogue came with a copy of the store (rsync, cp -r).

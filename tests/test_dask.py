@@ -1,15 +1,13 @@
 """Dask for real: a LocalCluster of two worker processes sharing one store (a directory, or S3).
 
-Each computation leaves a file in a log directory, so "computed exactly once"
-is counted, not assumed. Every future is waited on with a timeout.
+What every engine does is engine_contract's (run here by ``TestDask``); this
+module adds what is Dask's own. Every future is waited on with a timeout.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -20,70 +18,40 @@ import pytest
 dask = pytest.importorskip("dask", reason="the dask extra is not installed")
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 from distributed import Client, LocalCluster  # noqa: E402
-from s3_server import MotoS3  # noqa: E402
+from engine_contract import (  # noqa: E402
+    KEYS,
+    CountSubmits,
+    Engine,
+    EngineContract,
+    T,
+    add,
+    assert_script_says_ok,
+    assert_the_killed_owner_was_taken_over,
+    counted,
+    dies_at_seven,
+    logged_square,
+    square,
+    worker_cache,
+)
 
 import fleche as fleche_pkg  # noqa: E402
-from fleche import Cache, active_cache, cache, fleche, open_store, wrap_executor  # noqa: E402
+from fleche import cache, fleche, wrap_executor  # noqa: E402
 from fleche.executor import CacheNotPortableError, bind  # noqa: E402
 from fleche.executor_dask import share_cache  # noqa: E402
 from fleche.lease import LeasePolicy  # noqa: E402
 
-T = 60  # seconds: the longest any future here may take
-
-
 # -- what the workers run (importable: the workers import this module) ------------------------
-
-
-def _log(log: str, x: Any) -> None:
-    Path(log, f"{x}-{os.getpid()}-{uuid.uuid4().hex[:8]}").touch()
-
-
-def counted(log: str | Path) -> dict[int, int]:
-    """How many times each key was computed."""
-    out: dict[int, int] = {}
-    for p in Path(log).iterdir():
-        if p.name[0].isdigit():
-            k = int(p.name.split("-")[0])
-            out[k] = out.get(k, 0) + 1
-    return out
-
-
-@fleche
-def square(x: int) -> tuple[int, int]:
-    return x * x, os.getpid()
-
-
-@fleche(single_flight=LeasePolicy(ttl=5.0, poll=0.02, poll_max=0.1))
-def once(x: int, log: str) -> int:
-    _log(log, x)
-    time.sleep(0.05)
-    return x * x
 
 
 @fleche
 def plain(x: int, log: str) -> int:
-    _log(log, x)
-    time.sleep(0.05)
-    return x * x
+    return logged_square(x, log)
 
 
 # detect_dead=False: the killed owner's lease must expire (ttl) to be taken over
 @fleche(single_flight=LeasePolicy(ttl=1.5, poll=0.02, poll_max=0.1, detect_dead=False))
 def fragile(x: int, log: str) -> int:
-    _log(log, x)
-    if x == 7 and not Path(log, "killed").exists():
-        Path(log, "killed").write_text(str(os.getpid()))
-        os.kill(os.getpid(), signal.SIGKILL)  # the worker process dies holding the lease
-    time.sleep(0.05)
-    return x * x
-
-
-def add(a: Any, b: Any) -> Any:
-    return a[0] + b[0]
-
-
-def worker_cache() -> str:
-    return active_cache().url
+    return dies_at_seven(x, log)
 
 
 # -- the cluster --------------------------------------------------------------------------------
@@ -106,76 +74,26 @@ def client() -> Iterator[Client]:
         cluster.close()
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[MotoS3]:
-    try:
-        server = MotoS3()
-    except Exception as e:  # noqa: BLE001 - the reason to skip
-        pytest.skip(f"moto's S3 server cannot run here: {e}")
-    yield server
-    server.stop()
+class DaskEngine(Engine):
+    name = "dask"
+    future_type = distributed.Future
 
+    def submit(self, fn: Any, *args: Any) -> Any:
+        # pure=False: one task per call, so dedup is fleche's work, not Dask's
+        return self.executor.submit(fn, *args, pure=False)
 
-@pytest.fixture(params=["local", "s3"])
-def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Cache:
-    """A store every worker reaches: a directory, or a bucket on moto over loopback."""
-    if request.param == "local":
-        return Cache(tmp_path / "cache")
-    s3 = request.getfixturevalue("s3")
-    return Cache(open_store(f"s3://{s3.new_bucket()}/cache", **s3.options()))
+    def gather(self, futures: list[Any]) -> list[Any]:
+        return self.executor.gather(futures)
 
-
-@pytest.fixture
-def log(tmp_path: Path) -> str:
-    (tmp_path / "log").mkdir()
-    return str(tmp_path / "log")
-
-
-class _CountSubmits:
-    """Counts the calls the wrapped client really sends to the scheduler (submit and map)."""
-
-    def __init__(self, client: Client) -> None:
-        self.client = client
-        self.submitter = client.__dict__["_fleche_submitter"]
-        self.original = self.submitter.original
-        self.count = 0
-
-    def __enter__(self) -> _CountSubmits:
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            self.count += 1
-            return self.original(*args, **kwargs)
-
-        def mapping(func: Any, *columns: Any, **kwargs: Any) -> Any:
-            self.count += len(columns[0])
-            return type(self.client).map(self.client, func, *columns, **kwargs)
-
-        self.submitter.original = counting
-        self.client.map = mapping  # fleche.map sends misses in batches through client.map
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.submitter.original = self.original
-        del self.client.map
+    def computed_in_workers(self, pids: set[int]) -> bool:
+        return pids <= set(self.executor.run(os.getpid).values())
 
 
 # -- hits, misses and the shared store ------------------------------------------------------------
 
 
-def test_workers_compute_into_the_callers_store(client: Client, shared: Cache):
-    pids = set(client.run(os.getpid).values())
-    with cache(shared), _CountSubmits(client) as sent:
-        out = fleche_pkg.map(square, range(10), executor=client, progress=False, timeout=T)
-        assert [v for v, _ in out] == [x * x for x in range(10)]
-        assert {pid for _, pid in out} <= pids  # computed in the workers...
-        assert all(square.contains(x) for x in range(10))  # ...written where we look
-        assert sent.count == 10
-        again = fleche_pkg.map(square, range(10), executor=client, progress=False, timeout=T)
-        assert again == out and sent.count == 10  # all hits: nothing reached the cluster
-        assert set(client.gather(client.submit(worker_cache))) == set(shared.url)
-
-
 def test_a_hit_is_a_done_future_that_gather_and_submit_accept(client: Client, tmp_path: Path):
-    with cache(tmp_path / "c"), _CountSubmits(client) as sent:
+    with cache(tmp_path / "c"), CountSubmits(client) as sent:
         miss = client.submit(square, 3)
         assert isinstance(miss, distributed.Future)
         assert miss.result(timeout=T)[0] == 9
@@ -212,47 +130,33 @@ def test_a_memory_cache_cannot_travel(client: Client):
         assert client.submit(os.getpid, pure=False).result(timeout=T) != os.getpid()
 
 
-# -- compute once across the cluster ----------------------------------------------------------------
+# -- what every engine does, and compute once across the cluster -----------------------------------
 
 
-def test_100_calls_of_20_keys_compute_20_times(client: Client, shared: Cache, log: str):
-    keys = [i // 5 for i in range(100)]  # equal calls side by side: they run at once
-    t0 = time.monotonic()
-    with cache(shared):
-        # pure=False: one task per call, so dedup is fleche's work, not Dask's
-        futures = [client.submit(once, k, log, pure=False) for k in keys]
-        results = client.gather(futures)
-    assert results == [k * k for k in keys]
-    assert counted(log) == dict.fromkeys(range(20), 1)
-    assert time.monotonic() - t0 < 40
+class TestDask(EngineContract):
+    @pytest.fixture
+    def engine(self, client: Client) -> DaskEngine:
+        return DaskEngine(client)
 
+    def test_without_single_flight_equal_calls_run_at_once(self, client: Client, tmp_path, log):
+        """The control of test_100_calls_of_20_keys_compute_20_times: there is work to save."""
+        with cache(tmp_path / "c"):
+            futures = [client.submit(plain, k, log, pure=False) for k in KEYS]
+            assert client.gather(futures) == [k * k for k in KEYS]
+        assert sum(counted(log).values()) > 20
 
-def test_without_single_flight_equal_calls_run_at_once(client: Client, tmp_path: Path, log: str):
-    """The control of the test above: what single_flight saves is there to save."""
-    keys = [i // 5 for i in range(100)]
-    with cache(tmp_path / "c"):
-        futures = [client.submit(plain, k, log, pure=False) for k in keys]
-        assert client.gather(futures) == [k * k for k in keys]
-    assert sum(counted(log).values()) > 20
-
-
-def test_a_worker_killed_mid_task_is_taken_over(client: Client, tmp_path: Path, log: str):
-    keys = [i // 5 for i in range(100)]  # equal calls side by side: they run at once
-    t0 = time.monotonic()
-    with cache(tmp_path / "c"):
-        futures = [client.submit(fragile, k, log, pure=False) for k in keys]
-        distributed.wait(futures, timeout=T)
-        results = client.gather(futures)
-    elapsed = time.monotonic() - t0
-    assert results == [k * k for k in keys]  # every call answered, correctly
-    killed = int(Path(log, "killed").read_text())
-    assert killed not in client.run(os.getpid).values()  # that process is gone
-    counts = counted(log)
-    assert set(counts) == set(range(20))  # every key computed
-    assert counts[7] == 2  # by the killed owner, then by whoever took its expired lease over
-    assert all(n == 1 for k, n in counts.items() if k != 7)
-    assert elapsed < 45  # bounded: worker restart plus one lease ttl, not a hang
-    client.wait_for_workers(2, timeout=T)
+    def test_a_worker_killed_mid_task_is_taken_over(self, client: Client, tmp_path, log: str):
+        t0 = time.monotonic()
+        with cache(tmp_path / "c"):
+            futures = [client.submit(fragile, k, log, pure=False) for k in KEYS]
+            distributed.wait(futures, timeout=T)
+            results = client.gather(futures)
+        elapsed = time.monotonic() - t0
+        assert_the_killed_owner_was_taken_over(results, log)
+        killed = int(Path(log, "killed").read_text())
+        assert killed not in client.run(os.getpid).values()  # that process is gone
+        assert elapsed < 45  # bounded: worker restart plus one lease ttl, not a hang
+        client.wait_for_workers(2, timeout=T)
 
 
 # -- graphs ----------------------------------------------------------------------------------------
@@ -320,20 +224,7 @@ if __name__ == "__main__":
 
 
 def test_functions_of_the_main_script(tmp_path: Path):
-    import subprocess
-    import sys
-
-    script = tmp_path / "script.py"
-    script.write_text(SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "c")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "ok"
+    assert_script_says_ok(SCRIPT, tmp_path)
 
 
 def test_map_sends_misses_in_batches_and_equal_calls_once(
@@ -343,7 +234,7 @@ def test_map_sends_misses_in_batches_and_equal_calls_once(
 
     monkeypatch.setattr(executor, "BATCH", 4)
     xs = [1, 2, 1, 3, 4, 5, 6, 2, 7, 8, 9, 3]
-    with cache(tmp_path / "c"), _CountSubmits(client) as sent:
+    with cache(tmp_path / "c"), CountSubmits(client) as sent:
         out = fleche_pkg.map(square, xs, executor=client, progress=False, timeout=T)
         assert [v for v, _ in out] == [x * x for x in xs]
         assert sent.count == 9  # nine distinct calls, in batches of four

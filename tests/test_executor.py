@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backends import REACHABLE, open_backend
+from engine_contract import assert_script_says_ok
 
 import fleche as fleche_pkg
 from fleche import Cache, active_cache, cache, fleche, tags, wrap_executor
 from fleche.executor import Bound, CacheNotPortableError, ExecutorError, bind
+from fleche.store import ObjectStore
 from fleche.store_local import LocalStore
 
 T = 30  # seconds: the longest any future here may take
@@ -355,53 +358,16 @@ if __name__ == "__main__":
 
 def test_a_script_s_functions_keep_their_keys_in_spawned_workers(tmp_path: Path):
     # A spawned worker imports the script as __mp_main__: keys must still say __main__.
-    import subprocess
-    import sys
-
-    script = tmp_path / "script.py"
-    script.write_text(SCRIPT)
-    done = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "c")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok"
+    assert_script_says_ok(SCRIPT, tmp_path)
 
 
-@pytest.fixture(params=["local", "s3", "sftp", "remote"])
-def any_remote_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(params=REACHABLE)
+def any_remote_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     """A store a worker process can reach: each backend that is not in memory."""
-    from fleche import open_store
-
-    kind = request.param
-    if kind == "local":
-        store = open_store(tmp_path / "local")
-    elif kind == "s3":
-        from s3_server import MotoS3
-
-        server = MotoS3()
-        request.addfinalizer(server.stop)
-        store = open_store(f"s3://{server.new_bucket()}/c", **server.options())
-    elif kind == "sftp":
-        sshd = request.getfixturevalue("sshd")
-        (tmp_path / "sftp").mkdir()
-        store = open_store(
-            sshd.url(tmp_path / "sftp"),
-            key_filename=sshd.key,
-            look_for_keys=False,
-            allow_agent=False,
-            host_key_policy="accept-new",
-        )
-    else:
-        store = open_store(f"fleche+exec://{tmp_path}/served")
-    yield store
-    store.close()
+    return open_backend(request.param, request, tmp_path)
 
 
-def test_every_store_travels_to_worker_processes(processes, any_remote_store: Any):
+def test_every_store_travels_to_worker_processes(processes, any_remote_store: ObjectStore):
     with cache(Cache(any_remote_store)):
         value, pid = processes.submit(square, 13).result(timeout=T)
         url, _, worker = processes.submit(where).result(timeout=T)

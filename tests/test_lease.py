@@ -15,13 +15,12 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from s3_server import MotoS3
+from backends import KINDS, open_backend
 
 from fleche import FlecheWarning, ReadOnlyStoreError, cache, fleche
 from fleche.lease import (
@@ -35,7 +34,6 @@ from fleche.lease import (
 )
 from fleche.store import ObjectStore, open_store
 from fleche.store_local import LocalStore
-from fleche.store_memory import MemoryStore
 from fleche.testing import FID, digest_of
 
 KEY = digest_of("the call")
@@ -44,43 +42,9 @@ KEY = digest_of("the call")
 # -- the store primitives, on every backend ---------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def s3() -> Iterator[MotoS3 | str]:
-    try:
-        server = MotoS3()
-    except Exception as e:  # noqa: BLE001 - the reason to skip
-        yield f"moto's S3 server cannot run here: {e}"
-        return
-    yield server
-    server.stop()
-
-
-@pytest.fixture(params=["memory", "local", "s3", "sftp", "remote"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ObjectStore]:
-    kind = request.param
-    if kind == "memory":
-        s: ObjectStore = MemoryStore()
-    elif kind == "local":
-        s = LocalStore(tmp_path / "store")
-    elif kind == "s3":
-        server = request.getfixturevalue("s3")
-        if isinstance(server, str):
-            pytest.skip(server)
-        s = open_store(f"s3://{server.new_bucket()}/cache", **server.options())
-    elif kind == "sftp":
-        sshd = request.getfixturevalue("sshd")
-        (tmp_path / "remote").mkdir()
-        s = open_store(
-            sshd.url(tmp_path / "remote"),
-            key_filename=sshd.key,
-            look_for_keys=False,
-            allow_agent=False,
-            host_key_policy="accept-new",
-        )
-    else:
-        s = open_store(f"fleche+exec://{tmp_path}/served")
-    yield s
-    s.close()
+@pytest.fixture(params=KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    return open_backend(request.param, request, tmp_path)
 
 
 def test_a_lease_is_created_once_replaced_by_its_holder_and_released(store: ObjectStore):
