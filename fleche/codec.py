@@ -42,6 +42,7 @@ from fleche.codec_base import (
 from fleche.codec_frame import (
     CODEC_RAW,
     CODEC_ZSTD,
+    CODEC_ZSTD_FRAMES,
     FLAG_SIGNED,
     FORMAT,
     HEADER,
@@ -81,6 +82,7 @@ __all__ = [
     "ALIGN",
     "CODEC_RAW",
     "CODEC_ZSTD",
+    "CODEC_ZSTD_FRAMES",
     "FLAG_SIGNED",
     "FORMAT",
     "HEADER",

@@ -11,7 +11,9 @@ Large objects never need two copies in memory: an incompressible payload is
 written from the value's own buffers, a compressible one above
 :data:`STREAM_MIN` is compressed chunk by chunk as the store writes it, and a
 compressed payload is decompressed straight into the buffer the value will
-live in (:mod:`fleche.codec_unframe` reads frames back).
+live in (:mod:`fleche.codec_unframe` reads frames back). Compressed payloads
+from :data:`fleche.codec_zframes.FRAMES_MIN` on are independent zstd frames
+plus a seek table (codec 2), compressed and decompressed on several threads.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from concurrent.futures import Future
 from typing import Any
 
 import xxhash
-import zstandard
 
+from fleche import codec_zframes as zframes
 from fleche.codec_base import HEADER_SIZE, Streamed, nbytes
 from fleche.codec_sign import TRAILER_SIZE, Signer
 from fleche.errors import SerializationError
@@ -38,6 +40,9 @@ assert HEADER.size == HEADER_SIZE
 
 CODEC_RAW = 0
 CODEC_ZSTD = 1
+CODEC_ZSTD_FRAMES = 2
+"""Independent zstd frames of ``codec_zframes.CHUNK`` bytes each, then a zstd seek table."""
+CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_FRAMES)
 
 FLAG_SIGNED = 0x01
 """Header flag: the file ends in a 32-byte signature trailer (:mod:`fleche.codec_sign`)."""
@@ -55,19 +60,9 @@ SAMPLE = 256 << 10
 STREAM_MIN = 64 << 20
 """Payloads above this are compressed, written and read chunk by chunk (bounded memory)."""
 CHUNK = 8 << 20
-"""Bytes fed to the compressor or read from a store per step when streaming."""
+"""Bytes read from a store per step when streaming."""
 
-# zstandard's compressor objects must not be used by two threads at once,
-# and building one per call costs ~10 µs: keep one per thread (and level).
-_local = threading.local()
-
-
-def _compressor(level: int) -> zstandard.ZstdCompressor:
-    cs: dict[int, zstandard.ZstdCompressor] = _local.__dict__.setdefault("c", {})
-    c = cs.get(level)
-    if c is None:
-        c = cs[level] = zstandard.ZstdCompressor(level=level)
-    return c
+_compressor = zframes.compressor  # one per thread and level: not safe to share, ~10 µs to make
 
 
 class Encoded:
@@ -280,17 +275,23 @@ def _sample(parts: Sequence[Any], size: int, pieces: int = 4) -> bytes:
     """
     want = SAMPLE // pieces
     starts = [max(0, (size * (2 * k + 1)) // (2 * pieces) - want // 2) for k in range(pieces)]
-    out = bytearray()
-    offset, i = 0, 0
+    out = bytearray()  # each slice may span many small parts: its bytes from every one
+    offset = 0
+    k = 0
     for part in parts:
         mv = memoryview(part).cast("B")
         end = offset + mv.nbytes
-        while i < len(starts) and starts[i] < end:
-            lo = starts[i] - offset
-            if lo >= 0:
-                out += mv[lo : lo + want]
-            i += 1
+        while k < pieces:
+            lo = max(starts[k], offset)
+            hi = min(starts[k] + want, end)
+            if lo < hi:
+                out += mv[lo - offset : hi - offset]
+            if starts[k] + want > end:
+                break  # the slice goes on in the next part
+            k += 1
         offset = end
+        if k == pieces:
+            break
     return bytes(out)
 
 
@@ -328,19 +329,21 @@ def _worth_compressing(
     return out if len(out) <= ratio * size else None
 
 
-def _compressed_chunks(enc: Encoded, parts: Sequence[Any], size: int, level: int) -> Iterator[Any]:
-    """The header, the payload compressed ``CHUNK`` bytes at a time (one zstd frame), the trailer."""
+def _framed_chunks(enc: Encoded, parts: Sequence[Any], level: int) -> Iterator[Any]:
+    """The header, the payload as zstd frames compressed on the pool, the seek table, the trailer."""
     yield enc.header
-    cobj = zstandard.ZstdCompressor(level=level).compressobj(size=size)
-    for part in parts:
-        mv = memoryview(part).cast("B")
-        for start in range(0, mv.nbytes, CHUNK):
-            out = cobj.compress(mv[start : start + CHUNK])
-            if out:
-                yield out
-    yield cobj.flush()
+    yield from zframes.compressed_frames(parts, level)
     if enc.trailer:
         yield enc.trailer
+
+
+def _compressed_frames(parts: Sequence[Any], size: int, level: int) -> list[bytes] | None:
+    """Codec 2's payload when compression pays (decided as ``_worth_compressing`` does), else None."""
+    if size > LARGE and not _sample_pays(parts, level, size):
+        return None
+    frames = list(zframes.compressed_frames(parts, level))
+    ratio = LARGE_RATIO if size > LARGE else SMALL_RATIO
+    return frames if sum(len(f) for f in frames) <= ratio * size else None
 
 
 def frame(
@@ -360,6 +363,8 @@ def frame(
     the returned object streams (``Encoded.stream``), so compressing 1 GiB
     never holds the compressed copy in memory. From :data:`HASH_AHEAD` bytes
     the hash runs in a thread, while the payload is sampled and written.
+    From ``codec_zframes.FRAMES_MIN`` bytes a compressed payload is made of
+    independent frames (codec 2), compressed on several threads.
     With ``signer`` the frame ends in a signature trailer.
     """
     if size is None:
@@ -376,19 +381,27 @@ def frame(
         trailer = signer.trailer(serializer, parts) if signer else b""
     flags, extra = (FLAG_SIGNED, TRAILER_SIZE) if signer else (0, 0)
     kids = tuple(children)
-    if size > STREAM_MIN and level > 0 and _sample_pays(parts, level, size):
-        enc = Encoded(
-            named, CODEC_ZSTD, [], size, -1, serializer, kids, flags=flags, trailer=trailer
-        )
-        held = list(parts)
-        enc.stream = lambda: _compressed_chunks(enc, held, size, level)
-        return enc
-    compressed = _worth_compressing(parts, size, level, min_compress)
+    compressing = level > 0 and size >= min_compress
+    compressed: list[Any] | None = None
+    if compressing and size > STREAM_MIN:  # judged from the sample alone, compressed as written
+        if _sample_pays(parts, level, size):
+            codec_id = CODEC_ZSTD_FRAMES
+            enc = Encoded(
+                named, codec_id, [], size, -1, serializer, kids, flags=flags, trailer=trailer
+            )
+            held = list(parts)
+            enc.stream = lambda: _framed_chunks(enc, held, level)
+            return enc
+    elif compressing and size >= zframes.FRAMES_MIN:
+        compressed, codec_id = _compressed_frames(parts, size, level), CODEC_ZSTD_FRAMES
+    elif compressing:
+        one = _worth_compressing(parts, size, level, min_compress)
+        compressed, codec_id = (None if one is None else [one]), CODEC_ZSTD
     if compressed is None:
         codec_id, payload, stored = CODEC_RAW, list(parts), HEADER_SIZE + size + extra
     else:
-        codec_id, payload = CODEC_ZSTD, [compressed]
-        stored = HEADER_SIZE + len(compressed) + extra
+        payload = compressed
+        stored = HEADER_SIZE + sum(len(c) for c in compressed) + extra
     return Encoded(
         named, codec_id, payload, size, stored, serializer, kids, flags=flags, trailer=trailer
     )

@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import msgpack
-import zstandard
 
 from fleche.codec_base import (
     ALIGN,
@@ -46,6 +45,7 @@ from fleche.codec_base import (
 from fleche.codec_frame import LARGE_RATIO, SAMPLE
 from fleche.codec_numpy import dtype_from_plain, plain_dtype
 from fleche.codec_plain import str_keys
+from fleche.codec_zframes import compressor
 from fleche.errors import CorruptObjectError, FlecheError, SerializationError
 
 __all__ = ["TreeSerializer"]
@@ -207,7 +207,7 @@ def _compresses(packed: _Packed, level: int) -> bool:
                 break
     if not sample:
         return False
-    out = zstandard.ZstdCompressor(level=level).compress(sample)
+    out = compressor(level).compress(sample)
     return len(out) <= LARGE_RATIO * len(sample)
 
 

@@ -2,23 +2,27 @@
 
 The other half of :mod:`fleche.codec_frame`. A compressed payload is
 decompressed straight into the buffer the value will live in; a streamed
-read (``ObjectStore.open_read``) costs the value's size plus one chunk.
+read (``ObjectStore.open_read``) costs the value's size plus a few chunks.
+Codec 2 payloads (many zstd frames, :mod:`fleche.codec_zframes`) are
+decompressed on several threads, from memory or from a stream alike.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import xxhash
 import zstandard
 
+from fleche import codec_zframes as zframes
 from fleche.codec_base import HEADER_SIZE
 from fleche.codec_frame import (
     _KNOWN_FLAGS,
     CHUNK,
     CODEC_RAW,
     CODEC_ZSTD,
+    CODEC_ZSTD_FRAMES,
+    CODECS,
     FLAG_SIGNED,
     FORMAT,
     HEADER,
@@ -32,16 +36,7 @@ from fleche.store_local import _writable_buffer
 
 __all__ = ["read_frame_header", "read_header", "unframe", "unframe_stream"]
 
-# A zstandard decompressor must not be used by two threads at once, and building
-# one per call costs ~10 µs: keep one per thread.
-_local = threading.local()
-
-
-def _decompressor() -> zstandard.ZstdDecompressor:
-    d = _local.__dict__.get("d")
-    if d is None:
-        d = _local.d = zstandard.ZstdDecompressor()
-    return d
+_decompressor = zframes.decompressor  # one per thread: not safe to share, ~10 µs to make
 
 
 def _decompress(body: Any, size: int) -> Any:
@@ -92,7 +87,7 @@ def read_frame_header(blob: Any, where: str = "object") -> tuple[int, int, int, 
         raise CorruptObjectError(
             f"{where} has object format {fmt}; this fleche reads format {FORMAT}: upgrade fleche"
         )
-    if codec not in (CODEC_RAW, CODEC_ZSTD):
+    if codec not in CODECS:
         raise CorruptObjectError(f"{where} uses unknown codec {codec}")
     if flags & ~_KNOWN_FLAGS:
         raise CorruptObjectError(
@@ -148,7 +143,10 @@ def unframe(
         payload: Any = body
     else:
         try:
-            payload = _decompress(body, size)
+            if codec == CODEC_ZSTD_FRAMES:
+                payload = zframes.decompress_frames(body, size, where)
+            else:
+                payload = _decompress(body, size)
         except zstandard.ZstdError as e:
             raise CorruptObjectError(f"{where} is truncated or damaged (zstd: {e})") from e
     _check(payload, size, digest, where, expect)
@@ -203,13 +201,17 @@ def unframe_stream(
 
     The payload is read (or decompressed) ``CHUNK`` by ``CHUNK`` straight into
     one writable buffer, so loading a 1 GiB object costs 1 GiB, not two.
+    Codec 2 frames are decompressed on several threads as they arrive.
     """
     head = _read_upto(f, HEADER_SIZE)  # a socket-like file may return less than asked
     codec, ser, size, digest, flags = read_frame_header(head, where)
     signed = bool(flags & FLAG_SIGNED)
     trailer = None
     try:
-        if codec == CODEC_ZSTD:
+        if codec == CODEC_ZSTD_FRAMES:
+            payload, after = zframes.decompress_stream(f, size, TRAILER_SIZE * signed, where)
+            trailer = after if signed else None
+        elif codec == CODEC_ZSTD:
             src: Any = _HoldBack(f, TRAILER_SIZE) if signed else f
             payload = _decompress_from(_decompressor().stream_reader(src, read_size=CHUNK), size)
             if signed:  # the zstd reader stopped at the frame's end: the rest is the trailer

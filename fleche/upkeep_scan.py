@@ -364,7 +364,7 @@ def _header_sizes(
             bad += 1
         else:
             raw += got[0]
-            compressed += got[1] == codec.CODEC_ZSTD
+            compressed += got[1] != codec.CODEC_RAW
         if progress is not None and (i % 256 == 0 or i == len(items)):
             progress(phase, i, len(items))
     return raw, compressed, bad

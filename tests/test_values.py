@@ -288,7 +288,7 @@ def check_bounded(url: str, opts: dict, kind: str, nbytes: int) -> dict:
 def test_local_store_and_load_256_mib_in_bounded_memory(tmp_path: Path, kind: str) -> None:
     ref = check_bounded(str(tmp_path / "store"), {}, kind, 256 * MiB)
     blob_head = open_store(tmp_path / "store").open_read(ref["oid"]).read(32)
-    expected = codec.CODEC_ZSTD if kind == "smooth" else codec.CODEC_RAW
+    expected = codec.CODEC_ZSTD_FRAMES if kind == "smooth" else codec.CODEC_RAW
     assert blob_head[5] == expected  # smooth data was compressed on the fly, noise kept raw
 
 
