@@ -16,26 +16,41 @@ when the caller gives no oid.
 through a handful of small path-level primitives (``_read``, ``_write``,
 ``_exists``...) so a backend with a faster path (``LocalStore``) or different
 atomicity rules (S3 create-only, SFTP rename) overrides those and nothing else.
+
+The family, bottom up: :mod:`fleche.store_names` checks names and hashes bytes,
+:mod:`fleche.store_paths` holds the layout and those primitives (in
+``ObjectStore``'s base class), :mod:`fleche.store_open` opens a store from a
+URL. This module re-exports what they define: import from here.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timezone
-from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, cast
 
-import fsspec
-import xxhash
 from fsspec.implementations.local import LocalFileSystem
 
 from fleche._version import __version__
-from fleche.errors import CacheMiss, ConfigError, ReadOnlyStoreError, StoreFormatError
+from fleche.errors import CacheMiss, ReadOnlyStoreError, StoreFormatError
+from fleche.store_names import _HEX as _HEX
+from fleche.store_names import BytesLike as BytesLike
+from fleche.store_names import Data as Data
+from fleche.store_names import as_parts as as_parts
+from fleche.store_names import check_function_id as check_function_id
+from fleche.store_names import check_oid as check_oid
+from fleche.store_names import digest_parts as digest_parts
+from fleche.store_names import hash_parts as hash_parts
+from fleche.store_names import is_function_id as is_function_id
+from fleche.store_names import is_oid as is_oid
+from fleche.store_names import named as named
+from fleche.store_open import open_store as open_store
+from fleche.store_paths import MARKER as MARKER
+from fleche.store_paths import PathStore
+from fleche.store_paths import ReadableFile as ReadableFile
 
 if TYPE_CHECKING:
     from fleche.store_local import LocalStore
@@ -55,99 +70,6 @@ FORMAT = 1
 """The store format this fleche writes, and the newest it reads."""
 
 DIGEST = "xxh3-128"
-MARKER = "fleche.json"
-
-BytesLike = bytes | bytearray | memoryview
-Data = BytesLike | Sequence[BytesLike]
-
-
-class ReadableFile(Protocol):
-    """What ``ObjectStore.open_read`` returns: a binary file with ``read`` and ``readinto``."""
-
-    def read(self, size: int = -1, /) -> bytes: ...
-
-    def readinto(self, buffer: Any, /) -> int: ...
-
-    def close(self) -> None: ...
-
-    def __enter__(self) -> ReadableFile: ...
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-        /,
-    ) -> object: ...
-
-
-_HEX = "0123456789abcdef"
-_FUNCTION_ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
-
-
-def is_oid(name: object) -> bool:
-    """True for 32 lowercase hex characters: an oid or a call digest."""
-    # str.strip removes hex from both ends; anything left is a bad character.
-    return isinstance(name, str) and len(name) == 32 and not name.strip(_HEX)
-
-
-def is_function_id(name: object) -> bool:
-    """True for a name that is safe as one directory: ``[A-Za-z0-9_.-]{1,200}``, no leading dot."""
-    return isinstance(name, str) and bool(_FUNCTION_ID.fullmatch(name)) and name[0] != "."
-
-
-def check_oid(oid: str, what: str = "object id") -> str:
-    """Return ``oid`` if it is 32 lowercase hex characters, else raise ``ValueError``.
-
-    Every name that becomes part of a path passes through here, which is what
-    keeps ``..``, ``/`` and other surprises out of the store.
-    """
-    if is_oid(oid):
-        return oid
-    raise ValueError(f"invalid {what} {oid!r}: expected 32 lowercase hex characters")
-
-
-def check_function_id(function_id: str) -> str:
-    """Return ``function_id`` if it is safe as one directory name, else raise ``ValueError``."""
-    if is_function_id(function_id):
-        return function_id
-    raise ValueError(
-        f"invalid function id {function_id!r}: expected 1-200 characters from "
-        "[A-Za-z0-9_.-], not starting with '.'"
-    )
-
-
-def as_parts(data: Data) -> Sequence[BytesLike]:
-    """Normalize ``put``'s argument to a sequence of buffers, without copying any."""
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return (data,)
-    if isinstance(data, str):  # a str is a Sequence, and would be hashed char by char
-        raise TypeError("ObjectStore.put takes bytes-like data or a sequence of them, not str")
-    # An iterator would be used up by hashing before the write: hold the references.
-    return data if isinstance(data, (list, tuple)) else tuple(data)
-
-
-def digest_parts(parts: Sequence[BytesLike]) -> bytes:
-    """XXH3-128 digest of the concatenation of ``parts``, hashed piece by piece (no join)."""
-    if len(parts) == 1:
-        return xxhash.xxh3_128_digest(parts[0])
-    h = xxhash.xxh3_128()
-    for part in parts:
-        h.update(part)
-    return h.digest()
-
-
-def hash_parts(parts: Sequence[BytesLike]) -> str:
-    """The same digest as :func:`digest_parts`, in hex: the oid of that content."""
-    return digest_parts(parts).hex()
-
-
-def named(name: Future[tuple[str, bytes, bytes]], header_size: int) -> tuple[str, bytes, bytes]:
-    """``put_later``'s ``(oid, header, trailer)``, waited for; ValueError for a wrong-size header."""
-    oid, header, trailer = name.result()
-    if len(header) != header_size:
-        raise ValueError(f"header is {len(header)} bytes, expected {header_size}")
-    return oid, header, trailer
 
 
 def new_marker() -> dict[str, Any]:
@@ -165,7 +87,7 @@ def _quarantine_suffix() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
 
 
-class ObjectStore:
+class ObjectStore(PathStore):
     """Generic store over any fsspec filesystem.
 
     Objects are immutable once under their final name, so ``put`` skips the
@@ -179,31 +101,6 @@ class ObjectStore:
     writes under ``tmp/`` and renames (``LocalStore``).
     """
 
-    def __init__(
-        self,
-        fs: fsspec.AbstractFileSystem,
-        root: str,
-        *,
-        read_only: bool = False,
-        durable: bool = False,
-    ) -> None:
-        self.fs = fs
-        self.root = fs._strip_protocol(root).rstrip("/")
-        self.read_only = read_only
-        self.durable = durable
-        self.url: str = self._make_url()
-        self._objects = f"{self.root}/objects"
-        self._calls = f"{self.root}/calls"
-        self._call_dirs: dict[str, str] = {}
-        self._marker_path = f"{self.root}/{MARKER}"
-        self._dirs: set[str] = set()  # directories known to exist: no mkdir once warm
-        # None until the marker is known to exist; at most one read here, none later.
-        self._info: dict[str, Any] | None = self._load_marker()
-
-    def _make_url(self) -> str:
-        url: str = self.fs.unstrip_protocol(self.root)
-        return url
-
     def __repr__(self) -> str:
         mode = ", read_only=True" if self.read_only else ""
         return f"{type(self).__name__}({self.url!r}{mode})"
@@ -213,95 +110,6 @@ class ObjectStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    # -- layout: the only place that turns names into paths -------------------
-
-    def _oid_path(self, oid: str) -> str:
-        check_oid(oid)
-        return f"{self._objects}/{oid[:2]}/{oid[2:]}"
-
-    def _call_dir(self, function_id: str) -> str:
-        # validated once per function: this is on every hit's path
-        d = self._call_dirs.get(function_id)
-        if d is None:
-            d = self._call_dirs[function_id] = f"{self._calls}/{check_function_id(function_id)}"
-        return d
-
-    def _call_path(self, function_id: str, digest: str) -> str:
-        # on every hit's path: the checks of check_oid and _call_dir, inlined
-        if type(digest) is not str or len(digest) != 32 or digest.strip(_HEX):
-            check_oid(digest, "call digest")
-        d = self._call_dirs.get(function_id) or self._call_dir(function_id)
-        return f"{d}/{digest[:2]}/{digest[2:]}"
-
-    # -- filesystem primitives: a backend overrides these, nothing else -------
-
-    def _read(self, path: str) -> BytesLike:
-        data: bytes = self.fs.cat_file(path)
-        return data
-
-    def _write(self, path: str, parts: Sequence[BytesLike]) -> None:
-        """Write ``parts`` under ``path`` atomically, replacing any existing file."""
-        self._ensure_dir(path.rpartition("/")[0])
-        # One PUT needs one body; join only when there is more than one part.
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        self.fs.pipe_file(path, data)
-
-    def _write_new(self, path: str, data: bytes) -> bool:
-        """Create ``path`` only if it does not exist; False when it already did."""
-        self._ensure_dir(path.rpartition("/")[0])
-        try:
-            self.fs.pipe_file(path, data, mode="create")
-        except FileExistsError:
-            return False
-        return True
-
-    def _exists(self, path: str) -> bool:
-        # Not fs.exists(): it turns every error (auth, network) into False.
-        try:
-            self.fs.info(path)
-        except FileNotFoundError:
-            return False
-        return True
-
-    def _size(self, path: str) -> int:
-        return int(self.fs.info(path)["size"])
-
-    def _remove(self, path: str) -> None:
-        self.fs.rm_file(path)
-
-    def _move(self, src: str, dst: str) -> None:
-        self._ensure_dir(dst.rpartition("/")[0])
-        self.fs.mv(src, dst)
-
-    def _ensure_dir(self, path: str) -> None:
-        if path not in self._dirs:
-            self.fs.makedirs(path, exist_ok=True)
-            self._dirs.add(path)
-
-    def _list_dirs(self, path: str) -> Iterator[str]:
-        """Names of the subdirectories of ``path`` (nothing when it is absent)."""
-        try:
-            entries = self.fs.ls(path, detail=True)
-        except FileNotFoundError:
-            return
-        for entry in entries:
-            if entry["type"] == "directory":
-                yield entry["name"].rstrip("/").rpartition("/")[2]
-
-    def _list_fanout(self, path: str) -> Iterator[str]:
-        """The 32-hex names stored under the fan-out directory ``path``, junk skipped."""
-        try:
-            found = self.fs.find(path)
-        except FileNotFoundError:
-            return
-        prefix = len(path) + 1
-        for p in found:
-            rel = p[prefix:]  # "ab/<30 hex>"; anything else is not ours
-            if len(rel) == 33 and rel[2] == "/" and p.startswith(path):
-                oid = rel[:2] + rel[3:]
-                if is_oid(oid):
-                    yield oid
 
     # -- marker ----------------------------------------------------------------
 
@@ -426,14 +234,6 @@ class ObjectStore:
         self._write_stream(path, chunks)
         return oid
 
-    def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
-        """Write ``chunks`` under ``path`` atomically. Generic: gathered, then one ``_write``.
-
-        Correct on any filesystem but not bounded; backends that can stream
-        (local disk, S3 multipart, SFTP) override it.
-        """
-        self._write(path, list(chunks))
-
     streams_reads = True
     """Whether ``open_read`` reads as the caller asks (else it fetches the object whole)."""
 
@@ -447,10 +247,6 @@ class ObjectStore:
             return self._open_read(path)
         except FileNotFoundError:
             raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
-
-    def _open_read(self, path: str) -> ReadableFile:
-        f: ReadableFile = self.fs.open(path, "rb")
-        return f
 
     def get(self, oid: str) -> BytesLike:
         """The bytes of object ``oid``; ``CacheMiss`` when it is not in the store."""
@@ -549,10 +345,6 @@ class ObjectStore:
     # and atomic-replace primitives as objects and records, so every backend that
     # stores records can hold leases.
 
-    def _lease_path(self, function_id: str, digest: str) -> str:
-        check_oid(digest, "call digest")
-        return f"{self.root}/locks/{check_function_id(function_id)}/{digest}"
-
     def acquire_lease(self, function_id: str, digest: str, data: bytes) -> bool:
         """Create the lease file of a call unless one exists (create-only); False if it did."""
         self._check_writable()
@@ -625,74 +417,6 @@ class ObjectStore:
     def close(self) -> None:
         """Forget cached state; the generic store holds no open handles."""
         self._dirs.clear()
-
-
-_LOCAL_PROTOCOLS = ("file", "local")
-
-
-def open_store(
-    url: str | os.PathLike[str],
-    *,
-    read_only: bool = False,
-    durable: bool = False,
-    create: bool = False,
-    **storage_options: Any,
-) -> ObjectStore:
-    """Open the store at ``url``: a path, ``file://``, ``memory://[name]`` or any fsspec URL.
-
-    ``memory://`` is a fresh private store each time; ``memory://name`` is shared
-    by every ``open_store`` of that name in this process (see ``MemoryStore``).
-    ``create=True`` writes ``fleche.json`` now rather than at the first write.
-    """
-    from fleche.store_local import LocalStore
-    from fleche.store_memory import MemoryStore
-
-    if create and read_only:
-        raise ValueError("open_store: create=True and read_only=True contradict each other")
-    text = os.fspath(url)
-    if not isinstance(text, str):  # bytes: a path fleche cannot name in messages or URLs
-        raise TypeError(f"open_store takes a str or os.PathLike path or URL, not {text!r}")
-    if not text.strip():  # "" would open the working directory as a store
-        raise ConfigError("open_store: the store URL is empty; give a path or URL")
-    protocol, sep, rest = text.partition("://")
-    store: ObjectStore
-    if not sep or protocol in _LOCAL_PROTOCOLS or protocol == "memory":
-        if storage_options:
-            raise ConfigError(f"storage options {sorted(storage_options)} do not apply to {text!r}")
-        if protocol == "memory":
-            store = MemoryStore(rest.strip("/") or None, read_only=read_only, durable=durable)
-        else:
-            store = LocalStore(rest if sep else text, read_only=read_only, durable=durable)
-    elif protocol in ("s3", "s3a"):
-        from fleche.store_s3 import S3Store  # s3fs itself is imported only when building one
-
-        store = S3Store(text, read_only=read_only, durable=durable, **storage_options)
-    elif protocol in ("sftp", "ssh"):
-        try:  # paramiko itself is imported only when building one
-            from fleche.store_sftp import SFTPStore
-        except ImportError as e:
-            raise ConfigError(f"cannot open {text!r}: {e}") from e
-        opts = {"create": create, **storage_options}  # a missing directory is an error otherwise
-        store = SFTPStore(text, read_only=read_only, durable=durable, **opts)
-    elif protocol.startswith("fleche+"):
-        from fleche.store_remote import RemoteStore  # fleche+ssh://, fleche+exec://
-
-        store = RemoteStore(text, read_only=read_only, durable=durable, **storage_options)
-    else:
-        known = {*fsspec.available_protocols(), *fsspec.registry}  # built in + registered
-        if protocol not in known:
-            raise ConfigError(
-                f"cannot open {text!r}: unknown protocol {protocol!r}; known protocols: "
-                + ", ".join(sorted(known))
-            )
-        try:
-            fs, path = fsspec.core.url_to_fs(text, **storage_options)
-        except ImportError as e:  # the backend's package is not installed
-            raise ConfigError(f"cannot open {text!r}: {e}") from e
-        store = ObjectStore(fs, path, read_only=read_only, durable=durable)
-    if create:
-        store.info()
-    return store
 
 
 def __getattr__(name: str) -> Any:

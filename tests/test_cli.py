@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from upkeep_helpers import (
@@ -26,7 +27,7 @@ from upkeep_helpers import (
     truncate,
 )
 
-from fleche import __version__, codec
+from fleche import Cache, __version__, codec
 from fleche.cli import main
 from fleche.store import open_store
 
@@ -136,6 +137,14 @@ def test_show_loads_a_result_and_shows_an_object(populated):
         "integrity": "ok",
     }
     assert doc["raw_size"] > doc["stored_size"]
+
+
+def test_show_names_the_framed_codec_of_a_large_compressed_object(tmp_path):
+    cache = Cache(str(tmp_path / "s"))
+    ref = cache.put_value(np.zeros(2 << 20))  # 16 MiB of zeros: two zstd frames and a table
+    doc = run_json("show", ref["oid"], "-s", cache.store.root)
+    assert doc["codec"] == "zstd-frames" and doc["integrity"] == "ok"
+    assert doc["raw_size"] > 100 * doc["stored_size"]
 
 
 def _fake_record(store, fid, digest):

@@ -310,7 +310,7 @@ def test_functions_filter_copies_its_records_and_their_objects_only(tmp_path: Pa
 def test_functions_filter_rereads_records_it_cannot_hold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(importlib.import_module("fleche.sync"), "_HOLD_LIMIT", 0)
+    monkeypatch.setattr(importlib.import_module("fleche.sync_copy"), "_HOLD_LIMIT", 0)
     source = LocalStore(tmp_path / "src")
     oids = populate(source, 3, "pkg.f")
     populate(source, 3, "pkg.g")
