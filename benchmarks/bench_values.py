@@ -6,7 +6,8 @@ dict of 10,000 small arrays. Every step runs in a fresh subprocess so its peak
 memory is its own: the peak RSS is reset (``/proc/self/clear_refs``) once the
 value is built, and the step's peak is reported as a multiple of the value's
 own memory (storing: value + extra; loading: what the load allocated). The 1 GiB
-cases run once (the machine is shared); the others take the best of three.
+cases are stored once (the machine is shared), the others three times; every load
+runs three times; the best counts. Stored files are synced before they are loaded.
 
 Targets (issue 9): ``fleche mmap`` load ≤ 1 ms; fleche load ≥ 70% of raw read
 speed; no step above 1.2x the value's memory.
@@ -33,6 +34,8 @@ CASES = {
     "DataFrame, 10M rows": ("frame", 3),
     "dict of 10,000 small arrays": ("dict", 3),
 }
+LOADS = 3
+"""Loads per method and value (the best counts): a load is cheap, and one run is noisy."""
 METHODS = ["raw file", "np.save/np.load", "pickle", "joblib", "fleche"]
 
 
@@ -208,6 +211,7 @@ def bench_values(report: Report) -> None:
             d = tempfile.mkdtemp(prefix="fleche-bench-values-")
             try:
                 s = [_run("store", method, kind, d) for _ in range(repeat)]
+                os.sync()  # written back now, not while the loads below are timed
                 own = s[0]["own"]
                 best = min(s, key=lambda r: r["seconds"])
                 stores.append(
@@ -215,7 +219,7 @@ def bench_values(report: Report) -> None:
                 )
                 variants = [method] + (["fleche mmap"] if method == "fleche" else [])
                 for m in variants:
-                    got = [_run("load", m, kind, d) for _ in range(repeat)]
+                    got = [_run("load", m, kind, d) for _ in range(LOADS)]
                     extra = min(r["extra"] for r in got)
                     speed = own / min(r["seconds"] for r in got) / 1e9
                     loads.append(
