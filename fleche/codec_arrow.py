@@ -32,6 +32,7 @@ from fleche.codec_base import (
     LoadContext,
     Serializer,
     Streamed,
+    importable,
     pad_to,
     read_u32,
     u32,
@@ -59,14 +60,6 @@ def _split(payload: Any, where: str) -> tuple[dict[str, Any], memoryview]:
         raise CorruptObjectError(f"{where} has a malformed frame header: {e}") from e
     start = 4 + n
     return meta, mv[start + pad_to(start) :]
-
-
-def _importable(name: str) -> bool:
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
 
 
 # -- pandas ---------------------------------------------------------------------------------
@@ -266,7 +259,7 @@ class PandasArrowSerializer(Serializer):
     modules = ("pandas",)
 
     def available(self) -> bool:
-        return _importable("pyarrow") and _importable("pandas")
+        return importable("pyarrow", "pandas")
 
     def accepts(self, value: Any) -> bool:
         import pandas as pd
@@ -341,7 +334,7 @@ class PolarsSerializer(Serializer):
     modules = ("polars",)
 
     def available(self) -> bool:
-        return _importable("polars")
+        return importable("polars")
 
     def accepts(self, value: Any) -> bool:
         import polars as pl

@@ -30,6 +30,7 @@ __all__ = [
     "MissingSerializerError",
     "Serializer",
     "Streamed",
+    "importable",
     "nbytes",
     "pad_to",
 ]
@@ -61,6 +62,16 @@ _U32 = struct.Struct("<I")
 def nbytes(part: Any) -> int:
     """Length in bytes of a buffer (bytes, bytearray, memoryview, mmap, numpy array)."""
     return len(part) if isinstance(part, bytes) else memoryview(part).nbytes
+
+
+def importable(*names: str) -> bool:
+    """Whether every module named can be imported here (what ``Serializer.available`` asks)."""
+    try:
+        for name in names:
+            __import__(name)
+    except ImportError:
+        return False
+    return True
 
 
 def pad_to(offset: int, align: int = ALIGN) -> int:

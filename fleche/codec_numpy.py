@@ -27,6 +27,7 @@ from fleche.codec_base import (
     DumpContext,
     LoadContext,
     Serializer,
+    importable,
     pad_to,
     read_u32,
     u32,
@@ -100,11 +101,7 @@ class NumpySerializer(Serializer):
     modules = ("numpy",)
 
     def available(self) -> bool:
-        try:
-            import numpy  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return importable("numpy")
 
     def accepts(self, value: Any) -> bool:
         import numpy as np

@@ -39,6 +39,7 @@ from fleche.codec_base import (
     LoadContext,
     Serializer,
     Streamed,
+    importable,
     pad_to,
     read_u32,
     u32,
@@ -269,11 +270,7 @@ class TreeSerializer(Serializer):
     modules = ()  # asked by the registry when msgpack refuses a dict or list
 
     def available(self) -> bool:
-        try:
-            import numpy  # noqa: F401
-        except ImportError:
-            return False
-        return True
+        return importable("numpy")
 
     def accepts(self, value: Any) -> bool:
         return type(value) in (dict, list) and self.available()
