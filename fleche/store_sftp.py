@@ -4,7 +4,8 @@
 for a path under the login directory) gives an :class:`SFTPStore` whose
 ``fs`` is a :class:`~fleche.store_ssh.SSHFileSystem`, a subclass of fsspec's
 ``SFTPFileSystem`` (the connection, ssh_config, host keys and the pool of
-sessions live in ``store_ssh``). What the store does differently from the
+sessions live in ``store_ssh``, the pipelined requests and transfers in
+``store_sftp_pipeline``). What the store does differently from the
 generic ``ObjectStore``, and why:
 
 - **Atomic writes.** fsspec's SFTP ``pipe_file`` streams into the final name.
@@ -33,8 +34,6 @@ import io
 import posixpath
 import secrets
 import stat
-import sys
-from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from typing import Any
@@ -42,36 +41,31 @@ from urllib.parse import unquote, urlsplit
 
 import paramiko
 from paramiko.sftp import (
-    CMD_CLOSE,
-    CMD_DATA,
     CMD_EXTENDED,
-    CMD_FSTAT,
     CMD_MKDIR,
-    CMD_OPEN,
-    CMD_READ,
     CMD_REMOVE,
     CMD_RENAME,
     CMD_STAT,
-    CMD_WRITE,
-    SFTP_FLAG_CREATE,
-    SFTP_FLAG_EXCL,
-    SFTP_FLAG_READ,
-    SFTP_FLAG_WRITE,
-    int64,
 )
 from paramiko.sftp_attr import SFTPAttributes
 
 from fleche.errors import ConfigError, FlecheError
 from fleche.store import _HEX, BytesLike, ObjectStore, ReadableFile, is_oid
+from fleche.store_sftp_pipeline import (
+    _Failure,
+    _read_file,
+    _Reader,
+    _remove_quietly,
+    _Replies,
+    _Unsupported,
+    _write_file,
+)
 from fleche.store_ssh import (
     SSHAuthenticationError,
     SSHConnectionError,
     SSHError,
     SSHFileSystem,
     SSHPermissionError,
-    _Failure,
-    _Replies,
-    _Unsupported,
 )
 
 __all__ = [
@@ -87,178 +81,7 @@ __all__ = [
 STAT_FIRST = 1 << 18
 """Values larger than this are stat'ed before upload, so an existing one is not sent again (bytes)."""
 
-_WINDOW = 64  # requests in flight per transfer, like OpenSSH's sftp client
 _POSIX_RENAME = "posix-rename@openssh.com"
-
-
-# -- pipelined transfers --------------------------------------------------------------------
-
-
-def _remove_quietly(r: _Replies, path: str) -> None:
-    """Remove a leftover tmp file, waiting for the answer; failures leave it to ``fleche gc``."""
-    with suppress(OSError, EOFError, paramiko.SSHException):
-        r.call(path, CMD_REMOVE, path)
-
-
-def _data(r: _Replies, num: int, path: str) -> bytes:
-    try:
-        t, msg = r.wait(num, path)
-    except EOFError:
-        return b""
-    if t != CMD_DATA:
-        raise _Failure(f"the server answered a read with message type {t}: {path}")
-    data: bytes = msg.get_string()
-    return data
-
-
-def _read_file(r: _Replies, path: str, chunk: int) -> bytes | bytearray:
-    """The whole file: open, then fstat and the first read together, the rest pipelined."""
-    _, msg = r.call(path, CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes())
-    handle = msg.get_binary()
-    try:
-        n_stat = r.send(CMD_FSTAT, handle)
-        n_first = r.send(CMD_READ, handle, int64(0), chunk)
-        size = SFTPAttributes._from_msg(r.wait(n_stat, path)[1]).st_size
-        first = _data(r, n_first, path)
-        if size is None:  # the server did not say: read until EOF
-            parts = [first]
-            while parts[-1]:
-                parts.append(
-                    _data(r, r.send(CMD_READ, handle, int64(sum(map(len, parts))), chunk), path)
-                )
-            return b"".join(parts)
-        if len(first) >= size:
-            return first
-        buf = bytearray(size)
-        buf[: len(first)] = first
-        # (request, offset, length), in the order the server answers
-        pending: deque[tuple[int, int, int]] = deque()
-        offset = len(first)
-        while pending or offset < size:
-            while offset < size and len(pending) < _WINDOW:
-                n = min(chunk, size - offset)
-                pending.append((r.send(CMD_READ, handle, int64(offset), n), offset, n))
-                offset += n
-            num, at, n = pending.popleft()
-            data = _data(r, num, path)
-            if not data:  # EOF before the size fstat gave: the codec reports a truncated file
-                return bytes(buf[:at])
-            buf[at : at + len(data)] = data
-            if len(data) < n:  # a short read is allowed: ask for the rest
-                rest = (at + len(data), n - len(data))
-                pending.append((r.send(CMD_READ, handle, int64(rest[0]), rest[1]), *rest))
-        return buf
-    finally:
-        r.send_quietly(CMD_CLOSE, handle)
-
-
-def _write_file(
-    r: _Replies, path: str, parts: Iterable[BytesLike], chunk: int, *, fsync: bool
-) -> None:
-    """Create ``path`` (it must not exist) holding ``parts``; returns once the server has closed it.
-
-    Writes are sent back to back and the close right behind them, so a small
-    file costs two round trips and a large one streams at the link's speed.
-    """
-    _, msg = r.call(
-        path, CMD_OPEN, path, SFTP_FLAG_WRITE | SFTP_FLAG_CREATE | SFTP_FLAG_EXCL, SFTPAttributes()
-    )
-    handle = msg.get_binary()
-    pending: deque[int] = deque()
-    fsync_request = -1
-    try:
-        offset = 0
-        for part in parts:
-            view = memoryview(part).cast("B")  # slices of a view are not copies
-            for start in range(0, len(view), chunk):
-                if len(pending) >= _WINDOW:
-                    r.wait(pending.popleft(), path)
-                piece = view[start : start + chunk]
-                pending.append(r.send(CMD_WRITE, handle, int64(offset), piece))
-                offset += len(piece)
-        if fsync:
-            fsync_request = r.send(CMD_EXTENDED, "fsync@openssh.com", handle)
-            pending.append(fsync_request)
-    except BaseException:
-        r.send_quietly(CMD_CLOSE, handle)
-        raise
-    pending.append(r.send(CMD_CLOSE, handle))
-    for num in pending:
-        try:
-            r.wait(num, path)
-        except _Unsupported as e:
-            if num != fsync_request:
-                raise
-            raise ConfigError(
-                f"the SSH server does not support fsync@openssh.com ({e}), which durable=True "
-                "needs: open the store with durable=False"
-            ) from e
-
-
-class _Reader(io.RawIOBase):
-    """A file of the store read with up to ``_WINDOW`` requests in flight: bounded memory.
-
-    Holds one pooled session while open (close it: use it as a context manager).
-    """
-
-    def __init__(self, store: SFTPStore, path: str) -> None:
-        super().__init__()
-        self._store, self._path = store, path
-        self._session = store._session(path, "read")
-        r = self._session.__enter__()
-        try:
-            _, msg = r.call(path, CMD_OPEN, path, SFTP_FLAG_READ, SFTPAttributes())
-            self._handle = msg.get_binary()
-        except BaseException:
-            self._session.__exit__(*sys.exc_info())
-            raise
-        self._r = r
-        self._chunk = store.fs.read_chunk
-        self._pending: deque[tuple[int, int, int]] = deque()  # (request, offset, length)
-        self._next = 0  # the next offset to ask for
-        self._left = memoryview(b"")  # received, not yet handed out
-        self._eof = False
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: Any) -> int:
-        out = memoryview(b).cast("B")
-        with self._store._errors(self._store.fs, self._path, "read"):
-            while not self._left and not self._eof:
-                while not self._eof and len(self._pending) < _WINDOW:
-                    n = self._chunk
-                    self._pending.append(
-                        (self._r.send(CMD_READ, self._handle, int64(self._next), n), self._next, n)
-                    )
-                    self._next += n
-                num, at, n = self._pending.popleft()
-                data = _data(self._r, num, self._path)
-                if not data:  # end of file: the requests after it answer EOF too
-                    self._eof = True
-                    break
-                if len(data) < n:  # a short read: ask for the rest before anything later
-                    rest = (at + len(data), n - len(data))
-                    self._pending.appendleft(
-                        (self._r.send(CMD_READ, self._handle, int64(rest[0]), rest[1]), *rest)
-                    )
-                self._left = memoryview(data)
-        k = min(out.nbytes, self._left.nbytes)
-        out[:k] = self._left[:k]
-        self._left = self._left[k:]
-        return k
-
-    def close(self) -> None:
-        if not self.closed:
-            try:
-                for num, _, _ in self._pending:  # drain, so the session is clean for reuse
-                    with suppress(OSError, EOFError, _Failure):
-                        self._r.wait(num, self._path)
-                self._r.send_quietly(CMD_CLOSE, self._handle)
-            finally:
-                self._pending.clear()
-                self._session.__exit__(None, None, None)
-        super().close()
 
 
 # -- the store ------------------------------------------------------------------------------
