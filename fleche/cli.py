@@ -1,7 +1,8 @@
 """The ``fleche`` command line: the group, the options every command shares, and helpers.
 
 The commands live in ``cli_inspect`` (ls, show, query, stats, du, config) and
-``cli_maintain`` (verify, gc, sync) and are imported only when invoked, so
+``cli_maintain`` (verify, gc, sync), ``cli_sign`` (sign) and ``cli_index`` (index), and
+are imported only when invoked, so
 ``fleche --version`` or a ``remote --serve`` start does not pay for rich and
 the upkeep modules. What the commands compute lives in :mod:`fleche.upkeep`
 and :mod:`fleche.sync`, importable and tested without click; this layer only
@@ -10,7 +11,7 @@ parses, opens stores, prints and picks exit codes:
 - 0: done, nothing wrong;
 - 1: a reason on one line (an unknown store or digest, a bad size, a store
   that cannot be reached or has the wrong format), or ``verify`` found
-  problems that remain;
+  problems that remain, or ``sign`` left files unsigned;
 - 2: the command line itself is wrong (an unknown option, a missing argument).
 """
 
@@ -51,6 +52,7 @@ LAZY_COMMANDS = {
     "verify": "fleche.cli_maintain:verify",
     "gc": "fleche.cli_maintain:gc",
     "sync": "fleche.cli_maintain:sync",
+    "sign": "fleche.cli_sign:sign",
     "index": "fleche.cli_index:index",
 }
 

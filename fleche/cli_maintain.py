@@ -20,6 +20,7 @@ from fleche.cli import (
     store_option,
     workers_option,
 )
+from fleche.cli_text import _n
 from fleche.upkeep import format_size, format_time
 
 # -- verify --------------------------------------------------------------------------------
@@ -266,10 +267,6 @@ def _print_gc(plan: Any, result: Any, verbose: bool) -> None:
     if result is not None:
         for error in result.errors:
             click.echo(f"failed: {error}", err=True)
-
-
-def _n(count: int, noun: str) -> str:
-    return f"{count:,} {noun}{'' if count == 1 else 's'}"
 
 
 # -- sync ----------------------------------------------------------------------------------

@@ -71,6 +71,7 @@ class _Server:
         s = store
         self.ops: dict[str, Callable[..., Any]] = {
             "put": lambda oid, body: s.put(body, oid=oid),
+            "replace": self.replace,
             "get": self.get,
             "exists": lambda oid, body: s.exists(oid),
             "delete": lambda oid, body: s.delete(oid),
@@ -95,6 +96,11 @@ class _Server:
         }
 
     # -- operations that need more than one line ------------------------------------------
+
+    def replace(self, oid: str, body: Any) -> bool:
+        """Rewrite an existing object; True (a miss, when it is not there, says so)."""
+        self.store.replace(oid, body)
+        return True
 
     def get(self, oid: str, body: Any) -> Any:
         """An object: from its file when on local disk (one open; sendfile when large)."""

@@ -179,6 +179,20 @@ class ObjectStore(PathStore):
             self._ensure_marker()
         self._write(path, parts)
 
+    def replace(self, oid: str, data: Data) -> None:
+        """Rewrite object ``oid`` that exists, atomically: readers see the old file or the new.
+
+        For ``fleche sign``, which adds a signature to objects already stored:
+        the new file must hold the *same* content (the caller checks it; the
+        store cannot, and an oid naming other content would corrupt the
+        store). CacheMiss when ``oid`` is not stored: nothing is created.
+        """
+        self._check_writable()
+        path = self._oid_path(oid)
+        if not self._exists(path):
+            raise CacheMiss(f"object {oid} is not in the store at {self.url}")
+        self._write(path, as_parts(data))
+
     def put_later(
         self,
         name: Future[tuple[str, bytes, bytes]],

@@ -172,6 +172,13 @@ class RemoteStore(RemoteSession, ObjectStore):
         self._request(("put", oid), parts)
         return oid
 
+    def replace(self, oid: str, data: Data) -> None:
+        """Rewrite object ``oid`` on the server (see ``ObjectStore.replace``)."""
+        self._check_writable()
+        value, _ = self._request(("replace", check_oid(oid)), as_parts(data))
+        if value is not True:  # a miss: the server's store has no such object
+            raise CacheMiss(f"object {oid} is not in the store at {self.url}")
+
     def put_stream(self, chunks: Iterable[Any], *, oid: str) -> str:
         """Spool ``chunks`` to a temporary file, then send it part by part: bounded memory here.
 

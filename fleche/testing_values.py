@@ -69,6 +69,17 @@ class ValueConformance(ConformanceBase):
         assert store.get(oid) == b"first"
         assert list(store.iter_oids()) == [oid]
 
+    def test_replace_rewrites_an_existing_object_only(self, store: ObjectStore) -> None:
+        oid = digest_of("replaced")
+        store.put(b"unsigned", oid=oid)
+        store.replace(oid, [b"signed ", b"bytes"])  # parts, back to back
+        assert store.get(oid) == b"signed bytes"
+        assert list(store.iter_oids()) == [oid]
+        absent = digest_of("never stored")
+        with pytest.raises(CacheMiss, match=absent):
+            store.replace(absent, b"x")
+        assert not store.exists(absent)  # replacing creates nothing
+
     def test_put_rejects_str(self, store: ObjectStore) -> None:
         with pytest.raises(TypeError):
             store.put("text")  # type: ignore[arg-type]

@@ -8,6 +8,7 @@ its family, so scripts and tests get the same answers without click:
 - :mod:`fleche.upkeep_scan`: the inventory of a store from its listings, and
   ``stats``; every record read back and verified;
 - :mod:`fleche.upkeep_verify`: ``verify`` (and ``--repair``);
+- :mod:`fleche.upkeep_sign`: ``sign`` (what is stored, with the current key);
 - :mod:`fleche.upkeep_gc`: ``plan_gc`` and ``apply_gc``.
 """
 
