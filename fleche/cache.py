@@ -362,7 +362,7 @@ class Cache:
         if got is None:
             return _NOT_MAPPED  # compressed: decompressed into a fresh buffer instead
         ser, payload = got
-        if ser not in (codec.SER_NUMPY, codec.SER_TREE, codec.SER_ARROW_PANDAS):
+        if ser not in (codec.SER_NUMPY, codec.SER_TREE, codec.SER_ARROW_PANDAS, codec.SER_POLARS):
             # no arrays of its own: read and verified as usual (its array members are
             # objects of their own, and still mapped)
             return _NOT_MAPPED

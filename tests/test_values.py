@@ -505,18 +505,50 @@ def test_a_frame_loaded_with_mmap_views_the_stored_file(local: Cache) -> None:
     pd.testing.assert_frame_equal(df, mapped, check_exact=True)
     x = mapped["x"].to_numpy()
     assert not x.flags.writeable
-    path = os.path.realpath(local.store.local_path(ref["oid"]))
     if os.path.exists("/proc/self/maps"):  # the column's memory is the mapped file's
-        with open("/proc/self/maps") as f:
-            spans = [line.split() for line in f]
-        addr = x.ctypes.data
-        assert any(
-            len(m) >= 6
-            and m[5] == path
-            and int(m[0].split("-")[0], 16) <= addr
-            and addr < int(m[0].split("-")[1], 16)
-            for m in spans
-        )
+        path = os.path.realpath(local.store.local_path(ref["oid"]))
+        assert _mapped_from(path, x.ctypes.data)
     copy = mapped.copy()
     copy.loc[0, "x"] = 5.0  # a copy is the user's to change
     assert copy.loc[0, "x"] == 5.0 and local.load_value(ref).loc[0, "x"] == 0.0
+
+
+def _mapped_from(path: str, address: int) -> bool:
+    """Whether ``address`` lies in a mapping of the file at ``path`` (Linux)."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            m = line.split()
+            lo, hi = (int(x, 16) for x in m[0].split("-"))
+            if len(m) >= 6 and m[5] == path and lo <= address < hi:
+                return True
+    return False
+
+
+def test_polars_frames_load_as_views_and_keep_every_dtype(local: Cache) -> None:
+    pl = pytest.importorskip("polars")
+    pytest.importorskip("pyarrow")
+    n = 100_000
+    df = pl.DataFrame(
+        {
+            "x": np.linspace(0, 1, n),
+            "i": pl.Series(np.arange(n), dtype=pl.Int32),
+            "s": [f"s{i % 7}" for i in range(n)],
+            "cat": pl.Series([f"c{i % 3}" for i in range(n)], dtype=pl.Categorical),
+            "enum": pl.Series(["a", "b"] * (n // 2), dtype=pl.Enum(["a", "b"])),
+            "t": pl.datetime_range(
+                pl.datetime(2020, 1, 1), pl.datetime(2020, 1, 3), "1s", time_zone="UTC", eager=True
+            )[:n],
+            "l": [[i, i + 1] for i in range(n)],
+            "nulls": [None if i % 5 == 0 else float(i) for i in range(n)],
+        }
+    )
+    ref = local.put_value(df)
+    assert ref["ser"] == codec.SER_POLARS
+    back = local.load_value(ref)
+    assert back.schema == df.schema and back.equals(df)
+    mapped = local.load_value(ref, mmap=True)
+    assert mapped.equals(df)
+    if os.path.exists("/proc/self/maps"):  # the column is the file's bytes, not a copy
+        path = os.path.realpath(local.store.local_path(ref["oid"]))
+        address = mapped["x"].to_arrow().buffers()[1].address
+        assert _mapped_from(path, address)
