@@ -108,14 +108,16 @@ def _shared(value: Any, np: Any) -> set[int]:
     """
     ids = array.array("Q")
     stack = [value]
+    walked: set[int] = set()  # containers: a list holding itself must not walk forever
     ndarray = np.ndarray
     while stack:
         v = stack.pop()
         t = type(v)
-        if t is dict:
-            stack.extend(v.values())
-        elif t is list:
-            stack.extend(v)
+        if t is dict or t is list:
+            if id(v) in walked:
+                continue  # a cycle, or a container met twice: msgpack says what is wrong
+            walked.add(id(v))
+            stack.extend(v.values() if t is dict else v)
         elif t is ndarray:
             ids.append(id(v))
     if len(ids) < 2:

@@ -219,3 +219,16 @@ def test_small_arrays_are_not_mostly_padding_and_large_ones_are_aligned():
     big = np.random.default_rng(0).random(1000)
     blob = joined(codec.encode_value({"x": np.arange(3), "big": big}, level=0))
     assert blob.index(big.tobytes()) % codec.ALIGN == 0
+
+
+def test_a_tree_that_holds_itself_goes_to_pickle_and_comes_back() -> None:
+    cyclic: list = [np.arange(3)]
+    cyclic.append(cyclic)
+    shared = {"a": np.arange(2)}
+    value = {"x": shared, "y": shared, "c": cyclic}  # a dict met twice is no cycle
+    enc, back = round_trip(value)
+    assert enc.serializer & 0x7F == codec.SER_PICKLE  # msgpack cannot hold a cycle
+    assert back["c"][1] is back["c"] and np.array_equal(back["c"][0], np.arange(3))
+    enc, back = round_trip({"x": shared, "y": shared})
+    assert enc.serializer == codec.SER_TREE
+    assert_same_tree({"x": shared, "y": shared}, back)
