@@ -322,11 +322,12 @@ def _polars_load(meta: dict[str, Any], body: memoryview) -> Any:
     never writes into a frame's buffers, so views of a read buffer or a map are safe."""
     import polars as pl
 
+    frame: Any
     if importable("pyarrow"):
         import pyarrow as pa
 
         table = pa.ipc.open_stream(pa.py_buffer(body)).read_all()
-        frame = pl.from_arrow(table, rechunk=False)
+        frame = pl.from_arrow(table, rechunk=False)  # a Table gives a DataFrame
     else:
         frame = pl.read_ipc_stream(io.BytesIO(body))
     return frame.to_series() if meta.get("kind") == "series" else frame
