@@ -234,21 +234,23 @@ def serialize_streamed(
             return ser, parts, []
         except (TypeError, ValueError, OverflowError):
             chosen = _TREE  # arrays among the leaves, or pickle's (below)
+    ctx = None
     if type(chosen).stream is not Serializer.stream and (chosen.safe or not safe):
-        got = _stream(chosen, value, level, stream_min)
+        ctx = DumpContext(level=level, split_min=SPLIT_MIN)
+        ctx.split = _splitter(ctx)
+        got = _stream(chosen, value, ctx, stream_min)
         if got is not None:
             return got
+        ctx.children.clear()  # what it split is remembered: pickle does not frame it again
         if chosen is _TREE:  # neither plain data nor arrays: pickle's, or safe mode's error
             chosen = _PLAIN if safe else _PICKLE
-    return _serialize_with(chosen, value, serializer, level=level, split=True, safe=safe)
+    return _serialize_with(chosen, value, serializer, level=level, split=True, safe=safe, ctx=ctx)
 
 
 def _stream(
-    chosen: Serializer, value: Any, level: int, stream_min: int
+    chosen: Serializer, value: Any, ctx: DumpContext, stream_min: int
 ) -> Streamed | tuple[int, Sequence[Any], list[Encoded]] | None:
     """``chosen``'s Streamed payload if it is large or many pieces, else its buffers; None: failed."""
-    ctx = DumpContext(level=level, split_min=SPLIT_MIN)
-    ctx.split = _splitter(ctx)
     try:
         streamed = chosen.stream(value, ctx)
     except (TypeError, ValueError, OverflowError):
@@ -275,11 +277,21 @@ def _tree_may_take(value: Any) -> bool:
 
 
 def _serialize_with(
-    chosen: Serializer, value: Any, serializer: str, *, level: int, split: bool, safe: bool
+    chosen: Serializer,
+    value: Any,
+    serializer: str,
+    *,
+    level: int,
+    split: bool,
+    safe: bool,
+    ctx: DumpContext | None = None,
 ) -> tuple[int, Sequence[Any], list[Encoded]]:
+    """``chosen``'s payload, or pickle's when it refuses. ``ctx``: one a failed attempt used,
+    whose splitter remembers the members it framed (each is framed once)."""
     if safe:
         return _serialize_safely(value, chosen, level)
-    ctx = DumpContext(level=level, split_min=SPLIT_MIN)
+    if ctx is None:
+        ctx = DumpContext(level=level, split_min=SPLIT_MIN)
     try:
         if chosen is not _PICKLE and chosen.id not in (SER_CLOUDPICKLE,):
             try:
@@ -290,14 +302,14 @@ def _serialize_with(
                     raise
                 chosen = _PICKLE  # e.g. a tuple deep inside a list: pickle keeps it
             if _tree_may_take(value):
-                if split:
+                if split and ctx.split is None:
                     ctx.split = _splitter(ctx)
                 try:  # arrays among plain data: no pickle needed
                     ser, parts = _TREE.dumps(value, ctx)
                     return ser, parts, ctx.children
                 except (TypeError, ValueError, OverflowError):
                     ctx.children.clear()  # a tuple among them: pickle takes all (and splits)
-        if split:
+        if split and ctx.split is None:
             ctx.split = _splitter(ctx)
         ser, parts = chosen.dumps(value, ctx)
         return ser, parts, ctx.children

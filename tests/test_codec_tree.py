@@ -232,3 +232,25 @@ def test_a_tree_that_holds_itself_goes_to_pickle_and_comes_back() -> None:
     enc, back = round_trip({"x": shared, "y": shared})
     assert enc.serializer == codec.SER_TREE
     assert_same_tree({"x": shared, "y": shared}, back)
+
+
+def test_a_member_the_tree_split_before_pickle_took_over_is_framed_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from fleche import codec_registry
+
+    framed: list[int] = []
+    frame = codec_registry.frame
+
+    def counting(*args, **kwargs):
+        framed.append(1)
+        return frame(*args, **kwargs)
+
+    monkeypatch.setattr(codec_registry, "frame", counting)
+    big = np.random.default_rng(0).random(SPLIT_MIN // 8 + 1)
+    cache = Cache(str(tmp_path / "s"))
+    ref = cache.put_value({"big": big, "t": (1, 2)})  # the tuple sends it to pickle
+    assert ref["ser"] & 0x7F == codec.SER_PICKLE and len(ref["children"]) == 1
+    assert len(framed) == 1  # hashed and framed once, by whichever codec asked first
+    back = cache.load_value(ref)
+    assert back["t"] == (1, 2) and np.array_equal(back["big"], big)
