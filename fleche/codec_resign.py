@@ -45,7 +45,7 @@ def resign(
     if flags & FLAG_SIGNED:
         trailer = view[end - TRAILER_SIZE :]
         signer.check(trailer, ser, payload, where, record=record, name=name)
-        if bytes(trailer[: len(signer.key_id) // 2]).hex() == signer.key_id:
+        if signer.signed_by_me(trailer):
             return None
         end -= TRAILER_SIZE
     head = HEADER.pack(MAGIC, FORMAT, codec_id, ser, flags | FLAG_SIGNED, size, digest)

@@ -108,6 +108,10 @@ class Signer:
         """Hex id of the signing key (safe to show: it does not reveal the key)."""
         return self._sign.id.hex()
 
+    def signed_by_me(self, trailer: Any) -> bool:
+        """Whether ``trailer`` names the signing key (it may still fail :meth:`check`)."""
+        return bytes(trailer[:_KEY_ID]) == self._sign.id
+
     def _start(self, key: _Key, record: bool, name: bytes, ser: int, size: int) -> Any:
         h = self._hasher(key=key.record if record else key.object, max_threads=1)
         h.update(_NAME_LEN.pack(len(name)))

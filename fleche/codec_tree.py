@@ -94,10 +94,18 @@ class _Packed:
         for a in self.arrays:
             n = a.nbytes
             pad = _pad(offset, n)
-            # a byte view's buffer, not the array's own: numpy keeps what an array's buffer
-            # export describes until the array dies (~100 bytes each, 1 MB per 10,000)
-            yield pad, memoryview(a.reshape(-1).view("B"))
+            yield pad, _raw(a)
             offset += pad + n
+
+
+def _raw(a: Any) -> memoryview:
+    """The bytes of C-contiguous array ``a``.
+
+    Through a byte view's buffer, not the array's own: numpy keeps what an
+    array's buffer export describes until the array dies (~100 bytes each,
+    1 MB per 10,000 arrays), and Python's buffers do not know datetimes.
+    """
+    return memoryview(a.reshape(-1).view("B"))
 
 
 def _shared(value: Any, np: Any) -> set[int]:
@@ -217,7 +225,7 @@ def _compresses(packed: _Packed, level: int) -> bool:
     for k in range(4):
         got = 0
         for a in packed.arrays[(n * k) // 4 :]:
-            piece = memoryview(a.reshape(-1).view("B"))[: want - got]
+            piece = _raw(a)[: want - got]
             sample += piece
             got += piece.nbytes
             if got >= want:
