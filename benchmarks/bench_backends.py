@@ -491,7 +491,7 @@ def _ssh_backends(stack: ExitStack, tmp: Path) -> list[Backend]:
 
 def _memory() -> Callable[[], tuple[Any, list[ObjectStore], Any]]:
     """New handles on one private in-memory store (dropped with the backend, not kept by name)."""
-    from fleche.store_memory import MemoryStore, PrivateMemoryFileSystem
+    from fleche.store import MemoryStore, PrivateMemoryFileSystem
 
     fs = PrivateMemoryFileSystem()
 

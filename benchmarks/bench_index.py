@@ -33,11 +33,9 @@ from typing import Any
 
 from benchmarks.harness import Timing, fmt_seconds, measure
 from fleche import Cache, cache, codec, fleche
-from fleche.index import Index
-from fleche.index_fresh import SETTLE_NS
-from fleche.store_local import LocalStore
-from fleche.store_memory import MemoryStore
-from fleche.terms import Q, QuerySpec
+from fleche.index import SETTLE_NS, Index
+from fleche.records import Q, QuerySpec
+from fleche.store import LocalStore, MemoryStore
 from tests.services import service_env
 
 N = int(os.environ.get("FLECHE_BENCH_INDEX_N", "1000000"))
@@ -244,7 +242,7 @@ def bench_index_1m(report: Any) -> None:
 
         with _postgres() as url:
             if url is not None:
-                from fleche.index_sql import SqlAlchemyDb
+                from fleche.index import SqlAlchemyDb
 
                 pg = Index(SqlAlchemyDb(url), big_store)
                 pg.db.reset()

@@ -8,9 +8,7 @@
 
 from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.register(...)
 from fleche._version import __version__
-from fleche.cache import Cache
-from fleche.cache_layers import LayeredCache
-from fleche.call import Call
+from fleche.cache import Cache, LayeredCache
 from fleche.config import active_cache, cache, project, reset_default, set_default_cache, tags
 from fleche.decorator import fleche
 from fleche.errors import (
@@ -26,12 +24,12 @@ from fleche.errors import (
     UnhashableArgumentError,
     UnsafeValueError,
 )
-from fleche.executor import map as map  # fleche.map; not in __all__: `import *` keeps the builtin
-from fleche.executor import wrap_executor
+from fleche.parallel import map as map  # fleche.map; not in __all__: `import *` keeps the builtin
+from fleche.parallel import wrap_executor
 from fleche.query import QueryError, QueryResult, query
+from fleche.records import Call, Q
 from fleche.store import ObjectStore, open_store
 from fleche.sync import SyncError, SyncResult, sync
-from fleche.terms import Q
 
 __all__ = [
     "Cache",

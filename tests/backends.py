@@ -16,9 +16,7 @@ from pathlib import Path
 import pytest
 from s3_server import MotoS3
 
-from fleche.store import ObjectStore, open_store
-from fleche.store_local import LocalStore
-from fleche.store_memory import MemoryStore
+from fleche.store import LocalStore, MemoryStore, ObjectStore, open_store
 
 KINDS = ("memory", "local", "s3", "sftp", "remote")
 REACHABLE = KINDS[1:]  # what a worker process can open too

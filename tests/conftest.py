@@ -6,9 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fleche.store import ObjectStore
-from fleche.store_local import LocalStore
-from fleche.store_memory import MemoryStore
+from fleche.store import LocalStore, MemoryStore, ObjectStore
 
 
 @pytest.fixture

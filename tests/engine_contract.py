@@ -25,7 +25,7 @@ from backends import open_backend
 
 import fleche as fleche_pkg
 from fleche import Cache, active_cache, cache, fleche, tags
-from fleche.lease import LeasePolicy
+from fleche.cache import LeasePolicy
 
 T = 60  # seconds: the longest any future here may take
 KEYS = [i // 5 for i in range(100)]  # 20 keys, equal calls side by side: they run at once
@@ -84,7 +84,7 @@ def worker_cache() -> str:
 
 
 def current_tags() -> dict[str, Any]:
-    from fleche.config import current_tags
+    from fleche.records import current_tags
 
     return dict(current_tags())
 

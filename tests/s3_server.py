@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from fleche.store import ObjectStore
-from fleche.store_s3 import S3Store
+from fleche.store import ObjectStore, S3Store
 from fleche.testing import StoreConformance
 
 KEY, SECRET = "fleche-test-key", "fleche-test-secret"  # moto accepts any until auth is enforced

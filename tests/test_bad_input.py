@@ -36,7 +36,7 @@ from fleche import (
     tags,
 )
 from fleche.cli import main
-from fleche.codec_base import MissingSerializerError
+from fleche.codec import MissingSerializerError
 from fleche.errors import FlecheWarning, SerializationError
 from fleche.store import open_store
 from fleche.sync import sync

@@ -23,11 +23,12 @@ import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleche import codec_frame, codec_zframes
-from fleche.codec_base import HEADER_SIZE, SER_BYTES
-from fleche.codec_frame import CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_FRAMES, FORMAT, HEADER, MAGIC
-from fleche.codec_sign import TRAILER_SIZE, Signer
-from fleche.codec_unframe import unframe, unframe_stream
+from fleche.codec import CODEC_RAW, HEADER_SIZE, Signer, unframe, unframe_stream
+from fleche.codec import _frame as codec_frame
+from fleche.codec import _zframes as codec_zframes
+from fleche.codec._base import SER_BYTES
+from fleche.codec._frame import CODEC_ZSTD, CODEC_ZSTD_FRAMES, FORMAT, HEADER, MAGIC
+from fleche.codec._sign import TRAILER_SIZE
 from fleche.errors import CorruptObjectError, SignatureError
 
 SMALL = 4096  # frame size in most tests
@@ -361,7 +362,7 @@ def test_forked_child_gets_a_working_pool(framed: tuple[bytes, bytes]) -> None:
 
 
 def test_the_compression_sample_spans_many_small_parts() -> None:
-    from fleche.codec_frame import SAMPLE, _sample
+    from fleche.codec._frame import SAMPLE, _sample
 
     rng = np.random.default_rng(0)
     parts = [rng.random(100) for _ in range(20_000)]  # 800-byte parts

@@ -14,9 +14,8 @@ from test_codec_values import arrays, assert_exact, assert_same_array, joined, r
 
 from fleche import Cache, codec
 from fleche.cache import encode_value
-from fleche.codec_base import DumpContext, LoadContext
-from fleche.codec_registry import SPLIT_MIN, STREAM_PIECES
-from fleche.codec_tree import TreeSerializer
+from fleche.codec import DumpContext, LoadContext, TreeSerializer
+from fleche.codec._registry import SPLIT_MIN, STREAM_PIECES
 from fleche.errors import CorruptObjectError, SerializationError, UnsafeValueError
 
 leaves = (
@@ -237,7 +236,7 @@ def test_a_tree_that_holds_itself_goes_to_pickle_and_comes_back() -> None:
 def test_a_member_the_tree_split_before_pickle_took_over_is_framed_once(
     tmp_path: Path, monkeypatch
 ) -> None:
-    from fleche import codec_registry
+    from fleche.codec import _registry as codec_registry
 
     framed: list[int] = []
     frame = codec_registry.frame

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from hypothesis.extra import pandas as hpd
 
-from fleche import codec, codec_registry
-from fleche.codec_arrow import PandasArrowSerializer
-from fleche.codec_base import MissingSerializerError
+from fleche import codec
+from fleche.codec import MissingSerializerError, PandasArrowSerializer
+from fleche.codec import _registry as codec_registry
 from fleche.errors import CorruptObjectError, SerializationError
 
 
@@ -262,7 +262,7 @@ def _ipc(table) -> bytes:
 @given(frames(), st.data())
 def test_frames_become_the_table_arrow_makes_of_them(df, data):
     pa = pytest.importorskip("pyarrow")
-    from fleche.codec_arrow import _table
+    from fleche.codec._arrow import _table
 
     df = df.copy()
     for name in df.columns:  # missing values: NaN and NaT go Arrow's way (nulls)
@@ -374,7 +374,7 @@ def test_forcing_an_unknown_serializer_lists_the_known_ones():
 
 
 def test_registering_a_user_serializer(monkeypatch):
-    from fleche.codec_base import Serializer
+    from fleche.codec import Serializer
 
     # the registry is process-wide: register into copies that the test throws away
     monkeypatch.setattr(codec_registry, "_by_id", dict(codec_registry._by_id))

@@ -36,9 +36,12 @@ from engine_contract import (  # noqa: E402
 
 import fleche as fleche_pkg  # noqa: E402
 from fleche import cache, fleche, wrap_executor  # noqa: E402
-from fleche.executor import CacheNotPortableError, bind  # noqa: E402
-from fleche.executor_dask import share_cache  # noqa: E402
-from fleche.lease import LeasePolicy  # noqa: E402
+from fleche.cache import LeasePolicy  # noqa: E402
+from fleche.parallel import (  # noqa: E402
+    CacheNotPortableError,
+    bind,
+    share_cache,
+)
 
 # -- what the workers run (importable: the workers import this module) ------------------------
 
@@ -216,7 +219,7 @@ if __name__ == "__main__":
         assert pid != os.getpid() and f.contains(2), "the worker's key is the script's"
         assert client.submit(f, 2).done(), "a hit here"
         import dask
-        from fleche.executor import bind
+        from fleche.parallel._executor import bind
         assert dask.delayed(bind(f))(3).compute()[1] != os.getpid()
         assert f.contains(3)
     print("ok")
@@ -230,7 +233,7 @@ def test_functions_of_the_main_script(tmp_path: Path):
 def test_map_sends_misses_in_batches_and_equal_calls_once(
     client: Client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from fleche import executor
+    from fleche.parallel import _executor as executor
 
     monkeypatch.setattr(executor, "BATCH", 4)
     xs = [1, 2, 1, 3, 4, 5, 6, 2, 7, 8, 9, 3]

@@ -243,7 +243,7 @@ def test_numpy_import_is_lazy():
         import sys
         from fleche.digest import digest
         digest((1, "a", 2.5, [None], {"k": {1.5}}))
-        digest(object())  # goes through fleche.digest_types too
+        digest(object())  # goes through fleche.digest._types too
         print(sorted(m for m in ("numpy", "pandas") if m in sys.modules))
         """
     )
@@ -723,7 +723,7 @@ def test_code_digest_of_inline_lambdas(tmp_path):
         )
         """,
     )
-    from fleche.digest_types import _source_key
+    from fleche.digest._types import _source_key
 
     for fn in (mod.inline, mod.key, mod.spread):
         assert _source_key(fn, fn.__code__) is not None, fn  # found in the source

@@ -230,7 +230,7 @@ def _streamed(value: Any) -> bytes:
     """The digest through the general encoder path, bypassing the scalar shortcut."""
     import xxhash
 
-    from fleche.digest import _DISPATCH, _Stream
+    from fleche.digest._core import _DISPATCH, _Stream
 
     st_ = _Stream()
     _DISPATCH[type(value)](value, st_)

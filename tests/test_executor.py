@@ -22,9 +22,8 @@ from engine_contract import assert_script_says_ok
 
 import fleche as fleche_pkg
 from fleche import Cache, active_cache, cache, fleche, tags, wrap_executor
-from fleche.executor import Bound, CacheNotPortableError, ExecutorError, bind
-from fleche.store import ObjectStore
-from fleche.store_local import LocalStore
+from fleche.parallel import Bound, CacheNotPortableError, ExecutorError, bind
+from fleche.store import LocalStore, ObjectStore
 
 T = 30  # seconds: the longest any future here may take
 
@@ -61,7 +60,7 @@ def where() -> tuple[str, int, int]:
 
 
 def seen_tags() -> dict[str, Any]:
-    from fleche.config import current_tags
+    from fleche.records import current_tags
 
     return dict(current_tags())
 

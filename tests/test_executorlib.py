@@ -31,7 +31,7 @@ from engine_contract import (  # noqa: E402
 from executorlib import SingleNodeExecutor  # noqa: E402
 
 from fleche import cache, fleche, wrap_executor  # noqa: E402
-from fleche.lease import LeasePolicy  # noqa: E402
+from fleche.cache import LeasePolicy  # noqa: E402
 
 TESTS = str(Path(__file__).resolve().parent)
 

@@ -24,14 +24,11 @@ from click.testing import CliRunner
 
 import fleche
 from fleche import Cache, cache, codec
-from fleche.cache_layers import LayeredCache
+from fleche.cache import LayeredCache
 from fleche.errors import ConfigError, FlecheWarning
-from fleche.index import default_location
-from fleche.index_db import SqliteDb
-from fleche.store import open_store
-from fleche.store_local import LocalStore
-from fleche.store_memory import MemoryStore
-from fleche.terms import Q, QuerySpec
+from fleche.index import SqliteDb, default_location
+from fleche.records import Q, QuerySpec
+from fleche.store import LocalStore, MemoryStore, open_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -248,7 +245,7 @@ def test_deleted_and_replaced_records_are_noticed(tmp_path: Path) -> None:
 
 def test_settled_fans_are_not_reread(tmp_path: Path, monkeypatch) -> None:
     """A query stats the fan directories; it lists only those whose mtime moved."""
-    from fleche import index_fresh
+    from fleche.index import _fresh as index_fresh
 
     c = Cache(tmp_path / "store")
     fill(c, range(40))
@@ -257,7 +254,7 @@ def test_settled_fans_are_not_reread(tmp_path: Path, monkeypatch) -> None:
     listed: list[str] = []
     real = index_fresh.fan_listing
     monkeypatch.setattr(
-        "fleche.index.fan_listing", lambda s, f, fan: listed.append(fan) or real(s, f, fan)
+        "fleche.index._index.fan_listing", lambda s, f, fan: listed.append(fan) or real(s, f, fan)
     )
     assert count(c) == 40
     assert listed == []  # nothing moved: nothing listed

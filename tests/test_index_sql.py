@@ -4,7 +4,7 @@ Backends: the standard library's SQLite (the default), SQLite through
 SQLAlchemy, and a real PostgreSQL (``tools/services/postgres``; the tests skip,
 saying why, when it cannot run). The property test throws random records and
 random conditions at each and compares with the reference semantics of
-:mod:`fleche.terms`, edge values included: ``2**53 + 1`` against ``2.0**53``,
+:mod:`fleche.records._terms`, edge values included: ``2**53 + 1`` against ``2.0**53``,
 ``-0.0``, infinities, NaN, ``\\x00`` in strings, ``True`` against ``1``,
 arguments stored by reference, odd metadata keys.
 """
@@ -22,10 +22,9 @@ from hypothesis import strategies as st
 
 from fleche import codec
 from fleche.digest import digest_bytes
-from fleche.index import Index, open_index
-from fleche.index_db import SqliteDb
-from fleche.store_local import LocalStore
-from fleche.terms import Q, QuerySpec
+from fleche.index import Index, SqliteDb, open_index
+from fleche.records import Q, QuerySpec
+from fleche.store import LocalStore
 
 BACKENDS = ["sqlite", "sqlalchemy-sqlite", "postgresql"]
 
@@ -56,11 +55,11 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Index:
         return Index(SqliteDb(str(tmp_path / "catalog.sqlite")))
     if request.param == "sqlalchemy-sqlite":
         pytest.importorskip("sqlalchemy")
-        from fleche.index_sql import SqlAlchemyDb
+        from fleche.index import SqlAlchemyDb
 
         return Index(SqlAlchemyDb(f"sqlite+pysqlite:///{tmp_path / 'sa.sqlite'}"))
     url = request.getfixturevalue("pg_url")
-    from fleche.index_sql import SqlAlchemyDb
+    from fleche.index import SqlAlchemyDb
 
     return Index(SqlAlchemyDb(url))
 
@@ -362,7 +361,7 @@ def test_sql_urls(tmp_path: Path) -> None:
         open_index(store, "mysql://u@h/db")
     with pytest.raises(ConfigError, match="expected true, false"):
         open_index(store, "not a url")
-    from fleche.index_sql import normalize_url
+    from fleche.index import normalize_url
 
     assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalize_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"

@@ -1,7 +1,7 @@
 """Layered caches: reads go down and copy hits up, objects before records; faults degrade.
 
 Local, memory and a real S3 server (moto's, on 127.0.0.1) as layers.  The
-rules under test are in ``fleche/cache_layers.py``'s docstring.
+rules under test are in ``fleche/cache/_layers.py``'s docstring.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ import pytest
 
 import fleche as fl
 from fleche import Cache, ConfigError, FlecheWarning, LayeredCache, cache, config, fleche
-from fleche.cache_layers import LayerSpec
-from fleche.store import open_store
-from fleche.store_local import LocalStore
+from fleche.cache import LayerSpec
+from fleche.store import LocalStore, open_store
 
 BIG = 20_000  # bytes: above the 4 KiB inline limit, so the result is a separate object
 

@@ -23,18 +23,11 @@ import pytest
 from backends import KINDS, open_backend
 
 from fleche import FlecheWarning, ReadOnlyStoreError, cache, fleche
-from fleche.lease import (
-    LEASE_FORMAT,
-    Lease,
-    LeasePolicy,
-    iter_leases,
-    lease_store,
-    policy_of,
-    sweep,
-)
-from fleche.store import ObjectStore, open_store
-from fleche.store_local import LocalStore
-from fleche.testing import FID, digest_of
+from fleche.cache import Lease, LeasePolicy, iter_leases, lease_store, policy_of, sweep
+from fleche.cache._lease import LEASE_FORMAT
+from fleche.store import LocalStore, ObjectStore, open_store
+from fleche.testing import digest_of
+from fleche.testing._suite import FID
 
 KEY = digest_of("the call")
 
@@ -191,7 +184,7 @@ def _forge(
     pidns: str | None = None,
 ) -> str:
     """A lease as another process would have left it, renewed ``age`` seconds ago."""
-    from fleche import lease as lease_module
+    from fleche.cache import _lease as lease_module
 
     token = uuid.uuid4().hex
     renewed = time.time() - age
@@ -326,7 +319,7 @@ def _dead_pid() -> int:
 
 
 def test_a_dead_owner_on_this_machine_is_replaced_at_once(tmp_path: Path):
-    from fleche import lease as lease_module
+    from fleche.cache import _lease as lease_module
 
     policy = LeasePolicy(ttl=30.0, poll=0.01, poll_max=0.05)
     f, counts = _counting(policy)
@@ -353,7 +346,7 @@ def test_a_dead_owner_on_this_machine_is_replaced_at_once(tmp_path: Path):
 
 
 def test_detect_dead_off_waits_for_expiry(tmp_path: Path):
-    from fleche import lease as lease_module
+    from fleche.cache import _lease as lease_module
 
     f, counts = _counting(LeasePolicy(ttl=0.5, poll=0.01, poll_max=0.05, detect_dead=False))
     store = LocalStore(tmp_path / "c")

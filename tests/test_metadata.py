@@ -16,8 +16,8 @@ import pytest
 
 import fleche as fl
 from fleche import ConfigError, cache, fleche, project, tags
-from fleche import metadata as md
 from fleche.config import load_config
+from fleche.records import _metadata as md
 
 RUNTIME = {"duration", "finished", "cpu"}
 ENVIRONMENT = {"host", "user", "pid", "cwd", "python", "fleche"}

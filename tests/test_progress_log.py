@@ -13,7 +13,7 @@ from upkeep_helpers import populate
 import fleche as fleche_pkg
 from fleche import cache, fleche
 from fleche.cli import main
-from fleche.store_memory import MemoryStore
+from fleche.store import MemoryStore
 from fleche.sync import sync
 
 BAR = "━"  # what rich draws bars with

@@ -1,6 +1,6 @@
 """Queries: f.query(...) and fleche.query(...) on memory, local, S3 (moto) and layered caches.
 
-The matching rules are fleche.terms' (tested in test_terms.py); here: that every
+The matching rules are fleche.records._terms' (tested in test_terms.py); here: that every
 query form reaches them on every kind of cache, what QueryResult offers, and that
 an index, when a cache has one, is never trusted over the records.
 """
@@ -20,7 +20,7 @@ import pytest
 import fleche as fl
 from fleche import Cache, FlecheError, FlecheWarning, Q, cache, fleche, project, tags
 from fleche.query import MissingDependencyError, QueryArgumentError, QueryError, Ref
-from fleche.terms import QuerySpec
+from fleche.records import QuerySpec
 
 BIG = np.arange(5_000.0)  # 40 kB: stored as a separate object, not inline
 

@@ -31,10 +31,19 @@ from fleche.errors import (
     ReadOnlyStoreError,
     StoreFormatError,
 )
-from fleche.store import ObjectStore, open_store
-from fleche.store_remote import RemoteError, RemoteProtocolError, RemoteStore, parse_url
-from fleche.store_wire import MAGIC, read_message, write_message
-from fleche.testing import FID, StoreConformance, digest_of
+from fleche.store import (
+    MAGIC,
+    ObjectStore,
+    RemoteError,
+    RemoteProtocolError,
+    RemoteStore,
+    open_store,
+    parse_url,
+    read_message,
+    write_message,
+)
+from fleche.testing import StoreConformance, digest_of
+from fleche.testing._suite import FID
 
 PY = sys.executable
 
@@ -214,7 +223,7 @@ def test_fleche_version_skew_warns(exec_url: str) -> None:
 
 
 def test_incompatible_server_protocol_refused(exec_url: str) -> None:
-    python = _patched_server("import fleche.store_wire as r; r.PROTOCOL = (2, 0)")
+    python = _patched_server("import fleche.store._wire as r; r.PROTOCOL = (2, 0)")
     with pytest.raises(RemoteProtocolError, match="speaks protocol 2.0") as info:
         open_store(exec_url, python=python)
     assert "install the same fleche" in str(info.value)
@@ -418,7 +427,7 @@ def test_decorator_hit_from_a_second_cache_is_one_round_trip(exec_url: str) -> N
 
 
 def test_listing_comes_in_batches_and_allows_nested_use(exec_url: str) -> None:
-    from fleche.remote import BATCH
+    from fleche.remote._server import BATCH
 
     with open_store(exec_url) as store:
         assert isinstance(store, RemoteStore)

@@ -14,9 +14,8 @@ import pytest
 from rich.console import Console
 
 from fleche import cache, fleche, query, tags
-from fleche.call import Call
+from fleche.records import Call
 from fleche.render import (
-    ROWS,
     format_duration,
     format_size,
     progress_wanted,
@@ -24,6 +23,7 @@ from fleche.render import (
     record_row,
     set_progress,
 )
+from fleche.render._tables import ROWS
 from fleche.store import ObjectStore
 
 BIG = np.arange(10_000.0)  # 80 kB: a separate object, never inline
@@ -190,7 +190,7 @@ def test_narrow_terminals_drop_columns_not_the_arguments(memory_store: ObjectSto
 
 
 def test_query_count_stops_at_the_scan_limit(memory_store: ObjectStore, monkeypatch):
-    import fleche.render as render
+    import fleche.render._tables as render
 
     monkeypatch.setattr(render, "SCAN_LIMIT", 3)
     with cache(memory_store):

@@ -15,11 +15,9 @@ from test_render import parse_html
 from upkeep_helpers import BIG, SIMULATE, age, populate, record_file, result_oid, truncate
 
 from fleche.cli import main
-from fleche.render import format_duration, format_size, format_time
-from fleche.render_svg import bar_chart, line_chart
-from fleche.store_memory import MemoryStore
-from fleche.upkeep_report import build_report, report_html, write_report
-from fleche.upkeep_scan import scan
+from fleche.render import bar_chart, format_duration, format_size, format_time, line_chart
+from fleche.store import MemoryStore
+from fleche.upkeep import build_report, report_html, scan, write_report
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -141,7 +139,8 @@ def test_charts_escape_names_and_skip_junk():
 
 
 def test_many_functions_are_summed_past_the_top(tmp_path: Path):
-    from fleche.upkeep_report import TOP, FunctionUsage, StoreReport, _top
+    from fleche.upkeep import FunctionUsage, StoreReport
+    from fleche.upkeep._report import TOP, _top
 
     items = _top([(f"f{i:03}", i) for i in range(40)])
     assert len(items) == TOP and items[-1][0] == f"({40 - TOP + 1} others)"

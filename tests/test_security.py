@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 from fleche import (
     Cache,
     ConfigError,
+    CorruptObjectError,
     FlecheWarning,
     SignatureError,
     UnsafeValueError,
@@ -35,9 +36,9 @@ from fleche import (
     config,
     fleche,
 )
-from fleche.codec_sign import signer_from
+from fleche.codec import signer_from
 from fleche.store import open_store
-from fleche.upkeep_verify import verify
+from fleche.upkeep import verify
 
 KEY = "k" * 16 + "-signing-key-one"
 OTHER = "o" * 16 + "-signing-key-two"
@@ -141,9 +142,9 @@ def test_signed_streamed_frames_keep_their_trailer_apart() -> None:
         for reader in (io.BytesIO(blob), _Trickle(blob)):  # short reads, like a socket
             _, payload = codec.unframe_stream(reader, signer=signer, expect=enc.oid)
             assert bytes(payload) == bytes(codec.unframe(blob)[1])
-        with pytest.raises(codec.CorruptObjectError):
+        with pytest.raises(CorruptObjectError):
             codec.unframe_stream(io.BytesIO(blob[:-5]), signer=signer)
-        with pytest.raises(codec.CorruptObjectError):
+        with pytest.raises(CorruptObjectError):
             codec.unframe_stream(io.BytesIO(blob + b"extra"), signer=signer)
 
 
@@ -233,7 +234,7 @@ def test_tampered_signed_object_is_refused(tmp_path: Path, where: str) -> None:
         del blob[-32:]
         blob[7] = 0  # claims to be unsigned
     path.write_bytes(bytes(blob))
-    with pytest.raises(codec.CorruptObjectError):
+    with pytest.raises(CorruptObjectError):
         Cache(str(tmp_path / "s"), secret_key=KEY).load_value(ref)
 
 
@@ -297,7 +298,7 @@ def test_fuzz_signed_decoders_raise_only_corrupt_object_error(data: bytes) -> No
         ):
             try:
                 call(candidate)
-            except codec.CorruptObjectError:
+            except CorruptObjectError:
                 pass
 
 

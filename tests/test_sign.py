@@ -14,10 +14,9 @@ from click.testing import CliRunner
 
 from fleche import Cache, FlecheWarning, ReadOnlyStoreError, cache, codec, fleche
 from fleche.cli import main
-from fleche.codec_sign import signer_from
+from fleche.codec import signer_from
 from fleche.store import open_store
-from fleche.upkeep_sign import sign
-from fleche.upkeep_verify import verify
+from fleche.upkeep import sign, verify
 
 KEY = "k" * 16 + "-signing-key-one"
 NEW = "n" * 16 + "-signing-key-new"

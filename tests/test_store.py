@@ -12,10 +12,9 @@ import xxhash
 from fsspec.registry import known_implementations
 
 from fleche.errors import CacheMiss, ConfigError
-from fleche.store import ObjectStore, open_store
-from fleche.store_local import LocalStore
-from fleche.store_memory import MemoryStore, PrivateMemoryFileSystem
-from fleche.testing import FID, StoreConformance, digest_of
+from fleche.store import LocalStore, MemoryStore, ObjectStore, PrivateMemoryFileSystem, open_store
+from fleche.testing import StoreConformance, digest_of
+from fleche.testing._suite import FID
 
 
 class TestMemoryStore(StoreConformance):
@@ -85,7 +84,7 @@ def test_put_later_stops_writing_a_duplicate_early(
 ) -> None:
     from concurrent.futures import Future
 
-    import fleche.store_local as sl
+    import fleche.store._local as sl
 
     body = os.urandom(64 << 20)
     oid = xxhash.xxh3_128_hexdigest(bytes(32) + body)

@@ -15,9 +15,10 @@ from s3_server import S3StoreConformance, count_requests, methods
 
 from fleche import Cache, ConfigError, cache, fleche
 from fleche.errors import CacheMiss
-from fleche.store import open_store
-from fleche.store_s3 import HEAD_FIRST, S3Store
-from fleche.testing import FID, digest_of
+from fleche.store import S3Store, open_store
+from fleche.store._s3 import HEAD_FIRST
+from fleche.testing import digest_of
+from fleche.testing._suite import FID
 
 for _module in ("s3fs", "boto3"):
     pytest.importorskip(

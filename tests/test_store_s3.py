@@ -12,9 +12,10 @@ from s3_server import MotoS3, S3StoreConformance, count_requests, methods
 
 from fleche import Cache, ConfigError, cache, fleche
 from fleche.errors import CacheMiss, FlecheWarning
-from fleche.store import open_store
-from fleche.store_s3 import HEAD_FIRST, S3Store
-from fleche.testing import FID, digest_of
+from fleche.store import S3Store, open_store
+from fleche.store._s3 import HEAD_FIRST
+from fleche.testing import digest_of
+from fleche.testing._suite import FID
 
 pytest.importorskip(
     "moto", reason="moto (the S3 test server) is not installed: run ./tools/test, which installs it"
@@ -308,7 +309,7 @@ def test_fleche_round_trip_on_s3(s3: MotoS3, bucket: str) -> None:
 
 
 def test_same_bucket_on_two_endpoints_has_two_catalogues(s3: MotoS3, bucket: str) -> None:
-    from fleche.index_where import default_location
+    from fleche.index import default_location
 
     url = f"s3://{bucket}/cache"
     here = open_store(url, **s3.options())

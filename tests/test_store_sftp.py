@@ -21,7 +21,8 @@ from ssh_server import SSHServer
 from fleche import Cache, ConfigError, cache, fleche
 from fleche.errors import CacheMiss, FlecheError, FlecheWarning
 from fleche.store import ObjectStore, open_store
-from fleche.testing import FID, StoreConformance, digest_of
+from fleche.testing import StoreConformance, digest_of
+from fleche.testing._suite import FID
 
 paramiko = pytest.importorskip(
     "paramiko", reason="paramiko is not installed: pip install -e '.[tests]'"
@@ -29,13 +30,8 @@ paramiko = pytest.importorskip(
 from fsspec.implementations.sftp import SFTPFileSystem  # noqa: E402
 from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_FSTAT, CMD_OPEN, CMD_READ, CMD_WRITE  # noqa: E402
 
-from fleche import store_sftp  # noqa: E402
-from fleche.store_sftp import (  # noqa: E402
-    SFTPStore,
-    SSHAuthenticationError,
-    SSHConnectionError,
-    SSHFileSystem,
-)
+from fleche.store import SFTPStore, SSHAuthenticationError, SSHConnectionError, SSHFileSystem  # noqa: E402
+from fleche.store import _sftp as store_sftp  # noqa: E402
 
 
 def _host_key_line(sshd: SSHServer) -> str | None:

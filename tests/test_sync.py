@@ -23,9 +23,7 @@ import pytest
 from fleche import cache, codec, fleche
 from fleche.cache import referenced_oids
 from fleche.errors import FlecheError, ReadOnlyStoreError, StoreFormatError
-from fleche.store import ObjectStore, open_store
-from fleche.store_local import LocalStore
-from fleche.store_memory import MemoryStore
+from fleche.store import LocalStore, MemoryStore, ObjectStore, open_store
 from fleche.sync import SyncError, SyncResult, call_name, object_name, sync
 from fleche.testing import digest_of
 
@@ -310,7 +308,7 @@ def test_functions_filter_copies_its_records_and_their_objects_only(tmp_path: Pa
 def test_functions_filter_rereads_records_it_cannot_hold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(importlib.import_module("fleche.sync_copy"), "_HOLD_LIMIT", 0)
+    monkeypatch.setattr(importlib.import_module("fleche.sync._copy"), "_HOLD_LIMIT", 0)
     source = LocalStore(tmp_path / "src")
     oids = populate(source, 3, "pkg.f")
     populate(source, 3, "pkg.g")
@@ -476,8 +474,8 @@ def test_refuses_stores_whose_formats_differ(
 ) -> None:
     # A future fleche that reads formats 1 and 2, between a store of each.
     # (import_module: `fleche.sync` may be the function once the package exports it)
-    monkeypatch.setattr(importlib.import_module("fleche.store"), "FORMAT", 2)
-    monkeypatch.setattr(importlib.import_module("fleche.sync"), "FORMAT", 2)
+    monkeypatch.setattr(importlib.import_module("fleche.store._base"), "FORMAT", 2)
+    monkeypatch.setattr(importlib.import_module("fleche.sync._sync"), "FORMAT", 2)
     (tmp_path / "dst").mkdir()
     (tmp_path / "dst" / "fleche.json").write_text('{"format": 2}')
     with pytest.raises(StoreFormatError, match=r"format 1\) into .* \(store format 2\)"):

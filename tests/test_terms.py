@@ -7,7 +7,7 @@ import math
 import pytest
 
 from fleche.digest import digest_bytes
-from fleche.terms import Q, as_condition
+from fleche.records import Q, as_condition
 
 
 def test_equality_is_type_aware() -> None:
@@ -45,7 +45,7 @@ def test_bad_conditions_say_what_to_use() -> None:
     with pytest.raises(TypeError, match="collection"):
         Q.in_("abc")
     with pytest.raises(ValueError, match="unknown query condition"):
-        from fleche.terms import Condition
+        from fleche.records import Condition
 
         Condition("like", "x")
 
@@ -71,7 +71,7 @@ def _record(**over):
 
 
 def test_query_spec_matches_records_like_the_index_must() -> None:
-    from fleche.terms import QuerySpec, metadata_conditions
+    from fleche.records import QuerySpec, metadata_conditions
 
     rec = _record()
     assert QuerySpec().match(rec)

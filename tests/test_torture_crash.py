@@ -33,8 +33,8 @@ from torture_helpers import (
 )
 
 from fleche import cache
-from fleche.store_local import LocalStore
-from fleche.upkeep_gc import apply_gc, plan_gc
+from fleche.store import LocalStore
+from fleche.upkeep import apply_gc, plan_gc
 
 
 def _tmp_files(root: Path) -> int:

@@ -29,10 +29,9 @@ from torture_helpers import Proxy, blob, check_store, worker_env
 
 from fleche import Cache, cache, codec, fleche
 from fleche.errors import FlecheWarning
-from fleche.store import open_store
-from fleche.store_local import LocalStore
+from fleche.store import LocalStore, open_store
 from fleche.sync import SyncError, sync
-from fleche.upkeep_verify import verify
+from fleche.upkeep import verify
 
 # -- helpers ---------------------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""fleche.upkeep*: parsing, inventories, lookups, queries, stats, verify and gc, without click."""
+"""fleche.upkeep: parsing, inventories, lookups, queries, stats, verify and gc, without click."""
 
 from __future__ import annotations
 
@@ -26,11 +26,11 @@ from upkeep_helpers import (
 
 from fleche import CacheMiss, cache, codec
 from fleche.cache import Cache
-from fleche.store import open_store
-from fleche.store_memory import MemoryStore
+from fleche.store import MemoryStore, open_store
 from fleche.upkeep import (
     AmbiguousError,
     ParseError,
+    apply_gc,
     find_digest,
     find_function,
     format_size,
@@ -39,11 +39,13 @@ from fleche.upkeep import (
     parse_cutoff,
     parse_size,
     parse_value,
+    plan_gc,
     query,
+    read_records,
+    scan,
+    stats,
+    verify,
 )
-from fleche.upkeep_gc import apply_gc, plan_gc
-from fleche.upkeep_scan import read_records, scan, stats
-from fleche.upkeep_verify import verify
 
 # -- parsing -------------------------------------------------------------------------------
 

@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 
 from fleche import Cache, FlecheWarning, cache, codec, fleche
-from fleche.cache import referenced_oids
-from fleche.cache_layers import LayeredCache
-from fleche.codec_arrow import PandasArrowSerializer
-from fleche.codec_registry import SPLIT_MIN
+from fleche.cache import LayeredCache, referenced_oids
+from fleche.codec import PandasArrowSerializer
+from fleche.codec._registry import SPLIT_MIN
 from fleche.errors import CorruptObjectError, SerializationError
 from fleche.store import open_store
 
@@ -150,7 +149,7 @@ def test_large_array_members_are_stored_once_across_results(local: Cache) -> Non
 
 
 def test_members_reach_every_layer_and_survive_gc(tmp_path: Path) -> None:
-    from fleche.upkeep_gc import apply_gc, plan_gc
+    from fleche.upkeep import apply_gc, plan_gc
 
     top, bottom = Cache(tmp_path / "top"), Cache(tmp_path / "bottom")
     layered = LayeredCache([top, bottom], write="through")
@@ -336,7 +335,7 @@ def test_members_survive_the_fallback_to_cloudpickle() -> None:
 
 def test_bagofholding_results_browse_and_reload_in_part(tmp_path: Path) -> None:
     pytest.importorskip("bagofholding")
-    from fleche.codec_bag import open_bag
+    from fleche.codec import open_bag
 
     bags = Cache(tmp_path / "bags", serializer="bagofholding")
     value = {"a": np.arange(10), "b": [1, "x", (2, 3)], "c": {"n": 1.5}}

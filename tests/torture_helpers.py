@@ -31,7 +31,7 @@ from typing import Any
 from fleche import Cache, cache, fleche
 from fleche.errors import FlecheWarning
 from fleche.store import ObjectStore
-from fleche.upkeep_verify import VerifyReport, verify
+from fleche.upkeep import VerifyReport, verify
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent

@@ -1,0 +1,43 @@
+"""Caches: call records and values over one store, layered caches, compute-once leases.
+
+Above :mod:`fleche.index` (each cache keeps a catalogue of its records) and
+:mod:`fleche.codec` (values and records become self-checking objects), below
+:mod:`fleche.config`, which chooses the active one.  A fault here fails open: a
+corrupt file is a miss with one warning and goes to ``quarantine/``.
+
+Inside: ``_cache`` (:class:`Cache`), ``_layers`` and ``_layer_set`` (a
+:class:`LayeredCache` read nearest first, and the health of each layer),
+``_lease`` (one process computes a call, the others wait).
+"""
+
+from fleche.cache._cache import Cache, encode_value, malformed, referenced_oids, type_name
+from fleche.cache._layer_set import LayerSpec
+from fleche.cache._layers import RETRY_AFTER, WRITE_MODES, LayeredCache
+from fleche.cache._lease import (
+    Lease,
+    LeasePolicy,
+    compute_once,
+    iter_leases,
+    lease_store,
+    policy_of,
+    sweep,
+)
+
+__all__ = [
+    "Cache",
+    "LayerSpec",
+    "LayeredCache",
+    "Lease",
+    "LeasePolicy",
+    "RETRY_AFTER",
+    "WRITE_MODES",
+    "compute_once",
+    "encode_value",
+    "iter_leases",
+    "lease_store",
+    "malformed",
+    "policy_of",
+    "referenced_oids",
+    "sweep",
+    "type_name",
+]

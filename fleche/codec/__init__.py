@@ -1,0 +1,131 @@
+"""Values and call records as self-checking stored objects, and back.
+
+Above :mod:`fleche.store` (which keeps the bytes) and below :mod:`fleche.records`.
+A frame is a 32-byte header (magic, format, codec, serializer, raw length, hash),
+the payload, zstd-compressed when it pays, and an optional signature
+(``docs/format.md``).  A serializer turns one kind of value into parts and back.
+
+Inside: ``_encode`` (values and records, the layer's entry points), ``_frame``
+and ``_unframe`` (writing and checking frames), ``_zframes`` (codec 2, large
+payloads on threads), ``_sign`` and ``_resign`` (signed frames), ``_registry``
+(which serializer stores a value) over ``_base`` and one module per serializer
+(``_plain``, ``_numpy``, ``_tree``, ``_arrow``, ``_pickle``, ``_bag``).
+"""
+
+from fleche.codec._arrow import PandasArrowSerializer
+from fleche.codec._bag import open_bag
+from fleche.codec._base import (
+    ALIGN,
+    HEADER_SIZE,
+    SER_ARROW_PANDAS,
+    SER_BAGOFHOLDING,
+    SER_BYTES,
+    SER_CLOUDPICKLE,
+    SER_DILL,
+    SER_MSGPACK,
+    SER_NUMPY,
+    SER_PICKLE,
+    SER_POLARS,
+    SER_TREE,
+    DumpContext,
+    LoadContext,
+    MissingSerializerError,
+    Serializer,
+    Streamed,
+    nbytes,
+)
+from fleche.codec._encode import (
+    SERIALIZER_NAMES,
+    decode_payload,
+    decode_record,
+    decode_value,
+    encode_record,
+    encode_value,
+    expand_record,
+    map_object,
+)
+from fleche.codec._frame import (
+    CODEC_RAW,
+    CODEC_ZSTD,
+    CODEC_ZSTD_FRAMES,
+    FLAG_SIGNED,
+    FORMAT,
+    HEADER,
+    MAGIC,
+    PRODUCE_MIN,
+    STREAM_MIN,
+    Encoded,
+    frame,
+    frame_bytes,
+    frame_streamed,
+)
+from fleche.codec._registry import (
+    FORCED,
+    by_id,
+    is_safe,
+    serialize,
+    serialize_streamed,
+    serializer_names,
+)
+from fleche.codec._resign import resign
+from fleche.codec._sign import ENV, Signer, signer_from
+from fleche.codec._tree import TreeSerializer
+from fleche.codec._unframe import read_header, unframe, unframe_stream
+
+__all__ = [
+    "FORCED",
+    "ALIGN",
+    "CODEC_RAW",
+    "CODEC_ZSTD",
+    "CODEC_ZSTD_FRAMES",
+    "DumpContext",
+    "ENV",
+    "Encoded",
+    "FLAG_SIGNED",
+    "FORMAT",
+    "HEADER",
+    "HEADER_SIZE",
+    "LoadContext",
+    "MAGIC",
+    "MissingSerializerError",
+    "PRODUCE_MIN",
+    "PandasArrowSerializer",
+    "SERIALIZER_NAMES",
+    "SER_ARROW_PANDAS",
+    "SER_BAGOFHOLDING",
+    "SER_BYTES",
+    "SER_CLOUDPICKLE",
+    "SER_DILL",
+    "SER_MSGPACK",
+    "SER_NUMPY",
+    "SER_PICKLE",
+    "SER_POLARS",
+    "SER_TREE",
+    "STREAM_MIN",
+    "Serializer",
+    "Signer",
+    "Streamed",
+    "TreeSerializer",
+    "by_id",
+    "decode_payload",
+    "decode_record",
+    "decode_value",
+    "encode_record",
+    "encode_value",
+    "expand_record",
+    "frame",
+    "frame_bytes",
+    "frame_streamed",
+    "is_safe",
+    "map_object",
+    "nbytes",
+    "open_bag",
+    "read_header",
+    "resign",
+    "serialize",
+    "serialize_streamed",
+    "serializer_names",
+    "signer_from",
+    "unframe",
+    "unframe_stream",
+]

@@ -1,0 +1,36 @@
+"""Which cache is active: ``fleche.toml`` discovery, named caches, ``cache()`` and ``tags()``.
+
+Above :mod:`fleche.cache` (it builds caches from names, URLs and layers), below
+the query and decorator layers, which ask it for the active cache.
+
+Inside: ``_file`` (which files apply, what each may say), ``_caches`` (names,
+URLs and layer lists to caches: :func:`resolve`), ``_active`` (the active cache
+and tags of this context).
+"""
+
+from fleche.config._active import (
+    active_cache,
+    cache,
+    default_cache,
+    project,
+    reset_default,
+    set_default_cache,
+    tags,
+)
+from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
+from fleche.config._file import read_file
+
+__all__ = [
+    "AnyCache",
+    "CacheLike",
+    "active_cache",
+    "cache",
+    "default_cache",
+    "load_config",
+    "project",
+    "read_file",
+    "reset_default",
+    "resolve",
+    "set_default_cache",
+    "tags",
+]

@@ -1,0 +1,131 @@
+"""Which cache is active: ``fleche.toml`` discovery, named caches, ``cache()`` and ``tags()``.
+
+The active cache and tags live in ContextVars, so each thread and each asyncio
+task sees the cache it (or its parent) chose.  With no configuration at all
+the active cache is a private in-memory one: nothing touches disk unless you
+ask for it.
+
+The configuration itself is read by :mod:`fleche.config._file` (the files and
+what they may say) and :mod:`fleche.config._caches` (the named caches, and
+:func:`resolve`: a name, URL, store or list of layers to a cache); this module
+re-exports what they define.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextvars import ContextVar, Token
+from typing import Any
+
+from fleche.cache import Cache
+from fleche.config._caches import CACHE_OPTIONS as CACHE_OPTIONS
+from fleche.config._caches import AnyCache as AnyCache
+from fleche.config._caches import CacheLike as CacheLike
+from fleche.config._caches import CacheSpec as CacheSpec
+from fleche.config._caches import Config as Config
+from fleche.config._caches import LayerLike as LayerLike
+from fleche.config._caches import load_config as load_config
+from fleche.config._caches import resolve as resolve
+from fleche.config._file import CACHE_KEYS as CACHE_KEYS
+from fleche.config._file import CONFIG_NAME as CONFIG_NAME
+from fleche.config._file import LAYERED_KEYS as LAYERED_KEYS
+from fleche.config._file import TOP_KEYS as TOP_KEYS
+from fleche.config._file import metadata_groups as metadata_groups
+from fleche.config._file import read_file as read_file
+from fleche.records import TAGS
+
+# -- the active cache ---------------------------------------------------------------------
+
+_ACTIVE: ContextVar[AnyCache | None] = ContextVar("fleche_active_cache", default=None)
+_default: AnyCache | None = None
+_default_lock = threading.Lock()
+
+
+def default_cache() -> AnyCache:
+    """The cache used when none was activated: FLECHE_CACHE, else fleche.toml's default, else memory."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                env = os.environ.get("FLECHE_CACHE")
+                if env:
+                    _default = resolve(env)
+                else:
+                    cfg = load_config()
+                    _default = cfg.cache(cfg.default) if cfg.default else Cache("memory://")
+    return _default
+
+
+def set_default_cache(spec: CacheLike, **options: Any) -> AnyCache:
+    """Make a cache the process-wide default, seen by every thread that activated none.
+
+    :func:`cache` is per context: threads started by a thread pool begin with an
+    empty context and use the default, not the cache their creator activated.
+    """
+    global _default
+    c = resolve(spec, **options)
+    with _default_lock:
+        _default = c
+    return c
+
+
+def reset_default() -> None:
+    """Forget the resolved default (after changing directory, config files or FLECHE_CACHE)."""
+    global _default
+    with _default_lock:
+        _default = None
+
+
+def active_cache() -> AnyCache:
+    """The cache a decorated function uses right now."""
+    return _ACTIVE.get() or default_cache()
+
+
+class _Activation:
+    """Returned by :func:`cache` and :func:`tags`: already in force; a ``with`` block undoes it on exit."""
+
+    def __init__(self, var: ContextVar[Any], value: Any) -> None:
+        self._var = var
+        self.value = value
+        self._token: Token[Any] = var.set(value)
+
+    def __enter__(self) -> Any:
+        return self.value
+
+    def __exit__(self, *exc: object) -> None:
+        self._var.reset(self._token)
+
+
+def cache(spec: CacheLike, **options: Any) -> _Activation:
+    """Make a cache active: ``cache("team")`` for the rest of this context, or ``with cache(url):`` for a block.
+
+    ``spec`` is a name from fleche.toml, a path or fsspec URL, a Store or a Cache;
+    ``options`` (compression_level, inline_limit, serializer, read_only, durable)
+    apply when a URL is opened here.  A list makes a layered cache, nearest
+    layer first: ``cache(["~/.cache/fleche", "s3://team/cache"], write="first")``;
+    its entries are any of the above or a dict of per-cache options with a url.
+    """
+    return _Activation(_ACTIVE, resolve(spec, **options))
+
+
+def tags(**kw: Any) -> _Activation:
+    """Add tags to the metadata of every call stored in this context (nested blocks merge)."""
+    for k, v in kw.items():
+        if not isinstance(v, (str, int, float, bool, type(None))):
+            raise TypeError(
+                f"tags({k}=...) got a {type(v).__name__}; tag values must be str, int, float, bool or None"
+            )
+    return _Activation(TAGS, {**TAGS.get(), **kw})
+
+
+def project(name: str) -> _Activation:
+    """Tag the calls stored in this context with a project: ``tags(project=name)``, read aloud.
+
+    ``with project("paper"):`` for a block, or ``project("paper")`` for the rest
+    of the context; an inner ``project`` (or ``tags(project=...)``) wins, other
+    tags carry on.  Find them again with ``f.query(metadata={"tags": {"project": name}})``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"project() takes a name (str), got {type(name).__name__} {name!r}")
+    return tags(project=name)

@@ -1,0 +1,188 @@
+"""``fleche.toml``: which files apply, and what each may say.
+
+Files are found from the working directory upward (a file with ``root =
+true`` stops the search), then ``$XDG_CONFIG_HOME/fleche/fleche.toml``.
+:func:`read_file` parses one and checks every key and type, so a mistake is
+reported with its file and key before any cache is opened. Opening the caches
+they name is :mod:`fleche.config._caches`'s.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fleche.cache import WRITE_MODES
+from fleche.errors import ConfigError
+from fleche.records import METADATA_GROUPS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+CONFIG_NAME = "fleche.toml"
+# key -> (expected type(s), description for error messages)
+CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "url": (str, "a path or fsspec URL"),
+    "compression_level": (int, "an int in 0..22"),
+    "inline_limit": (int, "an int >= 0 (bytes)"),
+    "durable": (bool, "true or false"),
+    "read_only": (bool, "true or false"),
+    "serializer": (str, "'pickle', 'cloudpickle' or 'dill'"),
+    "storage_options": (dict, "a table of fsspec options"),
+    "metadata": ((list, bool), "a list of metadata groups, or true (all) / false (created only)"),
+    "index": ((bool, str), "true, false, sqlite:///PATH or a database URL (docs/catalog.md)"),
+    "safe": (bool, "true or false (true: never store or load pickles)"),
+    "secret_key_file": (str, "the path of a file holding the secret key(s), one per line"),
+}
+# A layered cache's own keys; each of its layers takes CACHE_KEYS.
+LAYERED_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "layers": (list, "an array of tables: one [[caches.NAME.layers]] per layer, nearest first"),
+    "write": (str, "'first' or 'through'"),
+    "retry_after": ((int, float), "seconds (a number >= 0)"),
+    "metadata": ((list, bool), "a list of metadata groups, or true (all) / false (created only)"),
+}
+TOP_KEYS = {"root", "default", "caches"}
+# What a call record's metadata may hold besides ``created`` (see fleche.records._metadata); a
+# cache's ``metadata`` key picks some, kept on the cache object as ``metadata_groups``.
+
+
+def metadata_groups(value: bool | Sequence[str], where: str) -> frozenset[str]:
+    """A cache's ``metadata`` choice as a set of groups; ConfigError naming unknown ones."""
+    if value is True or value is False:
+        return frozenset(METADATA_GROUPS) if value else frozenset()
+    if isinstance(value, str) or not all(isinstance(g, str) for g in value):
+        raise ConfigError(f"{where} metadata = {value!r}: expected a list of group names")
+    unknown = sorted(set(value) - set(METADATA_GROUPS))
+    if unknown:
+        raise ConfigError(
+            f"{where} metadata = {value!r}: unknown group(s) {unknown}; "
+            f"choose from {list(METADATA_GROUPS)}"
+        )
+    return frozenset(value)
+
+
+def _check_types(
+    table: Mapping[str, Any],
+    keys: Mapping[str, tuple[type | tuple[type, ...], str]],
+    where: str,
+    section: str,
+    hint: str = "",
+) -> None:
+    """Every key known and of the expected type; errors say ``where: ... in section``."""
+    for key, value in table.items():
+        if key not in keys:
+            raise ConfigError(
+                f"{where}unknown key {key!r} in {section}; valid keys: {sorted(keys)}{hint}"
+            )
+        want, desc = keys[key]
+        bool_ok = want is bool or (isinstance(want, tuple) and bool in want)
+        if not isinstance(value, want) or (not bool_ok and isinstance(value, bool)):
+            raise ConfigError(f"{where}{section} {key} = {value!r}: expected {desc}")
+
+
+def _check_single(table: Any, where: str, section: str) -> dict[str, Any]:
+    """The options of one single-store cache (a named cache or one layer)."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{where}{section} must be a table, got {type(table).__name__}")
+    hint = ""
+    if any(k in LAYERED_KEYS for k in table):
+        hint = "; 'layers', 'write' and 'retry_after' belong to a layered cache's own table"
+    if "secret_key" in table:
+        raise ConfigError(
+            f"{where}{section} secret_key: a key written in fleche.toml is one commit away "
+            "from being public; put it in a file named by secret_key_file, or in the "
+            "FLECHE_SECRET_KEY environment variable"
+        )
+    _check_types(table, CACHE_KEYS, where, section, hint)
+    if "metadata" in table:
+        metadata_groups(table["metadata"], f"{where}{section}")
+    if "url" not in table:
+        raise ConfigError(f"{where}{section} needs a url (a path or fsspec URL)")
+    return dict(table)
+
+
+def _check_layered(name: str, table: Mapping[str, Any], where: str) -> dict[str, Any]:
+    section = f"[caches.{name}]"
+    hint = f" (per-layer keys such as url go in each [[caches.{name}.layers]] table)"
+    _check_types(table, LAYERED_KEYS, where, f"{section} (a layered cache)", hint)
+    layers = table["layers"]
+    if not layers:
+        raise ConfigError(
+            f"{where}{section} layers is empty: add one [[caches.{name}.layers]] table per layer"
+        )
+    if table.get("write", "first") not in WRITE_MODES:
+        raise ConfigError(
+            f"{where}{section} write = {table['write']!r}: expected 'first' or 'through'"
+        )
+    if table.get("retry_after", 0) < 0:
+        raise ConfigError(
+            f"{where}{section} retry_after = {table['retry_after']!r}: expected seconds (a number >= 0)"
+        )
+    if "metadata" in table:
+        metadata_groups(table["metadata"], f"{where}{section}")
+    checked = [
+        _check_single(layer, where, f"[[caches.{name}.layers]] number {i}")
+        for i, layer in enumerate(layers, 1)
+    ]
+    if any("metadata" in layer for layer in checked):  # one record goes to every layer
+        raise ConfigError(
+            f"{where}[[caches.{name}.layers]]: metadata belongs to the layered cache's own "
+            f"table [caches.{name}], not to a layer"
+        )
+    return {**table, "layers": checked}
+
+
+def _check_cache(name: str, table: Any, path: Path) -> dict[str, Any]:
+    if isinstance(table, Mapping) and "layers" in table:
+        return _check_layered(name, table, f"{path}: ")
+    return _check_single(table, f"{path}: ", f"[caches.{name}]")
+
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Parse and validate one fleche.toml; errors name the file and the key."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: it is not UTF-8 text ({e})") from e
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e}") from e
+    for key in data:
+        if key not in TOP_KEYS:
+            raise ConfigError(
+                f"{path}: unknown top-level key {key!r}; valid keys: {sorted(TOP_KEYS)}"
+            )
+    if not isinstance(data.get("root", False), bool):
+        raise ConfigError(f"{path}: root = {data['root']!r}: expected true or false")
+    if "default" in data and not isinstance(data["default"], str):
+        raise ConfigError(f"{path}: default = {data['default']!r}: expected a cache name")
+    caches = data.get("caches", {})
+    if not isinstance(caches, Mapping):
+        raise ConfigError(f"{path}: caches must be a table of [caches.NAME] tables")
+    data["caches"] = {n: _check_cache(n, t, path) for n, t in caches.items()}
+    return data
+
+
+def _discover(start: Path | None) -> list[tuple[Path, dict[str, Any]]]:
+    """Parsed fleche.toml files that apply, nearest first: upward to a ``root = true``, then the user's."""
+    found: list[tuple[Path, dict[str, Any]]] = []
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        p = d / CONFIG_NAME
+        if p.is_file():
+            data = read_file(p)
+            found.append((p, data))
+            if data.get("root"):
+                return found
+    xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    user = Path(xdg) / "fleche" / CONFIG_NAME
+    if user.is_file() and all(user != p for p, _ in found):
+        found.append((user, read_file(user)))
+    return found

@@ -1,0 +1,16 @@
+"""``@fleche``: a function whose results are kept in the active cache.
+
+The decorator layer, above config and query: it keys a call (its identity and
+arguments through :mod:`fleche.digest`), asks the active cache (:mod:`fleche.config`)
+for the record, and on a miss computes, stores and returns. ``parallel``, ``upkeep``
+and the CLI sit above it.
+
+Inside: ``_fleche`` (the decorator and :class:`CachedFunction`), ``_identity`` (who a
+function is), ``_results`` (reading and writing its calls, failing open) and
+``_compute`` (computing a miss once per process).
+"""
+
+from fleche.decorator._fleche import REFRESHING, CachedFunction, fleche
+from fleche.decorator._identity import function_id
+
+__all__ = ["REFRESHING", "CachedFunction", "fleche", "function_id"]

@@ -1,0 +1,417 @@
+"""``@fleche``: cache a function's results in the active cache.
+
+The hot path of a hit is: bind arguments, digest them, read one record, decode
+the inline result.  Everything that can be computed once per function (its
+identity, signature, key prefix) is computed at decoration time.
+
+Faults fail open: a store that cannot be read or written, a corrupt object or
+a result that cannot be serialized never costs the caller their result; they
+get it, and one :class:`~fleche.errors.FlecheWarning` says what went wrong.
+
+The machinery is in the family: :mod:`fleche.decorator._identity` names a
+function, :mod:`fleche.decorator._results` reads and writes its calls (failing
+open), :mod:`fleche.decorator._compute` computes a miss once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import threading
+import time
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+from fleche.cache import LeasePolicy, compute_once, policy_of
+from fleche.config import AnyCache, active_cache
+from fleche.decorator._compute import Computing, _Flight
+from fleche.decorator._identity import _find, _scope, function_id
+from fleche.decorator._results import _DOWN
+from fleche.digest import code_digest
+from fleche.errors import CacheMiss
+from fleche.query import QueryResult, for_function
+from fleche.records import NO_VERSION, Binder, Call, KeyMaker, metadata_choice, plain
+
+__all__ = ["CachedCallable", "CachedFunction", "fleche", "function_id"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
+
+
+class CachedCallable(Protocol[P, R_co]):
+    """What ``@fleche`` returns: the function (same signature), plus its cache helpers."""
+
+    __fleche__: CachedFunction
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def rerun(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+    def digest(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
+    def contains(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+    def load(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call: ...
+    def evict(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
+    def query(
+        self, *args: Any, metadata: dict[str, Any] | None = None, **kwargs: Any
+    ) -> QueryResult: ...
+    @overload
+    def __get__(self, instance: None, owner: type[Any], /) -> CachedCallable[P, R_co]: ...
+    @overload
+    def __get__(
+        self, instance: object, owner: type[Any] | None = None, /
+    ) -> Callable[..., R_co]: ...
+
+
+# Set while f.rerun(...) runs, so nested cached calls recompute too.
+REFRESHING: ContextVar[bool] = ContextVar("fleche_refresh", default=False)
+
+
+def _names(x: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
+    if x is None:
+        return ()
+    if isinstance(x, str):
+        return (x,)
+    out = tuple(x)
+    if not all(isinstance(n, str) for n in out):
+        raise TypeError(f"{what}= takes a parameter name or a list of names, got {x!r}")
+    return out
+
+
+def _cached_function(module: str, qualname: str) -> CachedFunction:
+    """Unpickling a CachedFunction by reference: the one behind ``module.qualname``."""
+    importlib.import_module(module)
+    cf = getattr(_find(module, qualname), "__fleche__", None)
+    if not isinstance(cf, CachedFunction):
+        raise AttributeError(f"{module}.{qualname} is not a @fleche function here")
+    return cf
+
+
+class CachedFunction(Computing):
+    """Everything ``@fleche`` knows about one function; its wrapper delegates here."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        *,
+        version: Any,
+        hash_version: bool,
+        hash_module: bool,
+        hash_code: bool,
+        require: tuple[str, ...],
+        ignore: tuple[str, ...],
+        isolate: bool,
+        metadata: bool | Iterable[str] | None = None,
+        single_flight: LeasePolicy | None = None,
+        mmap: bool = False,
+    ) -> None:
+        self.func = func
+        # hits return raw-stored arrays as read-only memory maps of a local store's files
+        self.mmap = mmap
+        # compute once across processes: a lease in the store (fleche.cache._lease); None: off
+        self.single_flight = single_flight
+        self.module = getattr(func, "__module__", None) or "__main__"
+        if self.module == "__mp_main__":  # the main script, re-imported by a spawned worker
+            self.module = "__main__"  # keys must match the parent's, or nothing is shared
+        self.qualname = getattr(func, "__qualname__", None) or func.__name__
+        self.identity = f"{self.module}:{self.qualname}" if hash_module else self.qualname
+        self.function_id = function_id(self.identity)
+        self.version = version
+        self.hash_version = hash_version
+        # metadata groups to record; None: the cache's choice (its metadata_groups), else all
+        self.metadata = metadata_choice(metadata, f"@fleche({self.qualname}, metadata)")
+        self.binder = Binder(func, ignore)
+        missing = set(require) - set(self.binder.names)
+        if missing:
+            raise ValueError(
+                f"require={sorted(missing)!r} names no parameter of {self.qualname}; "
+                f"its parameters are {self.binder.names}"
+            )
+        self.require = require
+        self.isolate = isolate
+        self.code = code_digest(func) if hash_code else None
+        # Lambdas of one scope share a name, as do the closures one factory returns: what
+        # tells them apart (their code, their free variables) goes into their keys.
+        scope = _scope(func, self.qualname)
+        self.keys = KeyMaker(
+            f"{self.identity}#{scope}" if scope else self.identity,
+            version if hash_version else NO_VERSION,
+            self.code,
+        )
+        self._record_head = {
+            "fleche": 1,
+            "function": self.function_id,
+            "module": self.module,
+            "qualname": self.qualname,
+            "version": plain(version),
+            "code": self.code,
+        }
+        self._flights: dict[tuple[int, str], _Flight] = {}
+        self._flights_lock = threading.Lock()
+        self._warned: set[str] = set()
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # By reference when the module's attribute is our wrapper (f.rerun sent to a worker);
+        # else by value, e.g. cloudpickle sending a function of __main__ or of a notebook.
+        # Never for __main__: a worker's __main__ is not necessarily our script.
+        if self.module != "__main__" and (
+            getattr(_find(self.module, self.qualname), "__fleche__", None) is self
+        ):
+            return _cached_function, (self.module, self.qualname)
+        return super().__reduce_ex__(protocol)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # this process's flights (and their lock) stay here
+        state = self.__dict__.copy()
+        del state["_flights"], state["_flights_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._flights = {}
+        self._flights_lock = threading.Lock()
+
+    # -- keys ----------------------------------------------------------------------------
+
+    def key(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[str, list[tuple[str, Any]], list[bytes]]:
+        items = self.binder.bind(args, kwargs)
+        key, digests = self.keys.key(items)
+        return key, items, digests
+
+    def uncacheable(self, items: list[tuple[str, Any]]) -> bool:
+        """True (after one warning) when a ``require``-d argument is missing or None."""
+        if not self.require:
+            return False
+        given = {n for n, v in items if v is not None}
+        missing = [n for n in self.require if n not in given]
+        if missing:
+            self.warn_once("require", f"not cached: required argument(s) {missing} not given")
+        return bool(missing)
+
+    def _unopened(self, error: OSError) -> None:
+        # The default cache (FLECHE_CACHE, fleche.toml) is opened by the first call: a store
+        # that cannot be reached or read then must not cost the caller their result.
+        self.warn_once("open", f"cannot open the cache ({error}); computing uncached")
+
+    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            cache = active_cache()
+        except OSError as e:
+            self._unopened(e)
+            return self._run(args, kwargs, "uncached")
+        key, items, digests = self.key(args, kwargs)
+        if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
+            return self._run(args, kwargs, key)
+        if not REFRESHING.get():
+            hit, value = self.lookup(cache, key)
+            if hit:
+                return value
+            if self.single_flight is not None:
+                policy = self.single_flight
+                return compute_once(self, cache, args, kwargs, key, items, digests, policy)
+        return self.compute(cache, args, kwargs, key, items, digests)
+
+    async def acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        try:
+            cache = active_cache()
+        except OSError as e:
+            self._unopened(e)
+            return await self.func(*args, **kwargs)
+        key, items, digests = self.key(args, kwargs)
+        if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
+            return await self.func(*args, **kwargs)
+        if not REFRESHING.get():
+            hit, value = self.lookup(cache, key)
+            if hit:
+                return value
+        started = time.time()
+        t0 = time.perf_counter()
+        result = await self.func(*args, **kwargs)
+        self.store(cache, key, items, digests, result, started, time.perf_counter() - t0)
+        return result
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def rerun(self, *args: Any, **kwargs: Any) -> Any:
+        """Recompute and replace the cached result (nested cached calls recompute too)."""
+        token = REFRESHING.set(True)
+        try:
+            return self(args, kwargs)
+        finally:
+            REFRESHING.reset(token)
+
+    async def arerun(self, *args: Any, **kwargs: Any) -> Any:
+        """Recompute and replace the cached result (nested cached calls recompute too)."""
+        token = REFRESHING.set(True)
+        try:
+            return await self.acall(args, kwargs)
+        finally:
+            REFRESHING.reset(token)
+
+    def digest(self, *args: Any, **kwargs: Any) -> str:
+        return self.key(args, kwargs)[0]
+
+    def contains(self, *args: Any, **kwargs: Any) -> bool:
+        return active_cache().has_record(self.function_id, self.digest(*args, **kwargs))
+
+    def _record_or_miss(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[AnyCache, dict[str, Any]]:
+        cache = active_cache()
+        key = self.digest(*args, **kwargs)
+        rec = cache.get_record(self.function_id, key)
+        if rec is None:
+            raise CacheMiss(
+                f"{self.qualname}: call {key} is not in cache {cache.url}; "
+                "call the function to compute it"
+            )
+        return cache, rec
+
+    def load(self, *args: Any, **kwargs: Any) -> Any:
+        """The stored result (CacheMiss if none); ``mmap=True`` maps raw-stored arrays read-only.
+
+        ``mmap=`` is the function's own argument when it has a parameter of that name.
+        """
+        mmap = self.mmap
+        if "mmap" in kwargs and "mmap" not in self.binder.names:
+            mmap = bool(kwargs.pop("mmap"))
+        cache, rec = self._record_or_miss(args, kwargs)
+        ref = rec["result"]
+        return cache.load_value(ref, mmap=True) if mmap else cache.load_value(ref)
+
+    def call(self, *args: Any, **kwargs: Any) -> Call:
+        cache, rec = self._record_or_miss(args, kwargs)
+        return Call.from_record(rec, cache.load_value)
+
+    def evict(self, *args: Any, **kwargs: Any) -> None:
+        active_cache().delete_record(self.function_id, self.digest(*args, **kwargs))
+
+    def query(
+        self, *args: Any, metadata: dict[str, Any] | None = None, **kwargs: Any
+    ) -> QueryResult:
+        """The stored calls of this version of the function whose arguments and metadata match.
+
+        Arguments bind like a call; None or an absent argument matches anything;
+        ``fleche.Q`` builds conditions (``Q.gt(3)``, ``Q.in_([...])``).
+        """
+        # the calls a call of this function can hit: its version, when the key has it
+        mine = {"version": self.version} if self.hash_version else {}
+        return for_function(
+            self.binder, self.function_id, self.qualname, args, kwargs, metadata, **mine
+        )
+
+
+@overload
+def fleche(func: Callable[P, R], /) -> CachedCallable[P, R]: ...
+@overload
+def fleche(
+    func: None = None,
+    /,
+    *,
+    version: Any = None,
+    hash_version: bool = True,
+    hash_module: bool = True,
+    hash_code: bool = False,
+    require: str | Iterable[str] | None = None,
+    ignore: str | Iterable[str] | None = None,
+    isolate: bool = False,
+    metadata: bool | Iterable[str] | None = None,
+    single_flight: bool | LeasePolicy = False,
+    mmap: bool = False,
+) -> Callable[[Callable[P, R]], CachedCallable[P, R]]: ...
+
+
+def fleche(
+    func: Callable[..., Any] | None = None,
+    /,
+    *,
+    version: Any = None,
+    hash_version: bool = True,
+    hash_module: bool = True,
+    hash_code: bool = False,
+    require: str | Iterable[str] | None = None,
+    ignore: str | Iterable[str] | None = None,
+    isolate: bool = False,
+    metadata: bool | Iterable[str] | None = None,
+    single_flight: bool | LeasePolicy = False,
+    mmap: bool = False,
+) -> Any:
+    """Cache a function's results in the active cache (see :func:`fleche.cache`).
+
+    ``version`` is part of the key (when ``hash_version``): bump it when the
+    function's meaning changes.  ``hash_module`` keys by module as well as
+    name; ``hash_code`` adds a digest of the function's source (comments and
+    whitespace excluded).  ``ignore`` names arguments left out of the key;
+    ``require`` names arguments that must be given (not None) for a call to be
+    cached.  ``isolate`` runs each computation in a fresh temporary working
+    directory (process-wide: isolated calls in threads take turns).
+    ``metadata`` picks what records keep besides ``created``: a list of
+    groups (``runtime``, ``environment``, ``git``, ``tags``), True for all or
+    False for none; by default the cache's ``metadata`` setting, else all.
+    ``mmap=True`` returns arrays stored raw in a local store as read-only
+    memory maps (any size in well under a millisecond; see ``docs/values.md``).
+    ``single_flight`` computes a call once across processes sharing the
+    store: the first to miss takes a lease, the others wait for its record
+    (True, or a :class:`fleche.cache._lease.LeasePolicy`; see ``docs/parallel.md``).
+
+    The wrapper gains ``.digest``, ``.contains``, ``.load``, ``.call``,
+    ``.query``, ``.rerun`` and ``.evict``, taking the function's arguments.
+    """
+
+    def decorate(f: Callable[..., Any]) -> Any:
+        rewrap: Callable[[Any], Any] | None = None
+        if isinstance(f, (staticmethod, classmethod)):
+            rewrap, f = type(f), f.__func__
+        if not callable(f):
+            raise TypeError(f"@fleche decorates functions, not {type(f).__name__} objects")
+        cf = CachedFunction(
+            f,
+            version=version,
+            hash_version=hash_version,
+            hash_module=hash_module,
+            hash_code=hash_code,
+            require=_names(require, "require"),
+            ignore=_names(ignore, "ignore"),
+            isolate=isolate,
+            metadata=metadata,
+            single_flight=policy_of(single_flight),
+            mmap=mmap,
+        )
+        if inspect.iscoroutinefunction(f):
+            if cf.single_flight is not None:
+                raise ValueError(
+                    f"single_flight=True cannot be used with async def {f.__qualname__}: "
+                    "waiting for another process would block the event loop"
+                )
+            if isolate:
+                raise ValueError(
+                    f"isolate=True cannot be used with async def {f.__qualname__}: the working "
+                    "directory is process-wide and other tasks run while it awaits"
+                )
+
+            @functools.wraps(f)
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return await cf.acall(args, kwargs)
+
+            wrapper.rerun = cf.arerun  # type: ignore[attr-defined]
+        else:
+
+            @functools.wraps(f)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                return cf(args, kwargs)
+
+            wrapper.rerun = cf.rerun  # type: ignore[attr-defined]
+        # Helpers are bound methods of cf, so a wrapper pickles (by value too: cloudpickle
+        # sends functions of __main__ that way to Dask and executorlib workers).
+        for helper in ("digest", "contains", "load", "call", "query", "evict"):
+            setattr(wrapper, helper, getattr(cf, helper))
+        wrapper.__fleche__ = cf  # type: ignore[attr-defined]
+        return rewrap(wrapper) if rewrap else wrapper
+
+    if func is not None:
+        return decorate(func)
+    return decorate

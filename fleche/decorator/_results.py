@@ -1,0 +1,200 @@
+"""Reading and writing a cached function's calls, failing open: :class:`ResultIO`.
+
+A hit is one record read and its result decoded (:meth:`ResultIO.lookup`); a
+miss's result is written value first, then the record that points at it
+(:meth:`ResultIO.store`). A store that cannot be read or written, a corrupt
+object or a result that cannot be serialized never costs the caller their
+result: one :class:`~fleche.errors.FlecheWarning` per function and kind of
+fault says what went wrong, and a cache whose reads failed is skipped for
+:data:`~fleche.cache._layers.RETRY_AFTER` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from typing import Any
+
+from fleche.cache import RETRY_AFTER, type_name
+from fleche.config import AnyCache
+from fleche.errors import (
+    CacheMiss,
+    CorruptObjectError,
+    FlecheError,
+    FlecheWarning,
+    SerializationError,
+)
+from fleche.records import ALL_METADATA, collect_metadata, is_clear
+
+# Hits, misses and stores at DEBUG: logging.getLogger("fleche").setLevel("DEBUG"). On the hit
+# path, the isEnabledFor check costs 30-70 ns of a ~5 µs hit when logging is off (docs/usage.md).
+# The logger keeps the name docs/usage.md gives it: "fleche.decorator", where @fleche lives.
+_log = logging.getLogger("fleche.decorator")
+_DEBUG = logging.DEBUG
+
+# Caches whose reads failed (a server down, a refused read): id -> (time.monotonic() until
+# which they are skipped, the cache). Every call then does not wait for the client's retries
+# again (an S3 client takes ~6 s to give up on one request) before computing. By object, not
+# by URL: private memory stores all have the URL memory://.
+_DOWN: dict[int, tuple[float, Any]] = {}
+
+
+def _down(cache: Any) -> bool:
+    entry = _DOWN.get(id(cache))
+    if entry is None or entry[1] is not cache:
+        return False
+    if time.monotonic() < entry[0]:
+        return True
+    _DOWN.pop(id(cache), None)  # time to try it again
+    return False
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` can be stored in clear (UTF-8): not with lone surrogates ("a\\udcff")."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class ResultIO:
+    """The cache reads and writes of :class:`fleche.decorator.CachedFunction`, which sets these:"""
+
+    function_id: str
+    qualname: str
+    module: str
+    mmap: bool
+    metadata: frozenset[str] | None
+    _record_head: dict[str, Any]
+    _warned: set[str]
+
+    # -- warnings ------------------------------------------------------------------------
+
+    def warn_once(self, kind: str, message: str) -> None:
+        """One warning per function and kind of fault: a loop of failures says it once."""
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(f"fleche: {self.qualname}: {message}", FlecheWarning, stacklevel=4)
+
+    # -- lookups (fail open) -------------------------------------------------------------
+
+    def lookup(self, cache: AnyCache, key: str) -> tuple[bool, Any]:
+        """(True, result) on a hit; (False, None) on a miss or any fault reading the cache."""
+        try:
+            rec = cache.get_record(self.function_id, key, lazy=True)
+            if rec is None:
+                if _log.isEnabledFor(_DEBUG):
+                    _log.debug("miss %s %s in %s", self.function_id, key, cache.url)
+                return False, None
+            ref = rec["result"]
+            value = cache.load_value(ref, mmap=True) if self.mmap else cache.load_value(ref)
+            if _log.isEnabledFor(_DEBUG):
+                _log.debug("hit %s %s in %s", self.function_id, key, cache.url)
+            return True, value
+        except CacheMiss:
+            self.warn_once(
+                "dangling", f"the record of call {key} points at a missing object; recomputing"
+            )
+        except (CorruptObjectError, SerializationError) as e:
+            self.warn_once("unreadable", f"{e}; recomputing")
+        except OSError as e:
+            # one warning per store fault, read or write: a server that is down says it once
+            _DOWN[id(cache)] = (time.monotonic() + RETRY_AFTER, cache)
+            self.warn_once(
+                f"io:{cache.url}",
+                f"cannot read {cache.url} ({e}); recomputing, without it for {RETRY_AFTER:g} s",
+            )
+        return False, None
+
+    def skipped(self, cache: AnyCache) -> bool:
+        """True (after one warning) while the cache is skipped: it failed a read moments ago."""
+        if not _DOWN or not _down(cache):
+            return False
+        self.warn_once(f"io:{cache.url}", f"{cache.url} failed moments ago; computing uncached")
+        return True
+
+    # -- storing -------------------------------------------------------------------------
+
+    def record(
+        self,
+        cache: AnyCache,
+        key: str,
+        items: list[tuple[str, Any]],
+        digests: list[bytes],
+        result_ref: dict[str, Any],
+        started: float,
+        duration: float,
+        cpu: float | None = None,
+    ) -> dict[str, Any]:
+        arguments: dict[str, Any] = {}
+        for (name, value), d in zip(items, digests, strict=True):
+            if is_clear(value) and (type(value) is not str or _utf8(value)):
+                arguments[name] = value
+                continue
+            try:
+                ref = cache.put_value(value)
+            except SerializationError:
+                ref = {"type": type_name(value)}  # the key is still exact; the value is not kept
+            ref["digest"] = d.hex()
+            arguments[name] = ref
+        rec = self._record_head.copy()  # the fields that are the same for every call
+        rec["digest"] = key
+        rec["arguments"] = arguments
+        rec["result"] = result_ref
+        chosen = self.metadata
+        if chosen is None:
+            chosen = getattr(cache, "metadata_groups", ALL_METADATA)
+        rec["metadata"] = collect_metadata(started, duration, cpu, chosen, self.module)
+        return rec
+
+    def store(
+        self,
+        cache: AnyCache,
+        key: str,
+        items: list[tuple[str, Any]],
+        digests: list[bytes],
+        result: Any,
+        started: float,
+        duration: float,
+        cpu: float | None = None,
+    ) -> None:
+        """Write the value, then the record that points at it; warn (never raise) on faults."""
+        debug = _log.isEnabledFor(_DEBUG)
+        if cache.read_only or (_DOWN and _down(cache)):
+            if debug:
+                _log.debug(
+                    "not stored %s %s: %s is read-only or down", self.function_id, key, cache.url
+                )
+            return
+        try:
+            t0 = time.perf_counter() if debug else 0.0
+            ref = cache.put_value(result)
+            rec = self.record(cache, key, items, digests, ref, started, duration, cpu)
+            cache.put_record(self.function_id, key, rec)
+            if debug:
+                from fleche.render import format_duration, format_size
+
+                inline = ref.get("inline")
+                where = "inline" if inline is not None else f"as object {ref.get('oid')}"
+                size = len(inline) if inline is not None else ref.get("size")
+                _log.debug(
+                    "stored %s %s in %s: %s %s %s; computed in %s, stored in %s",
+                    self.function_id,
+                    key,
+                    cache.url,
+                    ref.get("type"),
+                    format_size(size),
+                    where,
+                    format_duration(duration),
+                    format_duration(time.perf_counter() - t0),
+                )
+        except SerializationError as e:
+            self.warn_once(f"serialize:{type(result).__qualname__}", f"{e}; returned uncached")
+        except (OSError, FlecheError) as e:
+            self.warn_once(
+                f"io:{cache.url}", f"cannot write to {cache.url} ({e}); returned uncached"
+            )

@@ -1,0 +1,26 @@
+"""Canonical, type-aware XXH3-128 digests: the keys fleche files results under.
+
+The digest layer, at the bottom with the store: it imports nothing of fleche but
+:mod:`fleche.errors`.  :func:`digest` is the public API (``fleche.digest.digest(x)``),
+:func:`register` adds a rule for a type of yours; ``docs/digests.md`` is the contract.
+
+Inside: ``_core`` (the stream, containers, dispatch, registry), ``_scalars`` (the
+builtin leaves), ``_types`` (which rule a type gets) and one module per family of
+rules (``_stdlib``, ``_code``, ``_numpy``, ``_pandas``, ``_standin``).
+"""
+
+from fleche.digest._code import code_digest
+from fleche.digest._core import _Encoder, digest, digest_bytes, install_rules, register, unregister
+
+
+def _find_encoder(t: type) -> _Encoder:
+    # the rules are imported on the first type beyond the core builtins, so that
+    # ``import fleche.digest`` stays cheap and never imports numpy or pandas
+    from fleche.digest._types import find_encoder
+
+    return find_encoder(t)
+
+
+install_rules(_find_encoder)
+
+__all__ = ["code_digest", "digest", "digest_bytes", "register", "unregister"]

@@ -1,0 +1,237 @@
+"""Digest rules for code: functions, methods, builtins, classes and modules, and
+:func:`code_digest_bytes`, the digest of a function's normalised source.
+
+Named functions and classes are digested by module and qualified name; lambdas and
+local functions, whose names do not identify them, by their code, defaults and
+captured variables as well.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from collections.abc import Callable
+from typing import Any
+
+from fleche.digest._core import (
+    _active,
+    _encode,
+    _Encoder,
+    _labelled,
+    _qualname,
+    _Stream,
+    digest_bytes,
+)
+from fleche.digest._scalars import _PACK_TAG_LEN, _enc_str, _str_bytes
+from fleche.digest._standin import _standin_encoder
+
+# --------------------------------------------------------------------------- callables
+
+_FUNCTION = b"R" + _str_bytes("builtins.function")
+_METHOD = b"R" + _str_bytes("builtins.method")
+_TYPE = b"R" + _str_bytes("builtins.type")
+_EMPTY_CELL = ("fleche: empty closure cell",)
+
+
+def _enc_named_function(fn: Any, st: _Stream) -> None:
+    st += _FUNCTION
+    _encode((fn.__module__, fn.__qualname__), st)
+
+
+def _enc_function(fn: types.FunctionType, st: _Stream) -> None:
+    """By module + qualname.  Lambdas and local functions have names that do not
+    identify them, so their code, defaults and captured variables are digested too."""
+    qual = fn.__qualname__
+    if "<" not in qual:  # not '<lambda>' nor 'outer.<locals>.f'
+        _enc_named_function(fn, st)
+        return
+    active = _active(st)
+    st += _FUNCTION
+    if id(fn) in active:  # a local function that reaches itself through its closure
+        _encode((fn.__module__, qual, "<recursive>"), st)
+        return
+    active.add(id(fn))
+    # The 6-tuple (module, qualname, code digest, defaults, keyword defaults,
+    # ((name, captured value), ...)), written part by part to label errors.
+    st += _PACK_TAG_LEN(0x28, 6)
+    _encode(fn.__module__, st)
+    _enc_str(qual, st)
+    _encode(code_digest_bytes(fn), st)
+    _labelled(fn.__defaults__, ".__defaults__", st)
+    _labelled(fn.__kwdefaults__, ".__kwdefaults__", st)
+    names = fn.__code__.co_freevars
+    st += _PACK_TAG_LEN(0x28, len(names))
+    for name, cell in zip(names, fn.__closure__ or (), strict=True):
+        st += _PACK_TAG_LEN(0x28, 2)
+        _enc_str(name, st)
+        _labelled(_cell_value(cell), f".<captured {name}>", st)
+    active.discard(id(fn))
+
+
+def _cell_value(cell: Any) -> Any:
+    try:
+        return cell.cell_contents
+    except ValueError:  # a variable the function refers to but that is not bound yet
+        return _EMPTY_CELL
+
+
+def _enc_builtin(fn: Any, st: _Stream) -> None:
+    """C functions: by name; C methods bound to an object: that object + name."""
+    owner = getattr(fn, "__self__", None)
+    if owner is None or isinstance(owner, types.ModuleType):
+        module = getattr(fn, "__module__", None) or getattr(owner, "__name__", None)
+        st += _FUNCTION
+        _encode((module, fn.__qualname__), st)
+    else:
+        st += _METHOD
+        _labelled(owner, ".__self__", st)
+        _enc_str(fn.__qualname__, st)
+
+
+def _enc_method(m: types.MethodType, st: _Stream) -> None:
+    st += _METHOD
+    _labelled(m.__self__, ".__self__", st)
+    _encode(m.__func__, st)
+
+
+def _enc_descriptor(d: Any, st: _Stream) -> None:  # str.upper, dict.__getitem__
+    st += _FUNCTION
+    _encode((d.__objclass__.__module__, d.__qualname__), st)
+
+
+def _enc_type(t: type, st: _Stream) -> None:
+    st += _TYPE
+    _encode((t.__module__, t.__qualname__), st)
+
+
+def _callable_encoder(t: type) -> _Encoder | None:
+    if issubclass(t, type):
+        return _enc_type
+    simple: dict[type, _Encoder] = {
+        types.FunctionType: _enc_function,
+        types.BuiltinFunctionType: _enc_builtin,
+        types.MethodWrapperType: _enc_builtin,
+        types.MethodType: _enc_method,
+        types.MethodDescriptorType: _enc_descriptor,
+        types.WrapperDescriptorType: _enc_descriptor,
+        types.ClassMethodDescriptorType: _enc_descriptor,
+    }
+    if t in simple:
+        return simple[t]
+    if issubclass(t, types.ModuleType):  # by name, like functions
+        return _standin_encoder("builtins.module", lambda m: m.__name__)
+    functools = sys.modules.get("functools")
+    if functools is not None and issubclass(t, functools.partial):
+        tag = "functools.partial" if t is functools.partial else _qualname(t)
+        return _standin_encoder(tag, lambda p: (p.func, p.args, p.keywords), track=True)
+    return None
+
+
+# --------------------------------------------------------------------------- code digests
+
+_CODE_CACHE: dict[int, tuple[types.CodeType, bytes]] = {}
+
+
+def code_digest(func: Callable[..., Any]) -> str:
+    """Hex digest of a function's code, blind to comments, whitespace, docstrings
+    and decorators (see ``docs/digests.md``)."""
+    return code_digest_bytes(func).hex()
+
+
+def code_digest_bytes(func: Callable[..., Any]) -> bytes:
+    """Digest of a function's normalised source, cached per code object."""
+    import inspect  # here: inspect and ast cost milliseconds to import
+
+    func = inspect.unwrap(func)
+    func = getattr(func, "__func__", func)  # bound methods and classmethods
+    code = getattr(func, "__code__", None)
+    if not isinstance(code, types.CodeType):
+        raise TypeError(f"code_digest() needs a Python function, not {type(func).__name__}")
+    hit = _CODE_CACHE.get(id(code))
+    if hit is not None and hit[0] is code:  # the code object is held: its id is not reused
+        return hit[1]
+    tree = _source_key(func, code)
+    if tree is not None:
+        value: Any = ("fleche.code", "ast", tree)
+    else:
+        value = ("fleche.code", "bytecode", _code_object_key(code, func.__doc__))
+    d = digest_bytes(value, name="code")
+    if len(_CODE_CACHE) >= 4096:  # exec'd or generated code: do not grow without bound
+        _CODE_CACHE.clear()
+    _CODE_CACHE[id(code)] = (code, d)
+    return d
+
+
+def _source_key(func: Any, code: types.CodeType) -> Any:
+    """The function's syntax tree as nested tuples, or None when its source is not
+    available or cannot be told apart from its neighbours on the same lines."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        module = ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return None  # exec'd code, the REPL, or a lambda inside a multi-line expression
+    if code.co_name == "<lambda>":
+        # getsource returns whole lines: find the lambda among what they contain.
+        lambdas = [n for n in ast.walk(module) if isinstance(n, ast.Lambda)]
+        if len(lambdas) != 1:
+            return None  # several lambdas on those lines: picking one would be a guess
+        node: Any = lambdas[0]
+    else:
+        if not module.body or not isinstance(
+            module.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)
+        ):
+            return None
+        node = module.body[0]
+        node.decorator_list = []  # @fleche(version=...) must not change the code digest
+        node.name = ""  # the name is part of the function's identity, not of its code
+    for n in ast.walk(node):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body:
+            first = n.body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                n.body = n.body[1:]  # the docstring
+    return _ast_key(node)
+
+
+def _ast_key(node: Any) -> Any:
+    """Nested (node type, fields) tuples without positions.  Empty and None fields
+    are left out, so fields that new Python versions add (type_params...) do not
+    change digests while they are unused."""
+    import ast
+
+    if isinstance(node, ast.AST):
+        return (
+            type(node).__name__,
+            tuple(
+                (name, _ast_key(value))
+                for name, value in ast.iter_fields(node)
+                if value is not None and not (isinstance(value, list) and not value)
+            ),
+        )
+    if isinstance(node, list):
+        return [_ast_key(x) for x in node]
+    return node
+
+
+def _code_object_key(code: types.CodeType, doc: str | None = None) -> tuple[Any, ...]:
+    """Fallback when there is no source: bytecode and constants.  Stable across
+    processes and machines, not across Python minor versions (bytecode changes)."""
+    consts = code.co_consts
+    if doc is not None and consts and consts[0] == doc:
+        consts = (None, *consts[1:])  # what the slot holds when there is no docstring
+    return (
+        code.co_code,
+        tuple(_code_object_key(c) if isinstance(c, types.CodeType) else c for c in consts),
+        code.co_names,
+        code.co_varnames,
+        code.co_freevars,
+        code.co_argcount,
+        code.co_posonlyargcount,
+        code.co_kwonlyargcount,
+    )

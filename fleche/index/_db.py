@@ -1,0 +1,306 @@
+"""The connection under an index: the local SQLite file (stdlib ``sqlite3``), and the base class.
+
+An :class:`~fleche.index.Index` talks to its catalogue through a :class:`Db`:
+``read`` (one query), ``transaction`` (writes) and ``reset`` (drop and
+recreate). Two implementations: :class:`SqliteDb` here, with no dependency
+beyond the standard library, and ``index_sql.SqlAlchemyDb`` for any SQLAlchemy
+URL (PostgreSQL for a team).
+
+The SQLite file is a cache, so it is handled like one:
+
+- WAL mode, ``synchronous=NORMAL`` and a busy timeout: many processes read
+  while one writes, and a commit costs no fsync (a crash may lose the last
+  commits, which the index notices and redoes from the store's listing).
+- A file that is not a database, or is damaged, is moved aside and recreated
+  empty (:class:`CatalogReset` tells the index to refill it). Moving, not
+  deleting: another process may still have it open, and it notices that the
+  path now names another file (a different inode) and reopens.
+- Writes take the lock up front (``BEGIN IMMEDIATE``): a transaction that read
+  first and wrote second could fail with "database is locked" however long
+  the busy timeout.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any
+
+from fleche.errors import FlecheError
+from fleche.index._sqlgen import DROP, INDEXES, SCHEMA_VERSION, ddl
+
+__all__ = ["CatalogReset", "Db", "IndexFault", "SqliteDb", "Tx"]
+
+BUSY_TIMEOUT_MS = 30_000
+_INHERITED: list[sqlite3.Connection] = []  # a forked child's copies of its parent's connections
+
+
+class IndexFault(FlecheError):
+    """The index could not be read or written. The store (and every result in it) is unaffected."""
+
+
+class CatalogReset(IndexFault):
+    """The catalogue was found damaged or of another schema and was recreated empty.
+
+    ``reason`` says why; the index refills it from the store and warns once.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Tx(ABC):
+    """A write transaction: statements with ``:name`` parameters."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Run one statement; its rows (empty for writes)."""
+
+    @abstractmethod
+    def executemany(self, sql: str, rows: Sequence[dict[str, Any]]) -> None:
+        """Run one statement per row of parameters."""
+
+
+class Db(ABC):
+    """A catalogue's database connection; subclasses implement the four primitives."""
+
+    dialect: str = "sqlite"
+    location: str = ""
+    faults: tuple[type[BaseException], ...] = (IndexFault,)
+    """Exceptions meaning "the index failed" (never "the store failed")."""
+
+    @abstractmethod
+    def read(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        """Rows of one read-only statement."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[Tx]:
+        """A write transaction, committed when the block ends without an error."""
+
+    def reset(self, *, indexes: bool = True) -> None:
+        """Drop every table and create them anew (``rebuild``).
+
+        ``indexes=False`` leaves out the secondary indexes, for a bulk load:
+        :meth:`create_indexes` adds them afterwards.
+        """
+        with self.transaction() as tx:
+            for stmt in DROP:
+                tx.execute(stmt)
+        self.create(indexes=indexes)
+
+    def create(self, *, indexes: bool = True) -> None:
+        """Create the tables if missing; CatalogReset when the schema is another version."""
+        with self.transaction() as tx:
+            if self.dialect == "postgresql":
+                # concurrent CREATE TABLE IF NOT EXISTS can still collide in pg_type: one at a time
+                tx.execute("SELECT pg_advisory_xact_lock(7357617711)")
+            for stmt in ddl(self.dialect) + (INDEXES if indexes else []):
+                tx.execute(stmt)
+            rows = tx.execute("SELECT value FROM fleche_state WHERE name = 'schema'")
+            if not rows:
+                tx.execute(
+                    "INSERT INTO fleche_state (name, value) VALUES ('schema', :v)",
+                    {"v": str(SCHEMA_VERSION)},
+                )
+                return
+        if rows[0][0] != str(SCHEMA_VERSION):
+            found = rows[0][0]
+            self.reset()
+            raise CatalogReset(
+                f"it was written with catalogue schema {found}, this fleche uses {SCHEMA_VERSION}"
+            )
+
+    def create_indexes(self) -> None:
+        """Add the secondary indexes (after a bulk load), and planner statistics for them."""
+        with self.transaction() as tx:
+            for stmt in INDEXES:
+                tx.execute(stmt)
+
+    def size(self) -> int | None:
+        """Bytes the catalogue takes, when known."""
+        return None
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connections."""
+
+    @abstractmethod
+    def after_fork(self) -> None:
+        """In a forked child: forget what belongs to the parent (connections, held locks)."""
+
+
+def _is_corrupt(e: sqlite3.Error) -> bool:
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:  # Python >= 3.11: SQLITE_CORRUPT (11) or SQLITE_NOTADB (26), extended
+        return code & 0xFF in (11, 26)
+    text = str(e)
+    return "not a database" in text or "malformed" in text
+
+
+class _SqliteTx(Tx):
+    def __init__(self, con: sqlite3.Connection) -> None:
+        self.con = con
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        return self.con.execute(sql, params or {}).fetchall()
+
+    def executemany(self, sql: str, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self.con.executemany(sql, rows)
+
+
+class SqliteDb(Db):
+    """A catalogue in one SQLite file (or ``":memory:"``), through the standard library.
+
+    Thread-safe (one connection behind a lock) and fork-safe (a child opens its
+    own connection). Opening is lazy: building one costs nothing until used.
+    """
+
+    dialect = "sqlite"
+    faults = (IndexFault, sqlite3.Error, OSError)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.location = path
+        self._lock = threading.RLock()
+        self._con: sqlite3.Connection | None = None
+        self._pid = -1
+        self._ino: int | None = None
+
+    def __repr__(self) -> str:
+        return f"SqliteDb({self.path!r})"
+
+    # -- connection ----------------------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+        con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            if self.path != ":memory:":
+                con.execute("PRAGMA journal_mode = WAL")
+            # a cache of the store, rebuilt when damaged: never worth an fsync (which would
+            # also stall every file the store creates behind the journal commit)
+            con.execute("PRAGMA synchronous = OFF")
+            # 64 MiB of pages (the default is 2 MiB): a catalogue of a million calls is ~900 MB,
+            # and every write touches a few b-tree paths of it
+            con.execute("PRAGMA cache_size = -65536")
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _open(self) -> sqlite3.Connection:
+        """The connection, (re)opened after a fork, or when the file was replaced by another process."""
+        con = self._con
+        if con is not None and self._pid == os.getpid():
+            if self.path == ":memory:" or self._same_file():
+                return con
+            self._con = None  # another process moved a damaged file aside: follow it
+            con.close()
+        elif con is not None:  # inherited through fork: never use (nor close) the parent's
+            _INHERITED.append(con)
+            self._con = None
+        try:
+            self._adopt(self._connect())
+        except sqlite3.DatabaseError as e:
+            if not _is_corrupt(e):
+                raise
+            self._replace(f"it is not a readable SQLite database ({e})")
+            raise AssertionError("unreachable") from e  # _replace raises
+        assert self._con is not None
+        return self._con
+
+    def _adopt(self, con: sqlite3.Connection) -> None:
+        """Use ``con`` once its tables exist; a failure leaves no half-opened connection behind."""
+        self._con, self._pid = con, os.getpid()  # create() runs through it
+        self._ino = self._inode()
+        try:
+            self.create()
+        except BaseException:
+            self._con = None
+            con.close()
+            raise
+
+    def _inode(self) -> int | None:
+        try:
+            return os.stat(self.path).st_ino
+        except FileNotFoundError:
+            return None
+
+    def _same_file(self) -> bool:
+        return self._inode() == self._ino
+
+    def _replace(self, reason: str) -> None:
+        """Move the damaged file aside, start an empty catalogue, and raise CatalogReset."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+        if self.path != ":memory:":
+            stamp = time.strftime("%Y%m%dT%H%M%S")
+            for suffix in ("", "-wal", "-shm"):
+                try:
+                    os.replace(self.path + suffix, f"{self.path}.damaged-{stamp}{suffix}")
+                except FileNotFoundError:
+                    pass
+        self._adopt(self._connect())
+        raise CatalogReset(reason)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as e:
+            if _is_corrupt(e):
+                self._replace(f"it is damaged ({e})")
+            raise
+
+    # -- primitives ----------------------------------------------------------------------
+
+    def read(self, sql: str, params: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
+        with self._lock, self._guard():
+            return self._open().execute(sql, params or {}).fetchall()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Tx]:
+        with self._lock, self._guard():
+            con = self._open()
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                yield _SqliteTx(con)
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            con.execute("COMMIT")
+
+    def size(self) -> int | None:
+        if self.path == ":memory:":
+            return None
+        total = 0
+        for suffix in ("", "-wal"):
+            try:
+                total += os.stat(self.path + suffix).st_size
+            except FileNotFoundError:
+                pass
+        return total
+
+    def close(self) -> None:
+        with self._lock:
+            if self._con is not None and self._pid == os.getpid():
+                self._con.close()
+            self._con = None
+
+    def after_fork(self) -> None:
+        # Never close the parent's connection here (SQLite forbids using it across fork):
+        # keep a reference so the garbage collector does not close it either.
+        if self._con is not None:
+            _INHERITED.append(self._con)
+        self._con = None
+        self._lock = threading.RLock()

@@ -1,0 +1,178 @@
+"""How an index learns what its store holds: listings, directory stamps, record reads.
+
+The store is the truth and never says "something changed" (no mutable file
+in it), so the index asks:
+
+- **Local disk**: every record lives in ``calls/<function>/<fan>/``, and a
+  directory's mtime changes whenever a file in it is added, replaced or
+  removed, by any process, by ``rsync`` (which sets the source's mtime: a
+  different one) or by ``fleche sync``/``gc``. The index keeps each fan
+  directory's mtime as of its last look; before a query it stats the fans of
+  the functions asked about (~256 ``stat`` per function, well under a
+  millisecond) and rereads only the fans whose mtime moved. Within a fan,
+  the inode of each record file (free from ``scandir``) tells a replaced
+  record (a rerun: new file, renamed over) from one already indexed.
+  An mtime younger than :data:`SETTLE_NS` is not trusted: another write in the
+  same clock tick would leave it unchanged, so such a fan is looked at again.
+- **Other stores** (S3, SFTP, ``fleche+ssh``, memory): a listing is the only
+  way to know, and on S3 it costs a request per 1,000 records; it runs when a
+  query finds the last one older than the index's ``max_age``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fleche.store import HEX_DIGITS, LocalStore, MemoryStore, ObjectStore, is_function_id
+
+__all__ = [
+    "SETTLE_NS",
+    "RefreshReport",
+    "fan_listing",
+    "fan_mtimes",
+    "is_local",
+    "list_function",
+    "local_functions",
+    "read_blobs",
+    "settled",
+]
+
+SETTLE_NS = 2_000_000_000
+"""A directory mtime younger than this (2 s) may hide a write made in the same tick."""
+READ_WORKERS = 8
+
+
+@dataclass
+class RefreshReport:
+    """What a refresh or rebuild did."""
+
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unreadable: int = 0
+    functions: int = 0
+    calls: int = 0
+    """Calls in the index afterwards."""
+    seconds: float = 0.0
+    rebuilt: bool = False
+
+    def merge(self, other: RefreshReport) -> None:
+        for name in ("added", "updated", "removed", "unreadable", "functions", "calls"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.rebuilt = self.rebuilt or other.rebuilt
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        what = "rebuilt" if self.rebuilt else "refreshed"
+        bad = f", {self.unreadable:,} unreadable" if self.unreadable else ""
+        return (
+            f"{what}: {self.calls:,} calls in {self.functions:,} functions "
+            f"(+{self.added:,} added, {self.updated:,} updated, -{self.removed:,} removed{bad}) "
+            f"in {self.seconds:.2f} s"
+        )
+
+
+def is_local(store: ObjectStore | None) -> bool:
+    return isinstance(store, LocalStore)
+
+
+def is_memory(store: ObjectStore | None) -> bool:
+    return isinstance(store, MemoryStore)
+
+
+def _calls(store: ObjectStore) -> str:
+    return f"{store.root}/calls"
+
+
+def local_functions(store: ObjectStore) -> list[str]:
+    """Function ids with a directory under ``calls/`` (a local store)."""
+    try:
+        with os.scandir(_calls(store)) as it:
+            return [e.name for e in it if is_function_id(e.name) and e.is_dir()]
+    except FileNotFoundError:
+        return []
+
+
+def fan_mtimes(store: ObjectStore, function_id: str) -> dict[str, int]:
+    """``{fan: mtime_ns}`` of a function's fan-out directories; empty when it has none."""
+    out = {}
+    try:
+        with os.scandir(f"{_calls(store)}/{function_id}") as it:
+            for e in it:
+                if len(e.name) == 2 and not e.name.strip(HEX_DIGITS):
+                    try:
+                        st = e.stat()
+                    except FileNotFoundError:  # pruned while we looked
+                        continue
+                    out[e.name] = st.st_mtime_ns
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def fan_listing(store: ObjectStore, function_id: str, fan: str) -> dict[str, str]:
+    """``{key: inode}`` of the records in one fan directory (no stat: scandir has both)."""
+    out = {}
+    try:
+        with os.scandir(f"{_calls(store)}/{function_id}/{fan}") as it:
+            for e in it:
+                if len(e.name) == 30 and not e.name.strip(HEX_DIGITS) and e.is_file():
+                    out[fan + e.name] = str(e.inode())
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def record_stamp(store: ObjectStore, function_id: str, key: str) -> str | None:
+    """The inode of a record file on local disk (what :func:`fan_listing` reports), or None."""
+    try:
+        return str(os.stat(f"{_calls(store)}/{function_id}/{key[:2]}/{key[2:]}").st_ino)
+    except OSError:
+        return None
+
+
+def settled(mtime_ns: int, now_ns: int | None = None) -> bool:
+    """True when a directory last changed long enough ago that a new change moves its mtime."""
+    return (now_ns if now_ns is not None else time.time_ns()) - mtime_ns > SETTLE_NS
+
+
+def list_function(store: ObjectStore, function_id: str) -> dict[str, str | None]:
+    """``{key: stamp}`` of one function's records: inodes on local disk, None elsewhere."""
+    if is_local(store):
+        out: dict[str, str | None] = {}
+        for fan in fan_mtimes(store, function_id):
+            out.update(fan_listing(store, function_id, fan))
+        return out
+    return {key: None for _, key in store.iter_calls(function_id)}
+
+
+def list_functions(store: ObjectStore) -> list[str]:
+    return local_functions(store) if is_local(store) else list(store.iter_functions())
+
+
+def read_blobs(
+    store: ObjectStore, function_id: str, keys: Iterable[str]
+) -> Iterator[tuple[str, Any]]:
+    """``(key, bytes or None)`` for each record; None when it vanished since the listing.
+
+    Local and memory stores read in this thread (a read is microseconds);
+    remote ones with a few threads, since each read is a round trip.
+    """
+    keys = list(keys)
+    if is_local(store) or is_memory(store) or len(keys) < 4:
+        for key in keys:
+            yield key, store.find_call(function_id, key)
+        return
+    with ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="fleche-index") as pool:
+        for i in range(0, len(keys), 1000):  # bounded: a million futures at once is a lot of memory
+            chunk = keys[i : i + 1000]
+            yield from zip(
+                chunk, pool.map(lambda k: store.find_call(function_id, k), chunk), strict=True
+            )

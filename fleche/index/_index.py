@@ -1,0 +1,705 @@
+"""The index: a queryable catalogue of a store's call records, and never the truth.
+
+:class:`Index` owns the database (:mod:`fleche.index._db`) and its lock, turns a
+fault into one warning and a stale mark, and buffers the ``add``/``remove`` of
+records written through a cache: a miss pays microseconds, not a commit.
+Buffered writes are flushed before every query and at exit; a forked child drops
+the ones it inherited (its parent flushes them).  Before a query it catches up
+with the store (:mod:`fleche.index._fresh` says what changed), then answers from
+SQL (:mod:`fleche.index._sqlgen`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import itertools
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from fleche import codec
+from fleche.errors import ConfigError, CorruptObjectError, warn_user
+from fleche.index._db import CatalogReset, Db, IndexFault, SqliteDb, Tx
+from fleche.index._fresh import (
+    RefreshReport,
+    fan_listing,
+    fan_mtimes,
+    is_local,
+    is_memory,
+    list_function,
+    list_functions,
+    read_blobs,
+    record_stamp,
+    settled,
+)
+from fleche.index._layers import scan
+from fleche.index._sqlgen import call_row, compile_spec
+from fleche.index._where import default_location, sqlite_with_fallback
+from fleche.index._write import (
+    BATCH,
+    Row,
+    chunks,
+    delete,
+    drop_function,
+    upsert_postgresql,
+    upsert_sqlite,
+)
+from fleche.records import QuerySpec
+from fleche.store import ObjectStore, is_function_id
+
+Progress = Callable[[str, int, int], None]
+"""``progress(phase, done, total)``, as ``fleche.cli.progress_bar`` draws it."""
+
+_T = TypeVar("_T")
+
+REMOTE_MAX_AGE = 300.0
+"""Seconds a listing of a remote store is trusted: records written there by other
+machines show up in queries after at most this long (or ``fleche index refresh``)."""
+PENDING_MAX = 256  # buffered writes before a flush
+PAGE = 1000  # rows fetched per query page
+ANALYZE_FROM = 1000  # rows from which the planner gets statistics
+PENDING_AGE = 1.0  # seconds the oldest buffered write may wait for the next one
+
+
+# -- every live catalogue: flushed at exit, reset in a forked child ------------------------
+
+_LIVE: weakref.WeakSet[Index] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_all() -> None:
+    """Buffered writes reach the catalogue before the interpreter exits (best effort)."""
+    for index in list(_LIVE):
+        index.flush()
+
+
+def _after_fork() -> None:
+    """In a forked child: fresh locks (another thread may have held them), no inherited writes.
+
+    The parent flushes its own buffered writes; the child would only repeat them.
+    """
+    for index in list(_LIVE):
+        index._lock = threading.RLock()
+        index._pending_lock = threading.Lock()
+        index._pending = []
+        index.db.after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+class Index:
+    """A catalogue of one store's call records, in the database behind ``db``.
+
+    ``store``: the store it indexes; an index without one only stores what it
+    is given (``add``/``remove``) and never catches up. ``max_age``: seconds a
+    listing of a non-local store is trusted (:data:`REMOTE_MAX_AGE`; 0 lists
+    before every query, which is what memory stores get).
+
+    ``add`` and ``remove`` never raise for a fault of the index: they warn
+    once and mark it stale (it catches up in full at the next query). Search
+    and count answer from the store by a scan, with a warning, when the
+    catalogue cannot be used.
+    """
+
+    def __init__(
+        self, db: Db, store: ObjectStore | None = None, *, max_age: float | None = None
+    ) -> None:
+        self.db = db
+        self.store = store
+        if max_age is None:
+            max_age = 0.0 if is_memory(store) else REMOTE_MAX_AGE
+        self.max_age = max_age
+        self._lock = threading.RLock()  # one catalogue operation at a time in this process
+        self._pending_lock = threading.Lock()
+        self._pending: list[tuple[str, str, str, dict[str, Any] | None, int]] = []
+        self._pending_since = 0.0
+        self._stale = False
+        self._checked_identity = False
+        self._warned: set[str] = set()
+        # (function, fan) pairs this process knows have a fleche_fans row
+        self._fans_known: set[tuple[str, str]] = set()
+        self._analyzed: int | None = None  # catalogue size at the last ANALYZE
+        _LIVE.add(self)
+
+    def __repr__(self) -> str:
+        return f"Index({self.db.location!r}, store={getattr(self.store, 'url', None)!r})"
+
+    @property
+    def stale(self) -> bool:
+        """True after a fault, until a full refresh (done by the next query) succeeds."""
+        return self._stale
+
+    @property
+    def location(self) -> str:
+        """Where the catalogue is: a file path or a database URL (password hidden)."""
+        return self.db.location
+
+    # -- faults --------------------------------------------------------------------------
+
+    def _fault(self, action: str, error: BaseException) -> None:
+        """Warn once per kind of fault; the index is stale until a full refresh succeeds."""
+        self._stale = True
+        kind = f"{action}:{type(error).__name__}"
+        if kind not in self._warned:
+            self._warned.add(kind)
+            where = getattr(self.store, "url", None) or "its store"
+            # the driver's own message, first line: SQLAlchemy appends the statement and parameters
+            said = str(getattr(error, "orig", None) or error).strip().splitlines()
+            reason = (said[0] if said else type(error).__name__)[:300]
+            warn_user(
+                f"fleche: the index of {where} ({self.db.location}) failed to {action}: {reason}; "
+                "the store is unaffected (queries read it directly until the index recovers; "
+                "this warning is not repeated)"
+            )
+
+    def _reset(self, reset: CatalogReset) -> None:
+        self._stale = True
+        if "reset" not in self._warned:
+            self._warned.add("reset")
+            warn_user(
+                f"fleche: the index {self.db.location} was set aside: {reset.reason}; it is being "
+                "rebuilt from the store (nothing is lost: the index is a copy of the store's records)"
+            )
+
+    def _guarded(self, fn: Callable[[], _T]) -> _T:
+        """Run a catalogue operation; a reset catalogue is refilled and the operation retried once."""
+        try:
+            return fn()
+        except CatalogReset as r:
+            self._reset(r)
+            if self.store is not None:
+                self._refresh(self.store)
+                self._stale = False
+        return fn()
+
+    # -- writes (batched) ----------------------------------------------------------------
+
+    def add(self, function_id: str, key: str, record: dict[str, Any], size: int) -> None:
+        """Catalogue a record just written to the store (``size``: its bytes there).
+
+        On a local store this does nothing: the catalogue catches up from the
+        fan directories' stamps before each query (it must, for other
+        processes' writes), so a miss does not pay ~30 µs of row building and
+        SQLite work that doubled its cost. Listing a remote store is slow, so
+        there writes are catalogued as they happen (buffered).
+        """
+        if is_local(self.store):
+            return
+        # a record copied up from a lazily read one may still hold its fields packed
+        self._queue(("add", function_id, key, codec.expand_record(dict(record)), size))
+
+    def remove(self, function_id: str, key: str) -> None:
+        """Forget a record just deleted from the store (local stores: see :meth:`add`)."""
+        if is_local(self.store):
+            return
+        self._queue(("remove", function_id, key, None, 0))
+
+    def _queue(self, op: tuple[str, str, str, dict[str, Any] | None, int]) -> None:
+        now = time.monotonic()
+        with self._pending_lock:
+            if not self._pending:
+                self._pending_since = now
+            self._pending.append(op)
+            due = len(self._pending) >= PENDING_MAX or now - self._pending_since > PENDING_AGE
+        if due:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write buffered updates to the catalogue now (also done before every query and at exit)."""
+        with self._pending_lock:
+            ops, self._pending = self._pending, []
+        if not ops:
+            return
+        try:
+            with self._lock:
+                self._guarded(lambda: self._apply(ops))
+        except self.db.faults as e:
+            self._fault("record a write", e)
+
+    def _apply(self, ops: list[tuple[str, str, str, dict[str, Any] | None, int]]) -> None:
+        local = is_local(self.store)
+        new_fans: set[tuple[str, str]] = set()
+        with self.db.transaction() as tx:
+            for kind, group in itertools.groupby(ops, key=lambda op: op[0]):
+                items = list(group)
+                if kind == "add":
+                    rows = []
+                    for _, fid, key, rec, size in items:
+                        stamp = (
+                            record_stamp(self.store, fid, key)
+                            if local and self.store is not None  # local: a LocalStore
+                            else None
+                        )
+                        rows.append(call_row(fid, key, rec or {}, size, stamp))
+                    for chunk in chunks(rows):
+                        self._upsert(tx, chunk)
+                    if local:  # the stamp check now knows the function (and looks at these fans)
+                        fans = {(op[1], op[2][:2]) for op in items} - self._fans_known
+                        for fid, fan in sorted(fans):
+                            tx.execute(
+                                "INSERT INTO fleche_fans (function, fan, stamp) "
+                                "VALUES (:f, :n, NULL) ON CONFLICT (function, fan) DO NOTHING",
+                                {"f": fid, "n": fan},
+                            )
+                        new_fans.update(fans)
+                else:
+                    for fid, keys in itertools.groupby(items, key=lambda op: op[1]):
+                        for chunk in chunks([op[2] for op in keys]):
+                            delete(tx, fid, chunk)
+        self._fans_known |= new_fans  # committed: no need to say it again in this process
+
+    def _upsert(self, tx: Tx, rows: list[Row]) -> None:
+        latest = {(r["function"], r["key"]): (r, a) for r, a in rows}  # a rerun: the last wins
+        rows = [latest[k] for k in sorted(latest)]  # one lock order for every writer
+        if self.db.dialect == "postgresql":
+            upsert_postgresql(tx, rows)
+        else:
+            upsert_sqlite(tx, rows)
+
+    @staticmethod
+    def _set_state(tx: Tx, name: str, value: str) -> None:
+        tx.execute("DELETE FROM fleche_state WHERE name = :n", {"n": name})
+        tx.execute(
+            "INSERT INTO fleche_state (name, value) VALUES (:n, :v)", {"n": name, "v": value}
+        )
+
+    # -- queries -------------------------------------------------------------------------
+
+    def search(
+        self, spec: QuerySpec, *, limit: int | None = None, newest_first: bool = True
+    ) -> Iterator[tuple[str, str]]:
+        """``(function_id, key)`` of the calls matching ``spec``, newest first (or oldest first).
+
+        Lazy: the catalogue is brought up to date at the first ``next()``, then
+        read a page at a time.
+        """
+        return (
+            (fid, key) for _, fid, key in self.rows(spec, limit=limit, newest_first=newest_first)
+        )
+
+    def rows(
+        self, spec: QuerySpec, *, limit: int | None = None, newest_first: bool = True
+    ) -> Iterator[tuple[float, str, str]]:
+        """As :meth:`search`, with each call's ``created`` time first (for merging indexes)."""
+        if limit is not None and limit <= 0:
+            return
+        seen: set[tuple[str, str]] = set()
+        try:
+            self._prepare(spec)
+            for row in self._select(spec, limit, newest_first):
+                seen.add(row[1:])
+                yield row
+            return
+        except self.db.faults as e:
+            if self.store is None:
+                raise IndexFault(f"the index {self.db.location} failed: {e}") from e
+            self._fault("answer a query", e)
+        left = None if limit is None else limit - len(seen)
+        for row in scan(self.store, spec, newest_first=newest_first):
+            if row[1:] in seen:
+                continue
+            if left is not None:
+                if left <= 0:
+                    return
+                left -= 1
+            yield row
+
+    def count(self, spec: QuerySpec) -> int:
+        """How many calls match ``spec``."""
+        try:
+            self._prepare(spec)
+            compiled = compile_spec(spec, self.db.dialect)
+            if not compiled.post:
+                with self._lock:
+                    rows = self._guarded(
+                        lambda: self.db.read(
+                            f"SELECT COUNT(*) FROM fleche_calls c WHERE {compiled.where}",
+                            compiled.params,
+                        )
+                    )
+                return int(rows[0][0])
+            return sum(1 for _ in self._select(spec, None, False))
+        except self.db.faults as e:
+            if self.store is None:
+                raise IndexFault(f"the index {self.db.location} failed: {e}") from e
+            self._fault("answer a query", e)
+        return sum(1 for _ in scan(self.store, spec))
+
+    def _prepare(self, spec: QuerySpec) -> None:
+        self.flush()
+        with self._lock:
+            if self.store is not None:
+                self._guarded(lambda: self._catch_up(spec.function_ids))
+            self._guarded(self._maybe_analyze)
+
+    def _maybe_analyze(self) -> None:
+        """Refresh the planner's statistics when the catalogue has doubled since they were taken.
+
+        Without them SQLite walks a function's calls in time order testing each
+        against the argument condition (100 ms at 1M calls) instead of starting
+        from the argument index (0.1 ms). A sampled ANALYZE takes milliseconds.
+        """
+        rows = self.db.read("SELECT MAX(id) FROM fleche_calls")
+        size = int(rows[0][0] or 0)
+        if self._analyzed is None:
+            got = self.db.read("SELECT value FROM fleche_state WHERE name = 'analyzed'")
+            self._analyzed = int(got[0][0]) if got else 0
+        if size < ANALYZE_FROM or size <= 2 * self._analyzed:
+            return
+        with self.db.transaction() as tx:
+            if self.db.dialect == "sqlite":
+                tx.execute("PRAGMA analysis_limit = 1000")  # sample: milliseconds, not seconds
+                tx.execute("ANALYZE")
+            else:
+                tx.execute("ANALYZE fleche_calls")
+                tx.execute("ANALYZE fleche_args")
+            self._set_state(tx, "analyzed", str(size))
+        self._analyzed = size
+
+    def _select(
+        self, spec: QuerySpec, limit: int | None, newest_first: bool
+    ) -> Iterator[tuple[float, str, str]]:
+        compiled = compile_spec(spec, self.db.dialect)
+        order = "DESC" if newest_first else "ASC"
+        cmp = "<" if newest_first else ">"
+        cols = "c.created, c.id, c.function, c.key" + (", c.metadata" if compiled.post else "")
+        left = limit
+        after: tuple[float, int] | None = None
+        while True:
+            n = PAGE if left is None or compiled.post else min(PAGE, left)
+            params = dict(compiled.params)
+            where = compiled.where
+            if after is not None:
+                params["kc"], params["ki"] = after
+                where += f" AND (c.created {cmp} :kc OR (c.created = :kc AND c.id {cmp} :ki))"
+            sql = (
+                f"SELECT {cols} FROM fleche_calls c WHERE {where} "
+                f"ORDER BY c.created {order}, c.id {order} LIMIT {int(n)}"
+            )
+            with self._lock:
+                page = self._guarded(functools.partial(self.db.read, sql, params))
+            for row in page:
+                if compiled.post and not compiled.accept(row[4]):
+                    continue
+                yield (row[0], row[2], row[3])
+                if left is not None:
+                    left -= 1
+                    if left <= 0:
+                        return
+            if len(page) < n:
+                return
+            after = (page[-1][0], page[-1][1])
+
+    # -- catching up with the store ------------------------------------------------------
+
+    def _catch_up(self, function_ids: frozenset[str] | None) -> None:
+        """Bring the catalogue up to date for these functions (all when None) before a query."""
+        store = self.store
+        assert store is not None
+        if self._stale:
+            self._refresh(store)
+            self._stale = False
+            return
+        if is_local(store):
+            self._check_identity(store)
+            if function_ids is None:
+                known = {r[0] for r in self.db.read("SELECT DISTINCT function FROM fleche_fans")}
+                function_ids = frozenset(known.union(list_functions(store)))
+            for fid in sorted(function_ids):
+                if is_function_id(fid):  # a name from a query is not a path
+                    self._check_fans(store, fid)
+            return
+        now = time.time()
+        if function_ids is None:
+            if now - self._listed("*") > self.max_age:
+                self._refresh(store)
+            return
+        for fid in sorted(function_ids):
+            if now - max(self._listed(fid), self._listed("*")) > self.max_age:
+                started = time.time()
+                self._sync(store, fid, list_function(store, fid), self._indexed(fid))
+                self._set_listed([fid], started)
+
+    def _listed(self, name: str) -> float:
+        rows = self.db.read(
+            "SELECT value FROM fleche_state WHERE name = :n", {"n": f"listed:{name}"}
+        )
+        return float(rows[0][0]) if rows else 0.0
+
+    def _set_listed(self, names: list[str], when: float) -> None:
+        with self.db.transaction() as tx:
+            for name in names:
+                self._set_state(tx, f"listed:{name}", repr(when))
+
+    def _check_identity(self, store: ObjectStore) -> None:
+        """Forget every stamp when the catalogue came with a copy of the store (rsync, cp -r).
+
+        Stamps are inodes and mtimes: another directory's are meaningless, and
+        the records there may differ from those the catalogue lists.
+        """
+        if self._checked_identity:
+            return
+        st = os.stat(store.root) if os.path.isdir(store.root) else None
+        ident = f"{store.root}|{st.st_dev}:{st.st_ino}" if st else f"{store.root}|-"
+        rows = self.db.read("SELECT value FROM fleche_state WHERE name = 'store'")
+        if not rows or rows[0][0] != ident:
+            with self.db.transaction() as tx:
+                if rows:
+                    tx.execute("DELETE FROM fleche_fans")
+                    self._fans_known.clear()
+                    tx.execute("UPDATE fleche_calls SET stamp = NULL")
+                self._set_state(tx, "store", ident)
+        self._checked_identity = True
+
+    def _check_fans(self, store: ObjectStore, fid: str) -> None:
+        """Reread the fans of one function whose directory mtime moved since the last look."""
+        current = fan_mtimes(store, fid)
+        recorded = dict(
+            self.db.read("SELECT fan, stamp FROM fleche_fans WHERE function = :f", {"f": fid})
+        )
+        changed = {fan for fan, m in current.items() if recorded.get(fan) != m}
+        changed.update(fan for fan in recorded if fan not in current)
+        if changed:
+            self._sync_fans(store, fid, changed, current)
+
+    def _sync_fans(
+        self, store: ObjectStore, fid: str, fans: set[str], mtimes: dict[str, int]
+    ) -> RefreshReport:
+        listing: dict[str, str | None] = {}
+        for fan in fans:
+            if fan in mtimes:
+                listing.update(fan_listing(store, fid, fan))
+        if len(fans) > 32:
+            indexed = {k: s for k, s in self._indexed(fid).items() if k[:2] in fans}
+        else:
+            indexed = {}
+            for fan in fans:
+                hi = fan[0] + chr(ord(fan[1]) + 1)
+                indexed.update(
+                    self.db.read(
+                        "SELECT key, stamp FROM fleche_calls "
+                        "WHERE function = :f AND key >= :lo AND key < :hi",
+                        {"f": fid, "lo": fan, "hi": hi},
+                    )
+                )
+        report = self._sync(store, fid, listing, indexed)
+        now = time.time_ns()
+        with self.db.transaction() as tx:
+            for fan in sorted(fans):
+                m = mtimes.get(fan)
+                if m is None:
+                    tx.execute(
+                        "DELETE FROM fleche_fans WHERE function = :f AND fan = :n",
+                        {"f": fid, "n": fan},
+                    )
+                    self._fans_known.discard((fid, fan))
+                    continue
+                tx.execute(
+                    "INSERT INTO fleche_fans (function, fan, stamp) VALUES (:f, :n, :s) "
+                    "ON CONFLICT (function, fan) DO UPDATE SET stamp = EXCLUDED.stamp",
+                    {"f": fid, "n": fan, "s": m if settled(m, now) else None},
+                )
+        return report
+
+    def _indexed(self, fid: str) -> dict[str, str | None]:
+        return dict(
+            self.db.read("SELECT key, stamp FROM fleche_calls WHERE function = :f", {"f": fid})
+        )
+
+    def _sync(
+        self,
+        store: ObjectStore,
+        fid: str,
+        listing: dict[str, str | None],
+        indexed: dict[str, str | None],
+    ) -> RefreshReport:
+        """Make the catalogue's rows of ``fid`` (those in ``indexed``) match ``listing``."""
+        report = RefreshReport()
+        todo = [
+            k
+            for k, stamp in listing.items()
+            if k not in indexed or (stamp is not None and indexed[k] != stamp)
+        ]
+        gone = sorted(k for k in indexed if k not in listing)
+        todo.sort()
+        rows: list[Row] = []
+
+        def write() -> None:
+            with self.db.transaction() as tx:
+                self._upsert(tx, rows)
+            rows.clear()
+
+        for key, blob in read_blobs(store, fid, todo):
+            if blob is None:
+                continue  # gone since the listing
+            try:
+                rec = codec.decode_record(blob)
+            except CorruptObjectError:
+                report.unreadable += 1  # `fleche verify` reports it; the index leaves it out
+                continue
+            rows.append(call_row(fid, key, rec, len(blob), listing[key]))
+            if key in indexed:
+                report.updated += 1
+            else:
+                report.added += 1
+            if len(rows) >= BATCH:
+                write()
+        if rows:
+            write()
+        for chunk in chunks(gone):
+            with self.db.transaction() as tx:
+                delete(tx, fid, chunk)
+        report.removed = len(gone)
+        return report
+
+    def _refresh(self, store: ObjectStore, progress: Progress | None = None) -> RefreshReport:
+        """Compare every function's full listing with the catalogue and fix the differences.
+
+        ``progress(phase, done, total)`` hears of each function finished.
+        """
+        t0 = time.perf_counter()
+        started = time.time()
+        local = is_local(store)
+        if local:
+            self._checked_identity = False
+            self._check_identity(store)
+        present = list_functions(store)
+        report = RefreshReport()
+        for i, fid in enumerate(present, 1):
+            if progress is not None:
+                progress("functions", i - 1, len(present))
+            if local:
+                mtimes = fan_mtimes(store, fid)  # before the listing: a later write moves them
+                recorded = {
+                    r[0]
+                    for r in self.db.read(
+                        "SELECT fan FROM fleche_fans WHERE function = :f", {"f": fid}
+                    )
+                }
+                report.merge(self._sync_fans(store, fid, set(mtimes) | recorded, mtimes))
+            else:
+                report.merge(self._sync(store, fid, list_function(store, fid), self._indexed(fid)))
+        if progress is not None and present:
+            progress("functions", len(present), len(present))
+        known = {r[0] for r in self.db.read("SELECT DISTINCT function FROM fleche_calls")}
+        known |= {r[0] for r in self.db.read("SELECT DISTINCT function FROM fleche_fans")}
+        for fid in sorted(known - set(present)):
+            with self.db.transaction() as tx:
+                report.removed += drop_function(tx, fid)
+            self._fans_known = {fan for fan in self._fans_known if fan[0] != fid}
+        if not local:
+            self._set_listed(["*", *present], started)
+        report.functions = len(present)
+        report.calls = int(self.db.read("SELECT COUNT(*) FROM fleche_calls")[0][0])
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def refresh(
+        self, store: ObjectStore | None = None, *, progress: Progress | None = None
+    ) -> RefreshReport:
+        """Bring the catalogue up to date with the whole store: add missing records, drop vanished ones."""
+        store = store or self.store
+        if store is None:
+            raise IndexFault("refresh() needs the store to read: this index was given none")
+        self.flush()
+        with self._lock:
+            report = self._guarded(lambda: self._refresh(store, progress))
+            self._stale = False
+        return report
+
+    def rebuild(
+        self, store: ObjectStore | None = None, *, progress: Progress | None = None
+    ) -> RefreshReport:
+        """Empty the catalogue and fill it again from every record of the store."""
+        store = store or self.store
+        if store is None:
+            raise IndexFault("rebuild() needs the store to read: this index was given none")
+        t0 = time.perf_counter()
+        self.flush()
+        with self._lock:
+            self._guarded(lambda: self.db.reset(indexes=False))
+            self._checked_identity = False
+            self._fans_known.clear()
+            self._analyzed = None
+            try:
+                report = self._guarded(lambda: self._refresh(store, progress))
+            finally:
+                self.db.create_indexes()  # sorted once, after the rows: several times faster
+            self._stale = False
+        report.rebuilt = True
+        report.seconds = time.perf_counter() - t0
+        return report
+
+    def status(self) -> dict[str, Any]:
+        """What and where the catalogue is, for ``fleche index status``."""
+        self.flush()
+        with self._lock:
+            calls = self._guarded(lambda: self.db.read("SELECT COUNT(*) FROM fleche_calls"))
+            functions = self.db.read("SELECT COUNT(DISTINCT function) FROM fleche_calls")
+            listed = self._listed("*")
+        return {
+            "store": getattr(self.store, "url", None),
+            "backend": self.db.dialect,
+            "location": self.db.location,
+            "calls": int(calls[0][0]),
+            "functions": int(functions[0][0]),
+            "bytes": self.db.size(),
+            "catch_up": "directory stamps, every query"
+            if is_local(self.store)
+            else f"listing older than {self.max_age:g} s",
+            "last_full_listing": listed or None,
+            "stale": self._stale,
+        }
+
+    def close(self) -> None:
+        self.flush()
+        self.db.close()
+
+
+# -- opening an index -----------------------------------------------------------------------
+
+IndexSpec = bool | str | Index | None
+"""What a cache's ``index`` option may be (see :func:`open_index`)."""
+
+
+def open_index(store: ObjectStore, spec: IndexSpec = None) -> Index | None:
+    """The index of a cache over ``store``, as its ``index`` option says.
+
+    ``None``: the default, on for local and remote stores, off for memory
+    stores. ``True``/``False``: on (at :func:`default_location`) or off. A
+    ``sqlite:///path`` URL: that file (standard library). Any other URL: an
+    SQLAlchemy database (``postgresql://user@host/db``), the ``sql`` extra.
+    Nothing is opened until the index is first used.
+    """
+    if isinstance(spec, Index):
+        if spec.store is None:
+            spec.store = store
+        return spec
+    if spec is None:
+        spec = not is_memory(store)
+    if spec is False:
+        return None
+    if spec is True:
+        path = default_location(store)
+        return Index(sqlite_with_fallback(path, store), store)
+    if not isinstance(spec, str):
+        raise ConfigError(f"index = {spec!r}: expected true, false or a database URL")
+    if spec.startswith("sqlite:///") or spec in ("sqlite://", "sqlite:///:memory:"):
+        path = spec[len("sqlite:///") :] or ":memory:"
+        return Index(SqliteDb(os.path.expanduser(path)), store)
+    if "://" not in spec:
+        raise ConfigError(
+            f"index = {spec!r}: expected true, false, sqlite:///PATH or a database URL "
+            "such as postgresql://user@host/db"
+        )
+    from fleche.index._sql import SqlAlchemyDb
+
+    return Index(SqlAlchemyDb(spec), store)

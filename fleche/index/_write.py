@@ -1,0 +1,181 @@
+"""Writing catalogue rows: insert-or-replace calls and their arguments, delete, per dialect.
+
+A call row and its argument rows change together, in one transaction, so a
+reader never sees a call with another call's arguments. Writers race (several
+processes, a team on one PostgreSQL): SQLite writers take the database lock
+up front (``BEGIN IMMEDIATE``), PostgreSQL ones lock each call's row with an
+upsert, in one key order for all.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from fleche.index._db import Tx
+from fleche.index._sqlgen import CALL_COLUMNS
+
+BATCH = 500  # rows per statement batch / transaction
+
+Row = tuple[dict[str, Any], list[tuple[Any, ...]]]
+"""A call row (column -> value) and its argument rows ``(name, digest, i, f, s)``."""
+
+
+def chunks(items: list[Any], n: int = BATCH) -> Iterator[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _placeholders(prefix: str, values: Iterable[Any], params: dict[str, Any]) -> str:
+    names = []
+    for j, v in enumerate(values):
+        params[f"{prefix}{j}"] = v
+        names.append(f":{prefix}{j}")
+    return ", ".join(names)
+
+
+# -- writing rows ---------------------------------------------------------------------------
+
+_COLS = ", ".join(CALL_COLUMNS)
+_INSERT_SQLITE = (
+    f"INSERT INTO fleche_calls (id, {_COLS}) "
+    f"VALUES (:id, {', '.join(':' + c for c in CALL_COLUMNS)})"
+)
+_UPDATE_SQLITE = (
+    "UPDATE fleche_calls SET "
+    + ", ".join(f"{c} = :{c}" for c in CALL_COLUMNS if c not in ("function", "key"))
+    + " WHERE id = :id"
+)
+_INSERT_ARGS = "INSERT INTO fleche_args (call, name, digest, i, f, s) VALUES (:call, :name, :digest, :i, :f, :s)"
+
+
+def _arg_dicts(cid: int, args: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    return [{"call": cid, "name": n, "digest": d, "i": i, "f": f, "s": s} for n, d, i, f, s in args]
+
+
+def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
+    """Insert or replace call rows (and their argument rows) under SQLite's write lock.
+
+    Every SQLite write transaction here starts with ``BEGIN IMMEDIATE``, so no
+    other writer runs until it ends: new rows get ids from ``MAX(id)`` and go in
+    with one ``executemany`` (a C loop) instead of one statement each.
+    """
+    arg_rows: list[dict[str, Any]] = []
+    new: list[dict[str, Any]] = []
+    next_id: int | None = None
+    for fid, group in itertools.groupby(rows, key=lambda r: r[0]["function"]):
+        group_rows = list(group)
+        params: dict[str, Any] = {"f": fid}
+        keys = _placeholders("k", (r["key"] for r, _ in group_rows), params)
+        existing = dict(
+            tx.execute(
+                f"SELECT key, id FROM fleche_calls WHERE function = :f AND key IN ({keys})", params
+            )
+        )
+        for row, args in group_rows:
+            cid = existing.get(row["key"])
+            if cid is None:
+                if next_id is None:
+                    next_id = int(tx.execute("SELECT COALESCE(MAX(id), 0) FROM fleche_calls")[0][0])
+                next_id += 1
+                cid = next_id
+                new.append({**row, "id": cid})
+            else:
+                tx.execute(_UPDATE_SQLITE, {**row, "id": cid})
+                tx.execute("DELETE FROM fleche_args WHERE call = :c", {"c": cid})
+            arg_rows.extend(_arg_dicts(cid, args))
+    tx.executemany(_INSERT_SQLITE, new)
+    tx.executemany(_INSERT_ARGS, arg_rows)
+
+
+# PostgreSQL array type of each column, for bulk writes through unnest(): one parameter
+# per column (an array) instead of one per value, which drivers and SQLAlchemy parse slowly.
+_PG_ARRAYS = {
+    "function": "TEXT[]",
+    "key": "TEXT[]",
+    "module": "TEXT[]",
+    "qualname": "TEXT[]",
+    "v_digest": "BYTEA[]",
+    "v_i": "BIGINT[]",
+    "v_f": "DOUBLE PRECISION[]",
+    "v_s": "BYTEA[]",
+    "created": "DOUBLE PRECISION[]",
+    "size": "BIGINT[]",
+    "result_type": "TEXT[]",
+    "result_oid": "TEXT[]",
+    "result_size": "BIGINT[]",
+    "metadata": "TEXT[]",  # JSON text, cast to jsonb per element below
+    "stamp": "TEXT[]",
+}
+_PG_ARG_ARRAYS = {
+    "call": "BIGINT[]",
+    "name": "TEXT[]",
+    "digest": "BYTEA[]",
+    "i": "BIGINT[]",
+    "f": "DOUBLE PRECISION[]",
+    "s": "BYTEA[]",
+}
+
+
+def _unnest(columns: dict[str, str]) -> str:
+    return ", ".join(f"CAST(:{c} AS {t})" for c, t in columns.items())
+
+
+_UPSERT_PG = (
+    f"INSERT INTO fleche_calls ({_COLS}) SELECT "
+    + ", ".join("CAST(u.metadata AS JSONB)" if c == "metadata" else f"u.{c}" for c in CALL_COLUMNS)
+    + f" FROM unnest({_unnest(_PG_ARRAYS)}) AS u({_COLS}) "
+    + "ON CONFLICT (function, key) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in CALL_COLUMNS if c not in ("function", "key"))
+    + " RETURNING id, function, key"
+)
+_ARGS_PG = (
+    f"INSERT INTO fleche_args ({', '.join(_PG_ARG_ARRAYS)}) "
+    f"SELECT * FROM unnest({_unnest(_PG_ARG_ARRAYS)})"
+)
+
+
+def upsert_postgresql(tx: Tx, rows: list[Row]) -> None:
+    """One ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE ... RETURNING`` per batch.
+
+    Concurrent writers of the same call wait on its row lock and the last one
+    wins, with its own argument rows. ``rows`` is deduplicated and sorted (a row
+    may not be hit twice by one statement; one lock order for every writer).
+    """
+    returned = tx.execute(_UPSERT_PG, {c: [row[c] for row, _ in rows] for c in CALL_COLUMNS})
+    ids = {(f, k): cid for cid, f, k in returned}
+    tx.execute(
+        "DELETE FROM fleche_args WHERE call = ANY(CAST(:ids AS BIGINT[]))",
+        {"ids": list(ids.values())},
+    )
+    columns: dict[str, list[Any]] = {c: [] for c in _PG_ARG_ARRAYS}
+    for row, args in rows:
+        cid = ids[(row["function"], row["key"])]
+        for name, digest, i, f, s_ in args:
+            for c, v in zip(_PG_ARG_ARRAYS, (cid, name, digest, i, f, s_), strict=True):
+                columns[c].append(v)
+    if columns["call"]:
+        tx.execute(_ARGS_PG, columns)
+
+
+def delete(tx: Tx, function_id: str, keys: list[str]) -> None:
+    params: dict[str, Any] = {"f": function_id}
+    ks = _placeholders("k", keys, params)
+    where = f"function = :f AND key IN ({ks})"
+    tx.execute(
+        f"DELETE FROM fleche_args WHERE call IN (SELECT id FROM fleche_calls WHERE {where})", params
+    )
+    tx.execute(f"DELETE FROM fleche_calls WHERE {where}", params)
+
+
+def drop_function(tx: Tx, function_id: str) -> int:
+    params = {"f": function_id}
+    n = tx.execute("SELECT COUNT(*) FROM fleche_calls WHERE function = :f", params)[0][0]
+    tx.execute(
+        "DELETE FROM fleche_args WHERE call IN (SELECT id FROM fleche_calls WHERE function = :f)",
+        params,
+    )
+    tx.execute("DELETE FROM fleche_calls WHERE function = :f", params)
+    tx.execute("DELETE FROM fleche_fans WHERE function = :f", params)
+    return int(n)

@@ -1,0 +1,24 @@
+"""Cached calls through executors: hits answered here, misses sent with the caller's cache.
+
+Above :mod:`fleche.decorator`: ``wrap_executor(ex)`` and ``fleche.map`` submit
+only the misses of cached functions, to ``concurrent.futures``, Dask or
+executorlib executors.
+
+Inside: ``_executor`` (wrapping and mapping), ``_task`` (what a worker runs:
+a callable bound to the caller's cache and tags), ``_dask`` (hit futures a Dask
+client understands; imported only with Dask).
+"""
+
+from fleche.parallel._dask import share_cache
+from fleche.parallel._executor import ExecutorError, map, wrap_executor
+from fleche.parallel._task import Bound, CacheNotPortableError, bind
+
+__all__ = [
+    "Bound",
+    "CacheNotPortableError",
+    "ExecutorError",
+    "bind",
+    "map",
+    "share_cache",
+    "wrap_executor",
+]

@@ -1,0 +1,26 @@
+"""Find cached calls again: ``f.query(alpha=0.1)`` and ``fleche.query(name="simulate")``.
+
+Above :mod:`fleche.config` (a query with no cache asks the active one) and
+below :mod:`fleche.decorator`, whose ``f.query`` it serves.  Its own layer
+rather than part of :mod:`fleche.cache` because it resolves the active cache.
+"""
+
+from fleche.query._query import (
+    MissingDependencyError,
+    QueryArgumentError,
+    QueryError,
+    QueryResult,
+    Ref,
+    for_function,
+    query,
+)
+
+__all__ = [
+    "MissingDependencyError",
+    "QueryArgumentError",
+    "QueryError",
+    "QueryResult",
+    "Ref",
+    "for_function",
+    "query",
+]

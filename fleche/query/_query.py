@@ -1,0 +1,444 @@
+"""Find cached calls again: ``f.query(alpha=0.1)`` and ``fleche.query(name="simulate")``.
+
+A query is a :class:`~fleche.records._terms.QuerySpec` (what is asked) and a cache
+(who answers). :class:`QueryResult` is lazy: building one checks the question
+and reads nothing; iterating reads call records, and a call's values
+(``.result``, ``.arguments``) only when touched.
+
+Who answers:
+
+- a cache with an index (``cache.index``, kept by :mod:`fleche.index`) is
+  asked for the keys of matching calls, newest first; each record is then
+  read from the store and checked again with :meth:`QuerySpec.match`. The
+  index is a cache of the store, never the truth: a call it lists that is gone
+  or no longer matches (a store changed behind its back by rsync, gc, another
+  machine) is skipped, counted in ``QueryResult.stale`` and warned about once.
+- any other cache (memory, S3, layered...) is scanned: every record of the
+  functions concerned is read and matched, in listing order.
+
+Matching follows :mod:`fleche.records._terms`: plain values match exactly and by type
+(``n=3`` is not ``n=3.0``), by digest, so arrays and frames match by equality
+too; ``None`` is a wildcard; ``Q.gt(3)``, ``Q.in_([...])``... are conditions.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fleche.cache import Cache
+from fleche.config import active_cache, resolve
+from fleche.errors import FlecheError, FlecheWarning
+from fleche.records import (
+    Binder,
+    Call,
+    Condition,
+    NotStored,
+    QuerySpec,
+    as_condition,
+    metadata_conditions,
+    plain,
+)
+
+if TYPE_CHECKING:
+    import pandas
+
+    from fleche.config import AnyCache, CacheLike
+
+__all__ = [
+    "MissingDependencyError",
+    "QueryArgumentError",
+    "QueryError",
+    "QueryResult",
+    "Ref",
+    "for_function",
+    "query",
+]
+
+_FID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+# A function id cut to fit (see decorator.function_id): 167 characters, "-", 32 hex.
+_FID_CUT = re.compile(r"^.{167}-[0-9a-f]{32}$")
+_ANY = object()
+
+
+class QueryError(FlecheError, LookupError):
+    """A query did not find what was asked of it (``only()`` found none, or several)."""
+
+
+class QueryArgumentError(FlecheError, TypeError):
+    """A query names an argument the function does not have or does not store."""
+
+
+class MissingDependencyError(FlecheError, ImportError):
+    """An optional package a feature needs (pandas for ``table()``) is not installed."""
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A ``table()`` cell for an argument kept as a separate object, not loaded (``values=False``)."""
+
+    type: str
+    digest: str
+    size: int | None = None
+
+    def __repr__(self) -> str:
+        size = f" {self.size:,} B" if self.size is not None else ""
+        return f"<{self.type} {self.digest[:12]}{size}>"
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Condition):
+        if value.op == "in":
+            return f"Q.in_({list(value.operand)!r})"
+        if value.op == "between":
+            return f"Q.between({value.operand[0]!r}, {value.operand[1]!r})"
+        return f"Q.{value.op}({value.operand!r})"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _created(record: Mapping[str, Any]) -> float:
+    created = (record.get("metadata") or {}).get("created")
+    if isinstance(created, (int, float)) and not isinstance(created, bool):
+        return float(created)
+    return float("-inf")
+
+
+def _may_hold(function_id: str, names: frozenset[str]) -> bool:
+    """Whether a function id can belong to a function of one of these qualnames (a cheap pre-filter).
+
+    A function id is ``module.qualname`` or, with ``hash_module=False``,
+    ``qualname`` alone, made store-safe; a cut one could be anything.
+    """
+    for name in names:
+        safe = _FID_BAD.sub("_", name.replace(":", "."))
+        if function_id == safe or function_id.endswith("." + safe):
+            return True
+    return bool(_FID_CUT.match(function_id))
+
+
+class QueryResult:
+    """The calls a query matches; lazy, and iterable as often as you like (each pass reads afresh).
+
+    Iterating yields :class:`~fleche.records._call.Call` objects (newest first when the
+    cache has an index; in listing order otherwise). ``stale`` counts the calls
+    an index listed that were gone or no longer matched, in the last pass.
+    """
+
+    def __init__(self, cache: AnyCache, spec: QuerySpec, description: str) -> None:
+        self.cache = cache
+        self.spec = spec
+        self.description = description
+        self.stale = 0
+
+    def __repr__(self) -> str:
+        return f"<QueryResult {self.description} in {self.cache.url}>"
+
+    def _repr_html_(self) -> str:
+        """The newest matching calls as an HTML table, and how many more (Jupyter shows it).
+
+        Reads records, not values: a result shows as its type and size.
+        """
+        from fleche.render import query_html
+
+        return query_html(self)
+
+    def __rich_console__(self, console: Any, options: Any) -> Iterator[Any]:
+        """The newest matching calls as a rich table (``rich.print(q)``), fitted to the width."""
+        from fleche.render import query_rich
+
+        yield query_rich(self, width=options.max_width)
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _scan(self) -> Iterator[dict[str, Any]]:
+        """Every record of the functions the query concerns (a superset of the matches)."""
+        spec, cache = self.spec, self.cache
+        if spec.function_ids is not None:
+            for fid in sorted(spec.function_ids):
+                yield from cache.iter_records(fid)
+        elif isinstance(cache, Cache) and spec.names is not None:
+            # list function ids first, so functions of other names are not read at all
+            for fid in list(cache.store.iter_functions()):
+                if _may_hold(fid, spec.names):
+                    yield from cache.iter_records(fid)
+        else:
+            yield from cache.iter_records(None)
+
+    def _records(self) -> Iterator[dict[str, Any]]:
+        """The matching records, each checked against the query whoever listed it."""
+        index = getattr(self.cache, "index", None)
+        self.stale = 0
+        if index is None:
+            match = self.spec.match
+            for rec in self._scan():
+                if match(rec):
+                    yield rec
+            return
+        for fid, key in index.search(self.spec, newest_first=True):
+            found = self.cache.get_record(fid, key)
+            if found is None or not self.spec.match(found):
+                self.stale += 1
+                if self.stale == 1:
+                    warnings.warn(
+                        f"fleche: the index of {self.cache.url} lists call {fid}/{key}, which is "
+                        "gone from the store or no longer matches; skipped (stale calls are "
+                        "counted in QueryResult.stale; `fleche index rebuild` refreshes the index)",
+                        FlecheWarning,
+                        stacklevel=3,
+                    )
+                continue
+            yield found
+
+    def _call(self, record: dict[str, Any]) -> Call:
+        return Call.from_record(record, self.cache.load_value)
+
+    def __iter__(self) -> Iterator[Call]:
+        for rec in self._records():
+            yield self._call(rec)
+
+    def __bool__(self) -> bool:
+        """True when at least one call matches (reads until the first one)."""
+        return next(self._records(), None) is not None
+
+    def count(self, *, verify: bool = True) -> int:
+        """How many calls match.
+
+        With an index and ``verify=False``, the index's own count: no record is
+        read, but a stale index may be off. Otherwise every match is read and
+        checked, so the count agrees with iterating.
+        """
+        index = getattr(self.cache, "index", None)
+        if index is not None and not verify:
+            return int(index.count(self.spec))
+        return sum(1 for _ in self._records())
+
+    def latest(self) -> Call | None:
+        """The newest matching call (by ``metadata.created``), or None when none matches."""
+        if getattr(self.cache, "index", None) is not None:
+            rec = next(self._records(), None)  # the index lists newest first
+        else:
+            rec = max(self._records(), key=_created, default=None)
+        return None if rec is None else self._call(rec)
+
+    def only(self) -> Call:
+        """The one matching call; :class:`QueryError` saying how many there are otherwise."""
+        records = self._records()
+        first = next(records, None)
+        if first is not None and next(records, None) is None:
+            return self._call(first)
+        n = 0 if first is None else self.count()
+        found = "none" if n == 0 else f"{n} calls"
+        hint = (
+            "; call the function to compute it"
+            if n == 0
+            else "; narrow the query, or take .latest()"
+        )
+        raise QueryError(
+            f"expected exactly one call matching {self.description} in {self.cache.url}, "
+            f"found {found}{hint}"
+        )
+
+    def results(self) -> Iterator[Any]:
+        """The results of the matching calls, loaded one at a time."""
+        for call in self:
+            yield call.result
+
+    def evict(self) -> int:
+        """Remove the matching calls' records from the cache; returns how many.
+
+        Values they alone referenced stay until ``fleche gc`` removes them, as
+        with ``f.evict(...)``. Every match is listed before the first removal.
+        """
+        found = [(rec["function"], rec["digest"]) for rec in self._records()]
+        for fid, key in found:
+            self.cache.delete_record(fid, key)
+        return len(found)
+
+    # -- a table -------------------------------------------------------------------------
+
+    def _cell(self, stored: Any, values: bool) -> Any:
+        """An argument as ``table()`` shows it: clear values as they are, references loaded or not."""
+        if not isinstance(stored, dict):
+            return stored
+        if "inline" in stored or (values and "oid" in stored):
+            return self.cache.load_value(stored)
+        if "oid" in stored:
+            return Ref(stored.get("type", "?"), stored.get("digest", ""), stored.get("size"))
+        return NotStored(stored.get("type", "?"), stored.get("digest", ""))
+
+    def table(self, *, values: bool = False, results: bool = False) -> pandas.DataFrame:
+        """The matching calls as a pandas DataFrame, newest first: one row per call.
+
+        Columns: ``digest`` (with ``function`` and ``version`` when the query
+        spans functions), one per argument, one per metadata scalar (nested
+        keys dotted: ``tags.project``, ``git.commit``; prefixed ``metadata.``
+        where an argument has the same name), and ``result`` with
+        ``results=True``. Arguments kept as separate objects (large arrays)
+        show as a :class:`Ref` unless ``values=True`` loads them.
+        """
+        try:
+            import pandas as pd
+        except ImportError as e:
+            raise MissingDependencyError(
+                f"QueryResult.table() needs pandas ({e}): pip install pandas"
+            ) from e
+        records = sorted(self._records(), key=_created, reverse=True)
+        spans = self.spec.function_ids is None or len(self.spec.function_ids) != 1
+        rows = []
+        for rec in records:
+            row: dict[str, Any] = {"digest": rec["digest"]}
+            if spans:
+                row["function"] = rec.get("function")
+                row["version"] = rec.get("version")
+            for name, stored in (rec.get("arguments") or {}).items():
+                row[name] = self._cell(stored, values)
+            taken = set(row) | {"result"}
+            for key, value in _flatten(rec.get("metadata") or {}):
+                row[f"metadata.{key}" if key in taken else key] = value
+            if results:
+                row["result"] = self.cache.load_value(rec["result"])
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _flatten(meta: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for key, value in meta.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+# -- building queries -----------------------------------------------------------------------
+
+
+def _conditions(args: Mapping[str, Any]) -> dict[str, Condition]:
+    return {n: c for n, v in args.items() if (c := as_condition(v)) is not None}
+
+
+def _metadata(metadata: Mapping[str, Any] | None) -> dict[tuple[str, ...], Condition]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, Mapping):
+        raise QueryArgumentError(
+            f"metadata={metadata!r}: expected a dict such as {{'tags': {{'project': 'x'}}}}"
+        )
+    return metadata_conditions(dict(metadata))
+
+
+def _version(version: Any) -> Condition | None:
+    if version is None or isinstance(version, Condition):
+        return version
+    return as_condition(plain(version))  # records keep versions as metadata.plain makes them
+
+
+def for_function(
+    binder: Binder,
+    function_id: str,
+    qualname: str,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+    version: Any = _ANY,
+) -> QueryResult:
+    """``f.query(*args, metadata=..., **kwargs)`` for one decorated function, on the active cache.
+
+    Arguments bind like a call of the function (positional ones by position),
+    without defaults: what is not given matches anything. ``version``, when
+    given, restricts the calls to that version (the decorator passes the
+    function's own when the version is part of the key).
+    """
+    unknown = [k for k in kwargs if k not in binder.index]
+    if unknown:
+        raise QueryArgumentError(
+            f"{qualname}.query() got argument(s) {unknown} that the function does not have; "
+            f"its parameters are {binder.names}"
+        )
+    try:
+        bound = binder.bind_partial(args, kwargs)
+    except TypeError as e:
+        raise QueryArgumentError(f"{qualname}.query(): {e}") from e
+    ignored = sorted(set(bound) & binder.ignore)
+    if ignored:
+        raise QueryArgumentError(
+            f"{qualname}.query(): {ignored} are ignored by @fleche(ignore=...) and not stored; "
+            "drop them"
+        )
+    spec = QuerySpec(
+        function_ids=frozenset([function_id]),
+        version=None if version is _ANY else _version(version),
+        args=_conditions(bound),
+        metadata=_metadata(metadata),
+    )
+    shown = [f"{k}={_describe(v)}" for k, v in bound.items() if v is not None]
+    if metadata:
+        shown.append(f"metadata={_describe(dict(metadata))}")
+    return QueryResult(active_cache(), spec, f"{qualname}({', '.join(shown)})")
+
+
+def _strings(value: str | Iterable[str] | None, what: str) -> frozenset[str] | None:
+    if value is None:
+        return None
+    out = frozenset([value] if isinstance(value, str) else value)
+    if not all(isinstance(v, str) for v in out):
+        raise QueryArgumentError(f"query({what}=...) takes a str or a list of str, got {value!r}")
+    return out
+
+
+def query(
+    function: Any = None,
+    /,
+    *,
+    name: str | Iterable[str] | None = None,
+    module: str | Iterable[str] | None = None,
+    version: Any = None,
+    metadata: Mapping[str, Any] | None = None,
+    arguments: Mapping[str, Any] | None = None,
+    cache: CacheLike | None = None,
+    **args: Any,
+) -> QueryResult:
+    """Find cached calls across functions: ``fleche.query(name="simulate", alpha=0.1)``.
+
+    ``function``: a decorated function or a function id (as ``fleche ls``
+    shows it), or a list of them; ``name``: the function's ``__qualname__``
+    (``"simulate"``, ``"Model.fit"``); ``module``: its ``__module__``; each a
+    str or a list. ``version``, ``metadata`` and the argument keywords match
+    like ``f.query``'s; an argument is matched in every function that has
+    it, and a call without it does not match. An argument named like one of
+    these keywords goes in ``arguments={...}``. Unlike ``f.query()``, every
+    version matches unless ``version`` says otherwise. ``cache``: where to
+    look (anything :func:`fleche.cache` takes); the active cache by default.
+    """
+    fids: frozenset[str] | None = None
+    if function is not None:
+        items = function if isinstance(function, (list, tuple, set, frozenset)) else [function]
+        ids = []
+        for f in items:
+            cf = getattr(f, "__fleche__", None)
+            if cf is not None:
+                ids.append(cf.function_id)
+            elif isinstance(f, str):
+                ids.append(f)
+            else:
+                raise QueryArgumentError(
+                    f"query({f!r}): expected a @fleche function or a function id (str)"
+                )
+        fids = frozenset(ids)
+    wanted = {**(arguments or {}), **args}
+    spec = QuerySpec(
+        function_ids=fids,
+        names=_strings(name, "name"),
+        modules=_strings(module, "module"),
+        version=_version(version),
+        args=_conditions(wanted),
+        metadata=_metadata(metadata),
+    )
+    shown = [f"function={sorted(fids)!r}"] if fids is not None else []
+    given = {"name": name, "module": module, "version": version, "metadata": metadata, **wanted}
+    shown += [f"{k}={_describe(v)}" for k, v in given.items() if v is not None]
+    target = active_cache() if cache is None else resolve(cache)
+    return QueryResult(target, spec, f"query({', '.join(shown)})")

@@ -1,0 +1,48 @@
+"""What a stored call says: its :class:`Call`, its metadata, and query terms over both.
+
+Above :mod:`fleche.codec` and :mod:`fleche.digest`, below the index (which
+stores conditions as SQL) and the caches.
+
+Inside: ``_call`` (binding arguments, keys, records as :class:`Call`),
+``_metadata`` (when, how long, where, with which tags), ``_terms`` (``Q``
+conditions on arguments and metadata).
+"""
+
+from fleche.records._call import NO_VERSION, Binder, Call, KeyMaker, NotStored, is_clear
+from fleche.records._metadata import ALL as ALL_METADATA
+from fleche.records._metadata import GROUPS as METADATA_GROUPS
+from fleche.records._metadata import TAGS, current_tags, plain
+from fleche.records._metadata import collect as collect_metadata
+from fleche.records._metadata import groups as metadata_choice
+from fleche.records._terms import (
+    ORDERED,
+    Condition,
+    Q,
+    QuerySpec,
+    as_condition,
+    holds_at,
+    metadata_conditions,
+)
+
+__all__ = [
+    "ALL_METADATA",
+    "Binder",
+    "Call",
+    "Condition",
+    "KeyMaker",
+    "METADATA_GROUPS",
+    "NO_VERSION",
+    "NotStored",
+    "ORDERED",
+    "Q",
+    "QuerySpec",
+    "TAGS",
+    "as_condition",
+    "collect_metadata",
+    "current_tags",
+    "holds_at",
+    "is_clear",
+    "metadata_choice",
+    "metadata_conditions",
+    "plain",
+]

@@ -1,0 +1,382 @@
+"""The local-disk store: ``os`` calls on the hot path, tmp-then-rename writes.
+
+A warm hit is one ``os.open`` + ``fstat`` + ``read`` + ``close``: no fsspec, no
+``stat`` before the read, no directory checks. Directories are created
+lazily, when a write fails with FileNotFoundError (EAFP), so a warm store
+never calls ``mkdir`` and a directory removed behind our back (``gc`` pruning
+empty fan-out directories) is simply recreated.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import mmap
+import os
+import secrets
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future
+from contextlib import contextmanager
+
+from fsspec.implementations.local import LocalFileSystem
+
+from fleche.store._base import (
+    HEX_DIGITS,
+    BytesLike,
+    ObjectStore,
+    ReadableFile,
+    is_oid,
+    named,
+    writable_buffer,
+)
+
+__all__ = ["LocalStore"]
+
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
+_READ = os.O_RDONLY | _O_CLOEXEC | _O_BINARY
+# 0o666 & umask, like any file the user writes: a team cache stays shareable
+# (tempfile.mkstemp would make it 0o600).
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY
+
+
+# Temporary names: a random prefix per process plus a counter, cheaper than asking the
+# OS for randomness on every write. O_EXCL still guards against any collision.
+def _new_tmp_prefix() -> None:
+    global _tmp_prefix, _tmp_counter
+    _tmp_prefix = f"{os.getpid():x}-{secrets.token_hex(6)}-"
+    _tmp_counter = itertools.count()
+
+
+_tmp_prefix = ""
+_tmp_counter = itertools.count()
+_new_tmp_prefix()
+if hasattr(os, "register_at_fork"):  # a forked child must not reuse its parent's names
+    os.register_at_fork(after_in_child=_new_tmp_prefix)
+
+# Filesystems without hard links (some FUSE and SMB mounts) refuse os.link with these.
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
+
+
+# Below this a plain os.read is cheapest; above, read into a writable bytearray.
+_SMALL_READ = 1 << 16
+_FIRST_READ = 8192
+# From this size a read goes into a huge-page anonymous mapping instead of a bytearray.
+
+
+def _write_all(fd: int, data: BytesLike) -> None:
+    size = len(data) if isinstance(data, bytes) else memoryview(data).nbytes
+    n = os.write(fd, data)
+    if n < size:  # writes are capped (2 GiB on Linux) and may be short: keep going
+        view = memoryview(data).cast("B")[n:]
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+_GATHER = 4 << 20  # small parts are gathered into writes of up to this many bytes
+_SLICE = 8 << 20  # put_later writes large parts in steps of this, checking for a duplicate
+
+
+def _write_parts(
+    fd: int, parts: Iterable[BytesLike], stop: Callable[[], bool] | None = None
+) -> bool:
+    """Write ``parts`` in order: large ones as they are, runs of small ones gathered.
+
+    A dict of 10,000 small arrays is 20,000 parts: one syscall each would cost
+    more than the bytes; joining a run of small parts copies little. With
+    ``stop``, large parts go in ``_SLICE`` steps and the write ends early
+    (returning False) as soon as ``stop()`` says the file is not wanted.
+    """
+    run: list[BytesLike] = []
+    held = 0
+    for part in parts:
+        n = len(part) if isinstance(part, bytes) else memoryview(part).nbytes
+        if n >= _SMALL_READ:
+            if run:
+                _write_all(fd, b"".join(run))
+                run, held = [], 0
+            if stop is None:
+                _write_all(fd, part)
+                continue
+            view = memoryview(part).cast("B")
+            for start in range(0, n, _SLICE):
+                if stop():
+                    return False
+                _write_all(fd, view[start : start + _SLICE])
+            continue
+        run.append(part)
+        held += n
+        if held >= _GATHER:
+            _write_all(fd, b"".join(run))
+            run, held = [], 0
+    if run:
+        _write_all(fd, run[0] if len(run) == 1 else b"".join(run))
+    return True
+
+
+def _write_at_start(fd: int, header: bytes) -> None:
+    """The header, written last over the blank one at offset 0 (``pwrite``; Windows has none)."""
+    if hasattr(os, "pwrite"):
+        os.pwrite(fd, header, 0)
+    else:  # pragma: no cover - Windows
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        os.lseek(fd, 0, os.SEEK_SET)
+        _write_all(fd, header)
+        os.lseek(fd, end, os.SEEK_SET)
+
+
+def _unlink_quiet(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class LocalStore(ObjectStore):
+    """Store in a local directory; safe for many threads and processes at once.
+
+    Every write goes to ``tmp/<random>`` and is renamed over the final name,
+    so concurrent writers of one name each publish a complete file and the
+    last rename wins. ``durable=True`` adds ``fsync`` of the file before the
+    rename and of the directory after it.
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, read_only: bool = False, durable: bool = False
+    ) -> None:
+        path = os.fspath(root)
+        path = path[len("file://") :] if path.startswith("file://") else path
+        path = os.path.abspath(os.path.expanduser(path))
+        super().__init__(LocalFileSystem(), path, read_only=read_only, durable=durable)
+        self._tmp = f"{self.root}/tmp"
+
+    def _make_url(self) -> str:
+        return self.root or "/"
+
+    # -- primitives ---------------------------------------------------------------
+
+    def _read(self, path: str) -> BytesLike:
+        fd = os.open(path, _READ)
+        try:
+            # Most call records fit one guess-sized read, which saves an fstat on every
+            # hit; a short read of a regular file means end of file.
+            head = os.pread(fd, _FIRST_READ, 0)
+            if len(head) < _FIRST_READ:
+                return head
+            size = os.fstat(fd).st_size
+            if size <= _SMALL_READ:
+                return os.read(fd, size)
+            # Large objects are read into a writable buffer: arrays unpickled from it
+            # (out of band, without a copy) are then writable, as users expect.
+            buf = writable_buffer(size)
+            view, got = memoryview(buf), 0
+            while got < size and (n := os.readv(fd, [view[got:]])):
+                got += n
+            if got < size:  # the file shrank under us: the codec reports it as truncated
+                return bytes(view[:got])
+            return view if isinstance(buf, mmap.mmap) else buf
+        finally:
+            os.close(fd)
+
+    def _open_tmp(self) -> tuple[int, str]:
+        tmp = f"{self._tmp}/{_tmp_prefix}{next(_tmp_counter):x}"
+        try:
+            return os.open(tmp, _CREATE, 0o666), tmp
+        except FileNotFoundError:  # first write into this store
+            os.makedirs(self._tmp, exist_ok=True)
+        except FileExistsError:  # a stale file from a crashed process that had our name
+            tmp = f"{self._tmp}/{secrets.token_hex(12)}"
+        return os.open(tmp, _CREATE, 0o666), tmp
+
+    @contextmanager
+    def _tmp_file(self) -> Iterator[tuple[int, str]]:
+        """A fresh file under ``tmp/``: closed after the block (fsynced if durable), removed on error."""
+        fd, tmp = self._open_tmp()
+        try:
+            yield fd, tmp
+            if self.durable:
+                os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            _unlink_quiet(tmp)
+            raise
+        os.close(fd)
+
+    def _write_tmp(self, parts: Iterable[BytesLike]) -> str:
+        """Write ``parts`` to a fresh file under ``tmp/`` and return its path."""
+        with self._tmp_file() as (fd, tmp):
+            _write_parts(fd, parts)
+        return tmp
+
+    def _write(self, path: str, parts: Iterable[BytesLike]) -> None:
+        tmp = self._write_tmp(parts)
+        try:
+            self._rename(tmp, path)
+        except BaseException:
+            _unlink_quiet(tmp)
+            raise
+        if self.durable:
+            self._fsync_dir(os.path.dirname(path))
+
+    def put_later(
+        self,
+        name: Future[tuple[str, bytes, bytes]],
+        parts: Sequence[BytesLike],
+        *,
+        header_size: int,
+    ) -> str:
+        """Write ``parts`` after a blank header while the name is computed, then finish.
+
+        The header goes in last (``pwrite`` at offset 0) and the file is
+        renamed only then, so a crash leaves a stray file in ``tmp/``, never a
+        bad object. Once the name is known, a write whose object already
+        exists stops at the next 8 MiB step.
+        """
+        self._check_writable()
+        if self._info is None:
+            self._ensure_marker()
+        seen: list[bool] = []  # [duplicate?] once the name is known and looked up
+
+        def stop() -> bool:
+            if not seen:
+                if not name.done() or name.exception() is not None:
+                    return False
+                seen.append(self._exists(self._oid_path(name.result()[0])))
+            return seen[0]
+
+        with self._tmp_file() as (fd, tmp):
+            _write_all(fd, bytes(header_size))
+            finished = _write_parts(fd, parts, stop)
+            oid, header, trailer = named(name, header_size)
+            if finished:
+                if trailer:
+                    _write_all(fd, trailer)
+                _write_at_start(fd, header)
+        return self._publish_tmp(tmp, oid, keep=finished)
+
+    def put_produced(
+        self,
+        produce: Callable[[Callable[[BytesLike], object]], None],
+        name: Future[tuple[str, bytes, bytes]],
+        *,
+        header_size: int,
+    ) -> str:
+        """Write the pieces to ``tmp/`` as they are produced, the header last, then rename."""
+        self._check_writable()
+        if self._info is None:
+            self._ensure_marker()
+        with self._tmp_file() as (fd, tmp):
+            _write_all(fd, bytes(header_size))
+            produce(lambda data: _write_all(fd, data))
+            oid, header, trailer = named(name, header_size)
+            if trailer:
+                _write_all(fd, trailer)
+            _write_at_start(fd, header)
+        return self._publish_tmp(tmp, oid, keep=True)
+
+    def _publish_tmp(self, tmp: str, oid: str, *, keep: bool) -> str:
+        """Rename a finished ``tmp`` file to object ``oid`` (unless it exists, or not ``keep``)."""
+        path = self._oid_path(oid)
+        try:
+            if not keep or self._exists(path):
+                return oid
+            self._rename(tmp, path)
+        finally:
+            _unlink_quiet(tmp)
+        if self.durable:
+            self._fsync_dir(os.path.dirname(path))
+        return oid
+
+    def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
+        self._write(path, chunks)  # _write_tmp writes parts as they come: already streaming
+
+    def _open_read(self, path: str) -> ReadableFile:
+        return open(path, "rb", buffering=0)  # the caller closes it
+
+    def _rename(self, src: str, dst: str) -> None:
+        try:
+            os.replace(src, dst)
+        except FileNotFoundError:  # dst's directory is new (or src vanished: re-raised below)
+            self._ensure_dir(os.path.dirname(dst))
+            os.replace(src, dst)
+
+    def _write_new(self, path: str, data: bytes) -> bool:
+        tmp = self._write_tmp((data,))
+        try:
+            try:
+                os.link(tmp, path)  # create-only and atomic, unlike open(path, "x")
+            except FileExistsError:
+                return False
+            except OSError as e:
+                if e.errno not in _NO_LINK:
+                    raise
+                if self._exists(path):
+                    return False
+                os.replace(tmp, path)
+        finally:
+            _unlink_quiet(tmp)
+        if self.durable:
+            self._fsync_dir(os.path.dirname(path))
+        return True
+
+    def _exists(self, path: str) -> bool:
+        # Not os.path.exists(): it reports False for permission errors too.
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _size(self, path: str) -> int:
+        return os.stat(path).st_size
+
+    def _remove(self, path: str) -> None:
+        os.unlink(path)
+
+    def _move(self, src: str, dst: str) -> None:
+        self._rename(src, dst)
+
+    def _ensure_dir(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+        if self.durable:  # the new directory entries must survive a crash too
+            parent = os.path.dirname(path)
+            while True:
+                self._fsync_dir(parent)
+                if len(parent) <= len(self.root) or parent == os.path.dirname(parent):
+                    break
+                parent = os.path.dirname(parent)
+
+    def _fsync_dir(self, path: str) -> None:
+        if os.name == "nt":  # directories cannot be opened for fsync on Windows
+            return
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _list_dirs(self, path: str) -> Iterator[str]:
+        try:
+            with os.scandir(path) as it:
+                names = [e.name for e in it if e.is_dir()]
+        except FileNotFoundError:
+            return
+        yield from names
+
+    def _list_fanout(self, path: str) -> Iterator[str]:
+        try:
+            with os.scandir(path) as it:
+                fans = [
+                    e
+                    for e in it
+                    if len(e.name) == 2 and not e.name.strip(HEX_DIGITS) and e.is_dir()
+                ]
+        except FileNotFoundError:
+            return
+        for fan in fans:
+            try:
+                with os.scandir(fan.path) as it:
+                    oids = [fan.name + e.name for e in it if len(e.name) == 30 and e.is_file()]
+            except FileNotFoundError:  # pruned while we listed
+                continue
+            yield from filter(is_oid, oids)

@@ -1,0 +1,161 @@
+"""Copying: one sync run reads records, copies objects then records, and deletes, on the pool.
+
+A :class:`_Sync` holds the two stores, what is known to be at the destination and
+the result being built. :func:`fleche.sync.sync` plans what to copy and calls it:
+every object before any record, and a record only when every object it references
+is at the destination; deletion the other way round.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fleche import codec
+from fleche.cache import referenced_oids
+from fleche.errors import CorruptObjectError
+from fleche.store import ObjectStore, is_oid
+from fleche.sync._pool import _Failed, _Progress, _run
+from fleche.sync._result import CallKey, SyncResult, call_name, object_name
+
+# Records held in memory between the read that finds their objects (functions=
+# filter) and their write; past this many bytes they are read again instead.
+_HOLD_LIMIT = 64 << 20
+
+
+class _Sync:
+    """One run: the two stores, what each holds, and the result being built."""
+
+    def __init__(
+        self,
+        source: ObjectStore,
+        target: ObjectStore,
+        result: SyncResult,
+        pool: ThreadPoolExecutor,
+        window: int,
+        bar: _Progress,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.result = result
+        self.pool = pool
+        self.window = window
+        self.bar = bar
+        self.present: set[str] = set()  # objects known to be at dst: listed or copied
+        self.failed_objects: set[str] = set()
+        self.held: dict[CallKey, tuple[Any, list[str]]] = {}  # records read early (filter)
+
+    # -- records: read, decode, find their objects ------------------------------------------
+
+    def read_record(self, key: CallKey) -> tuple[Any, list[str]]:
+        fid, digest = key
+        blob = self.source.get_call(fid, digest)
+        where = f"call record {fid}/{digest} in {self.source.url}"
+        rec = codec.decode_record(blob, where)
+        if rec.get("digest", digest) != digest or rec.get("function", fid) != fid:
+            raise CorruptObjectError(
+                f"{where} describes {rec.get('function')}/{rec.get('digest')}: stored under the wrong name"
+            )
+        try:
+            oids = referenced_oids(rec)
+        except (AttributeError, TypeError) as e:
+            raise CorruptObjectError(f"{where} has malformed value references: {e}") from e
+        bad = [o for o in oids if not is_oid(o)]
+        if bad:
+            raise CorruptObjectError(f"{where} references invalid object ids {bad}")
+        return blob, oids
+
+    def preread(self, keys: list[CallKey]) -> list[CallKey]:
+        """Read the records to copy, to learn their objects (``functions=``); returns those that decoded."""
+        good: list[CallKey] = []
+        held_bytes = 0
+
+        def done(key: CallKey, value: tuple[Any, list[str]]) -> None:
+            nonlocal held_bytes
+            blob, oids = value
+            size = memoryview(blob).nbytes
+            held_bytes += size
+            self.held[key] = (blob if held_bytes <= _HOLD_LIMIT else None, oids)
+            good.append(key)
+            self.bar.advance()
+
+        self.bar.phase("reading records", len(keys))
+        _run(self.pool, self.window, keys, self.read_record, done, self.record_failed)
+        return sorted(good)
+
+    def record_failed(self, key: CallKey, reason: str) -> None:
+        self.result.failed.append((call_name(*key), reason))
+        self.bar.advance()
+
+    # -- copying ---------------------------------------------------------------------------
+
+    def copy_object(self, oid: str) -> int:
+        blob = self.source.get(oid)
+        codec.unframe(blob, f"object {oid} in {self.source.url}", expect=oid)
+        self.target.put(blob, oid=oid)
+        return memoryview(blob).nbytes
+
+    def copy_objects(self, oids: list[str]) -> None:
+        def done(oid: str, nbytes: int) -> None:
+            self.present.add(oid)
+            self.result.transferred.append(object_name(oid))
+            self.result.bytes_transferred += nbytes
+            self.bar.advance(nbytes)
+
+        def failed(oid: str, reason: str) -> None:
+            self.failed_objects.add(oid)
+            self.result.failed.append((object_name(oid), reason))
+            self.bar.advance()
+
+        self.bar.phase("objects", len(oids))
+        _run(self.pool, self.window, oids, self.copy_object, done, failed)
+
+    def copy_record(self, key: CallKey) -> int:
+        held = self.held.get(key)
+        blob, oids = self.read_record(key) if held is None or held[0] is None else held
+        for oid in oids:
+            if oid in self.present:
+                continue
+            if oid in self.failed_objects:
+                raise _Failed(f"not copied: the object it references, {oid}, failed to copy")
+            raise _Failed(f"not copied: it references object {oid}, which {self.source.url} lacks")
+        self.target.put_call(key[0], key[1], blob)
+        return memoryview(blob).nbytes
+
+    def copy_records(self, keys: list[CallKey]) -> None:
+        def done(key: CallKey, nbytes: int) -> None:
+            self.result.transferred.append(call_name(*key))
+            self.result.bytes_transferred += nbytes
+            self.bar.advance(nbytes)
+
+        self.bar.phase("records", len(keys))
+        _run(self.pool, self.window, keys, self.copy_record, done, self.record_failed)
+
+    # -- deleting --------------------------------------------------------------------------
+
+    def delete(self, records: list[CallKey], oids: list[str]) -> None:
+        """Records first, then objects: a reader never meets a record whose object went first."""
+
+        def done(name: str, _: Any) -> None:
+            self.result.deleted.append(name)
+            self.bar.advance()
+
+        def failed(name: str, reason: str) -> None:
+            self.result.failed.append((name, f"could not delete: {reason}"))
+            self.bar.advance()
+
+        calls = {call_name(*k): k for k in records}
+        self.bar.phase("deleting records", len(calls))
+        _run(
+            self.pool,
+            self.window,
+            calls,
+            lambda n: self.target.delete_call(*calls[n]),
+            done,
+            failed,
+        )
+        objects = {object_name(o): o for o in oids}
+        self.bar.phase("deleting objects", len(objects))
+        _run(
+            self.pool, self.window, objects, lambda n: self.target.delete(objects[n]), done, failed
+        )

@@ -1,0 +1,247 @@
+"""Copy one store into another, like ``rsync`` or ``aws s3 sync``, without ever exposing a dangling record.
+
+``sync(src, dst)`` lists both stores (in parallel, each through the store's
+own cheapest listing: one ``scandir`` per fan-out directory on local disk, one
+paginated LIST of ``objects/`` and one of ``calls/`` on S3), copies what
+``dst`` lacks with a bounded pool of threads, and verifies every file on the
+way: an object must unframe to the oid it is named by, a record must decode.
+
+Ordering (dvc-data's ``transfer.py`` habit: publish references only after what
+they point at): every object is copied before any record, and a record is
+copied only when every object it references is at ``dst``.  A reader of
+``dst`` therefore never sees a record whose value is missing, at any instant,
+even if the sync is killed.  Deletion (``delete=True``) runs the other way:
+records first, then objects.
+
+Resume needs no journal: every name is immutable once published (objects) or
+atomically replaced (records), so "the name exists at dst" means "done", and a
+second run copies only what is still missing.
+
+The family: :mod:`fleche.sync._result` (what a sync reports), :mod:`fleche.sync._pool`
+(the bounded pool and the progress bar), :mod:`fleche.sync._copy` (the run that
+copies and deletes); here, opening and checking the two stores, listing them and
+planning what to copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from fleche.errors import FlecheError, ReadOnlyStoreError, StoreFormatError
+from fleche.store import FORMAT, MARKER, ObjectStore, is_function_id, open_store
+from fleche.sync._copy import _Sync
+from fleche.sync._pool import _Progress
+from fleche.sync._result import CallKey, SyncError, SyncResult, call_name, object_name
+
+__all__ = ["SyncError", "SyncResult", "call_name", "object_name", "sync"]
+
+_log = logging.getLogger("fleche.sync")  # one INFO line per sync: what it did
+
+
+# -- opening and checking the two stores -------------------------------------------------
+
+
+def _marker(store: ObjectStore) -> dict[str, Any] | None:
+    """The store's parsed ``fleche.json``, or None; never writes one (``info()`` would)."""
+    # A store handed in may have been opened before its marker was written: read it again.
+    return store._info or store._load_marker()
+
+
+def _open(
+    spec: str | os.PathLike[str] | ObjectStore, options: dict[str, Any] | None, **fixed: Any
+) -> ObjectStore:
+    if isinstance(spec, ObjectStore):
+        if options:
+            raise TypeError("sync: src_options/dst_options apply to URLs, not to an open store")
+        return spec
+    return open_store(spec, **{**(options or {}), **fixed})
+
+
+def _same_store(a: ObjectStore, b: ObjectStore) -> bool:
+    if a.root != b.root:
+        return False
+    if a.fs is b.fs:
+        return True
+    # Two local handles on one directory; other URLs can name different servers.
+    return a.url == b.url and a.url.startswith("/")
+
+
+def _check_formats(source: ObjectStore, target: ObjectStore) -> dict[str, Any]:
+    """Refuse stores whose formats differ; returns the source's marker."""
+    src_info = _marker(source)
+    if src_info is None:
+        raise SyncError(
+            f"no fleche store at {source.url}: {MARKER} is missing (check the path or URL)"
+        )
+    src_fmt = src_info.get("format")
+    dst_info = _marker(target)
+    if dst_info is not None and dst_info.get("format") != src_fmt:
+        raise StoreFormatError(
+            f"refusing to sync {source.url} (store format {src_fmt}) into {target.url} "
+            f"(store format {dst_info.get('format')}): objects of one format are not valid "
+            "in the other; sync into a new store instead"
+        )
+    if dst_info is None and src_fmt != FORMAT:
+        raise StoreFormatError(
+            f"refusing to sync {source.url} (store format {src_fmt}) into the new store "
+            f"{target.url}: this fleche creates format {FORMAT} stores only"
+        )
+    return src_info
+
+
+def _check_functions(functions: Iterable[str] | None) -> list[str] | None:
+    if functions is None:
+        return None
+    if isinstance(functions, str):  # a str is an iterable of one-letter "functions"
+        functions = [functions]
+    fids = sorted(set(functions))
+    bad = [f for f in fids if not is_function_id(f)]
+    if bad:
+        raise ValueError(f"sync: invalid function ids {bad}: expected names like 'pkg.mod.func'")
+    return fids
+
+
+# -- listing -------------------------------------------------------------------------------
+
+
+def _list_calls(store: ObjectStore, fids: list[str] | None) -> set[CallKey]:
+    if fids is None:
+        return set(store.iter_calls())
+    return {key for fid in fids for key in store.iter_calls(fid)}
+
+
+def _list_both(
+    source: ObjectStore, target: ObjectStore, fids: list[str] | None
+) -> tuple[set[str], set[CallKey], set[str], set[CallKey], list[str]]:
+    """Both sides' objects and calls, the listings at once (they are I/O-bound)."""
+    with ThreadPoolExecutor(5, thread_name_prefix="fleche-sync-list") as pool:
+        src_objects = pool.submit(lambda: set(source.iter_oids()))
+        src_calls = pool.submit(_list_calls, source, fids)
+        functions = pool.submit(lambda: list(source.iter_functions()) if fids else [])
+        dst_objects = pool.submit(lambda: set(target.iter_oids()))
+        dst_calls = pool.submit(_list_calls, target, fids)
+        return (
+            src_objects.result(),
+            src_calls.result(),
+            dst_objects.result(),
+            dst_calls.result(),
+            functions.result(),
+        )
+
+
+def sync(
+    src: str | os.PathLike[str] | ObjectStore,
+    dst: str | os.PathLike[str] | ObjectStore,
+    *,
+    functions: Iterable[str] | None = None,
+    delete: bool = False,
+    dry_run: bool = False,
+    workers: int = 8,
+    progress: bool | None = False,
+    src_options: dict[str, Any] | None = None,
+    dst_options: dict[str, Any] | None = None,
+) -> SyncResult:
+    """Copy into ``dst`` every object and call record of ``src`` that ``dst`` lacks.
+
+    ``src``/``dst``: store URLs (opened with ``open_store(url, **options)``;
+    ``src`` read-only, and it must be a fleche store; ``dst`` is created when
+    missing) or open stores.  ``functions``: copy only these function ids'
+    records, and the objects they reference.  ``delete``: then remove from
+    ``dst`` the records (and, without ``functions``, the objects) that ``src``
+    lacks, records first.  ``dry_run``: list, plan and report; write nothing.
+    ``workers``: concurrent transfers.  ``progress``: a progress bar on stderr
+    (None: when stderr is a terminal; ``FLECHE_PROGRESS=0`` turns it off).
+
+    A corrupt or vanished source file, or a write that fails, is reported in
+    ``result.failed`` and the sync goes on; a record whose objects failed is
+    not copied.  Errors that would fail every file (credentials, a full or
+    read-only disk) stop it with :class:`SyncError`, whose ``result`` says
+    what was done.  Re-running copies only what is still missing.
+    """
+    if workers < 1:
+        raise ValueError(f"sync: workers={workers!r}: expected at least 1")
+    start = time.perf_counter()
+    fids = _check_functions(functions)
+    source = _open(src, src_options, read_only=True)
+    opened = [] if source is src else [source]  # stores opened here are closed here
+    try:
+        try:
+            target = _open(dst, dst_options)
+        except StoreFormatError as e:
+            raise StoreFormatError(f"refusing to sync into {dst}: {e}") from e
+        if target is not dst:
+            opened.append(target)
+        if _same_store(source, target):
+            raise SyncError(f"sync: source and destination are the same store ({source.url})")
+        _check_formats(source, target)
+        if not dry_run and target.read_only:
+            raise ReadOnlyStoreError(f"sync: the destination {target.url} was opened read-only")
+        result = SyncResult(src=source.url, dst=target.url, dry_run=dry_run)
+        with ThreadPoolExecutor(workers, thread_name_prefix="fleche-sync") as pool:
+            bar = _Progress(progress)
+            try:
+                _sync(_Sync(source, target, result, pool, workers * 4, bar), fids, delete, dry_run)
+            except (OSError, FlecheError) as e:
+                if isinstance(e, SyncError):
+                    raise
+                # An error every further file would meet too (credentials, disk full...).
+                raise SyncError(f"sync {source.url} -> {target.url} stopped: {e}", result) from e
+            finally:
+                bar.close()
+                result.seconds = time.perf_counter() - start
+        _log.info("sync %s", result)
+        return result
+    finally:
+        for store in opened:
+            store.close()
+
+
+def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> None:
+    source, target, result = run.source, run.target, run.result
+    src_objects, src_calls, dst_objects, dst_calls, functions = _list_both(source, target, fids)
+    result.listed = {
+        "src objects": len(src_objects),
+        "src calls": len(src_calls),
+        "dst objects": len(dst_objects),
+        "dst calls": len(dst_calls),
+    }
+    if fids is not None:
+        unknown = sorted(set(fids) - set(functions))
+        if unknown:
+            shown = ", ".join(sorted(functions)[:20]) or "none"
+            raise SyncError(f"no records of {unknown} in {source.url}; it has: {shown}")
+    if not dry_run:  # a new destination gets its marker before any file, as every store does
+        target.info()
+    run.present = set(dst_objects)
+
+    calls = sorted(src_calls - dst_calls)
+    result.skipped.extend(call_name(*k) for k in sorted(src_calls & dst_calls))
+    if fids is None:
+        wanted = src_objects
+    else:  # only what the records to copy reference: read them first
+        calls = run.preread(calls)
+        wanted = {o for _, oids in run.held.values() for o in oids}
+    # An object src lacks is not listed: the records that reference it fail, below.
+    objects = sorted((wanted & src_objects) - dst_objects)
+    result.skipped[:0] = [object_name(o) for o in sorted(wanted & dst_objects)]
+
+    if dry_run:
+        result.transferred = [object_name(o) for o in objects] + [call_name(*k) for k in calls]
+    else:
+        run.copy_objects(objects)  # every object before any record
+        run.copy_records(calls)
+
+    if delete:
+        gone_calls = sorted(dst_calls - src_calls)
+        gone_objects = sorted(dst_objects - src_objects) if fids is None else []
+        if dry_run:
+            result.deleted = [call_name(*k) for k in gone_calls] + [
+                object_name(o) for o in gone_objects
+            ]
+        else:
+            run.delete(gone_calls, gone_objects)

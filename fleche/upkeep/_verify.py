@@ -1,0 +1,215 @@
+"""``fleche verify``: re-hash every object and record, find what is damaged or dangling.
+
+Readers already check every file they read (see ``docs/format.md``), so a
+damaged file is never served; ``verify`` finds the damage *before* a reader
+trips on it, and finds what a reader cannot see at all:
+
+- **corrupt** objects and records: bad header, truncated, hash mismatch, or
+  stored under a name that is not theirs;
+- **dangling** records: they point at an object that is missing or corrupt
+  (a reader recomputes the call, with a warning);
+- **orphan** objects: no record points at them. Harmless (a crash between the
+  object and its record leaves one, by design) and ``fleche gc`` removes them,
+  so they are reported but are not problems.
+
+``repair=True`` deletes the dangling records, then moves the corrupt files to
+``quarantine/`` through the store's own ``quarantine`` (nothing is destroyed
+that a human might want to look at). Records go before objects, the write
+order reversed, so a reader never meets a record whose object was just moved.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from fleche import codec
+from fleche.cache import malformed, referenced_oids
+from fleche.codec import Signer
+from fleche.errors import CacheMiss, CorruptObjectError, ReadOnlyStoreError
+from fleche.store import ObjectStore, is_oid
+from fleche.upkeep._lookup import WORKERS, Progress
+from fleche.upkeep._scan import Entry, Inventory, read_records, scan
+
+__all__ = ["Finding", "VerifyReport", "verify"]
+
+
+@dataclass
+class Finding:
+    """One damaged thing: what it is, why, and what ``--repair`` did about it."""
+
+    kind: str  # "object", "record" or "dangling"
+    name: str  # oid, or "function_id/digest"
+    reason: str
+    fixed: str | None = None  # "quarantined", "deleted"; None while it remains
+
+    @property
+    def remains(self) -> bool:
+        return self.fixed is None
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify` found; ``problems`` counts what is still wrong afterwards."""
+
+    url: str
+    objects: int = 0
+    records: int = 0
+    bytes: int = 0
+    corrupt_objects: list[Finding] = field(default_factory=list)
+    corrupt_records: list[Finding] = field(default_factory=list)
+    dangling: list[Finding] = field(default_factory=list)
+    orphans: list[str] = field(default_factory=list)
+    repaired: bool = False
+    seconds: float = 0.0
+
+    @property
+    def findings(self) -> list[Finding]:
+        return [*self.corrupt_objects, *self.corrupt_records, *self.dangling]
+
+    @property
+    def problems(self) -> int:
+        return sum(f.remains for f in self.findings)
+
+    @property
+    def ok(self) -> bool:
+        return self.problems == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["problems"] = self.problems
+        return d
+
+
+def _check_objects(
+    store: ObjectStore,
+    objects: list[Entry],
+    workers: int,
+    progress: Progress | None,
+    report: VerifyReport,
+    signer: Signer | None = None,
+) -> set[str]:
+    """Re-hash every object (and check its signature); returns the oids that are intact."""
+
+    def check(e: Entry) -> tuple[str, int, str | None] | None:
+        try:
+            blob = store.get(e.name)
+        except CacheMiss:
+            return None  # deleted while we looked (a concurrent gc): not damage
+        try:
+            codec.unframe(blob, "the file", expect=e.name, signer=signer)
+        except CorruptObjectError as err:
+            return e.name, len(blob), str(err)
+        return e.name, len(blob), None
+
+    good: set[str] = set()
+    with ThreadPoolExecutor(workers) as pool:
+        for i, got in enumerate(pool.map(check, objects), 1):
+            if progress is not None and (i % 64 == 0 or i == len(objects)):
+                progress("objects", i, len(objects))
+            if got is None:
+                continue
+            oid, size, error = got
+            report.objects += 1
+            report.bytes += size
+            if error is None:
+                good.add(oid)
+            else:
+                report.corrupt_objects.append(Finding("object", oid, error))
+    return good
+
+
+def verify(
+    store: ObjectStore,
+    *,
+    repair: bool = False,
+    workers: int = WORKERS,
+    progress: Progress | None = None,
+    inventory: Inventory | None = None,
+    signer: Signer | None = None,
+) -> VerifyReport:
+    """Check every object and record of ``store``; with ``repair``, fix what can be fixed.
+
+    With ``signer`` (a signed store), a file that is unsigned or not signed
+    with one of its keys counts as corrupt too.
+
+    Safe on a store in use: a file that vanishes while being checked is
+    skipped, and an object a record needs that the listing did not show (it
+    was written after the listing) is looked up again before the record is
+    called dangling.
+    """
+    if repair and store.read_only:
+        raise ReadOnlyStoreError(f"cannot repair {store.url}: the store is read-only")
+    started = time.perf_counter()
+    inv = inventory or scan(store)
+    report = VerifyReport(store.url)
+    good = _check_objects(store, inv.objects, workers, progress, report, signer)
+    listed = {e.name for e in inv.objects}
+    corrupt = {f.name for f in report.corrupt_objects}
+    referenced: set[str] = set()
+    calls = list(inv.iter_calls())
+    for r in read_records(store, calls, workers=workers, progress=progress, signer=signer):
+        name = f"{r.function_id}/{r.digest}"
+        if r.record is None:
+            if r.error is not None:
+                report.records += 1
+                report.bytes += r.entry.size
+                report.corrupt_records.append(Finding("record", name, r.error))
+            continue
+        report.records += 1
+        report.bytes += r.entry.size
+        try:
+            refs = referenced_oids(r.record)
+        except (AttributeError, TypeError) as e:  # "arguments" that are no map: not our writer's
+            report.corrupt_records.append(Finding("record", name, f"malformed references: {e}"))
+            continue
+        invalid = [o for o in refs if not is_oid(o)]
+        why = malformed(r.record) or (
+            f"references invalid object ids {invalid[:3]}" if invalid else None
+        )
+        if why is not None:  # a reader quarantines it; a name like "../x" is never looked up
+            report.corrupt_records.append(Finding("record", name, why))
+            continue
+        referenced.update(refs)
+        bad = []
+        for oid in refs:
+            if oid in good:
+                continue
+            if oid in corrupt:
+                bad.append(f"corrupt object {oid}")
+            elif oid in listed or not store.exists(oid):
+                bad.append(f"missing object {oid}")
+        if bad:
+            report.dangling.append(Finding("dangling", name, "points at " + ", ".join(bad)))
+    report.orphans = sorted(good - referenced)
+    if repair:
+        _repair(store, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _repair(store: ObjectStore, report: VerifyReport) -> None:
+    """Dangling records deleted, then corrupt records and objects quarantined."""
+    report.repaired = True
+    for f in report.dangling:
+        fid, _, digest = f.name.partition("/")
+        try:
+            store.delete_call(fid, digest)
+            f.fixed = "deleted"
+        except OSError as e:
+            f.reason += f"; could not delete it: {e}"
+    for f in report.corrupt_records:
+        fid, _, digest = f.name.partition("/")
+        try:
+            store.quarantine(function_id=fid, digest=digest)
+            f.fixed = "quarantined"
+        except OSError as e:
+            f.reason += f"; could not quarantine it: {e}"
+    for f in report.corrupt_objects:
+        try:
+            store.quarantine(f.name)
+            f.fixed = "quarantined"
+        except OSError as e:
+            f.reason += f"; could not quarantine it: {e}"
