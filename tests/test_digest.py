@@ -723,7 +723,7 @@ def test_code_digest_of_inline_lambdas(tmp_path):
         )
         """,
     )
-    from fleche.digest._types import _source_key
+    from fleche.digest._code import _source_key
 
     for fn in (mod.inline, mod.key, mod.spread):
         assert _source_key(fn, fn.__code__) is not None, fn  # found in the source

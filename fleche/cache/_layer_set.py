@@ -22,8 +22,6 @@ from fleche.cache._cache import Cache, referenced_oids
 from fleche.errors import CacheMiss, CorruptObjectError, warn_user
 from fleche.store import BytesLike
 
-__all__ = ["LayerSet", "LayerSpec"]
-
 # Objects known to be in a layer (written or seen there by this process): the
 # record written next checks here before asking the store.  Bounded; forgetting
 # only costs an existence check.

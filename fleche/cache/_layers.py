@@ -44,8 +44,6 @@ from fleche.errors import CacheMiss, CorruptObjectError
 from fleche.index import LayeredIndex
 from fleche.store import BytesLike
 
-__all__ = ["RETRY_AFTER", "WRITE_MODES", "LayerSpec", "LayeredCache"]
-
 WRITE_MODES = ("first", "through")
 RETRY_AFTER = 60.0
 """Seconds a failed layer is left alone before it is tried again."""

@@ -49,16 +49,6 @@ from typing import Any, Protocol
 from fleche.errors import FlecheError
 from fleche.store import BytesLike, ObjectStore, is_function_id, is_oid
 
-__all__ = [
-    "LEASE_FORMAT",
-    "Lease",
-    "LeasePolicy",
-    "compute_once",
-    "lease_store",
-    "policy_of",
-    "sweep",
-]
-
 LEASE_FORMAT = 1
 """The ``lease`` field of a lease file: its format version."""
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import click
 
-from fleche.cli._config import config
 from fleche.cli._main import (
     emit_json,
     json_option,
@@ -26,7 +25,6 @@ from fleche.cli._main import (
     store_option,
     workers_option,
 )
-from fleche.cli._records import query, show
 from fleche.cli._text import _n, _print_pairs
 from fleche.upkeep import format_size, format_time
 
@@ -271,6 +269,3 @@ def du(store: str | None, as_json: bool, human: bool) -> None:
     width = max(len(fmt(b)) for _, b in [*parts, ("", total)])
     for name, b in [*parts, ("total", total)]:
         click.echo(f"{fmt(b):>{width}}  {name}")
-
-
-__all__ = ["config", "du", "ls", "query", "show", "stats"]

@@ -372,6 +372,3 @@ def _sync_doc(result: Any) -> dict[str, Any]:
         "listed": result.listed,
         "seconds": result.seconds,
     }
-
-
-__all__ = ["gc", "sync", "verify"]

@@ -39,8 +39,6 @@ from fleche.codec._base import (
 )
 from fleche.errors import CorruptObjectError
 
-__all__ = ["PandasArrowSerializer", "PolarsSerializer"]
-
 TRIAL_ROWS = 8
 """Rows of a frame round-tripped before choosing Arrow for it."""
 

@@ -25,8 +25,6 @@ from typing import Any
 from fleche.codec._base import HEADER_SIZE, SER_BAGOFHOLDING, DumpContext, LoadContext, Serializer
 from fleche.errors import CorruptObjectError, FlecheError, SerializationError
 
-__all__ = ["BagSerializer", "open_bag"]
-
 USER_BLOCK = 512
 """File offset of the HDF5 superblock in a raw bag object (a valid HDF5 user block size)."""
 PAD = USER_BLOCK - HEADER_SIZE

@@ -21,20 +21,6 @@ from typing import Any
 
 from fleche.errors import SerializationError
 
-__all__ = [
-    "ALIGN",
-    "HEADER_SIZE",
-    "OOB",
-    "DumpContext",
-    "LoadContext",
-    "MissingSerializerError",
-    "Serializer",
-    "Streamed",
-    "importable",
-    "nbytes",
-    "pad_to",
-]
-
 HEADER_SIZE = 32
 """Bytes of the frame header before every payload."""
 ALIGN = 64

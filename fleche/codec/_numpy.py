@@ -34,8 +34,6 @@ from fleche.codec._base import (
 )
 from fleche.errors import CorruptObjectError
 
-__all__ = ["NumpySerializer", "dtype_from_plain", "dtype_to_plain", "plain_dtype"]
-
 
 def dtype_to_plain(d: Any) -> Any:
     """A msgpack-able description of dtype ``d`` that :func:`dtype_from_plain` rebuilds exactly."""

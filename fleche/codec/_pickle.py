@@ -32,8 +32,6 @@ from fleche.codec._base import (
 )
 from fleche.errors import CorruptObjectError, SerializationError
 
-__all__ = ["PickleSerializer", "join_oob", "split_oob"]
-
 _OOB = struct.Struct("<IQ")  # number of out-of-band buffers, pickle stream length
 _LEN = struct.Struct("<Q")
 REF_PREFIX = "fleche:"

@@ -20,8 +20,6 @@ import msgpack
 from fleche.codec._base import SER_MSGPACK, DumpContext, LoadContext, Serializer
 from fleche.errors import CorruptObjectError
 
-__all__ = ["PlainSerializer", "str_keys"]
-
 _SCALARS = (type(None), bool, int, float, str, bytes)
 
 

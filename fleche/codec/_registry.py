@@ -52,18 +52,6 @@ from fleche.codec._plain import PlainSerializer
 from fleche.codec._tree import TreeSerializer
 from fleche.errors import CorruptObjectError, SerializationError, UnsafeValueError
 
-__all__ = [
-    "SPLIT_MIN",
-    "by_id",
-    "by_name",
-    "decode",
-    "is_safe",
-    "register",
-    "serialize",
-    "serialize_streamed",
-    "serializer_names",
-]
-
 SPLIT_MIN = 1 << 20
 """Array members of a pickled value from this size are stored as objects of their own."""
 STREAM_PIECES = 1024

@@ -19,8 +19,6 @@ from fleche.codec._frame import FLAG_SIGNED, FORMAT, HEADER, MAGIC
 from fleche.codec._sign import TRAILER_SIZE, Signer
 from fleche.codec._unframe import read_frame_header, unframe
 
-__all__ = ["resign"]
-
 
 def resign(
     blob: Any,

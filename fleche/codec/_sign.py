@@ -36,8 +36,6 @@ from typing import Any
 
 from fleche.errors import ConfigError, SignatureError
 
-__all__ = ["ENV", "MIN_KEY", "TRAILER_SIZE", "Signer", "signer_from"]
-
 ENV = "FLECHE_SECRET_KEY"
 """Environment variable with the secret key(s), comma-separated; the first one signs."""
 MIN_KEY = 16

@@ -50,8 +50,6 @@ from fleche.codec._plain import str_keys
 from fleche.codec._zframes import compressor
 from fleche.errors import CorruptObjectError, FlecheError, SerializationError
 
-__all__ = ["TreeSerializer"]
-
 EXT_ARRAY = 1
 """msgpack ext code: an array of this object, by its u32 index in the array table."""
 EXT_OBJECT = 2

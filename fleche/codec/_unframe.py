@@ -33,8 +33,6 @@ from fleche.codec._sign import TRAILER_SIZE, Signer
 from fleche.errors import CorruptObjectError
 from fleche.store import ReadableFile, writable_buffer
 
-__all__ = ["read_frame_header", "read_header", "unframe", "unframe_stream"]
-
 _decompressor = zframes.decompressor  # one per thread: not safe to share, ~10 µs to make
 
 

@@ -32,16 +32,6 @@ import zstandard
 from fleche.errors import CorruptObjectError
 from fleche.store import ReadableFile, writable_buffer
 
-__all__ = [
-    "CHUNK",
-    "FRAMES_MIN",
-    "compressed_frames",
-    "compressor",
-    "decompress_frames",
-    "decompress_stream",
-    "decompressor",
-]
-
 CHUNK = 8 << 20
 """Uncompressed bytes per frame (the last one holds the rest). Also the read step when streaming."""
 FRAMES_MIN = CHUNK + 1

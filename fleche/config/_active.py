@@ -19,20 +19,7 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from fleche.cache import Cache
-from fleche.config._caches import CACHE_OPTIONS as CACHE_OPTIONS
-from fleche.config._caches import AnyCache as AnyCache
-from fleche.config._caches import CacheLike as CacheLike
-from fleche.config._caches import CacheSpec as CacheSpec
-from fleche.config._caches import Config as Config
-from fleche.config._caches import LayerLike as LayerLike
-from fleche.config._caches import load_config as load_config
-from fleche.config._caches import resolve as resolve
-from fleche.config._file import CACHE_KEYS as CACHE_KEYS
-from fleche.config._file import CONFIG_NAME as CONFIG_NAME
-from fleche.config._file import LAYERED_KEYS as LAYERED_KEYS
-from fleche.config._file import TOP_KEYS as TOP_KEYS
-from fleche.config._file import metadata_groups as metadata_groups
-from fleche.config._file import read_file as read_file
+from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
 from fleche.records import TAGS
 
 # -- the active cache ---------------------------------------------------------------------

@@ -34,8 +34,6 @@ from fleche.errors import CacheMiss
 from fleche.query import QueryResult, for_function
 from fleche.records import NO_VERSION, Binder, Call, KeyMaker, metadata_choice, plain
 
-__all__ = ["CachedCallable", "CachedFunction", "fleche", "function_id"]
-
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
 R = TypeVar("R")

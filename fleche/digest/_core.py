@@ -50,8 +50,6 @@ from fleche.digest._scalars import (
 )
 from fleche.errors import UnhashableArgumentError
 
-__all__ = ["digest", "digest_bytes", "register", "unregister"]
-
 _Encoder = Callable[[Any, "_Stream"], None]
 
 _xxh3_digest = xxhash.xxh3_128_digest

@@ -13,8 +13,6 @@ was imported.
 from __future__ import annotations
 
 from fleche.digest._code import _callable_encoder
-from fleche.digest._code import _source_key as _source_key  # re-exported: tests use it
-from fleche.digest._code import code_digest_bytes as code_digest_bytes
 from fleche.digest._core import _REGISTRY, _Encoder, _qualname
 from fleche.digest._numpy import _numpy_encoder
 from fleche.digest._pandas import _pandas_encoder

@@ -32,9 +32,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from fleche.errors import FlecheError
-from fleche.index._sqlgen import DROP, INDEXES, SCHEMA_VERSION, ddl
-
-__all__ = ["CatalogReset", "Db", "IndexFault", "SqliteDb", "Tx"]
+from fleche.index._sqlrows import DROP, INDEXES, SCHEMA_VERSION, ddl
 
 BUSY_TIMEOUT_MS = 30_000
 _INHERITED: list[sqlite3.Connection] = []  # a forked child's copies of its parent's connections

@@ -30,18 +30,6 @@ from typing import Any
 
 from fleche.store import HEX_DIGITS, LocalStore, MemoryStore, ObjectStore, is_function_id
 
-__all__ = [
-    "SETTLE_NS",
-    "RefreshReport",
-    "fan_listing",
-    "fan_mtimes",
-    "is_local",
-    "list_function",
-    "local_functions",
-    "read_blobs",
-    "settled",
-]
-
 SETTLE_NS = 2_000_000_000
 """A directory mtime younger than this (2 s) may hide a write made in the same tick."""
 READ_WORKERS = 8

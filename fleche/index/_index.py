@@ -37,7 +37,8 @@ from fleche.index._fresh import (
     settled,
 )
 from fleche.index._layers import scan
-from fleche.index._sqlgen import call_row, compile_spec
+from fleche.index._sqlgen import compile_spec
+from fleche.index._sqlrows import call_row
 from fleche.index._where import default_location, sqlite_with_fallback
 from fleche.index._write import (
     BATCH,

@@ -22,8 +22,6 @@ from fleche.store import ObjectStore
 if TYPE_CHECKING:
     from fleche.index._index import Index
 
-__all__ = ["LayeredIndex", "scan"]
-
 
 def scan(
     store: ObjectStore, spec: QuerySpec, *, limit: int | None = None, newest_first: bool = True

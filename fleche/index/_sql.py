@@ -19,9 +19,7 @@ from typing import Any
 
 from fleche.errors import ConfigError
 from fleche.index._db import BUSY_TIMEOUT_MS, Db, IndexFault, Tx
-from fleche.index._sqlgen import DIALECTS
-
-__all__ = ["SqlAlchemyDb", "normalize_url"]
+from fleche.index._sqlrows import DIALECTS
 
 
 def normalize_url(url: str) -> str:

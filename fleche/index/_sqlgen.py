@@ -31,34 +31,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleche.index._sqlrows import ARG_COLUMNS as ARG_COLUMNS
-from fleche.index._sqlrows import CALL_COLUMNS as CALL_COLUMNS
-from fleche.index._sqlrows import DIALECTS as DIALECTS
-from fleche.index._sqlrows import DROP as DROP
-from fleche.index._sqlrows import INDEXES as INDEXES
-from fleche.index._sqlrows import INT64 as INT64
-from fleche.index._sqlrows import SCHEMA_VERSION as SCHEMA_VERSION
-from fleche.index._sqlrows import _utf8
-from fleche.index._sqlrows import call_row as call_row
-from fleche.index._sqlrows import ddl as ddl
-from fleche.index._sqlrows import decode_metadata as decode_metadata
-from fleche.index._sqlrows import encode_metadata as encode_metadata
-from fleche.index._sqlrows import json_key as json_key
-from fleche.index._sqlrows import typed as typed
+from fleche.index._sqlrows import INT64, _utf8, decode_metadata, json_key
 from fleche.records import ORDERED, Condition, QuerySpec, holds_at
-
-__all__ = [
-    "DIALECTS",
-    "SCHEMA_VERSION",
-    "Compiled",
-    "call_row",
-    "compile_spec",
-    "ddl",
-    "decode_metadata",
-    "encode_metadata",
-    "typed",
-]
-
 
 # -- conditions ---------------------------------------------------------------------------
 

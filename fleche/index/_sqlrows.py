@@ -16,21 +16,6 @@ from typing import Any
 
 from fleche.digest import digest_bytes
 
-__all__ = [
-    "ARG_COLUMNS",
-    "CALL_COLUMNS",
-    "DIALECTS",
-    "DROP",
-    "INDEXES",
-    "SCHEMA_VERSION",
-    "call_row",
-    "ddl",
-    "decode_metadata",
-    "encode_metadata",
-    "json_key",
-    "typed",
-]
-
 SCHEMA_VERSION = 1
 """Bumped when the tables change; a catalogue of another version is rebuilt."""
 DIALECTS = ("sqlite", "postgresql")

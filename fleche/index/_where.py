@@ -18,8 +18,6 @@ from fleche.index._db import SqliteDb
 from fleche.index._fresh import is_local, is_memory
 from fleche.store import ObjectStore
 
-__all__ = ["default_location", "sqlite_with_fallback", "user_index_dir"]
-
 CATALOG_DIR = "index"
 CATALOG_NAME = "catalog.sqlite"
 

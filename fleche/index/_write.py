@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fleche.index._db import Tx
-from fleche.index._sqlgen import CALL_COLUMNS
+from fleche.index._sqlrows import CALL_COLUMNS
 
 BATCH = 500  # rows per statement batch / transaction
 

@@ -37,8 +37,6 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from fleche.config import CacheLike, active_cache, reset_default, resolve, set_default_cache
 from fleche.parallel._task import CacheTicket, ticket_for, walk
 
-__all__ = ["gather", "patch_gather", "resolve_local", "share_cache", "submit_many"]
-
 PLUGIN_NAME = "fleche-cache"
 
 

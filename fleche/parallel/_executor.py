@@ -45,23 +45,11 @@ from fleche.errors import FlecheError
 from fleche.parallel._task import (
     _CONTAINERS,
     Bound,
-    CacheNotPortableError,
     CacheTicket,
-    bind,
     ticket_for,
     walk,
 )
 from fleche.records import current_tags
-
-__all__ = [
-    "Bound",
-    "CacheNotPortableError",
-    "CacheTicket",
-    "ExecutorError",
-    "bind",
-    "map",
-    "wrap_executor",
-]
 
 E = TypeVar("E")
 

@@ -33,8 +33,6 @@ from fleche.errors import FlecheError
 from fleche.records import current_tags
 from fleche.store import MemoryStore
 
-__all__ = ["Bound", "CacheNotPortableError", "CacheTicket", "bind", "ticket_for"]
-
 
 class CacheNotPortableError(FlecheError, ValueError):
     """The active cache cannot be sent to another process (it lives in this one's memory)."""

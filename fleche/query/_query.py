@@ -48,15 +48,6 @@ if TYPE_CHECKING:
 
     from fleche.config import AnyCache, CacheLike
 
-__all__ = [
-    "MissingDependencyError",
-    "QueryArgumentError",
-    "QueryError",
-    "QueryResult",
-    "Ref",
-    "for_function",
-    "query",
-]
 
 _FID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
 # A function id cut to fit (see decorator.function_id): 167 characters, "-", 32 hex.

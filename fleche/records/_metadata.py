@@ -43,20 +43,6 @@ from typing import Any
 from fleche._version import __version__
 from fleche.errors import ConfigError
 
-__all__ = [
-    "ALL",
-    "GROUPS",
-    "PACKAGES",
-    "TAGS",
-    "collect",
-    "current_tags",
-    "environment",
-    "git_info",
-    "groups",
-    "plain",
-    "set_packages",
-]
-
 GROUPS: tuple[str, ...] = ("runtime", "environment", "git", "tags")
 """The metadata groups a function or cache can choose from."""
 

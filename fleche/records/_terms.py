@@ -22,16 +22,6 @@ from typing import Any
 
 from fleche.digest import digest_bytes
 
-__all__ = [
-    "ORDERED",
-    "Condition",
-    "Q",
-    "QuerySpec",
-    "as_condition",
-    "metadata_conditions",
-    "holds_at",
-]
-
 ORDERED = ("lt", "le", "gt", "ge", "between")
 _OPS = ("eq", "ne", "in", *ORDERED)
 

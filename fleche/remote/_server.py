@@ -52,8 +52,6 @@ from fleche.store import (
     write_message,
 )
 
-__all__ = ["BATCH", "serve"]
-
 BATCH = 2000
 """Names per listing reply: the first batch rides on the request's reply, the rest on ``next``."""
 MAX_CURSORS = 64  # listings a client may leave unfinished; the oldest are dropped

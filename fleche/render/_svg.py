@@ -15,8 +15,6 @@ from datetime import datetime
 
 from fleche.render._tables import printable
 
-__all__ = ["bar_chart", "escape", "line_chart", "tail"]
-
 WIDTH = 760
 _FONT = 'font-family="system-ui, sans-serif" font-size="12"'
 _BAR = "#4c78a8"

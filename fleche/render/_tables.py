@@ -26,20 +26,6 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, Literal
 
-__all__ = [
-    "ROWS",
-    "call_html",
-    "call_rich",
-    "format_duration",
-    "format_size",
-    "format_time",
-    "progress_wanted",
-    "query_html",
-    "query_rich",
-    "record_row",
-    "set_progress",
-]
-
 ROWS = 20
 """How many calls a ``QueryResult`` shows; the rest are counted, not shown."""
 

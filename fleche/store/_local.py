@@ -30,8 +30,6 @@ from fleche.store._base import (
     writable_buffer,
 )
 
-__all__ = ["LocalStore"]
-
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
 _READ = os.O_RDONLY | _O_CLOEXEC | _O_BINARY

@@ -15,8 +15,6 @@ from fsspec.implementations.memory import MemoryFileSystem
 
 from fleche.store._base import ObjectStore
 
-__all__ = ["MemoryStore", "PrivateMemoryFileSystem"]
-
 
 class PrivateMemoryFileSystem(MemoryFileSystem):  # type: ignore[misc]
     """A ``MemoryFileSystem`` whose files belong to this instance alone."""

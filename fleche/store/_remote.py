@@ -38,11 +38,8 @@ from fleche.store._base import (
     check_oid,
     hash_parts,
 )
-from fleche.store._remote_session import RemoteSession, _argv_option
-from fleche.store._remote_session import parse_url as parse_url
-from fleche.store._wire import Connection, RemoteError, RemoteProtocolError, nbytes
-
-__all__ = ["EXISTS_FIRST", "RemoteError", "RemoteProtocolError", "RemoteStore", "parse_url"]
+from fleche.store._remote_session import RemoteSession, _argv_option, parse_url
+from fleche.store._wire import Connection, RemoteError, nbytes
 
 EXISTS_FIRST = 1 << 20
 """Values larger than this are checked with ``exists`` before being sent (objects are immutable)."""

@@ -37,8 +37,6 @@ from fleche.store._wire import (
     stderr_tail,
 )
 
-__all__ = ["RemoteSession", "parse_url"]
-
 _SCHEMES = ("fleche+ssh", "fleche+exec")
 
 

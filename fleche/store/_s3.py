@@ -42,7 +42,6 @@ try:  # botocore comes with s3fs; without it S3Store cannot be built anyway
 except ImportError:  # pragma: no cover - exercised only without the s3 extra
     BotoCoreError = NoCredentialsError = ()
 
-__all__ = ["HEAD_FIRST", "MULTIPART_MIN", "PART_SIZE", "S3Store"]
 
 HEAD_FIRST = 1 << 20
 """Values larger than this are HEADed before their create-only PUT (bytes)."""

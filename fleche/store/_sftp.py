@@ -61,22 +61,11 @@ from fleche.store._sftp_pipeline import (
     _write_file,
 )
 from fleche.store._ssh import (
-    SSHAuthenticationError,
     SSHConnectionError,
     SSHError,
     SSHFileSystem,
     SSHPermissionError,
 )
-
-__all__ = [
-    "STAT_FIRST",
-    "SFTPStore",
-    "SSHAuthenticationError",
-    "SSHConnectionError",
-    "SSHError",
-    "SSHFileSystem",
-    "SSHPermissionError",
-]
 
 STAT_FIRST = 1 << 18
 """Values larger than this are stat'ed before upload, so an existing one is not sent again (bytes)."""

@@ -202,14 +202,6 @@ except ImportError as e:  # pragma: no cover - exercised only without the ssh ex
     raise ImportError(f"sftp:// stores need paramiko ({e}): pip install 'fleche[ssh]'") from e
 
 
-__all__ = [
-    "SSHAuthenticationError",
-    "SSHConnectionError",
-    "SSHError",
-    "SSHFileSystem",
-    "SSHPermissionError",
-]
-
 _CHUNK = 32768  # the request size every SFTP server takes (draft-ietf-secsh-filexfer-02)
 _MAX_CHUNK = 1 << 18
 # Receive window of a session: paramiko's 2 MiB default made 10 MiB reads ~35% slower here.

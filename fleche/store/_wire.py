@@ -44,21 +44,6 @@ from fleche.errors import (
 )
 from fleche.store._base import writable_buffer
 
-__all__ = [
-    "MAGIC",
-    "PROTOCOL",
-    "BrokenStream",
-    "Connection",
-    "RemoteError",
-    "RemoteProtocolError",
-    "error_names",
-    "nbytes",
-    "read_message",
-    "remote_exception",
-    "stderr_tail",
-    "write_message",
-]
-
 PROTOCOL = (1, 1)
 """(major, minor): a different major is refused; a newer minor only adds operations.
 

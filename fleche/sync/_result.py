@@ -10,8 +10,6 @@ from dataclasses import dataclass, field
 
 from fleche.errors import FlecheError
 
-__all__ = ["CallKey", "SyncError", "SyncResult", "call_name", "object_name"]
-
 CallKey = tuple[str, str]  # (function id, call digest)
 
 

@@ -38,8 +38,6 @@ from fleche.sync._copy import _Sync
 from fleche.sync._pool import _Progress
 from fleche.sync._result import CallKey, SyncError, SyncResult, call_name, object_name
 
-__all__ = ["SyncError", "SyncResult", "call_name", "object_name", "sync"]
-
 _log = logging.getLogger("fleche.sync")  # one INFO line per sync: what it did
 
 

@@ -16,8 +16,6 @@ import xxhash
 
 from fleche.store import ObjectStore
 
-__all__ = ["FID", "ConformanceBase", "digest_of"]
-
 FID = "pkg.module.simulate"
 
 

@@ -29,16 +29,10 @@ import pytest
 
 from fleche.errors import CacheMiss
 from fleche.store import ObjectStore
-from fleche.testing._base import FID as FID
-from fleche.testing._base import ConformanceBase as ConformanceBase
-from fleche.testing._base import digest_of
+from fleche.testing._base import FID, digest_of
 from fleche.testing._format import FormatConformance
-from fleche.testing._records import BAD_FUNCTION_IDS as BAD_FUNCTION_IDS
-from fleche.testing._records import BAD_OIDS as BAD_OIDS
 from fleche.testing._records import RecordConformance
 from fleche.testing._values import ValueConformance
-
-__all__ = ["StoreConformance", "digest_of"]
 
 
 class StoreConformance(ValueConformance, RecordConformance, FormatConformance):

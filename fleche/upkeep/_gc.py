@@ -41,8 +41,6 @@ from fleche.store import ObjectStore
 from fleche.upkeep._lookup import WORKERS, Progress, find_function
 from fleche.upkeep._scan import Entry, Inventory, read_records, scan
 
-__all__ = ["GRACE", "GcPlan", "GcResult", "Victim", "apply_gc", "plan_gc"]
-
 GRACE = 3600.0
 """Seconds an unreferenced object or a tmp/ file is left alone: it may be a write in flight."""
 

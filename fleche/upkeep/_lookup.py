@@ -35,26 +35,6 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = [
-    "WORKERS",
-    "AmbiguousError",
-    "Match",
-    "ParseError",
-    "Progress",
-    "find_digest",
-    "find_function",
-    "format_size",
-    "format_time",
-    "jsonable",
-    "merge",
-    "nest",
-    "parse_age",
-    "parse_assignment",
-    "parse_cutoff",
-    "parse_size",
-    "parse_value",
-    "query",
-]
 
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``: called as long work advances (for a progress bar)."""

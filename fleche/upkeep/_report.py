@@ -44,16 +44,6 @@ from fleche.store import ObjectStore
 from fleche.upkeep._lookup import WORKERS, Progress
 from fleche.upkeep._scan import Inventory, StoreStats, read_records, scan, stats
 
-__all__ = [
-    "FORMATS",
-    "FunctionUsage",
-    "StoreReport",
-    "build_report",
-    "report_format",
-    "report_html",
-    "write_report",
-]
-
 FORMATS = {".html": "html", ".htm": "html", ".png": "png"}
 TOP = 25
 """Functions a bar chart shows; the rest are summed into one bar."""

@@ -29,18 +29,6 @@ from fleche.upkeep._lookup import WORKERS, Progress
 T = TypeVar("T")
 R = TypeVar("R")
 
-__all__ = [
-    "Entry",
-    "FunctionStats",
-    "Inventory",
-    "RecordRead",
-    "StoreStats",
-    "has_marker",
-    "read_records",
-    "scan",
-    "stats",
-]
-
 
 # -- the inventory -------------------------------------------------------------------------
 

@@ -36,8 +36,6 @@ from fleche.upkeep._lookup import WORKERS, Progress
 from fleche.upkeep._scan import Entry, Inventory, scan
 from fleche.upkeep._verify import Finding
 
-__all__ = ["SignReport", "sign"]
-
 
 @dataclass
 class SignReport:

@@ -33,8 +33,6 @@ from fleche.store import ObjectStore, is_oid
 from fleche.upkeep._lookup import WORKERS, Progress
 from fleche.upkeep._scan import Entry, Inventory, read_records, scan
 
-__all__ = ["Finding", "VerifyReport", "verify"]
-
 
 @dataclass
 class Finding:
