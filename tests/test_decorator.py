@@ -670,5 +670,5 @@ def test_unpicklable_argument_keeps_type_and_digest_only(active):
     assert "inline" not in ref and "oid" not in ref
     assert [c.arguments["n"] for c in fetch.query(conn=Connection("db://a"))] == [1]
     placeholder = fetch.call(Connection("db://a"), 1).arguments["conn"]
-    assert isinstance(placeholder, fl.call.NotStored)
+    assert isinstance(placeholder, fl.records.NotStored)
     assert placeholder.digest == ref["digest"] and placeholder.type == ref["type"]

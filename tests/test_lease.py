@@ -507,7 +507,7 @@ def test_the_functions_own_oserror_is_not_a_lease_fault(tmp_path: Path):
 
 
 OLD_SERVER = """
-import fleche.remote as r
+import fleche.remote._server as r
 _init = r._Server.__init__
 def init(self, *a, **k):
     _init(self, *a, **k)

@@ -209,7 +209,7 @@ def test_ssh_server_killed_reconnects(sshd: Any, tmp_path: Path) -> None:
 
 
 def test_fleche_version_skew_warns(exec_url: str) -> None:
-    python = _patched_server("import fleche.remote as r; r.__version__ = '0.0.1'")
+    python = _patched_server("import fleche.remote._server as r; r.__version__ = '0.0.1'")
     with pytest.warns(FlecheWarning, match="runs fleche 0.0.1") as seen:
         store = open_store(exec_url, python=python)
     assert len([w for w in seen if issubclass(w.category, FlecheWarning)]) == 1
@@ -223,7 +223,7 @@ def test_fleche_version_skew_warns(exec_url: str) -> None:
 
 
 def test_incompatible_server_protocol_refused(exec_url: str) -> None:
-    python = _patched_server("import fleche.store._wire as r; r.PROTOCOL = (2, 0)")
+    python = _patched_server("import fleche.store as r; r.PROTOCOL = (2, 0)")
     with pytest.raises(RemoteProtocolError, match="speaks protocol 2.0") as info:
         open_store(exec_url, python=python)
     assert "install the same fleche" in str(info.value)

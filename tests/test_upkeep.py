@@ -26,6 +26,7 @@ from upkeep_helpers import (
 
 from fleche import CacheMiss, cache, codec
 from fleche.cache import Cache
+from fleche.render import format_size
 from fleche.store import MemoryStore, open_store
 from fleche.upkeep import (
     AmbiguousError,
@@ -33,7 +34,6 @@ from fleche.upkeep import (
     apply_gc,
     find_digest,
     find_function,
-    format_size,
     parse_age,
     parse_assignment,
     parse_cutoff,

@@ -56,7 +56,7 @@ def status(store: str | None, as_json: bool) -> None:
     """Show where each index is, how many calls it lists and how it notices changes."""
     from rich.table import Table
 
-    from fleche.upkeep import format_size, format_time
+    from fleche.render import format_size, format_time
 
     docs = [c.index.status() for c in _caches(store) if c.index is not None]
     if as_json:

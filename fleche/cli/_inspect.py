@@ -26,7 +26,7 @@ from fleche.cli._main import (
     workers_option,
 )
 from fleche.cli._text import _n, _print_pairs
-from fleche.upkeep import format_size, format_time
+from fleche.render import format_size, format_time
 
 # -- ls ------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import click
 
 from fleche.cli._main import emit_json, json_option, open_target, print_table, store_option
 from fleche.cli._text import _n, _print_pairs
-from fleche.upkeep import format_size, format_time
+from fleche.render import format_size, format_time
 
 # -- show ----------------------------------------------------------------------------------
 

@@ -9,9 +9,23 @@ a callable bound to the caller's cache and tags), ``_dask`` (hit futures a Dask
 client understands; imported only with Dask).
 """
 
-from fleche.parallel._dask import share_cache
+from typing import TYPE_CHECKING, Any
+
 from fleche.parallel._executor import ExecutorError, map, wrap_executor
 from fleche.parallel._task import Bound, CacheNotPortableError, bind
+
+if TYPE_CHECKING:
+    from fleche.parallel._dask import share_cache
+
+
+def __getattr__(name: str) -> Any:
+    # Dask's names load with Dask, on first use: ``import fleche`` never imports it.
+    if name == "share_cache":
+        from fleche.parallel._dask import share_cache
+
+        return share_cache
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Bound",

@@ -11,7 +11,7 @@ conditions on arguments and metadata).
 from fleche.records._call import NO_VERSION, Binder, Call, KeyMaker, NotStored, is_clear
 from fleche.records._metadata import ALL as ALL_METADATA
 from fleche.records._metadata import GROUPS as METADATA_GROUPS
-from fleche.records._metadata import TAGS, current_tags, plain
+from fleche.records._metadata import TAGS, current_tags, forget_git, plain, set_packages
 from fleche.records._metadata import collect as collect_metadata
 from fleche.records._metadata import groups as metadata_choice
 from fleche.records._terms import (
@@ -40,9 +40,11 @@ __all__ = [
     "as_condition",
     "collect_metadata",
     "current_tags",
+    "forget_git",
     "holds_at",
     "is_clear",
     "metadata_choice",
     "metadata_conditions",
     "plain",
+    "set_packages",
 ]

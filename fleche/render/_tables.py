@@ -45,8 +45,8 @@ def format_size(n: float | None) -> str:
     """``1536`` → ``"1.5 KiB"``: binary units, three significant digits; ``?`` when unknown."""
     if not isinstance(n, (int, float)) or isinstance(n, bool) or not math.isfinite(n):
         return "?"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(n) < 1024 or unit == "PiB":
             return f"{int(n)} B" if unit == "B" else f"{n:.3g} {unit}"
         n /= 1024
     raise AssertionError("unreachable")

@@ -175,25 +175,6 @@ def parse_assignment(text: str, what: str = "--arg") -> tuple[str, Any]:
     return name, parse_value(value)
 
 
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def format_size(n: float) -> str:
-    """``1536`` → ``"1.5 KiB"``: binary units, three significant digits."""
-    for unit in _UNITS:
-        if abs(n) < 1024 or unit == _UNITS[-1]:
-            return f"{int(n)} B" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
-
-
-def format_time(ts: float | None) -> str:
-    """Local date and time to the second, or ``-`` when unknown."""
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
-
-
 # -- finding things by name ----------------------------------------------------------------
 
 
