@@ -373,6 +373,11 @@ class _BufferReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    @property
+    def size(self) -> int:
+        """The object's size, for ``codec.unframe_stream`` to check the stated length against."""
+        return self._view.nbytes
+
     def readinto(self, b: Any) -> int:
         out = memoryview(b).cast("B")
         k = min(out.nbytes, self._view.nbytes - self._pos)

@@ -1,0 +1,431 @@
+"""Every length, count and offset read from a stored file or a wire frame is checked first.
+
+Issue #16, item 2. A frame header, a zstd frame, a seek table, an array or
+buffer table, a call record or a ``fleche remote --serve`` message that states
+an impossible size must be refused before anything is allocated from it:
+``CorruptObjectError`` for stored files (a miss, one warning, the file moved
+to ``quarantine/``), an error reply or a clean exit for the wire. Never
+``OverflowError``, ``MemoryError``, a traceback, a hang, or a store reported
+unreachable.
+
+Each reader is fed random values and the extremes (0, 1, 2**31, 2**32,
+2**63-1, 2**64-1, and sizes just past the real file's) under
+:func:`allocates_little`, which fails a reader that allocates more than a few
+MiB: tracemalloc sees Python's allocator (bytes, bytearrays, numpy arrays),
+and a limit on the address space (``RLIMIT_AS``, 1 GiB above what the
+process holds) refuses the anonymous mappings that large reads are made of.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import sys
+import tracemalloc
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+import zstandard
+from backends import open_backend
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from torture_helpers import budget
+
+from fleche import Cache, cache, codec, fleche
+from fleche.codec_base import (
+    HEADER_SIZE,
+    SER_BYTES,
+    SER_MSGPACK,
+)
+from fleche.codec_frame import CODEC_ZSTD, CODEC_ZSTD_FRAMES, FORMAT, HEADER, MAGIC
+from fleche.codec_sign import TRAILER_SIZE, signer_from
+from fleche.codec_zframes import seek_table
+from fleche.errors import CorruptObjectError, FlecheWarning
+
+PY = sys.executable
+KEY = "k" * 16 + "-bounds-signing-key"
+SIGNER = signer_from(KEY)
+U64 = (1 << 64) - 1
+EXTREMES = (0, 1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**48 + 1, 2**63 - 1, 2**63, U64)
+U32_EXTREMES = (0, 1, 2**31 - 1, 2**31, 2**32 - 1)
+
+FUZZ = settings(
+    max_examples=int(budget(6) * 50),  # 300 here; tools/soak gives each fuzzer its share
+    deadline=5000,  # ms: a reader that hangs fails, it does not stall the run
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    derandomize=True,
+)
+"""Each property below runs this many examples (300 per run): the counts in docs/security.md."""
+
+
+# -- allocation guard -----------------------------------------------------------------------
+
+MOST = 24 << 20
+"""Bytes a reader may allocate: the files here hold at most 9 MiB of (compressible) payload."""
+HEADROOM = 1 << 30
+"""Address space a reader may map on top of what the process holds."""
+
+
+def _address_space() -> int | None:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, AttributeError):  # not Linux: tracemalloc alone
+        return None
+
+
+@contextmanager
+def allocates_little(most: int = MOST) -> Iterator[None]:
+    """Fail unless the block allocates at most ``most`` bytes and maps less than 1 GiB."""
+    import resource
+
+    started = not tracemalloc.is_tracing()
+    if started:
+        tracemalloc.start()
+    tracemalloc.reset_peak()
+    base = tracemalloc.get_traced_memory()[0]
+    held = _address_space()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if held is not None:
+        cap = held + HEADROOM
+        resource.setrlimit(resource.RLIMIT_AS, (cap if hard < 0 else min(cap, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+        peak = tracemalloc.get_traced_memory()[1] - base
+        if started:
+            tracemalloc.stop()
+    assert peak <= most, f"the reader allocated {peak:,} bytes"
+
+
+def only_corrupt(call: Callable[[], Any]) -> None:
+    """``call()`` returns or raises CorruptObjectError, allocating little: nothing else."""
+    with allocates_little():
+        try:
+            call()
+        except CorruptObjectError:
+            pass
+
+
+# -- frames to damage -----------------------------------------------------------------------
+
+
+def _file(enc: codec.Encoded) -> bytes:
+    return b"".join(bytes(memoryview(p).cast("B")) for p in enc.parts)
+
+
+_PATTERN = bytes(range(256))
+PAYLOADS = {
+    "raw": (_PATTERN * 2)[:300],  # stored raw (level 0)
+    "zstd": _PATTERN * 256,  # 64 KiB: one zstd frame, decompressed by a decompressobj
+    "zstd-large": _PATTERN * 8192,  # 2 MiB: one zstd frame, decompressed into a buffer
+    "frames": _PATTERN * 36864,  # 9 MiB: codec 2, zstd frames and a seek table
+}
+
+
+def _frames() -> dict[tuple[str, bool], bytes]:
+    out = {}
+    for name, payload in PAYLOADS.items():
+        for signed in (False, True):
+            enc = codec.frame(
+                [payload],
+                SER_BYTES,
+                level=0 if name == "raw" else 1,
+                signer=SIGNER if signed else None,
+            )
+            out[name, signed] = _file(enc)
+    return out
+
+
+FRAMES = _frames()
+assert (
+    FRAMES["frames", False][5] == CODEC_ZSTD_FRAMES and FRAMES["zstd-large", True][5] == CODEC_ZSTD
+)
+# The codec-2 pool's threads exist before any test limits the address space.
+codec.unframe(FRAMES["frames", False])
+
+LENGTH = st.one_of(
+    st.sampled_from(EXTREMES).map(lambda n: (False, n)),
+    st.integers(0, U64).map(lambda n: (False, n)),
+    st.integers(-2, 64).map(lambda d: (True, d)),  # around the real payload's size
+)
+
+
+def resolve(spec: tuple[bool, int], real: int) -> int:
+    """A length from :data:`LENGTH`: absolute, or ``real`` plus a few bytes (just past the file)."""
+    near, n = spec
+    return min(max(real + n, 0), U64) if near else n
+
+
+def with_length(blob: bytes, length: int) -> bytes:
+    """``blob`` whose header states a payload of ``length`` bytes (as damage or an attacker would)."""
+    out = bytearray(blob)
+    struct.pack_into("<Q", out, 8, length)
+    return bytes(out)
+
+
+def with_content_size(frame: bytes, size: int) -> bytes:
+    """A zstd frame whose header states ``size`` decompressed bytes: the frame's own blocks,
+    behind a rewritten header (8-byte content size, a 128 MiB window) a decoder accepts."""
+    params = zstandard.get_frame_parameters(frame)
+    rest = frame[zstandard.frame_header_size(frame) :]
+    descriptor = 0xC0 | (0x04 if params.has_checksum else 0)  # FCS: 8 bytes; no single segment
+    return struct.pack("<IBB", 0xFD2FB528, descriptor, 17 << 3) + struct.pack("<Q", size) + rest
+
+
+class Sized(io.RawIOBase):
+    """A store's streamed file (S3, SFTP): knows its size, hands out short reads."""
+
+    def __init__(self, data: bytes, step: int = 4099) -> None:
+        super().__init__()
+        self._data, self._pos, self._step = data, 0, step
+        self.size = len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        out = memoryview(buf).cast("B")
+        k = min(out.nbytes, self._step, len(self._data) - self._pos)
+        out[:k] = self._data[self._pos : self._pos + k]
+        self._pos += k
+        return k
+
+
+class Pipe(Sized):
+    """A stream that cannot say how long it is (not seekable, no size, no file behind it)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        del self.size
+
+
+READERS: dict[str, Callable[[bytes, Any], Any]] = {
+    "memory": lambda b, s: codec.unframe(b, signer=s),
+    "bytesio": lambda b, s: codec.unframe_stream(io.BytesIO(b), signer=s),
+    "sized": lambda b, s: codec.unframe_stream(Sized(b), signer=s),
+    "pipe": lambda b, s: codec.unframe_stream(Pipe(b), signer=s),
+}
+
+
+def test_the_streamed_readers_read_valid_frames() -> None:
+    """The harness's files are good files: each reader returns each payload intact."""
+    for (name, signed), blob in FRAMES.items():
+        for reader in READERS.values():
+            ser, payload = reader(blob, SIGNER if signed else None)
+            assert ser == SER_BYTES and bytes(payload) == PAYLOADS[name]
+
+
+@FUZZ
+@given(
+    frame=st.sampled_from(sorted(FRAMES)),
+    reader=st.sampled_from(sorted(READERS)),
+    length=LENGTH,
+    content=st.one_of(st.none(), LENGTH),
+    keyed=st.booleans(),
+)
+@example(frame=("raw", False), reader="bytesio", length=(False, 2**63), content=None, keyed=False)
+@example(
+    frame=("zstd-large", False), reader="sized", length=(False, 2**32), content=None, keyed=False
+)
+@example(frame=("frames", True), reader="bytesio", length=(False, U64), content=None, keyed=True)
+@example(frame=("raw", True), reader="sized", length=(True, 1), content=None, keyed=True)
+@example(  # the zstd frame agrees with the header: only the file's size can refuse it
+    frame=("zstd-large", True),
+    reader="sized",
+    length=(False, 2**40),
+    content=(False, 2**40),
+    keyed=True,
+)
+def test_frame_header_lengths(
+    frame: tuple[str, bool],
+    reader: str,
+    length: tuple[bool, int],
+    content: tuple[bool, int] | None,
+    keyed: bool,
+) -> None:
+    """Object headers (codec 0, 1 and 2, signed or not), read whole or streamed."""
+    blob = FRAMES[frame]
+    stored = len(blob) - HEADER_SIZE - TRAILER_SIZE * frame[1]
+    size = resolve(length, stored)
+    if content is not None and blob[5] == CODEC_ZSTD:  # the zstd frame says so too
+        body = blob[HEADER_SIZE : len(blob) - TRAILER_SIZE * frame[1]]
+        zsize = resolve(content, len(PAYLOADS[frame[0]]))
+        blob = blob[:HEADER_SIZE] + with_content_size(body, zsize) + blob[HEADER_SIZE + len(body) :]
+    only_corrupt(lambda: READERS[reader](with_length(blob, size), SIGNER if keyed else None))
+
+
+# -- codec 2: seek tables --------------------------------------------------------------------
+
+_ZFRAMES = [
+    zstandard.ZstdCompressor(level=1).compress(PAYLOADS["frames"][i : i + (8 << 20)])
+    for i in range(0, len(PAYLOADS["frames"]), 8 << 20)
+]
+U32 = st.one_of(st.sampled_from(U32_EXTREMES), st.integers(0, 2**32 - 1))
+
+
+@FUZZ
+@given(
+    reader=st.sampled_from(sorted(READERS)),
+    count=st.one_of(st.none(), U32),
+    entries=st.lists(st.tuples(U32, U32), max_size=4),
+    descriptor=st.sampled_from([0, 0x80, 0x04, 0xFF]),
+    length=st.one_of(st.none(), LENGTH),
+    skip=st.one_of(st.none(), U32),
+)
+@example(reader="bytesio", count=2**32 - 1, entries=[], descriptor=0, length=None, skip=None)
+@example(
+    reader="sized",
+    count=None,
+    entries=[(2**32 - 1, 2**32 - 1)] * 2,
+    descriptor=0,
+    length=(False, 2 * (2**32 - 1)),
+    skip=None,
+)
+def test_seek_tables(
+    reader: str,
+    count: int | None,
+    entries: list[tuple[int, int]],
+    descriptor: int,
+    length: tuple[bool, int] | None,
+    skip: int | None,
+) -> None:
+    """Codec 2's seek table: frame counts, per-frame sizes, its own length field, extremes."""
+    listed = entries or [
+        (len(f), min(8 << 20, len(PAYLOADS["frames"]) - i * (8 << 20)))
+        for i, f in enumerate(_ZFRAMES)
+    ]
+    width = 12 if descriptor & 0x80 else 8
+    body = b"".join(struct.pack("<II", c, d) + bytes(width - 8) for c, d in listed)
+    body += struct.pack("<IBI", len(listed) if count is None else count, descriptor, 0x8F92EAB1)
+    table = struct.pack("<II", 0x184D2A5E, len(body) if skip is None else skip) + body
+    payload = b"".join(_ZFRAMES) + table
+    size = sum(d for _, d in listed) if length is None else resolve(length, len(payload))
+    head = HEADER.pack(MAGIC, FORMAT, CODEC_ZSTD_FRAMES, SER_BYTES, 0, min(size, U64), bytes(16))
+    only_corrupt(lambda: READERS[reader](head + payload, None))
+
+
+def test_a_valid_seek_table_is_the_one_the_writer_makes() -> None:
+    sizes = [
+        (len(f), len(PAYLOADS["frames"][i * (8 << 20) : (i + 1) * (8 << 20)]))
+        for i, f in enumerate(_ZFRAMES)
+    ]
+    assert FRAMES["frames", False].endswith(seek_table(sizes))
+
+
+# -- call records -----------------------------------------------------------------------------
+
+
+def _record(result: Any, *, signed: bool, big: bool = False) -> bytes:
+    rec = {"fleche": 1, "result": result, "metadata": {"pad": "x" * (4000 if big else 1)}}
+    return codec.encode_record(rec, signer=SIGNER if signed else None, name=("f", "0" * 32))
+
+
+RECORDS = {
+    (big, signed): _record({"inline": b"v", "ser": 0}, signed=signed, big=big)
+    for big in (False, True)
+    for signed in (False, True)
+}
+assert RECORDS[True, False][5] == CODEC_ZSTD  # a large record is compressed
+
+
+def _decode_record(blob: bytes, keyed: bool) -> Any:
+    if keyed:
+        return codec.decode_record(blob, signer=SIGNER, name=("f", "0" * 32))
+    return codec.decode_record(blob)
+
+
+@FUZZ
+@given(record=st.sampled_from(sorted(RECORDS)), length=LENGTH, keyed=st.booleans())
+@example(record=(False, False), length=(False, 2**63), keyed=False)
+@example(record=(True, True), length=(False, U64), keyed=True)
+def test_record_header_lengths(
+    record: tuple[bool, bool], length: tuple[bool, int], keyed: bool
+) -> None:
+    blob = RECORDS[record]
+    size = resolve(length, len(blob) - HEADER_SIZE - TRAILER_SIZE * record[1])
+    only_corrupt(lambda: _decode_record(with_length(blob, size), keyed))
+
+
+# msgpack headers that state a count or a length, with too little after them
+_MSGPACK_HEADS = [
+    b"\xdd" + struct.pack(">I", 2**32 - 1),  # array 32
+    b"\xdf" + struct.pack(">I", 2**32 - 1),  # map 32
+    b"\xc6" + struct.pack(">I", 2**32 - 1),  # bin 32
+    b"\xdb" + struct.pack(">I", 2**32 - 1),  # str 32
+    b"\xc9" + struct.pack(">I", 2**32 - 1) + b"\x01",  # ext 32
+    b"\xdc\xff\xff",  # array 16
+]
+
+
+@FUZZ
+@given(
+    where=st.sampled_from(["record", "result", "arguments", "metadata"]),
+    head=st.one_of(st.sampled_from(_MSGPACK_HEADS), st.binary(max_size=9)),
+    tail=st.binary(max_size=32),
+)
+def test_records_whose_msgpack_states_huge_counts(where: str, head: bytes, tail: bytes) -> None:
+    """A well-framed record (its hash checks) whose msgpack claims 2**32 items or bytes."""
+    hostile = head + tail
+    if where == "record":
+        payload = hostile
+    else:  # a record whose field holds the hostile bytes (lazy fields: as a bin of msgpack)
+        marker = msgpack.packb(msgpack.ExtType(0, b""))
+        rec = {"fleche": 1, "result": {"inline": b"v", "ser": 0}, where: msgpack.ExtType(0, b"")}
+        inner = hostile if where == "result" else msgpack.packb(hostile, use_bin_type=True)
+        payload = msgpack.packb(rec, use_bin_type=True).replace(marker, inner)
+    blob = codec.frame_bytes(payload, SER_MSGPACK, level=0)
+    only_corrupt(lambda: codec.decode_record(blob))
+
+
+# -- the whole way: a decorated function over a damaged store ------------------------------------
+
+
+def _quarantined(store: Any, kind: str, tmp_path: Path) -> list[str]:
+    if kind == "remote":  # the server's files are on this machine
+        return [str(p) for p in (tmp_path / "served" / "quarantine").rglob("*") if p.is_file()]
+    root = f"{store.root}/quarantine"
+    return [p for p in store.fs.find(root)] if store.fs.exists(root) else []
+
+
+@pytest.mark.parametrize("kind", ["local", "memory", "s3", "sftp", "remote"])
+@pytest.mark.parametrize("streamed", [False, True], ids=["whole", "streamed"])
+def test_a_header_claiming_2_63_bytes_is_a_miss_a_warning_and_quarantine(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str, streamed: bool
+) -> None:
+    """The issue's case: a valid object whose header's length is overwritten with 2**63.
+
+    ``streamed``: a 72 MiB result, which the cache reads chunk by chunk from the stores
+    that stream (local disk, S3, SFTP, memory), into a buffer sized from the header.
+    """
+    store = open_backend(kind, request, tmp_path)
+    computed: list[int] = []
+
+    @fleche
+    def make(n: int) -> Any:
+        computed.append(n)
+        return np.full(9 << 20, float(n)) if streamed else np.arange(100.0) * n
+
+    shared = Cache(store, inline_limit=0)
+    with cache(shared):
+        right = make(2)
+    (oid,) = list(store.iter_oids())
+    store.replace(oid, with_length(bytes(store.get(oid)), 2**63))
+    with cache(shared), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        again = make(2)
+    assert np.array_equal(again, right) and computed == [2, 2]
+    ours = [str(w.message) for w in seen if issubclass(w.category, FlecheWarning)]
+    assert len(ours) == 1, ours
+    assert "9,223,372,036,854,775,808" in ours[0] or "9223372036854775808" in ours[0], ours[0]
+    assert len(_quarantined(store, kind, tmp_path)) == 1
+    with cache(shared):
+        assert np.array_equal(make(2), right) and computed == [2, 2]  # stored again: a hit
