@@ -41,8 +41,14 @@ from torture_helpers import budget
 from fleche import Cache, cache, codec, fleche
 from fleche.codec_base import (
     HEADER_SIZE,
+    OOB,
+    SER_ARROW_PANDAS,
     SER_BYTES,
     SER_MSGPACK,
+    SER_NUMPY,
+    SER_PICKLE,
+    SER_POLARS,
+    SER_TREE,
 )
 from fleche.codec_frame import CODEC_ZSTD, CODEC_ZSTD_FRAMES, FORMAT, HEADER, MAGIC
 from fleche.codec_sign import TRAILER_SIZE, signer_from
@@ -429,3 +435,148 @@ def test_a_header_claiming_2_63_bytes_is_a_miss_a_warning_and_quarantine(
     assert len(_quarantined(store, kind, tmp_path)) == 1
     with cache(shared):
         assert np.array_equal(make(2), right) and computed == [2, 2]  # stored again: a hit
+
+
+# -- payload tables: numpy, tree, Arrow, out-of-band pickle buffers ----------------------------
+# These are read after the frame's hash checked: a writer put them there (another version's,
+# a buggy or a hostile one). Decoded straight from payloads, as ``Cache`` does after unframing.
+
+DIMS = st.one_of(
+    st.sampled_from([0, 1, -1, 2**31, 2**32, 2**63 - 1, -(2**63), U64]),
+    st.integers(-(2**63), U64),
+)
+SHAPES = st.lists(DIMS, max_size=4)
+DTYPES = st.one_of(
+    st.sampled_from(["<f8", "|u1", "|S5", "<M8[ns]", "|V0", "|V8", "<f8x", ""]),
+    st.builds(lambda shape: {"base": "<f8", "shape": shape}, SHAPES),
+    st.builds(
+        lambda size, at: {
+            "names": ["a"],
+            "formats": ["<f8"],
+            "offsets": [at],
+            "itemsize": size,
+            "aligned": False,
+        },
+        DIMS,
+        DIMS,
+    ),
+)
+ORDERS = st.sampled_from(["C", "F", "K", 7])
+U32_OR_NONE = st.one_of(st.none(), st.sampled_from(U32_EXTREMES), st.integers(0, 2**32 - 1))
+
+
+def _aligned(head: bytes) -> bytes:
+    return head + bytes(-(HEADER_SIZE + len(head)) % 64)
+
+
+@FUZZ
+@given(
+    n=U32_OR_NONE,
+    dtype=DTYPES,
+    shape=SHAPES,
+    order=ORDERS,
+    data=st.binary(max_size=64),
+    mapped=st.booleans(),
+)
+@example(n=None, dtype="<f8", shape=[2**62, 2**62], order="C", data=bytes(8), mapped=False)
+@example(n=None, dtype="<f8", shape=[-1, -1], order="C", data=bytes(8), mapped=False)
+@example(n=None, dtype="<f8", shape=[0, 2**63 - 1], order="C", data=b"", mapped=False)
+@example(n=2**32 - 1, dtype="<f8", shape=[1], order="C", data=bytes(8), mapped=True)
+def test_numpy_headers(
+    n: int | None, dtype: Any, shape: list[int], order: Any, data: bytes, mapped: bool
+) -> None:
+    meta = msgpack.packb({"dtype": dtype, "shape": shape, "order": order})
+    payload = _aligned(struct.pack("<I", len(meta) if n is None else n) + meta) + data
+    only_corrupt(lambda: codec.decode_payload(SER_NUMPY, payload, mmap=mapped))
+
+
+@FUZZ
+@given(
+    n=U32_OR_NONE,
+    count=U32_OR_NONE,
+    entries=st.lists(st.tuples(DTYPES, SHAPES, ORDERS), max_size=3),
+    refs=st.lists(st.sampled_from(U32_EXTREMES), max_size=3),
+    data=st.binary(max_size=256),
+)
+@example(n=None, count=2**32 - 1, entries=[], refs=[], data=b"")
+@example(n=None, count=None, entries=[("<f8", [2**61, 8], "C")], refs=[0], data=bytes(64))
+@example(n=None, count=None, entries=[("<f8", [-1, -1], "C")], refs=[0], data=bytes(64))
+def test_tree_tables(
+    n: int | None,
+    count: int | None,
+    entries: list[tuple[Any, list[int], Any]],
+    refs: list[int],
+    data: bytes,
+) -> None:
+    """The tree codec's array table (dtype, shape, order per array) and its array references."""
+    tree = msgpack.packb([msgpack.ExtType(1, struct.pack("<I", i)) for i in refs])
+    table = b"\xdd" + struct.pack(">I", len(entries) if count is None else count)
+    table += b"".join(msgpack.packb(list(e)) for e in entries)
+    head = b"\x92" + table + msgpack.packb(tree, use_bin_type=True)
+    payload = _aligned(struct.pack("<I", len(head) if n is None else n) + head) + data
+    only_corrupt(lambda: codec.decode_payload(SER_TREE, payload))
+
+
+def _arrow_payloads() -> dict[int, bytes]:
+    import pandas as pd
+    import polars as pl
+
+    out = {}
+    for value in (pd.DataFrame({"a": range(40), "b": [0.5] * 40}), pl.DataFrame({"a": range(40)})):
+        ser, payload = codec.unframe(_file(codec.encode_value(value)))
+        out[ser] = bytes(payload)
+        codec.decode_payload(ser, payload)  # pyarrow's allocator is set up before any limit
+    return out
+
+
+ARROW = _arrow_payloads()
+assert sorted(ARROW) == [SER_ARROW_PANDAS, SER_POLARS]
+
+
+@FUZZ
+@given(
+    ser=st.sampled_from(sorted(ARROW)),
+    n=U32_OR_NONE,
+    at=st.one_of(st.none(), st.integers(0, 1 << 20)),
+    wide=st.booleans(),
+    value=st.one_of(st.sampled_from(EXTREMES), st.integers(0, U64)),
+)
+@example(ser=SER_ARROW_PANDAS, n=2**32 - 1, at=None, wide=False, value=0)
+def test_arrow_headers(ser: int, n: int | None, at: int | None, wide: bool, value: int) -> None:
+    """The Arrow and polars frame header, then one 4- or 8-byte field of the IPC stream
+    (its lengths, counts and offsets among them) set to an extreme."""
+    payload = bytearray(ARROW[ser])
+    if n is not None:
+        struct.pack_into("<I", payload, 0, n)
+    if at is not None:
+        fmt = "<Q" if wide else "<I"
+        struct.pack_into(
+            fmt, payload, at % (len(payload) - 8), value & ((1 << (64 if wide else 32)) - 1)
+        )
+    only_corrupt(lambda: codec.decode_payload(ser, bytes(payload)))
+
+
+U64_OR_NONE = st.one_of(st.none(), st.sampled_from(EXTREMES), st.integers(0, U64))
+
+
+@FUZZ
+@given(
+    n=U32_OR_NONE,
+    slen=U64_OR_NONE,
+    lens=st.lists(st.one_of(st.sampled_from(EXTREMES), st.integers(0, 64)), max_size=3),
+    tail=st.binary(max_size=64),
+)
+@example(n=2**32 - 1, slen=None, lens=[], tail=b"")
+@example(n=None, slen=None, lens=[2**64 - 1], tail=bytes(64))
+def test_pickle_buffer_tables(
+    n: int | None, slen: int | None, lens: list[int], tail: bytes
+) -> None:
+    """The out-of-band buffer table of a pickled payload: counts and lengths."""
+    import pickle
+
+    stream = pickle.dumps([1, 2], protocol=5)
+    payload = struct.pack(
+        "<IQ", len(lens) if n is None else n, len(stream) if slen is None else slen
+    )
+    payload += b"".join(struct.pack("<Q", x) for x in lens) + stream + tail
+    only_corrupt(lambda: codec.decode_payload(SER_PICKLE | OOB, payload))
