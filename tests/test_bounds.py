@@ -21,11 +21,12 @@ from __future__ import annotations
 import io
 import os
 import struct
+import subprocess
 import sys
 import tracemalloc
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,19 @@ from fleche.codec_frame import CODEC_ZSTD, CODEC_ZSTD_FRAMES, FORMAT, HEADER, MA
 from fleche.codec_sign import TRAILER_SIZE, signer_from
 from fleche.codec_zframes import seek_table
 from fleche.errors import CorruptObjectError, FlecheWarning
+from fleche.store_wire import (
+    ERROR,
+    MISS,
+    OK,
+    PREFIX,
+    BrokenStream,
+    RemoteError,
+    read_message,
+    write_message,
+)
+from fleche.store_wire import (
+    MAGIC as WIRE_MAGIC,
+)
 
 PY = sys.executable
 KEY = "k" * 16 + "-bounds-signing-key"
@@ -580,3 +594,255 @@ def test_pickle_buffer_tables(
     )
     payload += b"".join(struct.pack("<Q", x) for x in lens) + stream + tail
     only_corrupt(lambda: codec.decode_payload(SER_PICKLE | OOB, payload))
+
+
+# -- fleche remote --serve: frames ------------------------------------------------------------
+
+
+def _frame(head: Any, body: bytes = b"") -> bytes:
+    packed = msgpack.packb(head, use_bin_type=True)
+    return PREFIX.pack(len(packed), len(body)) + packed + body
+
+
+@FUZZ
+@given(
+    head_len=st.one_of(st.sampled_from(U32_EXTREMES), st.integers(0, 2**32 - 1)),
+    body_len=st.one_of(st.sampled_from(EXTREMES), st.integers(0, U64)),
+    rest=st.binary(max_size=64),
+)
+@example(head_len=64 << 20, body_len=0, rest=b"")  # the largest head allowed, and no bytes
+@example(head_len=1, body_len=2**63, rest=b"\x90")
+@example(head_len=3, body_len=0, rest=b"\x81\x90\x01")  # a map whose key is a list
+def test_read_message_checks_what_a_prefix_states(
+    head_len: int, body_len: int, rest: bytes
+) -> None:
+    """The framing both ends read: a message is returned, or the stream is broken; nothing
+    is allocated from a length before its bytes arrive."""
+    src = io.BufferedReader(io.BytesIO(PREFIX.pack(head_len, body_len) + rest))  # type: ignore[arg-type]
+    with allocates_little(2 << 20):  # a read step (1 MiB) and change
+        with suppress(BrokenStream):
+            read_message(src)
+
+
+class Served:
+    """``python -m fleche remote --serve`` over pipes, spoken to by hand."""
+
+    def __init__(self, root: Path, *, hello: bool = True) -> None:
+        self.proc = subprocess.Popen(
+            [PY, "-m", "fleche", "remote", "--serve", str(root)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.stdin, self.stdout = self.proc.stdin, self.proc.stdout
+        if hello:
+            write_message(self.stdin, ["hello", {"protocol": [1, 1], "fleche": "test"}])  # type: ignore[arg-type]
+            assert self.stdout.read(len(WIRE_MAGIC)) == WIRE_MAGIC
+            assert read_message(self.stdout) is not None  # type: ignore[arg-type]
+
+    def ask(self, head: Any, body: bytes = b"") -> Any:
+        self.stdin.write(_frame(head, body))
+        self.stdin.flush()
+        reply = read_message(self.stdout)  # type: ignore[arg-type]
+        assert reply is not None, "the server hung up"
+        return reply[0]
+
+    def send(self, raw: bytes) -> tuple[int, bytes, bytes]:
+        """Send ``raw`` and hang up: (exit status, what it answered, what it said on stderr)."""
+        with suppress(BrokenPipeError):
+            self.stdin.write(raw)
+            self.stdin.flush()
+        with suppress(BrokenPipeError):
+            self.stdin.close()
+        out = self.stdout.read()
+        assert self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        return self.proc.wait(60), out, err
+
+
+REQUEST_ARGS = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), U64)
+    | st.text(max_size=40)
+    | st.binary(max_size=40)
+    | st.sampled_from(["0" * 32, "f" * 32, "..", "/etc", "a/b"]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+OPS = [
+    "put",
+    "replace",
+    "get",
+    "exists",
+    "delete",
+    "size",
+    "put_call",
+    "get_call",
+    "has_call",
+    "delete_call",
+    "iter_oids",
+    "iter_calls",
+    "iter_functions",
+    "next",
+    "quarantine",
+    "info",
+    "acquire_lease",
+    "read_lease",
+    "renew_lease",
+    "release_lease",
+    "hello",
+    "nope",
+]
+
+
+def test_the_server_answers_malformed_requests_with_an_error_reply(tmp_path: Path) -> None:
+    """Requests that frame correctly but mean nothing: one reply each, the session goes on."""
+    server = Served(tmp_path / "store")
+    statuses: set[int] = set()
+
+    @FUZZ
+    @given(
+        head=st.one_of(
+            st.tuples(st.sampled_from(OPS)).map(list)
+            | st.builds(
+                lambda op, args: [op, *args],
+                st.sampled_from(OPS),
+                st.lists(REQUEST_ARGS, max_size=4),
+            ),
+            REQUEST_ARGS,
+        ),
+        body=st.binary(max_size=64),
+    )
+    def one(head: Any, body: bytes) -> None:
+        reply = server.ask(head, body)
+        assert isinstance(reply, list) and reply[0] in (OK, MISS, ERROR), reply
+        statuses.add(reply[0])
+
+    try:
+        one()
+        assert ERROR in statuses
+        assert server.ask(["exists", "0" * 32]) == [OK, False]  # still serving
+        code, _, err = server.send(b"")
+    finally:
+        server.proc.kill()
+        server.proc.wait()
+    assert code == 0 and b"Traceback" not in err, err.decode()
+
+
+UNREADABLE = {
+    "head longer than any": PREFIX.pack(2**32 - 1, 0),
+    "body of 2**63 bytes": PREFIX.pack(1, 2**63) + b"\x90",
+    "body of 2**64-1 bytes": PREFIX.pack(1, U64) + b"\x90",
+    "body of 2**40 bytes, 5 sent": PREFIX.pack(1, 2**40) + b"\x90" + b"hello",
+    "body of 1 GiB, 5 sent": PREFIX.pack(1, 1 << 30) + b"\x90" + b"hello",
+    "a map keyed by a list": PREFIX.pack(3, 0) + b"\x81\x90\x01",
+    "a byte msgpack never uses": PREFIX.pack(1, 0) + b"\xc1",
+    "a head cut short": PREFIX.pack(40, 0) + b"\x93\x01",
+    "a prefix cut short": PREFIX.pack(1, 0)[:5],
+    "nested too deep": PREFIX.pack(100_000, 0) + b"\x91" * 100_000,
+}
+
+
+@pytest.mark.parametrize("hello", [True, False], ids=["after-hello", "as-hello"])
+@pytest.mark.parametrize("name", sorted(UNREADABLE))
+def test_the_server_ends_cleanly_on_a_frame_it_cannot_read(
+    tmp_path: Path, name: str, hello: bool
+) -> None:
+    """Out of step for good: the server exits, saying why in one line. No traceback."""
+    server = Served(tmp_path / "store", hello=hello)
+    code, out, err = server.send(UNREADABLE[name])
+    lines = err.decode().strip().splitlines()
+    assert code == 2, (code, err.decode())
+    assert len(lines) == 1 and lines[0].startswith("fleche remote: "), err.decode()
+    assert out == b""  # nothing answered
+
+
+# A server that shakes hands like fleche's, then answers every request with the bytes it was
+# given (hex in argv[2]); with argv[1] == "hello", its hello is those bytes. No fleche import.
+FAKE_SERVER = r"""
+import struct, sys
+import msgpack
+mode, raw, version = sys.argv[1], bytes.fromhex(sys.argv[2]), sys.argv[3]
+src, out = sys.stdin.buffer, sys.stdout.buffer
+def read():
+    prefix = src.read(12)
+    if len(prefix) < 12:
+        sys.exit(0)
+    h, b = struct.unpack("<IQ", prefix)
+    src.read(h + b)
+def send(head):
+    packed = msgpack.packb(head)
+    out.write(struct.pack("<IQ", len(packed), 0) + packed)
+read()
+out.write(b"\x00fleche-remote\x00")
+if mode == "hello":
+    out.write(raw)
+    out.flush()
+    sys.exit(0)
+send({"protocol": [1, 1], "fleche": version, "root": "/fake", "read_only": False})
+out.flush()
+while True:
+    read()
+    out.write(raw)
+    out.flush()
+"""
+
+HOSTILE_REPLIES: dict[str, tuple[str, bytes]] = {
+    "body of 2**63 bytes": ("reply", PREFIX.pack(1, 2**63) + b"\x90"),
+    "body of 2**64-1 bytes": ("reply", PREFIX.pack(1, U64) + b"\x90"),
+    "head longer than any": ("reply", PREFIX.pack(2**32 - 1, 0)),
+    "ok without a value": ("reply", _frame([OK])),
+    "error names that are a number": ("reply", _frame([ERROR, 5, "boom"])),
+    "error names that are lists": ("reply", _frame([ERROR, [[1]], "boom"])),
+    "error without a message": ("reply", _frame([ERROR])),
+    "a status that is a map": ("reply", _frame({"a": 1})),
+    "a value of the wrong type": ("reply", _frame([OK, "not a number"])),
+    "a listing of three": ("reply", _frame([OK, [1, 2, 3]])),
+    "a listing of nested names": ("reply", _frame([OK, [[["a"]], 0]])),
+    "hello with a 2**63-byte body": ("hello", PREFIX.pack(1, 2**63) + b"\x80"),
+    "hello whose error is a number": (
+        "hello",
+        _frame({"protocol": [1, 1], "fleche": "x", "error": 5}),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_REPLIES))
+def test_the_client_refuses_replies_it_cannot_use(tmp_path: Path, name: str) -> None:
+    """Every store operation over a server that answers nonsense raises RemoteError (an
+    OSError: the decorator warns and computes), never OverflowError, TypeError, IndexError."""
+    from fleche._version import __version__
+    from fleche.store_remote import RemoteStore
+
+    mode, raw = HOSTILE_REPLIES[name]
+    python = [PY, "-c", FAKE_SERVER, mode, raw.hex(), __version__]
+    url = f"fleche+exec://{tmp_path}/store"
+    try:
+        store = RemoteStore(url, python=python, connect_timeout=20, retry_after=0)
+    except RemoteError:
+        assert mode == "hello"
+        return
+    assert mode == "reply"
+    operations: list[Callable[[], Any]] = [
+        lambda: store.exists("0" * 32),
+        lambda: store.size("0" * 32),
+        lambda: store.get("0" * 32),
+        lambda: store.find_call("f", "0" * 32),
+        lambda: list(store.iter_oids()),
+        lambda: list(store.iter_calls()),
+        lambda: store.info(),
+        lambda: store.put(b"x" * 10),
+    ]
+    try:
+        for op in operations:
+            with allocates_little():
+                try:
+                    op()
+                except RemoteError:
+                    pass
+    finally:
+        store.close()
