@@ -115,10 +115,7 @@ class Index(SearchableCatalog):
                 self._set_listed([fid], started)
 
     def _listed(self, name: str) -> float:
-        rows = self.db.read(
-            "SELECT value FROM fleche_state WHERE name = :n", {"n": f"listed:{name}"}
-        )
-        return float(rows[0][0]) if rows else 0.0
+        return self._state_number(f"listed:{name}")
 
     def _set_listed(self, names: list[str], when: float) -> None:
         with self.db.transaction() as tx:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import itertools
+import math
 import os
 import threading
 import time
@@ -234,6 +235,20 @@ class Catalog(ABC):
             upsert_postgresql(tx, rows)
         else:
             upsert_sqlite(tx, rows)
+
+    def _state_number(self, name: str) -> float:
+        """A number the catalogue keeps in ``fleche_state`` (rows counted at the last
+        ANALYZE, when a listing was taken); 0 when absent or not a finite number >= 0.
+
+        Read back from a file anyone may have edited or damaged: a value that is no
+        number counts as none, so the catalogue redoes that work instead of failing.
+        """
+        rows = self.db.read("SELECT value FROM fleche_state WHERE name = :n", {"n": name})
+        try:
+            value = float(rows[0][0]) if rows else 0.0
+        except (TypeError, ValueError):
+            return 0.0
+        return value if math.isfinite(value) and value >= 0 else 0.0
 
     @staticmethod
     def _set_state(tx: Tx, name: str, value: str) -> None:

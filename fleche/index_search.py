@@ -113,8 +113,7 @@ class SearchableCatalog(Catalog):
         rows = self.db.read("SELECT MAX(id) FROM fleche_calls")
         size = int(rows[0][0] or 0)
         if self._analyzed is None:
-            got = self.db.read("SELECT value FROM fleche_state WHERE name = 'analyzed'")
-            self._analyzed = int(got[0][0]) if got else 0
+            self._analyzed = int(self._state_number("analyzed"))
         if size < ANALYZE_FROM or size <= 2 * self._analyzed:
             return
         with self.db.transaction() as tx:

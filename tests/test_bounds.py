@@ -846,3 +846,53 @@ def test_the_client_refuses_replies_it_cannot_use(tmp_path: Path, name: str) -> 
                     pass
     finally:
         store.close()
+
+
+# -- the index: counters it keeps in its own rows -------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["garbage", "9" * 5000, "-12", "nan", "inf", "1e400"])
+def test_catalogue_counters_that_are_not_counts_are_forgotten(tmp_path: Path, value: str) -> None:
+    """The catalogue's own bookkeeping (rows counted at the last ANALYZE, listing times) is
+    read back from SQLite: a value that is not a sane number counts as none."""
+    import sqlite3
+
+    from fleche.query import QuerySpec
+
+    @fleche
+    def f(n: int) -> int:
+        return n
+
+    c = Cache(tmp_path / "store")
+    with cache(c):
+        for n in range(3):
+            f(n)
+    assert c.index is not None and c.index.count(QuerySpec()) == 3
+    c.index.close()
+    with sqlite3.connect(c.index.location) as con:
+        for name in ("analyzed", "listed:*"):
+            con.execute("DELETE FROM fleche_state WHERE name = ?", (name,))
+            con.execute("INSERT INTO fleche_state (name, value) VALUES (?, ?)", (name, value))
+    fresh = Cache(tmp_path / "store")
+    assert fresh.index is not None and fresh.index.count(QuerySpec()) == 3
+
+
+def test_stats_does_not_add_a_length_its_file_cannot_hold(tmp_path: Path) -> None:
+    """``fleche stats`` sums the lengths headers state: a damaged one is counted as damaged."""
+    from fleche.upkeep_scan import stats
+
+    @fleche
+    def f(n: int) -> Any:
+        return np.arange(1000.0) * n
+
+    c = Cache(tmp_path / "store", inline_limit=0)
+    with cache(c):
+        f(1)
+        f(2)
+    good = stats(c.store)
+    assert good.unreadable_headers == 0 and good.raw_object_bytes > 16000
+    path = next(p for p in (tmp_path / "store" / "objects").rglob("*") if p.is_file())
+    path.write_bytes(with_length(path.read_bytes(), 2**63))
+    damaged = stats(c.store)
+    assert damaged.unreadable_headers == 1
+    assert damaged.raw_object_bytes < good.raw_object_bytes
