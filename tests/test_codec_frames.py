@@ -341,7 +341,9 @@ def test_wrong_length_in_the_header(framed: tuple[bytes, bytes]) -> None:
     for size in (len(payload) - 1, len(payload) + 1, len(payload) + SMALL):
         corrupt_both(blob[:8] + struct.pack("<Q", size) + blob[16:])
     huge = blob[:8] + struct.pack("<Q", len(payload) | 1 << 62) + blob[16:]
-    with pytest.raises(CorruptObjectError, match="seek table"):  # no allocation attempted
+    with pytest.raises(
+        CorruptObjectError, match="more than .* bytes of zstd can hold"
+    ):  # no allocation attempted
         unframe(huge)
 
 

@@ -69,9 +69,15 @@ from fleche.codec._registry import (
     serializer_names,
 )
 from fleche.codec._resign import resign
-from fleche.codec._sign import ENV, Signer, signer_from
+from fleche.codec._sign import ENV, TRAILER_SIZE, Signer, signer_from
 from fleche.codec._tree import TreeSerializer
-from fleche.codec._unframe import read_header, unframe, unframe_stream
+from fleche.codec._unframe import (
+    check_length,
+    read_frame_header,
+    read_header,
+    unframe,
+    unframe_stream,
+)
 
 __all__ = [
     "FORCED",
@@ -103,11 +109,13 @@ __all__ = [
     "SER_POLARS",
     "SER_TREE",
     "STREAM_MIN",
+    "TRAILER_SIZE",
     "Serializer",
     "Signer",
     "Streamed",
     "TreeSerializer",
     "by_id",
+    "check_length",
     "decode_payload",
     "decode_record",
     "decode_value",
@@ -121,6 +129,7 @@ __all__ = [
     "map_object",
     "nbytes",
     "open_bag",
+    "read_frame_header",
     "read_header",
     "register",
     "resign",

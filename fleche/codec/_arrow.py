@@ -53,7 +53,11 @@ def _split(payload: Any, where: str) -> tuple[dict[str, Any], memoryview]:
     mv = memoryview(payload).cast("B")
     try:
         n = read_u32(mv, 0)
+        if 4 + n > mv.nbytes:
+            raise ValueError(f"it states {n} bytes, {mv.nbytes - 4} follow")
         meta = msgpack.unpackb(mv[4 : 4 + n], raw=False)
+        if type(meta) is not dict:
+            raise TypeError(f"a {type(meta).__name__}, not a map")
     except (ValueError, TypeError, IndexError, msgpack.UnpackException) as e:
         raise CorruptObjectError(f"{where} has a malformed frame header: {e}") from e
     start = 4 + n

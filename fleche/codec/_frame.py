@@ -44,6 +44,10 @@ CODEC_ZSTD_FRAMES = 2
 """Independent zstd frames of ``codec_zframes.CHUNK`` bytes each, then a zstd seek table."""
 CODECS = (CODEC_RAW, CODEC_ZSTD, CODEC_ZSTD_FRAMES)
 
+MAX_LENGTH = 1 << 48
+"""The largest payload length a reader believes (256 TiB: more than any machine's memory).
+A header that states more is damaged; smaller lengths are checked against the file."""
+
 FLAG_SIGNED = 0x01
 """Header flag: the file ends in a 32-byte signature trailer (:mod:`fleche.codec._sign`)."""
 _KNOWN_FLAGS = FLAG_SIGNED

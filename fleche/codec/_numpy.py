@@ -89,6 +89,20 @@ def plain_dtype(d: Any) -> Any | None:
     return plain
 
 
+def elements(shape: tuple[Any, ...]) -> int:
+    """The number of elements of an array of ``shape`` read from a stored header.
+
+    ValueError unless every dimension is an int >= 0: the product of two negative
+    ones is positive, and numpy would be the one to refuse them, in its own words.
+    """
+    count = 1
+    for d in shape:
+        if type(d) is not int or d < 0:
+            raise ValueError(f"dimension {d!r} of shape {shape!r} is not a size")
+        count *= d
+    return count
+
+
 class NumpySerializer(Serializer):
     """One ``numpy.ndarray`` (exact type, no object dtype) as a raw buffer (id 5)."""
 
@@ -133,18 +147,18 @@ class NumpySerializer(Serializer):
         mv = memoryview(payload).cast("B")
         try:
             n = read_u32(mv, 0)
+            if 4 + n > mv.nbytes:
+                raise ValueError(f"it states {n} bytes, {mv.nbytes - 4} follow")
             meta = msgpack.unpackb(mv[4 : 4 + n], raw=False)
             dtype = dtype_from_plain(meta["dtype"])
             shape = tuple(meta["shape"])
             order = meta["order"]
+            count = elements(shape)
         except (ValueError, TypeError, KeyError, IndexError, msgpack.UnpackException) as e:
             raise CorruptObjectError(f"{ctx.where} has a malformed array header: {e}") from e
         start = 4 + n
         start += pad_to(start)
         data = mv[start:]
-        count = 1
-        for s in shape:
-            count *= s
         if data.nbytes != count * dtype.itemsize:
             raise CorruptObjectError(
                 f"{ctx.where} holds {data.nbytes} array bytes; shape {shape} of {dtype} needs "

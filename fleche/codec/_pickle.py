@@ -59,6 +59,8 @@ def split_oob(payload: Any) -> tuple[Any, list[Any]]:
     mv = memoryview(payload).cast("B")
     n, slen = _OOB.unpack_from(mv)
     pos = _OOB.size
+    if pos + n * _LEN.size + slen > mv.nbytes:
+        raise CorruptObjectError("object's out-of-band buffer table runs past its payload")
     lens = []
     for _ in range(n):
         lens.append(_LEN.unpack_from(mv, pos)[0])

@@ -45,7 +45,7 @@ from fleche.codec._base import (
     u32,
 )
 from fleche.codec._frame import LARGE_RATIO, SAMPLE
-from fleche.codec._numpy import dtype_from_plain, plain_dtype
+from fleche.codec._numpy import dtype_from_plain, elements, plain_dtype
 from fleche.codec._plain import str_keys
 from fleche.codec._zframes import compressor
 from fleche.errors import CorruptObjectError, FlecheError, SerializationError
@@ -327,12 +327,10 @@ class TreeSerializer(Serializer):
                 dtype = dtypes.get(key)
                 if dtype is None:
                     dtype = dtypes[key] = dtype_from_plain(plain)
-                count = 1
-                for d in shape:
-                    count *= d
+                count = elements(shape)
                 offset += _pad(offset, count * dtype.itemsize)
                 end = offset + count * dtype.itemsize
-                if end > mv.nbytes or count < 0:
+                if end > mv.nbytes:
                     raise ValueError(f"array {len(arrays)} ends past the payload's end")
                 arrays.append(
                     np.ndarray(shape, dtype=dtype, buffer=data, offset=offset, order=order)

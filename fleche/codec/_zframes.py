@@ -29,7 +29,7 @@ from typing import Any
 
 import zstandard
 
-from fleche.errors import CorruptObjectError
+from fleche.errors import CorruptObjectError, SerializationError
 from fleche.store import ReadableFile, writable_buffer
 
 CHUNK = 8 << 20
@@ -109,6 +109,23 @@ def decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
+def payload_buffer(size: int, where: str) -> Any:
+    """A fresh writable buffer for a payload of ``size`` bytes, a length already checked
+    against the file (``codec_unframe.check_length``).
+
+    A machine that cannot hold the value is not a damaged file: SerializationError, a
+    miss that leaves the file where it is (it loads on a larger machine), rather than
+    a MemoryError, or an OSError that would make the whole store look unreachable.
+    """
+    try:
+        return writable_buffer(size)
+    except (MemoryError, OverflowError, OSError, ValueError) as e:
+        raise SerializationError(
+            f"{where} holds {size:,} bytes, more memory than this process can have "
+            f"({type(e).__name__}: {e}): load it on a machine with more memory"
+        ) from e
+
+
 # --- writing ---------------------------------------------------------------------------------
 
 
@@ -177,9 +194,9 @@ def compressed_frames(parts: Sequence[Any], level: int) -> Iterator[bytes]:
 # --- reading a payload held in memory ---------------------------------------------------------
 
 
-def _bound(compressed: int) -> int:
+def most_decoded(compressed: int) -> int:
     """Most bytes ``compressed`` bytes of zstd can decode to: each block of at most 128 KiB
-    costs at least 4 bytes. Checked before anything is allocated."""
+    costs at least 4 bytes (a run-length block). Checked before anything is allocated."""
     return (compressed // 4) * _BLOCK_MAX
 
 
@@ -225,7 +242,7 @@ def read_seek_table(body: Any, size: int, where: str) -> list[tuple[int, int, in
     end = view.nbytes - table
     frames, pos, out = [], 0, 0
     for k, (c, d) in enumerate(entries):
-        if not 0 < d <= _bound(c) or pos + c > end:
+        if not 0 < d <= most_decoded(c) or pos + c > end:
             raise CorruptObjectError(
                 f"{where} is damaged: its seek table says frame {k} holds {d} bytes in {c}, "
                 f"at offset {pos} of {end} bytes of frames"
@@ -274,7 +291,7 @@ def decompress_frames(body: Any, size: int, where: str) -> memoryview:
     """
     view = memoryview(body).cast("B")
     frames = read_seek_table(view, size, where)
-    out = memoryview(writable_buffer(size))
+    out = memoryview(payload_buffer(size, where))
     if len(frames) == 1:
         pos, c, at, d = frames[0]
         _decode(view[pos : pos + c], out[at : at + d])
@@ -377,9 +394,10 @@ def decompress_stream(f: ReadableFile, size: int, tail: int, where: str) -> tupl
     value plus a few compressed frames. The seek table, read last, must
     list exactly the frames seen. ``tail`` is how many bytes may follow the
     payload (a signature trailer); they are returned for the caller to check.
+    ``size`` is allocated first: the caller has checked it against the file's size.
     """
     spool = _Spool(f)
-    out = memoryview(writable_buffer(size))
+    out = memoryview(payload_buffer(size, where))
     pool, ahead = _get_pool(), workers() + 1
     inflight: deque[Future[None]] = deque()
     seen: list[tuple[int, int]] = []

@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import functools
 import itertools
+import math
 import os
 import threading
 import time
@@ -263,6 +264,20 @@ class Index:
         else:
             upsert_sqlite(tx, rows)
 
+    def _state_number(self, name: str) -> float:
+        """A number the catalogue keeps in ``fleche_state`` (rows counted at the last
+        ANALYZE, when a listing was taken); 0 when absent or not a finite number >= 0.
+
+        Read back from a file anyone may have edited or damaged: a value that is no
+        number counts as none, so the catalogue redoes that work instead of failing.
+        """
+        rows = self.db.read("SELECT value FROM fleche_state WHERE name = :n", {"n": name})
+        try:
+            value = float(rows[0][0]) if rows else 0.0
+        except (TypeError, ValueError):
+            return 0.0
+        return value if math.isfinite(value) and value >= 0 else 0.0
+
     @staticmethod
     def _set_state(tx: Tx, name: str, value: str) -> None:
         tx.execute("DELETE FROM fleche_state WHERE name = :n", {"n": name})
@@ -349,8 +364,7 @@ class Index:
         rows = self.db.read("SELECT MAX(id) FROM fleche_calls")
         size = int(rows[0][0] or 0)
         if self._analyzed is None:
-            got = self.db.read("SELECT value FROM fleche_state WHERE name = 'analyzed'")
-            self._analyzed = int(got[0][0]) if got else 0
+            self._analyzed = int(self._state_number("analyzed"))
         if size < ANALYZE_FROM or size <= 2 * self._analyzed:
             return
         with self.db.transaction() as tx:
@@ -428,10 +442,7 @@ class Index:
                 self._set_listed([fid], started)
 
     def _listed(self, name: str) -> float:
-        rows = self.db.read(
-            "SELECT value FROM fleche_state WHERE name = :n", {"n": f"listed:{name}"}
-        )
-        return float(rows[0][0]) if rows else 0.0
+        return self._state_number(f"listed:{name}")
 
     def _set_listed(self, names: list[str], when: float) -> None:
         with self.db.transaction() as tx:

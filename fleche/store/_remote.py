@@ -216,7 +216,9 @@ class RemoteStore(RemoteSession, ObjectStore):
         value, _ = self._request(("size", check_oid(oid)))
         if value is None:
             raise CacheMiss(f"object {oid} is not in the store at {self.url}")
-        return int(value)
+        if type(value) is not int or value < 0:
+            raise self.malformed(value)
+        return value
 
     def local_path(self, oid: str) -> str | None:
         """Always None: the object's file is on the remote host."""
@@ -255,7 +257,10 @@ class RemoteStore(RemoteSession, ObjectStore):
         if function_id is not None:
             check_function_id(function_id)
         # msgpack gives [fid, digest] lists; the store API promises tuples
-        yield from ((fid, digest) for fid, digest in self._iterate(("iter_calls", function_id)))
+        for name in self._iterate(("iter_calls", function_id)):
+            if not (isinstance(name, list) and len(name) == 2):
+                raise self.malformed(name)
+            yield name[0], name[1]
 
     def iter_functions(self) -> Iterator[str]:
         return self._iterate(("iter_functions",))
@@ -297,11 +302,22 @@ class RemoteStore(RemoteSession, ObjectStore):
         The lock is not held between batches, so the caller may use the store
         inside its loop (``Cache.iter_records`` reads each record it lists).
         """
-        (items, cursor), _ = self._request(head)
+        items, cursor = self._batch(self._request(head)[0])
         yield from items
         while cursor:
-            (items, cursor), _ = self._request(("next", cursor), retry=False)
+            items, cursor = self._batch(self._request(("next", cursor), retry=False)[0])
             yield from items
+
+    def _batch(self, value: Any) -> tuple[list[Any], int]:
+        """``[names, cursor]`` from a listing reply, checked."""
+        if not (
+            isinstance(value, list)
+            and len(value) == 2
+            and isinstance(value[0], list)
+            and type(value[1]) is int
+        ):
+            raise self.malformed(value)
+        return value[0], value[1]
 
     # -- housekeeping ----------------------------------------------------------------------
 
@@ -327,7 +343,10 @@ class RemoteStore(RemoteSession, ObjectStore):
 
     def info(self) -> dict[str, Any]:
         """The remote ``fleche.json`` (created if missing and writable; ``{}`` if read-only)."""
-        return dict(self._request(("info",))[0])
+        value = self._request(("info",))[0]
+        if not isinstance(value, dict):
+            raise self.malformed(value)
+        return dict(value)
 
     def close(self) -> None:
         """End the session (the server exits); the next operation opens a new one."""
@@ -364,6 +383,11 @@ class _BufferReader(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    @property
+    def size(self) -> int:
+        """The object's size, for ``codec.unframe_stream`` to check the stated length against."""
+        return self._view.nbytes
 
     def readinto(self, b: Any) -> int:
         out = memoryview(b).cast("B")

@@ -219,8 +219,10 @@ class RemoteSession:
                 f"'fleche=={version}' here)"
             )
         if "error" in hello:
-            names, message = hello["error"]
-            raise remote_exception(names, f"{message} (server for {self.url})")
+            error = hello["error"]
+            if not (isinstance(error, list) and len(error) == 2):
+                raise self.malformed(hello)
+            raise remote_exception(error[0], f"{error[1]} (server for {self.url})")
         if version != __version__ and not self._warned_skew:
             self._warned_skew = True
             warnings.warn(
@@ -317,11 +319,18 @@ class RemoteSession:
                     self._drop()
                     raise
                 break
-        status = reply[0] if isinstance(reply, list) and reply else None
-        if status == OK:
+        shape = (reply[0], len(reply)) if isinstance(reply, list) and reply else None
+        if shape == (OK, 2):
             return reply[1], body
-        if status == MISS:
+        if shape == (MISS, 1):
             return None, None
-        if status == ERROR:
+        if shape == (ERROR, 3):
             raise remote_exception(reply[1], f"{reply[2]} (server for {self.url})")
-        raise RemoteProtocolError(f"a malformed reply from the server for {self.url}: {reply!r}")
+        raise self.malformed(reply)
+
+    def malformed(self, reply: Any) -> RemoteProtocolError:
+        """The error for a reply that is not what the protocol allows (a RemoteError: the
+        server is broken or not fleche's, and the store is treated as failing)."""
+        return RemoteProtocolError(
+            f"a malformed reply from the server for {self.url}: {reply!r:.200}"
+        )

@@ -246,9 +246,20 @@ class _Reader(io.RawIOBase):
         self._next = 0  # the next offset to ask for
         self._left = memoryview(b"")  # received, not yet handed out
         self._eof = False
+        self._size: int | None = None
 
     def readable(self) -> bool:
         return True
+
+    @property
+    def size(self) -> int | None:
+        """The file's size (one FSTAT, asked once): a frame's stated length is checked
+        against it before its buffer is allocated. None when the server does not say."""
+        if self._size is None:
+            with self._store._errors(self._store.fs, self._path, "read"):
+                _, msg = self._r.call(self._path, CMD_FSTAT, self._handle)
+            self._size = SFTPAttributes._from_msg(msg).st_size
+        return self._size
 
     def readinto(self, b: Any) -> int:
         out = memoryview(b).cast("B")

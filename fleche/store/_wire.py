@@ -57,8 +57,11 @@ MAGIC = b"\x00fleche-remote\x00"
 
 PREFIX = struct.Struct("<IQ")  # head length, body length
 MAX_HEAD = 64 << 20  # a larger head means the stream is not ours (or is out of step)
+MAX_BODY = 1 << 48
+"""A larger body means the stream is not ours: no object is that large (``codec.MAX_LENGTH``)."""
 OK, MISS, ERROR = 0, 1, 2
 _LARGE_BODY = 4 << 20  # from here a body is read into a writable huge-page buffer
+_READ_STEP = 1 << 20  # smaller bodies and heads are read (and allocated) this much at a time
 _BUFFER = 1 << 16
 
 
@@ -103,17 +106,29 @@ def write_message(out: io.BufferedWriter, head: Any, parts: Iterable[Any] = ()) 
 
 
 def _read_exact(src: io.BufferedReader, n: int) -> bytes:
-    data = src.read(n)
-    if data is None or len(data) < n:
-        raise BrokenStream(f"the stream ended {n - len(data or b'')} bytes short of a message")
-    return data
+    """``n`` bytes, read (and allocated) a step at a time: a length the stream states
+    costs memory only as its bytes arrive."""
+    parts, got = [], 0
+    while got < n:
+        data = src.read(min(n - got, _READ_STEP))
+        if not data:
+            raise BrokenStream(f"the stream ended {n - got} bytes short of a message")
+        parts.append(data)
+        got += len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def _read_body(src: io.BufferedReader, n: int) -> Any:
     if n < _LARGE_BODY:
         return _read_exact(src, n) if n else b""
-    # Like LocalStore: a writable buffer, so arrays unpickled from it without a copy are writable.
-    buf = writable_buffer(n)
+    if n > MAX_BODY:
+        raise BrokenStream(f"a {n:,}-byte message body: the stream is damaged or not fleche's")
+    # Like LocalStore: a writable buffer, so arrays unpickled from it without a copy are
+    # writable. An anonymous mapping: its pages cost memory only as the bytes arrive.
+    try:
+        buf = writable_buffer(n)
+    except (MemoryError, OverflowError, OSError, ValueError) as e:
+        raise BrokenStream(f"cannot hold a {n:,}-byte message body here ({e})") from None
     view, got = memoryview(buf), 0
     while got < n:
         k = src.readinto(view[got:])
@@ -137,7 +152,7 @@ def read_message(src: io.BufferedReader) -> tuple[Any, Any] | None:
         )
     try:
         head = msgpack.unpackb(_read_exact(src, head_len), raw=False, use_list=True)
-    except (ValueError, msgpack.UnpackException) as e:
+    except (ValueError, TypeError, msgpack.UnpackException) as e:  # TypeError: a list as a key
         raise BrokenStream(f"undecodable message head ({e})") from None
     return head, _read_body(src, body_len)
 
@@ -173,8 +188,12 @@ _ERRORS: dict[str, type[BaseException]] = {
 }
 
 
-def remote_exception(names: list[str], message: str) -> BaseException:
-    """Rebuild a server-side error as the most specific class known here (else RemoteError)."""
+def remote_exception(names: Any, message: str) -> BaseException:
+    """Rebuild a server-side error as the most specific class known here (else RemoteError).
+
+    ``names`` come from the other end: anything but a list of str names nothing known.
+    """
+    names = [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
     for name in names:
         cls = _ERRORS.get(name)
         if cls is not None:
@@ -239,7 +258,7 @@ class Connection:
                 if len(buf) >= at + PREFIX.size:
                     head_len, body_len = PREFIX.unpack_from(buf, at)
                     end = at + PREFIX.size + head_len + body_len
-                    if head_len > MAX_HEAD:
+                    if head_len > MAX_HEAD or body_len > MAX_HEAD:  # a hello has no body
                         raise BrokenStream("the server's hello is not a fleche message")
                     if len(buf) >= end:
                         if len(buf) > end:  # nothing may follow the hello before a request

@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from fleche import codec
-from fleche.codec import Signer
+from fleche.codec import TRAILER_SIZE, Signer, check_length
 from fleche.errors import CacheMiss, CorruptObjectError
 from fleche.store import BytesLike, LocalStore, ObjectStore, is_function_id, is_oid
 from fleche.upkeep._lookup import WORKERS, Progress
@@ -331,16 +331,23 @@ class StoreStats:
 
 def _header_sizes(
     store: ObjectStore,
-    items: list[tuple[str, Callable[[], BytesLike]]],
+    items: list[tuple[str, Callable[[], BytesLike], int]],
     workers: int,
     phase: str,
     progress: Progress | None,
 ) -> tuple[int, int, int]:
-    """(raw payload bytes, compressed files, unreadable) over the headers of ``items``."""
+    """(raw payload bytes, compressed files, unreadable) over the headers of ``items``:
+    ``(path, fetch, the file's size)``. A length its file cannot hold is unreadable."""
 
-    def head(item: tuple[str, Callable[[], BytesLike]]) -> tuple[int, int] | None:
+    def head(item: tuple[str, Callable[[], BytesLike], int]) -> tuple[int, int] | None:
+        path, fetch, stored = item
         try:
-            codec_id, _ser, size, _digest = codec.read_header(read_head(store, *item))
+            codec_id, _ser, size, _digest, flags = codec.read_frame_header(
+                read_head(store, path, fetch)
+            )
+            signed = bool(flags & codec.FLAG_SIGNED)
+            payload = stored - codec.HEADER_SIZE - TRAILER_SIZE * signed
+            check_length(codec_id, size, payload, path)  # or a damaged length swamps the total
         except (CorruptObjectError, FileNotFoundError, CacheMiss):
             return None
         return size + codec.HEADER_SIZE, codec_id
@@ -395,10 +402,12 @@ def stats(
     )
     if headers:
         calls = [
-            (call_path(store, fid, e.name), _fetch_call(store, fid, e.name))
+            (call_path(store, fid, e.name), _fetch_call(store, fid, e.name), e.size)
             for fid, e in inv.iter_calls()
         ]
-        objects = [(object_path(store, e.name), _fetch_object(store, e.name)) for e in inv.objects]
+        objects = [
+            (object_path(store, e.name), _fetch_object(store, e.name), e.size) for e in inv.objects
+        ]
         st.raw_call_bytes, _, bad_calls = _header_sizes(store, calls, workers, "records", progress)
         st.raw_object_bytes, st.compressed_objects, bad_objects = _header_sizes(
             store, objects, workers, "objects", progress
