@@ -339,6 +339,31 @@ def test_map_over_a_refused_closure_computes_every_call(store: Cache, asked: lis
     assert stored_calls(store) == []
 
 
+def test_a_cached_local_function_digests_by_what_it_computes(store: Cache) -> None:
+    """Its state changes as it is used; its digest, which a closure over it keys on, does not."""
+
+    def make(k: int) -> tuple[Callable[[int], int], Callable[[int], int]]:
+        @fleche
+        def fib(n: int) -> int:
+            return n + k if n < 2 else fib(n - 1) + fib(n - 2)
+
+        @fleche
+        def twice(n: int) -> int:  # captures fib, which has not run yet
+            return 2 * fib(n)
+
+        return fib, twice
+
+    fib, twice = make(0)
+    before = fl.digest.digest(fib)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlecheWarning)
+        assert twice(10) == 110
+        assert fl.digest.digest(fib) == before
+        assert make(0)[1].digest(10) == twice.digest(10)
+        assert make(1)[1].digest(10) != twice.digest(10)  # another k, another fib
+        assert make(1)[1](10) == 2 * (55 + 89)
+
+
 # -- stale code ----------------------------------------------------------------------------------
 
 RAN: list[str] = []
@@ -539,31 +564,6 @@ def test_a_source_edited_after_import_is_not_taken_for_the_running_code(
     finally:
         sys.modules.pop("edited_module", None)
         sys.modules.pop("edited_module_now", None)
-
-
-def test_a_cached_local_function_digests_by_what_it_computes(store: Cache) -> None:
-    """Its state changes as it is used; its digest, which a closure over it keys on, does not."""
-
-    def make(k: int) -> tuple[Callable[[int], int], Callable[[int], int]]:
-        @fleche
-        def fib(n: int) -> int:
-            return n + k if n < 2 else fib(n - 1) + fib(n - 2)
-
-        @fleche
-        def twice(n: int) -> int:  # captures fib, which has not run yet
-            return 2 * fib(n)
-
-        return fib, twice
-
-    fib, twice = make(0)
-    before = fl.digest.digest(fib)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", FlecheWarning)
-        assert twice(10) == 110
-        assert fl.digest.digest(fib) == before
-        assert make(0)[1].digest(10) == twice.digest(10)
-        assert make(1)[1].digest(10) != twice.digest(10)  # another k, another fib
-        assert make(1)[1](10) == 2 * (55 + 89)
 
 
 def test_a_function_sent_by_value_keeps_its_code_digest(store: Cache, ran: list[str]) -> None:
