@@ -161,6 +161,10 @@ class Cache:
     code); values only pickle can store are returned uncached.
     """
 
+    # What a hit computed by other code does (fleche.toml's stale_code, or cache(...,
+    # stale_code=)): "warn", "serve" or "recompute"; None: the decorator's default, "warn".
+    stale_code: str | None = None
+
     def __init__(
         self,
         store: ObjectStore | str | os.PathLike[str],

@@ -34,6 +34,7 @@ from fleche.config_file import METADATA_GROUPS as METADATA_GROUPS
 from fleche.config_file import TOP_KEYS as TOP_KEYS
 from fleche.config_file import metadata_groups as metadata_groups
 from fleche.config_file import read_file as read_file
+from fleche.config_file import stale_code_choice as stale_code_choice
 
 # -- the active cache ---------------------------------------------------------------------
 

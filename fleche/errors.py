@@ -20,7 +20,25 @@ class FlecheWarning(UserWarning):
 
 
 class UnhashableArgumentError(FlecheError, TypeError):
-    """An argument (or something inside it) has no stable digest."""
+    """An argument (or something inside it) has no stable digest.
+
+    ``where`` (the path to the part, ``data['rows'][3]``), ``type_name`` and
+    ``reason`` say which part and why; ``registrable`` is False for a builtin
+    type, whose digest cannot be replaced. Empty when the value was too deep.
+    """
+
+    where: str = ""
+    type_name: str = ""
+    reason: str = ""
+    registrable: bool = True
+
+
+class StaleCodeWarning(FlecheWarning):
+    """A hit was computed by other code: the function changed since its result was stored.
+
+    Served anyway (``stale_code="warn"``, the default), once per function; see
+    ``stale_code`` in ``docs/usage.md`` to recompute such calls or to silence it.
+    """
 
 
 class CacheMiss(FlecheError, KeyError):
@@ -71,8 +89,8 @@ class ConfigError(FlecheError, ValueError):
     """A ``fleche.toml`` or a cache specification is invalid."""
 
 
-def warn_user(message: str) -> None:
-    """Warn with :class:`FlecheWarning` at the first frame outside fleche.
+def warn_user(message: str, category: type[Warning] = FlecheWarning) -> None:
+    """Warn (with :class:`FlecheWarning` unless told) at the first frame outside fleche.
 
     So the warning points at the user's line, however deep in fleche it was raised.
     """
@@ -81,4 +99,4 @@ def warn_user(message: str) -> None:
     while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "fleche":
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
-    warnings.warn(message, FlecheWarning, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)

@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 from fleche.config import active_cache, current_tags
 from fleche.decorator import _REFRESH, CachedFunction
+from fleche.decorator_identity import ClosureRefused
 from fleche.errors import FlecheError
 from fleche.executor_task import Bound, CacheNotPortableError, CacheTicket, bind, ticket_for
 
@@ -180,7 +181,11 @@ class _Submitter:
                     return False, None, None
                 ids = {id(f) for f in found}  # not `in found`: == on an array argument raises
                 args, kwargs = walk((args, kwargs), lambda x: x.result() if id(x) in ids else x)
-        key, items, _ = cf.key(args, kwargs)
+        try:
+            key, items, _ = cf.key(args, kwargs)
+        except ClosureRefused as e:  # it has no key: computed, uncached, wherever it runs
+            cf.refused(e)
+            return False, None, None
         if c is None or cf.uncacheable(items) or cf.skipped(c) or _REFRESH.get():
             return False, None, None
         hit, value = cf.lookup(c, key)
