@@ -28,6 +28,7 @@ from fleche.errors import (
     CorruptObjectError,
     FlecheError,
     FlecheWarning,
+    ForeignKeyMiss,
     SerializationError,
     StaleCodeWarning,
     warn_user,
@@ -151,6 +152,8 @@ class ResultIO:
             if _log.isEnabledFor(_DEBUG):
                 _log.debug("hit %s %s in %s", self.function_id, key, cache.url)
             return True, value
+        except ForeignKeyMiss:  # another key's value, left alone: the cache warned, once per key
+            pass
         except CacheMiss:
             self.warn_once(
                 "dangling", f"the record of call {key} points at a missing object; recomputing"

@@ -64,6 +64,48 @@ class SignatureError(CorruptObjectError):
         super().__init__(message)
         self.reason = reason
 
+    @property
+    def foreign_key(self) -> str | None:
+        """The key id a file names when it is signed with a key the reader lacks, else None.
+
+        Such a file is another key's, not damage: it is a miss, and left alone.
+        """
+        prefix = "unknown key "
+        return self.reason[len(prefix) :] if self.reason.startswith(prefix) else None
+
+
+class NotAFileError(CorruptObjectError):
+    """A directory, fifo, socket or symbolic link stands where an object or a record belongs.
+
+    A fault of that one name, treated like damage (a miss, a warning, the thing
+    moved to ``quarantine/``), never an outage of the whole store. A link there
+    is never followed and a fifo is never waited on.
+    """
+
+
+class ForeignKeyMiss(CacheMiss):
+    """A file is signed with a key this cache does not hold: a miss, and the file is left alone.
+
+    In a store shared by holders of different keys, each key's files belong to
+    its holders: a reader without that key neither serves nor moves, deletes
+    or rewrites them. ``key_id`` is the 16-hex id the file names.
+    """
+
+    def __init__(self, message: str, key_id: str = "") -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
+class StoreLinkError(FlecheError, OSError):
+    """A directory of a store's layout is a symbolic link, or a path would resolve outside the store.
+
+    Upkeep (``gc``, ``verify --repair``, ``sign``, ``sync`` into a store) and
+    quarantine never follow a link out of a store: they stop (or, on a
+    reader's quarantine, leave the file in place) rather than delete, move or
+    write a file that is not the store's. An ``OSError``, so a failed move is
+    handled like any other file that cannot be moved.
+    """
+
 
 class StoreFormatError(FlecheError):
     """A store was written in a format this version of fleche does not understand."""

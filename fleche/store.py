@@ -274,6 +274,24 @@ class ObjectStore(PathStore):
         """Whether object ``oid`` is stored (one request on remote stores, no read)."""
         return self._exists(self._oid_path(oid))
 
+    def read_ends(self, oid: str, n: int) -> tuple[BytesLike, BytesLike]:
+        """The first and last ``n`` bytes of object ``oid``: its header and its trailer, unread between.
+
+        What tells whose key signed an object without reading its value.
+        ``CacheMiss`` when the object is absent.
+        """
+        path = self._oid_path(oid)
+        try:
+            return self._read_ends(path, n)
+        except FileNotFoundError:
+            raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+
+    def _read_ends(self, path: str, n: int) -> tuple[BytesLike, BytesLike]:
+        size = self._size(path)
+        head: bytes = self.fs.cat_file(path, start=0, end=min(n, size))
+        tail: bytes = self.fs.cat_file(path, start=max(0, size - n), end=size)
+        return head, tail
+
     def delete(self, oid: str) -> None:
         """Remove object ``oid``; a missing object is not an error (someone else won)."""
         path = self._oid_path(oid)
@@ -416,9 +434,27 @@ class ObjectStore(PathStore):
             path = self._call_path(function_id, digest)
         if self.read_only:
             return
-        rel = path[len(self.root) + 1 :]
         try:
-            self._move(path, f"{self.root}/quarantine/{rel}.{_quarantine_suffix()}")
+            self._move(path, self._quarantine_path(path))
+        except FileNotFoundError:
+            pass
+
+    def _quarantine_path(self, path: str) -> str:
+        """Where ``quarantine`` moves the file at ``path``: its relative path, time-stamped."""
+        return f"{self.root}/quarantine/{path[len(self.root) + 1 :]}.{_quarantine_suffix()}"
+
+    def delete_tmp(self, name: str) -> None:
+        """Remove ``tmp/<name>``, a partial write a crashed process left (``fleche gc``).
+
+        ``name`` is relative to ``tmp/`` and may not climb out of it; already
+        gone is fine. Like every removal, never through a link out of the store.
+        """
+        self._check_writable()
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"tmp file name {name!r}: expected a path relative to tmp/")
+        try:
+            self._remove(f"{self.root}/tmp/{name}")
         except FileNotFoundError:
             pass
 

@@ -11,6 +11,7 @@ SFTP rename) overrides those and nothing else; the public API above them is
 
 from __future__ import annotations
 
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
@@ -18,9 +19,47 @@ from typing import Any, Protocol
 
 import fsspec
 
+from fleche.errors import NotAFileError, StoreLinkError
 from fleche.store_names import _HEX, BytesLike, check_function_id, check_oid, is_oid
 
 MARKER = "fleche.json"
+
+LAYOUT = ("tmp", "quarantine", "objects", "calls")
+"""The store's top-level directories; none of them, nor a fan-out or function directory under
+them, may be a symbolic link when upkeep changes the store (see :meth:`PathStore.layout_links`)."""
+
+
+def describe_mode(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for messages: "a directory", "a fifo"..."""
+    for test, what in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def not_a_file(path: str, what: str, target: str | None = None) -> NotAFileError:
+    """The fault of a name that holds ``what`` (a directory, a link...) instead of a file."""
+    to = f" to {target}" if target else ""
+    return NotAFileError(
+        f"{path} is {what}{to} where a file belongs: fleche never reads, follows or waits on it"
+    )
+
+
+def link_error(link: str, target: str | None, doing: str) -> StoreLinkError:
+    """The error of an upkeep step that would have gone through the symbolic link ``link``."""
+    to = f" (to {target})" if target else ""
+    return StoreLinkError(
+        f"{link} is a symbolic link{to} in the store's layout; {doing} never follows a link "
+        "out of a store, so it stopped without touching anything: move the directory it "
+        "points to into its place (or remove the link), then run it again"
+    )
 
 
 class ReadableFile(Protocol):
@@ -45,6 +84,10 @@ class ReadableFile(Protocol):
 
 class PathStore(ABC):
     """Layout and filesystem primitives over one fsspec filesystem, under ``root``."""
+
+    has_links = False
+    """Whether the filesystem has directories and symbolic links of its own (local, SFTP):
+    then a name may hold one where a file belongs, and a link may lead out of the store."""
 
     def __init__(
         self,
@@ -154,6 +197,15 @@ class PathStore(ABC):
     def _move(self, src: str, dst: str) -> None:
         self._ensure_dir(dst.rpartition("/")[0])
         self.fs.mv(src, dst)
+
+    def layout_links(self) -> dict[str, str]:
+        """The directories of the layout that are symbolic links: path -> where each points.
+
+        ``tmp/``, ``quarantine/``, ``objects/`` and its fan-out directories,
+        ``calls/``, its function directories and theirs. Empty on a healthy
+        store, and always on filesystems without links (object stores, memory).
+        """
+        return {}
 
     def _ensure_dir(self, path: str) -> None:
         if path not in self._dirs:

@@ -39,8 +39,10 @@ from fleche.errors import (
     ConfigError,
     CorruptObjectError,
     FlecheError,
+    NotAFileError,
     ReadOnlyStoreError,
     StoreFormatError,
+    StoreLinkError,
 )
 from fleche.store_local import _writable_buffer
 
@@ -186,7 +188,9 @@ _ERRORS: dict[str, type[BaseException]] = {
         CacheMiss,
         ReadOnlyStoreError,
         StoreFormatError,
+        NotAFileError,
         CorruptObjectError,
+        StoreLinkError,
         ConfigError,
         FlecheError,
         FileNotFoundError,
