@@ -20,7 +20,25 @@ class FlecheWarning(UserWarning):
 
 
 class UnhashableArgumentError(FlecheError, TypeError):
-    """An argument (or something inside it) has no stable digest."""
+    """An argument (or something inside it) has no stable digest.
+
+    ``where`` (the path to the part, ``data['rows'][3]``), ``type_name`` and
+    ``reason`` say which part and why; ``registrable`` is False for a builtin
+    type, whose digest cannot be replaced. Empty when the value was too deep.
+    """
+
+    where: str = ""
+    type_name: str = ""
+    reason: str = ""
+    registrable: bool = True
+
+
+class StaleCodeWarning(FlecheWarning):
+    """A hit was computed by other code: the function changed since its result was stored.
+
+    Served anyway (``stale_code="warn"``, the default), once per function; see
+    ``stale_code`` in ``docs/usage.md`` to recompute such calls or to silence it.
+    """
 
 
 class CacheMiss(FlecheError, KeyError):
@@ -45,6 +63,48 @@ class SignatureError(CorruptObjectError):
     def __init__(self, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.reason = reason
+
+    @property
+    def foreign_key(self) -> str | None:
+        """The key id a file names when it is signed with a key the reader lacks, else None.
+
+        Such a file is another key's, not damage: it is a miss, and left alone.
+        """
+        prefix = "unknown key "
+        return self.reason[len(prefix) :] if self.reason.startswith(prefix) else None
+
+
+class NotAFileError(CorruptObjectError):
+    """A directory, fifo, socket or symbolic link stands where an object or a record belongs.
+
+    A fault of that one name, treated like damage (a miss, a warning, the thing
+    moved to ``quarantine/``), never an outage of the whole store. A link there
+    is never followed and a fifo is never waited on.
+    """
+
+
+class ForeignKeyMiss(CacheMiss):
+    """A file is signed with a key this cache does not hold: a miss, and the file is left alone.
+
+    In a store shared by holders of different keys, each key's files belong to
+    its holders: a reader without that key neither serves nor moves, deletes
+    or rewrites them. ``key_id`` is the 16-hex id the file names.
+    """
+
+    def __init__(self, message: str, key_id: str = "") -> None:
+        super().__init__(message)
+        self.key_id = key_id
+
+
+class StoreLinkError(FlecheError, OSError):
+    """A directory of a store's layout is a symbolic link, or a path would resolve outside the store.
+
+    Upkeep (``gc``, ``verify --repair``, ``sign``, ``sync`` into a store) and
+    quarantine never follow a link out of a store: they stop (or, on a
+    reader's quarantine, leave the file in place) rather than delete, move or
+    write a file that is not the store's. An ``OSError``, so a failed move is
+    handled like any other file that cannot be moved.
+    """
 
 
 class StoreFormatError(FlecheError):
@@ -71,8 +131,8 @@ class ConfigError(FlecheError, ValueError):
     """A ``fleche.toml`` or a cache specification is invalid."""
 
 
-def warn_user(message: str) -> None:
-    """Warn with :class:`FlecheWarning` at the first frame outside fleche.
+def warn_user(message: str, category: type[Warning] = FlecheWarning) -> None:
+    """Warn (with :class:`FlecheWarning` unless told) at the first frame outside fleche.
 
     So the warning points at the user's line, however deep in fleche it was raised.
     """
@@ -81,4 +141,4 @@ def warn_user(message: str) -> None:
     while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "fleche":
         frame = frame.f_back  # type: ignore[assignment]
         level += 1
-    warnings.warn(message, FlecheWarning, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level)

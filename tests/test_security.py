@@ -29,6 +29,7 @@ from fleche import (
     ConfigError,
     CorruptObjectError,
     FlecheWarning,
+    ForeignKeyMiss,
     SignatureError,
     UnsafeValueError,
     cache,
@@ -234,6 +235,11 @@ def test_tampered_signed_object_is_refused(tmp_path: Path, where: str) -> None:
         del blob[-32:]
         blob[7] = 0  # claims to be unsigned
     path.write_bytes(bytes(blob))
+    if where == "key id":  # names a key we lack: another key's file, a miss left in place
+        with pytest.raises(ForeignKeyMiss), pytest.warns(FlecheWarning, match="left in place"):
+            Cache(str(tmp_path / "s"), secret_key=KEY).load_value(ref)
+        assert path.read_bytes() == bytes(blob)
+        return
     with pytest.raises(CorruptObjectError):
         Cache(str(tmp_path / "s"), secret_key=KEY).load_value(ref)
 
@@ -492,3 +498,180 @@ def test_a_store_signed_late_warns_once_not_once_per_file(tmp_path: Path) -> Non
         assert [square(x) for x in range(5)] == [0, 1, 4, 9, 16]
     assert calls.n == 10
     assert len(ours(seen)) == 1 and "silently" in str(ours(seen)[0].message)
+
+
+# -- two keys sharing one store ------------------------------------------------------------
+# Each key's files belong to its holders: a reader holding another key (or a wrong one)
+# never serves them, and never moves, deletes or rewrites them either.
+
+
+def store_files(root: Path) -> dict[str, tuple[bytes, int]]:
+    """Every object and record file: bytes and mtime (the index and tmp/ may change)."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for top in ("objects", "calls")
+        for p in sorted((root / top).rglob("*"))
+        if p.is_file()
+    }
+
+
+def make_array(calls: Counter) -> Any:
+    @fleche
+    def ramp(x: int) -> Any:
+        calls()
+        return np.arange(5000, dtype=np.int64) + x  # an object of its own
+
+    return ramp
+
+
+def served(func: Any, *args: Any) -> bool:
+    """What f.load says: True when it returns a value, False when it raises a KeyError."""
+    try:
+        func.load(*args)
+    except KeyError:
+        return False
+    return True
+
+
+def test_a_reader_with_another_key_never_moves_or_rewrites_its_files(tmp_path: Path) -> None:
+    root = tmp_path / "shared"
+    calls = Counter()
+    square, ramp = make_square(calls), make_array(calls)
+    with cache(Cache(str(root), secret_key=KEY)):
+        square(3)
+        ramp(3)
+    before = store_files(root)
+    with cache(Cache(str(root), secret_key=OTHER)), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            assert square(3) == 9
+            np.testing.assert_array_equal(ramp(3), np.arange(5000) + 3)
+            assert not square.contains(3) and not served(square, 3)
+            assert not ramp.contains(3) and not served(ramp, 3)
+    assert calls.n == 2 + 6  # a miss each time: another key's files are never served
+    messages = [str(w.message) for w in ours(seen)]
+    assert len(messages) == 1, messages
+    assert signer_from(KEY).key_id in messages[0]
+    assert store_files(root) == before
+    assert not (root / "quarantine").exists()
+    with cache(Cache(str(root), secret_key=KEY)), warnings.catch_warnings():
+        warnings.simplefilter("error", FlecheWarning)
+        assert square(3) == 9 and square.contains(3) and served(square, 3)
+        assert ramp.contains(3) and served(ramp, 3)
+        np.testing.assert_array_equal(ramp(3), np.arange(5000) + 3)
+    assert calls.n == 8
+
+
+def test_a_value_another_key_stored_first_is_a_miss_and_stays_theirs(tmp_path: Path) -> None:
+    """Objects are named by their content: the same value from two keys is one file, the first's."""
+    root = tmp_path / "shared"
+    calls = Counter()
+    ramp_a, ramp_b = make_array(calls), make_array(calls)
+    with cache(Cache(str(root), secret_key=KEY)):
+        ramp_a(4)
+    theirs = store_files(root)
+    with cache(Cache(str(root), secret_key=OTHER)), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            np.testing.assert_array_equal(ramp_b(4), np.arange(5000) + 4)
+            assert not ramp_b.contains(4)
+            with pytest.raises(KeyError):
+                ramp_b.load(4)
+    messages = [str(w.message) for w in ours(seen)]
+    assert len(messages) == 1 and signer_from(KEY).key_id in messages[0], messages
+    assert calls.n == 1 + 3
+    now = store_files(root)
+    assert all(now[name] == theirs[name] for name in theirs)  # B's own record came on top
+    with cache(Cache(str(root), secret_key=KEY)), warnings.catch_warnings():
+        warnings.simplefilter("error", FlecheWarning)
+        np.testing.assert_array_equal(ramp_a(4), np.arange(5000) + 4)
+    assert calls.n == 4
+
+
+def test_contains_and_load_agree_for_every_kind_of_refused_file(tmp_path: Path) -> None:
+    root = tmp_path / "s"
+    calls = Counter()
+    square, ramp = make_square(calls), make_array(calls)
+    with cache(Cache(str(root), secret_key=KEY, inline_limit=0)):
+        for x in range(6):
+            square(x)
+        ramp(1)
+    c = Cache(str(root), secret_key=KEY, inline_limit=0)
+    fid = square.__fleche__.function_id
+    record = Path(c.store._call_path(fid, square.digest(1)))
+    record.write_bytes(record.read_bytes()[:-3] + b"xyz")  # forged: moved aside
+    oid = codec.decode_record(c.store.get_call(fid, square.digest(2)))["result"]["oid"]
+    Path(c.store._oid_path(oid)).unlink()  # dangling
+    with cache(Cache(str(root), secret_key=False, inline_limit=0)):
+        square.rerun(3)  # unsigned: moved aside
+    with cache(Cache(str(root), secret_key=OTHER, inline_limit=0)):
+        square(6)  # another key's; 7 is stored nowhere
+    with cache(c), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FlecheWarning)
+        for x in range(8):
+            assert square.contains(x) == served(square, x), x
+            assert square.contains(x) == (x in (0, 4, 5)), x
+        assert ramp.contains(1) and served(ramp, 1)
+
+
+def test_verify_and_gc_with_another_key_leave_its_files_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from fleche.cli import main
+
+    root = tmp_path / "shared"
+    calls = Counter()
+    square, ramp = make_square(calls), make_array(calls)
+    with cache(Cache(str(root), secret_key=KEY)):
+        square(1)
+        ramp(1)
+    with cache(Cache(str(root), secret_key=OTHER)):
+        square(2)
+        ramp(2)
+    theirs = store_files(root)
+    report = verify(Cache(str(root)).store, repair=True, signer=signer_from(OTHER))
+    assert store_files(root) == theirs
+    assert report.ok and report.repaired
+    assert sorted(f.kind for f in report.foreign) == ["object", "record", "record"]
+    monkeypatch.setenv("FLECHE_SECRET_KEY", OTHER)
+    out = CliRunner().invoke(main, ["verify", "--repair", "-s", str(root)])
+    assert out.exit_code == 0, out.output
+    assert signer_from(KEY).key_id in out.stdout and "left alone" in out.stdout
+    out = CliRunner().invoke(main, ["gc", "-s", str(root), "--grace", "0s"])
+    assert out.exit_code == 0, out.output
+    out = CliRunner().invoke(main, ["sign", "-s", str(root)])
+    assert out.exit_code == 1 and signer_from(KEY).key_id in out.stdout, out.output
+    assert store_files(root) == theirs
+    assert not (root / "quarantine").exists()
+
+
+@pytest.mark.parametrize("kind", ["local", "s3", "sftp", "remote"])
+def test_two_keys_share_a_store_on_every_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, kind: str
+) -> None:
+    from backends import open_backend
+
+    store = open_backend(kind, request, tmp_path)
+    calls = Counter()
+    square, ramp_a, ramp_b = make_square(calls), make_array(calls), make_array(calls)
+    with cache(Cache(store, secret_key=KEY)):
+        square(2)
+        ramp_a(2)
+    fid = square.__fleche__.function_id
+    record = bytes(store.get_call(fid, square.digest(2)))
+    objects = {oid: bytes(store.get(oid)) for oid in store.iter_oids()}
+    with cache(Cache(store, secret_key=OTHER)), warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(2):
+            assert square(2) == 4
+            np.testing.assert_array_equal(ramp_b(2), np.arange(5000) + 2)
+            assert not square.contains(2) and not served(square, 2)
+            assert not ramp_b.contains(2) and not served(ramp_b, 2)
+    messages = [str(w.message) for w in ours(seen)]
+    assert len(messages) == 1 and signer_from(KEY).key_id in messages[0], messages
+    assert bytes(store.get_call(fid, square.digest(2))) == record
+    assert {oid: bytes(store.get(oid)) for oid in objects} == objects
+    with cache(Cache(store, secret_key=KEY)):
+        assert square.contains(2) and ramp_a.contains(2) and served(ramp_a, 2)

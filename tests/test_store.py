@@ -11,7 +11,7 @@ import pytest
 import xxhash
 from fsspec.registry import known_implementations
 
-from fleche.errors import CacheMiss, ConfigError
+from fleche.errors import CacheMiss, ConfigError, NotAFileError
 from fleche.store import LocalStore, MemoryStore, ObjectStore, PrivateMemoryFileSystem, open_store
 from fleche.testing import StoreConformance, digest_of
 from fleche.testing._suite import FID
@@ -116,8 +116,11 @@ def test_put_later_failure_leaves_nothing_in_tmp(local_store: LocalStore) -> Non
 def test_a_directory_under_an_object_name_is_not_a_miss(local_store: LocalStore) -> None:
     oid = digest_of("odd")
     os.makedirs(local_store._oid_path(oid))
-    with pytest.raises(IsADirectoryError):  # only "not found" is a miss
+    # only "not found" is a miss; a directory is a fault of that name (never an OSError,
+    # which would make a reader give up on the whole store)
+    with pytest.raises(NotAFileError, match="a directory"):
         local_store.get(oid)
+    assert not local_store.exists(oid)
 
 
 def _put_many(root: str, seed: int, start: multiprocessing.synchronize.Barrier) -> None:

@@ -15,8 +15,15 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fleche import codec
-from fleche.codec import Signer, signer_from
-from fleche.errors import CacheMiss, CorruptObjectError, FlecheWarning, SignatureError
+from fleche.codec import TRAILER_SIZE, Signer, signer_from
+from fleche.errors import (
+    CacheMiss,
+    CorruptObjectError,
+    FlecheWarning,
+    ForeignKeyMiss,
+    SignatureError,
+    warn_user,
+)
 from fleche.index import Index, IndexSpec, open_index
 from fleche.store import ObjectStore, is_oid, open_store
 
@@ -161,6 +168,10 @@ class Cache:
     code); values only pickle can store are returned uncached.
     """
 
+    # What a hit computed by other code does (fleche.toml's stale_code, or cache(...,
+    # stale_code=)): "warn", "serve" or "recompute"; None: the decorator's default, "warn".
+    stale_code: str | None = None
+
     def __init__(
         self,
         store: ObjectStore | str | os.PathLike[str],
@@ -224,7 +235,11 @@ class Cache:
         ``lazy=True`` (a hit, which reads only ``result``): ``arguments`` and
         ``metadata`` may stay unparsed bytes; see :func:`fleche.codec.expand_record`.
         """
-        blob = self.store.find_call(function_id, key)
+        try:
+            blob = self.store.find_call(function_id, key)
+        except CorruptObjectError as e:  # a directory, fifo or link at the record's name
+            self._quarantine(e, function_id=function_id, digest=key)
+            return None
         if blob is None:
             return None
         try:
@@ -247,11 +262,76 @@ class Cache:
             return None
 
     def has_record(self, function_id: str, key: str) -> bool:
-        """Whether the call is stored (``f.contains``), without reading its record."""
-        return self.store.has_call(function_id, key)
+        """Whether this cache can serve the call (``f.contains``): False exactly when a load misses.
+
+        It reads the record as a load does (a damaged one, a misnamed one, one
+        signed with a key this cache lacks: a miss, with the same warning) and
+        checks that the result's objects are stored, as files, and in a signed
+        cache signed with one of its keys (their first and last bytes only).
+        So whenever it is False, a load raises; when True, a load returns the
+        value, unless damage inside the value's bytes, which only reading them
+        finds: that load raises CorruptObjectError and moves the file aside,
+        and from then on both say miss.
+        """
+        rec = self.get_record(function_id, key, lazy=True)
+        if rec is None:
+            return False
+        ref = rec["result"]
+        if "inline" in ref:
+            return True
+        children = ref.get("children")
+        oids = [c for c in children if isinstance(c, str)] if isinstance(children, list) else []
+        return all(self._servable(oid) for oid in (*oids, ref["oid"]))
+
+    def _servable(self, oid: str) -> bool:
+        """Object ``oid`` is stored as a file and, in a signed cache, signed with one of our keys."""
+        if self.signer is None:
+            return self.store.exists(oid)
+        try:
+            head, tail = self.store.read_ends(oid, codec.HEADER_SIZE)
+            flags = codec.read_frame_header(head)[4]
+        except (CacheMiss, CorruptObjectError):
+            return False
+        if not flags & codec.FLAG_SIGNED or len(tail) < TRAILER_SIZE:
+            return False  # unsigned: a load refuses it
+        return self.signer.knows(bytes(tail)[-TRAILER_SIZE:])
+
+    def _foreign_record(self, function_id: str, key: str) -> bool:
+        """Whether the stored record of a call is signed with a key this cache lacks.
+
+        Another key's file: a signed cache never replaces it (one warning per key).
+        """
+        if self.signer is None:
+            return False
+        try:
+            blob = self.store.find_call(function_id, key)
+            if blob is None:
+                return False
+            flags = codec.read_frame_header(blob)[4]
+        except CorruptObjectError:  # damaged or no file: the write takes the name back
+            return False
+        view = memoryview(blob)
+        if not flags & codec.FLAG_SIGNED or view.nbytes < codec.HEADER_SIZE + TRAILER_SIZE:
+            return False
+        trailer = bytes(view[-TRAILER_SIZE:])
+        if self.signer.knows(trailer):
+            return False
+        key_id = trailer[:8].hex()
+        self._warn_signature(
+            f"unknown key {key_id}",
+            f"call record {function_id}/{key} in {self.store.url} is signed with key id "
+            f"{key_id}, which is not one of this cache's keys: the result just computed is not "
+            "stored over it (fleche never rewrites another key's files)",
+        )
+        return True
 
     def put_record(self, function_id: str, key: str, record: dict[str, Any]) -> None:
-        """Write a call record, after the objects it refers to (the caller stores those first)."""
+        """Write a call record, after the objects it refers to (the caller stores those first).
+
+        A signed cache leaves a record signed with a key it lacks as it is (another key's file).
+        """
+        if self.signer is not None and self._foreign_record(function_id, key):
+            return
         sign: dict[str, Any] = {"signer": self.signer, "name": (function_id, key)}
         try:
             blob = codec.encode_record(record, level=self.level, **sign)
@@ -341,10 +421,13 @@ class Cache:
                 with self.store.open_read(oid) as f:
                     ser, payload = codec.unframe_stream(f, where, expect=oid, signer=self.signer)
             except CorruptObjectError as e:
-                action = self._quarantine(e, warn=False, oid=oid)
-                raise type(e)(f"{e}; {action}") from e
+                raise self._refused(e, oid) from e
             return codec.decode_payload(ser, payload, where, resolve=resolve, safe=self.safe)
-        return self.decode_object(oid, self.store.get(oid), resolve)
+        try:
+            blob = self.store.get(oid)
+        except CorruptObjectError as e:  # a directory, fifo or link at the object's name
+            raise self._refused(e, oid) from e
+        return self.decode_object(oid, blob, resolve)
 
     def _map(self, oid: str, resolve: Any) -> Any:
         """The value of a raw array object viewed in place, or _NOT_MAPPED when it cannot be."""
@@ -357,8 +440,7 @@ class Cache:
         except FileNotFoundError:
             raise CacheMiss(f"object {oid} is not in the store at {self.store.url}") from None
         except CorruptObjectError as e:
-            action = self._quarantine(e, warn=False, oid=oid)
-            raise type(e)(f"{e}; {action}") from e
+            raise self._refused(e, oid) from e
         if got is None:
             return _NOT_MAPPED  # compressed: decompressed into a fresh buffer instead
         ser, payload = got
@@ -387,14 +469,33 @@ class Cache:
             )
         except CorruptObjectError as e:
             # the caller reports it (once, in its own words); we only move it aside
-            action = self._quarantine(e, warn=False, oid=oid)
-            raise type(e)(f"{e}; {action}") from e
+            raise self._refused(e, oid) from e
 
     # -- faults --------------------------------------------------------------------------
 
+    def _refused(self, error: CorruptObjectError, oid: str) -> CacheMiss | CorruptObjectError:
+        """What a load raises for an object it refused, once the file is dealt with.
+
+        Another key's object is a miss (ForeignKeyMiss, a KeyError), left alone;
+        a damaged one is CorruptObjectError, moved aside.
+        """
+        key_id = error.foreign_key if isinstance(error, SignatureError) else None
+        # another key's: warned here, once per key, whatever function meets its files
+        action = self._quarantine(error, warn=key_id is not None, oid=oid)
+        if key_id is not None:
+            return ForeignKeyMiss(f"{error}; {action}", key_id)
+        return type(error)(f"{error}; {action}")
+
     def _quarantine(self, error: CorruptObjectError, *, warn: bool = True, **which: str) -> str:
-        """Move a damaged file aside (nothing is deleted); returns what was done."""
-        if self.read_only:
+        """Move a damaged file aside (nothing is deleted); returns what was done.
+
+        A file signed with a key this cache lacks is not damage but another
+        key's file in a shared store: it is left exactly where it is.
+        """
+        foreign = isinstance(error, SignatureError) and error.foreign_key is not None
+        if foreign:
+            action = "left in place (another key's file: fleche never moves it)"
+        elif self.read_only:
             action = "left in place (read-only store)"
         else:
             try:
@@ -404,10 +505,18 @@ class Cache:
                 action = f"could not be moved to quarantine/ ({e})"
         if warn and isinstance(error, SignatureError):
             # a store signed late holds thousands of unsigned files: say it once per kind
-            if error.reason in self._signature_warned:
-                return action
-            self._signature_warned.add(error.reason)
-            action += "; further files refused for the same reason are moved aside silently"
-        if warn:
+            more = "left alone" if foreign else "moved aside"
+            self._warn_signature(
+                error.reason,
+                f"{error}; treated as a miss and {action}; further files refused for the "
+                f"same reason are {more} silently",
+            )
+        elif warn:
             warnings.warn(f"{error}; treated as a miss and {action}", FlecheWarning, stacklevel=4)
         return action
+
+    def _warn_signature(self, reason: str, message: str) -> None:
+        """One warning per kind of refused signature (unsigned, forged, each unknown key)."""
+        if reason not in self._signature_warned:
+            self._signature_warned.add(reason)
+            warn_user(message)

@@ -84,6 +84,8 @@ class LayeredCache(LayerSet):
     writable layer).  ``retry_after``: seconds a failed layer is skipped.
     """
 
+    stale_code: str | None = None  # as Cache.stale_code: a hit from any layer
+
     def __init__(
         self,
         layers: Sequence[Cache | LayerSpec],

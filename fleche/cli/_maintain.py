@@ -38,11 +38,14 @@ from fleche.render import format_size, format_time
 def verify(store: str | None, as_json: bool, workers: int, repair: bool) -> None:
     """Re-hash every object and record; report corrupt, dangling and orphan ones.
 
-    Corrupt: a file whose hash, length or header is wrong (or, when
-    FLECHE_SECRET_KEY is set, one not signed with one of its keys). Dangling: a record
-    whose object is missing or corrupt. Orphan: an object no record uses
-    (harmless; 'fleche gc' removes them). Exit status 1 while corrupt or
-    dangling files remain, 0 otherwise.
+    Corrupt: a file whose hash, length or header is wrong, a directory, fifo
+    or symbolic link where a file belongs, or (when FLECHE_SECRET_KEY is set)
+    a file that is unsigned or forged. Dangling: a record whose object is
+    missing or corrupt. Orphan: an object no record uses (harmless; 'fleche
+    gc' removes them). A file signed with a key FLECHE_SECRET_KEY lacks is
+    another key's: listed, left alone, not a problem. A directory of the
+    store's layout that is a symbolic link is not checked through, and
+    --repair refuses to run. Exit status 1 while problems remain, 0 otherwise.
     """
     from fleche.codec import signer_from
     from fleche.upkeep import verify as run
@@ -62,10 +65,18 @@ def verify(store: str | None, as_json: bool, workers: int, repair: bool) -> None
             "object": "corrupt object",
             "record": "corrupt record",
             "dangling": "dangling record",
+            "link": "symbolic link",
         }
         for f in report.findings:
             done = f" -> {f.fixed}" if f.fixed else ""
             click.echo(f"{labels[f.kind]} {f.name}: {f.reason}{done}")
+        if report.foreign:
+            keys = sorted({f.reason.split("key id ")[-1][:16] for f in report.foreign})
+            click.echo(
+                f"{_n(len(report.foreign), 'file')} signed with key id {', '.join(keys)}, which "
+                "FLECHE_SECRET_KEY does not hold: another key's files, left alone (add the key "
+                "to trust them)"
+            )
         if report.orphans:
             click.echo(
                 f"{_n(len(report.orphans), 'orphan object')} ({format_size(_orphan_bytes(s, report.orphans))}) "

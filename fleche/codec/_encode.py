@@ -56,6 +56,7 @@ from fleche.codec._unframe import (
     unframe,
 )
 from fleche.errors import CorruptObjectError, UnsafeValueError
+from fleche.store import open_file
 
 SERIALIZER_NAMES = {
     SER_BYTES: "bytes",
@@ -166,11 +167,12 @@ def map_object(
     would read every byte, which mapping exists to avoid): ``fleche verify``
     checks stored objects. With ``signer`` the signature *is* checked, which
     reads every byte once: a signed store trades mapping's speed for trust.
-    FileNotFoundError when the file is gone.
+    FileNotFoundError when the file is gone; NotAFileError when a directory,
+    fifo or link stands in its place.
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    fd, st = open_file(path)
     try:
-        size = os.fstat(fd).st_size
+        size = st.st_size
         head = os.pread(fd, HEADER_SIZE, 0)
         codec_id, ser, length, _, flags = read_frame_header(head, where)
         if codec_id != CODEC_RAW:

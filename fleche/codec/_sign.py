@@ -106,6 +106,14 @@ class Signer:
         """Hex id of the signing key (safe to show: it does not reveal the key)."""
         return self._sign.id.hex()
 
+    def knows(self, trailer: Any) -> bool:
+        """Whether ``trailer`` names one of these keys (it may still fail :meth:`check`).
+
+        A file naming another key belongs to that key's holders: a reader
+        without it treats the file as a miss and leaves it alone.
+        """
+        return bytes(trailer[:_KEY_ID]) in self._keys
+
     def signed_by_me(self, trailer: Any) -> bool:
         """Whether ``trailer`` names the signing key (it may still fail :meth:`check`)."""
         return bytes(trailer[:_KEY_ID]) == self._sign.id

@@ -18,7 +18,7 @@ from fleche.config._active import (
     tags,
 )
 from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
-from fleche.config._file import read_file
+from fleche.config._file import read_file, stale_code_choice
 
 __all__ = [
     "AnyCache",
@@ -32,5 +32,6 @@ __all__ = [
     "reset_default",
     "resolve",
     "set_default_cache",
+    "stale_code_choice",
     "tags",
 ]

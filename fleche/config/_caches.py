@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fleche.cache import RETRY_AFTER, Cache, LayeredCache, LayerSpec
-from fleche.config._file import _check_single, _discover, metadata_groups
+from fleche.config._file import _check_single, _discover, metadata_groups, stale_code_choice
 from fleche.errors import ConfigError
 from fleche.store import ObjectStore, open_store
 
@@ -56,6 +56,7 @@ def _open_cache(options: Mapping[str, Any], source: Path | None, name: str | Non
         if path != ":memory:" and not os.path.isabs(path):  # relative to the file that says it
             o["index"] = "sqlite:///" + str(source.parent / path)
     chosen = o.pop("metadata", None)
+    stale_code = o.pop("stale_code", None)
     key_file = o.pop("secret_key_file", None)
     if key_file is not None:
         o["secret_key"] = _read_key_file(key_file, source, name)
@@ -66,6 +67,7 @@ def _open_cache(options: Mapping[str, Any], source: Path | None, name: str | Non
         **o.pop("storage_options", {}),
     )
     c = Cache(store, name=name, **o)
+    c.stale_code = stale_code  # checked by read_file; read by the decorator's hit path
     if chosen is not None:  # checked by read_file; read by the decorator's miss path
         c.metadata_groups = metadata_groups(chosen, f"[caches.{name}]")  # type: ignore[attr-defined]
     return c
@@ -129,6 +131,7 @@ class CacheSpec:
             retry_after=self.options.get("retry_after", RETRY_AFTER),
             name=self.name,
         )
+        c.stale_code = self.options.get("stale_code")
         if "metadata" in self.options:
             c.metadata_groups = metadata_groups(self.options["metadata"], f"[caches.{self.name}]")  # type: ignore[attr-defined]
         return c
@@ -230,12 +233,19 @@ def resolve(spec: CacheLike, **options: Any) -> AnyCache:
     """Turn a cache name, URL, path, store, Cache or list of layers into a cache.
 
     ``metadata=`` (a list of groups, True or False) sets what calls stored in
-    a cache opened here record, like a ``metadata`` key in fleche.toml.
+    a cache opened here record, like a ``metadata`` key in fleche.toml;
+    ``stale_code=`` what a hit computed by other code does (``"warn"``,
+    ``"serve"`` or ``"recompute"``), like a ``stale_code`` key.
     """
     if "metadata" in options and not isinstance(spec, (Cache, LayeredCache)):
         chosen = metadata_groups(options.pop("metadata"), "cache(...)")
         c = resolve(spec, **options)
         c.metadata_groups = chosen  # type: ignore[union-attr]
+        return c
+    if "stale_code" in options and not isinstance(spec, (Cache, LayeredCache)):
+        stale_code = stale_code_choice(options.pop("stale_code"), "cache(...)")
+        c = resolve(spec, **options)
+        c.stale_code = stale_code
         return c
     if isinstance(spec, (Cache, LayeredCache)):
         if options:

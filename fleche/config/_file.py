@@ -38,6 +38,7 @@ CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "index": ((bool, str), "true, false, sqlite:///PATH or a database URL (docs/catalog.md)"),
     "safe": (bool, "true or false (true: never store or load pickles)"),
     "secret_key_file": (str, "the path of a file holding the secret key(s), one per line"),
+    "stale_code": (str, "'warn', 'serve' or 'recompute'"),
 }
 # A layered cache's own keys; each of its layers takes CACHE_KEYS.
 LAYERED_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
@@ -45,7 +46,11 @@ LAYERED_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "write": (str, "'first' or 'through'"),
     "retry_after": ((int, float), "seconds (a number >= 0)"),
     "metadata": ((list, bool), "a list of metadata groups, or true (all) / false (created only)"),
+    "stale_code": (str, "'warn', 'serve' or 'recompute'"),
 }
+# Keys of a layered cache's own table that its layers may not have: one record goes to every
+# layer, and one hit is served whichever layer it came from.
+WHOLE_CACHE_KEYS = ("metadata", "stale_code")
 TOP_KEYS = {"root", "default", "caches"}
 # What a call record's metadata may hold besides ``created`` (see fleche.records._metadata); a
 # cache's ``metadata`` key picks some, kept on the cache object as ``metadata_groups``.
@@ -64,6 +69,17 @@ def metadata_groups(value: bool | Sequence[str], where: str) -> frozenset[str]:
             f"choose from {list(METADATA_GROUPS)}"
         )
     return frozenset(value)
+
+
+STALE_CODE = ("warn", "serve", "recompute")
+"""What a hit computed by other code does: served with a warning, served, or recomputed."""
+
+
+def stale_code_choice(value: object, where: str) -> str | None:
+    """A ``stale_code`` setting (None: not set); ConfigError naming ``where`` otherwise."""
+    if value is None or (isinstance(value, str) and value in STALE_CODE):
+        return value
+    raise ConfigError(f"{where} stale_code = {value!r}: expected 'warn', 'serve' or 'recompute'")
 
 
 def _check_types(
@@ -101,6 +117,7 @@ def _check_single(table: Any, where: str, section: str) -> dict[str, Any]:
     _check_types(table, CACHE_KEYS, where, section, hint)
     if "metadata" in table:
         metadata_groups(table["metadata"], f"{where}{section}")
+    stale_code_choice(table.get("stale_code"), f"{where}{section}")
     if "url" not in table:
         raise ConfigError(f"{where}{section} needs a url (a path or fsspec URL)")
     return dict(table)
@@ -125,15 +142,17 @@ def _check_layered(name: str, table: Mapping[str, Any], where: str) -> dict[str,
         )
     if "metadata" in table:
         metadata_groups(table["metadata"], f"{where}{section}")
+    stale_code_choice(table.get("stale_code"), f"{where}{section}")
     checked = [
         _check_single(layer, where, f"[[caches.{name}.layers]] number {i}")
         for i, layer in enumerate(layers, 1)
     ]
-    if any("metadata" in layer for layer in checked):  # one record goes to every layer
-        raise ConfigError(
-            f"{where}[[caches.{name}.layers]]: metadata belongs to the layered cache's own "
-            f"table [caches.{name}], not to a layer"
-        )
+    for key in WHOLE_CACHE_KEYS:
+        if any(key in layer for layer in checked):
+            raise ConfigError(
+                f"{where}[[caches.{name}.layers]]: {key} belongs to the layered cache's own "
+                f"table [caches.{name}], not to a layer"
+            )
     return {**table, "layers": checked}
 
 

@@ -25,9 +25,9 @@ from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from fleche.cache import LeasePolicy, compute_once, policy_of
-from fleche.config import AnyCache, active_cache
+from fleche.config import AnyCache, active_cache, stale_code_choice
 from fleche.decorator._compute import Computing, _Flight
-from fleche.decorator._identity import _find, _scope, function_id
+from fleche.decorator._identity import ClosureRefused, _captured, _find, _scope, function_id
 from fleche.decorator._results import _DOWN
 from fleche.digest import code_digest
 from fleche.errors import CacheMiss
@@ -87,6 +87,28 @@ def _cached_function(module: str, qualname: str) -> CachedFunction:
     return cf
 
 
+class _LateKeys:
+    """Keys of a closure with variables unassigned when it was decorated: made at its first call."""
+
+    def __init__(self, cf: CachedFunction, unassigned: tuple[str, ...]) -> None:
+        self.cf = cf
+        self.unassigned = unassigned
+
+    def key(self, items: list[tuple[str, Any]]) -> tuple[str, list[bytes]]:
+        keys = self.cf.keys = self.cf._key_maker(self.unassigned)
+        return keys.key(items)
+
+
+class _RefusedKeys:
+    """Keys of a closure over a value with no digest: none (a key without it would be shared)."""
+
+    def __init__(self, error: ClosureRefused) -> None:
+        self.message = str(error)
+
+    def key(self, items: list[tuple[str, Any]]) -> tuple[str, list[bytes]]:
+        raise ClosureRefused(self.message)
+
+
 class CachedFunction(Computing):
     """Everything ``@fleche`` knows about one function; its wrapper delegates here."""
 
@@ -104,6 +126,7 @@ class CachedFunction(Computing):
         metadata: bool | Iterable[str] | None = None,
         single_flight: LeasePolicy | None = None,
         mmap: bool = False,
+        stale_code: str | None = None,
     ) -> None:
         self.func = func
         # hits return raw-stored arrays as read-only memory maps of a local store's files
@@ -120,7 +143,10 @@ class CachedFunction(Computing):
         self.hash_version = hash_version
         # metadata groups to record; None: the cache's choice (its metadata_groups), else all
         self.metadata = metadata_choice(metadata, f"@fleche({self.qualname}, metadata)")
-        self.binder = Binder(func, ignore)
+        # ignore= may name variables the function captures as well as its parameters
+        captured = getattr(getattr(func, "__code__", None), "co_freevars", ())
+        self._ignore_captured = frozenset(n for n in ignore if n in captured)
+        self.binder = Binder(func, [n for n in ignore if n not in self._ignore_captured])
         missing = set(require) - set(self.binder.names)
         if missing:
             raise ValueError(
@@ -130,14 +156,17 @@ class CachedFunction(Computing):
         self.require = require
         self.isolate = isolate
         self.code = code_digest(func) if hash_code else None
-        # Lambdas of one scope share a name, as do the closures one factory returns: what
-        # tells them apart (their code, their free variables) goes into their keys.
-        scope = _scope(func, self.qualname)
-        self.keys = KeyMaker(
-            f"{self.identity}#{scope}" if scope else self.identity,
-            version if hash_version else NO_VERSION,
-            self.code,
-        )
+        # What to do with a hit computed by other code (its record's "code" is not ours);
+        # None: the cache's choice (its stale_code), else "warn".
+        self.stale_code = stale_code_choice(stale_code, f"@fleche({self.qualname})")
+        # The digest of the running code, which every record keeps. Without hash_code it
+        # is computed on first use (code_now): parsing the source costs ~0.4 ms a function,
+        # ten times the rest of decorating it; the source is trusted if not changed since.
+        self.code_now = self.code
+        self._code_known = hash_code
+        self._decorated_ns = time.time_ns()
+        self._free: dict[str, str] = {}  # digests of its captured variables (_key_maker)
+        self.keys: KeyMaker | _LateKeys | _RefusedKeys = self._key_maker(None)
         self._record_head = {
             "fleche": 1,
             "function": self.function_id,
@@ -161,6 +190,9 @@ class CachedFunction(Computing):
         return super().__reduce_ex__(protocol)
 
     def __getstate__(self) -> dict[str, Any]:
+        # Sent by value, a function may have no source where it lands (cloudpickle renames
+        # its file <dynamic-code>): its code digest goes with it, computed from the source here.
+        self.running_code()
         # this process's flights (and their lock) stay here
         state = self.__dict__.copy()
         del state["_flights"], state["_flights_lock"]
@@ -171,7 +203,36 @@ class CachedFunction(Computing):
         self._flights = {}
         self._flights_lock = threading.Lock()
 
+    def __fleche_digest__(self) -> tuple[Any, Any]:
+        # A local cached function captured by a closure, or passed as an argument, is
+        # digested through this object (its wrapper's only captured variable): by what it
+        # computes, not by its state, which changes as it is used (warnings given, keys
+        # made, the code digest computed on first use).
+        return self.func, self.version if self.hash_version else None
+
     # -- keys ----------------------------------------------------------------------------
+
+    def _key_maker(self, late: tuple[str, ...] | None) -> KeyMaker | _LateKeys | _RefusedKeys:
+        """Lambdas of one scope share a name, as do the closures one factory returns: what
+        tells them apart (their code, their captured variables) goes into their keys.
+
+        ``late``: the variables unassigned when the function was decorated, at its first call.
+        """
+        try:
+            free, unassigned = _captured(self.func, self.qualname, self._ignore_captured, late)
+        except ClosureRefused as e:
+            return _RefusedKeys(e)
+        if late is None and unassigned:  # assigned after the decorator ran: wait for them
+            self._free = free
+            return _LateKeys(self, unassigned)
+        if late is not None:
+            free = {**self._free, **free}
+        scope = _scope(self.func, self.qualname, free)
+        return KeyMaker(
+            f"{self.identity}#{scope}" if scope else self.identity,
+            self.version if self.hash_version else NO_VERSION,
+            self.code,
+        )
 
     def key(
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -190,6 +251,10 @@ class CachedFunction(Computing):
             self.warn_once("require", f"not cached: required argument(s) {missing} not given")
         return bool(missing)
 
+    def refused(self, error: ClosureRefused) -> None:
+        """One warning: the function runs uncached, as it captures a value with no digest."""
+        self.warn_once("closure", str(error).removeprefix(f"{self.qualname}: "))
+
     def _unopened(self, error: OSError) -> None:
         # The default cache (FLECHE_CACHE, fleche.toml) is opened by the first call: a store
         # that cannot be reached or read then must not cost the caller their result.
@@ -201,7 +266,11 @@ class CachedFunction(Computing):
         except OSError as e:
             self._unopened(e)
             return self._run(args, kwargs, "uncached")
-        key, items, digests = self.key(args, kwargs)
+        try:
+            key, items, digests = self.key(args, kwargs)
+        except ClosureRefused as e:
+            self.refused(e)
+            return self._run(args, kwargs, "uncached")
         if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
             return self._run(args, kwargs, key)
         if not REFRESHING.get():
@@ -219,7 +288,11 @@ class CachedFunction(Computing):
         except OSError as e:
             self._unopened(e)
             return await self.func(*args, **kwargs)
-        key, items, digests = self.key(args, kwargs)
+        try:
+            key, items, digests = self.key(args, kwargs)
+        except ClosureRefused as e:
+            self.refused(e)
+            return await self.func(*args, **kwargs)
         if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
             return await self.func(*args, **kwargs)
         if not REFRESHING.get():
@@ -320,6 +393,7 @@ def fleche(
     metadata: bool | Iterable[str] | None = None,
     single_flight: bool | LeasePolicy = False,
     mmap: bool = False,
+    stale_code: str | None = None,
 ) -> Callable[[Callable[P, R]], CachedCallable[P, R]]: ...
 
 
@@ -337,6 +411,7 @@ def fleche(
     metadata: bool | Iterable[str] | None = None,
     single_flight: bool | LeasePolicy = False,
     mmap: bool = False,
+    stale_code: str | None = None,
 ) -> Any:
     """Cache a function's results in the active cache (see :func:`fleche.cache`).
 
@@ -355,6 +430,12 @@ def fleche(
     ``single_flight`` computes a call once across processes sharing the
     store: the first to miss takes a lease, the others wait for its record
     (True, or a :class:`fleche.cache._lease.LeasePolicy`; see ``docs/parallel.md``).
+    ``stale_code`` is what a hit whose result was computed by other code (every
+    record keeps its code's digest) does: ``"warn"`` serves it with one
+    :class:`~fleche.errors.StaleCodeWarning`, ``"serve"`` serves it silently,
+    ``"recompute"`` recomputes and replaces it; None: the cache's ``stale_code``
+    setting, else ``"warn"``. ``ignore`` may also name a variable a closure
+    captures, to leave it out of the key.
 
     The wrapper gains ``.digest``, ``.contains``, ``.load``, ``.call``,
     ``.query``, ``.rerun`` and ``.evict``, taking the function's arguments.
@@ -378,6 +459,7 @@ def fleche(
             metadata=metadata,
             single_flight=policy_of(single_flight),
             mmap=mmap,
+            stale_code=stale_code,
         )
         if inspect.iscoroutinefunction(f):
             if cf.single_flight is not None:

@@ -3,18 +3,19 @@
 A function's identity (``module:qualname``) becomes a directory name in the
 store (:func:`function_id`); a lambda or a closure also needs what tells it
 apart from others of the same name (:func:`_scope`); a function pickled by
-reference is found again by its module and qualname (:func:`_find`).
+reference is found again by its module and qualname (:func:`_find`). A closure
+over a value with no digest has no key at all (:class:`ClosureRefused`).
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from fleche.cache import type_name
 from fleche.digest import code_digest, digest_bytes
+from fleche.errors import UnhashableArgumentError
 
 _FID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
 
@@ -35,15 +36,78 @@ def _find(module: str, qualname: str) -> Any:
     return obj
 
 
-def _scope(func: Callable[..., Any], qualname: str) -> str:
+class ClosureRefused(UnhashableArgumentError):
+    """A variable a closure captures has no digest, so the closure has no key: it runs uncached."""
+
+
+def _captured(
+    func: Callable[..., Any], qualname: str, ignore: frozenset[str], names: Iterable[str] | None
+) -> tuple[dict[str, str], tuple[str, ...]]:
+    """Digests of a closure's captured variables, and the names of those not assigned yet.
+
+    At decoration (``names`` None) every variable is digested but those in ``ignore``
+    and those not assigned yet, which are returned to be digested at the first call
+    (``names``): then one still unassigned, or holding a cached function, is left out
+    (the function itself when it recurses, or another of its factory that it calls).
+    ``__class__`` (the class of a method calling ``super()``, unassigned while the class
+    body runs) is left out then too, as it always was. Raises :class:`ClosureRefused` for a variable with no
+    digest: a key without it would be shared by closures over different values.
+    """
+    cells = getattr(func, "__closure__", None)
+    free: dict[str, str] = {}
+    if not cells:  # not a closure: most functions
+        return free, ()
+    unassigned: list[str] = []
+    wanted = None if names is None else set(names)
+    captured = getattr(getattr(func, "__code__", None), "co_freevars", ())
+    for name, cell in zip(captured, cells, strict=False):
+        if name in ignore or (wanted is not None and name not in wanted):
+            continue
+        try:
+            value = cell.cell_contents
+        except ValueError:  # empty until the enclosing scope assigns it
+            if name != "__class__" and wanted is None:
+                unassigned.append(name)
+            continue
+        if wanted is not None and hasattr(value, "__fleche__"):
+            continue
+        try:
+            free[name] = digest_bytes(value, name=name).hex()
+        except UnhashableArgumentError as e:
+            raise _refusal(qualname, name, e) from None
+        except Exception as e:  # noqa: BLE001 - a digest rule that failed: no digest either
+            raise _refusal(qualname, name, UnhashableArgumentError(repr(e))) from None
+    return free, tuple(unassigned)
+
+
+def _refusal(qualname: str, name: str, e: UnhashableArgumentError) -> ClosureRefused:
+    """Why a closure is not cached, and the ways to cache it."""
+    if not e.where:  # nested too deeply to say where
+        why = str(e)
+    else:
+        why = f"{e.where}, of type {e.type_name}: {e.reason}"
+    fixes = ""
+    if e.registrable and e.type_name:
+        fixes = (
+            f"give {e.type_name} a __fleche_digest__ method, or register a digest with "
+            f"fleche.digest.register({e.type_name}, fn); or "
+        )
+    return ClosureRefused(
+        f"{qualname}: not cached: its captured variable {name} has no digest ({why}), so "
+        f"closures over different values of {name} would share results. To cache it, "
+        f"{fixes}leave {name} out of the key with @fleche(ignore=[{name!r}]) and tell the "
+        "closures apart with version= (a file's path, say)"
+    )
+
+
+def _scope(func: Callable[..., Any], qualname: str, free: dict[str, str]) -> str:
     """What sets a lambda or closure apart from others of the same name: "" for plain functions.
 
     ``lambda x: x + 1`` and ``lambda x: x * 2`` in one module are both ``<lambda>``,
     and ``make(1)`` and ``make(100)`` return two ``make.<locals>.inner``: without
     this they would share results. A lambda adds its code's digest; a closure the
-    digests of its free variables as they are when it is decorated (a variable not
-    yet assigned, such as the function itself in a recursive closure, is left out;
-    one that cannot be digested counts by its type).
+    digests of its captured variables, ``free`` (from :func:`_captured`): as they are
+    when it is decorated, or at its first call for one assigned after the decorator ran.
     """
     parts = []
     if qualname.rpartition(".")[2] == "<lambda>":
@@ -51,19 +115,6 @@ def _scope(func: Callable[..., Any], qualname: str) -> str:
             parts.append("code:" + code_digest(func))
         except (TypeError, OSError):  # no Python code object to digest
             pass
-    cells = getattr(func, "__closure__", None)
-    names = getattr(getattr(func, "__code__", None), "co_freevars", ())
-    if cells:
-        free: dict[str, str] = {}
-        for name, cell in zip(names, cells, strict=False):
-            try:
-                value = cell.cell_contents
-            except ValueError:  # empty until the enclosing scope assigns it
-                continue
-            try:
-                free[name] = digest_bytes(value, name=name).hex()
-            except Exception:  # noqa: BLE001 - undigestable: its type still tells closures apart
-                free[name] = type_name(value)
-        if free:
-            parts.append("closure:" + digest_bytes(free, name="closure").hex())
+    if free:
+        parts.append("closure:" + digest_bytes(free, name="closure").hex())
     return "#".join(parts)

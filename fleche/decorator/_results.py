@@ -2,7 +2,9 @@
 
 A hit is one record read and its result decoded (:meth:`ResultIO.lookup`); a
 miss's result is written value first, then the record that points at it
-(:meth:`ResultIO.store`). A store that cannot be read or written, a corrupt
+(:meth:`ResultIO.store`). Every record keeps the digest of the code that computed
+it: a hit computed by other code is served with a warning, served, or recomputed
+(:meth:`ResultIO.stale`). A store that cannot be read or written, a corrupt
 object or a result that cannot be serialized never costs the caller their
 result: one :class:`~fleche.errors.FlecheWarning` per function and kind of
 fault says what went wrong, and a cache whose reads failed is skipped for
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
+from collections.abc import Callable
 from typing import Any
 
 from fleche.cache import RETRY_AFTER, type_name
@@ -23,7 +25,10 @@ from fleche.errors import (
     CorruptObjectError,
     FlecheError,
     FlecheWarning,
+    ForeignKeyMiss,
     SerializationError,
+    StaleCodeWarning,
+    warn_user,
 )
 from fleche.records import ALL_METADATA, collect_metadata, is_clear
 
@@ -69,16 +74,63 @@ class ResultIO:
     module: str
     mmap: bool
     metadata: frozenset[str] | None
+    func: Callable[..., Any]
+    stale_code: str | None
+    code_now: str | None
+    _code_known: bool
+    _decorated_ns: int
     _record_head: dict[str, Any]
     _warned: set[str]
 
     # -- warnings ------------------------------------------------------------------------
 
-    def warn_once(self, kind: str, message: str) -> None:
+    def warn_once(
+        self, kind: str, message: str, category: type[FlecheWarning] = FlecheWarning
+    ) -> None:
         """One warning per function and kind of fault: a loop of failures says it once."""
         if kind not in self._warned:
             self._warned.add(kind)
-            warnings.warn(f"fleche: {self.qualname}: {message}", FlecheWarning, stacklevel=4)
+            warn_user(f"fleche: {self.qualname}: {message}", category)
+
+    # -- code ----------------------------------------------------------------------------
+
+    def running_code(self) -> str | None:
+        """The digest of the running code (None: unknown), which every record keeps."""
+        if not self._code_known:
+            from fleche.digest import code_digest_since  # once per function
+
+            self.code_now = code_digest_since(self.func, self._decorated_ns)
+            self._record_head["code"] = self.code_now
+            self._code_known = True
+        return self.code_now
+
+    def stale(self, cache: AnyCache, key: str, stored: Any) -> bool:
+        """A hit's record says other code computed it: True when it is to be recomputed.
+
+        Else it is served, with one :class:`StaleCodeWarning` per function unless the
+        choice (the function's ``stale_code``, else its cache's) is ``"serve"``.
+        """
+        now = self.running_code()
+        if now is None or stored == now:  # unknown code; or the first hit, of the same code
+            return False
+        choice = self.stale_code or cache.stale_code or "warn"
+        if choice == "recompute":
+            if _log.isEnabledFor(_DEBUG):
+                _log.debug("stale %s %s in %s: recomputing", self.function_id, key, cache.url)
+            return True
+        if choice == "warn":
+            name = getattr(self.func, "__name__", self.qualname)
+            self.warn_once(
+                "stale",
+                f"served a result computed by other code: the function's code changed since "
+                f"the result was stored (code {str(stored)[:12]} then, {now[:12]} now). If "
+                f"the change alters results, bump version= (or decorate with hash_code=True "
+                f"to key results by code) or recompute with {name}.rerun(...); "
+                f'stale_code="recompute" (in @fleche or fleche.toml) recomputes such hits, '
+                f'stale_code="serve" serves them without this warning',
+                StaleCodeWarning,
+            )
+        return False
 
     # -- lookups (fail open) -------------------------------------------------------------
 
@@ -91,10 +143,15 @@ class ResultIO:
                     _log.debug("miss %s %s in %s", self.function_id, key, cache.url)
                 return False, None
             ref = rec["result"]
+            code = rec.get("code")  # the code that computed it (None in older records)
+            if code is not None and code != self.code_now and self.stale(cache, key, code):
+                return False, None
             value = cache.load_value(ref, mmap=True) if self.mmap else cache.load_value(ref)
             if _log.isEnabledFor(_DEBUG):
                 _log.debug("hit %s %s in %s", self.function_id, key, cache.url)
             return True, value
+        except ForeignKeyMiss:  # another key's value, left alone: the cache warned, once per key
+            pass
         except CacheMiss:
             self.warn_once(
                 "dangling", f"the record of call {key} points at a missing object; recomputing"
@@ -141,6 +198,8 @@ class ResultIO:
                 ref = {"type": type_name(value)}  # the key is still exact; the value is not kept
             ref["digest"] = d.hex()
             arguments[name] = ref
+        if not self._code_known:
+            self.running_code()
         rec = self._record_head.copy()  # the fields that are the same for every call
         rec["digest"] = key
         rec["arguments"] = arguments

@@ -9,7 +9,10 @@ builtin leaves), ``_types`` (which rule a type gets) and one module per family o
 rules (``_stdlib``, ``_code``, ``_numpy``, ``_pandas``, ``_standin``).
 """
 
-from fleche.digest._code import code_digest
+from fleche.digest._code import (
+    code_digest,
+    code_digest_since,
+)
 from fleche.digest._core import _Encoder, digest, digest_bytes, install_rules, register, unregister
 
 
@@ -23,4 +26,11 @@ def _find_encoder(t: type) -> _Encoder:
 
 install_rules(_find_encoder)
 
-__all__ = ["code_digest", "digest", "digest_bytes", "register", "unregister"]
+__all__ = [
+    "code_digest",
+    "code_digest_since",
+    "digest",
+    "digest_bytes",
+    "register",
+    "unregister",
+]

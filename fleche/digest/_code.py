@@ -8,6 +8,7 @@ captured variables as well.
 
 from __future__ import annotations
 
+import os
 import sys
 import types
 from collections.abc import Callable
@@ -160,6 +161,30 @@ def code_digest_bytes(func: Callable[..., Any]) -> bytes:
         _CODE_CACHE.clear()
     _CODE_CACHE[id(code)] = (code, d)
     return d
+
+
+def code_digest_since(func: Callable[..., Any], since_ns: int) -> str | None:
+    """The code digest of ``func``, or None when it cannot be known to be its running code.
+
+    A decorated function's digest is computed on first use: reading and parsing its
+    source costs ~0.4 ms, ten times the rest of decorating it. By then its file may
+    have been edited (a notebook session importing a module being worked on), and
+    its source would describe other code: when the file changed after ``since_ns``
+    (``time.time_ns()`` when it was decorated), the digest is unknown (None), never
+    the edited file's. A file with no path to check (a notebook cell) cannot change.
+    """
+    import inspect
+
+    try:
+        code = inspect.unwrap(func).__code__
+        if os.stat(code.co_filename).st_mtime_ns > since_ns:
+            return None
+    except (AttributeError, OSError, ValueError):  # no code, or no file: <stdin>, a cell
+        pass
+    try:
+        return code_digest_bytes(func).hex()
+    except TypeError:  # not a Python function: no code to digest
+        return None
 
 
 def _source_key(func: Any, code: types.CodeType) -> Any:

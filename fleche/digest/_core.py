@@ -94,9 +94,13 @@ class _Unhashable(Exception):
                 f"fleche.digest.register({qual}, fn), or give the class a "
                 f"__fleche_digest__ method"
             )
-        return UnhashableArgumentError(
+        err = UnhashableArgumentError(
             f"cannot digest {where} (type {qual}): {self.reason}. To fix it, {fix}"
         )
+        # The parts, for a caller that words its own message (a closure's captured variable)
+        err.where, err.type_name, err.reason = where, qual, self.reason
+        err.registrable = self.type not in _CORE
+        return err
 
 
 # --------------------------------------------------------------------------- public API

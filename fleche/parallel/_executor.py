@@ -40,7 +40,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from fleche.config import active_cache
-from fleche.decorator import REFRESHING, CachedFunction
+from fleche.decorator import REFRESHING, CachedFunction, ClosureRefused
 from fleche.errors import FlecheError
 from fleche.parallel._task import (
     _CONTAINERS,
@@ -159,7 +159,11 @@ class _Submitter:
                     return False, None, None
                 ids = {id(f) for f in found}  # not `in found`: == on an array argument raises
                 args, kwargs = walk((args, kwargs), lambda x: x.result() if id(x) in ids else x)
-        key, items, _ = cf.key(args, kwargs)
+        try:
+            key, items, _ = cf.key(args, kwargs)
+        except ClosureRefused as e:  # it has no key: computed, uncached, wherever it runs
+            cf.refused(e)
+            return False, None, None
         if c is None or cf.uncacheable(items) or cf.skipped(c) or REFRESHING.get():
             return False, None, None
         hit, value = cf.lookup(c, key)

@@ -47,6 +47,7 @@ from fleche.store import (
     ObjectStore,
     RemoteProtocolError,
     error_names,
+    open_file,
     open_store,
     read_message,
     write_message,
@@ -107,11 +108,11 @@ class _Server:
         if path is None:
             return _Body(self.store.get(oid))
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            fd, st = open_file(path)  # a directory, fifo or link there: NotAFileError
         except FileNotFoundError:
             raise CacheMiss(f"object {oid} is not in the store at {self.store.url}") from None
         try:
-            size = os.fstat(fd).st_size
+            size = st.st_size
             if size >= SENDFILE_MIN and hasattr(os, "sendfile"):
                 self.send_file(fd, size)
                 return _SENT

@@ -24,13 +24,18 @@ from fleche.store._base import (
     BytesLike,
     ObjectStore,
     ReadableFile,
+    describe_mode,
     digest_parts,
     hash_parts,
     is_function_id,
     is_oid,
+    link_error,
     writable_buffer,
 )
-from fleche.store._local import LocalStore
+from fleche.store._local import (
+    LocalStore,
+    open_file,
+)
 from fleche.store._memory import MemoryStore, PrivateMemoryFileSystem
 from fleche.store._open import open_store
 from fleche.store._remote import RemoteStore
@@ -74,20 +79,20 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BrokenStream",
+    "BytesLike",
     "ERROR",
     "FORMAT",
     "HEX_DIGITS",
+    "LocalStore",
     "MAGIC",
     "MARKER",
     "MISS",
+    "MemoryStore",
     "OK",
+    "ObjectStore",
     "PREFIX",
     "PROTOCOL",
-    "BrokenStream",
-    "BytesLike",
-    "LocalStore",
-    "MemoryStore",
-    "ObjectStore",
     "PrivateMemoryFileSystem",
     "ReadableFile",
     "RemoteError",
@@ -98,14 +103,17 @@ __all__ = [
     "SSHAuthenticationError",
     "SSHConnectionError",
     "SSHFileSystem",
+    "describe_mode",
     "digest_parts",
     "error_names",
     "hash_parts",
     "is_function_id",
     "is_oid",
+    "link_error",
+    "open_file",
     "open_store",
     "parse_url",
     "read_message",
-    "write_message",
     "writable_buffer",
+    "write_message",
 ]

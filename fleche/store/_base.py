@@ -18,6 +18,7 @@ import json
 import mmap
 import re
 import secrets
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -30,7 +31,13 @@ import xxhash
 from fsspec.implementations.local import LocalFileSystem
 
 from fleche._version import __version__
-from fleche.errors import CacheMiss, ReadOnlyStoreError, StoreFormatError
+from fleche.errors import (
+    CacheMiss,
+    NotAFileError,
+    ReadOnlyStoreError,
+    StoreFormatError,
+    StoreLinkError,
+)
 
 BytesLike = bytes | bytearray | memoryview
 Data = BytesLike | Sequence[BytesLike]
@@ -126,6 +133,44 @@ def named(name: Future[tuple[str, bytes, bytes]], header_size: int) -> tuple[str
 MARKER = "fleche.json"
 
 
+LAYOUT = ("tmp", "quarantine", "objects", "calls")
+"""The store's top-level directories; none of them, nor a fan-out or function directory under
+them, may be a symbolic link when upkeep changes the store (see :meth:`PathStore.layout_links`)."""
+
+
+def describe_mode(mode: int) -> str:
+    """What a file of this ``st_mode`` is, for messages: "a directory", "a fifo"..."""
+    for test, what in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISFIFO, "a fifo"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def not_a_file(path: str, what: str, target: str | None = None) -> NotAFileError:
+    """The fault of a name that holds ``what`` (a directory, a link...) instead of a file."""
+    to = f" to {target}" if target else ""
+    return NotAFileError(
+        f"{path} is {what}{to} where a file belongs: fleche never reads, follows or waits on it"
+    )
+
+
+def link_error(link: str, target: str | None, doing: str) -> StoreLinkError:
+    """The error of an upkeep step that would have gone through the symbolic link ``link``."""
+    to = f" (to {target})" if target else ""
+    return StoreLinkError(
+        f"{link} is a symbolic link{to} in the store's layout; {doing} never follows a link "
+        "out of a store, so it stopped without touching anything: move the directory it "
+        "points to into its place (or remove the link), then run it again"
+    )
+
+
 class ReadableFile(Protocol):
     """What ``ObjectStore.open_read`` returns: a binary file with ``read`` and ``readinto``."""
 
@@ -148,6 +193,10 @@ class ReadableFile(Protocol):
 
 class PathStore(ABC):
     """Layout and filesystem primitives over one fsspec filesystem, under ``root``."""
+
+    has_links = False
+    """Whether the filesystem has directories and symbolic links of its own (local, SFTP):
+    then a name may hold one where a file belongs, and a link may lead out of the store."""
 
     def __init__(
         self,
@@ -257,6 +306,15 @@ class PathStore(ABC):
     def _move(self, src: str, dst: str) -> None:
         self._ensure_dir(dst.rpartition("/")[0])
         self.fs.mv(src, dst)
+
+    def layout_links(self) -> dict[str, str]:
+        """The directories of the layout that are symbolic links: path -> where each points.
+
+        ``tmp/``, ``quarantine/``, ``objects/`` and its fan-out directories,
+        ``calls/``, its function directories and theirs. Empty on a healthy
+        store, and always on filesystems without links (object stores, memory).
+        """
+        return {}
 
     def _ensure_dir(self, path: str) -> None:
         if path not in self._dirs:
@@ -496,6 +554,24 @@ class ObjectStore(PathStore):
         """Whether object ``oid`` is stored (one request on remote stores, no read)."""
         return self._exists(self._oid_path(oid))
 
+    def read_ends(self, oid: str, n: int) -> tuple[BytesLike, BytesLike]:
+        """The first and last ``n`` bytes of object ``oid``: its header and its trailer, unread between.
+
+        What tells whose key signed an object without reading its value.
+        ``CacheMiss`` when the object is absent.
+        """
+        path = self._oid_path(oid)
+        try:
+            return self._read_ends(path, n)
+        except FileNotFoundError:
+            raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+
+    def _read_ends(self, path: str, n: int) -> tuple[BytesLike, BytesLike]:
+        size = self._size(path)
+        head: bytes = self.fs.cat_file(path, start=0, end=min(n, size))
+        tail: bytes = self.fs.cat_file(path, start=max(0, size - n), end=size)
+        return head, tail
+
     def delete(self, oid: str) -> None:
         """Remove object ``oid``; a missing object is not an error (someone else won)."""
         path = self._oid_path(oid)
@@ -638,9 +714,27 @@ class ObjectStore(PathStore):
             path = self._call_path(function_id, digest)
         if self.read_only:
             return
-        rel = path[len(self.root) + 1 :]
         try:
-            self._move(path, f"{self.root}/quarantine/{rel}.{_quarantine_suffix()}")
+            self._move(path, self._quarantine_path(path))
+        except FileNotFoundError:
+            pass
+
+    def _quarantine_path(self, path: str) -> str:
+        """Where ``quarantine`` moves the file at ``path``: its relative path, time-stamped."""
+        return f"{self.root}/quarantine/{path[len(self.root) + 1 :]}.{_quarantine_suffix()}"
+
+    def delete_tmp(self, name: str) -> None:
+        """Remove ``tmp/<name>``, a partial write a crashed process left (``fleche gc``).
+
+        ``name`` is relative to ``tmp/`` and may not climb out of it; already
+        gone is fine. Like every removal, never through a link out of the store.
+        """
+        self._check_writable()
+        parts = name.split("/")
+        if not name or name.startswith("/") or any(p in ("", ".", "..") for p in parts):
+            raise ValueError(f"tmp file name {name!r}: expected a path relative to tmp/")
+        try:
+            self._remove(f"{self.root}/tmp/{name}")
         except FileNotFoundError:
             pass
 

@@ -14,6 +14,7 @@ import itertools
 import mmap
 import os
 import secrets
+import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -22,17 +23,29 @@ from fsspec.implementations.local import LocalFileSystem
 
 from fleche.store._base import (
     HEX_DIGITS,
+    LAYOUT,
     BytesLike,
     ObjectStore,
     ReadableFile,
+    describe_mode,
     is_oid,
+    link_error,
     named,
+    not_a_file,
     writable_buffer,
 )
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
-_READ = os.O_RDONLY | _O_CLOEXEC | _O_BINARY
+# A link at a file's name is refused, not followed out of the store (O_NOFOLLOW), and a fifo
+# there answers at once instead of waiting for a writer (O_NONBLOCK, which files ignore).
+_READ = (
+    os.O_RDONLY
+    | _O_CLOEXEC
+    | _O_BINARY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+)
 # 0o666 & umask, like any file the user writes: a team cache stays shareable
 # (tempfile.mkstemp would make it 0o600).
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY
@@ -123,6 +136,49 @@ def _write_at_start(fd: int, header: bytes) -> None:
         os.lseek(fd, end, os.SEEK_SET)
 
 
+def check_file(path: str) -> None:
+    """Raise NotAFileError when ``path`` exists and is no regular file; else return.
+
+    Called after opening or reading ``path`` failed (a directory: EISDIR; a
+    link: ELOOP; a fifo: ESPIPE; a socket: ENXIO), so a hit pays nothing.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        target = None
+        if stat.S_ISLNK(mode):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                pass
+        raise not_a_file(path, describe_mode(mode), target)
+
+
+def open_file(path: str) -> tuple[int, os.stat_result]:
+    """A descriptor open for reading on the regular file ``path``, and its ``fstat``.
+
+    NotAFileError when a directory, fifo, socket or link stands there (a link
+    is never followed, a fifo never waited on); FileNotFoundError when nothing does.
+    """
+    try:
+        fd = os.open(path, _READ)
+    except FileNotFoundError:
+        raise
+    except OSError:
+        check_file(path)
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise not_a_file(path, describe_mode(st.st_mode))
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
 def _unlink_quiet(path: str) -> None:
     try:
         os.unlink(path)
@@ -139,6 +195,8 @@ class LocalStore(ObjectStore):
     rename and of the directory after it.
     """
 
+    has_links = True
+
     def __init__(
         self, root: str | os.PathLike[str], *, read_only: bool = False, durable: bool = False
     ) -> None:
@@ -154,7 +212,13 @@ class LocalStore(ObjectStore):
     # -- primitives ---------------------------------------------------------------
 
     def _read(self, path: str) -> BytesLike:
-        fd = os.open(path, _READ)
+        try:
+            fd = os.open(path, _READ)
+        except FileNotFoundError:
+            raise
+        except OSError:  # not a file (a directory, a link, a socket)? a fault of this name only
+            check_file(path)
+            raise
         try:
             # Most call records fit one guess-sized read, which saves an fstat on every
             # hit; a short read of a regular file means end of file.
@@ -173,6 +237,16 @@ class LocalStore(ObjectStore):
             if got < size:  # the file shrank under us: the codec reports it as truncated
                 return bytes(view[:got])
             return view if isinstance(buf, mmap.mmap) else buf
+        except OSError:  # a directory (EISDIR) or a fifo (ESPIPE) opens, then cannot be read
+            check_file(path)
+            raise
+        finally:
+            os.close(fd)
+
+    def _read_ends(self, path: str, n: int) -> tuple[BytesLike, BytesLike]:
+        fd, st = open_file(path)
+        try:
+            return os.pread(fd, n, 0), os.pread(fd, n, max(0, st.st_size - n))
         finally:
             os.close(fd)
 
@@ -289,13 +363,25 @@ class LocalStore(ObjectStore):
         self._write(path, chunks)  # _write_tmp writes parts as they come: already streaming
 
     def _open_read(self, path: str) -> ReadableFile:
-        return open(path, "rb", buffering=0)  # the caller closes it
+        fd, _ = open_file(path)
+        return os.fdopen(fd, "rb", buffering=0)  # the caller closes it
 
-    def _rename(self, src: str, dst: str) -> None:
+    def _rename(self, src: str, dst: str, *, set_aside: bool = True) -> None:
+        """``os.replace``, creating ``dst``'s directory when missing.
+
+        A directory standing at ``dst`` (where a file belongs) is moved to
+        ``quarantine/`` first: the name is the writer's, and nothing is destroyed.
+        A fifo or a link there is simply replaced (their targets are untouched).
+        """
         try:
             os.replace(src, dst)
         except FileNotFoundError:  # dst's directory is new (or src vanished: re-raised below)
             self._ensure_dir(os.path.dirname(dst))
+            os.replace(src, dst)
+        except IsADirectoryError:
+            if not set_aside or not os.path.isdir(dst) or os.path.islink(dst):
+                raise
+            self._move(dst, self._quarantine_path(dst))
             os.replace(src, dst)
 
     def _write_new(self, path: str, data: bytes) -> bool:
@@ -318,21 +404,78 @@ class LocalStore(ObjectStore):
         return True
 
     def _exists(self, path: str) -> bool:
-        # Not os.path.exists(): it reports False for permission errors too.
+        # Not os.path.exists(): it reports False for permission errors too. A directory,
+        # fifo or link at the name is no file: what a read of it would say (a miss).
         try:
-            os.stat(path)
+            mode = os.lstat(path).st_mode
         except FileNotFoundError:
             return False
-        return True
+        return stat.S_ISREG(mode)
 
     def _size(self, path: str) -> int:
         return os.stat(path).st_size
 
     def _remove(self, path: str) -> None:
+        self._check_inside(path)
         os.unlink(path)
 
     def _move(self, src: str, dst: str) -> None:
-        self._rename(src, dst)
+        self._check_inside(src, dst)
+        self._rename(src, dst, set_aside=False)
+
+    def _check_inside(self, *paths: str) -> None:
+        """StoreLinkError unless each path's directory resolves inside the store: no link leads out.
+
+        ``os.unlink`` and ``os.replace`` never follow a link at the name itself,
+        but they do follow one among its directories (``objects/ab`` a link to
+        elsewhere): that is what is checked, before a file is removed or moved.
+        """
+        root = os.path.realpath(self.root)
+        for path in paths:
+            parent = os.path.dirname(path)
+            real = os.path.realpath(parent)
+            if real == root or real.startswith(root + os.sep):
+                continue
+            link = parent
+            here = self.root
+            for part in os.path.relpath(parent, self.root).split(os.sep):
+                here = os.path.join(here, part)
+                if os.path.islink(here):
+                    link = here
+                    break
+            target = os.readlink(link) if os.path.islink(link) else real
+            raise link_error(link, target, "fleche")
+
+    def layout_links(self) -> dict[str, str]:
+        links: dict[str, str] = {}
+
+        def linked(entries: Iterable[os.DirEntry[str]]) -> list[os.DirEntry[str]]:
+            """The directories among ``entries``; the links among them go to ``links``."""
+            dirs = []
+            for e in entries:
+                if e.is_symlink():
+                    links[e.path] = os.readlink(e.path)
+                elif e.is_dir(follow_symlinks=False):
+                    dirs.append(e)
+            return dirs
+
+        def entries(path: str) -> list[os.DirEntry[str]]:
+            try:
+                with os.scandir(path) as it:
+                    return list(it)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
+        for top in LAYOUT:
+            path = f"{self.root}/{top}"
+            if os.path.islink(path):
+                links[path] = os.readlink(path)
+            elif top == "objects":
+                linked(e for e in entries(path) if len(e.name) == 2)
+            elif top == "calls":
+                for fdir in linked(entries(path)):
+                    linked(e for e in entries(fdir.path) if len(e.name) == 2)
+        return links
 
     def _ensure_dir(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)

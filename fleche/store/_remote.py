@@ -207,6 +207,11 @@ class RemoteStore(RemoteSession, ObjectStore):
     def exists(self, oid: str) -> bool:
         return bool(self._request(("exists", check_oid(oid)))[0])
 
+    def read_ends(self, oid: str, n: int) -> tuple[bytes, bytes]:
+        """The first and last ``n`` bytes of the object, from one fetch of the whole."""
+        blob = self.get(oid)
+        return blob[:n], blob[-n:]
+
     def delete(self, oid: str) -> None:
         check_oid(oid)
         self._check_writable()

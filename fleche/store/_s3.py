@@ -293,6 +293,10 @@ class S3Store(ObjectStore):
     def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
         self._multipart(path, chunks)
 
+    def _read_ends(self, path: str, n: int) -> tuple[BytesLike, BytesLike]:
+        with self._errors(path, "read"):  # a HEAD for the size, then two ranged GETs
+            return super()._read_ends(path, n)
+
     def _open_read(self, path: str) -> ReadableFile:
         """Ranged GETs of ``PART_SIZE`` bytes as the reader asks (s3fs's file, no read-ahead cache)."""
         with self._errors(path, "read"):

@@ -42,7 +42,10 @@ from urllib.parse import unquote, urlsplit
 import paramiko
 from paramiko.sftp import (
     CMD_EXTENDED,
+    CMD_LSTAT,
     CMD_MKDIR,
+    CMD_READLINK,
+    CMD_REALPATH,
     CMD_REMOVE,
     CMD_RENAME,
     CMD_STAT,
@@ -50,7 +53,17 @@ from paramiko.sftp import (
 from paramiko.sftp_attr import SFTPAttributes
 
 from fleche.errors import ConfigError, FlecheError
-from fleche.store._base import HEX_DIGITS, BytesLike, ObjectStore, ReadableFile, is_oid
+from fleche.store._base import (
+    HEX_DIGITS,
+    LAYOUT,
+    BytesLike,
+    ObjectStore,
+    ReadableFile,
+    describe_mode,
+    is_oid,
+    link_error,
+    not_a_file,
+)
 from fleche.store._sftp_pipeline import (
     _Failure,
     _read_file,
@@ -117,6 +130,9 @@ class SFTPStore(ObjectStore):
     ``max_sessions`` and paramiko's ``SSHClient.connect`` options such as
     ``password``) and closes it on ``close()``.
     """
+
+    has_links = True
+    _real_root: str | None = None  # the root as the server resolves it, once known
 
     def __init__(
         self,
@@ -217,7 +233,103 @@ class SFTPStore(ObjectStore):
 
     def _read(self, path: str) -> BytesLike:
         with self._session(path, "read") as r:
-            return _read_file(r, path, self.fs.read_chunk)
+            try:
+                return _read_file(r, path, self.fs.read_chunk)
+            except _Failure:  # a directory opens, then cannot be read: a fault of this name
+                self._check_file(r, path)
+                raise
+
+    def _check_file(self, r: _Replies, path: str) -> None:
+        """NotAFileError when ``path`` holds a directory (or a link) where a file belongs."""
+        try:
+            mode = self._lstat_mode(r, path)
+        except OSError:
+            return
+        if mode is not None and not stat.S_ISREG(mode):
+            raise not_a_file(path, describe_mode(mode))
+
+    @staticmethod
+    def _lstat_mode(r: _Replies, path: str) -> int | None:
+        _, msg = r.call(path, CMD_LSTAT, path)
+        mode: int | None = SFTPAttributes._from_msg(msg).st_mode
+        return mode
+
+    @staticmethod
+    def _one_name(r: _Replies, path: str, t: int) -> str:
+        """The name a REALPATH or READLINK request answers."""
+        _, msg = r.call(path, t, path)
+        count = msg.get_int()
+        if count != 1:
+            raise _Failure(f"the server answered {count} names for one: {path}")
+        name: str = msg.get_text()
+        return name
+
+    def _check_inside(self, *paths: str) -> None:
+        """StoreLinkError unless each path's directory resolves inside the store: no link leads out.
+
+        The server's REALPATH of each directory (the nearest existing one, for
+        a move that creates some), before a file is removed or moved.
+        """
+        with self._session(paths[0], "resolve") as r:
+            if self._real_root is None:
+                self._real_root = self._one_name(r, self.root, CMD_REALPATH)
+            root = self._real_root
+            for path in paths:
+                parent = posixpath.dirname(path)
+                while True:  # a directory the move will create: its nearest existing parent
+                    try:
+                        real = self._one_name(r, parent, CMD_REALPATH)
+                        break
+                    except FileNotFoundError:
+                        if len(parent) <= len(self.root):
+                            raise
+                        parent = posixpath.dirname(parent)
+                if real == root or real.startswith(root.rstrip("/") + "/"):
+                    continue
+                link, target = parent, real
+                here = self.root
+                for part in posixpath.relpath(parent, self.root).split("/"):
+                    here = f"{here}/{part}"
+                    if stat.S_ISLNK(self._lstat_mode(r, here) or 0):
+                        link, target = here, self._one_name(r, here, CMD_READLINK)
+                        break
+                raise link_error(link, target, "fleche")
+
+    def layout_links(self) -> dict[str, str]:
+        links: dict[str, str] = {}
+        with self._session(self.root, "list") as r:
+
+            def dirs(path: str, fan: bool) -> list[str]:
+                """Subdirectories of ``path`` (fan-out ones only if ``fan``); links go to ``links``."""
+                try:
+                    entries = r.sftp.listdir_attr(path)
+                except FileNotFoundError:
+                    return []
+                out = []
+                for e in entries:
+                    if fan and len(e.filename) != 2:
+                        continue
+                    sub = f"{path}/{e.filename}"
+                    if stat.S_ISLNK(e.st_mode or 0):
+                        links[sub] = self._one_name(r, sub, CMD_READLINK)
+                    elif stat.S_ISDIR(e.st_mode or 0):
+                        out.append(sub)
+                return out
+
+            for top in LAYOUT:
+                path = f"{self.root}/{top}"
+                try:
+                    mode = self._lstat_mode(r, path) or 0
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISLNK(mode):
+                    links[path] = self._one_name(r, path, CMD_READLINK)
+                elif top == "objects":
+                    dirs(path, fan=True)
+                elif top == "calls":
+                    for fdir in dirs(path, fan=False):
+                        dirs(fdir, fan=True)
+        return links
 
     def _write(self, path: str, parts: Sequence[BytesLike]) -> None:
         self._put(path, parts, replace=True)
@@ -323,8 +435,13 @@ class SFTPStore(ObjectStore):
             self._make_dirs(r, path)
 
     def _exists(self, path: str) -> bool:
+        # a directory or a link at the name is no file: what a read of it would say (a miss)
         with self._session(path, "stat") as r:
-            return self._stat_exists(r, path)
+            try:
+                mode = self._lstat_mode(r, path)
+            except FileNotFoundError:
+                return False
+            return mode is None or stat.S_ISREG(mode)
 
     def _size(self, path: str) -> int:
         with self._session(path, "stat") as r:
@@ -332,10 +449,12 @@ class SFTPStore(ObjectStore):
         return int(SFTPAttributes._from_msg(msg).st_size or 0)
 
     def _remove(self, path: str) -> None:
+        self._check_inside(path)
         with self._session(path, "delete") as r:
             r.call(path, CMD_REMOVE, path)
 
     def _move(self, src: str, dst: str) -> None:
+        self._check_inside(src, dst)
         with self._session(src, "move") as r:
             self._rename(r, src, dst, replace=True)
 

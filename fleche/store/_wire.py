@@ -39,8 +39,10 @@ from fleche.errors import (
     ConfigError,
     CorruptObjectError,
     FlecheError,
+    NotAFileError,
     ReadOnlyStoreError,
     StoreFormatError,
+    StoreLinkError,
 )
 from fleche.store._base import writable_buffer
 
@@ -170,7 +172,9 @@ _ERRORS: dict[str, type[BaseException]] = {
         CacheMiss,
         ReadOnlyStoreError,
         StoreFormatError,
+        NotAFileError,
         CorruptObjectError,
+        StoreLinkError,
         ConfigError,
         FlecheError,
         FileNotFoundError,

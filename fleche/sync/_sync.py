@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fleche.errors import FlecheError, ReadOnlyStoreError, StoreFormatError
-from fleche.store import FORMAT, MARKER, ObjectStore, is_function_id, open_store
+from fleche.store import FORMAT, MARKER, ObjectStore, is_function_id, link_error, open_store
 from fleche.sync._copy import _Sync
 from fleche.sync._pool import _Progress
 from fleche.sync._result import CallKey, SyncError, SyncResult, call_name, object_name
@@ -159,7 +159,10 @@ def sync(
     ``result.failed`` and the sync goes on; a record whose objects failed is
     not copied.  Errors that would fail every file (credentials, a full or
     read-only disk) stop it with :class:`SyncError`, whose ``result`` says
-    what was done.  Re-running copies only what is still missing.
+    what was done.  Re-running copies only what is still missing.  A
+    destination with a symbolic link in its layout (``objects/``, ``tmp/``...)
+    is refused with :class:`~fleche.errors.StoreLinkError` before anything is
+    written: its writes would land wherever the link leads.
     """
     if workers < 1:
         raise ValueError(f"sync: workers={workers!r}: expected at least 1")
@@ -179,6 +182,9 @@ def sync(
         _check_formats(source, target)
         if not dry_run and target.read_only:
             raise ReadOnlyStoreError(f"sync: the destination {target.url} was opened read-only")
+        links = target.layout_links()  # its writes would land wherever a link leads
+        if links:
+            raise link_error(*min(links.items()), "fleche sync (into this store)")
         result = SyncResult(src=source.url, dst=target.url, dry_run=dry_run)
         with ThreadPoolExecutor(workers, thread_name_prefix="fleche-sync") as pool:
             bar = _Progress(progress)

@@ -13,7 +13,12 @@ What goes:
   references is only removed once older than ``grace``: it may be a value
   whose record is being written right now (objects go first, see
   ``docs/format.md``);
-- files in ``tmp/`` older than ``grace``: partial writes of crashed processes.
+- files in ``tmp/`` older than ``grace``: partial writes of crashed processes
+  (regular files only: a link or a fifo there is not the store's).
+
+A store with a symbolic link in its layout (``tmp/``, ``objects/ab/``,
+``calls/<function>/``...) is refused with :class:`~fleche.errors.StoreLinkError`:
+behind a link, records go unseen and outside files look like the store's.
 
 Age is the record's ``metadata.created`` (the call's time, which survives
 ``cp`` and ``rsync``); there are no access times yet, so "oldest" means
@@ -37,7 +42,7 @@ from typing import Any
 
 from fleche.cache import referenced_oids
 from fleche.errors import ReadOnlyStoreError
-from fleche.store import ObjectStore
+from fleche.store import ObjectStore, link_error
 from fleche.upkeep._lookup import WORKERS, Progress, find_function
 from fleche.upkeep._scan import Entry, Inventory, read_records, scan
 
@@ -174,7 +179,11 @@ def plan_gc(
         raise ValueError(f"keep_latest={keep_latest}: expected a count >= 0")
     now = time.time() if now is None else now
     inv = inventory or scan(store)
+    # Behind a link, records go unseen (their objects would look unused) and files that
+    # are not the store's look like its own: no plan at all, not even a dry run's.
+    inv.refuse_links("fleche gc")
     plan = GcPlan(store.url, now, max_size=max_size)
+    plan.unreadable += [odd.name for odd in inv.not_files if odd.kind == "record"]
     chosen = None if functions is None else {find_function(inv.calls, name) for name in functions}
 
     records: list[_Rec] = []
@@ -291,10 +300,7 @@ def _remove_tmp(store: ObjectStore, rel: str) -> None:
         raise OSError(
             f"cannot remove tmp/{rel} of {store.url}: its files are not reachable from here"
         )
-    try:
-        store.fs.rm_file(f"{store.root}/tmp/{rel}")
-    except FileNotFoundError:
-        pass
+    store.delete_tmp(rel)
 
 
 def apply_gc(
@@ -311,6 +317,9 @@ def apply_gc(
     """
     if store.read_only:
         raise ReadOnlyStoreError(f"cannot collect garbage in {store.url}: the store is read-only")
+    links = store.layout_links()  # made since the plan
+    if links:
+        raise link_error(*min(links.items()), "fleche gc")
     started = time.perf_counter()
     result = GcResult()
 

@@ -13,6 +13,7 @@ computes it.
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -22,8 +23,16 @@ from typing import Any, TypeVar
 
 from fleche import codec
 from fleche.codec import TRAILER_SIZE, Signer, check_length
-from fleche.errors import CacheMiss, CorruptObjectError
-from fleche.store import BytesLike, LocalStore, ObjectStore, is_function_id, is_oid
+from fleche.errors import CacheMiss, CorruptObjectError, SignatureError
+from fleche.store import (
+    BytesLike,
+    LocalStore,
+    ObjectStore,
+    describe_mode,
+    is_function_id,
+    is_oid,
+    link_error,
+)
 from fleche.upkeep._lookup import WORKERS, Progress
 
 T = TypeVar("T")
@@ -42,6 +51,15 @@ class Entry:
     mtime: float | None
 
 
+@dataclass(frozen=True)
+class NotAFile:
+    """A name where an object or a record belongs, holding something else (``what``)."""
+
+    kind: str  # "object" or "record"
+    name: str  # oid, or "function_id/digest"
+    what: str  # "a directory", "a fifo", "a symbolic link"...
+
+
 @dataclass
 class Inventory:
     """Every file of a store, from listings only (nothing is read).
@@ -58,6 +76,16 @@ class Inventory:
     tmp: list[Entry] = field(default_factory=list)
     quarantine: list[Entry] = field(default_factory=list)
     seconds: float = 0.0
+    not_files: list[NotAFile] = field(default_factory=list)
+    """Names of objects and records that hold a directory, fifo or link instead of a file."""
+    links: dict[str, str] = field(default_factory=dict)
+    """Directories of the layout that are symbolic links (path -> target): never listed
+    through, and upkeep that changes the store refuses to run while there are any."""
+
+    def refuse_links(self, doing: str) -> None:
+        """StoreLinkError naming the first link of the layout, if any: ``doing`` stops here."""
+        if self.links:
+            raise link_error(*min(self.links.items()), doing)
 
     @property
     def n_calls(self) -> int:
@@ -88,18 +116,28 @@ def _timestamp(info: Mapping[str, Any]) -> float | None:
     return None
 
 
-def _scandir_files(path: str, keep: Callable[[str], bool]) -> list[Entry]:
-    """Files directly in ``path`` whose names pass ``keep``, with one ``stat`` each."""
+def _scandir_files(
+    path: str, keep: Callable[[str], bool], odd: list[tuple[str, str]] | None = None
+) -> list[Entry]:
+    """Files directly in ``path`` whose names pass ``keep``, with one ``stat`` each.
+
+    Entries with such names that are no regular file (a directory, fifo or
+    link) go to ``odd`` as (name, what they are), never followed.
+    """
     out = []
     try:
         with os.scandir(path) as it:
             for e in it:
-                if keep(e.name) and e.is_file(follow_symlinks=False):
-                    try:
-                        st = e.stat(follow_symlinks=False)
-                    except FileNotFoundError:  # removed while we listed
-                        continue
+                if not keep(e.name):
+                    continue
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except FileNotFoundError:  # removed while we listed
+                    continue
+                if stat.S_ISREG(st.st_mode):
                     out.append(Entry(e.name, st.st_size, st.st_mtime))
+                elif odd is not None:
+                    odd.append((e.name, describe_mode(st.st_mode)))
     except (FileNotFoundError, NotADirectoryError):
         pass
     return out
@@ -117,43 +155,63 @@ def _is_fan(name: str) -> bool:
     return len(name) == 2 and is_oid(name * 16)
 
 
-def _local_fanout(path: str) -> list[Entry]:
+def _local_fanout(path: str, odd: list[tuple[str, str]]) -> list[Entry]:
+    """The objects (or records) under the fan-out directory ``path``, never through a link.
+
+    Names that hold no regular file go to ``odd`` as (name, what stands there).
+    """
     out = []
     for fan in _scandir_dirs(path):
         if _is_fan(fan):
-            for e in _scandir_files(f"{path}/{fan}", lambda n: len(n) == 30):
+            found: list[tuple[str, str]] = []
+            for e in _scandir_files(f"{path}/{fan}", lambda n: len(n) == 30, found):
                 oid = fan + e.name
                 if is_oid(oid):
                     out.append(Entry(oid, e.size, e.mtime))
+            odd.extend((fan + n, what) for n, what in found if is_oid(fan + n))
     return out
 
 
 def _local_tree(path: str) -> list[Entry]:
-    out = []
-    for dirpath, _dirs, files in os.walk(path):
+    """The regular files under ``path`` (a link, even to a file, is not one of ours)."""
+    out: list[Entry] = []
+    if os.path.islink(path):
+        return out
+    for dirpath, _dirs, files in os.walk(path):  # never descends into a linked directory
         for name in files:
             p = os.path.join(dirpath, name)
             try:
                 st = os.lstat(p)
             except FileNotFoundError:
                 continue
-            out.append(Entry(os.path.relpath(p, path), st.st_size, st.st_mtime))
+            if stat.S_ISREG(st.st_mode):
+                out.append(Entry(os.path.relpath(p, path), st.st_size, st.st_mtime))
     return out
 
 
 def _scan_local(store: ObjectStore, inv: Inventory) -> None:
     calls = f"{store.root}/calls"
-    for fid in _scandir_dirs(calls):
-        if is_function_id(fid):
-            inv.calls[fid] = _local_fanout(f"{calls}/{fid}")
-    inv.objects = _local_fanout(f"{store.root}/objects")
+    if not os.path.islink(calls):
+        for fid in _scandir_dirs(calls):
+            if is_function_id(fid):
+                odd: list[tuple[str, str]] = []
+                inv.calls[fid] = _local_fanout(f"{calls}/{fid}", odd)
+                inv.not_files += [NotAFile("record", f"{fid}/{d}", w) for d, w in odd]
+    if not os.path.islink(f"{store.root}/objects"):
+        odd = []
+        inv.objects = _local_fanout(f"{store.root}/objects", odd)
+        inv.not_files += [NotAFile("object", o, w) for o, w in odd]
     inv.tmp = _local_tree(f"{store.root}/tmp")
     inv.quarantine = _local_tree(f"{store.root}/quarantine")
 
 
-def _find(store: ObjectStore, path: str) -> dict[str, dict[str, Any]]:
+def _find(
+    store: ObjectStore, path: str, links: Mapping[str, str], withdirs: bool = False
+) -> dict[str, dict[str, Any]]:
+    if path in links:  # a linked directory of the layout is never listed through
+        return {}
     try:
-        found = store.fs.find(path, detail=True)
+        found = store.fs.find(path, detail=True, withdirs=withdirs)
     except FileNotFoundError:
         return {}
     return found if isinstance(found, dict) else {}
@@ -165,28 +223,45 @@ def _relative(store: ObjectStore, base: str, name: str) -> str | None:
     return name[len(base) :] if name.startswith(base) else None
 
 
+def _what(kind: str) -> str:
+    return {"directory": "a directory", "link": "a symbolic link"}.get(kind, f"a {kind}")
+
+
 def _scan_fs(store: ObjectStore, inv: Inventory) -> None:
-    """Any fsspec store: one recursive listing per top-level directory (one paginated LIST on S3)."""
+    """Any fsspec store: one recursive listing per top-level directory (one paginated LIST on S3).
+
+    On a filesystem with directories and links of its own (SFTP), the listing
+    shows them too: one where a file belongs is reported, never followed.
+    """
     root = store.root
-    for path, info in _find(store, f"{root}/calls").items():
+    withdirs = store.has_links
+    for path, info in _find(store, f"{root}/calls", inv.links, withdirs).items():
         rel = _relative(store, f"{root}/calls", path)
-        if rel is None or info.get("type", "file") != "file":
+        if rel is None:
             continue
         fid, _, rest = rel.partition("/")
         digest = rest[:2] + rest[3:]
         if len(rest) == 33 and rest[2] == "/" and is_function_id(fid) and is_oid(digest):
+            kind = info.get("type", "file")
+            if kind != "file":
+                inv.not_files.append(NotAFile("record", f"{fid}/{digest}", _what(kind)))
+                continue
             inv.calls.setdefault(fid, []).append(
                 Entry(digest, int(info.get("size") or 0), _timestamp(info))
             )
-    for path, info in _find(store, f"{root}/objects").items():
+    for path, info in _find(store, f"{root}/objects", inv.links, withdirs).items():
         rel = _relative(store, f"{root}/objects", path)
-        if rel is None or info.get("type", "file") != "file":
+        if rel is None:
             continue
         oid = rel[:2] + rel[3:]
         if len(rel) == 33 and rel[2] == "/" and is_oid(oid):
+            kind = info.get("type", "file")
+            if kind != "file":
+                inv.not_files.append(NotAFile("object", oid, _what(kind)))
+                continue
             inv.objects.append(Entry(oid, int(info.get("size") or 0), _timestamp(info)))
     for sub, bucket in (("tmp", inv.tmp), ("quarantine", inv.quarantine)):
-        for path, info in _find(store, f"{root}/{sub}").items():
+        for path, info in _find(store, f"{root}/{sub}", inv.links).items():
             rel = _relative(store, f"{root}/{sub}", path)
             if rel and info.get("type", "file") == "file":
                 bucket.append(Entry(rel, int(info.get("size") or 0), _timestamp(info)))
@@ -214,7 +289,7 @@ def _scan_api(store: ObjectStore, inv: Inventory) -> None:
 def scan(store: ObjectStore) -> Inventory:
     """List every record, object, tmp and quarantined file of ``store`` with sizes and mtimes."""
     started = time.perf_counter()
-    inv = Inventory(store.url)
+    inv = Inventory(store.url, links=store.layout_links())
     if isinstance(store, LocalStore):
         _scan_local(store, inv)
     elif getattr(store, "fs", None) is not None:
@@ -436,6 +511,9 @@ class RecordRead:
     entry: Entry
     record: dict[str, Any] | None
     error: str | None = None  # None with record None: the record vanished while we read
+    foreign: str | None = None
+    """The key id of a record signed with a key the reader lacks: ``record`` is read without
+    checking the signature, ``error`` says so. Another key's file, not damage."""
 
     @property
     def digest(self) -> str:
@@ -464,8 +542,19 @@ def read_records(
             blob = store.get_call(fid, e.name)
         except CacheMiss:
             return RecordRead(fid, e, None)
+        except CorruptObjectError as err:  # no longer a file
+            return RecordRead(fid, e, None, str(err))
+        foreign = None
         try:
             rec = codec.decode_record(blob, "the file", signer=signer, name=(fid, e.name))
+        except SignatureError as err:
+            foreign = err.foreign_key
+            if foreign is None:
+                return RecordRead(fid, e, None, str(err))
+            try:  # another key's: what it references still counts
+                rec = codec.decode_record(blob, "the file")
+            except CorruptObjectError as err2:
+                return RecordRead(fid, e, None, str(err2))
         except CorruptObjectError as err:
             return RecordRead(fid, e, None, str(err))
         if rec.get("digest") != e.name or rec.get("function") != fid:
@@ -476,6 +565,8 @@ def read_records(
                 f"the file holds {rec.get('function')}/{rec.get('digest')}: "
                 "stored under the wrong name",
             )
+        if foreign is not None:
+            return RecordRead(fid, e, rec, f"signed with key id {foreign}", foreign)
         return RecordRead(fid, e, rec)
 
     for i, got in enumerate(small_reads(store, read, calls, workers), 1):

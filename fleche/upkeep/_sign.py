@@ -93,6 +93,7 @@ def sign(
         raise ReadOnlyStoreError(f"cannot sign {store.url}: the store is read-only")
     started = time.perf_counter()
     inv = inventory or scan(store)
+    inv.refuse_links("fleche sign")  # its rewrites would land wherever a link leads
     report = SignReport(store.url, signer.key_id, dry_run)
 
     def one_object(e: Entry) -> tuple[str, bool | str] | None:

@@ -4,13 +4,18 @@ Readers already check every file they read (see ``docs/format.md``), so a
 damaged file is never served; ``verify`` finds the damage *before* a reader
 trips on it, and finds what a reader cannot see at all:
 
-- **corrupt** objects and records: bad header, truncated, hash mismatch, or
-  stored under a name that is not theirs;
+- **corrupt** objects and records: bad header, truncated, hash mismatch,
+  stored under a name that is not theirs, or no file at all (a directory, a
+  fifo, a symbolic link where the file belongs);
 - **dangling** records: they point at an object that is missing or corrupt
   (a reader recomputes the call, with a warning);
 - **orphan** objects: no record points at them. Harmless (a crash between the
   object and its record leaves one, by design) and ``fleche gc`` removes them,
-  so they are reported but are not problems.
+  so they are reported but are not problems;
+- **links**: a directory of the store's layout that is a symbolic link is
+  not checked through, and is a problem (``--repair`` refuses to run);
+- **foreign** files, with a key: signed with a key the checker lacks, so
+  another key's files in a shared store. Reported, left alone, no problem.
 
 ``repair=True`` deletes the dangling records, then moves the corrupt files to
 ``quarantine/`` through the store's own ``quarantine`` (nothing is destroyed
@@ -28,7 +33,7 @@ from typing import Any
 from fleche import codec
 from fleche.cache import malformed, referenced_oids
 from fleche.codec import Signer
-from fleche.errors import CacheMiss, CorruptObjectError, ReadOnlyStoreError
+from fleche.errors import CacheMiss, CorruptObjectError, ReadOnlyStoreError, SignatureError
 from fleche.store import ObjectStore, is_oid
 from fleche.upkeep._lookup import WORKERS, Progress
 from fleche.upkeep._scan import Entry, Inventory, read_records, scan
@@ -38,8 +43,8 @@ from fleche.upkeep._scan import Entry, Inventory, read_records, scan
 class Finding:
     """One damaged thing: what it is, why, and what ``--repair`` did about it."""
 
-    kind: str  # "object", "record" or "dangling"
-    name: str  # oid, or "function_id/digest"
+    kind: str  # "object", "record", "dangling" or "link"
+    name: str  # oid, "function_id/digest", or a linked directory's path in the store
     reason: str
     fixed: str | None = None  # "quarantined", "deleted"; None while it remains
 
@@ -60,12 +65,16 @@ class VerifyReport:
     corrupt_records: list[Finding] = field(default_factory=list)
     dangling: list[Finding] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
+    links: list[Finding] = field(default_factory=list)
+    """Directories of the layout that are symbolic links: not checked through, and problems."""
+    foreign: list[Finding] = field(default_factory=list)
+    """Files signed with a key the checker lacks: another key's files, left alone, no problem."""
     repaired: bool = False
     seconds: float = 0.0
 
     @property
     def findings(self) -> list[Finding]:
-        return [*self.corrupt_objects, *self.corrupt_records, *self.dangling]
+        return [*self.links, *self.corrupt_objects, *self.corrupt_records, *self.dangling]
 
     @property
     def problems(self) -> int:
@@ -89,18 +98,26 @@ def _check_objects(
     report: VerifyReport,
     signer: Signer | None = None,
 ) -> set[str]:
-    """Re-hash every object (and check its signature); returns the oids that are intact."""
+    """Re-hash every object (and check its signature); returns the oids that are intact.
 
-    def check(e: Entry) -> tuple[str, int, str | None] | None:
+    One signed with a key ``signer`` lacks is another key's: listed in
+    ``report.foreign``, not damage.
+    """
+
+    def check(e: Entry) -> tuple[str, int, str | None, bool] | None:
         try:
             blob = store.get(e.name)
         except CacheMiss:
             return None  # deleted while we looked (a concurrent gc): not damage
+        except CorruptObjectError as err:  # no longer a file
+            return e.name, 0, str(err), False
         try:
             codec.unframe(blob, "the file", expect=e.name, signer=signer)
+        except SignatureError as err:
+            return e.name, len(blob), str(err), err.foreign_key is not None
         except CorruptObjectError as err:
-            return e.name, len(blob), str(err)
-        return e.name, len(blob), None
+            return e.name, len(blob), str(err), False
+        return e.name, len(blob), None, False
 
     good: set[str] = set()
     with ThreadPoolExecutor(workers) as pool:
@@ -109,11 +126,13 @@ def _check_objects(
                 progress("objects", i, len(objects))
             if got is None:
                 continue
-            oid, size, error = got
+            oid, size, error, foreign = got
             report.objects += 1
             report.bytes += size
             if error is None:
                 good.add(oid)
+            elif foreign:
+                report.foreign.append(Finding("object", oid, error))
             else:
                 report.corrupt_objects.append(Finding("object", oid, error))
     return good
@@ -142,14 +161,43 @@ def verify(
         raise ReadOnlyStoreError(f"cannot repair {store.url}: the store is read-only")
     started = time.perf_counter()
     inv = inventory or scan(store)
+    if repair:
+        inv.refuse_links("fleche verify --repair")
     report = VerifyReport(store.url)
+    for link, target in sorted(inv.links.items()):
+        report.links.append(
+            Finding(
+                "link",
+                link[len(store.root) + 1 :],
+                f"{link} is a symbolic link to {target}: not checked (fleche never follows a "
+                "link in a store's layout); move the directory it points to into its place",
+            )
+        )
+    for odd in inv.not_files:
+        found = Finding(odd.kind, odd.name, f"{odd.what} stands where a file belongs")
+        if odd.kind == "object":
+            report.objects += 1
+            report.corrupt_objects.append(found)
+        else:
+            report.records += 1
+            report.corrupt_records.append(found)
     good = _check_objects(store, inv.objects, workers, progress, report, signer)
     listed = {e.name for e in inv.objects}
     corrupt = {f.name for f in report.corrupt_objects}
+    good_or_foreign = good | {f.name for f in report.foreign}
     referenced: set[str] = set()
     calls = list(inv.iter_calls())
     for r in read_records(store, calls, workers=workers, progress=progress, signer=signer):
         name = f"{r.function_id}/{r.digest}"
+        if r.foreign is not None and r.record is not None:  # another key's: left alone
+            report.records += 1
+            report.bytes += r.entry.size
+            report.foreign.append(Finding("record", name, r.error or ""))
+            try:
+                referenced.update(referenced_oids(r.record))
+            except (AttributeError, TypeError):
+                pass
+            continue
         if r.record is None:
             if r.error is not None:
                 report.records += 1
@@ -173,7 +221,7 @@ def verify(
         referenced.update(refs)
         bad = []
         for oid in refs:
-            if oid in good:
+            if oid in good_or_foreign:
                 continue
             if oid in corrupt:
                 bad.append(f"corrupt object {oid}")
