@@ -338,8 +338,11 @@ def decode_record(
 
     ``lazy=True`` leaves :data:`LAZY_FIELDS` as the bytes they are stored as
     (what a hit wants: only ``result`` is read); :func:`expand_record`
-    parses them later. With ``signer`` the record must be signed for its
-    place ``name`` = (function id, call key).
+    parses them later. ``name`` = (function id, call key) is the place the
+    record was read from: its ``function`` and ``digest`` fields must name
+    it, or it is another call's record (copied or renamed there) and would
+    serve that call's result. With ``signer`` the record must also be
+    signed for that place.
     """
     # The hit path: an intact raw record, checked and parsed without the general
     # machinery (0.3 µs of a ~7 µs hit). Anything else takes the path that says why.
@@ -354,7 +357,14 @@ def decode_record(
                     rec = msgpack.unpackb(body, raw=False, strict_map_key=False)
                 except (ValueError, TypeError, msgpack.UnpackException):
                     rec = None
-                if type(rec) is dict and rec.get("fleche") == RECORD_FORMAT:
+                if (
+                    type(rec) is dict
+                    and rec.get("fleche") == RECORD_FORMAT
+                    and (
+                        name is None
+                        or (rec.get("digest") == name[1] and rec.get("function") == name[0])
+                    )
+                ):
                     return rec if lazy else expand_record(rec, where)
     ser, payload = unframe(blob, where, signer=signer, record=True, name=_record_name(signer, name))
     if ser != SER_MSGPACK:
@@ -365,6 +375,11 @@ def decode_record(
         raise CorruptObjectError(f"{where} is not valid msgpack: {e}") from e
     if not isinstance(rec, dict) or rec.get("fleche") != RECORD_FORMAT:
         raise CorruptObjectError(f"{where} is not a fleche call record of format {RECORD_FORMAT}")
+    if name is not None and (rec.get("digest") != name[1] or rec.get("function") != name[0]):
+        raise CorruptObjectError(
+            f"{where} holds the record of call {str(rec.get('function'))[:200]}/"
+            f"{str(rec.get('digest'))[:40]}: stored under the wrong name"
+        )
     return rec if lazy else expand_record(rec, where)
 
 

@@ -469,17 +469,10 @@ def read_records(
         except CacheMiss:
             return RecordRead(fid, e, None)
         try:
+            # refuses a record naming another call: a reader would serve it for the wrong call
             rec = codec.decode_record(blob, "the file", signer=signer, name=(fid, e.name))
         except CorruptObjectError as err:
             return RecordRead(fid, e, None, str(err))
-        if rec.get("digest") != e.name or rec.get("function") != fid:
-            return RecordRead(
-                fid,
-                e,
-                None,
-                f"the file holds {rec.get('function')}/{rec.get('digest')}: "
-                "stored under the wrong name",
-            )
         return RecordRead(fid, e, rec)
 
     for i, got in enumerate(small_reads(store, read, calls, workers), 1):
