@@ -316,13 +316,30 @@ class Cache:
         if inline is not None:
             return codec.decode_payload(ref["ser"], inline, "inline value", safe=self.safe)
         size = ref.get("size")
-        return self.load_object(ref["oid"], mmap=mmap, size=size if isinstance(size, int) else None)
+        children = ref.get("children")
+        return self.load_object(
+            ref["oid"],
+            mmap=mmap,
+            size=size if isinstance(size, int) else None,
+            children=children if type(children) is list else None,
+        )
 
-    def load_object(self, oid: str, *, mmap: bool = False, size: int | None = None) -> Any:
+    def load_object(
+        self,
+        oid: str,
+        *,
+        mmap: bool = False,
+        size: int | None = None,
+        children: list[str] | None = None,
+    ) -> Any:
         """Load object ``oid`` (and the array members it refers to) from this cache's store.
 
         ``size`` (the payload size a reference records) above the streaming
         threshold reads the object chunk by chunk into the value's own buffer.
+        ``children`` (the member oids a reference lists) are loaded first: one
+        that is missing or damaged fails before ``oid`` is decoded, not part
+        way through (when a pickle's constructors have run, and a layered
+        cache would decode it again from the next layer).
         """
         memo: dict[str, Any] = {}  # one array per child oid: shared members stay shared
 
@@ -330,6 +347,10 @@ class Cache:
             if child not in memo:
                 memo[child] = self.load_object(child, mmap=mmap)
             return memo[child]
+
+        for child in children or ():
+            if is_oid(child):
+                resolve(child)
 
         if mmap:
             mapped = self._map(oid, resolve)

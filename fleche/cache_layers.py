@@ -40,7 +40,7 @@ from typing import Any
 from fleche import codec
 from fleche.cache import Cache, encode_value, put_encoded, referenced_oids
 from fleche.cache_layer_set import LayerSet, LayerSpec, _Layer
-from fleche.errors import CacheMiss, CorruptObjectError
+from fleche.errors import CacheMiss, CorruptObjectError, DecodeError
 from fleche.index import LayeredIndex
 from fleche.store import BytesLike
 
@@ -294,6 +294,9 @@ class LayeredCache(LayerSet):
         A damaged copy in one layer (moved to its quarantine) does not make a
         miss when a lower layer has a good one; the good bytes are copied back
         into the damaged layer so its record points at a sound object again.
+        An intact object that fails to decode (:class:`~fleche.errors.DecodeError`)
+        is not tried again from another layer: every copy holds the same bytes,
+        and a pickle that failed part way must not run its constructors twice.
         """
         inline = ref.get("inline")
         if inline is not None:
@@ -309,6 +312,8 @@ class LayeredCache(LayerSet):
                 value = cache.decode_object(oid, blob)
             except CacheMiss:
                 continue
+            except DecodeError:
+                raise
             except CorruptObjectError as e:
                 error = e
                 damaged.append((layer, cache))

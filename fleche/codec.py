@@ -63,6 +63,7 @@ from fleche.codec_frame import (
 from fleche.codec_registry import (
     by_id,
     decode,
+    decode_error,
     is_safe,
     serialize,
     serialize_streamed,
@@ -206,15 +207,20 @@ def decode_payload(
             f"{where} was stored with the {s.name if s else ser!r} serializer, which can run "
             "code when loaded; safe mode refuses it (treated as a miss)"
         )
-    if (ser == SER_MSGPACK or (ser == SER_PICKLE and resolve is None)) and not mmap:
+    if ser == SER_MSGPACK and not mmap:
         # the hit path of small results: no context, no registry; a failure takes the
         # full path below, which says what went wrong
         try:
-            if ser == SER_MSGPACK:
-                return msgpack.unpackb(payload, raw=False, strict_map_key=False)
-            return pickle.loads(payload)
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
         except Exception:  # noqa: BLE001 - reported by the full path
             pass
+    elif ser == SER_PICKLE and resolve is None and not mmap:
+        # as fast, but never tried twice: a pickle that fails part way has run some of
+        # its constructors already
+        try:
+            return pickle.loads(payload)
+        except Exception as e:  # named by decode_error
+            raise decode_error(e, where) from e
     writable = not mmap and not memoryview(payload).readonly
     ctx = LoadContext(resolve=resolve, mmap=mmap, writable=writable, where=where)
     return decode(ser, payload, ctx)

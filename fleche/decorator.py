@@ -29,7 +29,7 @@ from fleche.call import NO_VERSION, Binder, Call, KeyMaker
 from fleche.config import AnyCache, active_cache
 from fleche.decorator_compute import Computing, _Flight
 from fleche.decorator_identity import _find, _scope, function_id
-from fleche.decorator_results import _DOWN
+from fleche.decorator_results import _DOWN, Undecodable
 from fleche.digest import code_digest
 from fleche.errors import CacheMiss
 from fleche.lease import LeasePolicy, compute_once, policy_of
@@ -198,7 +198,11 @@ class CachedFunction(Computing):
         # that cannot be reached or read then must not cost the caller their result.
         self.warn_once("open", f"cannot open the cache ({error}); computing uncached")
 
-    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def __call__(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], refused: Undecodable | None = None
+    ) -> Any:
+        """Call through the cache; ``refused``: a stored result that failed to load moments ago
+        (an executor's probe), not to be loaded again: see :class:`Undecodable`."""
         try:
             cache = active_cache()
         except OSError as e:
@@ -208,12 +212,13 @@ class CachedFunction(Computing):
         if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
             return self._run(args, kwargs, key)
         if not _REFRESH.get():
-            hit, value = self.lookup(cache, key)
+            hit, value = self.lookup(cache, key, refused)
             if hit:
                 return value
             if self.single_flight is not None:
+                # value: None, or the result that failed to load, which is not loaded again
                 policy = self.single_flight
-                return compute_once(self, cache, args, kwargs, key, items, digests, policy)
+                return compute_once(self, cache, args, kwargs, key, items, digests, policy, value)
         return self.compute(cache, args, kwargs, key, items, digests)
 
     async def acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

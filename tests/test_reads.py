@@ -14,13 +14,19 @@ from __future__ import annotations
 import shutil
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from fleche import Cache, CacheMiss, FlecheWarning, LayeredCache, cache, fleche
-from fleche.store import ObjectStore
+from fleche.codec_registry import SPLIT_MIN
+from fleche.errors import CorruptObjectError
+from fleche.executor import map as executor_map
+from fleche.executor import wrap_executor
+from fleche.store import ObjectStore, open_store
 from fleche.store_local import LocalStore
 from fleche.upkeep_scan import scan
 from fleche.upkeep_verify import verify
@@ -206,3 +212,174 @@ def test_the_index_leaves_a_misnamed_record_out(tmp_path: Path) -> None:
     assert fresh.index is not None
     report = fresh.index.rebuild(fresh.store)
     assert report.unreadable == 1 and report.added == 1
+
+
+# -- 8. a pickle that fails part way is unpickled once ----------------------------------------
+
+REBUILT: list[int] = []
+FAIL = [False]
+
+
+class Fragile:
+    """Rebuilt by :func:`_rebuild`, which counts its calls; the last member fails while FAIL."""
+
+    def __init__(self, i: int, last: bool = False) -> None:
+        self.i, self.last = i, last
+
+    def __reduce__(self) -> Any:
+        return _rebuild, (self.i, self.last)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Fragile) and other.i == self.i
+
+
+def _rebuild(i: int, last: bool) -> Fragile:
+    REBUILT.append(i)
+    if last and FAIL[0]:
+        raise RuntimeError("the constructor failed part way")
+    return Fragile(i, last)
+
+
+def fragile(size: str) -> list[Any]:
+    out: list[Any] = [Fragile(0), Fragile(1), Fragile(2, last=True)]
+    if size == "object":
+        out.insert(0, np.random.default_rng(0).bytes(BIG))
+    return out
+
+
+@pytest.fixture
+def failing() -> Iterator[list[int]]:
+    REBUILT.clear()
+    FAIL[0] = False
+    yield REBUILT
+    FAIL[0] = False
+
+
+def _reloads(f: Any, size: str, failing: list[int], *, warns: bool = True) -> None:
+    FAIL[0] = True
+    failing.clear()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert f(size) == fragile(size)
+    said = ours(seen)
+    if warns:  # one warning per function and kind of fault
+        assert len(said) == 1 and "part way" in said[0], said
+    assert failing == [0, 1, 2], failing  # each constructor once: the load was not retried
+
+
+@pytest.mark.parametrize("size", ["inline", "object"])
+@pytest.mark.parametrize("single_flight", [False, True])
+def test_a_failing_pickle_is_unpickled_once_per_call(
+    active: Cache, size: str, single_flight: bool, failing: list[int]
+) -> None:
+    @fleche(single_flight=single_flight)
+    def f(s: str) -> list[Any]:
+        return fragile(s)
+
+    f(size)
+    _reloads(f, size, failing)
+
+
+@pytest.mark.parametrize("size", ["inline", "object"])
+def test_load_unpickles_a_failing_pickle_once(active: Cache, size: str, failing: list[int]) -> None:
+    @fleche
+    def f(s: str) -> list[Any]:
+        return fragile(s)
+
+    f(size)
+    FAIL[0] = True
+    failing.clear()
+    with pytest.raises(CorruptObjectError, match="part way"):
+        f.load(size)
+    assert failing == [0, 1, 2]
+
+
+def test_a_layered_cache_does_not_retry_a_failing_pickle_in_the_next_layer(
+    tmp_path: Path, failing: list[int]
+) -> None:
+    @fleche
+    def f(s: str) -> list[Any]:
+        return fragile(s)
+
+    layered = LayeredCache([Cache("memory://"), Cache(tmp_path / "b")], write="through")
+    with cache(layered):
+        f("object")  # its object in both layers
+        _reloads(f, "object", failing)
+
+
+def test_a_read_only_store_unpickles_a_failing_pickle_once_per_call(
+    tmp_path: Path, failing: list[int]
+) -> None:
+    @fleche
+    def f(s: str) -> list[Any]:
+        return fragile(s)
+
+    with cache(tmp_path / "s"):
+        f("inline")
+        f("object")
+    with cache(open_store(tmp_path / "s", read_only=True)):
+        for size in ("inline", "object"):
+            _reloads(f, size, failing, warns=size == "inline")
+            _reloads(f, size, failing, warns=False)  # nothing could be moved aside: once a call
+
+
+def test_an_executor_does_not_unpickle_again_in_its_worker(
+    active: Cache, failing: list[int]
+) -> None:
+    @fleche
+    def f(s: str) -> list[Any]:
+        return fragile(s)
+
+    f("inline")
+    FAIL[0] = True
+    failing.clear()
+    with ThreadPoolExecutor(1) as pool, pytest.warns(FlecheWarning, match="part way"):
+        wrap_executor(pool)
+        assert pool.submit(f, "inline").result() == fragile("inline")
+    assert failing == [0, 1, 2], failing
+
+
+def test_an_executor_map_does_not_unpickle_again_in_its_worker(
+    active: Cache, failing: list[int]
+) -> None:
+    @fleche
+    def f(s: str) -> list[Any]:
+        return fragile(s)
+
+    f("inline")
+    FAIL[0] = True
+    failing.clear()
+    with ThreadPoolExecutor(1) as pool, pytest.warns(FlecheWarning, match="part way"):
+        got = executor_map(f, ["inline", "inline"], executor=pool, progress=False)
+    assert got == [fragile("inline")] * 2
+    assert failing == [0, 1, 2], failing  # probed once; the twin shares the one computation
+
+
+def test_a_damaged_member_fails_before_its_pickle_is_decoded(
+    tmp_path: Path, failing: list[int]
+) -> None:
+    """A layered cache serves the good copy below without running the constructors twice."""
+    member = np.random.default_rng(0).random(SPLIT_MIN // 8 + 1)  # an object of its own
+    calls: list[str] = []
+
+    @fleche
+    def f(s: str) -> list[Any]:
+        calls.append(s)
+        return [*fragile("inline"), member]
+
+    top = Cache(tmp_path / "top")
+    with cache(LayeredCache([top, Cache(tmp_path / "bottom")], write="through")):
+        f("x")
+        rec = top.get_record(f.__fleche__.function_id, f.digest("x"))
+        assert rec is not None
+        (child,) = rec["result"]["children"]
+        path = Path(str(top.store.local_path(child)))
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
+        failing.clear()
+        with pytest.warns(FlecheWarning, match="integrity check.*from layer 2"):
+            got = f("x")
+    assert got[:3] == fragile("inline") and np.array_equal(got[3], member)
+    assert calls == ["x"]  # served by the bottom layer
+    assert failing == [0, 1, 2], failing
