@@ -38,7 +38,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fleche import codec
-from fleche.cache import Cache, encode_value, put_encoded, referenced_oids
+from fleche.cache import Cache, MmapMode, encode_value, mmap_mode, put_encoded, referenced_oids
 from fleche.cache_layer_set import LayerSet, LayerSpec, _Layer
 from fleche.errors import CacheMiss, CorruptObjectError, DecodeError
 from fleche.index import LayeredIndex
@@ -288,7 +288,7 @@ class LayeredCache(LayerSet):
     def _any_writable_cache(self) -> Cache | None:
         return next((la.cache for la in self._layers if not la.read_only and la.cache), None)
 
-    def load_value(self, ref: dict[str, Any], *, mmap: bool = False) -> Any:
+    def load_value(self, ref: dict[str, Any], *, mmap: MmapMode = False) -> Any:
         """Load a value from the nearest layer holding its object.
 
         A damaged copy in one layer (moved to its quarantine) does not make a
@@ -298,6 +298,8 @@ class LayeredCache(LayerSet):
         is not tried again from another layer: every copy holds the same bytes,
         and a pickle that failed part way must not run its constructors twice.
         """
+        if mmap is not False:
+            mmap = mmap_mode(mmap)
         inline = ref.get("inline")
         if inline is not None:
             return codec.decode_payload(ref["ser"], inline, "inline value")

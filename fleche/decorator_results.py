@@ -17,7 +17,7 @@ import warnings
 from typing import Any
 
 from fleche import metadata as _metadata
-from fleche.cache import type_name
+from fleche.cache import MmapMode, type_name
 from fleche.cache_layers import RETRY_AFTER
 from fleche.call import is_clear
 from fleche.config import AnyCache
@@ -87,7 +87,7 @@ class ResultIO:
     function_id: str
     qualname: str
     module: str
-    mmap: bool
+    mmap: MmapMode
     metadata: frozenset[str] | None
     _record_head: dict[str, Any]
     _warned: set[str]
@@ -120,7 +120,7 @@ class ResultIO:
             ref = rec["result"]
             if refused is not None and refused.key == key and refused.ref == ref:
                 return False, refused  # it failed moments ago, in this call: not again
-            value = cache.load_value(ref, mmap=True) if self.mmap else cache.load_value(ref)
+            value = cache.load_value(ref, mmap=self.mmap) if self.mmap else cache.load_value(ref)
             if _log.isEnabledFor(_DEBUG):
                 _log.debug("hit %s %s in %s", self.function_id, key, cache.url)
             return True, value

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from fleche import Cache, CacheMiss, FlecheWarning, LayeredCache, cache, fleche
+from fleche import Cache, CacheMiss, ConfigError, FlecheWarning, LayeredCache, cache, fleche
 from fleche.codec_registry import SPLIT_MIN
 from fleche.errors import CorruptObjectError
 from fleche.executor import map as executor_map
@@ -212,6 +213,137 @@ def test_the_index_leaves_a_misnamed_record_out(tmp_path: Path) -> None:
     assert fresh.index is not None
     report = fresh.index.rebuild(fresh.store)
     assert report.unreadable == 1 and report.added == 1
+
+
+# -- 4. a mapped file is checked --------------------------------------------------------------
+
+
+def noise(n: int, seed: int = 0) -> np.ndarray:
+    """Random int64 over their whole range: incompressible, so stored raw and mapped."""
+    return np.random.default_rng(seed).integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
+
+
+def _value(kind: str) -> Any:
+    if kind == "numpy":
+        return noise(100_000)
+    if kind == "tree":
+        return {"a": noise(10_000), "b": [noise(5_000, 1)], "n": 3}
+    if kind == "member":  # a large member stored as an object of its own, and mapped
+        return {"big": noise(SPLIT_MIN // 8 + 1), "n": 3}
+    if kind == "arrow":
+        return pd.DataFrame({"x": noise(100_000), "y": noise(100_000, 2)})
+    raise AssertionError(kind)
+
+
+def _equal(a: Any, b: Any) -> bool:
+    if isinstance(a, pd.DataFrame):
+        return bool(a.equals(b))
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, np.ndarray):
+        return bool(np.array_equal(a, b))
+    return bool(a == b)
+
+
+def _objects(c: Cache, rec: dict[str, Any]) -> list[Path]:
+    ref = rec["result"]
+    oids = list(ref.get("children") or []) or [ref["oid"]]
+    return [Path(str(c.store.local_path(o))) for o in oids]
+
+
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # a payload byte: the header and the length still check
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["numpy", "tree", "member", "arrow"])
+def test_a_damaged_mapped_file_is_a_miss_and_recomputed(tmp_path: Path, kind: str) -> None:
+    if kind == "arrow":
+        pytest.importorskip("pyarrow")
+    calls: list[str] = []
+
+    @fleche(mmap=True)
+    def make(k: str) -> Any:
+        calls.append(k)
+        return _value(k)
+
+    with cache(tmp_path / "s") as c:
+        make(kind)
+        rec = c.get_record(make.__fleche__.function_id, make.digest(kind))
+        assert rec is not None
+        for path in _objects(c, rec):
+            _flip_middle(path)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            got = make(kind)
+        assert _equal(got, _value(kind))
+        said = ours(seen)
+        assert len(said) == 1 and "integrity" in said[0], said
+        assert calls == [kind, kind]
+        assert quarantined(c.store) >= 1
+        assert _equal(make(kind), _value(kind)) and calls == [kind, kind]
+
+
+def test_load_value_with_mmap_raises_on_a_damaged_file_and_moves_it_aside(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "s")
+    ref = c.put_value(noise(100_000))
+    path = Path(str(c.store.local_path(ref["oid"])))
+    _flip_middle(path)
+    with pytest.raises(CorruptObjectError, match="integrity"):
+        c.load_value(ref, mmap=True)
+    assert not path.exists() and quarantined(c.store) == 1
+
+
+@pytest.mark.parametrize("mode", [True, "unverified"])
+def test_a_mapped_file_under_another_objects_name_is_refused(tmp_path: Path, mode: Any) -> None:
+    c = Cache(tmp_path / "s")
+    a, b = c.put_value(noise(100_000)), c.put_value(noise(100_000, 1))
+    shutil.copyfile(str(c.store.local_path(b["oid"])), str(c.store.local_path(a["oid"])))
+    with pytest.raises(CorruptObjectError, match=f"not {a['oid']}"):
+        c.load_value(a, mmap=mode)
+
+
+def test_unverified_mmap_skips_only_the_hash(tmp_path: Path) -> None:
+    """The documented opt-out: header, length and name are checked, the bytes are not read."""
+
+    @fleche(mmap="unverified")
+    def make(n: int) -> np.ndarray:
+        return noise(n)
+
+    with cache(tmp_path / "s") as c:
+        a = make(100_000)
+        rec = c.get_record(make.__fleche__.function_id, make.digest(100_000))
+        assert rec is not None
+        (path,) = _objects(c, rec)
+        _flip_middle(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = make(100_000)
+        assert not got.flags.writeable and not np.array_equal(got, a)  # what was asked for
+        with pytest.raises(CorruptObjectError, match="integrity"):
+            make.load(100_000, mmap=True)  # verified: the damage is seen
+
+
+@pytest.mark.parametrize("bad", ["yes", "verified", 2, None, 1.0])
+def test_the_mmap_option_is_validated(tmp_path: Path, bad: Any) -> None:
+    with pytest.raises(ConfigError, match="mmap"):
+        fleche(mmap=bad)(lambda x: x)
+
+    @fleche
+    def f(x: int) -> np.ndarray:
+        return noise(x)
+
+    with cache(tmp_path / "s") as c:
+        f(10_000)
+        with pytest.raises(ConfigError, match="mmap"):
+            f.load(10_000, mmap=bad)
+        rec = c.get_record(f.__fleche__.function_id, f.digest(10_000))
+        assert rec is not None
+        with pytest.raises(ConfigError, match="mmap"):
+            c.load_value(rec["result"], mmap=bad)
 
 
 # -- 8. a pickle that fails part way is unpickled once ----------------------------------------
