@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fleche import metadata as _metadata
-from fleche.cache import type_name
+from fleche.cache import MmapMode, type_name
 from fleche.cache_layers import RETRY_AFTER
 from fleche.call import is_clear
 from fleche.config import AnyCache
@@ -57,6 +57,24 @@ def _down(cache: Any) -> bool:
     return False
 
 
+class Undecodable:
+    """What a lookup answers (as its value, with hit False) when a stored result failed to load.
+
+    Looking the call up again within the same call (single-flight's second
+    look, an executor's worker) skips that result instead of decoding it
+    again: a pickle that failed part way has run some of its constructors.
+    """
+
+    __slots__ = ("key", "ref")
+
+    def __init__(self, key: str, ref: dict[str, Any]) -> None:
+        self.key = key
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"Undecodable({self.key!r})"
+
+
 def _utf8(text: str) -> bool:
     """Whether ``text`` can be stored in clear (UTF-8): not with lone surrogates ("a\\udcff")."""
     if text.isascii():
@@ -74,7 +92,7 @@ class ResultIO:
     function_id: str
     qualname: str
     module: str
-    mmap: bool
+    mmap: MmapMode
     metadata: frozenset[str] | None
     func: Callable[..., Any]
     stale_code: str | None
@@ -136,8 +154,15 @@ class ResultIO:
 
     # -- lookups (fail open) -------------------------------------------------------------
 
-    def lookup(self, cache: AnyCache, key: str) -> tuple[bool, Any]:
-        """(True, result) on a hit; (False, None) on a miss or any fault reading the cache."""
+    def lookup(
+        self, cache: AnyCache, key: str, refused: Undecodable | None = None
+    ) -> tuple[bool, Any]:
+        """(True, result) on a hit; (False, None) on a miss or any fault reading the cache.
+
+        (False, :class:`Undecodable`) when the stored result failed to load:
+        pass it as ``refused`` to look again without loading that result again.
+        """
+        ref = None
         try:
             rec = cache.get_record(self.function_id, key, lazy=True)
             if rec is None:
@@ -145,10 +170,12 @@ class ResultIO:
                     _log.debug("miss %s %s in %s", self.function_id, key, cache.url)
                 return False, None
             ref = rec["result"]
+            if refused is not None and refused.key == key and refused.ref == ref:
+                return False, refused  # it failed moments ago, in this call: not again
             code = rec.get("code")  # the code that computed it (None in older records)
             if code is not None and code != self.code_now and self.stale(cache, key, code):
                 return False, None
-            value = cache.load_value(ref, mmap=True) if self.mmap else cache.load_value(ref)
+            value = cache.load_value(ref, mmap=self.mmap) if self.mmap else cache.load_value(ref)
             if _log.isEnabledFor(_DEBUG):
                 _log.debug("hit %s %s in %s", self.function_id, key, cache.url)
             return True, value
@@ -160,6 +187,8 @@ class ResultIO:
             )
         except (CorruptObjectError, SerializationError) as e:
             self.warn_once("unreadable", f"{e}; recomputing")
+            if ref is not None:
+                return False, Undecodable(key, ref)
         except OSError as e:
             # one warning per store fault, read or write: a server that is down says it once
             _DOWN[id(cache)] = (time.monotonic() + RETRY_AFTER, cache)

@@ -281,7 +281,7 @@ class _Computes(Protocol):
     function_id: str
     qualname: str
 
-    def lookup(self, cache: Any, key: str) -> tuple[bool, Any]: ...
+    def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
 
     def compute(
         self,
@@ -350,17 +350,22 @@ def compute_once(
     items: list[tuple[str, Any]],
     digests: list[bytes],
     policy: LeasePolicy,
+    refused: Any = None,
 ) -> Any:
     """Compute a missed call unless another process is computing it; then wait for its result.
 
     Faults of the lease itself (a store that refuses it, a remote server too
     old to know it) fail open: one warning, and the call is computed here.
+    ``refused``: what the caller's lookup answered, when the stored result
+    failed to load (``decorator_results.Undecodable``); looking again never
+    loads that result again.
     """
     store = lease_store(cache)
     if store is None:
         return cf.compute(cache, args, kwargs, key, items, digests)
+    seen = [refused]  # the last result that failed to load, updated by each look
     try:
-        found, value = _wait_or_lead(cf, cache, store, key, policy)
+        found, value = _wait_or_lead(cf, cache, store, key, policy, seen)
     except (OSError, FlecheError) as e:  # the lease's faults only: never the function's own
         cf.warn_once(
             f"lease:{store.url}",
@@ -371,11 +376,24 @@ def compute_once(
         return value
     if value is None:  # waited long enough: compute alongside the owner
         return cf.compute(cache, args, kwargs, key, items, digests)
-    return _as_owner(cf, cache, args, kwargs, key, items, digests, value)
+    return _as_owner(cf, cache, args, kwargs, key, items, digests, value, seen)
+
+
+def _look(cf: _Computes, cache: Any, key: str, refused: list[Any]) -> tuple[bool, Any]:
+    """``cf.lookup``, never loading again a result that failed to load in this call."""
+    hit, value = cf.lookup(cache, key, refused[0])
+    if not hit and value is not None:
+        refused[0] = value
+    return hit, value
 
 
 def _wait_or_lead(
-    cf: _Computes, cache: Any, store: ObjectStore, key: str, policy: LeasePolicy
+    cf: _Computes,
+    cache: Any,
+    store: ObjectStore,
+    key: str,
+    policy: LeasePolicy,
+    refused: list[Any],
 ) -> tuple[bool, Any]:
     """(True, result) once another process stored it; (False, our Lease) when it is our turn;
     (False, None) when ``policy.wait`` ran out."""
@@ -389,7 +407,7 @@ def _wait_or_lead(
         lease = Lease(store, fid, key, policy.ttl)
         if lease.acquire():
             return False, lease
-        hit, value = cf.lookup(cache, key)
+        hit, value = _look(cf, cache, key, refused)
         if hit:
             return True, value
         raw = store.read_lease(fid, key)
@@ -433,6 +451,7 @@ def _as_owner(
     items: list[tuple[str, Any]],
     digests: list[bytes],
     lease: Lease,
+    refused: list[Any],
 ) -> Any:
     """Holding the lease: check once more (the last owner may just have finished), compute, release."""
     local = (id(lease.store), lease.function_id, lease.digest)
@@ -441,7 +460,7 @@ def _as_owner(
         _held[local] = event
     _HEARTBEAT.add(lease)
     try:
-        hit, value = cf.lookup(cache, key)
+        hit, value = _look(cf, cache, key, refused)
         if hit:
             return value
         return cf.compute(cache, args, kwargs, key, items, digests)
