@@ -307,7 +307,7 @@ def bench_cache_array_result(report):
         report,
         f"100 MB float64 result: load (first call in a fresh process, x{BIG_REPEAT}; files in page cache)",
         baseline="joblib.Memory",
-        target="store and load <= joblib; mmap load <= 1 ms",
+        target="store and load <= joblib",
         limit=1.0,
     )
     reads.report(

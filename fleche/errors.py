@@ -52,6 +52,15 @@ class CorruptObjectError(FlecheError, ValueError):
     """A stored object failed its integrity check or could not be decoded."""
 
 
+class DecodeError(CorruptObjectError):
+    """An object's bytes passed their checks, yet decoding them failed part way.
+
+    A pickle's constructors may already have run (and done whatever they do):
+    the payload is never decoded a second time in the same load, and no
+    other copy is tried, since every copy of it holds the same bytes.
+    """
+
+
 class SignatureError(CorruptObjectError):
     """A file of a signed store is unsigned, or signed with a key this reader lacks, or forged.
 

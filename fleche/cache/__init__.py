@@ -10,7 +10,15 @@ Inside: ``_cache`` (:class:`Cache`), ``_layers`` and ``_layer_set`` (a
 ``_lease`` (one process computes a call, the others wait).
 """
 
-from fleche.cache._cache import Cache, encode_value, malformed, referenced_oids, type_name
+from fleche.cache._cache import (
+    Cache,
+    MmapMode,
+    encode_value,
+    malformed,
+    mmap_mode,
+    referenced_oids,
+    type_name,
+)
 from fleche.cache._layer_set import LayerSpec
 from fleche.cache._layers import RETRY_AFTER, WRITE_MODES, LayeredCache
 from fleche.cache._lease import (
@@ -29,6 +37,7 @@ __all__ = [
     "LayeredCache",
     "Lease",
     "LeasePolicy",
+    "MmapMode",
     "RETRY_AFTER",
     "WRITE_MODES",
     "compute_once",
@@ -36,6 +45,7 @@ __all__ = [
     "iter_leases",
     "lease_store",
     "malformed",
+    "mmap_mode",
     "policy_of",
     "referenced_oids",
     "sweep",

@@ -38,9 +38,16 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from fleche import codec
-from fleche.cache._cache import Cache, encode_value, put_encoded, referenced_oids
+from fleche.cache._cache import (
+    Cache,
+    MmapMode,
+    encode_value,
+    mmap_mode,
+    put_encoded,
+    referenced_oids,
+)
 from fleche.cache._layer_set import LayerSet, LayerSpec, _Layer
-from fleche.errors import CacheMiss, CorruptObjectError
+from fleche.errors import CacheMiss, CorruptObjectError, DecodeError
 from fleche.index import LayeredIndex
 from fleche.store import BytesLike
 
@@ -288,13 +295,18 @@ class LayeredCache(LayerSet):
     def _any_writable_cache(self) -> Cache | None:
         return next((la.cache for la in self._layers if not la.read_only and la.cache), None)
 
-    def load_value(self, ref: dict[str, Any], *, mmap: bool = False) -> Any:
+    def load_value(self, ref: dict[str, Any], *, mmap: MmapMode = False) -> Any:
         """Load a value from the nearest layer holding its object.
 
         A damaged copy in one layer (moved to its quarantine) does not make a
         miss when a lower layer has a good one; the good bytes are copied back
         into the damaged layer so its record points at a sound object again.
+        An intact object that fails to decode (:class:`~fleche.errors.DecodeError`)
+        is not tried again from another layer: every copy holds the same bytes,
+        and a pickle that failed part way must not run its constructors twice.
         """
+        if mmap is not False:
+            mmap = mmap_mode(mmap)
         inline = ref.get("inline")
         if inline is not None:
             return codec.decode_payload(ref["ser"], inline, "inline value")
@@ -309,6 +321,8 @@ class LayeredCache(LayerSet):
                 value = cache.decode_object(oid, blob)
             except CacheMiss:
                 continue
+            except DecodeError:
+                raise
             except CorruptObjectError as e:
                 error = e
                 damaged.append((layer, cache))

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleche.errors import FlecheError
+from fleche.records import PendingCall
 from fleche.store import BytesLike, ObjectStore, is_function_id, is_oid
 
 LEASE_FORMAT = 1
@@ -271,17 +272,9 @@ class _Computes(Protocol):
     function_id: str
     qualname: str
 
-    def lookup(self, cache: Any, key: str) -> tuple[bool, Any]: ...
+    def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
 
-    def compute(
-        self,
-        cache: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        key: str,
-        items: list[tuple[str, Any]],
-        digests: list[bytes],
-    ) -> Any: ...
+    def compute(self, cache: Any, call: PendingCall) -> Any: ...
 
     def warn_once(self, kind: str, message: str) -> None: ...
 
@@ -334,38 +327,52 @@ def _break(store: ObjectStore, function_id: str, digest: str, token: str | None)
 def compute_once(
     cf: _Computes,
     cache: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    key: str,
-    items: list[tuple[str, Any]],
-    digests: list[bytes],
+    call: PendingCall,
     policy: LeasePolicy,
+    refused: Any = None,
 ) -> Any:
     """Compute a missed call unless another process is computing it; then wait for its result.
 
     Faults of the lease itself (a store that refuses it, a remote server too
     old to know it) fail open: one warning, and the call is computed here.
+    ``refused``: what the caller's lookup answered, when the stored result
+    failed to load (``decorator_results.Undecodable``); looking again never
+    loads that result again.
     """
     store = lease_store(cache)
     if store is None:
-        return cf.compute(cache, args, kwargs, key, items, digests)
+        return cf.compute(cache, call)
+    seen = [refused]  # the last result that failed to load, updated by each look
     try:
-        found, value = _wait_or_lead(cf, cache, store, key, policy)
+        found, value = _wait_or_lead(cf, cache, store, call.key, policy, seen)
     except (OSError, FlecheError) as e:  # the lease's faults only: never the function's own
         cf.warn_once(
             f"lease:{store.url}",
             f"cannot lease calls in {store.url} ({e}); computing without single-flight",
         )
-        return cf.compute(cache, args, kwargs, key, items, digests)
+        return cf.compute(cache, call)
     if found:
         return value
     if value is None:  # waited long enough: compute alongside the owner
-        return cf.compute(cache, args, kwargs, key, items, digests)
-    return _as_owner(cf, cache, args, kwargs, key, items, digests, value)
+        return cf.compute(cache, call)
+    return _as_owner(cf, cache, call, value, seen)
+
+
+def _look(cf: _Computes, cache: Any, key: str, refused: list[Any]) -> tuple[bool, Any]:
+    """``cf.lookup``, never loading again a result that failed to load in this call."""
+    hit, value = cf.lookup(cache, key, refused[0])
+    if not hit and value is not None:
+        refused[0] = value
+    return hit, value
 
 
 def _wait_or_lead(
-    cf: _Computes, cache: Any, store: ObjectStore, key: str, policy: LeasePolicy
+    cf: _Computes,
+    cache: Any,
+    store: ObjectStore,
+    key: str,
+    policy: LeasePolicy,
+    refused: list[Any],
 ) -> tuple[bool, Any]:
     """(True, result) once another process stored it; (False, our Lease) when it is our turn;
     (False, None) when ``policy.wait`` ran out."""
@@ -379,7 +386,7 @@ def _wait_or_lead(
         lease = Lease(store, fid, key, policy.ttl)
         if lease.acquire():
             return False, lease
-        hit, value = cf.lookup(cache, key)
+        hit, value = _look(cf, cache, key, refused)
         if hit:
             return True, value
         raw = store.read_lease(fid, key)
@@ -417,12 +424,9 @@ def _wait_or_lead(
 def _as_owner(
     cf: _Computes,
     cache: Any,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    key: str,
-    items: list[tuple[str, Any]],
-    digests: list[bytes],
+    call: PendingCall,
     lease: Lease,
+    refused: list[Any],
 ) -> Any:
     """Holding the lease: check once more (the last owner may just have finished), compute, release."""
     local = (id(lease.store), lease.function_id, lease.digest)
@@ -431,10 +435,10 @@ def _as_owner(
         _held[local] = event
     _HEARTBEAT.add(lease)
     try:
-        hit, value = cf.lookup(cache, key)
+        hit, value = _look(cf, cache, call.key, refused)
         if hit:
             return value
-        return cf.compute(cache, args, kwargs, key, items, digests)
+        return cf.compute(cache, call)
     finally:
         try:
             lease.release()  # after the record is written: waiters look for it first

@@ -63,7 +63,7 @@ def _show_call(s: Any, fid: str, digest: str, as_json: bool, load: bool) -> None
     from fleche import codec
 
     blob = s.get_call(fid, digest)
-    rec = codec.decode_record(blob, f"call record {fid}/{digest} in {s.url}")
+    rec = codec.decode_record(blob, f"call record {fid}/{digest} in {s.url}", name=(fid, digest))
     loaded = _load(s, rec["result"]) if load else None
     if as_json:
         from fleche.upkeep import jsonable

@@ -50,7 +50,13 @@ from fleche.codec._numpy import NumpySerializer
 from fleche.codec._pickle import PickleSerializer
 from fleche.codec._plain import PlainSerializer
 from fleche.codec._tree import TreeSerializer
-from fleche.errors import CorruptObjectError, SerializationError, UnsafeValueError
+from fleche.errors import (
+    CorruptObjectError,
+    DecodeError,
+    SerializationError,
+    SignatureError,
+    UnsafeValueError,
+)
 
 SPLIT_MIN = 1 << 20
 """Array members of a pickled value from this size are stored as objects of their own."""
@@ -354,20 +360,30 @@ def decode(ser: int, payload: Any, ctx: LoadContext) -> Any:
         raise s.missing(where)
     try:
         return s.loads(ser, payload, ctx)
-    except (SerializationError, CorruptObjectError):
-        raise
-    except ModuleNotFoundError as e:
-        raise MissingSerializerError(
+    except Exception as e:  # each kind is named by decode_error
+        raise decode_error(e, where) from e
+
+
+def decode_error(e: Exception, where: str) -> Exception:
+    """The error to raise for ``e``, raised while decoding (checked) object ``where``.
+
+    A corrupt payload is a :class:`~fleche.errors.DecodeError`: decoding may
+    have run code part way (a pickle's constructors), so nobody decodes the
+    same bytes again.
+    """
+    if isinstance(e, (SerializationError, DecodeError, SignatureError)):
+        return e  # a signature refused: that file's fault, said as such (SignatureError.reason)
+    if isinstance(e, CorruptObjectError):  # a codec's own check, or a member it loaded
+        return DecodeError(str(e))
+    if isinstance(e, ModuleNotFoundError):
+        return MissingSerializerError(
             f"{where} needs the module {e.name!r} to load: install it on this machine"
-        ) from e
-    except (AttributeError, ImportError) as e:
+        )
+    if isinstance(e, (AttributeError, ImportError)):
         # the object is intact (its hash checked) but the code it names moved or vanished
-        raise SerializationError(
-            f"{where} refers to code that is no longer importable here: {e}"
-        ) from e
-    except (pickle.UnpicklingError, EOFError, ValueError, struct.error, IndexError) as e:
-        raise CorruptObjectError(f"{where} could not be decoded: {e}") from e
-    except Exception as e:  # its hash checked, yet its decoder refuses it
-        # (a TypeError from pickle's opcodes, Arrow's own errors, an absurd size asking for
-        # MemoryError...): the caller must see one kind of error, and recompute
-        raise CorruptObjectError(f"{where} could not be decoded: {type(e).__name__}: {e}") from e
+        return SerializationError(f"{where} refers to code that is no longer importable here: {e}")
+    if isinstance(e, (pickle.UnpicklingError, EOFError, ValueError, struct.error, IndexError)):
+        return DecodeError(f"{where} could not be decoded: {e}")
+    # its hash checked, yet its decoder refuses it (a TypeError from pickle's opcodes, Arrow's
+    # own errors, an absurd size asking for MemoryError...): one kind of error, and recompute
+    return DecodeError(f"{where} could not be decoded: {type(e).__name__}: {e}")

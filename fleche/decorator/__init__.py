@@ -12,5 +12,6 @@ function is), ``_results`` (reading and writing its calls, failing open) and
 
 from fleche.decorator._fleche import REFRESHING, CachedFunction, fleche
 from fleche.decorator._identity import ClosureRefused, function_id
+from fleche.decorator._results import Undecodable
 
-__all__ = ["REFRESHING", "CachedFunction", "ClosureRefused", "fleche", "function_id"]
+__all__ = ["REFRESHING", "CachedFunction", "ClosureRefused", "Undecodable", "fleche", "function_id"]

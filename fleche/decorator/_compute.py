@@ -17,6 +17,7 @@ from typing import Any
 
 from fleche.config import AnyCache
 from fleche.decorator._results import ResultIO
+from fleche.records import PendingCall
 
 # os.chdir is process-wide: isolated calls take turns.
 _ISOLATE_LOCK = threading.RLock()
@@ -56,17 +57,9 @@ class Computing(ResultIO):
             finally:
                 os.chdir(old)
 
-    def compute(
-        self,
-        cache: AnyCache,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        key: str,
-        items: list[tuple[str, Any]],
-        digests: list[bytes],
-    ) -> Any:
+    def compute(self, cache: AnyCache, call: PendingCall) -> Any:
         """Compute a miss once per process: concurrent threads asking for the same key wait."""
-        fkey = (id(cache), key)
+        fkey = (id(cache), call.key)
         with self._flights_lock:
             flight = self._flights.get(fkey)
             leader = flight is None
@@ -83,12 +76,12 @@ class Computing(ResultIO):
             started = time.time()
             c0 = time.process_time()
             t0 = time.perf_counter()
-            result = self._run(args, kwargs, key)
+            result = self._run(call.args, call.kwargs, call.key)
             duration = time.perf_counter() - t0
             cpu = time.process_time() - c0
             if leader:
                 flight.result, flight.ok = result, True
-            self.store(cache, key, items, digests, result, started, duration, cpu)
+            self.store(cache, call, result, started, duration, cpu)
             return result
         finally:
             if leader:

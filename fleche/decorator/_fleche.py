@@ -24,15 +24,15 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from fleche.cache import LeasePolicy, compute_once, policy_of
+from fleche.cache import LeasePolicy, MmapMode, compute_once, mmap_mode, policy_of
 from fleche.config import AnyCache, active_cache, stale_code_choice
 from fleche.decorator._compute import Computing, _Flight
 from fleche.decorator._identity import ClosureRefused, _captured, _find, _scope, function_id
-from fleche.decorator._results import _DOWN
+from fleche.decorator._results import _DOWN, Undecodable
 from fleche.digest import code_digest
 from fleche.errors import CacheMiss
 from fleche.query import QueryResult, for_function
-from fleche.records import NO_VERSION, Binder, Call, KeyMaker, metadata_choice, plain
+from fleche.records import NO_VERSION, Binder, Call, KeyMaker, PendingCall, metadata_choice, plain
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -125,12 +125,13 @@ class CachedFunction(Computing):
         isolate: bool,
         metadata: bool | Iterable[str] | None = None,
         single_flight: LeasePolicy | None = None,
-        mmap: bool = False,
+        mmap: MmapMode = False,
         stale_code: str | None = None,
     ) -> None:
         self.func = func
-        # hits return raw-stored arrays as read-only memory maps of a local store's files
-        self.mmap = mmap
+        # hits return raw-stored arrays as read-only memory maps of a local store's files,
+        # their content hash checked unless "unverified"
+        self.mmap = mmap_mode(mmap, f"@fleche on {getattr(func, '__qualname__', func)}")
         # compute once across processes: a lease in the store (fleche.cache._lease); None: off
         self.single_flight = single_flight
         self.module = getattr(func, "__module__", None) or "__main__"
@@ -260,7 +261,11 @@ class CachedFunction(Computing):
         # that cannot be reached or read then must not cost the caller their result.
         self.warn_once("open", f"cannot open the cache ({error}); computing uncached")
 
-    def __call__(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    def __call__(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], refused: Undecodable | None = None
+    ) -> Any:
+        """Call through the cache; ``refused``: a stored result that failed to load moments ago
+        (an executor's probe), not to be loaded again: see :class:`Undecodable`."""
         try:
             cache = active_cache()
         except OSError as e:
@@ -274,13 +279,15 @@ class CachedFunction(Computing):
         if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
             return self._run(args, kwargs, key)
         if not REFRESHING.get():
-            hit, value = self.lookup(cache, key)
+            hit, value = self.lookup(cache, key, refused)
             if hit:
                 return value
             if self.single_flight is not None:
+                # value: None, or the result that failed to load, which is not loaded again
                 policy = self.single_flight
-                return compute_once(self, cache, args, kwargs, key, items, digests, policy)
-        return self.compute(cache, args, kwargs, key, items, digests)
+                call = PendingCall(args, kwargs, key, items, digests)
+                return compute_once(self, cache, call, policy, value)
+        return self.compute(cache, PendingCall(args, kwargs, key, items, digests))
 
     async def acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         try:
@@ -302,7 +309,8 @@ class CachedFunction(Computing):
         started = time.time()
         t0 = time.perf_counter()
         result = await self.func(*args, **kwargs)
-        self.store(cache, key, items, digests, result, started, time.perf_counter() - t0)
+        call = PendingCall(args, kwargs, key, items, digests)
+        self.store(cache, call, result, started, time.perf_counter() - t0)
         return result
 
     # -- helpers -------------------------------------------------------------------------
@@ -349,10 +357,10 @@ class CachedFunction(Computing):
         """
         mmap = self.mmap
         if "mmap" in kwargs and "mmap" not in self.binder.names:
-            mmap = bool(kwargs.pop("mmap"))
+            mmap = mmap_mode(kwargs.pop("mmap"), f"{self.qualname}.load")
         cache, rec = self._record_or_miss(args, kwargs)
         ref = rec["result"]
-        return cache.load_value(ref, mmap=True) if mmap else cache.load_value(ref)
+        return cache.load_value(ref, mmap=mmap) if mmap else cache.load_value(ref)
 
     def call(self, *args: Any, **kwargs: Any) -> Call:
         cache, rec = self._record_or_miss(args, kwargs)
@@ -392,7 +400,7 @@ def fleche(
     isolate: bool = False,
     metadata: bool | Iterable[str] | None = None,
     single_flight: bool | LeasePolicy = False,
-    mmap: bool = False,
+    mmap: MmapMode = False,
     stale_code: str | None = None,
 ) -> Callable[[Callable[P, R]], CachedCallable[P, R]]: ...
 
@@ -410,7 +418,7 @@ def fleche(
     isolate: bool = False,
     metadata: bool | Iterable[str] | None = None,
     single_flight: bool | LeasePolicy = False,
-    mmap: bool = False,
+    mmap: MmapMode = False,
     stale_code: str | None = None,
 ) -> Any:
     """Cache a function's results in the active cache (see :func:`fleche.cache`).
@@ -426,7 +434,10 @@ def fleche(
     groups (``runtime``, ``environment``, ``git``, ``tags``), True for all or
     False for none; by default the cache's ``metadata`` setting, else all.
     ``mmap=True`` returns arrays stored raw in a local store as read-only
-    memory maps (any size in well under a millisecond; see ``docs/values.md``).
+    memory maps, after checking the file's content hash (one read at memory
+    speed, ~6 ms per 100 MB: a damaged file is a miss, recomputed);
+    ``mmap="unverified"`` maps without that read (any size in well under a
+    millisecond) and trusts the file (see ``docs/values.md``).
     ``single_flight`` computes a call once across processes sharing the
     store: the first to miss takes a lease, the others wait for its record
     (True, or a :class:`fleche.cache._lease.LeasePolicy`; see ``docs/parallel.md``).

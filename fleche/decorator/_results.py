@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fleche.cache import RETRY_AFTER, type_name
+from fleche.cache import RETRY_AFTER, MmapMode, type_name
 from fleche.config import AnyCache
 from fleche.errors import (
     CacheMiss,
@@ -30,7 +30,7 @@ from fleche.errors import (
     StaleCodeWarning,
     warn_user,
 )
-from fleche.records import ALL_METADATA, collect_metadata, is_clear
+from fleche.records import ALL_METADATA, PendingCall, collect_metadata, is_clear
 
 # Hits, misses and stores at DEBUG: logging.getLogger("fleche").setLevel("DEBUG"). On the hit
 # path, the isEnabledFor check costs 30-70 ns of a ~5 µs hit when logging is off (docs/usage.md).
@@ -55,6 +55,24 @@ def _down(cache: Any) -> bool:
     return False
 
 
+class Undecodable:
+    """What a lookup answers (as its value, with hit False) when a stored result failed to load.
+
+    Looking the call up again within the same call (single-flight's second
+    look, an executor's worker) skips that result instead of decoding it
+    again: a pickle that failed part way has run some of its constructors.
+    """
+
+    __slots__ = ("key", "ref")
+
+    def __init__(self, key: str, ref: dict[str, Any]) -> None:
+        self.key = key
+        self.ref = ref
+
+    def __repr__(self) -> str:
+        return f"Undecodable({self.key!r})"
+
+
 def _utf8(text: str) -> bool:
     """Whether ``text`` can be stored in clear (UTF-8): not with lone surrogates ("a\\udcff")."""
     if text.isascii():
@@ -72,7 +90,7 @@ class ResultIO:
     function_id: str
     qualname: str
     module: str
-    mmap: bool
+    mmap: MmapMode
     metadata: frozenset[str] | None
     func: Callable[..., Any]
     stale_code: str | None
@@ -134,8 +152,15 @@ class ResultIO:
 
     # -- lookups (fail open) -------------------------------------------------------------
 
-    def lookup(self, cache: AnyCache, key: str) -> tuple[bool, Any]:
-        """(True, result) on a hit; (False, None) on a miss or any fault reading the cache."""
+    def lookup(
+        self, cache: AnyCache, key: str, refused: Undecodable | None = None
+    ) -> tuple[bool, Any]:
+        """(True, result) on a hit; (False, None) on a miss or any fault reading the cache.
+
+        (False, :class:`Undecodable`) when the stored result failed to load:
+        pass it as ``refused`` to look again without loading that result again.
+        """
+        ref = None
         try:
             rec = cache.get_record(self.function_id, key, lazy=True)
             if rec is None:
@@ -143,10 +168,12 @@ class ResultIO:
                     _log.debug("miss %s %s in %s", self.function_id, key, cache.url)
                 return False, None
             ref = rec["result"]
+            if refused is not None and refused.key == key and refused.ref == ref:
+                return False, refused  # it failed moments ago, in this call: not again
             code = rec.get("code")  # the code that computed it (None in older records)
             if code is not None and code != self.code_now and self.stale(cache, key, code):
                 return False, None
-            value = cache.load_value(ref, mmap=True) if self.mmap else cache.load_value(ref)
+            value = cache.load_value(ref, mmap=self.mmap) if self.mmap else cache.load_value(ref)
             if _log.isEnabledFor(_DEBUG):
                 _log.debug("hit %s %s in %s", self.function_id, key, cache.url)
             return True, value
@@ -158,6 +185,8 @@ class ResultIO:
             )
         except (CorruptObjectError, SerializationError) as e:
             self.warn_once("unreadable", f"{e}; recomputing")
+            if ref is not None:
+                return False, Undecodable(key, ref)
         except OSError as e:
             # one warning per store fault, read or write: a server that is down says it once
             _DOWN[id(cache)] = (time.monotonic() + RETRY_AFTER, cache)
@@ -179,16 +208,14 @@ class ResultIO:
     def record(
         self,
         cache: AnyCache,
-        key: str,
-        items: list[tuple[str, Any]],
-        digests: list[bytes],
+        call: PendingCall,
         result_ref: dict[str, Any],
         started: float,
         duration: float,
         cpu: float | None = None,
     ) -> dict[str, Any]:
         arguments: dict[str, Any] = {}
-        for (name, value), d in zip(items, digests, strict=True):
+        for (name, value), d in zip(call.items, call.digests, strict=True):
             if is_clear(value) and (type(value) is not str or _utf8(value)):
                 arguments[name] = value
                 continue
@@ -201,7 +228,7 @@ class ResultIO:
         if not self._code_known:
             self.running_code()
         rec = self._record_head.copy()  # the fields that are the same for every call
-        rec["digest"] = key
+        rec["digest"] = call.key
         rec["arguments"] = arguments
         rec["result"] = result_ref
         chosen = self.metadata
@@ -213,15 +240,14 @@ class ResultIO:
     def store(
         self,
         cache: AnyCache,
-        key: str,
-        items: list[tuple[str, Any]],
-        digests: list[bytes],
+        call: PendingCall,
         result: Any,
         started: float,
         duration: float,
         cpu: float | None = None,
     ) -> None:
         """Write the value, then the record that points at it; warn (never raise) on faults."""
+        key = call.key
         debug = _log.isEnabledFor(_DEBUG)
         if cache.read_only or (_DOWN and _down(cache)):
             if debug:
@@ -232,7 +258,7 @@ class ResultIO:
         try:
             t0 = time.perf_counter() if debug else 0.0
             ref = cache.put_value(result)
-            rec = self.record(cache, key, items, digests, ref, started, duration, cpu)
+            rec = self.record(cache, call, ref, started, duration, cpu)
             cache.put_record(self.function_id, key, rec)
             if debug:
                 from fleche.render import format_duration, format_size

@@ -551,7 +551,7 @@ class Index:
             if blob is None:
                 continue  # gone since the listing
             try:
-                rec = codec.decode_record(blob)
+                rec = codec.decode_record(blob, name=(fid, key))
             except CorruptObjectError:
                 report.unreadable += 1  # `fleche verify` reports it; the index leaves it out
                 continue

@@ -38,7 +38,7 @@ def scan(
             if blob is None:
                 continue
             try:
-                rec = codec.decode_record(blob)
+                rec = codec.decode_record(blob, name=(fid, key))
             except CorruptObjectError:
                 continue
             if spec.match(rec):

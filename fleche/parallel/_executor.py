@@ -40,7 +40,7 @@ from concurrent.futures import Future
 from typing import Any, TypeVar
 
 from fleche.config import active_cache
-from fleche.decorator import REFRESHING, CachedFunction, ClosureRefused
+from fleche.decorator import REFRESHING, CachedFunction, ClosureRefused, Undecodable
 from fleche.errors import FlecheError
 from fleche.parallel._task import (
     _CONTAINERS,
@@ -145,9 +145,17 @@ class _Submitter:
         return mine, {k: v for k, v in kwargs.items() if k not in mine}
 
     def probe(
-        self, cf: CachedFunction, c: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        cf: CachedFunction,
+        c: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        refused: dict[str, Undecodable] | None = None,
     ) -> tuple[bool, Any, str | None]:
-        """(hit, value, call key): look the call up in cache ``c``; key None when not cacheable."""
+        """(hit, value, call key): look the call up in cache ``c``; key None when not cacheable.
+
+        ``refused``: results of earlier probes that failed to load, by call key: not loaded again.
+        """
         if self.kind.resolves_futures:
             found = _futures_in((args, kwargs))
             if found:
@@ -166,7 +174,7 @@ class _Submitter:
             return False, None, None
         if c is None or cf.uncacheable(items) or cf.skipped(c) or REFRESHING.get():
             return False, None, None
-        hit, value = cf.lookup(c, key)
+        hit, value = cf.lookup(c, key, refused.get(key) if refused else None)
         return hit, value, key
 
     def send(
@@ -199,7 +207,10 @@ class _Submitter:
             hit, value, _ = self.probe(cf, c, args, kwargs)
             if hit:
                 return _done(value)
-        task = Bound(func, _ticket(c), dict(current_tags()), cf is not None)
+            refused = value if isinstance(value, Undecodable) else None
+        else:
+            refused = None
+        task = Bound(func, _ticket(c), dict(current_tags()), cf is not None, refused)
         return self.send(func, task, args, kwargs, executor_kwargs)
 
 
@@ -349,6 +360,7 @@ def _submit_all(
     out: list[Any] = [None] * len(calls)
     waiting: dict[int, Any] = {}
     pending: dict[str, Any] = {}  # call key -> its future: equal calls are submitted once
+    refused: dict[str, Undecodable] = {}  # call key -> its stored result that failed to load
     hits = unshown = 0
 
     def advance(_: Any) -> None:
@@ -380,7 +392,7 @@ def _submit_all(
     for i, args in enumerate(calls):
         key = None
         if cf is not None:
-            hit, value, key = s.probe(cf, c, args, kwargs)
+            hit, value, key = s.probe(cf, c, args, kwargs, refused)
             if hit:
                 out[i] = value
                 hits += 1
@@ -392,6 +404,14 @@ def _submit_all(
             if key is not None and key in pending:
                 waiting[i] = pending[key]
                 waiting[i].add_done_callback(advance)
+                continue
+            if key is not None and isinstance(value, Undecodable):
+                # its stored result failed to load here: sent alone, so the worker does not
+                # load it again (nor does the probe of an equal call)
+                refused[key] = value
+                fut = s.send(func, bound.refusing(value), args, kwargs, executor_kwargs)
+                waiting[i] = pending[key] = fut
+                fut.add_done_callback(advance)
                 continue
             if key is not None and key in queued_keys:
                 flush()  # its twin is queued: submit it, then share its future

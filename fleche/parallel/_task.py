@@ -28,7 +28,7 @@ from typing import Any
 
 from fleche.cache import Cache, LayeredCache, LayerSpec
 from fleche.config import active_cache, cache, tags
-from fleche.decorator import CachedFunction
+from fleche.decorator import CachedFunction, Undecodable
 from fleche.errors import FlecheError
 from fleche.records import current_tags
 from fleche.store import MemoryStore
@@ -192,7 +192,10 @@ class Bound:
     What :func:`wrap_executor` submits; also useful alone, e.g. with
     ``dask.delayed(fleche.parallel._executor.bind(f))(x)``. ``required``: the cache must
     travel (``func`` is a fleche function); otherwise a cache that cannot be
-    pickled is left behind and the worker uses its own default.
+    pickled is left behind and the worker uses its own default. ``refused``:
+    the stored result the caller's probe failed to load (a fleche function's
+    :class:`~fleche.decorator._results.Undecodable`), which the worker's
+    lookup does not load again.
     """
 
     def __init__(
@@ -201,23 +204,34 @@ class Bound:
         ticket: CacheTicket | None,
         tags: dict[str, Any],
         required: bool = True,
+        refused: Undecodable | None = None,
     ) -> None:
         self.func = func
         self.ticket = ticket
         self.tags = tags
         self.required = required
+        self.refused = refused
         # executors show a task by its function's name (Dask keys are named after it)
         self.__name__ = getattr(func, "__name__", type(func).__name__)
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        func = self.func if self.refused is None else self._refusing
         if self.ticket is None:
             if not self.tags:
-                return self.func(*args, **kwargs)
+                return func(*args, **kwargs)
             with tags(**self.tags):
-                return self.func(*args, **kwargs)
+                return func(*args, **kwargs)
         with cache(self.ticket.cache), tags(**self.tags):
-            return self.func(*args, **kwargs)
+            return func(*args, **kwargs)
+
+    def _refusing(self, *args: Any, **kwargs: Any) -> Any:
+        cf: CachedFunction = self.func.__fleche__  # type: ignore[attr-defined]
+        return cf(args, kwargs, self.refused)
+
+    def refusing(self, refused: Undecodable) -> Bound:
+        """This task, for one call whose stored result failed to load in the caller's probe."""
+        return Bound(self.func, self.ticket, self.tags, self.required, refused)
 
     def __repr__(self) -> str:
         where = self.ticket.cache.url if self.ticket is not None else "the worker's default"
@@ -227,7 +241,7 @@ class Bound:
         ticket = self.ticket
         if ticket is not None and not self.required and not ticket.portable():
             ticket = None
-        return Bound, (self.func, ticket, self.tags, self.required)
+        return Bound, (self.func, ticket, self.tags, self.required, self.refused)
 
     def __dask_tokenize__(self) -> Any:
         # Deterministic, so Dask's pure=True gives equal calls one key (and runs them once).

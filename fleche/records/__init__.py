@@ -8,7 +8,15 @@ Inside: ``_call`` (binding arguments, keys, records as :class:`Call`),
 conditions on arguments and metadata).
 """
 
-from fleche.records._call import NO_VERSION, Binder, Call, KeyMaker, NotStored, is_clear
+from fleche.records._call import (
+    NO_VERSION,
+    Binder,
+    Call,
+    KeyMaker,
+    NotStored,
+    PendingCall,
+    is_clear,
+)
 from fleche.records._metadata import ALL as ALL_METADATA
 from fleche.records._metadata import GROUPS as METADATA_GROUPS
 from fleche.records._metadata import TAGS, current_tags, forget_git, plain, set_packages
@@ -34,6 +42,7 @@ __all__ = [
     "NO_VERSION",
     "NotStored",
     "ORDERED",
+    "PendingCall",
     "Q",
     "QuerySpec",
     "TAGS",

@@ -45,6 +45,22 @@ def is_clear(v: Any) -> bool:
     return False
 
 
+@dataclass(frozen=True, slots=True)
+class PendingCall:
+    """A call on its way to being computed: what it was given, its key, and what the key
+    was made of (each bound argument with its digest, in order), which the record stores.
+
+    Built on a miss only, so a hit pays nothing for it; handed from the decorator
+    through single-flight leases to the code that computes and stores the call.
+    """
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    key: str
+    items: list[tuple[str, Any]]
+    digests: list[bytes]
+
+
 class Binder:
     """Bind call arguments to parameter names the way ``inspect.Signature.bind`` does, faster.
 

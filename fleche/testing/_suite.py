@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from fleche.errors import CacheMiss
+from fleche.errors import CacheMiss, FlecheWarning
 from fleche.store import ObjectStore
 from fleche.testing._base import FID, digest_of
 from fleche.testing._format import FormatConformance
@@ -64,6 +65,28 @@ class StoreConformance(ValueConformance, RecordConformance, FormatConformance):
         assert list(store.iter_calls()) == []
         (kept,) = self.raw_files(store, "quarantine")
         assert store.fs.cat_file(kept) == b"garbage"
+
+    # -- reads check what they read ---------------------------------------------------
+
+    def test_a_record_under_another_calls_name_is_a_miss(self, store: ObjectStore) -> None:
+        """A record copied onto another call's name would serve the wrong result: refused."""
+        from fleche.cache import Cache  # the store suite needs no cache otherwise
+
+        c = Cache(store, index=False)
+        one, two = digest_of("call 1"), digest_of("call 2")
+        for key, result in ((one, 1), (two, 2)):
+            record = {"fleche": 1, "function": FID, "digest": key, "arguments": {}}
+            c.put_record(FID, key, {**record, "result": c.put_value(result), "metadata": {}})
+        store.put_call(FID, one, bytes(store.get_call(FID, two)))  # as `cp` would
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            assert c.get_record(FID, one) is None
+        said = [str(w.message) for w in seen if issubclass(w.category, FlecheWarning)]
+        assert len(said) == 1 and "wrong name" in said[0], said
+        assert not store.has_call(FID, one)
+        assert len(self.raw_files(store, "quarantine")) == 1
+        rec = c.get_record(FID, two)
+        assert rec is not None and c.load_value(rec["result"]) == 2
 
     # -- concurrency ------------------------------------------------------------------
 
