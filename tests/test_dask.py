@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module
 
-dask = pytest.importorskip("dask", reason="the dask extra is not installed")
-distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+dask = need_module("dask", reason="the dask extra is not installed")
+distributed = need_module("distributed", reason="the dask extra is not installed")
 from distributed import Client, LocalCluster  # noqa: E402
 from engine_contract import (  # noqa: E402
     KEYS,

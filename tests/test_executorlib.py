@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module
 
-executorlib = pytest.importorskip("executorlib", reason="the executorlib extra is not installed")
+executorlib = need_module("executorlib", reason="the executorlib extra is not installed")
 from engine_contract import (  # noqa: E402
     KEYS,
     Engine,

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from services import need_module
 
 import fleche
 from fleche import Cache, cache, codec
@@ -402,8 +403,8 @@ def test_index_option_in_fleche_toml(tmp_path: Path, monkeypatch) -> None:
 
 @pytest.fixture(scope="session")
 def moto():
-    pytest.importorskip("moto")
-    pytest.importorskip("s3fs")
+    need_module("moto")
+    need_module("s3fs")
     from s3_server import MotoS3
 
     server = MotoS3()

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from s3_server import MotoS3, S3StoreConformance, count_requests, methods
+from services import need_module
 
 from fleche import Cache, ConfigError, cache, fleche
 from fleche.errors import CacheMiss, FlecheWarning
@@ -16,7 +17,7 @@ from fleche.store import open_store
 from fleche.store_s3 import HEAD_FIRST, S3Store
 from fleche.testing import FID, digest_of
 
-pytest.importorskip(
+need_module(
     "moto", reason="moto (the S3 test server) is not installed: run ./tools/test, which installs it"
 )
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module, need_service
 from ssh_server import SSHServer
 
 from fleche import Cache, ConfigError, cache, fleche
@@ -23,9 +24,7 @@ from fleche.errors import CacheMiss, FlecheError, FlecheWarning
 from fleche.store import ObjectStore, open_store
 from fleche.testing import FID, StoreConformance, digest_of
 
-paramiko = pytest.importorskip(
-    "paramiko", reason="paramiko is not installed: pip install -e '.[tests]'"
-)
+paramiko = need_module("paramiko", reason="paramiko is not installed: pip install -e '.[tests]'")
 from fsspec.implementations.sftp import SFTPFileSystem  # noqa: E402
 from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_FSTAT, CMD_OPEN, CMD_READ, CMD_WRITE  # noqa: E402
 
@@ -308,7 +307,7 @@ def test_the_users_ssh_config_is_read_by_default(
 
 def test_proxy_jump_from_ssh_config(sshd: SSHServer, remote_dir: Path, tmp_path: Path) -> None:
     if shutil.which("ssh") is None:
-        pytest.skip("no ssh client to run the ProxyJump through")
+        need_service("no ssh client to run the ProxyJump through (apt-get install openssh-client)")
     config = tmp_path / "ssh_config"
     config.write_text(
         Path(sshd.config).read_text()
@@ -440,7 +439,7 @@ def test_known_hosts_from_the_home_directory(
 ) -> None:
     line = _host_key_line(sshd)
     if line is None:
-        pytest.skip("the test sshd's host key file is not available")
+        need_service("the test sshd's host key file is not available")
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
     (home / ".ssh" / "known_hosts").write_text(line)

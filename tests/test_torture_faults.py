@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module
 from torture_helpers import Proxy, blob, check_store, worker_env
 
 from fleche import Cache, cache, codec, fleche
@@ -322,7 +323,7 @@ def test_a_read_only_filesystem(tmp_path: Path) -> None:
 
 
 def test_s3_server_stopped_mid_run() -> None:
-    pytest.importorskip("moto", reason="moto (the S3 test server) is not installed")
+    need_module("moto", reason="moto (the S3 test server) is not installed")
     from s3_server import MotoS3
 
     server = MotoS3()
@@ -373,7 +374,7 @@ def ssh_options(sshd: Any, tmp_path: Path, **extra: Any) -> dict[str, Any]:
 
 @contextmanager
 def sftp_behind_proxy(sshd: Any, tmp_path: Path, **extra: Any) -> Iterator[tuple[str, Proxy, Any]]:
-    pytest.importorskip("paramiko", reason="paramiko is not installed")
+    need_module("paramiko", reason="paramiko is not installed")
     remote = tmp_path / "remote"
     remote.mkdir()
     proxy = Proxy((sshd.host, sshd.port))

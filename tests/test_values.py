@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from services import need_module
 
 from fleche import Cache, FlecheWarning, cache, codec, fleche
 from fleche.cache import referenced_oids
@@ -294,8 +295,8 @@ def test_local_store_and_load_256_mib_in_bounded_memory(tmp_path: Path, kind: st
 
 @pytest.fixture(scope="module")
 def moto():
-    pytest.importorskip("moto")
-    pytest.importorskip("s3fs")
+    need_module("moto")
+    need_module("s3fs")
     sys.path.insert(0, str(Path(__file__).parent))
     from s3_server import MotoS3
 
@@ -311,7 +312,7 @@ def test_s3_multipart_in_bounded_memory(moto, kind: str) -> None:
 
 
 def test_sftp_in_bounded_memory(sshd, tmp_path: Path) -> None:
-    pytest.importorskip("paramiko")
+    need_module("paramiko")
     remote = tmp_path / "remote"
     remote.mkdir()
     opts = {"key_filename": sshd.key, "look_for_keys": False, "allow_agent": False}
