@@ -329,6 +329,9 @@ def test_s3_server_stopped_mid_run() -> None:
     server = MotoS3()
     bucket = server.new_bucket()
     url = f"s3://{bucket}/cache"
+    host, _, port = server.endpoint.partition("//")[2].partition(":")
+    proxy = Proxy((host, int(port)))  # the client's way to the server: counts its attempts
+    options = server.options(endpoint_url=f"http://127.0.0.1:{proxy.port}")
     computed: list[int] = []
 
     @fleche
@@ -337,21 +340,25 @@ def test_s3_server_stopped_mid_run() -> None:
         return blob(i, 20_000)
 
     try:
-        with cache(url, **server.options()), fleche_warnings() as seen:
+        with cache(url, **options), fleche_warnings() as seen:
             for i in range(5):
                 assert big20(i) == blob(i, 20_000)
             server.stop()
-            t0 = time.monotonic()
-            for i in range(10):  # 0-4 were stored, but the server is gone: recomputed
+            before = proxy.attempts
+            assert big20(0) == blob(0, 20_000)  # stored, but the server is gone: recomputed
+            tried = proxy.attempts - before
+            for i in range(1, 10):
                 assert big20(i) == blob(i, 20_000)
-            down = time.monotonic() - t0
         assert computed == [*range(5), *range(10)]
         assert len(seen) == 1, seen
-        assert "cannot read" in seen[0] and server.endpoint.partition("//")[2] in seen[0]
-        # one slow attempt (the client's retries), then the cache is skipped, not retried
-        assert down < 30, f"10 calls took {down:.1f} s with the server down"
+        assert "cannot read" in seen[0] and f"127.0.0.1:{proxy.port}" in seen[0]
+        # one attempt (with the client's retries), then the cache is skipped, not retried:
+        # asserted by what reached the server, not by how long it took
+        assert tried > 0
+        assert proxy.attempts - before == tried
     finally:
         server.stop()
+        proxy.close()
     # moto keeps its state in this process: a new server shows what the old one held
     again = MotoS3()
     try:
@@ -412,14 +419,18 @@ def test_sftp_connection_cut_mid_run(sshd: Any, tmp_path: Path) -> None:
             for i in range(5):
                 assert big20(i) == blob(i, 20_000)
             proxy.cut()  # every connection reset, new ones refused
-            t0 = time.monotonic()
-            for i in range(10):
+            before = proxy.attempts
+            assert big20(0) == blob(0, 20_000)
+            tried = proxy.attempts - before
+            for i in range(1, 10):
                 assert big20(i) == blob(i, 20_000)
-            down = time.monotonic() - t0
         assert computed == [*range(5), *range(10)]
         assert len(seen) == 1, seen
         assert "cannot read" in seen[0]
-        assert down < 30, f"10 calls took {down:.1f} s with the connection cut"
+        # the first call found the connection gone (the warning); the next nine did not try
+        # to reconnect (each would: the store reconnects on its next request), the store is
+        # skipped: asserted by what reached the network, not by how long it took
+        assert proxy.attempts - before == tried
         proxy.resume()
         store = open_store(url, **opts)
         assert verified(store) == 5
@@ -512,12 +523,16 @@ def test_a_stalled_sftp_server_times_out_with_one_warning(sshd: Any, tmp_path: P
         with cache(c), fleche_warnings() as seen:
             assert big20(0) == blob(0, 20_000)
             proxy.stall()  # connected, but nothing comes back
-            t0 = time.monotonic()
-            for i in range(5):
+            before = (proxy.attempts, proxy.sent)
+            assert big20(0) == blob(0, 20_000)  # times out (io_timeout): no hang
+            tried = (proxy.attempts, proxy.sent)
+            for i in range(1, 5):
                 assert big20(i) == blob(i, 20_000)
-            stalled = time.monotonic() - t0
         assert len(seen) == 1, seen
-        assert stalled < 20, f"5 calls took {stalled:.1f} s on a stalled server"
+        # one call waited for the stalled server, the next four skipped it: asserted by what
+        # they sent, not by how long they took (the test's timeout catches a hang)
+        assert tried[1] > before[1]
+        assert (proxy.attempts, proxy.sent) == tried
         proxy.cut()
         proxy.resume()
         store = open_store(url, **opts)
