@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from rgw_server import RadosGW, radosgw_service
-from s3_server import S3StoreConformance, count_requests, methods
+from s3_server import S3StoreConformance, S3UploadCleanup, count_requests, methods
 from services import need_module, need_service
 
 from fleche import Cache, ConfigError, cache, fleche
@@ -54,6 +54,12 @@ class TestRadosGWStore(S3StoreConformance):
     @pytest.fixture
     def store(self, rgw_store: S3Store) -> S3Store:
         return rgw_store
+
+
+class TestRadosGWUploads(S3UploadCleanup):
+    @pytest.fixture
+    def server(self, rgw: RadosGW) -> RadosGW:
+        return rgw
 
 
 # -- create-only writes, as the server does them --------------------------------------------
