@@ -373,19 +373,40 @@ def test_import_fleche_does_not_import_paramiko() -> None:
 # -- errors that are not misses ----------------------------------------------------------------
 
 
-def test_missing_remote_directory(
+def test_missing_remote_directory_is_created_as_a_local_one_is(
     sshd: SSHServer, ssh_options: dict[str, Any], tmp_path: Path
 ) -> None:
     missing = tmp_path / "not" / "there"
-    for read_only in (False, True):
-        with pytest.raises(ConfigError) as info:
-            open_store(sshd.url(missing), read_only=read_only, **ssh_options)
-        message = str(info.value)
-        assert str(missing) in message and "does not exist" in message
-        assert sshd.url(missing) in message and "mkdir -p" in message
+    # read-only, nothing could ever be read there: a mistake, said at once
+    with pytest.raises(ConfigError) as info:
+        open_store(sshd.url(missing), read_only=True, **ssh_options)
+    message = str(info.value)
+    assert str(missing) in message and "does not exist" in message
+    assert sshd.url(missing) in message and "mkdir -p" in message
     assert not missing.exists()
-    with open_store(sshd.url(missing), create=True, **ssh_options) as store:
+    # writable: an empty store, created by its first write (as a local store is)
+    with open_store(sshd.url(missing), **ssh_options) as store:
+        assert not missing.exists()  # opening writes nothing
+        assert store.find_call(FID, digest_of("absent")) is None  # a miss, not an error
+        store.put_call(FID, digest_of("first"), b"the first record")
         assert (missing / "fleche.json").is_file()
+        assert store.get_call(FID, digest_of("first")) == b"the first record"
+    # through the decorator: fleche.cache(url) on a directory that does not exist yet
+    computed: list[int] = []
+
+    @fleche
+    def square(i: int) -> int:
+        computed.append(i)
+        return i * i
+
+    fresh = tmp_path / "fresh" / "cache"
+    with cache(sshd.url(fresh), **ssh_options) as c:
+        assert [square(3), square(3)] == [9, 9]
+        c.store.close()
+    assert computed == [3] and (fresh / "fleche.json").is_file()
+    created = tmp_path / "created"
+    with open_store(sshd.url(created), create=True, **ssh_options) as store:
+        assert (created / "fleche.json").is_file()
         assert store.info()["format"] == 1
     (tmp_path / "a-file").write_text("x")
     with pytest.raises(ConfigError, match="not a directory"):
