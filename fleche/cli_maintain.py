@@ -249,11 +249,10 @@ def _print_gc(plan: Any, result: Any, verbose: bool) -> None:
             click.echo(f"    {result.spared:>7,}  kept: calls written meanwhile use them")
         click.echo(f"  {_n(tmp, 'tmp file')} ({format_size(tmp_bytes)})")
         if plan.uploads:
-            aborted = len(plan.uploads) if result is None else result.uploads
-            click.echo(
-                f"  {_n(aborted, 'incomplete upload')} ({'would be ' if result is None else ''}"
-                "aborted: multipart uploads older than --grace, their parts billed)"
-            )
+            if result is None:
+                click.echo(f"  {_n(len(plan.uploads), 'incomplete upload')} older than --grace")
+            else:
+                click.echo(f"  {_n(result.uploads, 'incomplete upload')} aborted")
             for u in plan.uploads:
                 click.echo(f"    {u.key}  upload {u.upload_id}  {format_time(u.initiated)}")
         if verbose:

@@ -242,7 +242,7 @@ class S3UploadCleanup:
 
         dry = CliRunner().invoke(main, ["gc", "-s", "team", "--grace", "0s", "-n"])
         assert dry.exit_code == 0, dry.output
-        assert "1 incomplete upload (would be aborted" in dry.output
+        assert "1 incomplete upload older than --grace" in dry.output
         assert (
             upload["UploadId"] in dry.output and upload["Key"].removeprefix("cache/") in dry.output
         )
