@@ -29,6 +29,11 @@ that references them, exactly as a single cache writes them.
 
 The layers themselves (opening, health, copying between them) are
 :mod:`fleche.cache_layer_set`'s; this module holds the cache's interface.
+
+The same fail-open serves a single store: :func:`open_cache` (what
+``fleche.cache(url)`` and a named cache use) returns a
+:class:`DeferredCache`, one layer that failed to open, when the store cannot
+be reached or read, so that the program computes uncached instead of stopping.
 """
 
 from __future__ import annotations
