@@ -14,10 +14,12 @@ It is a cache of the store, rebuilt from it at will:
 - it notices when the store changed behind its back (other processes, rsync,
   ``fleche sync``/``gc``) and catches up before answering
   (:mod:`fleche.index_fresh` says how, per kind of store);
-- a damaged file is set aside and refilled with one warning; deleting it
-  loses nothing; a fault never breaks a write (one warning, then the index
-  marks itself stale and catches up in full at the next query) nor a query
-  (it answers by scanning the store).
+- a damaged file is set aside and refilled with one warning, and so is one
+  replaced by another store's catalogue under a running process (checked
+  before every query); deleting it loses nothing; a fault never breaks a
+  write (one warning, then the index marks itself stale and catches up in
+  full at the next query) nor a query (it answers by scanning the store; a
+  catalogue locked past its busy timeout is left alone for a minute).
 
 Where it lives (:func:`open_index`): beside a writable local store
 (``<store>/index/catalog.sqlite``: the store's own listings, ``sync``,
@@ -123,23 +125,35 @@ class Index(SearchableCatalog):
                 self._set_state(tx, f"listed:{name}", repr(when))
 
     def _check_identity(self, store: ObjectStore) -> None:
-        """Forget every stamp when the catalogue came with a copy of the store (rsync, cp -r).
+        """Start afresh when the catalogue is not this store's: it came with a copy of the
+        store (rsync, cp -r), or it was replaced while this process used it.
 
-        Stamps are inodes and mtimes: another directory's are meaningless, and
-        the records there may differ from those the catalogue lists.
+        Stamps are inodes and mtimes: another directory's are meaningless, and the
+        records there may differ from those the catalogue lists, so every row is read
+        again from the store. Checked before every query (a stat and one row): a file
+        may be copied over the catalogue at any moment. Replaced under this process,
+        it is set aside with one warning; met at first (a copy), emptied silently.
         """
-        if self._checked_identity:
-            return
         st = os.stat(store.root) if os.path.isdir(store.root) else None
         ident = f"{store.root}|{st.st_dev}:{st.st_ino}" if st else f"{store.root}|-"
         rows = self.db.read("SELECT value FROM fleche_state WHERE name = 'store'")
-        if not rows or rows[0][0] != ident:
-            with self.db.transaction() as tx:
-                if rows:
-                    tx.execute("DELETE FROM fleche_fans")
-                    self._fans_known.clear()
-                    tx.execute("UPDATE fleche_calls SET stamp = NULL")
-                self._set_state(tx, "store", ident)
+        found = rows[0][0] if rows else None
+        if found is not None and _same_store(found, ident):
+            if not self._checked_identity and found != ident:  # this store, by another path
+                with self.db.transaction() as tx:
+                    self._set_state(tx, "store", ident)
+            self._checked_identity = True
+            return
+        foreign = found is not None or bool(self.db.read("SELECT 1 FROM fleche_calls LIMIT 1"))
+        if foreign:
+            self._fans_known.clear()
+            self._analyzed = None
+            if self._checked_identity:  # it was ours a moment ago
+                said = f" ({found.rpartition('|')[0]})" if found else ""
+                self.db.set_aside(f"it was replaced by the catalogue of another store{said}")
+            self.db.reset()
+        with self.db.transaction() as tx:
+            self._set_state(tx, "store", ident)
         self._checked_identity = True
 
     def _check_fans(self, store: ObjectStore, fid: str) -> None:
@@ -252,7 +266,6 @@ class Index(SearchableCatalog):
         started = time.time()
         local = is_local(store)
         if local:
-            self._checked_identity = False
             self._check_identity(store)
         present = list_functions(store)
         report = RefreshReport()
@@ -347,6 +360,12 @@ class Index(SearchableCatalog):
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def _same_store(a: str, b: str) -> bool:
+    """Whether two identities (``root|dev:ino``) name one directory, by whatever path."""
+    key = a.rpartition("|")[2]
+    return a == b or (key != "-" and key == b.rpartition("|")[2])
 
 
 # -- opening an index -----------------------------------------------------------------------

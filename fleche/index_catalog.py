@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from fleche import codec
 from fleche.errors import warn_user
-from fleche.index_db import CatalogReset, Db, Tx
+from fleche.index_db import CatalogReset, Db, Tx, is_busy
 from fleche.index_fresh import RefreshReport, is_local, is_memory, record_stamp
 from fleche.index_sqlgen import call_row
 from fleche.index_write import Row, chunks, delete, upsert_postgresql, upsert_sqlite
@@ -40,6 +40,10 @@ REMOTE_MAX_AGE = 300.0
 machines show up in queries after at most this long (or ``fleche index refresh``)."""
 PENDING_MAX = 256  # buffered writes before a flush
 PENDING_AGE = 1.0  # seconds the oldest buffered write may wait for the next one
+LOCKED_RETRY = 60.0
+"""Seconds a catalogue found locked (past its busy timeout) is left alone: queries read the
+store meanwhile, and writes wait for the refresh that follows, so no call waits on that lock
+again and again."""
 
 
 # -- every live catalogue: flushed at exit, reset in a forked child ------------------------
@@ -90,6 +94,7 @@ class Catalog(ABC):
         self._pending: list[tuple[str, str, str, dict[str, Any] | None, int]] = []
         self._pending_since = 0.0
         self._stale = False
+        self._locked_at: float | None = None  # time.monotonic() of the last lock that did not clear
         self._checked_identity = False
         self._warned: set[str] = set()
         # (function, fan) pairs this process knows have a fleche_fans row
@@ -113,9 +118,17 @@ class Catalog(ABC):
     # -- faults --------------------------------------------------------------------------
 
     def _fault(self, action: str, error: BaseException) -> None:
-        """Warn once per kind of fault; the index is stale until a full refresh succeeds."""
+        """Warn once per kind of fault; the index is stale until a full refresh succeeds.
+
+        A lock that did not clear within the busy timeout also sets the catalogue
+        aside for :data:`LOCKED_RETRY` seconds (:attr:`locked`).
+        """
         self._stale = True
-        kind = f"{action}:{type(error).__name__}"
+        if is_busy(error):
+            self._locked_at = time.monotonic()
+            kind = "locked"
+        else:
+            kind = f"{action}:{type(error).__name__}"
         if kind not in self._warned:
             self._warned.add(kind)
             where = getattr(self.store, "url", None) or "its store"
@@ -127,6 +140,11 @@ class Catalog(ABC):
                 "the store is unaffected (queries read it directly until the index recovers; "
                 "this warning is not repeated)"
             )
+
+    @property
+    def locked(self) -> bool:
+        """True while the catalogue is left alone after a lock that did not clear."""
+        return self._locked_at is not None and time.monotonic() < self._locked_at + LOCKED_RETRY
 
     def _reset(self, reset: CatalogReset) -> None:
         self._stale = True
@@ -189,6 +207,9 @@ class Catalog(ABC):
         with self._pending_lock:
             ops, self._pending = self._pending, []
         if not ops:
+            return
+        if self.locked:  # not waited on again: the full refresh after the lock catches up
+            self._stale = True
             return
         try:
             with self._lock:

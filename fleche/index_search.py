@@ -56,15 +56,17 @@ class SearchableCatalog(Catalog):
             return
         seen: set[tuple[str, str]] = set()
         try:
-            self._prepare(spec)
-            for row in self._select(spec, limit, newest_first):
-                seen.add(row[1:])
-                yield row
-            return
+            if not self._left_alone():
+                self._prepare(spec)
+                for row in self._select(spec, limit, newest_first):
+                    seen.add(row[1:])
+                    yield row
+                return
         except self.db.faults as e:
             if self.store is None:
                 raise IndexFault(f"the index {self.db.location} failed: {e}") from e
             self._fault("answer a query", e)
+        assert self.store is not None
         left = None if limit is None else limit - len(seen)
         for row in scan(self.store, spec, newest_first=newest_first):
             if row[1:] in seen:
@@ -78,23 +80,33 @@ class SearchableCatalog(Catalog):
     def count(self, spec: QuerySpec) -> int:
         """How many calls match ``spec``."""
         try:
-            self._prepare(spec)
-            compiled = compile_spec(spec, self.db.dialect)
-            if not compiled.post:
-                with self._lock:
-                    rows = self._guarded(
-                        lambda: self.db.read(
-                            f"SELECT COUNT(*) FROM fleche_calls c WHERE {compiled.where}",
-                            compiled.params,
+            if not self._left_alone():
+                self._prepare(spec)
+                compiled = compile_spec(spec, self.db.dialect)
+                if not compiled.post:
+                    with self._lock:
+                        rows = self._guarded(
+                            lambda: self.db.read(
+                                f"SELECT COUNT(*) FROM fleche_calls c WHERE {compiled.where}",
+                                compiled.params,
+                            )
                         )
-                    )
-                return int(rows[0][0])
-            return sum(1 for _ in self._select(spec, None, False))
+                    return int(rows[0][0])
+                return sum(1 for _ in self._select(spec, None, False))
         except self.db.faults as e:
             if self.store is None:
                 raise IndexFault(f"the index {self.db.location} failed: {e}") from e
             self._fault("answer a query", e)
+        assert self.store is not None
         return sum(1 for _ in scan(self.store, spec))
+
+    def _left_alone(self) -> bool:
+        """True while a locked catalogue is not touched: the store answers (warned already)."""
+        if not self.locked:
+            return False
+        if self.store is None:  # nothing else could answer
+            raise IndexFault(f"the index {self.db.location} is locked by another connection")
+        return True
 
     def _prepare(self, spec: QuerySpec) -> None:
         self.flush()
