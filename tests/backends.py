@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from s3_server import MotoS3
+from services import need_service
 
 from fleche.store import LocalStore, MemoryStore, ObjectStore, open_store
 
@@ -34,10 +35,10 @@ def _moto() -> MotoS3 | str:
 
 
 def moto_s3() -> MotoS3:
-    """The test process's moto S3 server (isolate with a new bucket); skips, saying why, without one."""
+    """The test process's moto S3 server (isolate with a new bucket); skips (fails in CI) without one."""
     server = _moto()
     if isinstance(server, str):
-        pytest.skip(server)
+        need_service(server)
     return server
 
 

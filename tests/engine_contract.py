@@ -210,9 +210,7 @@ class EngineContract:
             assert again == out and sent.count == 10  # all hits: nothing reached the engine
 
     def test_100_calls_of_20_keys_compute_20_times(self, engine: Engine, shared: Cache, log: str):
-        t0 = time.monotonic()
         with cache(shared):
             results = engine.gather([engine.submit(once, k, log) for k in KEYS])
         assert results == [k * k for k in KEYS]
         assert counted(log) == dict.fromkeys(range(20), 1)
-        assert time.monotonic() - t0 < 40

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -125,3 +127,130 @@ class S3StoreConformance(StoreConformance):
 
     def reopen(self, store: ObjectStore, *, read_only: bool = False) -> ObjectStore:
         return S3Store(store.url, fs=store.fs, read_only=read_only)
+
+
+class S3UploadCleanup:
+    """Incomplete multipart uploads, on a real S3 server: subclasses give the ``server`` fixture.
+
+    Run on moto's server (``test_store_s3``) and on radosgw (``test_store_rgw``).
+    The network between fleche and the server is cut (``torture_helpers.Proxy``)
+    after an upload began: the upload fails, its abort fails too, and its parts
+    stay in the bucket. That warns, and ``fleche gc`` finds and aborts it.
+    """
+
+    def _upload_cut_midway(
+        self, server: Any, url: str, tmp_path: Any
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        """A large value whose upload loses the network after it began: the warnings, the uploads."""
+        from torture_helpers import Proxy
+
+        from fleche.errors import FlecheWarning
+        from fleche.store import open_store
+        from fleche.testing import digest_of
+
+        host, _, port = server.endpoint.partition("//")[2].partition(":")
+        proxy = Proxy((host, int(port)))
+        # no retries: the network is gone, and retrying only makes the test slower
+        store = open_store(
+            url,
+            **server.options(
+                endpoint_url=f"http://127.0.0.1:{proxy.port}",
+                config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 5},
+            ),
+        )
+        store.info()  # fleche.json written before the network goes
+
+        def chunks() -> Iterator[bytes]:
+            proxy.cut()  # the upload was created; now the network goes down
+            yield b"part of a large value" * 1000
+
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    store.put_stream(chunks(), oid=digest_of("a large value"))
+                except OSError:
+                    pass
+                else:
+                    raise AssertionError("an upload over a cut network succeeded")
+        finally:
+            proxy.close()
+        said = [str(w.message) for w in caught if issubclass(w.category, FlecheWarning)]
+        bucket = url.partition("//")[2].partition("/")[0]
+        listed = server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        return said, listed
+
+    def test_a_failed_upload_that_cannot_be_aborted_warns_and_gc_aborts_it(
+        self, server: Any, tmp_path: Any
+    ) -> None:
+        from fleche.store import open_store
+        from fleche.upkeep import apply_gc, plan_gc
+
+        bucket = server.new_bucket()
+        url = f"s3://{bucket}/team/cache"
+        said, listed = self._upload_cut_midway(server, url, tmp_path)
+        assert len(listed) == 1, listed  # its parts stay: the abort never reached the server
+        upload = listed[0]
+        assert upload["Key"].startswith("team/cache/objects/")
+        # one warning, naming the upload, where it is, and what removes it
+        assert len(said) == 1, said
+        assert upload["UploadId"] in said[0] and repr(bucket) in said[0]
+        assert upload["Key"] in said[0] and "fleche gc" in said[0]
+
+        # Another user's upload in the same bucket, outside the store's prefix: never touched.
+        client = server.client()
+        foreign = client.create_multipart_upload(Bucket=bucket, Key="team/other/data.bin")
+        store = open_store(url, **server.options())
+        began = upload["Initiated"].timestamp()  # the server's clock, as gc reads it
+        # younger than the grace: may be a write in flight, left alone
+        assert plan_gc(store, grace=time.time() - began + 86400).uploads == []
+        plan = plan_gc(store, grace=0)
+        assert [(u.key, u.upload_id) for u in plan.uploads] == [
+            (upload["Key"].removeprefix("team/cache/"), upload["UploadId"])
+        ]
+        assert plan.to_dict()["uploads"][0]["upload_id"] == upload["UploadId"]
+        assert len(client.list_multipart_uploads(Bucket=bucket)["Uploads"]) == 2  # a plan: listed
+
+        result = apply_gc(store, plan)
+        assert result.uploads == 1 and not result.errors
+        left = client.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+        assert [u["UploadId"] for u in left] == [foreign["UploadId"]]
+        assert plan_gc(store, grace=0).uploads == []  # nothing left to abort
+        apply_gc(store, plan)  # aborting one already gone is not an error
+        client.abort_multipart_upload(
+            Bucket=bucket, Key="team/other/data.bin", UploadId=foreign["UploadId"]
+        )
+
+    def test_fleche_gc_lists_then_aborts_incomplete_uploads(
+        self, server: Any, tmp_path: Any, monkeypatch: Any
+    ) -> None:
+        from click.testing import CliRunner
+
+        from fleche.cli import main
+
+        bucket = server.new_bucket()
+        url = f"s3://{bucket}/cache"
+        _, listed = self._upload_cut_midway(server, url, tmp_path)
+        (upload,) = listed
+        opts = {k: v for k, v in server.options().items()}
+        table = ", ".join(f"{k} = {json.dumps(v)}" for k, v in opts.items())
+        (tmp_path / "fleche.toml").write_text(
+            f'root = true\n[caches.team]\nurl = "{url}"\nstorage_options = {{ {table} }}\n'
+        )
+        monkeypatch.chdir(tmp_path)
+
+        dry = CliRunner().invoke(main, ["gc", "-s", "team", "--grace", "0s", "-n"])
+        assert dry.exit_code == 0, dry.output
+        assert "1 incomplete upload older than --grace" in dry.output
+        assert (
+            upload["UploadId"] in dry.output and upload["Key"].removeprefix("cache/") in dry.output
+        )
+        client = server.client()
+        assert len(client.list_multipart_uploads(Bucket=bucket)["Uploads"]) == 1  # dry run
+
+        done = CliRunner().invoke(main, ["gc", "-s", "team", "--grace", "0s", "--json"])
+        assert done.exit_code == 0, done.output
+        doc = json.loads(done.stdout)
+        assert [u["upload_id"] for u in doc["plan"]["uploads"]] == [upload["UploadId"]]
+        assert doc["result"]["uploads"] == 1
+        assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []

@@ -4,10 +4,16 @@
 ``FLECHE_TEST_*`` variables. A plain ``pytest`` run starts the service itself
 with the same script, for the session, and stops it at the end. When a
 service truly cannot run here, its script says why in ``..._SKIP``.
+
+A test that cannot run because a service (or the package that talks to it) is
+missing calls :func:`need_service` / :func:`need_module`: it skips, saying
+why, on a developer's machine, and **fails** when ``CI`` is set, so that a CI
+run can never be green over a backend that was silently left out.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import shlex
 import subprocess
@@ -15,8 +21,37 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
+
+import pytest
 
 SERVICES = Path(__file__).resolve().parent.parent / "tools" / "services"
+
+
+def in_ci() -> bool:
+    """True when the ``CI`` environment variable is set (to anything but ``""``, ``0``, ``false``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def need_service(reason: str) -> NoReturn:
+    """Stop a test whose service is missing: skip with ``reason``, or fail with it in CI.
+
+    Works in a test, a fixture or at module level (a module that cannot even be
+    imported without the service's client package).
+    """
+    if in_ci():
+        pytest.fail(f"{reason} (CI is set: a missing service fails the run, never skips)", False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def need_module(name: str, reason: str | None = None) -> ModuleType:
+    """Import ``name`` (a service's client or test server package), or :func:`need_service`."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        why = reason or f"{name} is not installed: run ./tools/test, which installs it"
+        need_service(f"{why} ({e})")
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -21,6 +21,7 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from services import need_module
 from torture_helpers import budget
 
 from fleche import (
@@ -543,7 +544,7 @@ def test_fleche_cache_naming_an_unknown_protocol(monkeypatch: pytest.MonkeyPatch
 
 
 def test_fleche_cache_naming_an_unreachable_server(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("paramiko", reason="paramiko is not installed")
+    need_module("paramiko", reason="paramiko is not installed")
     monkeypatch.setenv("FLECHE_CACHE", "sftp://127.0.0.1:1/x")
     config.reset_default()
     c = Counted()

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from services import need_module
 from upkeep_helpers import (
     BIG,
     SIMULATE,
@@ -449,7 +450,7 @@ def test_wrong_format_version(populated):
 
 
 def test_unreachable_host(tmp_path):
-    pytest.importorskip("paramiko")
+    need_module("paramiko")
     proc = fleche_proc("ls", "-s", "sftp://127.0.0.1:1/srv/cache")
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "127.0.0.1" in proc.stderr

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module
 
 import fleche
 from fleche import Cache, open_store
@@ -102,8 +103,8 @@ def test_pandas_pipeline_recomputes_only_the_steps_whose_input_changed(tmp_path:
 
 @pytest.fixture(scope="module")
 def s3() -> Iterator[Any]:
-    pytest.importorskip("moto", reason="moto (the S3 test server) is not installed")
-    pytest.importorskip("s3fs", reason="the s3 extra is not installed")
+    need_module("moto", reason="moto (the S3 test server) is not installed")
+    need_module("s3fs", reason="the s3 extra is not installed")
     from s3_server import MotoS3
 
     server = MotoS3()
@@ -177,7 +178,7 @@ def test_team_cache_s3_names_a_missing_bucket(tmp_path: Path, s3: Any) -> None:
 
 
 def test_dask_cluster_sends_only_misses_to_the_workers(tmp_path: Path) -> None:
-    pytest.importorskip("distributed", reason="the dask extra is not installed")
+    need_module("distributed", reason="the dask extra is not installed")
     store = str(tmp_path / "store")
     first = run("dask_cluster.py", "--small", "--store", store, cwd=tmp_path)
     second = run("dask_cluster.py", "--small", "--store", store, cwd=tmp_path)

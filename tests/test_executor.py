@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -45,6 +46,16 @@ def fail(x: int) -> int:
 @fleche
 def slow(x: int) -> int:
     time.sleep(0.5)
+    return x
+
+
+GATE = threading.Event()
+
+
+@fleche
+def gated(x: int) -> int:
+    """Returns once the test opens :data:`GATE` (run by a thread pool of this process)."""
+    assert GATE.wait(T)
     return x
 
 
@@ -310,12 +321,15 @@ def test_map_raises_the_first_failure_and_cancels_the_rest(store_dir: Path):
     with cache(store_dir), CountingPool(1) as pool:
         with pytest.raises(ValueError, match="no 0"):
             fleche_pkg.map(fail, range(5), executor=pool, progress=False)
-        t0 = time.monotonic()
-        with pytest.raises(TimeoutError):
-            fleche_pkg.map(slow, [1, 2, 3], executor=pool, progress=False, timeout=0.2)
-        assert time.monotonic() - t0 < 0.45  # did not wait for the first call to finish
+        GATE.clear()
+        try:
+            with pytest.raises(TimeoutError):
+                fleche_pkg.map(gated, [1, 2, 3], executor=pool, progress=False, timeout=0.2)
+            assert not gated.contains(1)  # raised without waiting for the first call to finish
+        finally:
+            GATE.set()
     with cache(store_dir):
-        assert slow.contains(1) and not slow.contains(2)  # 2 and 3 were cancelled
+        assert gated.contains(1) and not gated.contains(2)  # 2 and 3 were cancelled
 
 
 def test_the_cache_is_captured_when_submitted(store_dir: Path, tmp_path: Path):

@@ -10,14 +10,14 @@ engine_contract by name: ``tests/`` goes on their PYTHONPATH.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module
 
-executorlib = pytest.importorskip("executorlib", reason="the executorlib extra is not installed")
+executorlib = need_module("executorlib", reason="the executorlib extra is not installed")
 from engine_contract import (  # noqa: E402
     KEYS,
     Engine,
@@ -36,7 +36,9 @@ from fleche.cache import LeasePolicy  # noqa: E402
 TESTS = str(Path(__file__).resolve().parent)
 
 
-@fleche(single_flight=LeasePolicy(ttl=30.0, poll=0.02, poll_max=0.1))
+# An hour's ttl: the killed owner's lease is taken over because its process is gone
+# (detect_dead), never by waiting it out, which would outlast every timeout here.
+@fleche(single_flight=LeasePolicy(ttl=3600.0, poll=0.02, poll_max=0.1))
 def fragile(x: int, log: str) -> int:
     # ttl=30: the dead owner must be recognised by its pid (same machine), not by expiry
     return dies_at_seven(x, log)
@@ -72,13 +74,11 @@ class TestExecutorlib(EngineContract):
         return ExecutorlibEngine(ex)
 
     def test_a_worker_killed_mid_task_is_replaced(self, tmp_path: Path, log: str):
-        t0 = time.monotonic()
         with cache(tmp_path / "c"), _executor() as e:
             wrap_executor(e)
             futures = [e.submit(fragile, k, log) for k in KEYS]
-            results = [f.result(timeout=T) for f in futures]
+            results = [f.result(timeout=T) for f in futures]  # within T: the ttl not waited out
         assert_the_killed_owner_was_taken_over(results, log)  # 7: the waiter found its pid gone
-        assert time.monotonic() - t0 < 30  # well under the 30 s ttl: not waited out
 
 
 def test_hit_futures_feed_dependent_tasks(ex, tmp_path: Path):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from services import need_module
 
 import fleche
 from fleche import Cache, cache, codec
@@ -336,6 +337,135 @@ def test_a_catalogue_of_another_schema_is_rebuilt(tmp_path: Path) -> None:
         assert count(Cache(tmp_path / "store")) == 4
 
 
+# -- a catalogue damaged, replaced or locked under a running process ------------------------
+
+
+def queried(c: Cache) -> list[int]:
+    """``n`` of every stored call, by a query: the index lists, the store confirms."""
+    with cache(c):
+        return sorted(call.arguments["n"] for call in simulate.query())
+
+
+def _checkpoint(path: Path) -> None:
+    """Move the catalogue's rows from its -wal into the file, as any connection may at any time."""
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+
+
+def _empty_database(path: Path) -> None:
+    """Overwrite ``path`` in place with a valid SQLite database holding no table at all."""
+    blank = path.with_name("blank.sqlite")
+    con = sqlite3.connect(blank)
+    con.execute("PRAGMA user_version = 7")
+    con.commit()
+    con.close()
+    shutil.copyfile(blank, path)
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Put another file at ``path`` (a rename: the process holding the old one keeps it open)."""
+    tmp = path.with_name("incoming")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+# How the catalogue file changes under the Cache holding it open; ``other`` is another store's.
+DAMAGE = {
+    "truncated to nothing": lambda path, other: os.truncate(path, 0),
+    "truncated to half": lambda path, other: os.truncate(path, path.stat().st_size // 2),
+    "overwritten with garbage": lambda path, other: path.write_bytes(
+        os.urandom(path.stat().st_size)
+    ),
+    "replaced by garbage": lambda path, other: _replace(path, os.urandom(64 << 10)),
+    "overwritten by another store's catalogue": lambda path, other: shutil.copyfile(other, path),
+    "overwritten by an empty database": lambda path, other: _empty_database(path),
+    "replaced by another store's catalogue": lambda path, other: _replace(path, other.read_bytes()),
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_a_catalogue_damaged_under_a_running_cache_is_rebuilt(tmp_path: Path, damage: str) -> None:
+    other = Cache(tmp_path / "other")
+    fill(other, range(100, 140), alpha=0.5)
+    assert count(other) == 40
+    other.index.close()
+    _checkpoint(Path(other.index.location))
+
+    c = Cache(tmp_path / "store")
+    fill(c, range(30))
+    assert queried(c) == list(range(30))
+    path = Path(c.index.location)
+    _checkpoint(path)  # the rows in the file itself, not only in its -wal
+    DAMAGE[damage](path, Path(other.index.location))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert queried(c) == list(range(30))  # right: rebuilt from the store's records
+        fill(c, range(30, 33))
+        assert queried(c) == list(range(33))
+        assert count(c) == 33 and count(c, alpha_is(0.5)) == 0  # none of the other store's
+    said = [str(w.message) for w in caught if issubclass(w.category, FlecheWarning)]
+    assert len(said) == 1, said  # one warning, saying what happened to the index
+    assert str(path) in said[0] and "rebuilt from the store" in said[0]
+    assert not c.index.stale  # the index answers again: no scan of the store from now on
+    assert count(Cache(tmp_path / "store")) == 33  # and so does a fresh process's
+    assert count(other) == 40  # the other store's own catalogue is untouched
+
+
+@pytest.mark.timeout(60)  # the guard: a query that waits on the lock as it once did (30 s) fails
+def test_a_lock_that_never_clears_does_not_hold_up_queries(tmp_path: Path, monkeypatch) -> None:
+    from fleche.index import _index as index_catalog
+
+    c = Cache(tmp_path / "store")
+    fill(c, range(5))
+    assert queried(c) == list(range(5))
+    # a writer that took the catalogue's write lock and never lets go (a process stopped
+    # mid-transaction, a notebook that began one): queries must not wait on it
+    holder = sqlite3.connect(c.index.location, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        fill(c, range(5, 8))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(4):  # each one right: from the store, while the index cannot catch up
+                assert queried(c) == list(range(8))
+                assert count(c) == 8
+        said = [str(w.message) for w in caught if issubclass(w.category, FlecheWarning)]
+        assert len(said) == 1, said
+        assert "locked" in said[0] and "queries read it directly" in said[0]
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    # once the lock is gone, the index is used again (after its retry delay; none here)
+    monkeypatch.setattr(index_catalog, "LOCKED_RETRY", 0.0)
+    fill(c, range(8, 10))
+    assert queried(c) == list(range(10))
+    assert count(c) == 10 and not c.index.stale
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("leftover", ["-wal", "-shm", "-journal"])
+def test_leftover_journal_files_neither_hold_up_nor_mislead_a_query(
+    tmp_path: Path, leftover: str
+) -> None:
+    """Garbage where SQLite keeps its write-ahead log, its shared memory or a rollback journal:
+    what a crash on a damaged disk, or a stray copy, leaves beside the catalogue."""
+    c = Cache(tmp_path / "store")
+    fill(c, range(6))
+    assert count(c) == 6
+    c.index.close()
+    path = Path(c.index.location)
+    Path(f"{path}{leftover}").write_bytes(os.urandom(64 << 10))
+    fresh = Cache(tmp_path / "store")
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        assert queried(fresh) == list(range(6))
+        fill(fresh, range(6, 8))
+        assert queried(fresh) == list(range(8))
+        assert count(fresh) == 8
+
+
 def test_an_index_fault_never_breaks_a_call(tmp_path: Path, monkeypatch) -> None:
     c = Cache(tmp_path / "store")
     fill(c, range(2))
@@ -399,8 +529,8 @@ def test_index_option_in_fleche_toml(tmp_path: Path, monkeypatch) -> None:
 
 @pytest.fixture(scope="session")
 def moto():
-    pytest.importorskip("moto")
-    pytest.importorskip("s3fs")
+    need_module("moto")
+    need_module("s3fs")
     from s3_server import MotoS3
 
     server = MotoS3()

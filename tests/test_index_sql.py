@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from services import need_module, need_service
 
 from fleche import codec
 from fleche.digest import digest_bytes
@@ -41,8 +42,8 @@ def _pg_session():
 def pg_url(_pg_session) -> str:
     """A fresh schema on the test PostgreSQL, as an SQLAlchemy URL; skips, saying why, without one."""
     if _pg_session.startswith("skip:"):
-        pytest.skip(f"no PostgreSQL on 127.0.0.1: {_pg_session[5:]}")
-    pytest.importorskip("psycopg")
+        need_service(f"no PostgreSQL on 127.0.0.1: {_pg_session[5:]}")
+    need_module("psycopg")
     from pg_server import schema_url
 
     return schema_url(_pg_session)
@@ -54,7 +55,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Index:
     if request.param == "sqlite":
         return Index(SqliteDb(str(tmp_path / "catalog.sqlite")))
     if request.param == "sqlalchemy-sqlite":
-        pytest.importorskip("sqlalchemy")
+        need_module("sqlalchemy")
         from fleche.index import SqlAlchemyDb
 
         return Index(SqlAlchemyDb(f"sqlite+pysqlite:///{tmp_path / 'sa.sqlite'}"))

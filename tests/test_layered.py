@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module
 
 import fleche as fl
 from fleche import Cache, ConfigError, FlecheWarning, LayeredCache, cache, config, fleche
@@ -405,7 +406,7 @@ def test_store_view_names_the_layers(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="session")
 def s3() -> Iterator[Any]:
-    pytest.importorskip("moto", reason="moto (the S3 test server) is not installed")
+    need_module("moto", reason="moto (the S3 test server) is not installed")
     from s3_server import MotoS3
 
     server = MotoS3()
@@ -468,7 +469,7 @@ def _closed_port() -> int:
 def test_unreachable_s3_layer_from_toml_degrades_to_local(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    pytest.importorskip("s3fs", reason="s3fs is not installed")
+    need_module("s3fs", reason="s3fs is not installed")
     (tmp_path / "fleche.toml").write_text(
         f"""root = true
 [caches.team]
@@ -501,7 +502,7 @@ config_kwargs = {{ retries = {{ max_attempts = 1 }} }}
 
 
 def test_s3_layer_lost_while_in_use(tmp_path: Path) -> None:
-    pytest.importorskip("moto", reason="moto (the S3 test server) is not installed")
+    need_module("moto", reason="moto (the S3 test server) is not installed")
     from s3_server import MotoS3
 
     server = MotoS3()  # a second server, so stopping it harms no other test

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from services import need_module
 
 import fleche as fl
 from fleche import Cache, FlecheError, FlecheWarning, Q, cache, fleche, project, tags
@@ -40,7 +41,7 @@ def features(n, scale=1.0):
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[Any]:
-    pytest.importorskip("moto", reason="moto (the S3 test server) is not installed")
+    need_module("moto", reason="moto (the S3 test server) is not installed")
     from s3_server import MotoS3
 
     server = MotoS3()

@@ -15,7 +15,6 @@ import pickle
 import signal
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -349,10 +348,9 @@ def test_second_failure_raises_an_oserror_then_fails_fast(exec_url: str, tmp_pat
     with pytest.raises(RemoteError, match="maintenance") as info:
         store.get_call(FID, digest)
     assert isinstance(info.value, ConnectionError)
-    t0 = time.perf_counter()
     with pytest.raises(RemoteError, match="unreachable"):
         store.has_call(FID, digest)  # no new process while the host is known down
-    assert time.perf_counter() - t0 < 0.05 and store.connects == 2
+    assert store.connects == 2
     flag.unlink()
     store._down_until = 0.0  # as if retry_after had passed
     assert not store.has_call(FID, digest)

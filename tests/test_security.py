@@ -23,6 +23,7 @@ import pytest
 import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from services import need_module
 
 from fleche import (
     Cache,
@@ -453,8 +454,10 @@ def test_pickle_bytes_never_reach_pickle_in_safe_mode(tmp_path: Path) -> None:
 
 
 def test_signed_and_safe_on_s3(tmp_path: Path) -> None:
-    moto = pytest.importorskip("s3_server")
-    server = moto.MotoS3()
+    need_module("moto", "moto (the S3 test server) is not installed")
+    from s3_server import MotoS3
+
+    server = MotoS3()
     try:
         bucket = server.new_bucket()
         url = f"s3://{bucket}/team-{uuid.uuid4().hex[:6]}"

@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 from rgw_server import RadosGW, radosgw_service
-from s3_server import S3StoreConformance, count_requests, methods
+from s3_server import S3StoreConformance, S3UploadCleanup, count_requests, methods
+from services import need_module, need_service
 
 from fleche import Cache, ConfigError, cache, fleche
 from fleche.errors import CacheMiss
@@ -21,9 +22,7 @@ from fleche.testing import digest_of
 from fleche.testing._suite import FID
 
 for _module in ("s3fs", "boto3"):
-    pytest.importorskip(
-        _module, reason=f"{_module} is not installed: run ./tools/test, which installs it"
-    )
+    need_module(_module, f"{_module} is not installed: run ./tools/test, which installs it")
 
 
 @pytest.fixture(scope="session")
@@ -34,9 +33,9 @@ def _rgw_session() -> Iterator[RadosGW | str]:
 
 @pytest.fixture
 def rgw(_rgw_session: RadosGW | str) -> RadosGW:
-    """The test radosgw on 127.0.0.1; skips, saying why, without one."""
+    """The test radosgw on 127.0.0.1; skips (fails in CI), saying why, without one."""
     if isinstance(_rgw_session, str):
-        pytest.skip(f"no radosgw on 127.0.0.1: {_rgw_session}")
+        need_service(f"no radosgw on 127.0.0.1: {_rgw_session}")
     return _rgw_session
 
 
@@ -56,6 +55,12 @@ class TestRadosGWStore(S3StoreConformance):
     @pytest.fixture
     def store(self, rgw_store: S3Store) -> S3Store:
         return rgw_store
+
+
+class TestRadosGWUploads(S3UploadCleanup):
+    @pytest.fixture
+    def server(self, rgw: RadosGW) -> RadosGW:
+        return rgw
 
 
 # -- create-only writes, as the server does them --------------------------------------------

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from s3_server import MotoS3, S3StoreConformance, count_requests, methods
+from s3_server import MotoS3, S3StoreConformance, S3UploadCleanup, count_requests, methods
+from services import need_module
 
 from fleche import Cache, ConfigError, cache, fleche
 from fleche.errors import CacheMiss, FlecheWarning
@@ -17,7 +18,7 @@ from fleche.store._s3 import HEAD_FIRST
 from fleche.testing import digest_of
 from fleche.testing._suite import FID
 
-pytest.importorskip(
+need_module(
     "moto", reason="moto (the S3 test server) is not installed: run ./tools/test, which installs it"
 )
 
@@ -45,6 +46,12 @@ class TestS3Store(S3StoreConformance):
     @pytest.fixture
     def store(self, s3_store: S3Store) -> S3Store:
         return s3_store
+
+
+class TestS3Uploads(S3UploadCleanup):
+    @pytest.fixture
+    def server(self, s3: MotoS3) -> MotoS3:
+        return s3
 
 
 # -- requests on the hot paths -------------------------------------------------------

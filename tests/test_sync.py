@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module, need_service
 
 from fleche import cache, codec, fleche
 from fleche.cache import referenced_oids
@@ -529,10 +530,10 @@ def test_progress_bar_goes_to_stderr(src: LocalStore, capfd: pytest.CaptureFixtu
 
 
 def _rsync() -> str:
-    """The rsync binary (./tools/test installs it), else skip saying so."""
+    """The rsync binary (./tools/test installs it), else skip (fail in CI) saying so."""
     found = shutil.which("rsync")
     if not found:
-        pytest.skip("rsync is not installed: ./tools/test installs it (apt-get install rsync)")
+        need_service("rsync is not installed: ./tools/test installs it (apt-get install rsync)")
     return found
 
 
@@ -603,7 +604,7 @@ def test_a_partially_written_store_copied_with_cp_is_a_usable_cache(
 
 @pytest.fixture(scope="session")
 def moto() -> Iterator[Any]:
-    pytest.importorskip("moto", reason="moto (the S3 test server) is not installed")
+    need_module("moto", reason="moto (the S3 test server) is not installed")
     from s3_server import MotoS3
 
     server = MotoS3()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module
 from torture_helpers import (
     HAMMER,
     budget,
@@ -115,7 +116,7 @@ def test_local_disk(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def s3() -> Any:
-    pytest.importorskip("moto", reason="moto (the S3 test server) is not installed")
+    need_module("moto", reason="moto (the S3 test server) is not installed")
     from s3_server import MotoS3
 
     server = MotoS3()
@@ -146,7 +147,7 @@ def sftp_options(sshd: Any, tmp_path: Path) -> dict[str, Any]:
 
 
 def test_sftp(sshd: Any, tmp_path: Path) -> None:
-    pytest.importorskip("paramiko", reason="paramiko is not installed")
+    need_module("paramiko", reason="paramiko is not installed")
     remote = tmp_path / "remote"
     remote.mkdir()
     os.chmod(tmp_path, 0o755)

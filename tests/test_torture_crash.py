@@ -3,8 +3,10 @@
 A store must be valid at every instant (``docs/format.md``, *Write order and crash
 safety*): whatever moment a process dies, ``fleche verify`` finds no corrupt or
 partial file and no record pointing at a missing object, and every record left
-loads to the value its arguments give. Each test runs for a bounded time
-(``FLECHE_SOAK_SECONDS`` stretches it: ``tools/soak``).
+loads to the value its arguments give. Each test runs until it has killed
+enough processes at the right moments, however long that takes on a busy
+machine (its pytest timeout is the bound); ``FLECHE_SOAK_SECONDS`` stretches
+it (``tools/soak``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def _tmp_files(root: Path) -> int:
     return len(os.listdir(tmp)) if tmp.is_dir() else 0
 
 
+# The bound is the timeout, never a duration: 200 kills took 167 s on a 2-core machine shared
+# with other test runs, and the default 300 s would be too tight a guard.
+@pytest.mark.timeout(1200)
 def test_writers_killed_at_random_instants_leave_a_valid_store(tmp_path: Path) -> None:
     root = tmp_path / "store"
     url = str(root)
@@ -50,10 +55,11 @@ def test_writers_killed_at_random_instants_leave_a_valid_store(tmp_path: Path) -
         return spawn(CRASH_WRITER, url, str(n))
 
     # Kills land 0-250 ms after a writer is ready: mid-write of 1.5 MB values,
-    # between an object and its record, inside a rename, in the index...
+    # between an object and its record, inside a rename, in the index... 200 of them,
+    # however long they take.
     stats = kill_loop(
         start,
-        seconds=budget(15),
+        seconds=budget(0),
         min_kills=200,
         parallel=4,
         delay=lambda rng: rng.uniform(0.0, 0.25),
@@ -123,6 +129,7 @@ def _timed_sync(src: Path, dst: Path) -> float:
     return time.monotonic() - t0
 
 
+@pytest.mark.timeout(1200)
 def test_a_sync_killed_mid_copy_leaves_a_valid_destination_and_resumes(tmp_path: Path) -> None:
     src, dst = tmp_path / "src", tmp_path / "dst"
     _build_source(src, 300)
@@ -136,11 +143,13 @@ def test_a_sync_killed_mid_copy_leaves_a_valid_destination_and_resumes(tmp_path:
     full = _timed_sync(src, tmp_path / "probe")
     startup = _timed_sync(tmp_path / "probe", tmp_path / "probe2")
     rng = random.Random(1)
-    deadline = time.monotonic() + budget(8)
+    deadline = time.monotonic() + budget(0)
     kills = mid_copy = runs = 0
     while True:
         runs += 1
-        finishing = time.monotonic() > deadline and kills >= 10
+        # Kill until 10 kills, 3 of them mid-copy, however long that takes (the test's
+        # timeout is the bound; tools/soak also gives it its time); then resume to the end.
+        finishing = kills >= 10 and mid_copy >= 3 and time.monotonic() > deadline
         with reaped([_sync(str(src), str(dst))]) as (p,):
             if not finishing:
                 time.sleep(rng.uniform(0.8 * startup, full))
@@ -159,7 +168,6 @@ def test_a_sync_killed_mid_copy_leaves_a_valid_destination_and_resumes(tmp_path:
                 break
             shutil.rmtree(dst)  # finished before its kill: again, from an empty destination
     print(f"\n{kills} sync kills ({mid_copy} mid-copy) over {runs} runs; a sync takes {full:.2f} s")
-    assert mid_copy >= 3, f"only {mid_copy} of {kills} kills landed while files were being copied"
 
     target = LocalStore(dst)
     assert set(target.iter_calls()) == src_calls

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from services import need_module
 from torture_helpers import Proxy, blob, check_store, worker_env
 
 from fleche import Cache, cache, codec, fleche
@@ -181,7 +182,7 @@ with warnings.catch_warnings(record=True) as caught:
     if sys.argv[2] == "activate":
         try:
             cache(sys.argv[1])
-        except PermissionError as e:  # asked for by name: refused there and then
+        except PermissionError as e:  # (fleche <= 0.22: refused there and then)
             refused = str(e)
     else:
         os.environ["FLECHE_CACHE"] = sys.argv[1]  # resolved by the first call
@@ -254,15 +255,132 @@ def test_permission_denied_on_read(tmp_path: Path, how: str) -> None:
     finally:
         os.chmod(root, 0o755)
     assert got["right"]
-    if how == "activate":  # cache(path) itself says it cannot read the store
-        assert "Permission denied" in got["refused"] and str(root) in got["refused"]
-        assert got["warnings"] == []
-    else:  # the default cache is opened by the first call, which computes and warns
-        assert got["refused"] is None
-        assert len(got["warnings"]) == 1, got["warnings"]
-        assert "Permission denied" in got["warnings"][0]
-        assert "computing uncached" in got["warnings"][0]
+    # cache(path) and the default cache alike: the program carries on, computing, with one
+    # warning that says why (the store is tried again later)
+    assert got["refused"] is None
+    assert len(got["warnings"]) == 1, got["warnings"]
+    assert "Permission denied" in got["warnings"][0] and str(root) in got["warnings"][0]
+    assert "computing uncached" in got["warnings"][0]
     assert verified(LocalStore(root)) == 3
+
+
+# -- a store that cannot be opened ------------------------------------------------------------
+
+
+def test_a_store_path_under_a_regular_file_runs_uncached_then_opens_once_fixed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOTDIR: denied to root too (chmod is not), the way a mistyped or clobbered path is."""
+    from fleche.cache import DeferredCache
+    from fleche.config import _caches as config_caches
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the store's parent directory should be")
+    url = str(blocker / "store")
+    computed: list[int] = []
+
+    @fleche
+    def square(i: int) -> int:
+        computed.append(i)
+        return i * i
+
+    with fleche_warnings() as seen:
+        with cache(url) as c:  # no exception: the program carries on
+            assert [square(i) for i in (1, 2, 1)] == [1, 4, 1]
+    assert computed == [1, 2, 1]  # computed each time: nothing could be stored
+    assert isinstance(c, DeferredCache) and isinstance(c.error, NotADirectoryError)
+    assert len(seen) == 1, seen
+    assert "cannot open the cache" in seen[0] and url in seen[0]
+    assert "Not a directory" in seen[0] and "computing uncached" in seen[0]
+    assert blocker.read_text().startswith("a file")  # untouched
+
+    # Tried again later (retry_after; 0 here): once the path is fixed, the cache works.
+    monkeypatch.setattr(config_caches, "RETRY_AFTER", 0.0)
+    computed.clear()
+    with fleche_warnings() as seen, cache(url) as c:
+        assert square(3) == 9  # still broken: computed
+        blocker.unlink()
+        blocker.mkdir()
+        assert [square(3), square(3)] == [9, 9]  # reopened: stored, then a hit
+        assert square.contains(3)  # type: ignore[attr-defined]
+    assert computed == [3, 3]
+    assert len(seen) == 1, seen  # the failure, said once
+    assert verified(LocalStore(url)) == 1
+
+
+def test_an_unreachable_sftp_store_runs_uncached_and_is_not_retried_on_every_call(
+    sshd: Any, tmp_path: Path
+) -> None:
+    """A server that is down when the cache is opened: one warning; the store is left alone
+    for retry_after, then reached again when it is back."""
+    from fleche.config import _caches as config_caches
+
+    computed: list[int] = []
+
+    @fleche
+    def square(i: int) -> int:
+        computed.append(i)
+        return i * i
+
+    with sftp_behind_proxy(sshd, tmp_path, timeout=3) as (url, proxy, opts):
+        proxy.cut()  # the network is down
+        with fleche_warnings() as seen, cache(url, **opts):
+            tried = proxy.attempts
+            assert tried > 0  # it did try to connect
+            assert [square(i) for i in range(5)] == [0, 1, 4, 9, 16]
+            assert proxy.attempts == tried  # not again on every call (retry_after: 60 s)
+        assert computed == [0, 1, 2, 3, 4]
+        assert len(seen) == 1, seen
+        assert "cannot open the cache" in seen[0] and f"127.0.0.1:{proxy.port}" in seen[0]
+
+        config_caches.RETRY_AFTER, saved = 0.0, config_caches.RETRY_AFTER
+        try:
+            with fleche_warnings() as seen, cache(url, **opts) as c:
+                proxy.resume()  # the network is back: the next call reaches the store
+                assert [square(7), square(7)] == [49, 49]
+                assert square.contains(7)  # type: ignore[attr-defined]
+        finally:
+            config_caches.RETRY_AFTER = saved
+        assert computed[5:] == [7]  # computed once, then a hit
+        assert len(seen) == 1  # the first open's failure
+        c.layers[0].store.close()
+
+
+def test_a_port_nothing_listens_on_runs_uncached(tmp_path: Path) -> None:
+    need_module("paramiko", reason="paramiko is not installed")
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    computed: list[int] = []
+
+    @fleche
+    def square(i: int) -> int:
+        computed.append(i)
+        return i * i
+
+    url = f"sftp://nobody@127.0.0.1:{port}/srv/cache"
+    with fleche_warnings() as seen, cache(url, look_for_keys=False, allow_agent=False):
+        assert [square(2), square(2)] == [4, 4]
+    assert computed == [2, 2]
+    assert len(seen) == 1 and f"127.0.0.1:{port}" in seen[0], seen
+    assert "Connection refused" in seen[0] and "computing uncached" in seen[0]
+
+
+def test_what_no_retry_fixes_still_raises_at_once(tmp_path: Path) -> None:
+    """A malformed URL, an unknown protocol, a missing bucket: ConfigError, no fail-open."""
+    from fleche.errors import ConfigError
+
+    for url in ("nope://x/y", "s3://", "sftp://host-without-a-path", "   "):
+        with pytest.raises(ConfigError):
+            cache(url)
+    need_module("moto", reason="moto (the S3 test server) is not installed")
+    from backends import moto_s3
+
+    server = moto_s3()
+    with pytest.raises(ConfigError, match="does not exist"):
+        cache("s3://no-such-bucket-fleche/cache", **server.options())
 
 
 # -- read-only stores -------------------------------------------------------------------------
@@ -321,12 +439,15 @@ def test_a_read_only_filesystem(tmp_path: Path) -> None:
 
 
 def test_s3_server_stopped_mid_run() -> None:
-    pytest.importorskip("moto", reason="moto (the S3 test server) is not installed")
+    need_module("moto", reason="moto (the S3 test server) is not installed")
     from s3_server import MotoS3
 
     server = MotoS3()
     bucket = server.new_bucket()
     url = f"s3://{bucket}/cache"
+    host, _, port = server.endpoint.partition("//")[2].partition(":")
+    proxy = Proxy((host, int(port)))  # the client's way to the server: counts its attempts
+    options = server.options(endpoint_url=f"http://127.0.0.1:{proxy.port}")
     computed: list[int] = []
 
     @fleche
@@ -335,21 +456,25 @@ def test_s3_server_stopped_mid_run() -> None:
         return blob(i, 20_000)
 
     try:
-        with cache(url, **server.options()), fleche_warnings() as seen:
+        with cache(url, **options), fleche_warnings() as seen:
             for i in range(5):
                 assert big20(i) == blob(i, 20_000)
             server.stop()
-            t0 = time.monotonic()
-            for i in range(10):  # 0-4 were stored, but the server is gone: recomputed
+            before = proxy.attempts
+            assert big20(0) == blob(0, 20_000)  # stored, but the server is gone: recomputed
+            tried = proxy.attempts - before
+            for i in range(1, 10):
                 assert big20(i) == blob(i, 20_000)
-            down = time.monotonic() - t0
         assert computed == [*range(5), *range(10)]
         assert len(seen) == 1, seen
-        assert "cannot read" in seen[0] and server.endpoint.partition("//")[2] in seen[0]
-        # one slow attempt (the client's retries), then the cache is skipped, not retried
-        assert down < 30, f"10 calls took {down:.1f} s with the server down"
+        assert "cannot read" in seen[0] and f"127.0.0.1:{proxy.port}" in seen[0]
+        # one attempt (with the client's retries), then the cache is skipped, not retried:
+        # asserted by what reached the server, not by how long it took
+        assert tried > 0
+        assert proxy.attempts - before == tried
     finally:
         server.stop()
+        proxy.close()
     # moto keeps its state in this process: a new server shows what the old one held
     again = MotoS3()
     try:
@@ -372,7 +497,7 @@ def ssh_options(sshd: Any, tmp_path: Path, **extra: Any) -> dict[str, Any]:
 
 @contextmanager
 def sftp_behind_proxy(sshd: Any, tmp_path: Path, **extra: Any) -> Iterator[tuple[str, Proxy, Any]]:
-    pytest.importorskip("paramiko", reason="paramiko is not installed")
+    need_module("paramiko", reason="paramiko is not installed")
     remote = tmp_path / "remote"
     remote.mkdir()
     proxy = Proxy((sshd.host, sshd.port))
@@ -410,14 +535,18 @@ def test_sftp_connection_cut_mid_run(sshd: Any, tmp_path: Path) -> None:
             for i in range(5):
                 assert big20(i) == blob(i, 20_000)
             proxy.cut()  # every connection reset, new ones refused
-            t0 = time.monotonic()
-            for i in range(10):
+            before = proxy.attempts
+            assert big20(0) == blob(0, 20_000)
+            tried = proxy.attempts - before
+            for i in range(1, 10):
                 assert big20(i) == blob(i, 20_000)
-            down = time.monotonic() - t0
         assert computed == [*range(5), *range(10)]
         assert len(seen) == 1, seen
         assert "cannot read" in seen[0]
-        assert down < 30, f"10 calls took {down:.1f} s with the connection cut"
+        # the first call found the connection gone (the warning); the next nine did not try
+        # to reconnect (each would: the store reconnects on its next request), the store is
+        # skipped: asserted by what reached the network, not by how long it took
+        assert proxy.attempts - before == tried
         proxy.resume()
         store = open_store(url, **opts)
         assert verified(store) == 5
@@ -510,12 +639,16 @@ def test_a_stalled_sftp_server_times_out_with_one_warning(sshd: Any, tmp_path: P
         with cache(c), fleche_warnings() as seen:
             assert big20(0) == blob(0, 20_000)
             proxy.stall()  # connected, but nothing comes back
-            t0 = time.monotonic()
-            for i in range(5):
+            before = (proxy.attempts, proxy.sent)
+            assert big20(0) == blob(0, 20_000)  # times out (io_timeout): no hang
+            tried = (proxy.attempts, proxy.sent)
+            for i in range(1, 5):
                 assert big20(i) == blob(i, 20_000)
-            stalled = time.monotonic() - t0
         assert len(seen) == 1, seen
-        assert stalled < 20, f"5 calls took {stalled:.1f} s on a stalled server"
+        # one call waited for the stalled server, the next four skipped it: asserted by what
+        # they sent, not by how long they took (the test's timeout catches a hang)
+        assert tried[1] > before[1]
+        assert (proxy.attempts, proxy.sent) == tried
         proxy.cut()
         proxy.resume()
         store = open_store(url, **opts)

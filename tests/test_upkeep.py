@@ -7,6 +7,7 @@ import os
 import time
 
 import pytest
+from services import need_module
 from upkeep_helpers import (
     BIG,
     SAME,
@@ -501,7 +502,7 @@ def test_gc_leaves_damaged_records_to_verify(tmp_path):
 
 @pytest.fixture(scope="module")
 def moto():
-    pytest.importorskip("moto", reason="moto (the S3 test server) is not installed: ./tools/test")
+    need_module("moto", reason="moto (the S3 test server) is not installed: ./tools/test")
     from s3_server import MotoS3
 
     server = MotoS3()

@@ -7,13 +7,13 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from services import need_module
 
 from fleche import Cache, FlecheWarning, cache, codec, fleche
 from fleche.cache import LayeredCache, referenced_oids
@@ -37,7 +37,36 @@ def noise(n: int, seed: int = 0) -> np.ndarray:
 # -- mmap -----------------------------------------------------------------------------------
 
 
-def test_mmap_load_is_a_read_only_view_and_fast(local: Cache) -> None:
+def mapped_file(array: np.ndarray) -> str | None:
+    """The file whose memory map holds ``array``'s data, or None when it is in ordinary memory.
+
+    Through the array's ``base`` chain to a ``mmap.mmap``, and (on Linux) the
+    process's mappings, so a copy that merely came from a file is not taken for a view.
+    """
+    import mmap
+
+    base: object = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    if not isinstance(base, mmap.mmap):
+        return None
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        return "?"  # mapped; which file, this platform does not say
+    address = array.ctypes.data
+    for line in maps.read_text().splitlines():
+        fields = line.split(maxsplit=5)  # span, perms, offset, device, inode[, path]
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        if lo <= address < hi:
+            return fields[5].strip() if len(fields) > 5 else None
+    return None
+
+
+def test_mmap_load_is_a_read_only_view_of_the_file(local: Cache) -> None:
+    """The speed of a mapped load (well under a millisecond) is measured in benchmarks/
+    (bench_values, bench_cache), not asserted here: a busy machine makes anything slow."""
     calls = []
 
     @fleche
@@ -54,15 +83,11 @@ def test_mmap_load_is_a_read_only_view_and_fast(local: Cache) -> None:
         assert np.array_equal(mapped, a)
         with pytest.raises(ValueError, match="read-only"):
             mapped[0] = 1.0
-        best = min(_timed(lambda: make.load(4 * MiB, mmap="unverified")) for _ in range(20))
-        assert best < 1e-3, f"mmap load took {best * 1e3:.2f} ms"
+        # a view of the stored file (nothing read or copied), not a copy of its bytes
+        where = mapped_file(mapped)
+        assert where == "?" or (where or "").startswith(f"{local.store.root}/objects/"), where
+        assert mapped_file(plain) is None
     assert calls == [4 * MiB]
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def test_decorator_mmap_option_and_fallbacks(local: Cache) -> None:
@@ -293,8 +318,8 @@ def test_local_store_and_load_256_mib_in_bounded_memory(tmp_path: Path, kind: st
 
 @pytest.fixture(scope="module")
 def moto():
-    pytest.importorskip("moto")
-    pytest.importorskip("s3fs")
+    need_module("moto")
+    need_module("s3fs")
     sys.path.insert(0, str(Path(__file__).parent))
     from s3_server import MotoS3
 
@@ -310,7 +335,7 @@ def test_s3_multipart_in_bounded_memory(moto, kind: str) -> None:
 
 
 def test_sftp_in_bounded_memory(sshd, tmp_path: Path) -> None:
-    pytest.importorskip("paramiko")
+    need_module("paramiko")
     remote = tmp_path / "remote"
     remote.mkdir()
     opts = {"key_filename": sshd.key, "look_for_keys": False, "allow_agent": False}

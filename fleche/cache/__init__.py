@@ -20,7 +20,14 @@ from fleche.cache._cache import (
     type_name,
 )
 from fleche.cache._layer_set import LayerSpec
-from fleche.cache._layers import RETRY_AFTER, WRITE_MODES, LayeredCache
+from fleche.cache._layers import (
+    RETRY_AFTER,
+    WRITE_MODES,
+    DeferredCache,
+    LayeredCache,
+    open_cache,
+    strict_open,
+)
 from fleche.cache._lease import (
     Lease,
     LeasePolicy,
@@ -33,6 +40,7 @@ from fleche.cache._lease import (
 
 __all__ = [
     "Cache",
+    "DeferredCache",
     "LayerSpec",
     "LayeredCache",
     "Lease",
@@ -46,8 +54,10 @@ __all__ = [
     "lease_store",
     "malformed",
     "mmap_mode",
+    "open_cache",
     "policy_of",
     "referenced_oids",
+    "strict_open",
     "sweep",
     "type_name",
 ]

@@ -47,6 +47,7 @@ class _Layer:
 
     __slots__ = (
         "cache",
+        "error",
         "index",
         "known",
         "label",
@@ -83,6 +84,7 @@ class _Layer:
         self.read_down = 0.0
         self.write_down = 0.0
         self.warned = False
+        self.error: OSError | None = None  # why it last failed to open
 
     def remember(self, oid: str) -> None:
         if len(self.known) >= _KNOWN_MAX:
@@ -127,8 +129,10 @@ class LayerSet:
                 try:
                     layer.cache = layer.opener()
                 except OSError as e:
+                    layer.error = e
                     self._fault(layer, "open", e, reads=True)
                     return None
+                layer.error = None
                 # the opened cache knows best: never plan writes into a read-only store
                 layer.read_only = layer.read_only or layer.cache.read_only
         return layer.cache
@@ -144,6 +148,16 @@ class LayerSet:
         if first:
             skipped = "skipped" if reads else "not written"
             of = f" of cache {self._given_name!r}" if self._given_name else ""
+            if len(self._layers) == 1:  # a single store that cannot be used (fail open)
+                what = (
+                    f"open the cache {layer.url}" if action == "open" else f"{action} {layer.url}"
+                )
+                warn_user(
+                    f"fleche: cannot {what}{of}: {error}; computing uncached ({skipped} for "
+                    f"{self.retry_after:g} s at a time while it fails, then tried again; this "
+                    "warning is not repeated)"
+                )
+                return
             warn_user(
                 f"fleche: {layer.label}{of} failed to {action}: {error}; using the other "
                 f"layers ({skipped} for {self.retry_after:g} s at a time while it fails; "

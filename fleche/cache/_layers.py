@@ -29,12 +29,19 @@ that references them, exactly as a single cache writes them.
 
 The layers themselves (opening, health, copying between them) are
 :mod:`fleche.cache._layer_set`'s; this module holds the cache's interface.
+
+The same fail-open serves a single store: :func:`open_cache` (what
+``fleche.cache(url)`` and a named cache use) returns a
+:class:`DeferredCache`, one layer that failed to open, when the store cannot
+be reached or read, so that the program computes uncached instead of stopping.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 from fleche import codec
@@ -48,7 +55,7 @@ from fleche.cache._cache import (
 )
 from fleche.cache._layer_set import LayerSet, LayerSpec, _Layer
 from fleche.errors import CacheMiss, CorruptObjectError, DecodeError
-from fleche.index import LayeredIndex
+from fleche.index import Index, LayeredIndex
 from fleche.store import BytesLike
 
 WRITE_MODES = ("first", "through")
@@ -343,3 +350,85 @@ def _chain1(
     """``first`` then ``rest``, lazily: with write="first", later layers are opened only if needed."""
     yield first
     yield from rest
+
+
+class DeferredCache(LayeredCache):
+    """A cache whose store could not be opened (unreachable, unreadable): calls run uncached.
+
+    What ``fleche.cache(url)`` (and a cache named in ``fleche.toml``) gives when
+    the store's server is down or its directory cannot be read, so that the
+    program carries on: one :class:`~fleche.errors.FlecheWarning`, then every
+    call computes and stores nothing, and the store is tried again every
+    ``retry_after`` seconds. Once it opens, this is that cache behind a
+    one-layer :class:`LayeredCache` (its index included). A malformed URL or a
+    missing bucket is no fault of the network: :func:`open_cache` raises those.
+    """
+
+    def __init__(
+        self, spec: LayerSpec, *, name: str | None = None, retry_after: float = RETRY_AFTER
+    ) -> None:
+        super().__init__([spec], name=name, retry_after=retry_after)
+        self.url = spec.url
+        self.name = name or spec.url
+
+    def __repr__(self) -> str:
+        state = "open" if self._layers[0].cache is not None else "not opened"
+        return f"DeferredCache({self.url!r}, {state})"
+
+    @property
+    def index(self) -> Index | None:  # type: ignore[override]
+        """The opened cache's index (queries use it once the store is reachable), else None."""
+        cache = self._layers[0].cache
+        return cache.index if cache is not None else None
+
+    @property
+    def error(self) -> OSError | None:
+        """Why the store could not be opened the last time it was tried (None once open)."""
+        return self._layers[0].error
+
+
+_STRICT: ContextVar[bool] = ContextVar("fleche_strict_open", default=False)
+
+
+@contextmanager
+def strict_open() -> Iterator[None]:
+    """In this block, :func:`open_cache` raises instead of deferring.
+
+    For the ``fleche`` commands: a command works on a store, so one that
+    cannot be opened is its error to report, not a reason to work on nothing.
+    """
+    token = _STRICT.set(True)
+    try:
+        yield
+    finally:
+        _STRICT.reset(token)
+
+
+def open_cache(
+    url: str,
+    opener: Callable[[], Cache],
+    *,
+    read_only: bool = False,
+    name: str | None = None,
+    retry_after: float = RETRY_AFTER,
+) -> Cache | DeferredCache:
+    """``opener()``, or a :class:`DeferredCache` (with one warning) when it raises ``OSError``.
+
+    ``OSError`` is what an unreachable server, a refused login or request, or
+    a directory that cannot be read raise; a ``ConfigError`` (a malformed URL,
+    a missing bucket) propagates: no retry would fix it. So does every error
+    inside :func:`strict_open`.
+    """
+    try:
+        return opener()
+    except OSError as first:
+        if _STRICT.get():
+            raise
+        failed = [first]
+
+        def again() -> Cache:
+            if failed:  # the attempt just made: not repeated at once (a timeout costs seconds)
+                raise failed.pop()
+            return opener()
+
+        return DeferredCache(LayerSpec(url, again, read_only), name=name, retry_after=retry_after)

@@ -24,10 +24,11 @@ if TYPE_CHECKING:
 def _caches(spec: str | None) -> list[Cache]:
     """The cache(s) whose index a command works on: one, or each layer of a layered cache."""
     from fleche import config
-    from fleche.cache import LayeredCache
+    from fleche.cache import LayeredCache, strict_open
     from fleche.cli._main import open_target
 
-    cache = config.default_cache() if spec is None else config.resolve(spec)
+    with strict_open():  # a store that cannot be opened is the command's error to report
+        cache = config.default_cache() if spec is None else config.resolve(spec)
     caches = list(cache.layers) if isinstance(cache, LayeredCache) else [cache]
     if not isinstance(cache, LayeredCache):
         open_target(spec)  # a path that holds no store is an error, not an empty index

@@ -206,10 +206,11 @@ def resolve_store(spec: str | None) -> ObjectStore:
     configured) is refused too: it would be empty and vanish with the command.
     """
     from fleche import config
-    from fleche.cache import LayeredCache
+    from fleche.cache import LayeredCache, strict_open
     from fleche.store import MemoryStore
 
-    cache = config.default_cache() if spec is None else config.resolve(spec)
+    with strict_open():  # a store that cannot be opened is the command's error to report
+        cache = config.default_cache() if spec is None else config.resolve(spec)
     what = _describe_default() if spec is None else repr(spec)
     if isinstance(cache, LayeredCache):
         layers = "; ".join(f"{i}: {layer.url}" for i, layer in enumerate(cache.layers, 1))

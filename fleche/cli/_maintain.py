@@ -140,7 +140,7 @@ def _age(value: str) -> float:
     return parse_age(value)
 
 
-@click.command("gc", short_help="Remove old calls, unused objects, stale tmp/.")
+@click.command("gc", short_help="Remove old calls, unused objects, stale tmp/ and uploads.")
 @store_option
 @json_option
 @workers_option
@@ -176,7 +176,8 @@ def _age(value: str) -> float:
     show_default=True,
     callback=_parsed(_age),
     metavar="AGE",
-    help="Leave unreferenced objects and tmp/ files younger than this (writes in flight).",
+    help="Leave unreferenced objects, tmp/ files and incomplete S3 uploads younger than this "
+    "(writes in flight).",
 )
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="List every call and object removed.")
@@ -196,7 +197,9 @@ def gc(
 
     With no limit, only objects no call uses and tmp/ files older than --grace
     go. Calls are removed before their objects, and an object a remaining call
-    uses is never removed. Age is when the call was computed.
+    uses is never removed. Age is when the call was computed. On S3, incomplete
+    multipart uploads under the store's prefix older than --grace are aborted
+    (a writer that died mid-upload leaves its parts billed in the bucket).
     """
     from fleche.upkeep import apply_gc, plan_gc
 
@@ -226,7 +229,7 @@ def gc(
 
 def _print_gc(plan: Any, result: Any, verbose: bool) -> None:
     verb = "would remove" if result is None else "removed"
-    if not (plan.records or plan.objects or plan.tmp):
+    if not (plan.records or plan.objects or plan.tmp or plan.uploads):
         click.echo(f"nothing to remove from {plan.url} ({format_size(plan.size_before)})")
     else:
         reasons: dict[str, int] = {}
@@ -256,6 +259,13 @@ def _print_gc(plan: Any, result: Any, verbose: bool) -> None:
         if result is not None and result.spared:
             click.echo(f"    {result.spared:>7,}  kept: calls written meanwhile use them")
         click.echo(f"  {_n(tmp, 'tmp file')} ({format_size(tmp_bytes)})")
+        if plan.uploads:
+            if result is None:
+                click.echo(f"  {_n(len(plan.uploads), 'incomplete upload')} older than --grace")
+            else:
+                click.echo(f"  {_n(result.uploads, 'incomplete upload')} aborted")
+            for u in plan.uploads:
+                click.echo(f"    {u.key}  upload {u.upload_id}  {format_time(u.initiated)}")
         if verbose:
             for v in plan.records:
                 click.echo(
@@ -275,6 +285,8 @@ def _print_gc(plan: Any, result: Any, verbose: bool) -> None:
         click.echo(
             f"{_n(len(plan.unreadable), 'damaged record')} left in place: 'fleche verify --repair'"
         )
+    if plan.uploads_unlisted:
+        click.echo(f"incomplete uploads not looked for: {plan.uploads_unlisted}")
     if result is not None:
         for error in result.errors:
             click.echo(f"failed: {error}", err=True)

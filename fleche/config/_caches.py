@@ -5,7 +5,10 @@ default wins) into a :class:`Config` of :class:`CacheSpec`; :func:`resolve`
 turns whatever ``cache(...)`` was given into a :class:`~fleche.cache.Cache` or
 a :class:`~fleche.cache._layers.LayeredCache`. The layers of a layered cache
 from fleche.toml are opened by the LayeredCache itself, so an unreachable
-server degrades instead of raising.
+server degrades instead of raising; a single cache (a URL, a name) whose
+store cannot be reached or read becomes a
+:class:`~fleche.cache._layers.DeferredCache`: one warning, calls computed
+uncached, the store tried again later.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fleche.cache import RETRY_AFTER, Cache, LayeredCache, LayerSpec
+from fleche.cache import RETRY_AFTER, Cache, DeferredCache, LayeredCache, LayerSpec, open_cache
 from fleche.config._file import _check_single, _discover, metadata_groups, stale_code_choice
 from fleche.errors import ConfigError
 from fleche.store import ObjectStore, open_store
@@ -32,7 +35,7 @@ CACHE_OPTIONS = (
 )
 
 AnyCache = Cache | LayeredCache
-"""What a cache name, URL or list of layers resolves to."""
+"""What a cache name, URL or list of layers resolves to (a DeferredCache is a LayeredCache)."""
 LayerLike = Cache | ObjectStore | str | os.PathLike[str] | Mapping[str, Any]
 CacheLike = AnyCache | ObjectStore | str | os.PathLike[str] | Sequence[LayerLike]
 
@@ -120,7 +123,17 @@ class CacheSpec:
 
     def build(self) -> AnyCache:
         if not self.layered:
-            return _open_cache(self.options, self.source, self.name)
+            single = open_cache(
+                _layer_url(self.options, self.source),
+                functools.partial(_open_cache, self.options, self.source, self.name),
+                read_only=self.read_only,
+                name=self.name,
+                retry_after=RETRY_AFTER,
+            )
+            if isinstance(single, DeferredCache) and "metadata" in self.options:
+                chosen = metadata_groups(self.options["metadata"], f"[caches.{self.name}]")
+                single.metadata_groups = chosen  # type: ignore[attr-defined]
+            return single
         layers = [
             _layer_spec(layer, self.source, f"{self.name}[{i}]")
             for i, layer in enumerate(self.options["layers"], 1)
@@ -268,4 +281,12 @@ def resolve(spec: CacheLike, **options: Any) -> AnyCache:
     # Cache options go to the Cache; everything else (read_only, durable and the
     # fsspec storage options such as endpoint_url or key) to the store.
     cache_opts = {k: options.pop(k) for k in CACHE_OPTIONS if k in options}
-    return Cache(open_store(os.path.expanduser(text), **options), **cache_opts)
+    url = os.path.expanduser(text)
+    # a store that cannot be reached or read now: warned about, computed uncached, tried later
+    return open_cache(
+        url,
+        lambda: Cache(open_store(url, **options), **cache_opts),
+        read_only=bool(options.get("read_only", False)),
+        name=cache_opts.get("name"),
+        retry_after=RETRY_AFTER,
+    )

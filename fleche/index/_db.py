@@ -11,8 +11,12 @@ The SQLite file is a cache, so it is handled like one:
 - WAL mode, ``synchronous=NORMAL`` and a busy timeout: many processes read
   while one writes, and a commit costs no fsync (a crash may lose the last
   commits, which the index notices and redoes from the store's listing).
-- A file that is not a database, or is damaged, is moved aside and recreated
-  empty (:class:`CatalogReset` tells the index to refill it). Moving, not
+  The busy timeout is short (:data:`BUSY_TIMEOUT_MS`): a lock that does not
+  clear (a writer stopped mid-transaction) makes the index fail, and queries
+  read the store instead, rather than wait on it.
+- A file that is not a database, is damaged, or has lost its tables (emptied
+  or overwritten while open) is moved aside and recreated empty
+  (:class:`CatalogReset` tells the index to refill it). Moving, not
   deleting: another process may still have it open, and it notices that the
   path now names another file (a different inode) and reopens.
 - Writes take the lock up front (``BEGIN IMMEDIATE``): a transaction that read
@@ -34,7 +38,12 @@ from typing import Any
 from fleche.errors import FlecheError
 from fleche.index._sqlrows import DROP, INDEXES, SCHEMA_VERSION, ddl
 
-BUSY_TIMEOUT_MS = 30_000
+BUSY_TIMEOUT_MS = 5_000
+"""How long a statement waits for another connection's lock before the index gives up (ms).
+
+Writers hold the lock for one batch (milliseconds); a lock held longer is a writer
+that stopped, and a query answers from the store rather than wait for it.
+"""
 _INHERITED: list[sqlite3.Connection] = []  # a forked child's copies of its parent's connections
 
 
@@ -82,37 +91,48 @@ class Db(ABC):
         """A write transaction, committed when the block ends without an error."""
 
     def reset(self, *, indexes: bool = True) -> None:
-        """Drop every table and create them anew (``rebuild``).
+        """Drop every table and create them anew (``rebuild``), in one transaction.
 
+        One transaction: another connection never sees the catalogue without
+        its tables (which it would take for a file emptied under it).
         ``indexes=False`` leaves out the secondary indexes, for a bulk load:
         :meth:`create_indexes` adds them afterwards.
         """
         with self.transaction() as tx:
             for stmt in DROP:
                 tx.execute(stmt)
-        self.create(indexes=indexes)
+            self._create(tx, indexes)
+
+    def set_aside(self, reason: str) -> None:
+        """Start an empty catalogue in place of this one (not this store's), and raise CatalogReset."""
+        self.reset()
+        raise CatalogReset(reason)
 
     def create(self, *, indexes: bool = True) -> None:
         """Create the tables if missing; CatalogReset when the schema is another version."""
         with self.transaction() as tx:
-            if self.dialect == "postgresql":
-                # concurrent CREATE TABLE IF NOT EXISTS can still collide in pg_type: one at a time
-                tx.execute("SELECT pg_advisory_xact_lock(7357617711)")
-            for stmt in ddl(self.dialect) + (INDEXES if indexes else []):
-                tx.execute(stmt)
-            rows = tx.execute("SELECT value FROM fleche_state WHERE name = 'schema'")
-            if not rows:
-                tx.execute(
-                    "INSERT INTO fleche_state (name, value) VALUES ('schema', :v)",
-                    {"v": str(SCHEMA_VERSION)},
-                )
-                return
-        if rows[0][0] != str(SCHEMA_VERSION):
+            rows = self._create(tx, indexes)
+        if rows and rows[0][0] != str(SCHEMA_VERSION):
             found = rows[0][0]
             self.reset()
             raise CatalogReset(
                 f"it was written with catalogue schema {found}, this fleche uses {SCHEMA_VERSION}"
             )
+
+    def _create(self, tx: Tx, indexes: bool) -> list[tuple[Any, ...]]:
+        """The tables (and ``indexes``) if missing; the schema row found, [] when new."""
+        if self.dialect == "postgresql":
+            # concurrent CREATE TABLE IF NOT EXISTS can still collide in pg_type: one at a time
+            tx.execute("SELECT pg_advisory_xact_lock(7357617711)")
+        for stmt in ddl(self.dialect) + (INDEXES if indexes else []):
+            tx.execute(stmt)
+        rows = tx.execute("SELECT value FROM fleche_state WHERE name = 'schema'")
+        if not rows:
+            tx.execute(
+                "INSERT INTO fleche_state (name, value) VALUES ('schema', :v)",
+                {"v": str(SCHEMA_VERSION)},
+            )
+        return rows
 
     def create_indexes(self) -> None:
         """Add the secondary indexes (after a bulk load), and planner statistics for them."""
@@ -139,6 +159,24 @@ def _is_corrupt(e: sqlite3.Error) -> bool:
         return code & 0xFF in (11, 26)
     text = str(e)
     return "not a database" in text or "malformed" in text
+
+
+def _lost_tables(e: sqlite3.Error) -> bool:
+    """A table of ours is gone: the file was emptied or overwritten while open.
+
+    Never a moment of a rebuild: :meth:`Db.reset` drops and creates in one transaction.
+    """
+    return isinstance(e, sqlite3.OperationalError) and str(e).startswith("no such table: fleche_")
+
+
+def is_busy(e: BaseException) -> bool:
+    """True for SQLite's "database is locked": another connection held the lock past the timeout."""
+    if not isinstance(e, sqlite3.OperationalError):
+        return False
+    code = getattr(e, "sqlite_errorcode", None)
+    if code is not None:  # SQLITE_BUSY (5) or SQLITE_LOCKED (6), extended
+        return code & 0xFF in (5, 6)
+    return "locked" in str(e)
 
 
 class _SqliteTx(Tx):
@@ -251,6 +289,10 @@ class SqliteDb(Db):
         self._adopt(self._connect())
         raise CatalogReset(reason)
 
+    def set_aside(self, reason: str) -> None:
+        with self._lock:
+            self._replace(reason)
+
     @contextmanager
     def _guard(self) -> Iterator[None]:
         try:
@@ -258,6 +300,8 @@ class SqliteDb(Db):
         except sqlite3.DatabaseError as e:
             if _is_corrupt(e):
                 self._replace(f"it is damaged ({e})")
+            if _lost_tables(e):
+                self._replace(f"it was emptied or overwritten while in use ({e})")
             raise
 
     # -- primitives ----------------------------------------------------------------------

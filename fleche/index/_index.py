@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 from fleche import codec
 from fleche.errors import ConfigError, CorruptObjectError, warn_user
-from fleche.index._db import CatalogReset, Db, IndexFault, SqliteDb, Tx
+from fleche.index._db import CatalogReset, Db, IndexFault, SqliteDb, Tx, is_busy
 from fleche.index._fresh import (
     RefreshReport,
     fan_listing,
@@ -65,6 +65,10 @@ PENDING_MAX = 256  # buffered writes before a flush
 PAGE = 1000  # rows fetched per query page
 ANALYZE_FROM = 1000  # rows from which the planner gets statistics
 PENDING_AGE = 1.0  # seconds the oldest buffered write may wait for the next one
+LOCKED_RETRY = 60.0
+"""Seconds a catalogue found locked (past its busy timeout) is left alone: queries read the
+store meanwhile, and writes wait for the refresh that follows, so no call waits on that lock
+again and again."""
 
 
 # -- every live catalogue: flushed at exit, reset in a forked child ------------------------
@@ -122,6 +126,7 @@ class Index:
         self._pending: list[tuple[str, str, str, dict[str, Any] | None, int]] = []
         self._pending_since = 0.0
         self._stale = False
+        self._locked_at: float | None = None  # time.monotonic() of the last lock that did not clear
         self._checked_identity = False
         self._warned: set[str] = set()
         # (function, fan) pairs this process knows have a fleche_fans row
@@ -145,9 +150,17 @@ class Index:
     # -- faults --------------------------------------------------------------------------
 
     def _fault(self, action: str, error: BaseException) -> None:
-        """Warn once per kind of fault; the index is stale until a full refresh succeeds."""
+        """Warn once per kind of fault; the index is stale until a full refresh succeeds.
+
+        A lock that did not clear within the busy timeout also sets the catalogue
+        aside for :data:`LOCKED_RETRY` seconds (:attr:`locked`).
+        """
         self._stale = True
-        kind = f"{action}:{type(error).__name__}"
+        if is_busy(error):
+            self._locked_at = time.monotonic()
+            kind = "locked"
+        else:
+            kind = f"{action}:{type(error).__name__}"
         if kind not in self._warned:
             self._warned.add(kind)
             where = getattr(self.store, "url", None) or "its store"
@@ -159,6 +172,11 @@ class Index:
                 "the store is unaffected (queries read it directly until the index recovers; "
                 "this warning is not repeated)"
             )
+
+    @property
+    def locked(self) -> bool:
+        """True while the catalogue is left alone after a lock that did not clear."""
+        return self._locked_at is not None and time.monotonic() < self._locked_at + LOCKED_RETRY
 
     def _reset(self, reset: CatalogReset) -> None:
         self._stale = True
@@ -217,6 +235,9 @@ class Index:
         with self._pending_lock:
             ops, self._pending = self._pending, []
         if not ops:
+            return
+        if self.locked:  # not waited on again: the full refresh after the lock catches up
+            self._stale = True
             return
         try:
             with self._lock:
@@ -307,15 +328,17 @@ class Index:
             return
         seen: set[tuple[str, str]] = set()
         try:
-            self._prepare(spec)
-            for row in self._select(spec, limit, newest_first):
-                seen.add(row[1:])
-                yield row
-            return
+            if not self._left_alone():
+                self._prepare(spec)
+                for row in self._select(spec, limit, newest_first):
+                    seen.add(row[1:])
+                    yield row
+                return
         except self.db.faults as e:
             if self.store is None:
                 raise IndexFault(f"the index {self.db.location} failed: {e}") from e
             self._fault("answer a query", e)
+        assert self.store is not None
         left = None if limit is None else limit - len(seen)
         for row in scan(self.store, spec, newest_first=newest_first):
             if row[1:] in seen:
@@ -329,23 +352,33 @@ class Index:
     def count(self, spec: QuerySpec) -> int:
         """How many calls match ``spec``."""
         try:
-            self._prepare(spec)
-            compiled = compile_spec(spec, self.db.dialect)
-            if not compiled.post:
-                with self._lock:
-                    rows = self._guarded(
-                        lambda: self.db.read(
-                            f"SELECT COUNT(*) FROM fleche_calls c WHERE {compiled.where}",
-                            compiled.params,
+            if not self._left_alone():
+                self._prepare(spec)
+                compiled = compile_spec(spec, self.db.dialect)
+                if not compiled.post:
+                    with self._lock:
+                        rows = self._guarded(
+                            lambda: self.db.read(
+                                f"SELECT COUNT(*) FROM fleche_calls c WHERE {compiled.where}",
+                                compiled.params,
+                            )
                         )
-                    )
-                return int(rows[0][0])
-            return sum(1 for _ in self._select(spec, None, False))
+                    return int(rows[0][0])
+                return sum(1 for _ in self._select(spec, None, False))
         except self.db.faults as e:
             if self.store is None:
                 raise IndexFault(f"the index {self.db.location} failed: {e}") from e
             self._fault("answer a query", e)
+        assert self.store is not None
         return sum(1 for _ in scan(self.store, spec))
+
+    def _left_alone(self) -> bool:
+        """True while a locked catalogue is not touched: the store answers (warned already)."""
+        if not self.locked:
+            return False
+        if self.store is None:  # nothing else could answer
+            raise IndexFault(f"the index {self.db.location} is locked by another connection")
+        return True
 
     def _prepare(self, spec: QuerySpec) -> None:
         self.flush()
@@ -450,23 +483,35 @@ class Index:
                 self._set_state(tx, f"listed:{name}", repr(when))
 
     def _check_identity(self, store: ObjectStore) -> None:
-        """Forget every stamp when the catalogue came with a copy of the store (rsync, cp -r).
+        """Start afresh when the catalogue is not this store's: it came with a copy of the
+        store (rsync, cp -r), or it was replaced while this process used it.
 
-        Stamps are inodes and mtimes: another directory's are meaningless, and
-        the records there may differ from those the catalogue lists.
+        Stamps are inodes and mtimes: another directory's are meaningless, and the
+        records there may differ from those the catalogue lists, so every row is read
+        again from the store. Checked before every query (a stat and one row): a file
+        may be copied over the catalogue at any moment. Replaced under this process,
+        it is set aside with one warning; met at first (a copy), emptied silently.
         """
-        if self._checked_identity:
-            return
         st = os.stat(store.root) if os.path.isdir(store.root) else None
         ident = f"{store.root}|{st.st_dev}:{st.st_ino}" if st else f"{store.root}|-"
         rows = self.db.read("SELECT value FROM fleche_state WHERE name = 'store'")
-        if not rows or rows[0][0] != ident:
-            with self.db.transaction() as tx:
-                if rows:
-                    tx.execute("DELETE FROM fleche_fans")
-                    self._fans_known.clear()
-                    tx.execute("UPDATE fleche_calls SET stamp = NULL")
-                self._set_state(tx, "store", ident)
+        found = rows[0][0] if rows else None
+        if found is not None and _same_store(found, ident):
+            if not self._checked_identity and found != ident:  # this store, by another path
+                with self.db.transaction() as tx:
+                    self._set_state(tx, "store", ident)
+            self._checked_identity = True
+            return
+        foreign = found is not None or bool(self.db.read("SELECT 1 FROM fleche_calls LIMIT 1"))
+        if foreign:
+            self._fans_known.clear()
+            self._analyzed = None
+            if self._checked_identity:  # it was ours a moment ago
+                said = f" ({found.rpartition('|')[0]})" if found else ""
+                self.db.set_aside(f"it was replaced by the catalogue of another store{said}")
+            self.db.reset()
+        with self.db.transaction() as tx:
+            self._set_state(tx, "store", ident)
         self._checked_identity = True
 
     def _check_fans(self, store: ObjectStore, fid: str) -> None:
@@ -579,7 +624,6 @@ class Index:
         started = time.time()
         local = is_local(store)
         if local:
-            self._checked_identity = False
             self._check_identity(store)
         present = list_functions(store)
         report = RefreshReport()
@@ -674,6 +718,12 @@ class Index:
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def _same_store(a: str, b: str) -> bool:
+    """Whether two identities (``root|dev:ino``) name one directory, by whatever path."""
+    key = a.rpartition("|")[2]
+    return a == b or (key != "-" and key == b.rpartition("|")[2])
 
 
 # -- opening an index -----------------------------------------------------------------------

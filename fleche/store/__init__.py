@@ -56,17 +56,17 @@ from fleche.store._wire import (
 )
 
 if TYPE_CHECKING:
-    from fleche.store._s3 import S3Store
+    from fleche.store._s3 import S3Store, Upload
     from fleche.store._sftp import SFTPStore
     from fleche.store._ssh import SSHAuthenticationError, SSHConnectionError, SSHFileSystem
 
 
 def __getattr__(name: str) -> Any:
     # The backends that need s3fs or paramiko load on first use, not with the package.
-    if name == "S3Store":
-        from fleche.store._s3 import S3Store
+    if name in ("S3Store", "Upload"):
+        from fleche.store import _s3
 
-        return S3Store
+        return getattr(_s3, name)
     if name == "SFTPStore":
         from fleche.store._sftp import SFTPStore
 
@@ -103,6 +103,7 @@ __all__ = [
     "SSHAuthenticationError",
     "SSHConnectionError",
     "SSHFileSystem",
+    "Upload",
     "describe_mode",
     "digest_parts",
     "error_names",

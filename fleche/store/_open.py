@@ -69,7 +69,7 @@ def open_store(
             from fleche.store._sftp import SFTPStore
         except ImportError as e:
             raise ConfigError(f"cannot open {text!r}: {e}") from e
-        opts = {"create": create, **storage_options}  # a missing directory is an error otherwise
+        opts = {"create": create, **storage_options}  # create a missing directory now
         store = SFTPStore(text, read_only=read_only, durable=durable, **opts)
     elif protocol.startswith("fleche+"):
         from fleche.store._remote import RemoteStore  # fleche+ssh://, fleche+exec://

@@ -19,6 +19,11 @@ moto). What it does differently from the generic ``ObjectStore``:
   directory would cost at least 256.
 - No listings cache (``use_listings_cache=False``): a shared cache must see
   what other writers put there a moment ago.
+- A large value goes up as a multipart upload, aborted when it fails. When
+  even the abort fails (the endpoint is gone), its parts stay in the bucket,
+  billed and invisible to listings: one :class:`~fleche.errors.FlecheWarning`
+  names the upload, and ``fleche gc`` aborts incomplete uploads under the
+  store's prefix once older than ``--grace`` (:meth:`S3Store.list_uploads`).
 
 Credentials and endpoint come from the usual AWS sources (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL_S3`` /
@@ -32,9 +37,10 @@ import inspect
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from fleche.errors import ConfigError
+from fleche.errors import ConfigError, warn_user
 from fleche.store._base import BytesLike, ObjectStore, ReadableFile, is_function_id, is_oid
 
 try:  # botocore comes with s3fs; without it S3Store cannot be built anyway
@@ -68,6 +74,19 @@ def _error_code(exc: BaseException) -> str:
             return str(response.get("Error", {}).get("Code", ""))
         seen = seen.__cause__ or seen.__context__
     return ""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An incomplete multipart upload under a store's prefix: its parts are kept (and billed).
+
+    ``key`` is relative to the store's root (``objects/ab/...``); ``initiated``
+    is when the server says it began (epoch seconds, the server's clock), or None.
+    """
+
+    key: str
+    upload_id: str
+    initiated: float | None
 
 
 def _body(parts: Sequence[BytesLike]) -> bytes | bytearray:
@@ -286,8 +305,14 @@ class S3Store(ObjectStore):
         except BaseException:
             try:
                 self.fs.call_s3("abort_multipart_upload", Bucket=bucket, Key=key, UploadId=uid)
-            except Exception:  # noqa: BLE001 - the first error is the one to report
-                pass
+            except Exception as e:  # noqa: BLE001 - the first error is the one to raise
+                warn_user(
+                    f"fleche: a multipart upload to s3://{path} failed, and aborting it failed "
+                    f"too ({e}): upload {uid} keeps its parts in bucket {bucket!r} under key "
+                    f"{key!r} (billed as storage; no object appears). `fleche gc -s {self.url}` "
+                    "aborts incomplete uploads older than --grace; so does a lifecycle rule of "
+                    "the bucket (AbortIncompleteMultipartUpload)"
+                )
             raise
 
     def _write_stream(self, path: str, chunks: Iterable[BytesLike]) -> None:
@@ -296,6 +321,46 @@ class S3Store(ObjectStore):
     def _read_ends(self, path: str, n: int) -> tuple[BytesLike, BytesLike]:
         with self._errors(path, "read"):  # a HEAD for the size, then two ranged GETs
             return super()._read_ends(path, n)
+
+    # -- incomplete multipart uploads (fleche gc) ------------------------------------------
+
+    def list_uploads(self) -> Iterator[Upload]:
+        """Every incomplete multipart upload under this store's prefix (paginated listings).
+
+        A writer killed mid-upload, or whose abort failed, leaves one; so does a
+        writer uploading right now, which is why ``fleche gc`` only aborts those
+        older than its grace.
+        """
+        bucket, prefix = self._split(self.root)
+        start = len(prefix) + 1 if prefix else 0
+        kwargs: dict[str, Any] = {"Bucket": bucket, "Prefix": f"{prefix}/" if prefix else ""}
+        while True:
+            with self._errors(self.root, "list the incomplete multipart uploads of"):
+                page = self.fs.call_s3("list_multipart_uploads", **kwargs)
+            for up in page.get("Uploads", ()):
+                began = up.get("Initiated")
+                yield Upload(
+                    up["Key"][start:],
+                    up["UploadId"],
+                    began.timestamp() if hasattr(began, "timestamp") else None,
+                )
+            if not page.get("IsTruncated"):
+                return
+            kwargs["KeyMarker"] = page.get("NextKeyMarker", "")
+            kwargs["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    def abort_upload(self, upload: Upload) -> None:
+        """Abort an incomplete upload of this store: its parts are deleted; one already gone is fine."""
+        self._check_writable()
+        path = f"{self.root}/{upload.key}"
+        bucket, key = self._split(path)
+        try:
+            with self._errors(path, "abort the multipart upload of"):
+                self.fs.call_s3(
+                    "abort_multipart_upload", Bucket=bucket, Key=key, UploadId=upload.upload_id
+                )
+        except FileNotFoundError:  # NoSuchUpload: completed or aborted meanwhile
+            pass
 
     def _open_read(self, path: str) -> ReadableFile:
         """Ranged GETs of ``PART_SIZE`` bytes as the reader asks (s3fs's file, no read-ahead cache)."""

@@ -23,9 +23,11 @@ generic ``ObjectStore``, and why:
   and read together; the close is not waited for), a record write three
   (open; write and close; rename), a miss one.
 - **Errors.** Not found is a miss and nothing else is. A missing store
-  directory is a ``ConfigError`` unless ``create=True`` (a typo should not
-  start an empty cache); connection, login, host-key and permission failures
-  raise :class:`~fleche.store._ssh.SSHError` subclasses naming the URL.
+  directory is created, as a local store's is: at the first write (at once
+  with ``create=True``); opened read-only, it is a ``ConfigError`` (nothing
+  could ever be read there: a typo). Connection, login, host-key and
+  permission failures raise :class:`~fleche.store._ssh.SSHError` subclasses
+  naming the URL.
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ def _nbytes(parts: Sequence[BytesLike]) -> int:
 class SFTPStore(ObjectStore):
     """A store in a directory on an SSH server: ``SFTPStore("sftp://user@host:port/path")``.
 
-    The directory must exist unless ``create=True``. ``fs=`` shares an
+    A missing directory is created at the first write (``create=True``: now);
+    read-only, it must exist. ``fs=`` shares an
     :class:`SSHFileSystem` (another handle on the same store); otherwise the
     store opens its own connection from ``storage_options`` (``port``,
     ``username``, ``key_filename``, ``ssh_config``, ``known_hosts``,
@@ -177,20 +180,25 @@ class SFTPStore(ObjectStore):
         return self._display
 
     def _check_root(self, create: bool) -> None:
-        """A missing store directory is a mistake (a typo), not an empty store, unless asked to create."""
+        """A missing store directory is created (now with ``create``, else by the first write).
+
+        As a local store's is. Read-only, it is a mistake (a typo): nothing could
+        ever be read there.
+        """
         try:
             with self._session(self.root, "stat") as r:
                 _, msg = r.call(self.root, CMD_STAT, self.root)
             mode = SFTPAttributes._from_msg(msg).st_mode
         except FileNotFoundError:
-            if create and not self.read_only:
-                with self._session(self.root, "create") as r:
-                    self._make_dirs(r, self.root)
+            if not self.read_only:
+                if create:
+                    with self._session(self.root, "create") as r:
+                        self._make_dirs(r, self.root)
                 return
-            hint = "" if self.read_only else " or open the store with create=True"
             raise ConfigError(
                 f"the directory {self.root} does not exist on {self.fs.where} (opening "
-                f"{self.url}): create it (`ssh ... mkdir -p {self.root}`){hint}"
+                f"{self.url} read-only): create it (`ssh ... mkdir -p {self.root}`), or open "
+                "it writable: a writable store creates its directory"
             ) from None
         if mode is not None and not stat.S_ISDIR(mode):
             raise ConfigError(

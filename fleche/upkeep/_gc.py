@@ -14,7 +14,10 @@ What goes:
   whose record is being written right now (objects go first, see
   ``docs/format.md``);
 - files in ``tmp/`` older than ``grace``: partial writes of crashed processes
-  (regular files only: a link or a fifo there is not the store's).
+  (regular files only: a link or a fifo there is not the store's);
+- on S3, incomplete multipart uploads under the store's prefix older than
+  ``grace``: large values whose writer died (or whose abort failed) keep their
+  parts in the bucket, billed and invisible to listings; they are aborted.
 
 A store with a symbolic link in its layout (``tmp/``, ``objects/ab/``,
 ``calls/<function>/``...) is refused with :class:`~fleche.errors.StoreLinkError`:
@@ -42,12 +45,13 @@ from typing import Any
 
 from fleche.cache import referenced_oids
 from fleche.errors import ReadOnlyStoreError
-from fleche.store import ObjectStore, link_error
+from fleche.store import ObjectStore, S3Store, Upload, link_error
 from fleche.upkeep._lookup import WORKERS, Progress, find_function
 from fleche.upkeep._scan import Entry, Inventory, read_records, scan
 
 GRACE = 3600.0
-"""Seconds an unreferenced object or a tmp/ file is left alone: it may be a write in flight."""
+"""Seconds an unreferenced object, a tmp/ file or an incomplete upload is left alone: it may
+be a write in flight."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,10 @@ class GcPlan:
     records: list[Victim] = field(default_factory=list)
     objects: list[Entry] = field(default_factory=list)
     tmp: list[Entry] = field(default_factory=list)
+    uploads: list[Upload] = field(default_factory=list)
+    """Incomplete multipart uploads (S3) older than the grace: aborted by :func:`apply_gc`."""
+    uploads_unlisted: str | None = None
+    """Why the incomplete uploads could not be listed (e.g. a permission), when they could not."""
     kept_records: int = 0
     kept_objects: int = 0
     unreadable: list[str] = field(default_factory=list)
@@ -112,6 +120,11 @@ class GcPlan:
             ],
             "objects": [{"oid": e.name, "size": e.size} for e in self.objects],
             "tmp": [{"path": e.name, "size": e.size} for e in self.tmp],
+            "uploads": [
+                {"key": u.key, "upload_id": u.upload_id, "initiated": u.initiated}
+                for u in self.uploads
+            ],
+            "uploads_unlisted": self.uploads_unlisted,
             "record_bytes": sum(v.size for v in self.records),
             "object_bytes": sum(e.size for e in self.objects),
             "tmp_bytes": sum(e.size for e in self.tmp),
@@ -135,6 +148,7 @@ class GcResult:
     object_bytes: int = 0
     tmp: int = 0
     tmp_bytes: int = 0
+    uploads: int = 0
     spared: int = 0
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -275,6 +289,15 @@ def plan_gc(
     plan.kept_records = len(records) - len(plan.records) + len(plan.unreadable)
     plan.kept_objects = len(inv.objects) - len(plan.objects)
     plan.tmp = [e for e in inv.tmp if e.mtime is not None and e.mtime <= now - grace]
+    if isinstance(store, S3Store):
+        try:
+            plan.uploads = [
+                u
+                for u in store.list_uploads()
+                if u.initiated is not None and u.initiated <= now - grace
+            ]
+        except OSError as e:  # e.g. no s3:ListBucketMultipartUploads: the rest of gc still runs
+            plan.uploads_unlisted = str(e)
     plan.size_after = remaining_size()
     return plan
 
@@ -310,7 +333,8 @@ def apply_gc(
     workers: int = WORKERS,
     progress: Progress | None = None,
 ) -> GcResult:
-    """Remove what ``plan`` chose: records, then objects nothing references any more, then tmp/.
+    """Remove what ``plan`` chose: records, then objects nothing references any more, then tmp/,
+    then abort the incomplete uploads.
 
     A failure to remove one file is recorded in ``errors`` and the rest goes
     on; the store stays valid whatever is left half done.
@@ -358,5 +382,7 @@ def apply_gc(
     result.tmp, result.tmp_bytes = run(
         "tmp", plan.tmp, lambda e: _remove_tmp(store, e.name), lambda e: e.size
     )
+    if plan.uploads and isinstance(store, S3Store):
+        result.uploads, _ = run("uploads", plan.uploads, store.abort_upload, lambda u: 0)
     result.seconds = time.perf_counter() - started
     return result
