@@ -216,7 +216,7 @@ if __name__ == "__main__":
         assert pid != os.getpid() and f.contains(2), "the worker's key is the script's"
         assert client.submit(f, 2).done(), "a hit here"
         import dask
-        from fleche.parallel._executor import bind
+        from fleche.parallel import bind
         assert dask.delayed(bind(f))(3).compute()[1] != os.getpid()
         assert f.contains(3)
     print("ok")

@@ -646,3 +646,22 @@ def test_ten_thousand_records_written_directly_then_rebuilt(tmp_path: Path) -> N
     assert got[0][1] == f"{9_910:032x}"  # newest first
     assert count(c, QuerySpec(args={"n": Q.between(100, 199.5)})) == 100
     assert count(c, QuerySpec(metadata={("created",): Q.ge(1_009_990)})) == 10
+
+
+def test_a_first_query_before_the_store_exists_keeps_its_catalogue(tmp_path: Path) -> None:
+    """The catalogue of a store queried before anything was written to it creates the
+    store's directory as it opens: the directory it then finds is the same store."""
+    root = tmp_path / "not-yet"
+    cache_obj = Cache(str(root))
+
+    @fleche.fleche
+    def sq(x: int) -> int:
+        return x * x
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlecheWarning)  # "set aside ... another store" fails
+        assert fleche.query(sq, cache=cache_obj).count() == 0
+        with cache(cache_obj):
+            sq(2)
+            sq(3)
+        assert fleche.query(sq, cache=cache_obj).count() == 2

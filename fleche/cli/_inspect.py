@@ -1,13 +1,9 @@
-"""The read-only commands: ``ls``, ``show``, ``query``, ``stats``, ``du`` and ``config``.
+"""The inventory commands: ``ls``, ``stats`` and ``du``.
 
-None of them writes to the store, with one exception every reader shares:
-a damaged record met by ``query`` is moved to ``quarantine/``, as a decorated
-function would move it. ``ls``, ``stats`` and ``du`` work from listings (see
-:func:`fleche.upkeep.scan`) and never decode a record.
-
-``ls``, ``stats`` and ``du`` are here; ``show`` and ``query`` are in
-:mod:`fleche.cli._records`, ``config`` in :mod:`fleche.cli._config`, and this
-module re-exports them (``fleche.cli`` finds every command here).
+None of them writes to the store: they work from listings (see
+:func:`fleche.upkeep.scan`) and never decode a record.  The other read-only
+commands are ``show`` and ``query`` (:mod:`fleche.cli._records`, which read
+records) and ``config`` (:mod:`fleche.cli._config`).
 """
 
 from __future__ import annotations

@@ -44,11 +44,11 @@ stores. Anything else is a bug in fleche and keeps its traceback."""
 # name -> "module:attribute", imported on first use
 LAZY_COMMANDS = {
     "ls": "fleche.cli._inspect:ls",
-    "show": "fleche.cli._inspect:show",
-    "query": "fleche.cli._inspect:query",
+    "show": "fleche.cli._records:show",
+    "query": "fleche.cli._records:query",
     "stats": "fleche.cli._inspect:stats",
     "du": "fleche.cli._inspect:du",
-    "config": "fleche.cli._inspect:config",
+    "config": "fleche.cli._config:config",
     "verify": "fleche.cli._maintain:verify",
     "gc": "fleche.cli._maintain:gc",
     "sync": "fleche.cli._maintain:sync",

@@ -497,7 +497,8 @@ class Index:
         rows = self.db.read("SELECT value FROM fleche_state WHERE name = 'store'")
         found = rows[0][0] if rows else None
         if found is not None and _same_store(found, ident):
-            if not self._checked_identity and found != ident:  # this store, by another path
+            if found != ident and (not self._checked_identity or found.endswith("|-")):
+                # this store, by another path, or now that its directory exists
                 with self.db.transaction() as tx:
                     self._set_state(tx, "store", ident)
             self._checked_identity = True
@@ -721,9 +722,17 @@ class Index:
 
 
 def _same_store(a: str, b: str) -> bool:
-    """Whether two identities (``root|dev:ino``) name one directory, by whatever path."""
-    key = a.rpartition("|")[2]
-    return a == b or (key != "-" and key == b.rpartition("|")[2])
+    """Whether two identities (``root|dev:ino``) name one directory, by whatever path.
+
+    ``root|-`` was taken before the directory existed (a first query on a store not
+    yet written: opening the catalogue inside it then creates it): the same root is
+    the same store.
+    """
+    root_a, _, key_a = a.rpartition("|")
+    root_b, _, key_b = b.rpartition("|")
+    if key_a == "-" or key_b == "-":
+        return root_a == root_b
+    return key_a == key_b
 
 
 # -- opening an index -----------------------------------------------------------------------
