@@ -121,7 +121,9 @@ class StoreFormatError(FlecheError):
 
 
 class ReadOnlyStoreError(FlecheError, PermissionError):
-    """A write was attempted on a store opened with ``read_only=True``."""
+    """A write was attempted on a store opened with ``read_only=True`` (or, from
+    ``apply_gc``, on one whose files refuse to be removed: permissions, a
+    read-only file system)."""
 
 
 class SerializationError(FlecheError, TypeError):

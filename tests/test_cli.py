@@ -333,6 +333,37 @@ def test_gc_sweeps_stale_tmp_and_old_orphans(populated):
     assert not store.exists(old) and os.listdir(path_of(store, "tmp")) == ["fresh"]
 
 
+def test_gc_on_a_read_only_store_fails_before_printing_a_plan(tmp_path):
+    p = populate(tmp_path / "store")
+    age(p.store, BIG, p.big[1000], days=40)
+    (tmp_path / "fleche.toml").write_text(
+        'root = true\n[caches.ro]\nurl = "store"\nread_only = true\n'
+    )
+    for extra in ([], ["--json"], ["-v"]):
+        proc = fleche_proc("gc", "--older-than", "30d", "-s", "ro", *extra, cwd=tmp_path)
+        assert_one_line_error(proc, "fleche gc:", "read-only", "--dry-run")
+        assert proc.stdout == ""  # no "removed from", no "would remove", no JSON
+    assert len(list(p.store.iter_calls())) == 9
+    dry = fleche_proc("gc", "--older-than", "30d", "-n", "-s", "ro", cwd=tmp_path)
+    assert dry.returncode == 0 and dry.stdout.startswith("would remove from")
+
+
+def test_gc_on_a_store_that_refuses_removal_is_one_line(populated, monkeypatch):
+    """As on a read-only mount or a directory of another user's: the first refusal ends it."""
+    store = populated.store
+    age(store, BIG, populated.big[1000], days=40)
+
+    def denied(f, d):
+        raise PermissionError(13, "Permission denied", f"calls/{f}/{d}")
+
+    monkeypatch.setattr(store, "delete_call", denied)
+    monkeypatch.setattr("fleche.cli._maintain.open_target", lambda spec: store)
+    result = CliRunner().invoke(main, ["gc", "--older-than", "30d", "-s", store.root])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Permission denied" in result.stderr
+    assert "nothing was removed" in result.stderr and "removed from" not in result.stderr
+
+
 # -- sync ----------------------------------------------------------------------------------
 
 

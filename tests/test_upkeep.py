@@ -27,6 +27,7 @@ from upkeep_helpers import (
 
 from fleche import CacheMiss, cache, codec
 from fleche.cache import Cache
+from fleche.errors import ReadOnlyStoreError
 from fleche.render import format_size
 from fleche.store import MemoryStore, open_store
 from fleche.upkeep import (
@@ -487,6 +488,49 @@ def test_gc_refuses_a_read_only_store_and_bad_counts(tmp_path):
         apply_gc(ro, plan_gc(ro))
     with pytest.raises(ValueError, match="keep_latest"):
         plan_gc(ro, keep_latest=-1)
+
+
+def test_gc_stops_at_the_first_permission_refusal(tmp_path, monkeypatch):
+    """A store whose files refuse removal (permissions, a read-only mount) is one error,
+    raised before anything is reported as removed, not one failure per file."""
+    import errno
+
+    p = populate(tmp_path / "store")
+    store = p.store
+    tried = []
+
+    def denied(f, d):
+        tried.append(d)
+        raise PermissionError(errno.EACCES, "Permission denied", f"calls/{f}/{d}")
+
+    monkeypatch.setattr(store, "delete_call", denied)
+    monkeypatch.setattr(store, "delete", lambda o: tried.append(o))
+    plan = plan_gc(store, keep_latest=0)
+    assert len(plan.records) == 9 and plan.objects
+    with pytest.raises(ReadOnlyStoreError, match="nothing was removed") as info:
+        apply_gc(store, plan, workers=1)
+    assert "Permission denied" in str(info.value) and isinstance(info.value, PermissionError)
+    assert len(tried) == 1  # the rest skipped; no object went either
+    assert len(list(store.iter_calls())) == 9 and len(list(store.iter_oids())) == 2
+
+
+def test_gc_that_removed_some_reports_them_and_why_it_stopped(tmp_path, monkeypatch):
+    p = populate(tmp_path / "store")
+    store = p.store
+    real = store.delete_call
+    removed = []
+
+    def one_then_denied(f, d):
+        if removed:
+            raise PermissionError(13, "Permission denied")
+        removed.append(d)
+        real(f, d)
+
+    monkeypatch.setattr(store, "delete_call", one_then_denied)
+    result = apply_gc(store, plan_gc(store, keep_latest=0), workers=1)
+    assert result.records == 1 and result.objects == 0
+    assert len(result.errors) == 1 and result.errors[0].startswith("stopped: ")
+    assert len(list(store.iter_calls())) == 8
 
 
 def test_gc_leaves_damaged_records_to_verify(tmp_path):

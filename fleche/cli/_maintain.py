@@ -201,9 +201,11 @@ def gc(
     multipart uploads under the store's prefix older than --grace are aborted
     (a writer that died mid-upload leaves its parts billed in the bucket).
     """
-    from fleche.upkeep import apply_gc, plan_gc
+    from fleche.upkeep import apply_gc, plan_gc, refuse_read_only_gc
 
     s = open_target(store)
+    if not dry_run:  # before the plan: nothing is printed of a gc that cannot happen
+        refuse_read_only_gc(s)
     with progress_bar() as progress:
         plan = plan_gc(
             s,

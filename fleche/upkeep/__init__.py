@@ -9,7 +9,7 @@ Inside: ``_lookup`` (what users type: ages, sizes, conditions, names),
 ``_report`` (``fleche stats --plot``).
 """
 
-from fleche.upkeep._gc import apply_gc, plan_gc
+from fleche.upkeep._gc import apply_gc, plan_gc, refuse_read_only_gc
 from fleche.upkeep._lookup import (
     AmbiguousError,
     ParseError,
@@ -57,6 +57,7 @@ __all__ = [
     "plan_gc",
     "query",
     "read_records",
+    "refuse_read_only_gc",
     "report_format",
     "report_html",
     "scan",

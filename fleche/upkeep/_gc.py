@@ -36,6 +36,8 @@ deleted.
 
 from __future__ import annotations
 
+import errno
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -337,21 +339,33 @@ def apply_gc(
     then abort the incomplete uploads.
 
     A failure to remove one file is recorded in ``errors`` and the rest goes
-    on; the store stays valid whatever is left half done.
+    on; the store stays valid whatever is left half done. A refusal that every
+    other file would meet too (a permission, a read-only file system) stops the
+    run: when nothing was removed yet it raises :class:`ReadOnlyStoreError`, so
+    a caller reports one reason instead of "removed 0 calls" and a failure per
+    file; otherwise the result lists what went and ``errors`` says why it stopped.
     """
-    if store.read_only:
-        raise ReadOnlyStoreError(f"cannot collect garbage in {store.url}: the store is read-only")
+    refuse_read_only_gc(store)
     links = store.layout_links()  # made since the plan
     if links:
         raise link_error(*min(links.items()), "fleche gc")
     started = time.perf_counter()
     result = GcResult()
+    refused: list[OSError] = []  # the first write refusal: the rest of the run is skipped
+    stop = threading.Event()
 
     def run(phase: str, items: list[Any], remove: Any, size: Any) -> tuple[int, int]:
         def one(item: Any) -> str | None:
+            if stop.is_set():
+                return ""
             try:
                 remove(item)
             except OSError as e:
+                if _refused(e):
+                    if not stop.is_set():
+                        stop.set()
+                        refused.append(e)
+                    return ""
                 return f"{phase}: {e}"
             return None
 
@@ -361,7 +375,7 @@ def apply_gc(
                 if error is None:
                     done += 1
                     nbytes += size(item)
-                else:
+                elif error:
                     result.errors.append(error)
                 if progress is not None and (i % 64 == 0 or i == len(items)):
                     progress(phase, i, len(items))
@@ -385,4 +399,30 @@ def apply_gc(
     if plan.uploads and isinstance(store, S3Store):
         result.uploads, _ = run("uploads", plan.uploads, store.abort_upload, lambda u: 0)
     result.seconds = time.perf_counter() - started
+    if refused:
+        removed = result.records + result.objects + result.tmp + result.uploads
+        if not removed:
+            raise ReadOnlyStoreError(
+                f"cannot collect garbage in {store.url}: {refused[0]}; nothing was removed "
+                "(the store is not writable from here)"
+            ) from refused[0]
+        result.errors.append(f"stopped: {refused[0]} (the rest is not writable from here)")
     return result
+
+
+def refuse_read_only_gc(store: ObjectStore) -> None:
+    """Raise :class:`ReadOnlyStoreError` for a store opened read-only: before a plan is made.
+
+    ``fleche gc`` calls it before planning, so a store it cannot change costs no
+    scan and prints no plan (``--dry-run`` still works: it writes nothing).
+    """
+    if store.read_only:
+        raise ReadOnlyStoreError(
+            f"cannot collect garbage in {store.url}: the store is read-only "
+            "('fleche gc --dry-run' shows what a gc would remove)"
+        )
+
+
+def _refused(e: OSError) -> bool:
+    """A write refusal every other file of the store would meet too."""
+    return isinstance(e, PermissionError) or e.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
