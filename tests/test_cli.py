@@ -25,11 +25,13 @@ from upkeep_helpers import (
     put_value,
     record_file,
     result_oid,
+    rewrite_record,
     truncate,
 )
 
 from fleche import Cache, __version__, codec
 from fleche.cli import main
+from fleche.render import format_time
 from fleche.store import open_store
 
 
@@ -122,6 +124,20 @@ def test_show_a_record_by_prefix(populated):
     assert doc["result"]["inline_size"] > 0 and doc["function"] == SIMULATE
 
 
+def test_show_prints_times_as_durations_and_dates(populated):
+    store, d = populated.store, populated.simulate[(3,)]
+    created = 1_700_000_000.0
+    rewrite_record(
+        store, SIMULATE, d, created=created, finished=created + 95.25, duration=95.25, cpu=0.0123
+    )
+    text = run("show", d, "-s", store.root)
+    lines = {line.split()[0]: line for line in text.splitlines() if line.strip()}
+    assert "1 min 35 s" in lines["duration"] and "95.25" not in text
+    assert "12.3 ms" in lines["cpu"] and "0.0123" not in text
+    assert format_time(created + 95.25) in lines["finished"] and "1700000095" not in text
+    assert run_json("show", d, "-s", store.root)["metadata"]["cpu"] == 0.0123  # JSON: seconds
+
+
 def test_show_loads_a_result_and_shows_an_object(populated):
     d = populated.big[1000]
     text = run("show", d, "--load", "-s", populated.store.root)
@@ -193,6 +209,27 @@ def test_query(populated):
     assert populated.simulate[(11, 0.2, "abc")] not in [c["digest"] for c in picked]
     big = run_json("query", "big", "--arg", "n=2000", "-s", s)
     assert big[0]["result"]["type"] == "numpy.ndarray" and "oid" in big[0]["result"]
+
+
+def test_query_limit_counts_every_match_from_the_index(populated, monkeypatch):
+    from fleche.store import LocalStore
+
+    s = populated.store.root
+    run("index", "rebuild", "-s", s)
+    reads = []
+    real = LocalStore.find_call
+    monkeypatch.setattr(
+        LocalStore, "find_call", lambda self, *a: (reads.append(a), real(self, *a))[1]
+    )
+    text = run("query", "simulate", "--limit", "2", "-s", s)
+    assert text.splitlines()[-1] == f"7 calls of {SIMULATE} match; 2 shown (--limit 2)"
+    assert len(reads) == 2  # the two shown: the total is the index's count, not a read of all 7
+    tagged = run("query", "simulate", "-w", "metadata.tags.project=paper", "-n", "1", "-s", s)
+    assert tagged.splitlines()[-1] == f"2 calls of {SIMULATE} match; 1 shown (--limit 1)"
+    assert run("query", "simulate", "-n", "0", "-s", s).endswith("; 0 shown (--limit 0)\n")
+    assert run("query", "simulate", "-n", "7", "-s", s).splitlines()[-1] == (
+        f"7 calls of {SIMULATE} match"
+    )
 
 
 def test_query_errors(populated):

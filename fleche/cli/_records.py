@@ -14,7 +14,7 @@ import click
 
 from fleche.cli._main import emit_json, json_option, open_target, print_table, store_option
 from fleche.cli._text import _n, _print_pairs
-from fleche.render import format_size, format_time
+from fleche.render import format_duration, format_size, format_time
 
 # -- show ----------------------------------------------------------------------------------
 
@@ -86,17 +86,27 @@ def _show_call(s: Any, fid: str, digest: str, as_json: bool, load: bool) -> None
     lines.append(("arguments", "" if rec.get("arguments") else "none"))
     lines += [(f"  {k}", _argument(v)) for k, v in rec.get("arguments", {}).items()]
     lines.append(("metadata", ""))
-    created = meta.pop("created", None)
-    if isinstance(created, (int, float)):
-        lines.append(("  created", format_time(created)))
-    duration = meta.pop("duration", None)
-    if isinstance(duration, (int, float)):
-        lines.append(("  duration", f"{duration:.3g} s"))
+    # times as people read them: instants as dates, wall and CPU seconds as durations
+    for key, fmt in (("created", format_time), ("finished", format_time)):
+        value = meta.pop(key, None)
+        if value is not None:
+            lines.append((f"  {key}", fmt(value) if _is_number(value) else repr(value)))
+    for key in ("duration", "cpu"):
+        value = meta.pop(key, None)
+        if value is not None:
+            label = "cpu time" if key == "cpu" else key
+            lines.append(
+                (f"  {label}", format_duration(value) if _is_number(value) else repr(value))
+            )
     tags = meta.pop("tags", None)
     lines += [(f"  {k}", str(v)) for k, v in meta.items()]
     if tags:
         lines.append(("  tags", ", ".join(f"{k}={v!r}" for k, v in tags.items())))
     _print_pairs(lines)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _show_object(s: Any, oid: str, as_json: bool, load: bool) -> None:
@@ -191,7 +201,13 @@ def show(digest: str, store: str | None, as_json: bool, load: bool) -> None:
     help="Match metadata (repeatable), e.g. metadata.tags.project=paper or metadata.cpu>10; "
     "the same operators as --arg.",
 )
-@click.option("-n", "--limit", type=click.IntRange(0), default=None, help="Show at most N calls.")
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(0),
+    default=None,
+    help="Show at most N calls (the total that match is still counted, from the index).",
+)
 @store_option
 @json_option
 def query(
@@ -211,8 +227,7 @@ def query(
     an argument to match any value.
     """
     from fleche.cache import Cache
-    from fleche.upkeep import ParseError, find_function, parse_condition
-    from fleche.upkeep import query as run_query
+    from fleche.upkeep import ParseError, find_function, parse_condition, query_result
 
     s = open_target(store)
     fid = find_function(s.iter_functions(), function)
@@ -226,11 +241,16 @@ def query(
         if not all(path):
             raise ParseError(f"--where {w!r}: expected metadata.KEY[.KEY...]=VALUE")
         metadata[path] = cond
-    found = []
-    for rec in run_query(Cache(s), fid, wanted, metadata):
-        found.append(rec)
+    result = query_result(Cache(s), fid, wanted, metadata)
+    found: list[dict[str, Any]] = []
+    for call in result if limit != 0 else ():
+        found.append(call.record)
         if limit is not None and len(found) >= limit:
-            break
+            break  # no record past the limit is read
+    total = len(found)
+    if limit is not None and len(found) == limit:
+        # the index counts the rest without a record read (a store without one is scanned)
+        total = max(total, result.count(verify=False))
     found.sort(key=lambda r: r.get("metadata", {}).get("created") or 0)
     if as_json:
         from fleche.upkeep import jsonable
@@ -271,4 +291,7 @@ def query(
         )
     if found:
         print_table(table)
-    click.echo(f"{_n(len(found), 'call')} of {fid} {'matches' if len(found) == 1 else 'match'}")
+    matches = f"{_n(total, 'call')} of {fid} {'matches' if total == 1 else 'match'}"
+    if total > len(found):
+        matches += f"; {len(found):,} shown (--limit {limit})"
+    click.echo(matches)

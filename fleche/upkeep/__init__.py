@@ -23,6 +23,7 @@ from fleche.upkeep._lookup import (
     parse_size,
     parse_value,
     query,
+    query_result,
 )
 from fleche.upkeep._report import (
     FunctionUsage,
@@ -56,6 +57,7 @@ __all__ = [
     "parse_value",
     "plan_gc",
     "query",
+    "query_result",
     "read_records",
     "refuse_read_only_gc",
     "report_format",

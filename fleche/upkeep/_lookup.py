@@ -301,6 +301,21 @@ def query(
 ) -> Iterator[dict[str, Any]]:
     """Records of ``function_id`` whose arguments and metadata match, as ``f.query`` finds them.
 
+    See :func:`query_result`, which this iterates.
+    """
+    for call in query_result(cache, function_id, arguments, metadata):
+        yield call.record
+
+
+def query_result(
+    cache: Cache,
+    function_id: str,
+    arguments: Mapping[str, Any] | None = None,
+    metadata: Mapping[Any, Any] | None = None,
+) -> QueryResult:
+    """The lazy :class:`~fleche.query.QueryResult` of :func:`query`: iterate it, or ask its
+    ``count(verify=False)`` (the index's count, no record read) for how many match.
+
     Conditions follow :mod:`fleche.records._terms`: equality by digest (so ``10`` does
     not match ``10.0``), order comparisons on numbers and str. A name no record
     of the function has is an error listing the names it has. ``arguments``
@@ -317,17 +332,15 @@ def query(
         meta = metadata_conditions(meta)
     if arguments:
         first = next(cache.iter_records(function_id), None)
-        if first is None:
-            return
-        names = list(first.get("arguments", {}))
-        unknown = sorted(set(arguments) - set(names))
-        if unknown:
-            raise ParseError(
-                f"{function_id} has no argument {', '.join(unknown)}; its arguments are {names}"
-            )
+        if first is not None:  # no record at all: nothing matches, whatever the names
+            names = list(first.get("arguments", {}))
+            unknown = sorted(set(arguments) - set(names))
+            if unknown:
+                raise ParseError(
+                    f"{function_id} has no argument {', '.join(unknown)}; its arguments are {names}"
+                )
     spec = QuerySpec(function_ids=frozenset([function_id]), args=arguments, metadata=meta)
-    for call in QueryResult(cache, spec, function_id):
-        yield call.record
+    return QueryResult(cache, spec, function_id)
 
 
 def jsonable(value: Any) -> Any:
