@@ -481,6 +481,67 @@ def test_layered_cache_is_refused_with_its_layers(project):
     assert "'both' is a layered cache" in result.stderr and "give one layer's URL" in result.stderr
 
 
+# -- init ----------------------------------------------------------------------------------
+
+_FIRST_SCRIPT = """
+from fleche import fleche
+
+@fleche
+def slow(n):
+    with open("ran.log", "a") as f:  # one line per time the body runs
+        f.write(f"{n}\\n")
+    return n * n
+
+print(slow(12), slow.contains(12))
+"""
+
+
+def test_init_makes_a_first_script_persist(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / ".gitignore").write_text("*.pyc")  # no newline at the end
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "FLECHE_CACHE": ""}
+    proc = fleche_proc("init", cwd=project, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {project / 'fleche.toml'}" in proc.stdout
+    assert (project / ".gitignore").read_text() == "*.pyc\n.fleche/\n"
+    (project / "first.py").write_text(_FIRST_SCRIPT)
+    for _ in range(2):  # a miss that stores into .fleche/, then a hit in a new process
+        run_ = subprocess.run(
+            [sys.executable, "first.py"], cwd=project, capture_output=True, text=True,
+            env={**os.environ, **env}, timeout=120,
+        )  # fmt: skip
+        assert run_.returncode == 0, run_.stderr
+        assert run_.stdout.strip() == "144 True" and "outlive" not in run_.stderr
+    assert (project / "ran.log").read_text() == "12\n"  # the body ran once
+    assert run_json("ls", "-s", project / ".fleche")["calls"] == 1
+    listed = fleche_proc("ls", "--json", cwd=project, env=env)  # the configured default
+    assert json.loads(listed.stdout)["calls"] == 1
+    assert "--force" in run("init", "--help") and "init" in run("-h")
+
+
+def test_init_refuses_to_overwrite_and_never_duplicates_the_ignore_line(tmp_path):
+    (tmp_path / ".gitignore").write_text("build/\n/.fleche\n")
+    mine = 'default = "team"\n[caches.team]\nurl = "/srv/team"\n'
+    (tmp_path / "fleche.toml").write_text(mine)
+    proc = fleche_proc("init", cwd=tmp_path)
+    assert_one_line_error(proc, "fleche init:", "fleche.toml exists", "--force")
+    assert (tmp_path / "fleche.toml").read_text() == mine
+    proc = fleche_proc("init", "--force", cwd=tmp_path)
+    assert proc.returncode == 0 and "already ignores" in proc.stdout
+    assert 'url = ".fleche"' in (tmp_path / "fleche.toml").read_text()
+    assert (tmp_path / ".gitignore").read_text() == "build/\n/.fleche\n"  # ignored already
+    other = tmp_path / "other"
+    other.mkdir()
+    run("init", other)  # a directory given; no .gitignore there: none is made
+    run("init", other, "--force")
+    assert not (other / ".gitignore").exists() and (other / "fleche.toml").is_file()
+    (other / ".gitignore").write_text("")
+    run("init", other, "--force")
+    run("init", other, "--force")
+    assert (other / ".gitignore").read_text() == ".fleche/\n"  # appended once
+
+
 # -- bad input: one line, non-zero, no traceback --------------------------------------------
 
 

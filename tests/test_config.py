@@ -166,3 +166,97 @@ read_only = true
     monkeypatch.setenv("FLECHE_CACHE", "team")
     config.reset_default()
     assert isinstance(fl.active_cache(), fl.LayeredCache)
+
+
+# -- the implicit in-memory cache says once that results will not last -----------------------
+
+_EPHEMERAL_SCRIPT = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s %(levelname)s %(message)s")
+from fleche import fleche
+
+@fleche
+def double(n):
+    return 2 * n
+
+print(double(1), double(2), double(1))
+"""
+
+
+def _run_script(cwd, code, *, tty=False, env=None):
+    """Run ``code`` in a fresh interpreter in ``cwd``: (stdout, stderr); stderr a terminal if ``tty``."""
+    import os
+    import subprocess
+    import sys
+
+    full_env = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(cwd / "xdg"),
+        "FLECHE_CACHE": "",
+        **(env or {}),
+    }
+    if not tty:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=cwd,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout, proc.stderr
+    master, slave = os.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=slave,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(slave)
+    err = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the terminal's other end is closed and drained
+            break
+        if not chunk:
+            break
+        err += chunk
+    os.close(master)
+    assert proc.returncode == 0, err
+    return proc.stdout, err.decode()
+
+
+def test_the_implicit_memory_cache_says_once_that_results_will_not_last(isolated):
+    cwd = isolated / "project" / "sub"
+    out, err = _run_script(cwd, _EPHEMERAL_SCRIPT)
+    lines = out.splitlines()
+    assert lines[-1] == "2 4 2"
+    hints = [line for line in lines if "will not outlive this process" in line]
+    assert hints == [f"fleche INFO {config.EPHEMERAL_HINT}"]  # two stores, one line
+    assert "fleche init" in hints[0]
+    assert err == ""  # stderr is not a terminal: no hint there
+    out, err = _run_script(cwd, _EPHEMERAL_SCRIPT, tty=True)
+    assert err.count("will not outlive this process") == 1 and "fleche init" in err
+    assert out.count("will not outlive this process") == 1
+
+
+def test_no_hint_once_a_cache_is_configured(isolated):
+    cwd = isolated / "project" / "sub"
+    write(cwd / "fleche.toml", 'default = "local"\n[caches.local]\nurl = ".fleche"\n')
+    out, err = _run_script(cwd, _EPHEMERAL_SCRIPT, tty=True)
+    assert "outlive" not in out and "outlive" not in err
+    (cwd / "fleche.toml").unlink()
+    out, err = _run_script(cwd, _EPHEMERAL_SCRIPT, tty=True, env={"FLECHE_CACHE": "memory://"})
+    assert "outlive" not in out and "outlive" not in err  # asked for memory: no surprise
+
+
+def test_implicit_cache_is_the_unconfigured_default_only(isolated):
+    assert isinstance(fl.active_cache(), config.ImplicitCache)
+    assert not isinstance(fl.Cache("memory://"), config.ImplicitCache)

@@ -2,7 +2,7 @@
 
 Each command lives in the module of its group and is imported only when it runs
 (``_main`` lists them): ``_inspect`` and ``_records`` (ls, show, query, stats,
-du), ``_config``, ``_maintain`` (verify, gc, sync), ``_sign``, ``_index``;
+du), ``_config``, ``_init``, ``_maintain`` (verify, gc, sync), ``_sign``, ``_index``;
 ``_text`` holds the plain-text helpers they share.
 """
 

@@ -1,6 +1,6 @@
 """The ``fleche`` command line: the group, the options every command shares, and helpers.
 
-The commands live in ``cli_inspect`` (ls, show, query, stats, du, config) and
+The commands live in ``cli_inspect`` (ls, show, query, stats, du, config), ``cli_init`` (init) and
 ``cli_maintain`` (verify, gc, sync), ``cli_sign`` (sign) and ``cli_index`` (index), and
 are imported only when invoked, so
 ``fleche --version`` or a ``remote --serve`` start does not pay for rich and
@@ -49,6 +49,7 @@ LAZY_COMMANDS = {
     "stats": "fleche.cli._inspect:stats",
     "du": "fleche.cli._inspect:du",
     "config": "fleche.cli._config:config",
+    "init": "fleche.cli._init:init",
     "verify": "fleche.cli._maintain:verify",
     "gc": "fleche.cli._maintain:gc",
     "sync": "fleche.cli._maintain:sync",

@@ -9,6 +9,8 @@ and tags of this context).
 """
 
 from fleche.config._active import (
+    EPHEMERAL_HINT,
+    ImplicitCache,
     active_cache,
     cache,
     default_cache,
@@ -18,14 +20,17 @@ from fleche.config._active import (
     tags,
 )
 from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
-from fleche.config._file import read_file, stale_code_choice
+from fleche.config._file import init_project, read_file, stale_code_choice
 
 __all__ = [
+    "EPHEMERAL_HINT",
     "AnyCache",
+    "ImplicitCache",
     "CacheLike",
     "active_cache",
     "cache",
     "default_cache",
+    "init_project",
     "load_config",
     "project",
     "read_file",

@@ -13,7 +13,9 @@ re-exports what they define.
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 import threading
 from contextvars import ContextVar, Token
 from typing import Any
@@ -23,6 +25,45 @@ from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
 from fleche.records import TAGS
 
 # -- the active cache ---------------------------------------------------------------------
+
+_log = logging.getLogger("fleche")
+
+EPHEMERAL_HINT = (
+    "fleche: no cache configured (no fleche.toml, no FLECHE_CACHE): results are kept in "
+    "memory and will not outlive this process; run 'fleche init' in your project to keep "
+    "them in .fleche/"
+)
+
+
+class ImplicitCache(Cache):
+    """The default cache when nothing is configured: private, in memory, gone with the process.
+
+    It says so once, at the first result it stores (an INFO line on the ``fleche``
+    logger; the same line on stderr when stderr is a terminal), since a first
+    script that "caches" and then recomputes everything on its next run is the
+    surprise a new user meets first. Only the first store pays for the check's lock.
+    """
+
+    _told = False
+    _tell_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        super().__init__("memory://")
+
+    def put_record(self, function_id: str, key: str, record: dict[str, Any]) -> None:
+        super().put_record(function_id, key, record)
+        if not self._told:
+            with self._tell_lock:
+                if self._told:
+                    return
+                self._told = True
+            _log.info("%s", EPHEMERAL_HINT)
+            try:
+                if sys.stderr is not None and sys.stderr.isatty():
+                    print(EPHEMERAL_HINT, file=sys.stderr)
+            except (OSError, ValueError):  # a closed or odd stderr: the log line is enough
+                pass
+
 
 _ACTIVE: ContextVar[AnyCache | None] = ContextVar("fleche_active_cache", default=None)
 _default: AnyCache | None = None
@@ -40,7 +81,7 @@ def default_cache() -> AnyCache:
                     _default = resolve(env)
                 else:
                     cfg = load_config()
-                    _default = cfg.cache(cfg.default) if cfg.default else Cache("memory://")
+                    _default = cfg.cache(cfg.default) if cfg.default else ImplicitCache()
     return _default
 
 

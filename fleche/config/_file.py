@@ -205,3 +205,55 @@ def _discover(start: Path | None) -> list[tuple[Path, dict[str, Any]]]:
     if user.is_file() and all(user != p for p, _ in found):
         found.append((user, read_file(user)))
     return found
+
+
+# -- fleche init ---------------------------------------------------------------------------
+
+STORE_DIR = ".fleche"
+INIT_TEXT = f"""\
+# fleche's configuration for this project, written by `fleche init`.
+# Python run in this directory or below caches @fleche results in {STORE_DIR}/ next
+# to this file. Every key: docs/usage.md#flechetoml; what is in force: `fleche config`.
+root = true                # do not look further up, nor in ~/.config/fleche/
+default = "local"
+
+[caches.local]
+url = "{STORE_DIR}"            # relative to this file; any path or fsspec URL works
+"""
+_IGNORED = {STORE_DIR, f"{STORE_DIR}/", f"/{STORE_DIR}", f"/{STORE_DIR}/", f"{STORE_DIR}/*"}
+
+
+def init_project(directory: str | os.PathLike[str] = ".", *, force: bool = False) -> list[str]:
+    """Write ``fleche.toml`` in ``directory`` (a local store in ``.fleche/``); what was done, as lines.
+
+    An existing ``fleche.toml`` is left alone unless ``force``: it may hold
+    caches someone configured by hand. ``.fleche/`` is added to the
+    directory's ``.gitignore`` when it has one and does not ignore it yet (once:
+    a second run adds nothing), so results are not committed by accident.
+    """
+    root = Path(directory).resolve()
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a directory: fleche init writes fleche.toml into one")
+    path = root / CONFIG_NAME
+    if path.exists() and not force:
+        raise ConfigError(
+            f"{path} exists: fleche init leaves it as it is ('fleche config' shows what it "
+            "says); pass --force to replace it"
+        )
+    done = []
+    tmp = path.with_name(f".{CONFIG_NAME}.tmp")
+    tmp.write_text(INIT_TEXT, encoding="utf-8")
+    os.replace(tmp, path)  # never a half-written fleche.toml
+    read_file(path)  # what init writes, fleche reads: checked, not assumed
+    done.append(f"wrote {path}: the default cache is 'local', a store in {root / STORE_DIR}")
+    ignore = root / ".gitignore"
+    if ignore.is_file():
+        text = ignore.read_text(encoding="utf-8", errors="surrogateescape")
+        if any(line.strip() in _IGNORED for line in text.splitlines()):
+            done.append(f"{ignore} already ignores {STORE_DIR}/")
+        else:
+            sep = "" if not text or text.endswith("\n") else "\n"
+            with open(ignore, "a", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(f"{sep}{STORE_DIR}/\n")
+            done.append(f"added {STORE_DIR}/ to {ignore}")
+    return done
