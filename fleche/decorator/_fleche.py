@@ -363,7 +363,15 @@ class CachedFunction(Computing):
         return cache.load_value(ref, mmap=mmap) if mmap else cache.load_value(ref)
 
     def call(self, *args: Any, **kwargs: Any) -> Call:
-        cache, rec = self._record_or_miss(args, kwargs)
+        """The stored :class:`Call`; for a call not stored, one describing it (its function,
+        bound arguments and digest) with ``stored`` False, whose ``result`` raises
+        :class:`~fleche.errors.CallNotStored` (0.22 returned such a Call; ``load`` raises)."""
+        cache = active_cache()
+        key, items, digests = self.key(args, kwargs)
+        rec = cache.get_record(self.function_id, key)
+        if rec is None:
+            self.running_code()  # the code digest a record of it would keep
+            return Call.unstored(self._record_head, key, items, digests, cache.url)
         return Call.from_record(rec, cache.load_value)
 
     def evict(self, *args: Any, **kwargs: Any) -> None:

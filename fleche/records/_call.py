@@ -19,7 +19,7 @@ from typing import Any
 import xxhash
 
 from fleche.digest import digest_bytes
-from fleche.errors import FlecheError
+from fleche.errors import CallNotStored, FlecheError
 
 _CALL_TAG = b"fleche/call/1\0"
 _MISSING = object()
@@ -200,6 +200,11 @@ class Call:
 
     ``arguments`` and ``result`` load from the cache on first access, so
     iterating over a query's calls reads values only for what you look at.
+
+    ``f.call(...)`` of a call the cache does not hold describes it all the same
+    (its function, bound arguments and digest), as 0.22 did: ``stored`` is False,
+    ``metadata`` empty, and ``result`` raises :class:`~fleche.errors.CallNotStored`
+    (a ``KeyError``) rather than standing in for a result with None.
     """
 
     name: str
@@ -210,6 +215,8 @@ class Call:
     code_digest: str | None
     metadata: dict[str, Any]
     record: dict[str, Any] = field(repr=False)
+    stored: bool = True
+    _where: str = field(default="", repr=False)  # the cache an unstored call is not in
     _loader: Callable[[dict[str, Any]], Any] | None = field(default=None, repr=False)
     _arguments: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -227,6 +234,40 @@ class Call:
             _loader=loader,
         )
 
+    @classmethod
+    def unstored(
+        cls,
+        head: dict[str, Any],
+        key: str,
+        items: list[tuple[str, Any]],
+        digests: list[bytes],
+        where: str,
+    ) -> Call:
+        """A call that is not stored: ``head`` the record fields every call of its function
+        shares, ``items``/``digests`` its bound arguments and their digests, ``where`` the
+        URL of the cache it is not in. Its record has no ``result`` and no ``metadata``."""
+        arguments: dict[str, Any] = {}
+        for (name, value), d in zip(items, digests, strict=True):
+            if is_clear(value):
+                arguments[name] = value
+            else:  # as a record keeps a value it does not hold: by type and digest
+                t = type(value)
+                arguments[name] = {"type": f"{t.__module__}.{t.__qualname__}", "digest": d.hex()}
+        record = {**head, "digest": key, "arguments": arguments}
+        return cls(
+            name=record["qualname"],
+            module=record["module"],
+            version=record.get("version"),
+            digest=key,
+            function_id=record["function"],
+            code_digest=record.get("code"),
+            metadata={},
+            record=record,
+            stored=False,
+            _where=where,
+            _arguments=dict(items),
+        )
+
     @property
     def arguments(self) -> dict[str, Any]:
         if self._arguments is None:
@@ -239,6 +280,12 @@ class Call:
 
     @property
     def result(self) -> Any:
+        if not self.stored:
+            raise CallNotStored(
+                f"{self.name}: call {self.digest} is not in cache {self._where or '?'}, so it "
+                "has no result: call the function to compute it (f.call(...) then returns "
+                "the stored call), or check first with f.contains(...)"
+            )
         return self._loader_or_error()(self.record["result"])
 
     def _loader_or_error(self) -> Callable[[dict[str, Any]], Any]:
