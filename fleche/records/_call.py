@@ -61,6 +61,14 @@ class PendingCall:
     digests: list[bytes]
 
 
+_ANY_SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+)
+
+
 class Binder:
     """Bind call arguments to parameter names the way ``inspect.Signature.bind`` does, faster.
 
@@ -71,14 +79,20 @@ class Binder:
     """
 
     def __init__(self, func: Callable[..., Any], ignore: Iterable[str] = ()) -> None:
-        self.signature = inspect.signature(func)
+        try:
+            self.signature = inspect.signature(func)
+        except (ValueError, TypeError):
+            # Builtins with no signature (time.sleep, max, int): their arguments bind as
+            # ``*args`` and ``**kwargs``, so a call keys by exactly what it was given.
+            self.signature = _ANY_SIGNATURE
         params = list(self.signature.parameters.values())
         self.names = [p.name for p in params]
         self.ignore = frozenset(ignore)
         unknown = self.ignore - set(self.names)
         if unknown:
+            name = getattr(func, "__qualname__", None) or type(func).__qualname__
             raise ValueError(
-                f"ignore={sorted(unknown)!r} names no parameter of {func.__qualname__}; "
+                f"ignore={sorted(unknown)!r} names no parameter of {name}; "
                 f"its parameters are {self.names}"
             )
         self.simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
