@@ -712,3 +712,30 @@ def test_unpicklable_argument_keeps_type_and_digest_only(active):
     placeholder = fetch.call(Connection("db://a"), 1).arguments["conn"]
     assert isinstance(placeholder, fl.records.NotStored)
     assert placeholder.digest == ref["digest"] and placeholder.type == ref["type"]
+
+
+def test_cache_with_no_argument_is_the_active_cache(tmp_path):
+    # 0.22's fleche.cache() returned the active cache; here as active_cache() does
+    with cache(tmp_path / "a") as a:
+        assert fl.cache() is a is fl.active_cache()
+        with cache("memory://") as m:
+            assert fl.cache() is m
+        assert fl.cache() is a
+    with pytest.raises(TypeError, match=r"cache\(\) got options \['read_only'\] but no cache"):
+        fl.cache(read_only=True)
+
+
+def test_helpers_under_f_fleche_as_in_0_22(active):
+    @fleche
+    def half(x):
+        return x / 2
+
+    assert not half.fleche.contains(4)
+    assert half.fleche.call(4).stored is False
+    assert half(4) == 2
+    assert half.fleche.contains(4) and half.fleche.load(4) == 2
+    assert half.fleche.digest(4) == half.digest(4) and half.fleche.call(4).result == 2
+    assert [c.arguments for c in half.fleche.query()] == [{"x": 4}]
+    assert half.fleche.rerun(4) == 2
+    half.fleche.evict(4)
+    assert not half.contains(4)

@@ -20,6 +20,7 @@ import importlib
 import inspect
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
@@ -53,6 +54,7 @@ class CachedCallable(Protocol[P, R_co]):
     """What ``@fleche`` returns: the function (same signature), plus its cache helpers."""
 
     __fleche__: CachedFunction
+    fleche: types.SimpleNamespace  # the helpers again, as 0.22 offered them: f.fleche.load(x)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     def rerun(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
@@ -553,6 +555,11 @@ def fleche(
         # sends functions of __main__ that way to Dask and executorlib workers).
         for helper in ("digest", "contains", "load", "call", "query", "evict"):
             setattr(wrapper, helper, getattr(cf, helper))
+        # 0.22 also offered its helpers under f.fleche: f.fleche.load(x) is f.load(x)
+        wrapper.fleche = types.SimpleNamespace(  # type: ignore[attr-defined]
+            rerun=wrapper.rerun,  # type: ignore[attr-defined]
+            **{h: getattr(cf, h) for h in ("digest", "contains", "load", "call", "query", "evict")},
+        )
         wrapper.__fleche__ = cf  # type: ignore[attr-defined]
         return rewrap(wrapper) if rewrap else wrapper
 
