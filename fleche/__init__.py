@@ -13,6 +13,7 @@ from fleche.config import active_cache, cache, project, reset_default, set_defau
 from fleche.decorator import fleche
 from fleche.errors import (
     CacheMiss,
+    CallNotStored,
     ConfigError,
     CorruptObjectError,
     FlecheError,
@@ -39,6 +40,7 @@ __all__ = [
     "Cache",
     "CacheMiss",
     "Call",
+    "CallNotStored",
     "ConfigError",
     "CorruptObjectError",
     "FlecheError",

@@ -48,6 +48,10 @@ class CacheMiss(FlecheError, KeyError):
         return str(self.args[0]) if self.args else "not in the cache"
 
 
+class CallNotStored(CacheMiss):
+    """The result of a :class:`~fleche.Call` that ``f.call(...)`` described but the cache does not hold."""
+
+
 class CorruptObjectError(FlecheError, ValueError):
     """A stored object failed its integrity check or could not be decoded."""
 

@@ -97,7 +97,7 @@ def test_helpers(active):
     with pytest.raises(KeyError):
         square.load(4)
     with pytest.raises(CacheMiss, match="not in cache"):
-        square.call(4)
+        square.load(4)
     assert square(4) == 16
     assert square.contains(4) and square.load(4) == 16
     c = square.call(4)
@@ -109,6 +109,41 @@ def test_helpers(active):
     assert c.metadata["duration"] >= 0
     square.evict(4)
     assert not square.contains(4)
+
+
+def test_call_of_a_call_not_stored_describes_it(active):
+    # 0.22's f.call(...) described a call whether stored or not: code written for it
+    # (call = f.call(x); call.digest, call.arguments) must not stop at a KeyError.
+    calls = []
+
+    @fleche(version=2, ignore="verbose")
+    def scale(x, arr, factor=3, verbose=False):
+        calls.append(x)
+        return arr * factor
+
+    arr = np.arange(4)
+    c = scale.call(5, arr, verbose=True)
+    assert isinstance(c, fl.Call) and c.stored is False and calls == []
+    assert c.digest == scale.digest(5, arr) and c.function_id == scale.__fleche__.function_id
+    assert c.name.endswith("scale") and c.module == __name__ and c.version == 2
+    assert c.metadata == {}
+    assert list(c.arguments) == ["x", "arr", "factor"]  # bound, defaults in, ignored out
+    assert c.arguments["x"] == 5 and c.arguments["arr"] is arr and c.arguments["factor"] == 3
+    assert set(c.argument_digests) == {"x", "arr", "factor"}
+    with pytest.raises(fl.CallNotStored, match=r"scale: call [0-9a-f]{32} is not in cache"):
+        _ = c.result
+    with pytest.raises(KeyError):  # a CacheMiss, as before; a result of None is never made up
+        _ = c.result
+    assert "scale" in c._repr_html_() and c.digest in c._repr_html_()
+    with pytest.raises(KeyError):
+        scale.load(5, arr)  # load still raises on a miss
+    assert not scale.contains(5, arr)  # and describing a call stored nothing
+
+    assert list(scale(5, arr)) == [0, 3, 6, 9]
+    stored = scale.call(5, arr)
+    assert stored.stored is True and stored.digest == c.digest
+    assert list(stored.result) == [0, 3, 6, 9] and calls == [5]
+    assert stored.argument_digests == c.argument_digests
 
 
 def test_rerun_recomputes_and_replaces(active):
@@ -677,3 +712,30 @@ def test_unpicklable_argument_keeps_type_and_digest_only(active):
     placeholder = fetch.call(Connection("db://a"), 1).arguments["conn"]
     assert isinstance(placeholder, fl.records.NotStored)
     assert placeholder.digest == ref["digest"] and placeholder.type == ref["type"]
+
+
+def test_cache_with_no_argument_is_the_active_cache(tmp_path):
+    # 0.22's fleche.cache() returned the active cache; here as active_cache() does
+    with cache(tmp_path / "a") as a:
+        assert fl.cache() is a is fl.active_cache()
+        with cache("memory://") as m:
+            assert fl.cache() is m
+        assert fl.cache() is a
+    with pytest.raises(TypeError, match=r"cache\(\) got options \['read_only'\] but no cache"):
+        fl.cache(read_only=True)
+
+
+def test_helpers_under_f_fleche_as_in_0_22(active):
+    @fleche
+    def half(x):
+        return x / 2
+
+    assert not half.fleche.contains(4)
+    assert half.fleche.call(4).stored is False
+    assert half(4) == 2
+    assert half.fleche.contains(4) and half.fleche.load(4) == 2
+    assert half.fleche.digest(4) == half.digest(4) and half.fleche.call(4).result == 2
+    assert [c.arguments for c in half.fleche.query()] == [{"x": 4}]
+    assert half.fleche.rerun(4) == 2
+    half.fleche.evict(4)
+    assert not half.contains(4)

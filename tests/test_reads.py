@@ -98,8 +98,9 @@ def _readers(h: Any, c: Cache) -> dict[str, Any]:
             h.load(1)
 
     def call() -> None:
+        assert h.call(1).stored is False
         with pytest.raises(CacheMiss):
-            h.call(1)
+            _ = h.call(1).result
 
     def get_record() -> None:
         assert c.get_record(fid, h.digest(1)) is None

@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import Any, overload
 
 from fleche.cache import Cache
 from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
@@ -125,8 +125,20 @@ class _Activation:
         self._var.reset(self._token)
 
 
-def cache(spec: CacheLike, **options: Any) -> _Activation:
+_ACTIVE_ONE: Any = object()  # cache() with no spec: which cache is active
+
+
+@overload
+def cache() -> AnyCache: ...
+@overload
+def cache(spec: CacheLike, **options: Any) -> _Activation: ...
+
+
+def cache(spec: CacheLike = _ACTIVE_ONE, **options: Any) -> _Activation | AnyCache:
     """Make a cache active: ``cache("team")`` for the rest of this context, or ``with cache(url):`` for a block.
+
+    ``cache()`` with no argument returns the active cache, as :func:`active_cache`
+    does (and as 0.22's ``fleche.cache()`` did).
 
     ``spec`` is a name from fleche.toml, a path or fsspec URL, a Store or a Cache;
     ``options`` (compression_level, inline_limit, serializer, read_only, durable)
@@ -134,6 +146,13 @@ def cache(spec: CacheLike, **options: Any) -> _Activation:
     layer first: ``cache(["~/.cache/fleche", "s3://team/cache"], write="first")``;
     its entries are any of the above or a dict of per-cache options with a url.
     """
+    if spec is _ACTIVE_ONE:
+        if options:
+            raise TypeError(
+                f"cache() got options {sorted(options)} but no cache: pass the name, path or "
+                "URL they apply to, cache(url, ...); cache() alone returns the active cache"
+            )
+        return active_cache()
     return _Activation(_ACTIVE, resolve(spec, **options))
 
 

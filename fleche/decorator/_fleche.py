@@ -20,6 +20,7 @@ import importlib
 import inspect
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
@@ -27,7 +28,16 @@ from typing import Any, ParamSpec, Protocol, TypeVar, overload
 from fleche.cache import LeasePolicy, MmapMode, compute_once, mmap_mode, policy_of
 from fleche.config import AnyCache, active_cache, stale_code_choice
 from fleche.decorator._compute import Computing, _Flight
-from fleche.decorator._identity import ClosureRefused, _captured, _find, _scope, function_id
+from fleche.decorator._identity import (
+    CallableRefused,
+    ClosureRefused,
+    _captured,
+    _find,
+    _scope,
+    carried,
+    describe,
+    function_id,
+)
 from fleche.decorator._results import _DOWN, Undecodable
 from fleche.digest import code_digest
 from fleche.errors import CacheMiss
@@ -44,6 +54,7 @@ class CachedCallable(Protocol[P, R_co]):
     """What ``@fleche`` returns: the function (same signature), plus its cache helpers."""
 
     __fleche__: CachedFunction
+    fleche: types.SimpleNamespace  # the helpers again, as 0.22 offered them: f.fleche.load(x)
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     def rerun(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
@@ -109,6 +120,32 @@ class _RefusedKeys:
         raise ClosureRefused(self.message)
 
 
+class _HeldKeys:
+    """Keys of a callable that holds values (a partial's bound arguments, a bound method's
+    or a callable instance's object): digested at every call, as they may have changed
+    since it was wrapped; a key without them would serve one state's results to another."""
+
+    def __init__(self, cf: CachedFunction, scope: str) -> None:
+        self.cf = cf
+        self.scope = scope
+        self.makers: dict[str, KeyMaker] = {}  # per digest of what it holds
+
+    def key(self, items: list[tuple[str, Any]]) -> tuple[str, list[bytes]]:
+        cf = self.cf
+        try:
+            held = carried(cf.func, cf.qualname, cf._holds)
+        except CallableRefused as e:  # it holds something with no digest now: run uncached
+            raise ClosureRefused(str(e)) from None
+        keys = self.makers.get(held)
+        if keys is None:
+            if len(self.makers) >= 64:  # a callable whose state keeps changing
+                self.makers.clear()
+            scope = f"{self.scope}#{held}" if self.scope else held
+            version = cf.version if cf.hash_version else NO_VERSION
+            keys = self.makers[held] = KeyMaker(f"{cf.identity}#{scope}", version, cf.code)
+        return keys.key(items)
+
+
 class CachedFunction(Computing):
     """Everything ``@fleche`` knows about one function; its wrapper delegates here."""
 
@@ -134,10 +171,14 @@ class CachedFunction(Computing):
         self.mmap = mmap_mode(mmap, f"@fleche on {getattr(func, '__qualname__', func)}")
         # compute once across processes: a lease in the store (fleche.cache._lease); None: off
         self.single_flight = single_flight
-        self.module = getattr(func, "__module__", None) or "__main__"
+        # a builtin, a partial, a bound method or a callable instance is named by what it
+        # runs; what it holds (bound arguments, its object) goes into its keys (_key_maker)
+        module, self.qualname, self._holds, self.code_func = describe(func)
+        if self._holds:  # refused now, when it cannot be keyed, rather than at each call
+            carried(func, self.qualname, self._holds)
+        self.module = module or "__main__"
         if self.module == "__mp_main__":  # the main script, re-imported by a spawned worker
             self.module = "__main__"  # keys must match the parent's, or nothing is shared
-        self.qualname = getattr(func, "__qualname__", None) or func.__name__
         self.identity = f"{self.module}:{self.qualname}" if hash_module else self.qualname
         self.function_id = function_id(self.identity)
         self.version = version
@@ -156,7 +197,9 @@ class CachedFunction(Computing):
             )
         self.require = require
         self.isolate = isolate
-        self.code = code_digest(func) if hash_code else None
+        # hash_code: a builtin has no source, and nothing to add to its key
+        code_func = self.code_func
+        self.code = code_digest(code_func) if hash_code and code_func is not None else None
         # What to do with a hit computed by other code (its record's "code" is not ours);
         # None: the cache's choice (its stale_code), else "warn".
         self.stale_code = stale_code_choice(stale_code, f"@fleche({self.qualname})")
@@ -167,7 +210,7 @@ class CachedFunction(Computing):
         self._code_known = hash_code
         self._decorated_ns = time.time_ns()
         self._free: dict[str, str] = {}  # digests of its captured variables (_key_maker)
-        self.keys: KeyMaker | _LateKeys | _RefusedKeys = self._key_maker(None)
+        self.keys: KeyMaker | _LateKeys | _RefusedKeys | _HeldKeys = self._key_maker(None)
         self._record_head = {
             "fleche": 1,
             "function": self.function_id,
@@ -213,7 +256,9 @@ class CachedFunction(Computing):
 
     # -- keys ----------------------------------------------------------------------------
 
-    def _key_maker(self, late: tuple[str, ...] | None) -> KeyMaker | _LateKeys | _RefusedKeys:
+    def _key_maker(
+        self, late: tuple[str, ...] | None
+    ) -> KeyMaker | _LateKeys | _RefusedKeys | _HeldKeys:
         """Lambdas of one scope share a name, as do the closures one factory returns: what
         tells them apart (their code, their captured variables) goes into their keys.
 
@@ -229,6 +274,8 @@ class CachedFunction(Computing):
         if late is not None:
             free = {**self._free, **free}
         scope = _scope(self.func, self.qualname, free)
+        if self._holds:
+            return _HeldKeys(self, scope)
         return KeyMaker(
             f"{self.identity}#{scope}" if scope else self.identity,
             self.version if self.hash_version else NO_VERSION,
@@ -363,7 +410,15 @@ class CachedFunction(Computing):
         return cache.load_value(ref, mmap=mmap) if mmap else cache.load_value(ref)
 
     def call(self, *args: Any, **kwargs: Any) -> Call:
-        cache, rec = self._record_or_miss(args, kwargs)
+        """The stored :class:`Call`; for a call not stored, one describing it (its function,
+        bound arguments and digest) with ``stored`` False, whose ``result`` raises
+        :class:`~fleche.errors.CallNotStored` (0.22 returned such a Call; ``load`` raises)."""
+        cache = active_cache()
+        key, items, digests = self.key(args, kwargs)
+        rec = cache.get_record(self.function_id, key)
+        if rec is None:
+            self.running_code()  # the code digest a record of it would keep
+            return Call.unstored(self._record_head, key, items, digests, cache.url)
         return Call.from_record(rec, cache.load_value)
 
     def evict(self, *args: Any, **kwargs: Any) -> None:
@@ -475,12 +530,12 @@ def fleche(
         if inspect.iscoroutinefunction(f):
             if cf.single_flight is not None:
                 raise ValueError(
-                    f"single_flight=True cannot be used with async def {f.__qualname__}: "
+                    f"single_flight=True cannot be used with async def {cf.qualname}: "
                     "waiting for another process would block the event loop"
                 )
             if isolate:
                 raise ValueError(
-                    f"isolate=True cannot be used with async def {f.__qualname__}: the working "
+                    f"isolate=True cannot be used with async def {cf.qualname}: the working "
                     "directory is process-wide and other tasks run while it awaits"
                 )
 
@@ -500,6 +555,11 @@ def fleche(
         # sends functions of __main__ that way to Dask and executorlib workers).
         for helper in ("digest", "contains", "load", "call", "query", "evict"):
             setattr(wrapper, helper, getattr(cf, helper))
+        # 0.22 also offered its helpers under f.fleche: f.fleche.load(x) is f.load(x)
+        wrapper.fleche = types.SimpleNamespace(  # type: ignore[attr-defined]
+            rerun=wrapper.rerun,  # type: ignore[attr-defined]
+            **{h: getattr(cf, h) for h in ("digest", "contains", "load", "call", "query", "evict")},
+        )
         wrapper.__fleche__ = cf  # type: ignore[attr-defined]
         return rewrap(wrapper) if rewrap else wrapper
 

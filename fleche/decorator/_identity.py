@@ -9,8 +9,10 @@ over a value with no digest has no key at all (:class:`ClosureRefused`).
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -118,3 +120,83 @@ def _scope(func: Callable[..., Any], qualname: str, free: dict[str, str]) -> str
     if free:
         parts.append("closure:" + digest_bytes(free, name="closure").hex())
     return "#".join(parts)
+
+
+# -- callables that are not plain functions ------------------------------------------------
+
+
+class CallableRefused(UnhashableArgumentError):
+    """A callable carries something with no digest (a partial's bound argument, an instance's
+    state): a key without it would be shared by callables that compute different things."""
+
+
+_BUILTIN = (types.BuiltinFunctionType, types.MethodWrapperType)
+_DESCRIPTOR = (
+    types.MethodDescriptorType,
+    types.WrapperDescriptorType,
+    types.ClassMethodDescriptorType,
+)
+
+
+def describe(func: Callable[..., Any]) -> tuple[str | None, str, str, Callable[..., Any] | None]:
+    """Who a callable is: ``(module, qualname, holds, code)``.
+
+    ``holds`` says what this callable holds besides its code, which its keys need
+    (:func:`carried` digests it): a ``functools.partial``'s bound arguments, a bound
+    method's or a callable instance's object. "" for functions, classes and builtins,
+    which hold nothing (a closure's captured variables are :func:`_captured`'s).
+    ``code`` is the Python function whose source ``hash_code`` digests (None for
+    builtins: no source).
+    """
+    code: Callable[..., Any] | None
+    if isinstance(func, (types.FunctionType, type)):
+        code = func if isinstance(func, types.FunctionType) else None
+        return getattr(func, "__module__", None), func.__qualname__, "", code
+    if isinstance(func, functools.partial):
+        module, qualname, _, code = describe(func.func)
+        # the partial's digest: its function (by name; a local one by code and closure),
+        # its bound arguments and keywords
+        return module, qualname, "its bound arguments", code
+    if isinstance(func, types.MethodType):  # obj.method: obj is part of what it computes
+        module, qualname, _, code = describe(func.__func__)
+        return module, qualname, "the object it is bound to", code
+    if isinstance(func, _BUILTIN):
+        owner = getattr(func, "__self__", None)
+        if owner is None or isinstance(owner, types.ModuleType):  # math.factorial, len
+            module = getattr(func, "__module__", None) or getattr(owner, "__name__", None)
+            return module or "builtins", func.__qualname__, "", None
+        # a C method bound to an object: "abc".upper, a Random instance's random
+        t = type(owner)
+        return t.__module__, func.__qualname__, "the object it is bound to", None
+    if isinstance(func, _DESCRIPTOR):  # dict.get, str.upper: the object is an argument
+        return func.__objclass__.__module__, func.__qualname__, "", None
+    # an instance of a class with __call__: its class's __call__ runs with its state
+    t = type(func)
+    qualname = f"{t.__qualname__}.__call__"
+    call = getattr(t, "__call__", None)  # noqa: B004 - the function it runs, not a test
+    code = call if isinstance(call, types.FunctionType) else None
+    return t.__module__, qualname, "its instance", code
+
+
+def carried(func: Any, qualname: str, what: str) -> str:
+    """The digest of a callable with what it holds (``what``, from :func:`describe`);
+    :class:`CallableRefused` if it has none."""
+    try:
+        return "carried:" + digest_bytes(func, name="callable").hex()
+    except UnhashableArgumentError as e:
+        why = f"{e.where}, of type {e.type_name}: {e.reason}" if e.where else str(e)
+        fixes = ""
+        if what == "its instance":  # its class knows what sets its instances apart
+            fixes = f"give {type(func).__qualname__} a __fleche_digest__ method, or "
+        elif e.registrable and e.type_name:
+            fixes = f"register a digest with fleche.digest.register({e.type_name}, fn), or "
+        raise CallableRefused(
+            f"fleche({qualname}): cannot key a {type(func).__qualname__}: no digest for "
+            f"{what} ({why}), so callables holding different values would share results. "
+            f"To cache it, {fixes}decorate a function taking that value as an argument"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a digest rule that failed: no digest either
+        raise CallableRefused(
+            f"fleche({qualname}): cannot key a {type(func).__qualname__}: digesting {what} "
+            f"failed ({e!r}); decorate a function taking that value as an argument instead"
+        ) from None

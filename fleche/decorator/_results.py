@@ -93,6 +93,7 @@ class ResultIO:
     mmap: MmapMode
     metadata: frozenset[str] | None
     func: Callable[..., Any]
+    code_func: Callable[..., Any] | None  # the Python function whose source it runs, if any
     stale_code: str | None
     code_now: str | None
     _code_known: bool
@@ -117,7 +118,8 @@ class ResultIO:
         if not self._code_known:
             from fleche.digest import code_digest_since  # once per function
 
-            self.code_now = code_digest_since(self.func, self._decorated_ns)
+            code = self.code_func
+            self.code_now = None if code is None else code_digest_since(code, self._decorated_ns)
             self._record_head["code"] = self.code_now
             self._code_known = True
         return self.code_now

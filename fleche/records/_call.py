@@ -19,7 +19,7 @@ from typing import Any
 import xxhash
 
 from fleche.digest import digest_bytes
-from fleche.errors import FlecheError
+from fleche.errors import CallNotStored, FlecheError
 
 _CALL_TAG = b"fleche/call/1\0"
 _MISSING = object()
@@ -61,6 +61,14 @@ class PendingCall:
     digests: list[bytes]
 
 
+_ANY_SIGNATURE = inspect.Signature(
+    [
+        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+)
+
+
 class Binder:
     """Bind call arguments to parameter names the way ``inspect.Signature.bind`` does, faster.
 
@@ -71,14 +79,20 @@ class Binder:
     """
 
     def __init__(self, func: Callable[..., Any], ignore: Iterable[str] = ()) -> None:
-        self.signature = inspect.signature(func)
+        try:
+            self.signature = inspect.signature(func)
+        except (ValueError, TypeError):
+            # Builtins with no signature (time.sleep, max, int): their arguments bind as
+            # ``*args`` and ``**kwargs``, so a call keys by exactly what it was given.
+            self.signature = _ANY_SIGNATURE
         params = list(self.signature.parameters.values())
         self.names = [p.name for p in params]
         self.ignore = frozenset(ignore)
         unknown = self.ignore - set(self.names)
         if unknown:
+            name = getattr(func, "__qualname__", None) or type(func).__qualname__
             raise ValueError(
-                f"ignore={sorted(unknown)!r} names no parameter of {func.__qualname__}; "
+                f"ignore={sorted(unknown)!r} names no parameter of {name}; "
                 f"its parameters are {self.names}"
             )
         self.simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
@@ -200,6 +214,11 @@ class Call:
 
     ``arguments`` and ``result`` load from the cache on first access, so
     iterating over a query's calls reads values only for what you look at.
+
+    ``f.call(...)`` of a call the cache does not hold describes it all the same
+    (its function, bound arguments and digest), as 0.22 did: ``stored`` is False,
+    ``metadata`` empty, and ``result`` raises :class:`~fleche.errors.CallNotStored`
+    (a ``KeyError``) rather than standing in for a result with None.
     """
 
     name: str
@@ -210,6 +229,8 @@ class Call:
     code_digest: str | None
     metadata: dict[str, Any]
     record: dict[str, Any] = field(repr=False)
+    stored: bool = True
+    _where: str = field(default="", repr=False)  # the cache an unstored call is not in
     _loader: Callable[[dict[str, Any]], Any] | None = field(default=None, repr=False)
     _arguments: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -227,6 +248,40 @@ class Call:
             _loader=loader,
         )
 
+    @classmethod
+    def unstored(
+        cls,
+        head: dict[str, Any],
+        key: str,
+        items: list[tuple[str, Any]],
+        digests: list[bytes],
+        where: str,
+    ) -> Call:
+        """A call that is not stored: ``head`` the record fields every call of its function
+        shares, ``items``/``digests`` its bound arguments and their digests, ``where`` the
+        URL of the cache it is not in. Its record has no ``result`` and no ``metadata``."""
+        arguments: dict[str, Any] = {}
+        for (name, value), d in zip(items, digests, strict=True):
+            if is_clear(value):
+                arguments[name] = value
+            else:  # as a record keeps a value it does not hold: by type and digest
+                t = type(value)
+                arguments[name] = {"type": f"{t.__module__}.{t.__qualname__}", "digest": d.hex()}
+        record = {**head, "digest": key, "arguments": arguments}
+        return cls(
+            name=record["qualname"],
+            module=record["module"],
+            version=record.get("version"),
+            digest=key,
+            function_id=record["function"],
+            code_digest=record.get("code"),
+            metadata={},
+            record=record,
+            stored=False,
+            _where=where,
+            _arguments=dict(items),
+        )
+
     @property
     def arguments(self) -> dict[str, Any]:
         if self._arguments is None:
@@ -239,6 +294,12 @@ class Call:
 
     @property
     def result(self) -> Any:
+        if not self.stored:
+            raise CallNotStored(
+                f"{self.name}: call {self.digest} is not in cache {self._where or '?'}, so it "
+                "has no result: call the function to compute it (f.call(...) then returns "
+                "the stored call), or check first with f.contains(...)"
+            )
         return self._loader_or_error()(self.record["result"])
 
     def _loader_or_error(self) -> Callable[[dict[str, Any]], Any]:
