@@ -581,3 +581,26 @@ def test_a_pickled_store_opens_its_own_connection(sftp_store: SFTPStore) -> None
     assert copy.get(oid) == b"shipped"
     copy.close()
     assert sftp_store.get(oid) == b"shipped"  # closing the copy leaves the original connected
+
+
+def test_a_lease_released_while_another_is_refused_is_taken_not_an_error(
+    sftp_store: SFTPStore, remote_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Threads racing for one call's lease: the create-only rename of the loser is refused
+    because the winner's lease exists, and the winner may release it before the loser asks
+    whether it exists. That is a lease free to take, not a failure to lease (which made the
+    loser compute the call a second time, 'without single-flight')."""
+    fid, digest = "mod.f", "ab" * 16
+    assert sftp_store.acquire_lease(fid, digest, b"winner")
+    real_stat = SFTPStore._stat_exists
+    asked: list[str] = []
+
+    def released_meanwhile(r: Any, path: str) -> bool:
+        if not asked:  # the winner finishes between the refused rename and this question
+            asked.append(path)
+            sftp_store.release_lease(fid, digest)
+        return real_stat(r, path)
+
+    monkeypatch.setattr(SFTPStore, "_stat_exists", staticmethod(released_meanwhile))
+    assert sftp_store.acquire_lease(fid, digest, b"loser")
+    assert asked and bytes(sftp_store.read_lease(fid, digest) or b"") == b"loser"

@@ -382,7 +382,8 @@ class SFTPStore(ObjectStore):
 
     def _rename(self, r: _Replies, src: str, dst: str, *, replace: bool) -> bool:
         """Rename ``src`` to ``dst``: atomically replacing it, or refusing when it exists (False)."""
-        for attempt in range(2):
+        missing_dir_made = failed_create = False
+        while True:
             try:
                 if not replace:
                     # OpenSSH links, then unlinks: an existing target is refused.
@@ -393,8 +394,9 @@ class SFTPStore(ObjectStore):
                     self._replace_without_posix_rename(r, src, dst)
                 return True
             except FileNotFoundError:
-                if attempt:  # the directory exists now, so it is src that is missing
+                if missing_dir_made:  # the directory exists now, so it is src that is missing
                     raise
+                missing_dir_made = True
                 self._make_dirs(r, posixpath.dirname(dst))
             except _Unsupported:
                 if not (replace and self.fs.posix_rename):
@@ -402,10 +404,15 @@ class SFTPStore(ObjectStore):
                 self.fs.posix_rename = False  # not OpenSSH: remembered for this connection
                 return self._rename(r, src, dst, replace=True)
             except _Failure:
-                if replace or not self._stat_exists(r, dst):
+                if replace:
                     raise
-                return False
-        raise AssertionError("unreachable")  # pragma: no cover
+                if self._stat_exists(r, dst):
+                    return False
+                # The target existed when the rename was refused and is gone now (a lease
+                # released in between): try once more before calling it a failure.
+                if failed_create:
+                    raise
+                failed_create = True
 
     @staticmethod
     def _replace_without_posix_rename(r: _Replies, src: str, dst: str) -> None:
