@@ -36,7 +36,6 @@ from fleche.store._local import (
     LocalStore,
     open_file,
 )
-from fleche.store._memory import MemoryStore, PrivateMemoryFileSystem
 from fleche.store._open import open_store
 from fleche.store._remote import RemoteStore
 from fleche.store._remote_session import parse_url
@@ -56,13 +55,19 @@ from fleche.store._wire import (
 )
 
 if TYPE_CHECKING:
+    from fleche.store._memory import MemoryStore, PrivateMemoryFileSystem
     from fleche.store._s3 import S3Store, Upload
     from fleche.store._sftp import SFTPStore
     from fleche.store._ssh import SSHAuthenticationError, SSHConnectionError, SSHFileSystem
 
 
 def __getattr__(name: str) -> Any:
-    # The backends that need s3fs or paramiko load on first use, not with the package.
+    # The backends built on fsspec (memory), s3fs or paramiko load on first use, not
+    # with the package: a local store never imports any of them.
+    if name in ("MemoryStore", "PrivateMemoryFileSystem"):
+        from fleche.store import _memory
+
+        return getattr(_memory, name)
     if name in ("S3Store", "Upload"):
         from fleche.store import _s3
 
