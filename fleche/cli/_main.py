@@ -208,7 +208,6 @@ def resolve_store(spec: str | None) -> ObjectStore:
     """
     from fleche import config
     from fleche.cache import LayeredCache, strict_open
-    from fleche.store import MemoryStore
 
     with strict_open():  # a store that cannot be opened is the command's error to report
         cache = config.default_cache() if spec is None else config.resolve(spec)
@@ -217,7 +216,7 @@ def resolve_store(spec: str | None) -> ObjectStore:
         layers = "; ".join(f"{i}: {layer.url}" for i, layer in enumerate(cache.layers, 1))
         raise FlecheError(f"{what} is a layered cache ({layers}): give one layer's URL with -s")
     store = cache.store
-    if spec is None and isinstance(store, MemoryStore) and store.name is None:
+    if spec is None and store.in_memory and getattr(store, "name", None) is None:
         raise FlecheError(
             "no cache chosen: pass -s URL|NAME, set FLECHE_CACHE, or name a default "
             "cache in fleche.toml (see 'fleche config')"

@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from fleche.store import HEX_DIGITS, LocalStore, MemoryStore, ObjectStore, is_function_id
+from fleche.store import HEX_DIGITS, LocalStore, ObjectStore, is_function_id
 
 SETTLE_NS = 2_000_000_000
 """A directory mtime younger than this (2 s) may hide a write made in the same tick."""
@@ -72,7 +72,7 @@ def is_local(store: ObjectStore | None) -> bool:
 
 
 def is_memory(store: ObjectStore | None) -> bool:
-    return isinstance(store, MemoryStore)
+    return store is not None and store.in_memory
 
 
 def _calls(store: ObjectStore) -> str:

@@ -38,7 +38,8 @@ def _identity(store: ObjectStore) -> str:
     ``s3://team/cache`` on AWS and on a MinIO or radosgw server are different
     stores: one catalogue file for both would list the calls of the other.
     """
-    opts = getattr(store.fs, "storage_options", None) or {}
+    # A local store has no endpoint; asking for its fs would import fsspec for nothing.
+    opts = {} if is_local(store) else getattr(store.fs, "storage_options", None) or {}
     client = opts.get("client_kwargs") or {}
     endpoint = opts.get("endpoint_url") or (
         client.get("endpoint_url") if isinstance(client, dict) else None

@@ -31,7 +31,6 @@ from fleche.config import active_cache, cache, tags
 from fleche.decorator import CachedFunction, Undecodable
 from fleche.errors import FlecheError
 from fleche.records import current_tags
-from fleche.store import MemoryStore
 
 
 class CacheNotPortableError(FlecheError, ValueError):
@@ -51,7 +50,7 @@ class _CacheRecipe:
     """
 
     def __init__(self, c: Cache) -> None:
-        if isinstance(c.store, MemoryStore):
+        if c.store.in_memory:
             raise _not_portable(c.url)
         self.store = c.store
         self.options: dict[str, Any] = {

@@ -3,10 +3,10 @@
 At the bottom with :mod:`fleche.digest`: it imports nothing of fleche but
 :mod:`fleche.errors`.  Values live under ``objects/``, call records under
 ``calls/``, each under its hash and written once (``docs/format.md``).  Every
-backend is an :class:`ObjectStore`: local disk and memory here, S3, SFTP and the
+backend is an :class:`ObjectStore`: local disk here; memory, S3, SFTP and the
 remote cache (``fleche+ssh://``, spoken over :mod:`the wire <fleche.store._wire>`
 that ``fleche remote --serve`` answers) imported only when first used, so
-``import fleche`` never pays for s3fs or paramiko.  :func:`open_store` turns a
+``import fleche`` and a local store never pay for fsspec, s3fs or paramiko.  :func:`open_store` turns a
 URL into the right one.
 
 Inside: ``_base`` (names, paths, the generic store), ``_local``, ``_memory``,
@@ -15,6 +15,7 @@ SSH connections), ``_remote`` with ``_remote_session`` and ``_wire`` (the remote
 cache's client, its connection, its framing), ``_open`` (URL to backend).
 """
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from fleche.store._base import (
@@ -36,46 +37,65 @@ from fleche.store._local import (
     LocalStore,
     open_file,
 )
-from fleche.store._memory import MemoryStore, PrivateMemoryFileSystem
 from fleche.store._open import open_store
-from fleche.store._remote import RemoteStore
-from fleche.store._remote_session import parse_url
-from fleche.store._wire import (
-    ERROR,
-    MAGIC,
-    MISS,
-    OK,
-    PREFIX,
-    PROTOCOL,
-    BrokenStream,
-    RemoteError,
-    RemoteProtocolError,
-    error_names,
-    read_message,
-    write_message,
-)
 
 if TYPE_CHECKING:
+    from fleche.store._memory import MemoryStore, PrivateMemoryFileSystem
+    from fleche.store._remote import RemoteStore
+    from fleche.store._remote_session import parse_url
     from fleche.store._s3 import S3Store, Upload
     from fleche.store._sftp import SFTPStore
     from fleche.store._ssh import SSHAuthenticationError, SSHConnectionError, SSHFileSystem
+    from fleche.store._wire import (
+        ERROR,
+        MAGIC,
+        MISS,
+        OK,
+        PREFIX,
+        PROTOCOL,
+        BrokenStream,
+        RemoteError,
+        RemoteProtocolError,
+        error_names,
+        read_message,
+        write_message,
+    )
+
+# name -> the module that defines it, imported on first use rather than with the package:
+# memory needs fsspec, S3 s3fs, SFTP paramiko, the remote cache subprocess and its wire.
+# A local store needs none of them, so ``import fleche`` never pays for them.
+_LAZY = {
+    **dict.fromkeys(("MemoryStore", "PrivateMemoryFileSystem"), "_memory"),
+    "RemoteStore": "_remote",
+    "parse_url": "_remote_session",
+    **dict.fromkeys(("S3Store", "Upload"), "_s3"),
+    "SFTPStore": "_sftp",
+    **dict.fromkeys(("SSHAuthenticationError", "SSHConnectionError", "SSHFileSystem"), "_ssh"),
+    **dict.fromkeys(
+        (
+            "ERROR",
+            "MAGIC",
+            "MISS",
+            "OK",
+            "PREFIX",
+            "PROTOCOL",
+            "BrokenStream",
+            "RemoteError",
+            "RemoteProtocolError",
+            "error_names",
+            "read_message",
+            "write_message",
+        ),
+        "_wire",
+    ),
+}
 
 
 def __getattr__(name: str) -> Any:
-    # The backends that need s3fs or paramiko load on first use, not with the package.
-    if name in ("S3Store", "Upload"):
-        from fleche.store import _s3
-
-        return getattr(_s3, name)
-    if name == "SFTPStore":
-        from fleche.store._sftp import SFTPStore
-
-        return SFTPStore
-    if name in ("SSHAuthenticationError", "SSHConnectionError", "SSHFileSystem"):
-        from fleche.store import _ssh
-
-        return getattr(_ssh, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 __all__ = [

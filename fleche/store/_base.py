@@ -19,16 +19,15 @@ import mmap
 import re
 import secrets
 import stat
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import Any, Protocol, cast
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
-import fsspec
 import xxhash
-from fsspec.implementations.local import LocalFileSystem
 
 from fleche._version import __version__
 from fleche.errors import (
@@ -38,6 +37,9 @@ from fleche.errors import (
     StoreFormatError,
     StoreLinkError,
 )
+
+if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use it load it
+    import fsspec
 
 BytesLike = bytes | bytearray | memoryview
 Data = BytesLike | Sequence[BytesLike]
@@ -198,16 +200,25 @@ class PathStore(ABC):
     """Whether the filesystem has directories and symbolic links of its own (local, SFTP):
     then a name may hold one where a file belongs, and a link may lead out of the store."""
 
+    in_memory = False
+    """Whether the files live in this process's memory (``MemoryStore``): no other process,
+    worker or index file can see them. A flag, so that asking needs no import of fsspec."""
+
     def __init__(
         self,
-        fs: fsspec.AbstractFileSystem,
+        fs: fsspec.AbstractFileSystem | None,
         root: str,
         *,
         read_only: bool = False,
         durable: bool = False,
     ) -> None:
-        self.fs = fs
-        self.root = fs._strip_protocol(root).rstrip("/")
+        # None: a backend that reaches its files without fsspec (LocalStore) and makes
+        # ``fs`` itself on first use; ``root`` is then already a plain path.
+        if fs is None:
+            self.root = root.rstrip("/")
+        else:
+            self.fs = fs
+            self.root = fs._strip_protocol(root).rstrip("/")
         self.read_only = read_only
         self.durable = durable
         self.url: str = self._make_url()
@@ -599,6 +610,10 @@ class ObjectStore(PathStore):
         The path is computed, not checked: opening it may raise FileNotFoundError.
         """
         path = self._oid_path(oid)
+        if "fsspec" not in sys.modules:  # no fsspec filesystem can exist yet
+            return None
+        from fsspec.implementations.local import LocalFileSystem
+
         return path if isinstance(self.fs, LocalFileSystem) else None
 
     # -- call records ------------------------------------------------------------

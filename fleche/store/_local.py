@@ -18,8 +18,8 @@ import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
-
-from fsspec.implementations.local import LocalFileSystem
+from functools import cached_property
+from typing import TYPE_CHECKING
 
 from fleche.store._base import (
     HEX_DIGITS,
@@ -34,6 +34,9 @@ from fleche.store._base import (
     not_a_file,
     writable_buffer,
 )
+
+if TYPE_CHECKING:
+    from fsspec.implementations.local import LocalFileSystem
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
@@ -203,11 +206,26 @@ class LocalStore(ObjectStore):
         path = os.fspath(root)
         path = path[len("file://") :] if path.startswith("file://") else path
         path = os.path.abspath(os.path.expanduser(path))
-        super().__init__(LocalFileSystem(), path, read_only=read_only, durable=durable)
+        if os.sep != "/":  # pragma: no cover - Windows: "/" as fsspec's LocalFileSystem spells it
+            path = path.replace(os.sep, "/")
+        # No filesystem object: every primitive below is an os call, and fsspec (~60 ms
+        # to import) loads only if something asks for ``fs``.
+        super().__init__(None, path, read_only=read_only, durable=durable)
         self._tmp = f"{self.root}/tmp"
+
+    @cached_property
+    def fs(self) -> LocalFileSystem:
+        """fsspec's view of the local disk, for code written against any store's ``fs``."""
+        from fsspec.implementations.local import LocalFileSystem
+
+        return LocalFileSystem()
 
     def _make_url(self) -> str:
         return self.root or "/"
+
+    def local_path(self, oid: str) -> str | None:
+        """The object's path on this disk (for mmap); computed, not checked."""
+        return self._oid_path(oid)
 
     # -- primitives ---------------------------------------------------------------
 

@@ -64,6 +64,8 @@ class MemoryStore(ObjectStore):
     ``durable`` is accepted and means nothing here.
     """
 
+    in_memory = True
+
     def __init__(
         self,
         name: str | None = None,

@@ -2,8 +2,8 @@
 
 A path, ``file://`` and ``memory://`` are served by ``LocalStore`` and
 ``MemoryStore``; ``s3://``, ``sftp://`` and ``fleche+ssh://`` by their own
-backends, imported only when one is opened (so s3fs or paramiko cost nothing
-otherwise); any other fsspec protocol by the generic
+backends, imported only when one is opened (so fsspec, s3fs or paramiko cost
+nothing otherwise: a local store never imports them); any other fsspec protocol by the generic
 :class:`~fleche.store.ObjectStore`.
 
 Import :func:`open_store` from :mod:`fleche.store`, which re-exports it.
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import os
 from typing import TYPE_CHECKING, Any
-
-import fsspec
 
 from fleche.errors import ConfigError
 
@@ -42,7 +40,6 @@ def open_store(
     # before it defines ObjectStore, and the backends import fleche.store.
     from fleche.store._base import ObjectStore
     from fleche.store._local import LocalStore
-    from fleche.store._memory import MemoryStore
 
     if create and read_only:
         raise ValueError("open_store: create=True and read_only=True contradict each other")
@@ -57,6 +54,8 @@ def open_store(
         if storage_options:
             raise ConfigError(f"storage options {sorted(storage_options)} do not apply to {text!r}")
         if protocol == "memory":
+            from fleche.store._memory import MemoryStore  # fsspec's memory filesystem
+
             store = MemoryStore(rest.strip("/") or None, read_only=read_only, durable=durable)
         else:
             store = LocalStore(rest if sep else text, read_only=read_only, durable=durable)
@@ -76,6 +75,8 @@ def open_store(
 
         store = RemoteStore(text, read_only=read_only, durable=durable, **storage_options)
     else:
+        import fsspec  # here: a path, file:// and the backends above never need it
+
         known = {*fsspec.available_protocols(), *fsspec.registry}  # built in + registered
         if protocol not in known:
             raise ConfigError(

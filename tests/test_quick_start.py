@@ -1,0 +1,116 @@
+"""A quick start: ``import fleche`` and a local store's hits load no heavy package.
+
+Each probe runs in a fresh interpreter and names the third-party top-level
+modules that its code loaded (``sys.modules`` after minus before, less the
+standard library). fsspec alone costs ~60 ms to import, rich and click tens
+more: a module that appears here by accident fails loudly, naming itself.
+If a new dependency is genuinely needed at import, add it to ``IMPORT_FLECHE``
+with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+IMPORT_FLECHE = {
+    "fleche",
+    "msgpack",  # call records
+    "xxhash",  # keys and object names
+    "zstandard",  # frames
+}
+"""Everything ``import fleche`` may load that is not in the standard library."""
+
+HEAVY = {"fsspec", "s3fs", "paramiko", "sqlalchemy", "rich", "click", "numpy", "pandas", "pyarrow"}
+
+_PROBE = """\
+import json, sys
+before = set(sys.modules)
+{body}
+new = {{name.partition(".")[0] for name in set(sys.modules) - before}}
+# Cython's runtime modules come with msgpack's and zstandard's compiled extensions.
+new = {{n for n in new if not n.startswith("_cython") and n != "cython_runtime"}}
+print(json.dumps(sorted(new - set(sys.stdlib_module_names))))
+"""
+
+
+def third_party_loaded(body: str, *args: str) -> set[str]:
+    """The non-stdlib top-level modules that ``body`` loads in a fresh interpreter."""
+    code = _PROBE.format(body=textwrap.dedent(body))
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, check=True
+    )
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_import_fleche_loads_only_its_small_dependencies() -> None:
+    loaded = third_party_loaded("import fleche")
+    assert loaded == IMPORT_FLECHE, f"import fleche now loads {sorted(loaded - IMPORT_FLECHE)}"
+
+
+_CALL = """
+import sys
+import fleche
+
+fleche.set_default_cache(sys.argv[1], read_only=sys.argv[2] == "ro")
+
+@fleche.fleche
+def double(x):
+    print("computed")
+    return 2 * x
+
+assert double(21) == 42
+"""
+
+
+def test_a_miss_and_a_hit_on_a_local_store_import_no_fsspec(tmp_path: Path) -> None:
+    store = str(tmp_path / "cache")
+    # The first process computes and stores; the second is served from disk.
+    assert third_party_loaded(_CALL, store, "rw") <= IMPORT_FLECHE
+    hit = _CALL + "print('hit')\n"
+    code = _PROBE.format(body=hit)
+    out = subprocess.run(
+        [sys.executable, "-c", code, store, "rw"], capture_output=True, text=True, check=True
+    )
+    lines = out.stdout.split()
+    assert "computed" not in lines and "hit" in lines  # really a hit, in a fresh process
+    assert set(json.loads(out.stdout.strip().splitlines()[-1])) <= IMPORT_FLECHE
+
+
+def test_a_query_of_a_read_only_local_store_imports_no_fsspec(tmp_path: Path) -> None:
+    # Its index lives in the user cache dir, named after the store: naming it asks
+    # nothing of fsspec (platformdirs finds the directory).
+    store = str(tmp_path / "cache")
+    third_party_loaded(_CALL, store, "rw")
+    loaded = third_party_loaded(_CALL + "assert len(list(double.query())) == 1\n", store, "ro")
+    assert not loaded & HEAVY, sorted(loaded & HEAVY)
+
+
+def test_a_local_store_makes_its_fsspec_filesystem_when_asked(tmp_path: Path) -> None:
+    body = """
+    import sys
+    from fleche.store import open_store
+    store = open_store(sys.argv[1])
+    store.put(b"x")
+    assert "fsspec" not in sys.modules
+    assert store.fs.exists(store.root + "/fleche.json")  # code written against any store's fs
+    assert store.fs is store.fs
+    """
+    assert "fsspec" in third_party_loaded(body, str(tmp_path / "s"))
+
+
+def test_the_cli_version_and_help_load_no_rich_nor_fsspec() -> None:
+    for flag in ("--version", "--help"):
+        body = f"""
+        sys.argv = ["fleche", "{flag}"]
+        from fleche.cli import main
+        try:
+            main()
+        except SystemExit as e:
+            assert not e.code, e.code
+        """
+        loaded = third_party_loaded(body)
+        assert loaded - IMPORT_FLECHE == {"click"}, (flag, sorted(loaded))
