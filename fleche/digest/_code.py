@@ -15,12 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from fleche.digest._core import (
+    _TUPLE_HEADERS,
     _active,
     _encode,
     _Encoder,
     _labelled,
     _qualname,
     _Stream,
+    _sub_digest,
     digest_bytes,
 )
 from fleche.digest._scalars import _PACK_TAG_LEN, _enc_str, _str_bytes
@@ -151,12 +153,12 @@ def code_digest_bytes(func: Callable[..., Any]) -> bytes:
     hit = _CODE_CACHE.get(id(code))
     if hit is not None and hit[0] is code:  # the code object is held: its id is not reused
         return hit[1]
-    tree = _source_key(func, code)
+    tree = _source_tree(func, code)
     if tree is not None:
-        value: Any = ("fleche.code", "ast", tree)
+        d = _tree_digest(tree)
     else:
         value = ("fleche.code", "bytecode", _code_object_key(code, func.__doc__))
-    d = digest_bytes(value, name="code")
+        d = digest_bytes(value, name="code")
     if len(_CODE_CACHE) >= 4096:  # exec'd or generated code: do not grow without bound
         _CODE_CACHE.clear()
     _CODE_CACHE[id(code)] = (code, d)
@@ -187,9 +189,10 @@ def code_digest_since(func: Callable[..., Any], since_ns: int) -> str | None:
         return None
 
 
-def _source_key(func: Any, code: types.CodeType, fast: bool = True) -> Any:
-    """The function's syntax tree as nested tuples, or None when its source is not
-    available or cannot be told apart from its neighbours on the same lines.
+def _source_tree(func: Any, code: types.CodeType, fast: bool = True) -> Any:
+    """The function's syntax tree, its decorators and name removed (the Lambda node
+    for a lambda), or None when its source is not available or cannot be told apart
+    from its neighbours on the same lines.
 
     ``fast=False`` skips :func:`_fast_source` (the tests compare both ways)."""
     import ast
@@ -203,25 +206,13 @@ def _source_key(func: Any, code: types.CodeType, fast: bool = True) -> Any:
         lambdas = [n for n in ast.walk(module) if isinstance(n, ast.Lambda)]
         if len(lambdas) != 1:
             return None  # several lambdas on those lines: picking one would be a guess
-        node: Any = lambdas[0]
-    else:
-        if not module.body or not isinstance(
-            module.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)
-        ):
-            return None
-        node = module.body[0]
-        node.decorator_list = []  # @fleche(version=...) must not change the code digest
-        node.name = ""  # the name is part of the function's identity, not of its code
-    for n in ast.walk(node):
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body:
-            first = n.body[0]
-            if (
-                isinstance(first, ast.Expr)
-                and isinstance(first.value, ast.Constant)
-                and isinstance(first.value.value, str)
-            ):
-                n.body = n.body[1:]  # the docstring
-    return _ast_key(node)
+        return lambdas[0]
+    if not module.body or not isinstance(module.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None
+    node = module.body[0]
+    node.decorator_list = []  # @fleche(version=...) must not change the code digest
+    node.name = ""  # the name is part of the function's identity, not of its code
+    return node
 
 
 def _inspect_tree(func: Any) -> Any:
@@ -420,24 +411,78 @@ def _last_line(code: types.CodeType) -> int:
     return max(last, code.co_firstlineno)
 
 
-def _ast_key(node: Any) -> Any:
-    """Nested (node type, fields) tuples without positions.  Empty and None fields
-    are left out, so fields that new Python versions add (type_params...) do not
-    change digests while they are unused."""
-    import ast
+# The digest of a syntax tree is that of ("fleche.code", "ast", key), where key is the
+# tree as nested (node type, ((field, value), ...)) tuples, without positions, fields
+# that are None or empty lists, or docstrings (docs/digests.md). _tree_digest writes
+# that encoding straight from the tree: building the tuples first cost as much again.
+_TREE_HEAD = _TUPLE_HEADERS[3] + _str_bytes("fleche.code") + _str_bytes("ast")
+_TUPLE2 = _TUPLE_HEADERS[2]
+_NAMES: dict[Any, bytes] = {}  # node type or field name -> its encoded name
 
-    if isinstance(node, ast.AST):
-        return (
-            type(node).__name__,
-            tuple(
-                (name, _ast_key(value))
-                for name, value in ast.iter_fields(node)
-                if value is not None and not (isinstance(value, list) and not value)
-            ),
-        )
-    if isinstance(node, list):
-        return [_ast_key(x) for x in node]
-    return node
+
+def _tree_digest(node: Any) -> bytes:
+    """The digest of a syntax tree (see above); docstrings are left out here."""
+    global _enc_tree
+    if _enc_tree is None:
+        _enc_tree = _tree_encoder()
+    st = _Stream()
+    st += _TREE_HEAD
+    _enc_tree(node, st)
+    return _sub_digest(st)
+
+
+_enc_tree: Callable[[Any, _Stream], None] | None = None
+
+
+def _tree_encoder() -> Callable[[Any, _Stream], None]:
+    import ast  # not at the top: ``import fleche.digest`` does not need it
+
+    node_type = ast.AST
+    holds_docstring = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    expr, constant = ast.Expr, ast.Constant
+
+    def enc(value: Any, st: _Stream) -> None:
+        if isinstance(value, node_type):
+            fields = []
+            for name in value._fields:
+                v = getattr(value, name, None)
+                if v is None:
+                    continue
+                if isinstance(v, list):
+                    if name == "body" and v and isinstance(value, holds_docstring):
+                        first = v[0]
+                        if (
+                            isinstance(first, expr)
+                            and isinstance(first.value, constant)
+                            and isinstance(first.value.value, str)
+                        ):
+                            v = v[1:]  # the docstring
+                    if not v:
+                        continue
+                fields.append((name, v))
+            t = type(value)
+            head = _NAMES.get(t)
+            if head is None:
+                head = _NAMES[t] = _str_bytes(t.__name__)
+            st += _TUPLE2
+            st += head
+            n = len(fields)
+            st += _TUPLE_HEADERS[n] if n < 64 else _PACK_TAG_LEN(0x28, n)
+            for name, v in fields:
+                head = _NAMES.get(name)
+                if head is None:
+                    head = _NAMES[name] = _str_bytes(name)
+                st += _TUPLE2
+                st += head
+                enc(v, st)
+        elif isinstance(value, list):
+            st += _PACK_TAG_LEN(0x5B, len(value))  # as a list: "[" and its length
+            for x in value:
+                enc(x, st)
+        else:  # a constant, a name's str, an int flag
+            _encode(value, st)
+
+    return enc
 
 
 def _code_object_key(code: types.CodeType, doc: str | None = None) -> tuple[Any, ...]:
