@@ -723,10 +723,10 @@ def test_code_digest_of_inline_lambdas(tmp_path):
         )
         """,
     )
-    from fleche.digest._code import _source_key
+    from fleche.digest._code import _source_tree
 
     for fn in (mod.inline, mod.key, mod.spread):
-        assert _source_key(fn, fn.__code__) is not None, fn  # found in the source
+        assert _source_tree(fn, fn.__code__) is not None, fn  # found in the source
     assert code_digest(mod.inline) == code_digest(mod.key)
     assert code_digest(mod.key) != code_digest(mod.other)
     assert code_digest(mod.spread) != code_digest(mod.key)

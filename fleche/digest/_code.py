@@ -15,12 +15,14 @@ from collections.abc import Callable
 from typing import Any
 
 from fleche.digest._core import (
+    _TUPLE_HEADERS,
     _active,
     _encode,
     _Encoder,
     _labelled,
     _qualname,
     _Stream,
+    _sub_digest,
     digest_bytes,
 )
 from fleche.digest._scalars import _PACK_TAG_LEN, _enc_str, _str_bytes
@@ -151,12 +153,12 @@ def code_digest_bytes(func: Callable[..., Any]) -> bytes:
     hit = _CODE_CACHE.get(id(code))
     if hit is not None and hit[0] is code:  # the code object is held: its id is not reused
         return hit[1]
-    tree = _source_key(func, code)
+    tree = _source_tree(func, code)
     if tree is not None:
-        value: Any = ("fleche.code", "ast", tree)
+        d = _tree_digest(tree)
     else:
         value = ("fleche.code", "bytecode", _code_object_key(code, func.__doc__))
-    d = digest_bytes(value, name="code")
+        d = digest_bytes(value, name="code")
     if len(_CODE_CACHE) >= 4096:  # exec'd or generated code: do not grow without bound
         _CODE_CACHE.clear()
     _CODE_CACHE[id(code)] = (code, d)
@@ -187,61 +189,300 @@ def code_digest_since(func: Callable[..., Any], since_ns: int) -> str | None:
         return None
 
 
-def _source_key(func: Any, code: types.CodeType) -> Any:
-    """The function's syntax tree as nested tuples, or None when its source is not
-    available or cannot be told apart from its neighbours on the same lines."""
-    import ast
-    import inspect
-    import textwrap
+def _source_tree(func: Any, code: types.CodeType, fast: bool = True) -> Any:
+    """The function's syntax tree, its decorators and name removed (the Lambda node
+    for a lambda), or None when its source is not available or cannot be told apart
+    from its neighbours on the same lines.
 
-    try:
-        module = ast.parse(textwrap.dedent(inspect.getsource(func)))
-    except (OSError, TypeError, SyntaxError):
+    ``fast=False`` skips :func:`_fast_source` (the tests compare both ways)."""
+    import ast
+
+    found = _fast_source(func, code) if fast else None
+    module = found[1] if found is not None else _inspect_tree(func)
+    if module is None:
         return None  # exec'd code, the REPL, or a lambda inside a multi-line expression
     if code.co_name == "<lambda>":
         # getsource returns whole lines: find the lambda among what they contain.
         lambdas = [n for n in ast.walk(module) if isinstance(n, ast.Lambda)]
         if len(lambdas) != 1:
             return None  # several lambdas on those lines: picking one would be a guess
-        node: Any = lambdas[0]
-    else:
-        if not module.body or not isinstance(
-            module.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)
-        ):
-            return None
-        node = module.body[0]
-        node.decorator_list = []  # @fleche(version=...) must not change the code digest
-        node.name = ""  # the name is part of the function's identity, not of its code
-    for n in ast.walk(node):
-        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body:
-            first = n.body[0]
-            if (
-                isinstance(first, ast.Expr)
-                and isinstance(first.value, ast.Constant)
-                and isinstance(first.value.value, str)
-            ):
-                n.body = n.body[1:]  # the docstring
-    return _ast_key(node)
-
-
-def _ast_key(node: Any) -> Any:
-    """Nested (node type, fields) tuples without positions.  Empty and None fields
-    are left out, so fields that new Python versions add (type_params...) do not
-    change digests while they are unused."""
-    import ast
-
-    if isinstance(node, ast.AST):
-        return (
-            type(node).__name__,
-            tuple(
-                (name, _ast_key(value))
-                for name, value in ast.iter_fields(node)
-                if value is not None and not (isinstance(value, list) and not value)
-            ),
-        )
-    if isinstance(node, list):
-        return [_ast_key(x) for x in node]
+        return lambdas[0]
+    if not module.body or not isinstance(module.body[0], (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return None
+    node = module.body[0]
+    node.decorator_list = []  # @fleche(version=...) must not change the code digest
+    node.name = ""  # the name is part of the function's identity, not of its code
     return node
+
+
+def _inspect_tree(func: Any) -> Any:
+    """``inspect.getsource(func)``, dedented and parsed; None without source.
+
+    The reference :func:`_fast_source` must agree with, and its fallback."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        return ast.parse(textwrap.dedent(inspect.getsource(func)))
+    except (OSError, TypeError, SyntaxError):
+        return None
+
+
+# How many places _fast_source tries for the end of a function (each costs a parse):
+# more than one only when a line inside it is indented no deeper than its def (the
+# text of a multi-line string, a closing bracket) or when it ends in constants.
+_FAST_TRIES = 8
+
+
+def _fast_source(func: Any, code: types.CodeType) -> tuple[str, Any] | None:
+    """``inspect.getsource(func)`` and that text dedented and parsed, found without
+    the tokenize module; None when it cannot be sure, and the caller asks inspect.
+
+    inspect finds the end of a function by tokenizing from its first line, and the
+    first use of tokenize in a process compiles its regular expressions: 3-10 ms,
+    twenty times the rest of a first cached call. This reads the same lines from
+    linecache, starts on the same line (``co_firstlineno``, checked as inspect
+    checks it), and cuts where the code object's positions say the function ends.
+    ``ast.parse`` accepts the cut when it holds exactly that function and the next
+    line that is neither blank nor a comment is indented no deeper than the
+    ``def``, so that no part of the function is left out (a cut inside a string or
+    a bracket does not parse). Then it adds what inspect's block finder adds after
+    a function: the comment lines that follow it indented as deep as its body.
+    Anything unusual (backslash continuations, form feeds) returns None.
+    """
+    import ast
+    import textwrap
+
+    if not isinstance(func, types.FunctionType) or code.co_name == "<lambda>":
+        return None
+    try:
+        lines = _source_lines(func)
+    except Exception:  # noqa: BLE001 - inspect makes the same calls: it raises or declines
+        return None
+    start = code.co_firstlineno - 1
+    if not 0 <= start < len(lines) or not _opens_def(lines[start]):
+        return None
+    indent = _indent(lines[start])
+    if "\f" in indent:
+        return None
+    n = len(lines)
+    at = _last_line(code)  # 1-based, so the index of the line after it
+    if at > n:
+        return None  # the file does not hold this code
+    at = max(at, start + 1)
+    for _ in range(_FAST_TRIES):
+        stop = at  # the first line from `at` that may follow the function
+        while stop < n and not _may_follow(lines[stop], indent):
+            stop += 1
+        end = stop  # without the blank and comment lines before it
+        while end > start + 1 and _is_blank_or_comment(lines[end - 1]):
+            end -= 1
+        text = "".join(lines[start:end])
+        dedented = textwrap.dedent(text)
+        try:
+            module = ast.parse(dedented)
+        except Exception:  # noqa: BLE001 - cut inside the function: try the next candidate
+            if stop >= n:
+                return None
+            at = stop + 1
+            continue
+        return _as_inspect_would(module, code, lines, start, stop, text, dedented)
+    return None
+
+
+def _as_inspect_would(
+    module: Any,
+    code: types.CodeType,
+    lines: list[str],
+    start: int,
+    stop: int,
+    text: str,
+    dedented: str,
+) -> tuple[str, Any] | None:
+    """The (source, tree) inspect would give, from a parse of ``lines[start:...]``
+    that ``lines[stop]`` (or the end of the file) may follow; None if not sure."""
+    import ast
+    import textwrap
+
+    body = module.body
+    if (
+        len(body) != 1
+        or not isinstance(body[0], (ast.FunctionDef, ast.AsyncFunctionDef))
+        or body[0].name != code.co_name
+        or not body[0].body
+    ):
+        return None
+    node = body[0]
+    if node.end_lineno is None:
+        return None
+    last = start + node.end_lineno  # the index of the line after the function
+    if _continued(lines[last - 1]):
+        return None  # its last line continues on the next: inspect would take that too
+    first = node.body[0]
+    at = start + first.lineno - 1  # the first statement's line (a def's, not its decorators')
+    lead = _indent(lines[at])
+    if "\f" in lead or (at > start and _continued(lines[at - 1])):
+        return None  # a form feed, or a body continued from the line before
+    margin = len(_indent(lines[start])) - len(_indent(dedented))
+    end = last
+    if len(lead) - margin == first.col_offset:
+        # A body below the def: inspect's block finder also takes the comments that
+        # follow it, up to the last indented at least as deep as the body's first line.
+        for i in range(last, stop):
+            line = lines[i]
+            head = line.lstrip(" \t\f")
+            if head.startswith("#"):
+                if "\f" in line[: len(line) - len(head)]:
+                    return None
+                if len(line) - len(head) >= len(lead):
+                    end = i + 1
+            elif head.strip():
+                return None
+    source = "".join(lines[start:end])
+    if source == text:
+        return source, module
+    try:
+        return source, ast.parse(textwrap.dedent(source))
+    except Exception:  # noqa: BLE001 - inspect's source does not parse: let inspect say so
+        return None
+
+
+def _source_lines(func: Any) -> list[str]:
+    """The lines of the file that holds ``func``, found as ``inspect.findsource`` finds them."""
+    import inspect
+    import linecache
+
+    file = inspect.getsourcefile(func)
+    if file:
+        linecache.checkcache(file)
+    else:
+        file = inspect.getfile(func)
+        if not (file.startswith("<") and file.endswith(">")):
+            return []
+    module = inspect.getmodule(func, file)
+    return linecache.getlines(file, module.__dict__) if module else linecache.getlines(file)
+
+
+def _opens_def(line: str) -> bool:
+    """Whether the line is one ``inspect.findsource`` stops on (its pattern matches
+    a decorator, a def or a lambda; this only the first two, without compiling it)."""
+    head = line.lstrip()
+    if head.startswith("@"):
+        return True
+    if head.startswith("async") and head[5:6].isspace():
+        head = head[5:].lstrip()
+    return head.startswith("def") and head[3:4].isspace()
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t\f"))]
+
+
+def _continued(line: str) -> bool:
+    """Whether the line ends in a backslash (or a comment that does: we cannot tell)."""
+    return line.rstrip("\r\n").endswith("\\")
+
+
+def _is_blank_or_comment(line: str) -> bool:
+    head = line.lstrip(" \t\f")
+    return not head or head[0] in "#\r\n"
+
+
+def _may_follow(line: str, indent: str) -> bool:
+    """Whether the line could be the first after a function whose def is indented
+    by ``indent``: a statement indented no deeper."""
+    head = line.lstrip(" \t\f")
+    if not head or head[0] in "#\r\n\\" or head[0].isspace():
+        return False
+    lead = line[: len(line) - len(head)]
+    return "\f" not in lead and indent.startswith(lead)
+
+
+def _last_line(code: types.CodeType) -> int:
+    """The last line the code object and those nested in it have positions on."""
+    if sys.version_info >= (3, 11):
+        last = max((p[1] for p in code.co_positions() if p[1] is not None), default=0)
+    else:
+        last = max((line for _, _, line in code.co_lines() if line is not None), default=0)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            last = max(last, _last_line(const))
+    return max(last, code.co_firstlineno)
+
+
+# The digest of a syntax tree is that of ("fleche.code", "ast", key), where key is the
+# tree as nested (node type, ((field, value), ...)) tuples, without positions, fields
+# that are None or empty lists, or docstrings (docs/digests.md). _tree_digest writes
+# that encoding straight from the tree: building the tuples first cost as much again.
+_TREE_HEAD = _TUPLE_HEADERS[3] + _str_bytes("fleche.code") + _str_bytes("ast")
+_TUPLE2 = _TUPLE_HEADERS[2]
+_NAMES: dict[Any, bytes] = {}  # node type or field name -> its encoded name
+
+
+def _tree_digest(node: Any) -> bytes:
+    """The digest of a syntax tree (see above); docstrings are left out here."""
+    global _enc_tree
+    if _enc_tree is None:
+        _enc_tree = _tree_encoder()
+    st = _Stream()
+    st += _TREE_HEAD
+    _enc_tree(node, st)
+    return _sub_digest(st)
+
+
+_enc_tree: Callable[[Any, _Stream], None] | None = None
+
+
+def _tree_encoder() -> Callable[[Any, _Stream], None]:
+    import ast  # not at the top: ``import fleche.digest`` does not need it
+
+    node_type = ast.AST
+    holds_docstring = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+    expr, constant = ast.Expr, ast.Constant
+
+    def enc(value: Any, st: _Stream) -> None:
+        if isinstance(value, node_type):
+            fields = []
+            for name in value._fields:
+                v = getattr(value, name, None)
+                if v is None:
+                    continue
+                if isinstance(v, list):
+                    if name == "body" and v and isinstance(value, holds_docstring):
+                        first = v[0]
+                        if (
+                            isinstance(first, expr)
+                            and isinstance(first.value, constant)
+                            and isinstance(first.value.value, str)
+                        ):
+                            v = v[1:]  # the docstring
+                    if not v:
+                        continue
+                fields.append((name, v))
+            t = type(value)
+            head = _NAMES.get(t)
+            if head is None:
+                head = _NAMES[t] = _str_bytes(t.__name__)
+            st += _TUPLE2
+            st += head
+            n = len(fields)
+            st += _TUPLE_HEADERS[n] if n < 64 else _PACK_TAG_LEN(0x28, n)
+            for name, v in fields:
+                head = _NAMES.get(name)
+                if head is None:
+                    head = _NAMES[name] = _str_bytes(name)
+                st += _TUPLE2
+                st += head
+                enc(v, st)
+        elif isinstance(value, list):
+            st += _PACK_TAG_LEN(0x5B, len(value))  # as a list: "[" and its length
+            for x in value:
+                enc(x, st)
+        else:  # a constant, a name's str, an int flag
+            _encode(value, st)
+
+    return enc
 
 
 def _code_object_key(code: types.CodeType, doc: str | None = None) -> tuple[Any, ...]:
