@@ -454,9 +454,9 @@ def test_a_read_only_store_unpickles_a_failing_pickle_once_per_call(
             _reloads(f, size, failing, warns=False)  # nothing could be moved aside: once a call
 
 
-def test_an_executor_does_not_unpickle_again_in_its_worker(
-    active: Cache, failing: list[int]
-) -> None:
+def _stored_then_failing(failing: list[int]) -> Any:
+    """A cached function whose stored "inline" result now fails part way through unpickling."""
+
     @fleche
     def f(s: str) -> list[Any]:
         return fragile(s)
@@ -464,6 +464,13 @@ def test_an_executor_does_not_unpickle_again_in_its_worker(
     f("inline")
     FAIL[0] = True
     failing.clear()
+    return f
+
+
+def test_an_executor_does_not_unpickle_again_in_its_worker(
+    active: Cache, failing: list[int]
+) -> None:
+    f = _stored_then_failing(failing)
     with ThreadPoolExecutor(1) as pool, pytest.warns(FlecheWarning, match="part way"):
         wrap_executor(pool)
         assert pool.submit(f, "inline").result() == fragile("inline")
@@ -473,13 +480,7 @@ def test_an_executor_does_not_unpickle_again_in_its_worker(
 def test_an_executor_map_does_not_unpickle_again_in_its_worker(
     active: Cache, failing: list[int]
 ) -> None:
-    @fleche
-    def f(s: str) -> list[Any]:
-        return fragile(s)
-
-    f("inline")
-    FAIL[0] = True
-    failing.clear()
+    f = _stored_then_failing(failing)
     with ThreadPoolExecutor(1) as pool, pytest.warns(FlecheWarning, match="part way"):
         got = executor_map(f, ["inline", "inline"], executor=pool, progress=False)
     assert got == [fragile("inline")] * 2
