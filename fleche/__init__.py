@@ -10,7 +10,7 @@ from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.
 from fleche._version import __version__
 from fleche.cache import Cache, LayeredCache
 from fleche.config import active_cache, cache, project, reset_default, set_default_cache, tags
-from fleche.decorator import fleche
+from fleche.decorator import Ignored, Required, fleche
 from fleche.errors import (
     CacheMiss,
     CallNotStored,
@@ -46,6 +46,7 @@ __all__ = [
     "FlecheError",
     "FlecheWarning",
     "ForeignKeyMiss",
+    "Ignored",
     "LayeredCache",
     "NotAFileError",
     "ObjectStore",
@@ -53,6 +54,7 @@ __all__ = [
     "QueryError",
     "QueryResult",
     "ReadOnlyStoreError",
+    "Required",
     "SerializationError",
     "SignatureError",
     "StaleCodeWarning",

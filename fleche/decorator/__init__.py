@@ -7,11 +7,22 @@ and the CLI sit above it.
 
 Inside: ``_fleche`` (the decorator and :class:`CachedFunction`), ``_identity`` (who a
 function is), ``_results`` (reading and writing its calls, failing open) and
-``_compute`` (computing a miss once per process).
+``_compute`` (computing a miss once per process), ``_markers`` (``Ignored[T]``,
+``Required[T]`` annotations).
 """
 
 from fleche.decorator._fleche import REFRESHING, CachedFunction, fleche
 from fleche.decorator._identity import ClosureRefused, function_id
+from fleche.decorator._markers import Ignored, Required
 from fleche.decorator._results import Undecodable
 
-__all__ = ["REFRESHING", "CachedFunction", "ClosureRefused", "Undecodable", "fleche", "function_id"]
+__all__ = [
+    "REFRESHING",
+    "CachedFunction",
+    "ClosureRefused",
+    "Ignored",
+    "Required",
+    "Undecodable",
+    "fleche",
+    "function_id",
+]

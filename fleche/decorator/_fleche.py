@@ -38,6 +38,7 @@ from fleche.decorator._identity import (
     describe,
     function_id,
 )
+from fleche.decorator._markers import marked
 from fleche.decorator._results import _DOWN, Undecodable
 from fleche.digest import code_digest
 from fleche.errors import CacheMiss
@@ -87,6 +88,10 @@ def _names(x: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
     if not all(isinstance(n, str) for n in out):
         raise TypeError(f"{what}= takes a parameter name or a list of names, got {x!r}")
     return out
+
+
+def _union(given: tuple[str, ...], marked: tuple[str, ...]) -> tuple[str, ...]:
+    return given + tuple(n for n in marked if n not in given)
 
 
 def _cached_function(module: str, qualname: str) -> CachedFunction:
@@ -501,7 +506,9 @@ def fleche(
     :class:`~fleche.errors.StaleCodeWarning`, ``"serve"`` serves it silently,
     ``"recompute"`` recomputes and replaces it; None: the cache's ``stale_code``
     setting, else ``"warn"``. ``ignore`` may also name a variable a closure
-    captures, to leave it out of the key.
+    captures, to leave it out of the key. A parameter annotated
+    ``fleche.Ignored[T]`` (``fleche.Required[T]``) is in ``ignore`` (``require``)
+    as if named there.
 
     The wrapper gains ``.digest``, ``.contains``, ``.load``, ``.call``,
     ``.query``, ``.rerun`` and ``.evict``, taking the function's arguments.
@@ -513,14 +520,16 @@ def fleche(
             rewrap, f = type(f), f.__func__
         if not callable(f):
             raise TypeError(f"@fleche decorates functions, not {type(f).__name__} objects")
+        # Ignored[T] / Required[T] annotations join ignore= / require= (read once, here)
+        marked_ignore, marked_require = marked(f)
         cf = CachedFunction(
             f,
             version=version,
             hash_version=hash_version,
             hash_module=hash_module,
             hash_code=hash_code,
-            require=_names(require, "require"),
-            ignore=_names(ignore, "ignore"),
+            require=_union(_names(require, "require"), marked_require),
+            ignore=_union(_names(ignore, "ignore"), marked_ignore),
             isolate=isolate,
             metadata=metadata,
             single_flight=policy_of(single_flight),

@@ -1,0 +1,94 @@
+"""``Ignored[T]`` / ``Required[T]``: ``ignore=`` / ``require=`` written in the annotation.
+
+fleche 0.22 let a parameter's annotation say it is left out of the key
+(``verbose: Ignored[bool] = False``) or needed for a call to be cached
+(``seed: Required[int] = None``); see 0.22's ``fleche.call.Ignored``. They are
+``typing.Annotated`` aliases, so a type checker sees ``bool`` and ``int``; the
+decorator reads them once, when it decorates, and unions them with
+``ignore=`` / ``require=``: the call path does no more work than before.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar, get_args, get_origin
+
+T = TypeVar("T")
+
+
+class _Marker:
+    """What ``Annotated[T, marker]`` carries: which of ignore/require the parameter is in."""
+
+    __slots__ = ("option",)
+
+    def __init__(self, option: str) -> None:
+        self.option = option
+
+    def __repr__(self) -> str:
+        return f"fleche.{'Ignored' if self.option == 'ignore' else 'Required'}"
+
+    def __reduce__(self) -> tuple[Any, ...]:  # an annotation pickled with a function
+        return (_marker, (self.option,))
+
+
+IGNORE = _Marker("ignore")
+REQUIRE = _Marker("require")
+
+
+def _marker(option: str) -> _Marker:
+    return IGNORE if option == "ignore" else REQUIRE
+
+
+Ignored = Annotated[T, IGNORE]
+"""``x: Ignored[T]``: the parameter is left out of the key, as with ``ignore="x"``."""
+
+Required = Annotated[T, REQUIRE]
+"""``x: Required[T]``: a call is cached only when ``x`` is given (not None), as ``require="x"``."""
+
+# A string annotation (``from __future__ import annotations``) whose names cannot be
+# resolved where the function is (a class defined later, a local type) is read by its
+# outermost name: ``Ignored[...]``, ``fleche.Ignored[...]``.
+_STRING = re.compile(r"^\s*(?:[A-Za-z_][\w]*\.)*(Ignored|Required)\b")
+
+
+def _option(hint: Any) -> str | None:
+    if get_origin(hint) is Annotated:
+        for meta in get_args(hint)[1:]:
+            if isinstance(meta, _Marker):
+                return meta.option
+            if meta is Ignored or meta is Required:  # Annotated[int, fleche.Ignored]
+                return _option(meta)
+    return None
+
+
+def marked(func: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The parameters of ``func`` annotated ``Ignored[...]`` and ``Required[...]``."""
+    try:
+        params = inspect.signature(func).parameters
+    except (TypeError, ValueError):  # a builtin without a signature: no annotations either
+        return (), ()
+    raw = {n: p.annotation for n, p in params.items() if p.annotation is not p.empty}
+    if not raw:
+        return (), ()
+    resolved = True
+    try:  # string annotations resolved in the function's module (include_extras keeps markers)
+        hints = typing.get_type_hints(func, include_extras=True)
+    except (NameError, AttributeError, TypeError, SyntaxError, ValueError):
+        # an unresolvable name or malformed string, or a callable it cannot read
+        hints, resolved = {}, False
+    ignore: list[str] = []
+    require: list[str] = []
+    for name, annotation in raw.items():
+        option = _option(hints.get(name, annotation))
+        if option is None and not resolved and isinstance(annotation, str):
+            m = _STRING.match(annotation)
+            if m:
+                option = "ignore" if m.group(1) == "Ignored" else "require"
+        if option == "ignore":
+            ignore.append(name)
+        elif option == "require":
+            require.append(name)
+    return tuple(ignore), tuple(require)

@@ -1,0 +1,141 @@
+"""Names fleche 0.22's users call: Ignored[T] / Required[T], D(...), f.bind(...) / BoundWrapper."""
+
+import textwrap
+import threading
+import types
+import warnings
+
+import pytest
+
+import fleche as fl
+from fleche import FlecheWarning, Ignored, Required, cache, fleche
+
+
+@pytest.fixture
+def active(tmp_path):
+    with cache(tmp_path / "store") as c:
+        yield c
+
+
+class Count:
+    """Counts computations; its digest is fixed so closures over it stay cached."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.lock = threading.Lock()
+
+    def __call__(self) -> None:
+        with self.lock:
+            self.n += 1
+
+    def __fleche_digest__(self) -> str:
+        return "a counter"
+
+
+# -- Ignored[T] / Required[T] ----------------------------------------------------------------
+
+
+def test_ignored_annotation_leaves_the_parameter_out_of_the_key(active):
+    calls = Count()
+
+    @fleche
+    def f(x: int, verbose: Ignored[bool] = False) -> int:
+        calls()
+        return x
+
+    f(1, verbose=True)
+    f(1, verbose=False)
+    assert calls.n == 1
+    assert f.digest(1, True) == f.digest(1, False)
+    assert "verbose" not in f.call(1).arguments
+    # the same key as ignore= gives
+    assert f.digest(1) == fleche(ignore="verbose")(f.__wrapped__).digest(1)
+
+
+def test_required_annotation_caches_only_when_given(active):
+    calls = Count()
+
+    @fleche
+    def draw(n: int, seed: Required[int | None] = None) -> int:
+        calls()
+        return n
+
+    with pytest.warns(FlecheWarning, match="required argument"):
+        draw(1)
+    draw(1)
+    assert calls.n == 2  # not given: not cached
+    draw(1, seed=3)
+    draw(1, seed=3)
+    assert calls.n == 3
+
+
+def test_annotations_union_with_ignore_and_require(active):
+    @fleche(ignore="log", require="seed")
+    def f(x, log=None, verbose: Ignored[bool] = False, seed: Required[int | None] = None):
+        return x
+
+    cf = f.__fleche__
+    assert cf.binder.ignore == {"log", "verbose"}
+    assert cf.require == ("seed",)
+    assert f.digest(1, "a", True, 2) == f.digest(1, "b", False, 2)
+
+
+def _defined(source: str, namespace: dict | None = None) -> types.FunctionType:
+    """A function defined in a module of its own whose annotations are strings."""
+    module = types.ModuleType("stringly")
+    module.__dict__.update(namespace or {})
+    exec(compile(textwrap.dedent(source), "stringly.py", "exec"), module.__dict__)
+    return module.f
+
+
+def test_string_annotations_are_read(active):
+    # from __future__ import annotations: resolved with get_type_hints(include_extras=True)
+    f = _defined(
+        """
+        from __future__ import annotations
+        import fleche
+        from fleche import Ignored
+
+        def f(x: int, verbose: Ignored[bool] = False, seed: fleche.Required[int] = None):
+            return x
+        """
+    )
+    assert isinstance(f.__annotations__["verbose"], str)
+    cf = fleche(f).__fleche__
+    assert cf.binder.ignore == {"verbose"}
+    assert cf.require == ("seed",)
+
+
+def test_unresolvable_string_annotations_are_read_by_name(active):
+    # a name that does not resolve (defined later, or only under TYPE_CHECKING)
+    f = _defined(
+        """
+        from __future__ import annotations
+        import fleche
+        from fleche import Ignored
+
+        def f(x: Later, verbose: Ignored[Later] = False, seed: fleche.Required[Later] = None):
+            return x
+        """
+    )
+    cf = fleche(f).__fleche__
+    assert cf.binder.ignore == {"verbose"}
+    assert cf.require == ("seed",)
+
+
+def test_other_annotations_change_nothing(active):
+    from typing import Annotated
+
+    @fleche
+    def f(x: Annotated[int, "units"], y: "list[int]" = None, z: int = 0):  # noqa: RUF013
+        return x
+
+    assert f.__fleche__.binder.ignore == frozenset()
+    assert f.__fleche__.require == ()
+    # a builtin has no annotations to read
+    assert fleche(len)([1, 2]) == 2
+    # as a type checker and a reader see it: the annotation is the type itself
+    assert Ignored[int].__origin__ is int
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert repr(fl.Ignored[int]).endswith("fleche.Ignored]")
