@@ -29,14 +29,15 @@ from fleche.errors import (
     UnhashableArgumentError,
     UnsafeValueError,
 )
+from fleche.parallel import BoundWrapper, wrap_executor
 from fleche.parallel import map as map  # fleche.map; not in __all__: `import *` keeps the builtin
-from fleche.parallel import wrap_executor
 from fleche.query import QueryError, QueryResult, query
 from fleche.records import Call, Q
 from fleche.store import ObjectStore, open_store
 from fleche.sync import SyncError, SyncResult, sync
 
 __all__ = [
+    "BoundWrapper",
     "Cache",
     "CacheMiss",
     "Call",

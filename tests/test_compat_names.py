@@ -139,3 +139,73 @@ def test_other_annotations_change_nothing(active):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert repr(fl.Ignored[int]).endswith("fleche.Ignored]")
+
+
+# -- f.bind(...) / fleche.BoundWrapper ---------------------------------------------------------
+
+
+@fleche
+def logged_square(x: int, log: Ignored[str] = "") -> int:
+    """Module-level (so a worker process finds it); appends a line to ``log`` per computation."""
+    with open(log, "a") as fh:
+        fh.write(f"{x}\n")
+    return x * x
+
+
+def _computed(log) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+def test_bind_is_a_bound_wrapper_of_the_callers_cache(tmp_path):
+    log = tmp_path / "log"
+    with cache(tmp_path / "store") as c:
+        task = logged_square.bind(3, log=str(log))
+        assert isinstance(task, fl.BoundWrapper)
+        assert isinstance(logged_square.fleche.bind(3), fl.BoundWrapper)
+    # run outside the block: in the cache active when it was bound, as 0.22's BoundWrapper
+    assert task() == 9
+    with cache(c):
+        assert logged_square.contains(3)
+    with cache(tmp_path / "other"):
+        assert task() == 9  # a hit in the bound cache, whatever is active now
+        assert not logged_square.contains(3)
+    assert _computed(log) == ["3"]
+    # later arguments complete the call, as functools.partial would
+    with cache(c):
+        assert logged_square.bind(log=str(log))(3) == 9
+        assert fl.BoundWrapper.bind(logged_square)(3, log=str(log)) == 9
+    assert _computed(log) == ["3"]
+
+
+def test_bind_through_a_thread_pool(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    log = tmp_path / "log"
+    with cache(tmp_path / "store"), ThreadPoolExecutor(2) as ex:
+        assert ex.submit(logged_square.bind(4, log=str(log))).result() == 16
+        assert ex.submit(logged_square.fleche.bind(4, log=str(log))).result() == 16
+        assert logged_square.contains(4)
+    assert _computed(log) == ["4"]  # the second submission hit
+
+
+def test_bind_through_a_process_pool(tmp_path):
+    import multiprocessing
+    import pickle
+    from concurrent.futures import ProcessPoolExecutor
+
+    log = tmp_path / "log"
+    fork = multiprocessing.get_context("fork")
+    with cache(tmp_path / "store"):
+        task = logged_square.bind(5, log=str(log))
+        assert pickle.loads(pickle.dumps(task))() == 25  # it travels
+        log.unlink()
+        logged_square.evict(5)
+        with ProcessPoolExecutor(1, mp_context=fork) as ex:
+            assert ex.submit(task).result() == 25
+            assert ex.submit(logged_square.bind(5, log=str(log))).result() == 25
+        assert logged_square.contains(5)  # stored by the worker in the caller's store
+    assert _computed(log) == ["5"]  # the second submission hit
+    # a cache in this process's memory cannot go to another process: said when sent
+    with cache("memory://"), ProcessPoolExecutor(1, mp_context=fork) as ex:
+        with pytest.raises(fl.parallel.CacheNotPortableError, match="memory"):
+            ex.submit(logged_square.bind(6, log=str(log))).result()

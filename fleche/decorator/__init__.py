@@ -11,13 +11,14 @@ function is), ``_results`` (reading and writing its calls, failing open) and
 ``Required[T]`` annotations).
 """
 
-from fleche.decorator._fleche import REFRESHING, CachedFunction, fleche
+from fleche.decorator._fleche import REFRESHING, BoundCall, CachedFunction, fleche, set_binder
 from fleche.decorator._identity import ClosureRefused, function_id
 from fleche.decorator._markers import Ignored, Required
 from fleche.decorator._results import Undecodable
 
 __all__ = [
     "REFRESHING",
+    "BoundCall",
     "CachedFunction",
     "ClosureRefused",
     "Ignored",
@@ -25,4 +26,5 @@ __all__ = [
     "Undecodable",
     "fleche",
     "function_id",
+    "set_binder",
 ]

@@ -60,6 +60,7 @@ class CachedCallable(Protocol[P, R_co]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     def rerun(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
     def digest(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
+    def bind(self, *args: Any, **kwargs: Any) -> Callable[..., R_co]: ...
     def contains(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
     def load(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
     def call(self, *args: P.args, **kwargs: P.kwargs) -> Call: ...
@@ -149,6 +150,35 @@ class _HeldKeys:
             version = cf.version if cf.hash_version else NO_VERSION
             keys = self.makers[held] = KeyMaker(f"{cf.identity}#{scope}", version, cf.code)
         return keys.key(items)
+
+
+class BoundCall:
+    """``f.bind(*args, **kwargs)``'s call: ``f`` with those arguments first (as a partial).
+
+    Picklable as its :class:`CachedFunction` is; not itself a fleche function (it has
+    no ``__fleche__``), so an executor wrapper does not probe it with the wrong arguments.
+    """
+
+    def __init__(self, cf: CachedFunction, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.cf = cf
+        self.args = args
+        self.kwargs = kwargs
+        self.__name__ = cf.qualname.rpartition(".")[2]
+        self.__qualname__ = cf.qualname
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.cf((*self.args, *args), {**self.kwargs, **kwargs} if kwargs else self.kwargs)
+
+
+# How f.bind(...) binds a call to the caller's cache: set by fleche.parallel (its Bound
+# carries a cache to another process), which sits above this layer and is imported by
+# ``import fleche``.
+_BINDER: list[Callable[[Callable[..., Any]], Any]] = []
+
+
+def set_binder(binder: Callable[[Callable[..., Any]], Any]) -> None:
+    """Install what ``f.bind(...)`` returns for a call (see :func:`fleche.parallel.bind`)."""
+    _BINDER[:] = [binder]
 
 
 class CachedFunction(Computing):
@@ -386,6 +416,13 @@ class CachedFunction(Computing):
     def digest(self, *args: Any, **kwargs: Any) -> str:
         return self.key(args, kwargs)[0]
 
+    def bind(self, *args: Any, **kwargs: Any) -> Any:
+        """This call, bound to the active cache and tags, to run later in another thread or
+        process: a :class:`fleche.BoundWrapper` taking no (or further) arguments."""
+        if not _BINDER:  # only when fleche.decorator is used without the fleche package
+            raise RuntimeError("f.bind needs fleche.parallel: import fleche")
+        return _BINDER[0](BoundCall(self, args, kwargs))
+
     def contains(self, *args: Any, **kwargs: Any) -> bool:
         return active_cache().has_record(self.function_id, self.digest(*args, **kwargs))
 
@@ -511,7 +548,7 @@ def fleche(
     as if named there.
 
     The wrapper gains ``.digest``, ``.contains``, ``.load``, ``.call``,
-    ``.query``, ``.rerun`` and ``.evict``, taking the function's arguments.
+    ``.query``, ``.rerun``, ``.evict`` and ``.bind``, taking the function's arguments.
     """
 
     def decorate(f: Callable[..., Any]) -> Any:
@@ -562,12 +599,15 @@ def fleche(
             wrapper.rerun = cf.rerun  # type: ignore[attr-defined]
         # Helpers are bound methods of cf, so a wrapper pickles (by value too: cloudpickle
         # sends functions of __main__ that way to Dask and executorlib workers).
-        for helper in ("digest", "contains", "load", "call", "query", "evict"):
+        for helper in ("digest", "contains", "load", "call", "query", "evict", "bind"):
             setattr(wrapper, helper, getattr(cf, helper))
         # 0.22 also offered its helpers under f.fleche: f.fleche.load(x) is f.load(x)
         wrapper.fleche = types.SimpleNamespace(  # type: ignore[attr-defined]
             rerun=wrapper.rerun,  # type: ignore[attr-defined]
-            **{h: getattr(cf, h) for h in ("digest", "contains", "load", "call", "query", "evict")},
+            **{
+                h: getattr(cf, h)
+                for h in ("digest", "contains", "load", "call", "query", "evict", "bind")
+            },
         )
         wrapper.__fleche__ = cf  # type: ignore[attr-defined]
         return rewrap(wrapper) if rewrap else wrapper

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 from fleche.parallel._executor import ExecutorError, map, wrap_executor
 from fleche.parallel._task import Bound, CacheNotPortableError, bind
 
+BoundWrapper = Bound  # fleche 0.22's name: fleche.BoundWrapper.bind(f), f.bind(*args)
+
 if TYPE_CHECKING:
     from fleche.parallel._dask import share_cache
 
@@ -29,6 +31,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Bound",
+    "BoundWrapper",
     "CacheNotPortableError",
     "ExecutorError",
     "bind",

@@ -28,7 +28,7 @@ from typing import Any
 
 from fleche.cache import Cache, LayeredCache, LayerSpec
 from fleche.config import active_cache, cache, tags
-from fleche.decorator import CachedFunction, Undecodable
+from fleche.decorator import BoundCall, CachedFunction, Undecodable, set_binder
 from fleche.errors import FlecheError
 from fleche.records import current_tags
 
@@ -228,6 +228,11 @@ class Bound:
         cf: CachedFunction = self.func.__fleche__  # type: ignore[attr-defined]
         return cf(args, kwargs, self.refused)
 
+    @classmethod
+    def bind(cls, func: Callable[..., Any]) -> Bound:
+        """0.22's ``BoundWrapper.bind(func)``: the same as :func:`bind`."""
+        return bind(func)
+
     def refusing(self, refused: Undecodable) -> Bound:
         """This task, for one call whose stored result failed to load in the caller's probe."""
         return Bound(self.func, self.ticket, self.tags, self.required, refused)
@@ -255,6 +260,14 @@ def bind(func: Callable[..., Any]) -> Bound:
         func, ticket_for(active_cache()), dict(current_tags()), isinstance(cf, CachedFunction)
     )
 
+
+def _bind_call(call: Callable[..., Any]) -> Bound:
+    """What ``f.bind(*args, **kwargs)`` returns: the call, with the cache that must travel."""
+    required = isinstance(call, BoundCall)
+    return Bound(call, ticket_for(active_cache()), dict(current_tags()), required)
+
+
+set_binder(_bind_call)
 
 _CONTAINERS = (list, tuple, set, frozenset)
 
