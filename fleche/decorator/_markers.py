@@ -66,6 +66,8 @@ def _option(hint: Any) -> str | None:
 
 def marked(func: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The parameters of ``func`` annotated ``Ignored[...]`` and ``Required[...]``."""
+    if getattr(func, "__annotations__", None) == {}:  # most functions: no signature to read
+        return (), ()
     try:
         params = inspect.signature(func).parameters
     except (TypeError, ValueError):  # a builtin without a signature: no annotations either
