@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import re
-import secrets
 import stat
 import sys
 from abc import ABC, abstractmethod
@@ -375,7 +375,7 @@ def new_marker() -> dict[str, Any]:
 
 def _quarantine_suffix() -> str:
     # A timestamp for humans, random bits so the same name quarantined twice keeps both.
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(4).hex()
 
 
 class ObjectStore(PathStore):
