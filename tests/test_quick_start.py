@@ -51,6 +51,30 @@ def test_import_fleche_loads_only_its_small_dependencies() -> None:
     assert loaded == IMPORT_FLECHE, f"import fleche now loads {sorted(loaded - IMPORT_FLECHE)}"
 
 
+LAZY_STDLIB = (
+    "getpass",  # record metadata, on the first miss
+    "hashlib",  # the user index file name, when an index opens (OpenSSL: ~3 ms)
+    "hmac",  # signed caches
+    "pathlib",  # config discovery, git metadata (pathlib + urllib.parse: ~5 ms)
+    "secrets",  # temp and lease names use os.urandom
+    "socket",  # host name, on the first miss or lease
+    "subprocess",  # git status, on the first miss
+    "tempfile",  # bags and isolate=True
+    "tomllib",  # reading a fleche.toml
+)
+"""Standard-library modules fleche imports only on the path that uses them (~30 ms together)."""
+
+
+def test_import_fleche_leaves_the_costly_standard_library_modules_alone() -> None:
+    code = (
+        "import json, sys; import fleche; "
+        f"print(json.dumps([m for m in {LAZY_STDLIB!r} if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"import fleche now loads {loaded}: import them where they are used"
+
+
 _CALL = """
 import sys
 import fleche
