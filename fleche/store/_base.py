@@ -22,7 +22,6 @@ import stat
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -39,6 +38,8 @@ from fleche.errors import (
 )
 
 if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use it load it
+    from concurrent.futures import Future
+
     import fsspec
 
 BytesLike = bytes | bytearray | memoryview

@@ -15,7 +15,6 @@ import mmap
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -35,6 +34,8 @@ from fleche.store._base import (
 )
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from fsspec.implementations.local import LocalFileSystem
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
