@@ -51,6 +51,32 @@ def test_import_fleche_loads_only_its_small_dependencies() -> None:
     assert loaded == IMPORT_FLECHE, f"import fleche now loads {sorted(loaded - IMPORT_FLECHE)}"
 
 
+LAZY_STDLIB = (
+    "concurrent.futures",  # encoding a miss, executors, sync
+    "getpass",  # record metadata, on the first miss
+    "hashlib",  # the user index file name, when an index opens (OpenSSL: ~3 ms)
+    "hmac",  # signed caches
+    "logging",  # until the program imports it (the hit path's DEBUG check takes it from there)
+    "pathlib",  # config discovery, git metadata (pathlib + urllib.parse: ~5 ms)
+    "secrets",  # temp and lease names use os.urandom
+    "socket",  # host name, on the first miss or lease
+    "subprocess",  # git status, on the first miss
+    "tempfile",  # bags and isolate=True
+    "tomllib",  # reading a fleche.toml
+)
+"""Standard-library modules fleche imports only on the path that uses them (~30 ms together)."""
+
+
+def test_import_fleche_leaves_the_costly_standard_library_modules_alone() -> None:
+    code = (
+        "import json, sys; import fleche; "
+        f"print(json.dumps([m for m in {LAZY_STDLIB!r} if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"import fleche now loads {loaded}: import them where they are used"
+
+
 _CALL = """
 import sys
 import fleche
@@ -64,6 +90,26 @@ def double(x):
 
 assert double(21) == 42
 """
+
+
+def test_debug_logging_set_up_after_import_fleche_logs_hits(tmp_path: Path) -> None:
+    # A hit before the program imports logging answers "no DEBUG" without loading it;
+    # the first check after the import must find the real logger and its level.
+    store = str(tmp_path / "cache")
+    third_party_loaded(_CALL, store, "rw")  # stored by another process: below, hits only
+    body = _CALL + textwrap.dedent("""
+    assert "logging" not in sys.modules  # a hit loads no logging
+    import logging
+    logging.basicConfig(stream=sys.stdout, format="LOG %(name)s %(message)s")
+    logging.getLogger("fleche").setLevel("DEBUG")
+    assert double(21) == 42
+    """)
+    out = subprocess.run(
+        [sys.executable, "-c", body, store, "rw"], capture_output=True, text=True, check=True
+    )
+    assert "computed" not in out.stdout.split()
+    lines = [line for line in out.stdout.splitlines() if line.startswith("LOG ")]
+    assert len(lines) == 1 and lines[0].startswith("LOG fleche.decorator hit "), out.stdout
 
 
 def test_a_miss_and_a_hit_on_a_local_store_import_no_fsspec(tmp_path: Path) -> None:

@@ -38,8 +38,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -109,7 +107,19 @@ def _pid_namespace() -> str:
         return ""
 
 
-_HOST = socket.gethostname()
+_HOST: str | None = None
+
+
+def _host() -> str:
+    """This machine's name, looked up on the first lease (socket loads only on a miss)."""
+    global _HOST
+    if _HOST is None:
+        import socket
+
+        _HOST = socket.gethostname()
+    return _HOST
+
+
 _PIDNS = _pid_namespace()
 
 
@@ -134,7 +144,7 @@ def _encode(function_id: str, digest: str, token: str, ttl: float, acquired: flo
         "function": function_id,
         "digest": digest,
         "token": token,
-        "host": _HOST,
+        "host": _host(),
         "pidns": _PIDNS,
         "pid": os.getpid(),
         "acquired": acquired,
@@ -169,7 +179,7 @@ class Lease:
         self.function_id = function_id
         self.digest = digest
         self.ttl = ttl
-        self.token = secrets.token_hex(12)
+        self.token = os.urandom(12).hex()
         self.acquired = time.time()
         self.lost = False  # another process took the lease over (we were presumed dead)
         self.next_renewal = 0.0
@@ -309,7 +319,7 @@ def _dead(rec: dict[str, Any], unchanged_for: float, policy: LeasePolicy) -> boo
         return True  # expired long ago, even allowing for a clock skew of ttl
     return (
         policy.detect_dead
-        and rec.get("host") == _HOST
+        and rec.get("host") == _host()
         and rec.get("pidns", "") == _PIDNS
         and isinstance(rec.get("pid"), int)
         and rec["pid"] != os.getpid()

@@ -22,8 +22,7 @@ import io
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -32,6 +31,22 @@ from fleche.codec._base import HEADER_SIZE, Streamed, nbytes
 from fleche.codec._sign import TRAILER_SIZE, Signer
 from fleche.errors import SerializationError
 from fleche.store import digest_parts
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+
+_Future: Any = None
+
+
+def _future() -> Future[Any]:
+    """A new Future; concurrent.futures (and the logging it loads, ~6 ms) loads on the first miss."""
+    global _Future
+    if _Future is None:
+        from concurrent.futures import Future
+
+        _Future = Future
+    return _Future()  # type: ignore[no-any-return]
+
 
 MAGIC = b"FLCH"
 FORMAT = 1
@@ -177,7 +192,7 @@ class Encoded:
 
     def named(self) -> Future[tuple[str, bytes, bytes]]:
         """A future of ``(oid, header, trailer)``, for ``ObjectStore.put_later``."""
-        out: Future[tuple[str, bytes, bytes]] = Future()
+        out: Future[tuple[str, bytes, bytes]] = _future()
         if self.pending is None:
             out.set_result((self.oid, self.header, self.trailer))
         else:
@@ -257,7 +272,7 @@ def _hash_ahead(
     One short-lived thread per large object, not a pool: nothing to shut
     down, nothing inherited broken by a forked child.
     """
-    out: Future[tuple[bytes, bytes]] = Future()
+    out: Future[tuple[bytes, bytes]] = _future()
 
     def run() -> None:
         try:
@@ -419,7 +434,7 @@ def frame_streamed(streamed: Streamed, *, signer: Signer | None = None) -> Encod
     """
     flags, extra = (FLAG_SIGNED, TRAILER_SIZE) if signer else (0, 0)
     size, ser = streamed.size, streamed.serializer
-    enc = Encoded(Future(), CODEC_RAW, [], size, HEADER_SIZE + size + extra, ser, flags=flags)
+    enc = Encoded(_future(), CODEC_RAW, [], size, HEADER_SIZE + size + extra, ser, flags=flags)
     enc.produce = streamed.produce
     enc._signer = signer
     return enc

@@ -27,7 +27,6 @@ in the time its bytes take to write, and it releases the GIL.
 
 from __future__ import annotations
 
-import hmac
 import importlib
 import os
 import struct
@@ -88,12 +87,17 @@ class Signer:
     ``secret_key=`` (or set ``FLECHE_SECRET_KEY``).
     """
 
-    __slots__ = ("_hasher", "_keys", "_sign")
+    __slots__ = ("_compare", "_hasher", "_keys", "_sign")
 
     def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
             raise ConfigError("a Signer needs at least one key")
         self._hasher = _blake3()
+        # hmac (and the _hashlib/OpenSSL it loads, ~8 ms) only for signed caches,
+        # and once per Signer rather than on each check
+        import hmac
+
+        self._compare = hmac.compare_digest
         derived = [_Key(k) for k in keys]
         self._sign = derived[0]
         self._keys = {k.id: k for k in derived}
@@ -172,7 +176,7 @@ class Signer:
                 f"this cache's keys: add that key to {ENV} (comma-separated) to trust it",
                 f"unknown key {trailer[:_KEY_ID].hex()}",
             )
-        if not hmac.compare_digest(trailer[_KEY_ID:], self._tag(key, record, name, ser, [payload])):
+        if not self._compare(trailer[_KEY_ID:], self._tag(key, record, name, ser, [payload])):
             raise SignatureError(
                 f"{where} fails its signature check: it was altered or forged", "forged"
             )

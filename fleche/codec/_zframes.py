@@ -23,11 +23,12 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_all
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zstandard
+
+if TYPE_CHECKING:  # concurrent.futures loads with the pool, on the first large value
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 from fleche.errors import CorruptObjectError, SerializationError
 from fleche.store import ReadableFile, writable_buffer
@@ -69,6 +70,8 @@ def _get_pool() -> ThreadPoolExecutor:
     if pool is None:
         with _pool_lock:
             if _pool is None:
+                from concurrent.futures import ThreadPoolExecutor
+
                 _pool = ThreadPoolExecutor(workers(), thread_name_prefix="fleche-zstd")
             pool = _pool
     return pool
@@ -279,6 +282,8 @@ def _finish(futures: Sequence[Future[None]]) -> None:
     except BaseException:
         for fut in futures:
             fut.cancel()
+        from concurrent.futures import wait as wait_all
+
         wait_all(futures)
         raise
 
@@ -434,6 +439,8 @@ def decompress_stream(f: ReadableFile, size: int, tail: int, where: str) -> tupl
     except BaseException:
         for fut in inflight:
             fut.cancel()
+        from concurrent.futures import wait as wait_all
+
         wait_all(inflight)
         raise
     # The rest is the seek table, then ``tail`` bytes; read one more to see padding.

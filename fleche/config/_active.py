@@ -13,7 +13,6 @@ re-exports what they define.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import threading
@@ -26,7 +25,6 @@ from fleche.records import TAGS
 
 # -- the active cache ---------------------------------------------------------------------
 
-_log = logging.getLogger("fleche")
 
 EPHEMERAL_HINT = (
     "fleche: no cache configured (no fleche.toml, no FLECHE_CACHE): results are kept in "
@@ -57,7 +55,9 @@ class ImplicitCache(Cache):
                 if self._told:
                     return
                 self._told = True
-            _log.info("%s", EPHEMERAL_HINT)
+            import logging  # once per process that uses the fallback cache
+
+            logging.getLogger("fleche").info("%s", EPHEMERAL_HINT)
             try:
                 if sys.stderr is not None and sys.stderr.isatty():
                     print(EPHEMERAL_HINT, file=sys.stderr)

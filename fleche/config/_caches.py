@@ -16,8 +16,10 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from fleche.cache import RETRY_AFTER, Cache, DeferredCache, LayeredCache, LayerSpec, open_cache
 from fleche.config._file import _check_single, _discover, metadata_groups, stale_code_choice
@@ -78,6 +80,8 @@ def _open_cache(options: Mapping[str, Any], source: Path | None, name: str | Non
 
 def _read_key_file(path: str, source: Path | None, name: str | None) -> list[str]:
     """The keys in a ``secret_key_file`` (one per line, first signs); relative to the config file."""
+    from pathlib import Path
+
     where = f"[caches.{name}] secret_key_file"
     full = Path(os.path.expanduser(path))
     if source is not None and not full.is_absolute():

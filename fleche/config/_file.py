@@ -12,17 +12,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 from fleche.cache import WRITE_MODES
 from fleche.errors import ConfigError
 from fleche.records import METADATA_GROUPS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
 
 CONFIG_NAME = "fleche.toml"
 # key -> (expected type(s), description for error messages)
@@ -164,6 +161,12 @@ def _check_cache(name: str, table: Any, path: Path) -> dict[str, Any]:
 
 def read_file(path: Path) -> dict[str, Any]:
     """Parse and validate one fleche.toml; errors name the file and the key."""
+    # imported here: a process that never reads a fleche.toml does not pay for the parser
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - exercised on 3.10 only
+        import tomli as tomllib
+
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -191,6 +194,8 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def _discover(start: Path | None) -> list[tuple[Path, dict[str, Any]]]:
     """Parsed fleche.toml files that apply, nearest first: upward to a ``root = true``, then the user's."""
+    from pathlib import Path  # pathlib (~5 ms with urllib) only once a config is looked for
+
     found: list[tuple[Path, dict[str, Any]]] = []
     here = (start or Path.cwd()).resolve()
     for d in (here, *here.parents):
@@ -231,6 +236,8 @@ def init_project(directory: str | os.PathLike[str] = ".", *, force: bool = False
     directory's ``.gitignore`` when it has one and does not ignore it yet (once:
     a second run adds nothing), so results are not committed by accident.
     """
+    from pathlib import Path
+
     root = Path(directory).resolve()
     if not root.is_dir():
         raise ConfigError(f"{root} is not a directory: fleche init writes fleche.toml into one")

@@ -13,7 +13,7 @@ fault says what went wrong, and a cache whose reads failed is skipped for
 
 from __future__ import annotations
 
-import logging
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,8 +35,29 @@ from fleche.records import ALL_METADATA, PendingCall, collect_metadata, is_clear
 # Hits, misses and stores at DEBUG: logging.getLogger("fleche").setLevel("DEBUG"). On the hit
 # path, the isEnabledFor check costs 30-70 ns of a ~5 µs hit when logging is off (docs/usage.md).
 # The logger keeps the name docs/usage.md gives it: "fleche.decorator", where @fleche lives.
-_log = logging.getLogger("fleche.decorator")
-_DEBUG = logging.DEBUG
+_DEBUG = 10  # logging.DEBUG
+
+
+class _NoLogging:
+    """The logger's stand-in until the process imports :mod:`logging` (~5 ms ``import fleche`` skips).
+
+    Before that import nobody can have asked for DEBUG, so the answer is no; the
+    first check after it puts the real logger in ``_log``, and from then on hits
+    pay exactly the real ``isEnabledFor``.
+    """
+
+    __slots__ = ()
+
+    def isEnabledFor(self, level: int) -> bool:
+        logging = sys.modules.get("logging")
+        if logging is None:
+            return False
+        global _log
+        _log = logging.getLogger("fleche.decorator")
+        return bool(_log.isEnabledFor(level))
+
+
+_log: Any = _NoLogging()
 
 # Caches whose reads failed (a server down, a refused read): id -> (time.monotonic() until
 # which they are skipped, the cache). Every call then does not wait for the client's retries

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -158,6 +157,8 @@ def read_blobs(
         for key in keys:
             yield key, store.find_call(function_id, key)
         return
+    from concurrent.futures import ThreadPoolExecutor  # once per catch-up
+
     with ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="fleche-index") as pool:
         for i in range(0, len(keys), 1000):  # bounded: a million futures at once is a lot of memory
             chunk = keys[i : i + 1000]

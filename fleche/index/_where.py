@@ -10,7 +10,6 @@ read-only store gets one file per store (URL, and endpoint for S3) under the use
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 
@@ -50,6 +49,8 @@ def _identity(store: ObjectStore) -> str:
 def _user_path(store: ObjectStore) -> str:
     url = store.url
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", url).strip("_")[:60] or "store"
+    import hashlib  # once per index opened; hashlib loads OpenSSL (~3 ms)
+
     digest = hashlib.sha256(_identity(store).encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return os.path.join(user_index_dir(), f"{slug}-{digest}.sqlite")
 

@@ -36,8 +36,7 @@ import inspect
 import sys
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fleche.config import active_cache
 from fleche.decorator import REFRESHING, CachedFunction, ClosureRefused, Undecodable
@@ -50,6 +49,9 @@ from fleche.parallel._task import (
     walk,
 )
 from fleche.records import current_tags
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 E = TypeVar("E")
 
@@ -81,6 +83,10 @@ def _parameters(func: Callable[..., Any], cf: CachedFunction | None) -> set[str]
 
 
 def _done(value: Any) -> Future[Any]:
+    # concurrent.futures (and logging, ~6 ms) is imported by the first executor call, not by
+    # ``import fleche``: a program with an executor has loaded it already, so this is a lookup
+    from concurrent.futures import Future
+
     fut: Future[Any] = Future()
     fut.set_result(value)
     return fut
@@ -88,6 +94,8 @@ def _done(value: Any) -> Future[Any]:
 
 def _futures_in(obj: tuple[tuple[Any, ...], dict[str, Any]]) -> list[Any]:
     """The futures (standard or Dask) among arguments, as an executor resolving them sees them."""
+    from concurrent.futures import Future
+
     dask = sys.modules.get("distributed")
     kinds: tuple[type, ...] = (Future, dask.Future) if dask is not None else (Future,)
     args, kwargs = obj
@@ -159,6 +167,8 @@ class _Submitter:
         if self.kind.resolves_futures:
             found = _futures_in((args, kwargs))
             if found:
+                from concurrent.futures import Future
+
                 # Only our own futures are looked into (a Dask future's value is on a worker;
                 # fetching it to make a key would move the data): otherwise the worker decides.
                 if not all(

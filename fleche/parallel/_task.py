@@ -19,8 +19,8 @@ other callable just runs with the worker's own default cache.
 from __future__ import annotations
 
 import collections
+import os
 import pickle
-import secrets
 import threading
 import weakref
 from collections.abc import Callable
@@ -118,7 +118,7 @@ class CacheTicket:
 
     def __init__(self, cache: Any) -> None:
         self.cache = cache
-        self.token = secrets.token_hex(12)
+        self.token = os.urandom(12).hex()
         self._payload: bytes | None = None
         self._error: CacheNotPortableError | None = None
 

@@ -28,17 +28,18 @@ A call adds its times, ``os.getcwd()`` and the active tags: ~1 µs.
 
 from __future__ import annotations
 
-import getpass
 import os
-import platform
-import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Iterable
 from contextvars import ContextVar
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# getpass, platform, socket, subprocess and pathlib are imported where they are used:
+# all of it runs once per process on the first miss, and ``import fleche`` skips ~12 ms.
 
 from fleche._version import __version__
 from fleche.errors import ConfigError
@@ -128,6 +129,8 @@ def set_packages(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def _user() -> str:
+    import getpass
+
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # no passwd entry, e.g. an arbitrary uid in a container
@@ -160,6 +163,9 @@ def environment() -> dict[str, Any]:
     global _env, _env_key
     key = (os.getpid(), len(sys.modules), PACKAGES)
     if key != _env_key:
+        import platform
+        import socket
+
         with _lock:
             packages = {}
             for name in PACKAGES:
@@ -185,6 +191,8 @@ def environment() -> dict[str, Any]:
 
 def _git_dir(start: Path) -> tuple[Path, Path] | None:
     """(work tree, git dir) of the repository holding ``start``, or None: ``.git`` walked up to."""
+    from pathlib import Path
+
     for d in (start, *start.parents):
         dot = d / ".git"
         try:
@@ -224,6 +232,8 @@ def _resolve_ref(common: Path, ref: str) -> str | None:
 
 def _git(args: list[str], cwd: Path) -> str | None:
     """Run one git command (no optional locks, no fsmonitor hook); its stdout, or None on any failure."""
+    import subprocess
+
     try:
         out = subprocess.run(
             ["git", "--no-optional-locks", "-c", "core.fsmonitor=false", *args],
@@ -241,6 +251,8 @@ def _git(args: list[str], cwd: Path) -> str | None:
 
 def _read_git(tree: Path, gitdir: Path) -> dict[str, Any]:
     """Commit, branch and dirty of one work tree: files for the first two, one subprocess for dirty."""
+    from pathlib import Path
+
     common = gitdir
     try:
         pointer = (gitdir / "commondir").read_text(encoding="utf-8").strip()
@@ -280,6 +292,8 @@ def git_info(module: str | None) -> dict[str, Any] | None:
     with _lock:
         if key in _git_by_module:
             return _git_by_module[key]
+        from pathlib import Path
+
         file = getattr(sys.modules.get(key), "__file__", None)
         try:
             start = Path(file).resolve().parent if file else Path.cwd()

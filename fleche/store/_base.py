@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import json
 import mmap
+import os
 import re
-import secrets
 import stat
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, cast
@@ -39,6 +38,8 @@ from fleche.errors import (
 )
 
 if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use it load it
+    from concurrent.futures import Future
+
     import fsspec
 
 BytesLike = bytes | bytearray | memoryview
@@ -375,7 +376,7 @@ def new_marker() -> dict[str, Any]:
 
 def _quarantine_suffix() -> str:
     # A timestamp for humans, random bits so the same name quarantined twice keeps both.
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + os.urandom(4).hex()
 
 
 class ObjectStore(PathStore):

@@ -13,10 +13,8 @@ import errno
 import itertools
 import mmap
 import os
-import secrets
 import stat
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future
 from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -36,6 +34,8 @@ from fleche.store._base import (
 )
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from fsspec.implementations.local import LocalFileSystem
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
@@ -58,7 +58,7 @@ _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY
 # OS for randomness on every write. O_EXCL still guards against any collision.
 def _new_tmp_prefix() -> None:
     global _tmp_prefix, _tmp_counter
-    _tmp_prefix = f"{os.getpid():x}-{secrets.token_hex(6)}-"
+    _tmp_prefix = f"{os.getpid():x}-{os.urandom(6).hex()}-"
     _tmp_counter = itertools.count()
 
 
@@ -275,7 +275,7 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:  # first write into this store
             os.makedirs(self._tmp, exist_ok=True)
         except FileExistsError:  # a stale file from a crashed process that had our name
-            tmp = f"{self._tmp}/{secrets.token_hex(12)}"
+            tmp = f"{self._tmp}/{os.urandom(12).hex()}"
         return os.open(tmp, _CREATE, 0o666), tmp
 
     @contextmanager

@@ -8,8 +8,7 @@ is at the destination; deletion the other way round.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleche import codec
 from fleche.cache import referenced_oids
@@ -17,6 +16,9 @@ from fleche.errors import CorruptObjectError
 from fleche.store import ObjectStore, is_oid
 from fleche.sync._pool import _Failed, _Progress, _run
 from fleche.sync._result import CallKey, SyncResult, call_name, object_name
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 # Records held in memory between the read that finds their objects (functions=
 # filter) and their write; past this many bytes they are read again instead.

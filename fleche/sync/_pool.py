@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:  # concurrent.futures (and logging) load with the first sync
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 from fleche.errors import (
     CacheMiss,
@@ -60,6 +62,8 @@ def _run(
     result of a stopped sync lists every file it did copy); on an interrupt
     the queued items are cancelled at once.
     """
+    from concurrent.futures import FIRST_COMPLETED, wait
+
     it: Iterator[T] = iter(items)
     pending: dict[Future[Any], T] = {}
     fatal: Exception | None = None

@@ -25,11 +25,9 @@ planning what to copy.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fleche.errors import FlecheError, ReadOnlyStoreError, StoreFormatError
@@ -37,9 +35,6 @@ from fleche.store import FORMAT, MARKER, ObjectStore, is_function_id, link_error
 from fleche.sync._copy import _Sync
 from fleche.sync._pool import _Progress
 from fleche.sync._result import CallKey, SyncError, SyncResult, call_name, object_name
-
-_log = logging.getLogger("fleche.sync")  # one INFO line per sync: what it did
-
 
 # -- opening and checking the two stores -------------------------------------------------
 
@@ -117,6 +112,9 @@ def _list_both(
     source: ObjectStore, target: ObjectStore, fids: list[str] | None
 ) -> tuple[set[str], set[CallKey], set[str], set[CallKey], list[str]]:
     """Both sides' objects and calls, the listings at once (they are I/O-bound)."""
+    # concurrent.futures and logging (~6 ms) load with the first sync, not with ``import fleche``
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(5, thread_name_prefix="fleche-sync-list") as pool:
         src_objects = pool.submit(lambda: set(source.iter_oids()))
         src_calls = pool.submit(_list_calls, source, fids)
@@ -186,6 +184,8 @@ def sync(
         if links:
             raise link_error(*min(links.items()), "fleche sync (into this store)")
         result = SyncResult(src=source.url, dst=target.url, dry_run=dry_run)
+        from concurrent.futures import ThreadPoolExecutor
+
         with ThreadPoolExecutor(workers, thread_name_prefix="fleche-sync") as pool:
             bar = _Progress(progress)
             try:
@@ -198,7 +198,9 @@ def sync(
             finally:
                 bar.close()
                 result.seconds = time.perf_counter() - start
-        _log.info("sync %s", result)
+        import logging
+
+        logging.getLogger("fleche.sync").info("sync %s", result)  # one INFO line per sync
         return result
     finally:
         for store in opened:
