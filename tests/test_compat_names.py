@@ -1,11 +1,11 @@
 """Names fleche 0.22's users call: Ignored[T] / Required[T], D(...), f.bind(...) / BoundWrapper."""
 
 import textwrap
-import threading
 import types
 import warnings
 
 import pytest
+from counting import Counter
 
 import fleche as fl
 from fleche import FlecheWarning, Ignored, Required, cache, fleche
@@ -17,26 +17,11 @@ def active(tmp_path):
         yield c
 
 
-class Count:
-    """Counts computations; its digest is fixed so closures over it stay cached."""
-
-    def __init__(self) -> None:
-        self.n = 0
-        self.lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self.lock:
-            self.n += 1
-
-    def __fleche_digest__(self) -> str:
-        return "a counter"
-
-
 # -- Ignored[T] / Required[T] ----------------------------------------------------------------
 
 
 def test_ignored_annotation_leaves_the_parameter_out_of_the_key(active):
-    calls = Count()
+    calls = Counter()
 
     @fleche
     def f(x: int, verbose: Ignored[bool] = False) -> int:
@@ -53,7 +38,7 @@ def test_ignored_annotation_leaves_the_parameter_out_of_the_key(active):
 
 
 def test_required_annotation_caches_only_when_given(active):
-    calls = Count()
+    calls = Counter()
 
     @fleche
     def draw(n: int, seed: Required[int | None] = None) -> int:

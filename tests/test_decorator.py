@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from counting import Counter
 
 import fleche as fl
 from fleche import CacheMiss, FlecheWarning, UnhashableArgumentError, cache, fleche, tags
@@ -22,21 +23,6 @@ def active(request, tmp_path):
     spec = "memory://" if request.param == "memory" else tmp_path / "store"
     with cache(spec) as c:
         yield c
-
-
-class Counter:
-    def __init__(self):
-        self.n = 0
-        self.lock = threading.Lock()
-
-    def __call__(self):
-        with self.lock:
-            self.n += 1
-
-    def __fleche_digest__(self):
-        # Counts a closure's computations, and is not part of what it computes: without
-        # a digest (its lock has none), a closure over it would run uncached.
-        return "a counter"
 
 
 def test_miss_then_hit_and_binding_shares_keys(active):

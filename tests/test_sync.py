@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from counting import Counter
 from services import need_module, need_service
 
 from fleche import cache, codec, fleche
@@ -90,21 +91,6 @@ def assert_no_dangling(store: ObjectStore) -> None:
 
 def object_path(store: ObjectStore, oid: str) -> Path:
     return Path(store.root) / "objects" / oid[:2] / oid[2:]
-
-
-class Counter:
-    def __init__(self) -> None:
-        self.n = 0
-        self.lock = threading.Lock()
-
-    def __call__(self) -> None:
-        with self.lock:
-            self.n += 1
-
-    def __fleche_digest__(self) -> str:
-        # Counts a closure's computations, and is not part of what it computes: without
-        # a digest (its lock has none), a closure over it would run uncached.
-        return "a counter"
 
 
 class RecordingStore(MemoryStore):
