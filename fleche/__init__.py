@@ -10,6 +10,7 @@ from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.
 from fleche._version import __version__
 from fleche.cache import Cache, LayeredCache
 from fleche.config import active_cache, cache, project, reset_default, set_default_cache, tags
+from fleche.config import register_cache_type as _register_cache_type
 from fleche.decorator import Ignored, Required, fleche
 from fleche.errors import (
     CacheMiss,
@@ -79,3 +80,7 @@ __all__ = [
     "tags",
     "wrap_executor",
 ]
+
+# The original's type = "ssh" caches (ssh = {...} in fleche.toml) are built by a layer above
+# config; named, not imported: fleche.remote loads when a file first asks for one.
+_register_cache_type("ssh", "fleche.remote:SshCache")

@@ -28,25 +28,76 @@ def _defaults() -> dict[str, Any]:
     return out
 
 
+def _upgrade(path: str | None, write: bool) -> None:
+    """``--upgrade``: the nearest file written for the original fleche (or ``--file``), in ours."""
+    from pathlib import Path
+
+    from fleche import config as cfg_mod
+    from fleche.cli._main import Failure
+
+    if path is not None:
+        target = Path(path)
+    else:
+        files = cfg_mod.load_config().files
+        old = [p for p in files if cfg_mod.read_file(p).get("original") is not None]
+        if not old:
+            raise Failure(
+                "no fleche.toml written for the original fleche here (files: "
+                + (", ".join(map(str, files)) or "none found")
+                + "); pass --file PATH to name one"
+            )
+        target = old[0]
+    text = cfg_mod.upgrade_file(target, write=write)
+    if write:
+        click.echo(f"wrote {target} in fleche's format; the old file is {target}.bak")
+    else:
+        click.echo(text, nl=False)
+
+
 @click.command("config", short_help="Show the configuration and where it comes from.")
 @store_option
 @json_option
-def config(store: str | None, as_json: bool) -> None:
+@click.option(
+    "--upgrade",
+    is_flag=True,
+    help="Print the nearest fleche.toml written for the original fleche in fleche's format.",
+)
+@click.option("--write", is_flag=True, help="With --upgrade: replace the file (keeping FILE.bak).")
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(dir_okay=False, exists=True),
+    help="With --upgrade: the file to convert (default: the nearest in the original's format).",
+)
+def config(store: str | None, as_json: bool, upgrade: bool, write: bool, path: str | None) -> None:
     """Show the configuration in force and where each value comes from.
 
     Files are read from the working directory upward (a file with root = true
     stops the search), then $XDG_CONFIG_HOME/fleche/fleche.toml; nearer files
-    win. FLECHE_CACHE (a cache name or URL) overrides the default cache.
+    win. FLECHE_CACHE (a cache name or URL) overrides the default cache. A
+    file written for the original fleche (0.22) is read too: this shows what
+    each of its caches became and which options were left out; --upgrade
+    prints it in fleche's own format (--write replaces it, keeping a .bak).
     """
     from fleche import config as cfg_mod
 
+    if write or path:
+        if not upgrade:
+            raise click.UsageError("--write and --file go with --upgrade")
+    if upgrade:
+        _upgrade(path, write)
+        return
     cfg = cfg_mod.load_config()
     env = os.environ.get("FLECHE_CACHE")
     default_from: str | None = None
-    for path in cfg.files:  # nearest first: the first that says default = wins
-        if "default" in cfg_mod.read_file(path):
-            default_from = str(path)
-            break
+    original: dict[str, Any] = {}
+    for file in cfg.files:  # nearest first: the first that says default = wins
+        data = cfg_mod.read_file(file)
+        if "default" in data and default_from is None:
+            default_from = str(file)
+        t = data.get("original")
+        if t is not None:
+            original[str(file)] = {"caches": t.notes, "left_out": t.ignored}
     if store is not None:
         active, source = store, "--store"
     elif env:
@@ -70,13 +121,13 @@ def config(store: str | None, as_json: bool) -> None:
             opts = {k: {"value": v, "from": str(spec.source)} for k, v in spec.options.items()}
             for k, v in defaults.items():
                 opts.setdefault(k, {"value": v, "from": "default"})
-            url = spec.options["url"]
-            if "://" not in url and not os.path.isabs(os.path.expanduser(url)):
+            url = spec.options.get("url")
+            if url and "://" not in url and not os.path.isabs(os.path.expanduser(url)):
                 opts["url"]["resolved"] = str(spec.source.parent / os.path.expanduser(url))
             entry["options"] = opts
         caches[name] = entry
     resolved_url = None
-    if active in cfg.caches and not cfg.caches[active].layered:
+    if active in cfg.caches and "url" in cfg.caches[active].options:
         resolved_url = caches[active]["options"]["url"].get(
             "resolved", cfg.caches[active].options["url"]
         )
@@ -88,6 +139,7 @@ def config(store: str | None, as_json: bool) -> None:
         "default": {"value": cfg.default, "from": default_from},
         "env": {"FLECHE_CACHE": env},
         "caches": caches,
+        "original": original,
     }
     if as_json:
         emit_json(doc)
@@ -114,7 +166,18 @@ def config(store: str | None, as_json: bool) -> None:
             table.add_row(name if first else "", key, value, o["from"])
             first = False
         for i, layer in enumerate(entry.get("layers", []), 1):
-            table.add_row(name if first else "", f"layer {i}", layer.get("url", "?"), entry["file"])
+            where = layer.get("url") or f"ssh {layer.get('ssh', {}).get('host', '?')}"
+            table.add_row(name if first else "", f"layer {i}", where, entry["file"])
             first = False
     click.echo()
     print_table(table)
+    for source, said in original.items():
+        click.echo(f"\n{source} is written for the original fleche; it was read as:")
+        for name, notes in said["caches"].items():
+            for note in notes:
+                click.echo(f"  [{name}] {note}")
+        for item in said["left_out"]:
+            click.echo(f"  left out: {item}")
+        click.echo(
+            "  ('fleche config --upgrade' prints it in fleche's format; --write replaces it)"
+        )

@@ -3,7 +3,8 @@
 Above :mod:`fleche.cache` (it builds caches from names, URLs and layers), below
 the query and decorator layers, which ask it for the active cache.
 
-Inside: ``_file`` (which files apply, what each may say), ``_caches`` (names,
+Inside: ``_file`` (which files apply, what each may say), ``_original`` (files
+written for the original fleche 0.22: recognised, translated, upgraded), ``_caches`` (names,
 URLs and layer lists to caches: :func:`resolve`), ``_active`` (the active cache
 and tags of this context).
 """
@@ -19,11 +20,14 @@ from fleche.config._active import (
     set_default_cache,
     tags,
 )
-from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
-from fleche.config._file import init_project, read_file, stale_code_choice
+from fleche.config._caches import AnyCache, CacheLike, load_config, register_cache_type, resolve
+from fleche.config._file import init_project, read_file, stale_code_choice, upgrade_file
+from fleche.config._original import RESERVED, Translation, upgraded_text
 
 __all__ = [
     "EPHEMERAL_HINT",
+    "RESERVED",
+    "Translation",
     "AnyCache",
     "ImplicitCache",
     "CacheLike",
@@ -34,9 +38,12 @@ __all__ = [
     "load_config",
     "project",
     "read_file",
+    "register_cache_type",
     "reset_default",
     "resolve",
     "set_default_cache",
     "stale_code_choice",
     "tags",
+    "upgrade_file",
+    "upgraded_text",
 ]

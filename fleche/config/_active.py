@@ -77,7 +77,7 @@ def default_cache() -> AnyCache:
         with _default_lock:
             if _default is None:
                 env = os.environ.get("FLECHE_CACHE")
-                if env:
+                if env and env != "default":  # "default": the one fleche.toml names
                     _default = resolve(env)
                 else:
                     cfg = load_config()
@@ -141,6 +141,10 @@ def cache(spec: CacheLike = _ACTIVE_ONE, **options: Any) -> _Activation | AnyCac
     does (and as 0.22's ``fleche.cache()`` did).
 
     ``spec`` is a name from fleche.toml, a path or fsspec URL, a Store or a Cache;
+    the names ``"memory"`` (in this process's memory, kept for the process),
+    ``"void"`` (stores nothing: every call runs) and ``"default"`` (the cache in
+    force at start: FLECHE_CACHE, else fleche.toml's default) mean what they
+    meant in 0.22, unless a fleche.toml defines a cache of that name;
     ``options`` (compression_level, inline_limit, serializer, read_only, durable)
     apply when a URL is opened here.  A list makes a layered cache, nearest
     layer first: ``cache(["~/.cache/fleche", "s3://team/cache"], write="first")``;
@@ -153,6 +157,10 @@ def cache(spec: CacheLike = _ACTIVE_ONE, **options: Any) -> _Activation | AnyCac
                 "URL they apply to, cache(url, ...); cache() alone returns the active cache"
             )
         return active_cache()
+    if spec == "default" and not options and "default" not in load_config().caches:
+        # the original's reserved name: the cache active at process start (FLECHE_CACHE,
+        # else fleche.toml's default, else memory), not the one active here
+        return _Activation(_ACTIVE, default_cache())
     return _Activation(_ACTIVE, resolve(spec, **options))
 
 

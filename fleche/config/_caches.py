@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 from fleche.cache import RETRY_AFTER, Cache, DeferredCache, LayeredCache, LayerSpec, open_cache
 from fleche.config._file import _check_single, _discover, metadata_groups, stale_code_choice
+from fleche.config._original import reserved_url
 from fleche.errors import ConfigError
 from fleche.store import ObjectStore, open_store
 
@@ -42,8 +43,57 @@ LayerLike = Cache | ObjectStore | str | os.PathLike[str] | Mapping[str, Any]
 CacheLike = AnyCache | ObjectStore | str | os.PathLike[str] | Sequence[LayerLike]
 
 
+# -- caches of other kinds, built by a higher layer -------------------------------------------
+
+_CACHE_TYPES: dict[str, Callable[..., Cache] | str] = {}
+
+
+def register_cache_type(kind: str, factory: Callable[..., Cache] | str) -> None:
+    """Let ``kind = {...}`` in a cache's table build a cache: ``factory(**table)``.
+
+    How ``ssh = {host = ...}`` (the original's ``type = "ssh"``) reaches
+    ``fleche.remote.SshCache`` without this layer importing one above it: the
+    package registers ``"fleche.remote:SshCache"`` (a ``module:name`` string,
+    imported when a file first asks for such a cache, so ``import fleche`` does
+    not pay for it), or any callable returning a :class:`~fleche.cache.Cache`.
+    """
+    _CACHE_TYPES[kind] = factory
+
+
+def _cache_type(kind: str, where: str) -> Callable[..., Cache]:
+    factory = _CACHE_TYPES.get(kind)
+    if isinstance(factory, str):
+        import importlib
+
+        module, _, attr = factory.partition(":")
+        found = getattr(importlib.import_module(module), attr, None)
+        if found is None:
+            raise ConfigError(
+                f"{where} {kind} = {{...}} needs {module}.{attr}, which this fleche lacks: "
+                "upgrade fleche, or reach the remote store with url = 'fleche+ssh://host/path'"
+            )
+        factory = _CACHE_TYPES[kind] = found
+    if factory is None:
+        raise ConfigError(f"{where}: no cache type {kind!r} is registered")
+    return factory
+
+
+def _ssh_cache(options: Mapping[str, Any], name: str | None) -> Cache:
+    """The cache of an ``ssh = {...}`` table (keys checked by read_file)."""
+    ssh = dict(options["ssh"])
+    for key in ("ssh_options", "setup_commands"):
+        if key in ssh:
+            ssh[key] = tuple(ssh[key])
+    c = _cache_type("ssh", f"[caches.{name}]")(**ssh)
+    if not isinstance(c, Cache):
+        raise ConfigError(f"[caches.{name}] ssh = {{...}} built a {type(c).__name__}, not a Cache")
+    return c
+
+
 def _layer_url(options: Mapping[str, Any], source: Path | None) -> str:
     """A layer's URL with ``~`` expanded; a relative path is relative to the file that says it."""
+    if "ssh" in options:  # for messages: the cache is the remote's own, named in its config
+        return f"ssh://{options['ssh']['host']}"
     url: str = os.path.expanduser(options["url"])
     if source is not None and "://" not in url and not os.path.isabs(url):
         url = str(source.parent / url)
@@ -52,6 +102,12 @@ def _layer_url(options: Mapping[str, Any], source: Path | None) -> str:
 
 def _open_cache(options: Mapping[str, Any], source: Path | None, name: str | None) -> Cache:
     """Open one (single-store) cache from checked per-cache options."""
+    if "ssh" in options:
+        c = _ssh_cache(options, name)
+        c.stale_code = options.get("stale_code")
+        if "metadata" in options:
+            c.metadata_groups = metadata_groups(options["metadata"], f"[caches.{name}]")  # type: ignore[attr-defined]
+        return c
     o = dict(options)
     url = _layer_url(o, source)
     del o["url"]
@@ -163,7 +219,11 @@ class Config:
         self.files: list[Path] = []
 
     def cache(self, name: str) -> AnyCache:
+        """The named cache; ``memory`` and ``void`` unless a file defines a cache so named."""
         spec = self.caches.get(name)
+        url = reserved_url(name)
+        if spec is None and url is not None:
+            return resolve(url)
         if spec is None:
             raise ConfigError(
                 f"no cache named {name!r} in {self._where()}; known: {sorted(self.caches)}"
@@ -184,7 +244,7 @@ def load_config(start: Path | None = None) -> Config:
             cfg.caches[name] = CacheSpec(name, table, path)
         if "default" in data:
             cfg.default = data["default"]
-    if cfg.default is not None and cfg.default not in cfg.caches:
+    if cfg.default is not None and cfg.default not in cfg.caches and not reserved_url(cfg.default):
         raise ConfigError(
             f"default = {cfg.default!r} names no cache in {cfg._where()}; "
             f"known: {sorted(cfg.caches)}"
@@ -237,6 +297,10 @@ def _layers(
                         )
                     layers.append(_layer_spec(spec.options, spec.source, spec.name))
                     continue
+                url = reserved_url(os.fspath(entry))
+                if url is not None:
+                    layers.append(_layer_spec({"url": url}, None, os.fspath(entry)))
+                    continue
             layers.append(_layer_spec({"url": os.fspath(entry)}, None, None))
         else:
             raise TypeError(
@@ -282,6 +346,8 @@ def resolve(spec: CacheLike, **options: Any) -> AnyCache:
         cfg = load_config()
         if text in cfg.caches:
             return cfg.cache(text)
+    if _is_name(spec):  # the original's reserved names, unless a file defines them: memory, void
+        text = reserved_url(text) or text
     # Cache options go to the Cache; everything else (read_only, durable and the
     # fsspec storage options such as endpoint_url or key) to the store.
     cache_opts = {k: options.pop(k) for k in CACHE_OPTIONS if k in options}

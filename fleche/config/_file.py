@@ -1,7 +1,9 @@
 """``fleche.toml``: which files apply, and what each may say.
 
 Files are found from the working directory upward (a file with ``root =
-true`` stops the search), then ``$XDG_CONFIG_HOME/fleche/fleche.toml``.
+true`` stops the search), then ``$XDG_CONFIG_HOME/fleche/fleche.toml`` (or,
+without one, the original fleche's ``cache.toml`` there). A file written for
+the original fleche is read through :mod:`fleche.config._original`.
 :func:`read_file` parses one and checks every key and type, so a mistake is
 reported with its file and key before any cache is opened. Opening the caches
 they name is :mod:`fleche.config._caches`'s.
@@ -18,10 +20,14 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 from fleche.cache import WRITE_MODES
+from fleche.config._original import is_original, translate, upgraded_text, warn_ignored
 from fleche.errors import ConfigError
 from fleche.records import METADATA_GROUPS
 
 CONFIG_NAME = "fleche.toml"
+ORIGINAL_USER_NAME = "cache.toml"
+"""The original fleche's user file, ``$XDG_CONFIG_HOME/fleche/cache.toml``: read when there
+is no ``fleche.toml`` beside it."""
 # key -> (expected type(s), description for error messages)
 CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "url": (str, "a path or fsspec URL"),
@@ -36,7 +42,19 @@ CACHE_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "safe": (bool, "true or false (true: never store or load pickles)"),
     "secret_key_file": (str, "the path of a file holding the secret key(s), one per line"),
     "stale_code": (str, "'warn', 'serve' or 'recompute'"),
+    "ssh": (dict, "a table: host, and cache_name, python, ssh_options, setup_commands, workdir"),
 }
+# What an ``ssh = {...}`` cache (fleche.remote.SshCache, the original's type = "ssh") takes.
+SSH_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "host": (str, "user@host or an ~/.ssh/config alias"),
+    "cache_name": (str, "the name of a cache in the remote's fleche.toml"),
+    "python": (str, "the remote's Python (default python3)"),
+    "ssh_options": (list, "a list of ssh arguments"),
+    "setup_commands": (list, "a list of shell commands run (joined by &&) before the server"),
+    "workdir": (str, "the remote directory to cd into first"),
+}
+# Keys an ``ssh`` cache may have besides ``ssh``: its store is the remote's own.
+SSH_CACHE_KEYS = ("ssh", "metadata", "stale_code")
 # A layered cache's own keys; each of its layers takes CACHE_KEYS.
 LAYERED_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "layers": (list, "an array of tables: one [[caches.NAME.layers]] per layer, nearest first"),
@@ -115,9 +133,30 @@ def _check_single(table: Any, where: str, section: str) -> dict[str, Any]:
     if "metadata" in table:
         metadata_groups(table["metadata"], f"{where}{section}")
     stale_code_choice(table.get("stale_code"), f"{where}{section}")
-    if "url" not in table:
+    if "ssh" in table:
+        _check_ssh(table, where, section)
+    elif "url" not in table:
         raise ConfigError(f"{where}{section} needs a url (a path or fsspec URL)")
     return dict(table)
+
+
+def _check_ssh(table: Mapping[str, Any], where: str, section: str) -> None:
+    """An ``ssh = {host = ...}`` cache: its keys, and nothing that only a store of ours takes."""
+    other = sorted(k for k in table if k not in SSH_CACHE_KEYS)
+    if other:
+        raise ConfigError(
+            f"{where}{section} has ssh = {{...}} and {other}: an ssh cache serves the remote's "
+            f"own cache, configured there; besides ssh it takes only {list(SSH_CACHE_KEYS[1:])}"
+        )
+    ssh = table["ssh"]
+    _check_types(ssh, SSH_KEYS, where, f"{section} ssh")
+    for key in ("ssh_options", "setup_commands"):
+        if not all(isinstance(x, str) for x in ssh.get(key, ())):
+            raise ConfigError(
+                f"{where}{section} ssh.{key} = {ssh[key]!r}: expected a list of strings"
+            )
+    if "host" not in ssh:
+        raise ConfigError(f"{where}{section} ssh needs host (user@host or an ~/.ssh/config alias)")
 
 
 def _check_layered(name: str, table: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -159,14 +198,18 @@ def _check_cache(name: str, table: Any, path: Path) -> dict[str, Any]:
     return _check_single(table, f"{path}: ", f"[caches.{name}]")
 
 
-def read_file(path: Path) -> dict[str, Any]:
-    """Parse and validate one fleche.toml; errors name the file and the key."""
+def _tomllib() -> Any:
     # imported here: a process that never reads a fleche.toml does not pay for the parser
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover - exercised on 3.10 only
         import tomli as tomllib
+    return tomllib
 
+
+def read_file(path: Path) -> dict[str, Any]:
+    """Parse and validate one fleche.toml; errors name the file and the key."""
+    tomllib = _tomllib()
     try:
         with open(path, "rb") as f:
             data = tomllib.load(f)
@@ -176,10 +219,24 @@ def read_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML: it is not UTF-8 text ({e})") from e
     except OSError as e:
         raise ConfigError(f"{path}: cannot read: {e}") from e
+    return _check_file(data, path)
+
+
+def _check_file(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The parsed content of the file at ``path``, validated (translated if the original's)."""
+    if is_original(data):  # written for the original fleche (0.22): translated to ours
+        t = translate(data, path)
+        data = t.data
+        data["caches"] = {n: _check_cache(n, c, path) for n, c in data["caches"].items()}
+        warn_ignored(path, t)
+        data["original"] = t  # for fleche config; load_config reads root, default, caches
+        return data
     for key in data:
         if key not in TOP_KEYS:
             raise ConfigError(
-                f"{path}: unknown top-level key {key!r}; valid keys: {sorted(TOP_KEYS)}"
+                f"{path}: unknown top-level key {key!r}; valid keys: {sorted(TOP_KEYS)} (a file "
+                "for the original fleche has a [default] table, or [NAME] tables with values "
+                "and calls, template, pool or type = 'ssh')"
             )
     if not isinstance(data.get("root", False), bool):
         raise ConfigError(f"{path}: root = {data['root']!r}: expected true or false")
@@ -207,6 +264,8 @@ def _discover(start: Path | None) -> list[tuple[Path, dict[str, Any]]]:
                 return found
     xdg = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
     user = Path(xdg) / "fleche" / CONFIG_NAME
+    if not user.is_file():  # the original fleche's name for the user's file
+        user = user.with_name(ORIGINAL_USER_NAME)
     if user.is_file() and all(user != p for p, _ in found):
         found.append((user, read_file(user)))
     return found
@@ -264,3 +323,46 @@ def init_project(directory: str | os.PathLike[str] = ".", *, force: bool = False
                 f.write(f"{sep}{STORE_DIR}/\n")
             done.append(f"added {STORE_DIR}/ to {ignore}")
     return done
+
+
+# -- fleche config --upgrade ------------------------------------------------------------------
+
+
+def upgrade_file(path: Path, *, write: bool = False) -> str:
+    """The file at ``path`` (written for the original fleche) in our format; ``write``: replace it.
+
+    The new text is checked before anything is written: read back, it must
+    give the same caches, default and root as the old file does. Writing keeps
+    the old file as ``fleche.toml.bak`` (refused if one exists: it may be the
+    only copy of an earlier file) and replaces the file in one rename.
+    """
+    from pathlib import Path as _Path
+
+    path = _Path(path)
+    old = read_file(path)
+    t = old.get("original")
+    if t is None:
+        raise ConfigError(f"{path} is already in fleche's own format: nothing to upgrade")
+    text = upgraded_text(path, t)
+    new = _parse_like(path, text)
+    if {k: v for k, v in new.items() if k != "original"} != {
+        k: v for k, v in old.items() if k != "original"
+    }:  # a bug here must never cost the user their file
+        raise ConfigError(f"{path}: the upgraded file would not read the same; left as it is")
+    if write:
+        bak = path.with_name(path.name + ".bak")
+        if bak.exists():
+            raise ConfigError(f"{bak} exists: move it away first (it may be the only copy of it)")
+        tmp = path.with_name(f".{path.name}.upgrade.tmp")
+        tmp.write_text(text, encoding="utf-8")
+        try:
+            os.link(path, bak)  # the old file itself, under its new name
+        except OSError:  # no hard links here: a copy, byte for byte
+            bak.write_bytes(path.read_bytes())
+        os.replace(tmp, path)  # never a half-written fleche.toml
+    return text
+
+
+def _parse_like(path: Path, text: str) -> dict[str, Any]:
+    """``read_file`` of ``text`` as if it were the file at ``path`` (relative paths alike)."""
+    return _check_file(_tomllib().loads(text), path)

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from fleche.store._s3 import S3Store, Upload
     from fleche.store._sftp import SFTPStore
     from fleche.store._ssh import SSHAuthenticationError, SSHConnectionError, SSHFileSystem
+    from fleche.store._void import VoidStore
     from fleche.store._wire import (
         ERROR,
         MAGIC,
@@ -70,6 +71,7 @@ _LAZY = {
     "parse_url": "_remote_session",
     **dict.fromkeys(("S3Store", "Upload"), "_s3"),
     "SFTPStore": "_sftp",
+    "VoidStore": "_void",
     **dict.fromkeys(("SSHAuthenticationError", "SSHConnectionError", "SSHFileSystem"), "_ssh"),
     **dict.fromkeys(
         (
@@ -120,6 +122,7 @@ __all__ = [
     "RemoteStore",
     "S3Store",
     "SFTPStore",
+    "VoidStore",
     "SSHAuthenticationError",
     "SSHConnectionError",
     "SSHFileSystem",

@@ -30,10 +30,11 @@ def open_store(
     create: bool = False,
     **storage_options: Any,
 ) -> ObjectStore:
-    """Open the store at ``url``: a path, ``file://``, ``memory://[name]`` or any fsspec URL.
+    """Open the store at ``url``: a path, ``file://``, ``memory://[name]``, ``void://`` or any fsspec URL.
 
     ``memory://`` is a fresh private store each time; ``memory://name`` is shared
     by every ``open_store`` of that name in this process (see ``MemoryStore``).
+    ``void://`` keeps nothing: every read misses, every write is dropped (``VoidStore``).
     ``create=True`` writes ``fleche.json`` now rather than at the first write.
     """
     # Here, not at the top: fleche.store imports this module (to re-export open_store)
@@ -59,6 +60,12 @@ def open_store(
             store = MemoryStore(rest.strip("/") or None, read_only=read_only, durable=durable)
         else:
             store = LocalStore(rest if sep else text, read_only=read_only, durable=durable)
+    elif protocol == "void":
+        if storage_options or rest.strip("/"):
+            raise ConfigError(f"{text!r}: void:// takes no path and no options (it keeps nothing)")
+        from fleche.store._void import VoidStore  # the original's reserved cache "void"
+
+        store = VoidStore(read_only=read_only, durable=durable)
     elif protocol in ("s3", "s3a"):
         from fleche.store._s3 import S3Store  # s3fs itself is imported only when building one
 
