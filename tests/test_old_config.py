@@ -566,3 +566,24 @@ def test_a_second_process_hits_what_the_first_stored(project, tmp_path):
     assert outs == ["16\n", "16\n"]
     assert ran.read_text() == "ran\n"  # the second process hit
     assert (project / "cache" / "values" / "fleche.json").is_file()
+
+
+def test_the_translator_and_void_load_only_when_used():
+    code = textwrap.dedent(
+        """\
+        import sys
+        import fleche
+        before = {m for m in ("fleche.config._original", "fleche.store._void") if m in sys.modules}
+        with fleche.cache("void"):
+            fleche.fleche(lambda x: x)(1)
+        print(sorted(before), "fsspec" in sys.modules, "fleche.store._void" in sys.modules)
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    ).stdout
+    assert out.strip() == "[] False True"

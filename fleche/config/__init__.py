@@ -20,14 +20,19 @@ from fleche.config._active import (
     set_default_cache,
     tags,
 )
-from fleche.config._caches import AnyCache, CacheLike, load_config, register_cache_type, resolve
+from fleche.config._caches import (
+    RESERVED,
+    AnyCache,
+    CacheLike,
+    load_config,
+    register_cache_type,
+    resolve,
+)
 from fleche.config._file import init_project, read_file, stale_code_choice, upgrade_file
-from fleche.config._original import RESERVED, Translation, upgraded_text
 
 __all__ = [
     "EPHEMERAL_HINT",
     "RESERVED",
-    "Translation",
     "AnyCache",
     "ImplicitCache",
     "CacheLike",
@@ -45,5 +50,4 @@ __all__ = [
     "stale_code_choice",
     "tags",
     "upgrade_file",
-    "upgraded_text",
 ]

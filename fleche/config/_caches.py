@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
 from fleche.cache import RETRY_AFTER, Cache, DeferredCache, LayeredCache, LayerSpec, open_cache
 from fleche.config._file import _check_single, _discover, metadata_groups, stale_code_choice
-from fleche.config._original import reserved_url
 from fleche.errors import ConfigError
 from fleche.store import ObjectStore, open_store
 
@@ -41,6 +40,25 @@ AnyCache = Cache | LayeredCache
 """What a cache name, URL or list of layers resolves to (a DeferredCache is a LayeredCache)."""
 LayerLike = Cache | ObjectStore | str | os.PathLike[str] | Mapping[str, Any]
 CacheLike = AnyCache | ObjectStore | str | os.PathLike[str] | Sequence[LayerLike]
+
+
+RESERVED = ("memory", "void", "default")
+"""Cache names with a meaning of their own, as in the original fleche: see :func:`reserved_url`."""
+
+
+def reserved_url(name: str) -> str | None:
+    """The store URL of a reserved cache name: ``memory`` and ``void``; None for any other name.
+
+    ``memory`` is a store in this process's memory, kept for the process under
+    that name (the original interned it: each ``cache("memory")`` finds the
+    results of the last); ``void`` keeps nothing. ``default`` is resolved by
+    :func:`fleche.config.cache` (it names the default cache, not a store).
+    """
+    if name == "memory":
+        return "memory://memory"
+    if name == "void":
+        return "void://"
+    return None
 
 
 # -- caches of other kinds, built by a higher layer -------------------------------------------

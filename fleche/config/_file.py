@@ -20,7 +20,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 from fleche.cache import WRITE_MODES
-from fleche.config._original import is_original, translate, upgraded_text, warn_ignored
 from fleche.errors import ConfigError
 from fleche.records import METADATA_GROUPS
 
@@ -224,6 +223,9 @@ def read_file(path: Path) -> dict[str, Any]:
 
 def _check_file(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """The parsed content of the file at ``path``, validated (translated if the original's)."""
+    # here, not at the top: only a process that reads a fleche.toml pays for the translator
+    from fleche.config._original import is_original, translate, warn_ignored
+
     if is_original(data):  # written for the original fleche (0.22): translated to ours
         t = translate(data, path)
         data = t.data
@@ -343,6 +345,8 @@ def upgrade_file(path: Path, *, write: bool = False) -> str:
     t = old.get("original")
     if t is None:
         raise ConfigError(f"{path} is already in fleche's own format: nothing to upgrade")
+    from fleche.config._original import upgraded_text
+
     text = upgraded_text(path, t)
     new = _parse_like(path, text)
     if {k: v for k, v in new.items() if k != "original"} != {

@@ -71,8 +71,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 OUR_TOP_KEYS = ("root", "default", "caches")
-RESERVED = ("memory", "void", "default")
-"""Cache names with a meaning of their own, as in the original: see :func:`reserved_url`."""
 
 # the original's value/call storage types that keep files under ``root`` -> our serializer
 _FILE_TYPES = {
@@ -110,21 +108,6 @@ class Translation:
     """Per cache: how it was understood, one line per fact."""
     ignored: list[str] = field(default_factory=list)
     """Options with no counterpart, each ``where: what happens instead``."""
-
-
-def reserved_url(name: str) -> str | None:
-    """The store URL of a reserved cache name: ``memory`` and ``void``; None for any other name.
-
-    ``memory`` is a store in this process's memory, kept for the process under
-    that name (the original interned it: each ``cache("memory")`` finds the
-    results of the last); ``void`` keeps nothing. ``default`` is resolved by
-    :func:`fleche.config.cache` (it names the default cache, not a store).
-    """
-    if name == "memory":
-        return "memory://memory"
-    if name == "void":
-        return "void://"
-    return None
 
 
 def _old_section(value: Any) -> bool:
