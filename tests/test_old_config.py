@@ -289,6 +289,11 @@ def test_relative_paths_are_relative_to_the_file_not_the_cwd(project, tmp_path):
     assert (project / "rel" / "store" / "fleche.json").is_file()
     assert [call.arguments for call in inc.query()] == [{"x": 1}]
     assert (project / "rel" / "calls.db").is_file()  # the index, where the file said
+    origins = config.read_file(project / "fleche.toml")["original"].origins
+    assert origins["here"] == {
+        "values": {"type": "pickle", "root": str(project / "rel" / "store")},
+        "calls": {"type": "sql", "url": f"sqlite:///{project / 'rel' / 'calls.db'}"},
+    }
 
 
 def test_one_warning_names_every_option_without_counterpart(project):
@@ -484,6 +489,11 @@ def test_fleche_config_shows_how_an_old_file_was_understood(project):
         "limited.max_size = 100 (no per-cache limit on records: fleche gc keeps size and age limits)"
     ]
     assert "fast" in said["caches"]
+    # where the original's data is, for fleche import
+    assert said["data"]["persistent"] == {
+        "values": {"type": "cloudpickle", "root": "~/.cache/fleche/values"},
+        "calls": {"type": "cloudpickle", "root": "~/.cache/fleche/calls"},
+    }
 
 
 def same_caches(a: config.AnyCache, b: config.AnyCache) -> None:

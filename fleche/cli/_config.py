@@ -97,7 +97,7 @@ def config(store: str | None, as_json: bool, upgrade: bool, write: bool, path: s
             default_from = str(file)
         t = data.get("original")
         if t is not None:
-            original[str(file)] = {"caches": t.notes, "left_out": t.ignored}
+            original[str(file)] = {"caches": t.notes, "left_out": t.ignored, "data": t.origins}
     if store is not None:
         active, source = store, "--store"
     elif env:

@@ -108,6 +108,11 @@ class Translation:
     """Per cache: how it was understood, one line per fact."""
     ignored: list[str] = field(default_factory=list)
     """Options with no counterpart, each ``where: what happens instead``."""
+    origins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per single cache (a layer is ``name[i]``, a pool member ``name.pool[i]``): the
+    original's ``values`` and ``calls`` tables, templates expanded and relative ``root``/
+    ``sqlite:///`` paths made absolute as the original did: where its data is, for
+    ``fleche import``."""
 
 
 def _old_section(value: Any) -> bool:
@@ -296,6 +301,8 @@ class _Translator:
                 "needs values and calls tables (values.type = ..., calls.type = ...) or a template",
             )
         values, calls = sec.pop("values"), sec.pop("calls")
+        if isinstance(values, Mapping) and isinstance(calls, Mapping):
+            self.out.origins[name] = {"values": self.rebase(values), "calls": self.rebase(calls)}
         for k, v in sec.items():
             self.ignore(where, k, v)
         for part, t in (("values", values), ("calls", calls)):
@@ -365,6 +372,20 @@ class _Translator:
         if read_only:
             table["read_only"] = True
         return table
+
+    def rebase(self, table: Mapping[str, Any]) -> dict[str, Any]:
+        """``table`` with a relative ``root`` or ``sqlite:///`` url anchored at the file's directory."""
+        out = dict(table)
+        base = self.path.parent
+        root = out.get("root")
+        if isinstance(root, str) and not root.startswith("~") and not root.startswith("/"):
+            out["root"] = str(base / root)
+        url = out.get("url")
+        if isinstance(url, str) and url.startswith("sqlite:///"):
+            db = url[len("sqlite:///") :]
+            if db and db != ":memory:" and not db.startswith(("/", "~")):
+                out["url"] = f"sqlite:///{base / db}"
+        return out
 
     def extra(self, where: str, part: str, table: Mapping[str, Any], used: tuple[str, ...]) -> None:
         for k, v in table.items():
