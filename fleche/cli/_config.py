@@ -119,7 +119,7 @@ def config(store: str | None, as_json: bool, upgrade: bool, write: bool, path: s
             }
         else:
             opts = {k: {"value": v, "from": str(spec.source)} for k, v in spec.options.items()}
-            for k, v in defaults.items():
+            for k, v in defaults.items() if "ssh" not in spec.options else ():
                 opts.setdefault(k, {"value": v, "from": "default"})
             url = spec.options.get("url")
             if url and "://" not in url and not os.path.isabs(os.path.expanduser(url)):
