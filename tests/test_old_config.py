@@ -464,6 +464,17 @@ def test_an_ssh_layer_is_built_by_the_registered_cache_type(project, registered_
     }
 
 
+def test_an_ssh_pool_member_is_read_only(project, registered_ssh):
+    write(
+        project,
+        '[[pool.pool]]\ntemplate = "memory"\n\n[[pool.pool]]\ntype = "ssh"\nhost = "h"\n',
+    )
+    c = config.load_config().cache("pool")
+    assert isinstance(c, LayeredCache) and c.read_only
+    assert [layer.read_only for layer in c.layers] == [True, True]
+    assert c.layers[1].ssh_options == {"host": "h"}
+
+
 def test_without_an_ssh_cache_type_the_error_says_what_is_missing(project):
     from fleche import remote
 

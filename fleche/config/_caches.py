@@ -122,6 +122,8 @@ def _open_cache(options: Mapping[str, Any], source: Path | None, name: str | Non
     """Open one (single-store) cache from checked per-cache options."""
     if "ssh" in options:
         c = _ssh_cache(options, name)
+        if options.get("read_only") and not c.store.read_only:
+            c.store.read_only = True  # a pool's member: read, never written (its writes refuse)
         c.stale_code = options.get("stale_code")
         if "metadata" in options:
             c.metadata_groups = metadata_groups(options["metadata"], f"[caches.{name}]")  # type: ignore[attr-defined]

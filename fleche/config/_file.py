@@ -53,7 +53,7 @@ SSH_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "workdir": (str, "the remote directory to cd into first"),
 }
 # Keys an ``ssh`` cache may have besides ``ssh``: its store is the remote's own.
-SSH_CACHE_KEYS = ("ssh", "metadata", "stale_code")
+SSH_CACHE_KEYS = ("ssh", "read_only", "metadata", "stale_code")
 # A layered cache's own keys; each of its layers takes CACHE_KEYS.
 LAYERED_KEYS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "layers": (list, "an array of tables: one [[caches.NAME.layers]] per layer, nearest first"),

@@ -367,6 +367,8 @@ class _Translator:
             else:
                 croot = calls.get("root")
                 said = f" (not in {croot})" if isinstance(croot, str) else ""
+                if ct == "memory":
+                    said = " (kept, where the original's memory calls were lost at exit)"
                 notes.append(f"{label}{ct} calls -> records in the store at {root}{said}")
                 self.extra(where, "calls", calls, ("root",))
         if read_only:
