@@ -608,3 +608,27 @@ def test_the_translator_and_void_load_only_when_used():
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     ).stdout
     assert out.strip() == "[] False True"
+
+
+def test_the_originals_files_in_the_values_root_are_left_alone(project):
+    write(project, '[default]\ncache = "t"\n\n[t]\ntemplate = "pickle"\nroot = "cache"\n')
+    values = project / "cache" / "values"
+    values.mkdir(parents=True)
+    old = {  # what 0.22 keeps there: a pickle per digest, bagofholding's bags and locks
+        "9f" * 32: b"\x80\x05K\x03.",
+        "ab.h5": b"HDF",
+        "ab.h5.lock": b"",
+    }
+    for name, data in old.items():
+        (values / name).write_bytes(data)
+
+    @fl.fleche
+    def f(x):
+        return x
+
+    f(1)
+    for command in (["verify"], ["gc"]):
+        result = CliRunner().invoke(main, [*command, "-s", str(values)])
+        assert result.exit_code == 0, result.output
+    assert {name: (values / name).read_bytes() for name in old} == old
+    assert f.contains(1)
