@@ -365,6 +365,19 @@ def test_void_memory_and_default_names(project, tmp_path):
     assert list(Path.cwd().iterdir()) == []
 
 
+def test_reserved_names_in_fleche_cache_and_set_default_cache(project, monkeypatch):
+    write(project, TLDR)
+    monkeypatch.setenv("FLECHE_CACHE", "void")
+    assert fl.active_cache().url == "void://"
+    config.reset_default()
+    monkeypatch.setenv("FLECHE_CACHE", "default")  # the file's default, as if unset
+    assert fl.active_cache().name == "persistent"
+    fl.set_default_cache("memory")
+    assert fl.active_cache().url == "memory://memory"
+    fl.set_default_cache("default")
+    assert fl.active_cache().name == "persistent"
+
+
 def test_reserved_names_as_the_default_and_as_layers(project, tmp_path):
     write(project, '[default]\ncache = "void"\n')
     runs = Counter()

@@ -92,6 +92,9 @@ def set_default_cache(spec: CacheLike, **options: Any) -> AnyCache:
     empty context and use the default, not the cache their creator activated.
     """
     global _default
+    if spec == "default" and not options and "default" not in load_config().caches:
+        reset_default()  # the original's reserved name: back to what the environment says
+        return default_cache()
     c = resolve(spec, **options)
     with _default_lock:
         _default = c
