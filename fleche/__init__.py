@@ -36,6 +36,7 @@ from fleche.records import Call, Q
 from fleche.store import ObjectStore, open_store
 from fleche.sync import SyncError, SyncResult, sync
 
+
 def __getattr__(name: str) -> object:
     # fleche.remote (SshCache, the server) is loaded on first use, as 0.22's
     # `fleche.remote.SshCache` reads, not by `import fleche`.

@@ -65,7 +65,7 @@ class SshCache(Cache):
         python: str = "python3",
         ssh_options: Sequence[str] = (),
         setup_commands: Sequence[str] = (),
-        workdir: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
         *,
         read_only: bool = False,
         durable: bool = False,
@@ -87,7 +87,7 @@ class SshCache(Cache):
         self.setup_commands = tuple(
             [setup_commands] if isinstance(setup_commands, str) else setup_commands
         )
-        self.workdir = workdir
+        self.workdir = os.fspath(workdir) if workdir is not None else None
         store = RemoteStore(
             f"fleche+ssh://{host}",
             read_only=read_only,

@@ -84,7 +84,7 @@ class RemoteStore(RemoteSession, ObjectStore):
         connect_timeout: float = 30.0,
         retry_after: float = 10.0,
         cache_name: str | None = None,
-        workdir: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
         setup_commands: str | Sequence[str] = (),
         lazy: bool = False,
         **unknown: Any,
@@ -104,11 +104,11 @@ class RemoteStore(RemoteSession, ObjectStore):
             )
         if cache_name is not None and not (isinstance(cache_name, str) and cache_name):
             raise ConfigError(f"cache_name={cache_name!r}: expected the name of a cache (a str)")
+        if isinstance(workdir, os.PathLike):
+            workdir = os.fspath(workdir)
         if workdir is not None and not (isinstance(workdir, str) and workdir):
             raise ConfigError(f"workdir={workdir!r}: expected a directory on the host (a str)")
-        setup = tuple(
-            [setup_commands] if isinstance(setup_commands, str) else setup_commands or ()
-        )
+        setup = tuple([setup_commands] if isinstance(setup_commands, str) else setup_commands or ())
         if not all(isinstance(c, str) and c.strip() for c in setup):
             raise ConfigError(
                 f"setup_commands={setup_commands!r}: expected a list of shell commands (str)"

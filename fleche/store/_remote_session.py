@@ -284,7 +284,7 @@ class RemoteSession:
         err = stderr_tail(conn.stderr)
         code = conn.proc.returncode
         if self._setup_commands or self._workdir:
-            before, marker, after = err.rpartition(SETUP_DONE)
+            _, marker, after = err.rpartition(SETUP_DONE)
             if not marker and not (self._argv[0] == "ssh" and code == 255):
                 return self._setup_error(code, err)
             err = after.strip() if marker else err
