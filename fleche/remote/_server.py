@@ -8,7 +8,10 @@ the framing :mod:`fleche.store._wire`; this module is the loop that answers.
 What it does and does not do:
 
 - It serves one store (``open_store(PATH)``: a local directory, or any URL
-  this host can open) for one client, for as long as stdin stays open.
+  this host can open) for one client, for as long as stdin stays open. With
+  no PATH (``--serve [--cache NAME]``, what ``SshCache`` starts), the store of
+  the cache this host's fleche.toml names; none is a ConfigError in the
+  hello, one line on stderr and exit status 2.
 - Values are opaque bytes — frames the client's codec encoded. The server
   **never unpickles anything**: a client can make it store and return bytes,
   nothing more. (The original fleche's ``SshCache`` shipped cloudpickles,

@@ -14,6 +14,9 @@ URLs::
     fleche+exec:///abs/path                    a child process on this machine, or
                                                through ``command=[...]`` (docker exec -i,
                                                kubectl exec -i, srun...)
+    fleche+ssh://host                          no path: the cache the host's own fleche.toml
+                                               names (``cache_name=``, else its default),
+                                               found from ``workdir=``; ``fleche.remote.SshCache``
 
 The wire format is in :mod:`fleche.store._wire`.
 """
@@ -59,6 +62,13 @@ class RemoteStore(RemoteSession, ObjectStore):
     the server as a child of this process (``python=`` defaults to this
     interpreter), or through ``command=[...]``, an argv prefix such as
     ``["docker", "exec", "-i", "box"]``.
+
+    With no path in the URL the server serves the cache its own fleche.toml
+    names: ``cache_name=`` (else the file's default), the file found from
+    ``workdir=`` (``cd``'d into first), after ``setup_commands=`` (shell
+    commands, joined by ``&&``: ``module load ...``, ``source venv/bin/activate``).
+    ``lazy=True`` starts the server at the first request (or :meth:`connect`)
+    instead of now.
 
     The connection is opened now (errors surface at ``open_store``) and kept.
     When it breaks, the next operation reconnects once and retries (every
