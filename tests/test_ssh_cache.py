@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import shlex
 import signal
 import subprocess
@@ -78,8 +79,13 @@ def test_store_and_hit_over_one_ssh_process(sshd: Any, tmp_path: Path) -> None:
         with cache(remote):
             assert square(3) == 9 and square(3) == 9 and square(4) == 16
         assert runs.n == 2
+        before = remote.remote.round_trips
+        with cache(remote):
+            square(3)
+        assert remote.remote.round_trips - before == 1  # a small hit: one request
         info = remote.info()
         assert info["root"] == str(proj / "store-main")  # workdir's fleche.toml, its default
+        assert info["cache"] == "main"
         assert info["pid"] != os.getpid()
         assert remote.remote.connects == 1  # one persistent process for every call
     assert len(_calls(proj / "store-main")) == 2  # written on the host, in the default cache
@@ -94,6 +100,7 @@ def test_cache_name_selects_a_named_cache(sshd: Any, tmp_path: Path) -> None:
     square = _square(runs)
     with _ssh(sshd, proj, cache_name="other") as remote:
         assert remote.info()["root"] == str(proj / "store-other")
+        assert remote.info()["cache"] == "other"
         with cache(remote):
             square(5)
     assert len(_calls(proj / "store-other")) == 1 and not _calls(proj / "store-main")
@@ -300,6 +307,12 @@ def test_exec_server_serves_the_default_cache(tmp_path: Path) -> None:
     with store:
         assert store.server["root"] == str(proj / "store-main")
         assert store.url == f"fleche+exec:// (in {proj})"
+        store.put_call("f" * 32, "a" * 32, b"kept")
+        other = pickle.loads(pickle.dumps(store))  # a worker process opens the same cache
+        with other:
+            assert other.server["root"] == str(proj / "store-main")
+            assert other.server["pid"] != store.server["pid"]
+            assert other.get_call("f" * 32, "a" * 32) == b"kept"
 
 
 def test_remote_command_quotes_what_it_adds() -> None:

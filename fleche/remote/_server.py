@@ -205,7 +205,9 @@ def _protocol_streams() -> tuple[io.BufferedReader, io.BufferedWriter]:
     return reader, writer  # type: ignore[return-value]
 
 
-def _hello_reply(store: ObjectStore | None, error: BaseException | None) -> dict[str, Any]:
+def _hello_reply(
+    store: ObjectStore | None, error: BaseException | None, served: str | None = None
+) -> dict[str, Any]:
     hello: dict[str, Any] = {
         "protocol": list(PROTOCOL),
         "fleche": __version__,
@@ -219,6 +221,8 @@ def _hello_reply(store: ObjectStore | None, error: BaseException | None) -> dict
         hello["read_only"] = store.read_only
         hello["root"] = store.root
         hello["url"] = store.url
+    if served is not None:  # --serve with no path: the cache of fleche.toml (or FLECHE_CACHE)
+        hello["cache"] = served
     return hello
 
 
@@ -226,8 +230,10 @@ class _NoServedCache(ConfigError):
     """The configuration names no cache to serve (or one that cannot be served over the wire)."""
 
 
-def _configured_store(cache_name: str | None, read_only: bool, durable: bool) -> ObjectStore:
-    """The store of the cache this host's fleche.toml names: ``cache_name``, else its default.
+def _configured_store(
+    cache_name: str | None, read_only: bool, durable: bool
+) -> tuple[ObjectStore, str]:
+    """The store of the cache this host's fleche.toml names (``cache_name``, else its default), and that name.
 
     Found from the working directory upward, as any fleche program here would
     (so an ``SshCache``'s ``workdir=`` chooses the project), then the user's
@@ -236,7 +242,7 @@ def _configured_store(cache_name: str | None, read_only: bool, durable: bool) ->
     """
     where = f"on {socket.gethostname()}, in {os.getcwd()}"
     if cache_name is None and os.environ.get("FLECHE_CACHE"):
-        spec, cache = os.environ["FLECHE_CACHE"], None
+        spec = os.environ["FLECHE_CACHE"]
         with strict_open():
             opened = resolve(spec)
     else:
@@ -271,7 +277,7 @@ def _configured_store(cache_name: str | None, read_only: bool, durable: bool) ->
     # Both are read at each write: the client's (or --read-only's) refusal, and --durable.
     store.read_only = store.read_only or read_only
     store.durable = store.durable or durable
-    return store
+    return store, spec
 
 
 def serve(
@@ -304,6 +310,7 @@ def serve(
     head, _ = first
     client = head[1] if isinstance(head, list) and len(head) == 2 and head[0] == "hello" else None
     store: ObjectStore | None = None
+    served: str | None = None
     error: BaseException | None = None
     if not isinstance(client, dict):
         error = RemoteProtocolError(f"expected a hello from the client, got {head!r}")
@@ -317,7 +324,7 @@ def serve(
         ro = read_only or bool(client.get("read_only"))
         try:
             if path is None:
-                store = _configured_store(cache_name, ro, durable)
+                store, served = _configured_store(cache_name, ro, durable)
             else:
                 target = path if "://" in path else os.path.expanduser(path)
                 store = open_store(target, read_only=ro, durable=durable)
@@ -325,7 +332,7 @@ def serve(
             error = e
     try:
         out.write(MAGIC)
-        write_message(out, _hello_reply(store, error))
+        write_message(out, _hello_reply(store, error, served))
     except (BrokenPipeError, ConnectionResetError):
         if store is not None:
             store.close()

@@ -19,6 +19,7 @@ layer).
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -83,7 +84,10 @@ class SshCache(Cache):
         self.host = host
         self.cache_name = cache_name
         self.python = python
-        self.ssh_options = tuple([ssh_options] if isinstance(ssh_options, str) else ssh_options)
+        # a string is split as a shell would ("-o ControlMaster=auto -p 2222")
+        self.ssh_options = tuple(
+            shlex.split(ssh_options) if isinstance(ssh_options, str) else ssh_options
+        )
         self.setup_commands = tuple(
             [setup_commands] if isinstance(setup_commands, str) else setup_commands
         )
@@ -131,7 +135,8 @@ class SshCache(Cache):
         """What the server said of itself when it connected (connecting now if it has not).
 
         ``host`` (its host name), ``pid``, ``python``, ``fleche`` (its version),
-        ``url`` and ``root`` (the store it serves) and ``read_only``.
+        ``cache`` (the name of the cache it serves, or FLECHE_CACHE's value),
+        ``url`` and ``root`` (that cache's store) and ``read_only``.
         """
         self.remote.connect()
         return dict(self.remote.server)
