@@ -199,6 +199,13 @@ def test_failing_setup_command_warns_and_runs_uncached(sshd: Any, tmp_path: Path
         remote.info()  # asked directly, it says why (fail-fast within retry_after)
 
 
+def test_setup_command_that_hangs_is_cut_off(sshd: Any, tmp_path: Path) -> None:
+    proj = _project(tmp_path / "proj")
+    with pytest.warns(FlecheWarning, match="did not finish") as caught:
+        _ssh(sshd, proj, setup_commands=["echo waiting >&2", "sleep 20"], connect_timeout=2)
+    assert "fleche-test" in str(caught[0].message) and "waiting" in str(caught[0].message)
+
+
 def test_lost_connection_fails_open(sshd: Any, tmp_path: Path) -> None:
     proj = _project(tmp_path / "proj")
     runs = Counter()

@@ -286,7 +286,7 @@ class RemoteSession:
         if self._setup_commands or self._workdir:
             _, marker, after = err.rpartition(SETUP_DONE)
             if not marker and not (self._argv[0] == "ssh" and code == 255):
-                return self._setup_error(code, err)
+                return self._setup_error(code, err, why)
             err = after.strip() if marker else err
         said = f": {err}" if err else ""
         py = self._python_text or ("python3" if self._argv[0] == "ssh" else self._argv[0])
@@ -314,15 +314,18 @@ class RemoteSession:
             f"{shlex.join(self._argv)}"
         )
 
-    def _setup_error(self, code: int | None, err: str) -> RemoteError:
-        """The ``cd`` or a setup command failed on the host: the server never started."""
+    def _setup_error(self, code: int | None, err: str, why: str) -> RemoteError:
+        """The ``cd`` or a setup command failed (or hung) on the host: the server never started."""
         steps = ([f"cd {self._workdir}"] if self._workdir else []) + list(self._setup_commands)
         lines = err.splitlines()[-5:]
         said = (":\n  " + "\n  ".join(lines)) if lines else " (nothing on stderr)"
-        status = f"status {code}" if code is not None else "no answer"
+        if why.startswith("no answer"):  # killed after connect_timeout: it hung
+            failed = f"did not finish ({why}: connect_timeout= waits longer)"
+        else:
+            failed = f"failed (status {code})"
         shell = f"ssh {self._where}" if self._argv[0] == "ssh" else "sh"
         return RemoteError(
-            f"the setup on {self._where} failed ({status}) before the fleche server for "
+            f"the setup on {self._where} {failed} before the fleche server for "
             f"{self.url} could start; it ran {' && '.join(steps)!r}{said}\n"
             f"Run the steps in a shell there ({shell}) to see which fails, then fix "
             "setup_commands= / workdir="
