@@ -83,6 +83,8 @@ def test_store_and_hit_over_one_ssh_process(sshd: Any, tmp_path: Path) -> None:
         with cache(remote):
             square(3)
         assert remote.remote.round_trips - before == 1  # a small hit: one request
+        with cache(remote):  # found again through the catalogue of the remote store
+            assert sorted(c.arguments["x"] for c in square.query()) == [3, 4]
         info = remote.info()
         assert info["root"] == str(proj / "store-main")  # workdir's fleche.toml, its default
         assert info["cache"] == "main"
