@@ -37,6 +37,17 @@ from fleche.records import Call, Q
 from fleche.store import ObjectStore, open_store
 from fleche.sync import SyncError, SyncResult, sync
 
+
+def __getattr__(name: str) -> object:
+    # fleche.remote (SshCache, the server) is loaded on first use, as 0.22's
+    # `fleche.remote.SshCache` reads, not by `import fleche`.
+    if name == "remote":
+        import importlib
+
+        return importlib.import_module("fleche.remote")
+    raise AttributeError(f"module 'fleche' has no attribute {name!r}")
+
+
 __all__ = [
     "BoundWrapper",
     "Cache",

@@ -112,7 +112,10 @@ def test_parse_url() -> None:
     assert parse_url("fleche+ssh://Box/~/cache") == ("fleche+ssh", None, "Box", None, "~/cache")
     assert parse_url("fleche+ssh://[::1]:22/c")[2:4] == ("::1", 22)
     assert parse_url("fleche+exec:///srv/c") == ("fleche+exec", None, None, None, "/srv/c")
-    bad = ["fleche+ssh:///path", "fleche+ssh://host", "fleche+ssh://host/", "fleche+ssh://h:x/p",
+    # no path at all: the host's configured cache (SshCache); a lone "/" is a path left out
+    assert parse_url("fleche+ssh://u@host:22") == ("fleche+ssh", "u", "host", 22, "")
+    assert parse_url("fleche+exec://") == ("fleche+exec", None, None, None, "")
+    bad = ["fleche+ssh:///path", "fleche+ssh://host/", "fleche+ssh://h:x/p",
            "fleche+exec://host/p", "fleche+nope://h/p", "fleche+ssh://h/p?python=x"]  # fmt: skip
     for url in bad:
         with pytest.raises(ConfigError):
@@ -487,9 +490,12 @@ def test_cli_remote_command() -> None:
 
     result = CliRunner().invoke(main, ["remote", "--help"])
     assert result.exit_code == 0
-    assert "--serve PATH" in result.output and "--read-only" in result.output
+    assert "--serve [PATH]" in result.output and "--read-only" in result.output
+    assert "--cache NAME" in result.output
     result = CliRunner().invoke(main, ["remote"])
-    assert result.exit_code == 2 and "Missing" in result.output
+    assert result.exit_code == 2 and "pass --serve" in result.output
+    result = CliRunner().invoke(main, ["remote", "--serve", "/x", "--cache", "c"])
+    assert result.exit_code == 2 and "give no PATH" in result.output
 
 
 def test_server_rejects_a_stream_that_is_not_fleche(tmp_path: Path) -> None:

@@ -313,23 +313,45 @@ def progress_bar(enabled: bool | None = None) -> Iterator[Callable[[str, int, in
         yield update
 
 
+_CONFIGURED = "\0configured"  # --serve with no PATH
+
+
 @main.command(short_help="Serve a store to a fleche+ssh:// client (started by it).")
 @click.option(
     "--serve",
     "path",
-    metavar="PATH",
-    required=True,
-    help="The store to serve: a directory on this host (or any store URL it can open).",
+    metavar="[PATH]",
+    is_flag=False,
+    flag_value=_CONFIGURED,
+    default=None,
+    help="The store to serve: a directory on this host (or any store URL it can open); "
+    "with no PATH, the cache this directory's fleche.toml names (--cache, else its default).",
+)
+@click.option(
+    "--cache",
+    "cache_name",
+    metavar="NAME",
+    default=None,
+    help="With --serve and no PATH: the named cache of fleche.toml instead of its default.",
 )
 @click.option("--read-only", is_flag=True, help="Refuse every write (ReadOnlyStoreError).")
 @click.option("--durable", is_flag=True, help="fsync each write before publishing it.")
-def remote(path: str, read_only: bool, durable: bool) -> None:
+def remote(path: str | None, cache_name: str | None, read_only: bool, durable: bool) -> None:
     """Serve a store on stdin/stdout to one fleche+ssh:// (or fleche+exec://) client.
 
-    Not for humans: a RemoteStore starts it, usually as `ssh HOST python3 -m
-    fleche remote --serve PATH`, and talks fleche's framed protocol to it until
-    it closes the connection. Values pass through as bytes; nothing is unpickled.
+    Not for humans: a RemoteStore or an SshCache starts it, usually as `ssh HOST
+    python3 -m fleche remote --serve PATH` (or `--serve [--cache NAME]`), and
+    talks fleche's framed protocol to it until it closes the connection. Values
+    pass through as bytes; nothing is unpickled.
     """
+    if path is None:
+        raise click.UsageError("nothing to do: pass --serve [PATH] to run the server")
+    configured = path == _CONFIGURED
+    if cache_name is not None and not configured:
+        raise click.UsageError("--cache NAME chooses a cache of fleche.toml: give no PATH with it")
     from fleche.remote import serve
 
-    raise SystemExit(serve(path, read_only=read_only, durable=durable))
+    code = serve(
+        None if configured else path, cache_name=cache_name, read_only=read_only, durable=durable
+    )
+    raise SystemExit(code)

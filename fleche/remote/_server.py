@@ -8,7 +8,10 @@ the framing :mod:`fleche.store._wire`; this module is the loop that answers.
 What it does and does not do:
 
 - It serves one store (``open_store(PATH)``: a local directory, or any URL
-  this host can open) for one client, for as long as stdin stays open.
+  this host can open) for one client, for as long as stdin stays open. With
+  no PATH (``--serve [--cache NAME]``, what ``SshCache`` starts), the store of
+  the cache this host's fleche.toml names; none is a ConfigError in the
+  hello, one line on stderr and exit status 2.
 - Values are opaque bytes — frames the client's codec encoded. The server
   **never unpickles anything**: a client can make it store and return bytes,
   nothing more. (The original fleche's ``SshCache`` shipped cloudpickles,
@@ -35,7 +38,9 @@ from typing import Any
 import msgpack
 
 from fleche._version import __version__
-from fleche.errors import CacheMiss
+from fleche.cache import Cache, strict_open
+from fleche.config import load_config, resolve
+from fleche.errors import CacheMiss, ConfigError
 from fleche.store import (
     ERROR,
     MAGIC,
@@ -200,7 +205,9 @@ def _protocol_streams() -> tuple[io.BufferedReader, io.BufferedWriter]:
     return reader, writer  # type: ignore[return-value]
 
 
-def _hello_reply(store: ObjectStore | None, error: BaseException | None) -> dict[str, Any]:
+def _hello_reply(
+    store: ObjectStore | None, error: BaseException | None, served: str | None = None
+) -> dict[str, Any]:
     hello: dict[str, Any] = {
         "protocol": list(PROTOCOL),
         "fleche": __version__,
@@ -214,12 +221,69 @@ def _hello_reply(store: ObjectStore | None, error: BaseException | None) -> dict
         hello["read_only"] = store.read_only
         hello["root"] = store.root
         hello["url"] = store.url
+    if served is not None:  # --serve with no path: the cache of fleche.toml (or FLECHE_CACHE)
+        hello["cache"] = served
     return hello
 
 
+class _NoServedCache(ConfigError):
+    """The configuration names no cache to serve (or one that cannot be served over the wire)."""
+
+
+def _configured_store(
+    cache_name: str | None, read_only: bool, durable: bool
+) -> tuple[ObjectStore, str]:
+    """The store of the cache this host's fleche.toml names (``cache_name``, else its default), and that name.
+
+    Found from the working directory upward, as any fleche program here would
+    (so an ``SshCache``'s ``workdir=`` chooses the project), then the user's
+    file; ``FLECHE_CACHE`` names the default when set. A layered cache has no
+    single store to serve: the error says to name one of its layers' caches.
+    """
+    where = f"on {socket.gethostname()}, in {os.getcwd()}"
+    if cache_name is None and os.environ.get("FLECHE_CACHE"):
+        spec = os.environ["FLECHE_CACHE"]
+        with strict_open():
+            opened = resolve(spec)
+    else:
+        cfg = load_config()
+        files = ", ".join(map(str, cfg.files))
+        if not cfg.files:
+            raise _NoServedCache(
+                f"no fleche.toml found {where} (nor in the user config dir), so there is no "
+                "cache to serve: pass workdir= the project directory that has one, or create "
+                "one there (fleche init)"
+            )
+        cache = cache_name if cache_name is not None else cfg.default
+        if cache is None:
+            raise _NoServedCache(
+                f"{files} ({where}) names no default cache and no cache_name= was given: "
+                f"pass cache_name= one of {sorted(cfg.caches)}, or set default = NAME there"
+            )
+        if cache not in cfg.caches:
+            raise _NoServedCache(
+                f"no cache named {cache!r} in {files} ({where}); known: {sorted(cfg.caches)}: "
+                "pass cache_name= one of them"
+            )
+        with strict_open():
+            opened = cfg.cache(cache)
+        spec = cache
+    if not isinstance(opened, Cache):
+        raise _NoServedCache(
+            f"cache {spec!r} ({where}) is layered, and a remote cache serves one store: pass "
+            "cache_name= a single cache (one of its layers, defined as a cache of its own)"
+        )
+    store = opened.store
+    # Both are read at each write: the client's (or --read-only's) refusal, and --durable.
+    store.read_only = store.read_only or read_only
+    store.durable = store.durable or durable
+    return store, spec
+
+
 def serve(
-    path: str,
+    path: str | None,
     *,
+    cache_name: str | None = None,
     read_only: bool = False,
     durable: bool = False,
     streams: tuple[io.BufferedReader, io.BufferedWriter] | None = None,
@@ -229,6 +293,11 @@ def serve(
     The client speaks first (its hello); the reply is ``MAGIC`` and our hello,
     with an ``error`` instead of a session when the store cannot be opened or
     the protocol majors differ. Then one reply per request, in order.
+
+    ``path`` None: serve the cache this host's fleche.toml names (``cache_name``,
+    else its default; see :func:`_configured_store`). When there is none, the
+    hello carries the ConfigError, one line says it on stderr, and the exit
+    status is 2.
     """
     reader, out = streams if streams is not None else _protocol_streams()
     try:
@@ -241,6 +310,7 @@ def serve(
     head, _ = first
     client = head[1] if isinstance(head, list) and len(head) == 2 and head[0] == "hello" else None
     store: ObjectStore | None = None
+    served: str | None = None
     error: BaseException | None = None
     if not isinstance(client, dict):
         error = RemoteProtocolError(f"expected a hello from the client, got {head!r}")
@@ -251,19 +321,26 @@ def serve(
             "on both sides"
         )
     else:
-        target = path if "://" in path else os.path.expanduser(path)
+        ro = read_only or bool(client.get("read_only"))
         try:
-            store = open_store(
-                target, read_only=read_only or bool(client.get("read_only")), durable=durable
-            )
+            if path is None:
+                store, served = _configured_store(cache_name, ro, durable)
+            else:
+                target = path if "://" in path else os.path.expanduser(path)
+                store = open_store(target, read_only=ro, durable=durable)
         except Exception as e:  # noqa: BLE001 - reported to the client, which raises it
             error = e
     try:
         out.write(MAGIC)
-        write_message(out, _hello_reply(store, error))
+        write_message(out, _hello_reply(store, error, served))
     except (BrokenPipeError, ConnectionResetError):
-        return 0
+        if store is not None:
+            store.close()
+            return 0
     if store is None:
+        if isinstance(error, ConfigError) and path is None:
+            print(f"fleche remote: {' '.join(str(error).split())}", file=sys.stderr)
+            return 2
         return 1
     server = _Server(store, out)
     try:

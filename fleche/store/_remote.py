@@ -14,6 +14,9 @@ URLs::
     fleche+exec:///abs/path                    a child process on this machine, or
                                                through ``command=[...]`` (docker exec -i,
                                                kubectl exec -i, srun...)
+    fleche+ssh://host                          no path: the cache the host's own fleche.toml
+                                               names (``cache_name=``, else its default),
+                                               found from ``workdir=``; ``fleche.remote.SshCache``
 
 The wire format is in :mod:`fleche.store._wire`.
 """
@@ -60,6 +63,13 @@ class RemoteStore(RemoteSession, ObjectStore):
     interpreter), or through ``command=[...]``, an argv prefix such as
     ``["docker", "exec", "-i", "box"]``.
 
+    With no path in the URL the server serves the cache its own fleche.toml
+    names: ``cache_name=`` (else the file's default), the file found from
+    ``workdir=`` (``cd``'d into first), after ``setup_commands=`` (shell
+    commands, joined by ``&&``: ``module load ...``, ``source venv/bin/activate``).
+    ``lazy=True`` starts the server at the first request (or :meth:`connect`)
+    instead of now.
+
     The connection is opened now (errors surface at ``open_store``) and kept.
     When it breaks, the next operation reconnects once and retries (every
     operation is idempotent); if that fails too it raises :class:`RemoteError`,
@@ -83,14 +93,36 @@ class RemoteStore(RemoteSession, ObjectStore):
         command: str | Sequence[str] | None = None,
         connect_timeout: float = 30.0,
         retry_after: float = 10.0,
+        cache_name: str | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        setup_commands: str | Sequence[str] = (),
+        lazy: bool = False,
         **unknown: Any,
     ) -> None:
         if unknown:
             raise ConfigError(
                 f"{url!r}: unknown option(s) {sorted(unknown)}; a remote store takes python=, "
-                "ssh_config=, identity_file=, ssh_options=, command=, connect_timeout=, retry_after="
+                "ssh_config=, identity_file=, ssh_options=, command=, connect_timeout=, "
+                "retry_after=, cache_name=, workdir=, setup_commands=, lazy="
             )
         scheme, user, host, port, path = parse_url(url)
+        if path and cache_name is not None:
+            raise ConfigError(
+                f"{url!r} names a store path, so cache_name={cache_name!r} has nothing to choose: "
+                f"use {url.partition('://')[0]}://HOST (no path) to serve the host's configured "
+                "cache by name"
+            )
+        if cache_name is not None and not (isinstance(cache_name, str) and cache_name):
+            raise ConfigError(f"cache_name={cache_name!r}: expected the name of a cache (a str)")
+        if isinstance(workdir, os.PathLike):
+            workdir = os.fspath(workdir)
+        if workdir is not None and not (isinstance(workdir, str) and workdir):
+            raise ConfigError(f"workdir={workdir!r}: expected a directory on the host (a str)")
+        setup = tuple([setup_commands] if isinstance(setup_commands, str) else setup_commands or ())
+        if not all(isinstance(c, str) and c.strip() for c in setup):
+            raise ConfigError(
+                f"setup_commands={setup_commands!r}: expected a list of shell commands (str)"
+            )
         ssh = scheme == "fleche+ssh"
         if ssh and command is not None:
             raise ConfigError(
@@ -100,7 +132,10 @@ class RemoteStore(RemoteSession, ObjectStore):
             raise ConfigError(
                 f"{url!r}: ssh_config=, identity_file= and ssh_options= need fleche+ssh://"
             )
-        self.url = url
+        self._given_url = url
+        # The URL says where; with no path, which configured cache (and from where) says
+        # what: two caches on one host must not share a name (their index files would).
+        self.url = url if path else _configured_url(url, cache_name, workdir)
         self.fs = None
         self.root = path
         self.read_only = read_only
@@ -117,8 +152,13 @@ class RemoteStore(RemoteSession, ObjectStore):
             "command": command,
             "connect_timeout": connect_timeout,
             "retry_after": retry_after,
+            "cache_name": cache_name,
+            "workdir": workdir,
+            "setup_commands": setup,
         }
         self.options = {k: v for k, v in self.options.items() if v not in (None, ())}
+        self._workdir = workdir
+        self._setup_commands = setup
         self._asked_read_only = read_only
         self._read_only_reason = "was opened read-only; open it with read_only=False to write"
         self._timeout = connect_timeout
@@ -140,13 +180,29 @@ class RemoteStore(RemoteSession, ObjectStore):
             identity_file,
             _argv_option(ssh_options, "ssh_options"),
             None if command is None else _argv_option(command, "command"),
+            cache_name,
+            workdir,
+            setup,
         )
         self._lock = threading.Lock()
         self._conn: Connection | None = None
         self._down_until = 0.0
         self._down_error: RemoteError | None = None
         self._warned_skew = False
-        self._conn = self._connect()
+        if not lazy:
+            self._conn = self._connect()
+
+    def connect(self) -> None:
+        """Start the server now if it is not running (``lazy=True`` waits for the first request).
+
+        Raises what a first request would: :class:`RemoteError` (an ``OSError``)
+        when the host, ssh, the setup or the server fails, and fails fast for
+        ``retry_after`` seconds after that; the server's own errors (a
+        ``ConfigError`` for a cache its fleche.toml does not name) as they are.
+        """
+        with self._lock:
+            if self._conn is None or self._conn.pid != os.getpid():
+                self._reconnect()
 
     def _check_writable(self) -> None:
         if self.read_only:
@@ -360,7 +416,7 @@ class RemoteStore(RemoteSession, ObjectStore):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # To another process (an executor's worker): it opens its own connection.
-        return _reopen, (self.url, self._asked_read_only, self.durable, self.options)
+        return _reopen, (self._given_url, self._asked_read_only, self.durable, self.options)
 
 
 class _FileParts:
@@ -400,6 +456,13 @@ class _BufferReader(io.RawIOBase):
         out[:k] = self._view[self._pos : self._pos + k]
         self._pos += k
         return k
+
+
+def _configured_url(url: str, cache_name: str | None, workdir: str | None) -> str:
+    """``fleche+ssh://host`` plus the cache name and working directory that choose the store."""
+    said = [f"cache {cache_name}"] if cache_name is not None else []
+    said += [f"in {workdir}"] if workdir else []
+    return f"{url} ({', '.join(said)})" if said else url
 
 
 def _reopen(url: str, read_only: bool, durable: bool, options: dict[str, Any]) -> RemoteStore:

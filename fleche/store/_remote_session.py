@@ -48,6 +48,33 @@ def _close_quietly(conn: Connection | None) -> None:
 # -- the command line ----------------------------------------------------------------------
 
 
+SETUP_DONE = "fleche: setup commands done"
+"""Written to stderr between the setup commands and the server: its absence says setup failed."""
+
+
+def _shell_dir(path: str) -> str:
+    """``path`` quoted for a POSIX shell, a leading ``~`` or ``~user`` left to expand."""
+    if path.startswith("~"):
+        head, sep, rest = path.partition("/")
+        if head[1:].replace("-", "").replace("_", "").replace(".", "").isalnum() or head == "~":
+            return head + sep + (shlex.quote(rest) if rest else "")
+    return shlex.quote(path)
+
+
+def remote_command(server: str, workdir: str | None, setup_commands: Sequence[str]) -> str:
+    """The remote shell's command line: ``cd``, the setup commands, then ``exec`` the server.
+
+    Joined by ``&&``, so the first that fails stops the rest (the server
+    never starts) and ssh exits with its status. ``server`` and the
+    setup commands are shell text as given; ``workdir`` is quoted here.
+    """
+    prefix = [f"cd -- {_shell_dir(workdir)}"] if workdir else []
+    prefix += list(setup_commands)
+    if not prefix:
+        return server
+    return " && ".join([*prefix, f"echo {shlex.quote(SETUP_DONE)} >&2", f"exec {server}"])
+
+
 def _argv_option(value: str | Sequence[str] | None, name: str) -> list[str]:
     if value is None:
         return []
@@ -74,8 +101,13 @@ def parse_url(url: str) -> tuple[str, str | None, str | None, int | None, str]:
     path = slash + path
     if path.startswith("/~"):  # fleche+ssh://host/~/cache: relative to the remote home
         path = path[1:]
-    if not path or path == "/":
-        raise ConfigError(f"{url!r} names no store path: fleche+ssh://host/abs/path or host/~/path")
+    # No path at all (fleche+ssh://host): the server serves the cache its own fleche.toml
+    # names (cache_name=, else its default). A lone "/" is a path left out by mistake.
+    if path == "/":
+        raise ConfigError(
+            f"{url!r} names no store path: fleche+ssh://host/abs/path or host/~/path "
+            "(or fleche+ssh://host, no slash, for the host's own configured cache)"
+        )
     if scheme == "fleche+exec":
         if netloc:
             raise ConfigError(f"{url!r}: fleche+exec:///abs/path takes no host (three slashes)")
@@ -117,6 +149,8 @@ class RemoteSession:
     _python_text: str | None
     _where: str
     _argv: list[str]
+    _workdir: str | None
+    _setup_commands: tuple[str, ...]
     _lock: threading.Lock
     _conn: Connection | None
     _down_until: float
@@ -134,21 +168,29 @@ class RemoteSession:
         identity_file: Any,
         ssh_options: list[str],
         command: list[str] | None,
+        cache_name: str | None = None,
+        workdir: str | None = None,
+        setup_commands: Sequence[str] = (),
     ) -> list[str]:
         flags = ["--read-only"] if self.read_only else []
         flags += ["--durable"] if self.durable else []
-        serve = ["-m", "fleche", "remote", "--serve", path, *flags]
+        # No path: the server serves the cache its fleche.toml names (--cache, else its default).
+        what = [path] if path else ([] if cache_name is None else ["--cache", cache_name])
+        serve = ["-m", "fleche", "remote", "--serve", *what, *flags]
         python = self._python
         if not ssh:
             if python is None:
                 python = [sys.executable] if command is None else ["python3"]
-            return [*(command or []), *_argv_option(python, "python"), *serve]
+            argv = [*_argv_option(python, "python"), *serve]
+            if workdir or setup_commands:  # the same shell line as over ssh, run by sh
+                argv = ["sh", "-c", remote_command(shlex.join(argv), workdir, setup_commands)]
+            return [*(command or []), *argv]
         if python is None:
             python = "python3"
         # ssh hands the remote command to the user's shell as one string: quote
-        # what we add; a python= string is the user's own shell text.
+        # what we add; a python= string and the setup commands are the user's own shell text.
         py = python if isinstance(python, str) else shlex.join(_argv_option(python, "python"))
-        remote = f"{py} {shlex.join(serve)}"
+        remote = remote_command(f"{py} {shlex.join(serve)}", workdir, setup_commands)
         argv = ["ssh", *ssh_options]  # first: ssh keeps the first value given for an option
         if ssh_config:
             argv += ["-F", os.fspath(ssh_config)]
@@ -241,6 +283,11 @@ class RemoteSession:
         """Say why the server did not answer, from its exit status and stderr."""
         err = stderr_tail(conn.stderr)
         code = conn.proc.returncode
+        if self._setup_commands or self._workdir:
+            _, marker, after = err.rpartition(SETUP_DONE)
+            if not marker and not (self._argv[0] == "ssh" and code == 255):
+                return self._setup_error(code, err, why)
+            err = after.strip() if marker else err
         said = f": {err}" if err else ""
         py = self._python_text or ("python3" if self._argv[0] == "ssh" else self._argv[0])
         lines = err.splitlines()
@@ -265,6 +312,23 @@ class RemoteSession:
         return RemoteError(
             f"the fleche server for {self.url} {status} ({why}){said}; command: "
             f"{shlex.join(self._argv)}"
+        )
+
+    def _setup_error(self, code: int | None, err: str, why: str) -> RemoteError:
+        """The ``cd`` or a setup command failed (or hung) on the host: the server never started."""
+        steps = ([f"cd {self._workdir}"] if self._workdir else []) + list(self._setup_commands)
+        lines = err.splitlines()[-5:]
+        said = (":\n  " + "\n  ".join(lines)) if lines else " (nothing on stderr)"
+        if why.startswith("no answer"):  # killed after connect_timeout: it hung
+            failed = f"did not finish ({why}: connect_timeout= waits longer)"
+        else:
+            failed = f"failed (status {code})"
+        shell = f"ssh {self._where}" if self._argv[0] == "ssh" else "sh"
+        return RemoteError(
+            f"the setup on {self._where} {failed} before the fleche server for "
+            f"{self.url} could start; it ran {' && '.join(steps)!r}{said}\n"
+            f"Run the steps in a shell there ({shell}) to see which fails, then fix "
+            "setup_commands= / workdir="
         )
 
     def _reconnect(self) -> Connection:
