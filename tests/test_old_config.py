@@ -488,16 +488,6 @@ def test_an_ssh_pool_member_is_read_only(project, registered_ssh):
     assert c.layers[1].ssh_options == {"host": "h"}
 
 
-def test_without_an_ssh_cache_type_the_error_says_what_is_missing(project):
-    from fleche import remote
-
-    if hasattr(remote, "SshCache"):
-        pytest.skip("fleche.remote.SshCache exists: the default registration builds it")
-    write(project, SSH)
-    with pytest.raises(ConfigError, match=r"needs fleche\.remote\.SshCache"):
-        fl.active_cache()  # a layer whose URL cannot work fails when the cache is built
-
-
 def test_fleche_config_shows_how_an_old_file_was_understood(project):
     path = write(project, FULL)
     result = CliRunner().invoke(main, ["config"])

@@ -270,6 +270,33 @@ def test_a_ssh_url_without_path_in_fleche_toml(sshd: Any, tmp_path: Path) -> Non
     assert len(_calls(proj / "store-other")) == 1
 
 
+def test_an_original_fleche_toml_with_type_ssh_reaches_the_host(sshd: Any, tmp_path: Path) -> None:
+    """0.22's ``type = "ssh"`` table in its own config format builds a real SshCache."""
+    proj = _project(tmp_path / "proj")
+    here = tmp_path / "here"
+    here.mkdir()
+    options = ", ".join(repr(o) for o in ["-F", str(sshd.config)])
+    (here / "fleche.toml").write_text(
+        '[default]\ncache = "cluster"\n\n[cluster]\ntype = "ssh"\nhost = "fleche-test"\n'
+        f'cache_name = "other"\npython = {REMOTE_PY!r}\nssh_options = [{options}]\n'
+        f"workdir = {str(proj)!r}\n"
+    )
+    runs = Counter()
+    square = _square(runs)
+    old = os.getcwd()
+    os.chdir(here)
+    try:
+        active = fleche_module.active_cache()
+        assert isinstance(active, SshCache)
+        with cache(active):
+            assert square(5) == 25 and square(5) == 25
+        active.close()
+    finally:
+        os.chdir(old)
+    assert runs.n == 1
+    assert len(_calls(proj / "store-other")) == 1  # stored on the host, in the named cache
+
+
 # -- without ssh: the server, the command line, the import -------------------------------------
 
 
