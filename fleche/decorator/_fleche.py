@@ -256,6 +256,7 @@ class CachedFunction(Computing):
         }
         self._flights: dict[tuple[int, str], _Flight] = {}
         self._flights_lock = threading.Lock()
+        self._pending: dict[tuple[int, str], Any] = {}
         self._warned: set[str] = set()
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -274,13 +275,14 @@ class CachedFunction(Computing):
         self.running_code()
         # this process's flights (and their lock) stay here
         state = self.__dict__.copy()
-        del state["_flights"], state["_flights_lock"]
+        del state["_flights"], state["_flights_lock"], state["_pending"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._flights = {}
         self._flights_lock = threading.Lock()
+        self._pending = {}
 
     def __fleche_digest__(self) -> tuple[Any, Any]:
         # A local cached function captured by a closure, or passed as an argument, is
