@@ -9,7 +9,15 @@
 from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.register(...)
 from fleche._version import __version__
 from fleche.cache import Cache, LayeredCache
-from fleche.config import active_cache, cache, project, reset_default, set_default_cache, tags
+from fleche.config import (
+    active_cache,
+    cache,
+    meta,
+    project,
+    reset_default,
+    set_default_cache,
+    tags,
+)
 from fleche.decorator import Ignored, Required, fleche
 from fleche.errors import (
     CacheMiss,
@@ -70,6 +78,7 @@ __all__ = [
     "cache",
     "digest",
     "fleche",
+    "meta",
     "open_store",
     "project",
     "query",

@@ -21,7 +21,7 @@ from typing import Any, overload
 
 from fleche.cache import Cache
 from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
-from fleche.records import TAGS
+from fleche.records import META, TAGS, Choice, choose_providers
 
 # -- the active cache ---------------------------------------------------------------------
 
@@ -164,6 +164,44 @@ def tags(**kw: Any) -> _Activation:
                 f"tags({k}=...) got a {type(v).__name__}; tag values must be str, int, float, bool or None"
             )
     return _Activation(TAGS, {**TAGS.get(), **kw})
+
+
+class _Activations:
+    """Several activations as one: in force at once; a ``with`` block undoes them on exit."""
+
+    def __init__(self, *parts: _Activation) -> None:
+        self.parts = parts
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        for part in reversed(self.parts):
+            part.__exit__(*exc)
+
+
+def meta(*providers: Any, stack: bool = False) -> _Activations:
+    """The original fleche's (0.22) metadata providers for calls stored in this context.
+
+    ``meta(Runtime(), Git())`` records those groups (and ``created``) instead of the
+    cache's choice; ``stack=True`` adds them to what is in force. A ``Tags({...})``
+    provider sets the tags, like :func:`tags` (which it replaces, unless stacked).
+    Like :func:`cache`, it is in force at once; a ``with`` block undoes it on exit.
+    Groups chosen by ``@fleche(metadata=[...])`` still win for that function.
+    """
+    choice = choose_providers(providers, "fleche.meta()")
+    groups = choice.groups | {"tags"}  # tags() inside it are kept, as 0.22's stacked
+    replace = True
+    now = META.get()
+    if stack and now is not None:
+        groups, replace = groups | now[0].groups, now[1]
+    elif stack:
+        replace = False
+    new_tags = {**TAGS.get(), **choice.tags} if stack else dict(choice.tags)
+    return _Activations(
+        _Activation(META, (Choice(frozenset(groups), choice.tags), replace)),
+        _Activation(TAGS, new_tags),
+    )
 
 
 def project(name: str) -> _Activation:

@@ -43,7 +43,16 @@ from fleche.decorator._results import _DOWN, Undecodable
 from fleche.digest import code_digest
 from fleche.errors import CacheMiss
 from fleche.query import QueryResult, for_function
-from fleche.records import NO_VERSION, Binder, Call, KeyMaker, PendingCall, metadata_choice, plain
+from fleche.records import (
+    NO_VERSION,
+    Binder,
+    Call,
+    KeyMaker,
+    PendingCall,
+    choose_providers,
+    metadata_choice,
+    plain,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -199,6 +208,7 @@ class CachedFunction(Computing):
         single_flight: LeasePolicy | None = None,
         mmap: MmapMode = False,
         stale_code: str | None = None,
+        meta: Any = None,
     ) -> None:
         self.func = func
         # hits return raw-stored arrays as read-only memory maps of a local store's files,
@@ -220,6 +230,10 @@ class CachedFunction(Computing):
         self.hash_version = hash_version
         # metadata groups to record; None: the cache's choice (its metadata_groups), else all
         self.metadata = metadata_choice(metadata, f"@fleche({self.qualname}, metadata)")
+        # meta=: the original fleche's providers (Runtime(), Tags({...})...), as groups and tags
+        self.meta_choice = (
+            None if not meta else choose_providers(meta, f"@fleche({self.qualname}, meta)")
+        )
         # ignore= may name variables the function captures as well as its parameters
         captured = getattr(getattr(func, "__code__", None), "co_freevars", ())
         self._ignore_captured = frozenset(n for n in ignore if n in captured)
@@ -501,6 +515,7 @@ def fleche(
     single_flight: bool | LeasePolicy = False,
     mmap: MmapMode = False,
     stale_code: str | None = None,
+    meta: Any = None,
 ) -> Callable[[Callable[P, R]], CachedCallable[P, R]]: ...
 
 
@@ -519,6 +534,7 @@ def fleche(
     single_flight: bool | LeasePolicy = False,
     mmap: MmapMode = False,
     stale_code: str | None = None,
+    meta: Any = None,
 ) -> Any:
     """Cache a function's results in the active cache (see :func:`fleche.cache`).
 
@@ -547,7 +563,10 @@ def fleche(
     setting, else ``"warn"``. ``ignore`` may also name a variable a closure
     captures, to leave it out of the key. A parameter annotated
     ``fleche.Ignored[T]`` (``fleche.Required[T]``) is in ``ignore`` (``require``)
-    as if named there.
+    as if named there. ``meta`` takes the original fleche's metadata providers
+    (``fleche.metadata.Runtime()``, ``Environment()``, ``Git()``, ``Tags({...})``):
+    their groups are recorded in addition, and a ``Tags`` provider's tags are
+    added to every call.
 
     The wrapper gains ``.digest``, ``.contains``, ``.load``, ``.call``,
     ``.query``, ``.rerun``, ``.evict`` and ``.bind``, taking the function's arguments.
@@ -574,6 +593,7 @@ def fleche(
             single_flight=policy_of(single_flight),
             mmap=mmap,
             stale_code=stale_code,
+            meta=meta,
         )
         if inspect.iscoroutinefunction(f):
             if cf.single_flight is not None:

@@ -43,6 +43,7 @@ from fleche.records import (
     as_condition,
     metadata_conditions,
     plain,
+    translate_path,
 )
 
 if TYPE_CHECKING:
@@ -580,7 +581,8 @@ def _metadata(metadata: Mapping[str, Any] | None) -> dict[tuple[str, ...], Condi
         raise QueryArgumentError(
             f"metadata={metadata!r}: expected a dict such as {{'tags': {{'project': 'x'}}}}"
         )
-    return metadata_conditions(dict(metadata))
+    # paths as the original fleche named them (runtime.walltime) are asked where kept here
+    return {translate_path(p): c for p, c in metadata_conditions(dict(metadata)).items()}
 
 
 def _version(version: Any) -> Condition | None:

@@ -20,6 +20,7 @@ import xxhash
 
 from fleche.digest import digest_bytes
 from fleche.errors import CallNotStored, FlecheError
+from fleche.records._providers import Metadata
 
 _CALL_TAG = b"fleche/call/1\0"
 _MISSING = object()
@@ -243,7 +244,7 @@ class Call:
             digest=record["digest"],
             function_id=record["function"],
             code_digest=record.get("code"),
-            metadata=record.get("metadata", {}),
+            metadata=Metadata(record.get("metadata") or {}),
             record=record,
             _loader=loader,
         )
