@@ -172,3 +172,34 @@ def test_take_fills_up_past_stale_rows(tmp_path: Path, monkeypatch: pytest.Monke
             warnings.simplefilter("ignore", FlecheWarning)
             assert xs(point.query().skip(1).take(2)) == [3, 2]  # the stale row was skipped
             assert xs(point.query().take(10)) == [5, 3, 2, 1, 0]
+
+
+# -- transfer and table, as 0.22 called them -----------------------------------------------
+
+
+def test_transfer_copies_calls_with_their_values(tmp_path: Path) -> None:
+    big = np.arange(10_000.0)  # stored as an object, not inline
+    with cache(tmp_path / "src") as src:
+        point(1, data=big)
+        point(2)
+        q = point.query()
+        target = Cache(tmp_path / "dst")
+        assert q.transfer(target) == 2 and q.transfer(target) == 0  # present: left alone
+        assert q.transfer(target, overwrite=True) == 2
+    with cache(target):
+        assert point.load(1, data=big) == 10 and point.load(2) == 20
+        assert np.array_equal(point.call(1, data=big).arguments["data"], big)
+        assert point.query(x=1).count() == 1  # the target's index heard of them
+    with cache(src):
+        assert point.query(x=2).transfer(Cache(tmp_path / "dst2"), pop=True) == 1
+        assert not point.contains(2) and point.contains(1, data=big)
+
+
+def test_table_takes_the_original_arguments(tmp_path: Path) -> None:
+    pytest.importorskip("pandas")
+    with cache(tmp_path / "s"):
+        point(1, 2)
+        df = point.query().table(arguments="x", results=True, shrink_keys=False)
+        assert "x" in df.columns and "y" not in df.columns and list(df["result"]) == [12]
+        assert {"x", "y"} <= set(point.query().table().columns)
+        assert "x" not in point.query().table(arguments=()).columns

@@ -19,7 +19,7 @@ import threading
 from contextvars import ContextVar, Token
 from typing import Any, overload
 
-from fleche.cache import Cache
+from fleche.cache import Cache, LayeredCache
 from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
 from fleche.records import META, TAGS, Choice, choose_providers
 
@@ -145,6 +145,8 @@ def cache(spec: CacheLike = _ACTIVE_ONE, **options: Any) -> _Activation | AnyCac
     apply when a URL is opened here.  A list makes a layered cache, nearest
     layer first: ``cache(["~/.cache/fleche", "s3://team/cache"], write="first")``;
     its entries are any of the above or a dict of per-cache options with a url.
+    ``stack=True`` (as in 0.22) puts the new cache in front of the active one:
+    reads fall through to it, writes go to the new one.
     """
     if spec is _ACTIVE_ONE:
         if options:
@@ -153,6 +155,11 @@ def cache(spec: CacheLike = _ACTIVE_ONE, **options: Any) -> _Activation | AnyCac
                 "URL they apply to, cache(url, ...); cache() alone returns the active cache"
             )
         return active_cache()
+    if options.pop("stack", False):  # 0.22's cache(new, stack=True): new in front of the active
+        layers: list[Cache] = []
+        for c in (resolve(spec, **options), active_cache()):
+            layers.extend(c.layers if isinstance(c, LayeredCache) else [c])
+        return _Activation(_ACTIVE, LayeredCache(layers))
     return _Activation(_ACTIVE, resolve(spec, **options))
 
 

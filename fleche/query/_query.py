@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleche.cache import Cache
-from fleche.config import active_cache, resolve
+from fleche.config import CacheLike, active_cache, resolve
 from fleche.digest import digest_bytes
 from fleche.errors import FlecheError, FlecheWarning
 from fleche.records import (
@@ -49,7 +49,7 @@ from fleche.records import (
 if TYPE_CHECKING:
     import pandas
 
-    from fleche.config import AnyCache, CacheLike
+    from fleche.config import AnyCache
 
 
 _FID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -412,6 +412,39 @@ class QueryResult:
             self.cache.delete_record(fid, key)
         return len(found)
 
+    def transfer(self, target: CacheLike, pop: bool = False, overwrite: bool = False) -> int:
+        """Copy the matching calls, with their values, into ``target`` (anything
+        :func:`fleche.cache` takes); returns how many were copied (0.22's ``transfer``).
+
+        A call ``target`` already holds is left alone unless ``overwrite``; ``pop``
+        removes each copied call from this cache once it is in ``target``. Values
+        go before the record that names them. For whole stores, ``fleche sync``
+        copies bytes without decoding them, in parallel.
+        """
+        dst = resolve(target)
+        moved = 0
+        for rec in list(self._records()):
+            fid, key = rec["function"], rec["digest"]
+            if not overwrite and dst.has_record(fid, key):
+                continue
+            copy = dict(rec)
+            copy["result"] = dst.put_value(self.cache.load_value(rec["result"]))
+            args = {}
+            for name, stored in (rec.get("arguments") or {}).items():
+                if isinstance(stored, dict) and ("inline" in stored or "oid" in stored):
+                    ref = dst.put_value(self.cache.load_value(stored))
+                    stored = {**stored, **ref}
+                    for gone in ("inline", "oid"):  # the new reference, not the old one's
+                        if gone not in ref:
+                            stored.pop(gone, None)
+                args[name] = stored
+            copy["arguments"] = args
+            dst.put_record(fid, key, copy)
+            if pop:
+                self.cache.delete_record(fid, key)
+            moved += 1
+        return moved
+
     # -- a table -------------------------------------------------------------------------
 
     def _cell(self, stored: Any, values: bool) -> Any:
@@ -424,7 +457,14 @@ class QueryResult:
             return Ref(stored.get("type", "?"), stored.get("digest", ""), stored.get("size"))
         return NotStored(stored.get("type", "?"), stored.get("digest", ""))
 
-    def table(self, *, values: bool = False, results: bool = False) -> pandas.DataFrame:
+    def table(
+        self,
+        arguments: Iterable[str] | str | bool = True,
+        results: bool = False,
+        *,
+        values: bool = False,
+        shrink_keys: bool = True,
+    ) -> pandas.DataFrame:
         """The matching calls as a pandas DataFrame, newest first: one row per call.
 
         Columns: ``digest`` (with ``function`` and ``version`` when the query
@@ -433,7 +473,22 @@ class QueryResult:
         where an argument has the same name), and ``result`` with
         ``results=True``. Arguments kept as separate objects (large arrays)
         show as a :class:`Ref` unless ``values=True`` loads them.
+
+        ``arguments``: which argument columns, by name (True: all, the default);
+        the original fleche's ``table(arguments=..., results=...)`` call keeps
+        working. Its ``shrink_keys`` is accepted and changes nothing: the
+        ``digest`` column holds full digests.
         """
+        del shrink_keys  # 0.22 shortened its index of digests; the digest column is exact
+        wanted: frozenset[str] | None = None
+        if arguments is not True:
+            wanted = frozenset(
+                ()
+                if arguments is False
+                else [arguments]
+                if isinstance(arguments, str)
+                else arguments
+            )
         try:
             import pandas as pd
         except ImportError as e:
@@ -449,7 +504,8 @@ class QueryResult:
                 row["function"] = rec.get("function")
                 row["version"] = rec.get("version")
             for name, stored in (rec.get("arguments") or {}).items():
-                row[name] = self._cell(stored, values)
+                if wanted is None or name in wanted:
+                    row[name] = self._cell(stored, values)
             taken = set(row) | {"result"}
             for key, value in _flatten(rec.get("metadata") or {}):
                 row[f"metadata.{key}" if key in taken else key] = value
