@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fleche import Cache, FlecheWarning, cache, fleche
+from fleche import Cache, FlecheWarning, cache, fleche, tags
 from fleche.query import QueryArgumentError, QueryResult
 from fleche.records import QuerySpec
 
@@ -203,3 +203,12 @@ def test_table_takes_the_original_arguments(tmp_path: Path) -> None:
         assert "x" in df.columns and "y" not in df.columns and list(df["result"]) == [12]
         assert {"x", "y"} <= set(point.query().table().columns)
         assert "x" not in point.query().table(arguments=()).columns
+
+
+def test_an_empty_dict_asks_for_presence(filled: Any) -> None:
+    """0.22's ``metadata={"tags": {}}``: the calls that have tags, whatever they are."""
+    with tags(run=1):
+        point(100)
+    assert xs(point.query(metadata={"tags": {}})) == [100]
+    assert point.query(metadata={"tags": {"run": 1}}).count() == 1
+    assert point.query(metadata={}).count() == 11

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from fleche.digest._core import _CORE, _REGISTRY, _qualname, register
+from fleche.digest._core import _CORE, _REGISTRY, _qualname, digest, register
 from fleche.errors import FlecheError, UnhashableArgumentError, warn_user
 
 T = TypeVar("T")
@@ -85,6 +85,14 @@ def add_hook(hook: Hook[Any] | tuple[type[Any], Callable[[Any], Any]]) -> None:
 def get_hooks() -> list[Hook[Any]]:
     """The digest functions registered (by :func:`register`, :func:`add_hook` or plugins)."""
     return [Hook(t, fn) for t, fn in _REGISTRY.items()]
+
+
+def digest_class(cls: type) -> str:
+    """The digest of a class, by its module and qualified name (0.22's ``digest_class``):
+    :func:`digest` of the class itself."""
+    if not isinstance(cls, type):
+        raise HookError(f"digest_class() takes a class, not {type(cls).__name__} {cls!r}")
+    return digest(cls)
 
 
 _loaded = False

@@ -39,6 +39,7 @@ from fleche.records import (
     Call,
     Condition,
     NotStored,
+    Q,
     QuerySpec,
     as_condition,
     metadata_conditions,
@@ -638,7 +639,16 @@ def _metadata(metadata: Mapping[str, Any] | None) -> dict[tuple[str, ...], Condi
             f"metadata={metadata!r}: expected a dict such as {{'tags': {{'project': 'x'}}}}"
         )
     # paths as the original fleche named them (runtime.walltime) are asked where kept here
-    return {translate_path(p): c for p, c in metadata_conditions(dict(metadata)).items()}
+    return {translate_path(p): c for p, c in metadata_conditions(_present(metadata)).items()}
+
+
+def _present(want: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"tags": {}}`` asks for calls that have tags (as in the original fleche): an empty
+    dict becomes "present", ``Q.ne(None)``; other values are left as they are."""
+    return {
+        k: (Q.ne(None) if v == {} else _present(v)) if isinstance(v, Mapping) else v
+        for k, v in want.items()
+    }
 
 
 def _version(version: Any) -> Condition | None:
