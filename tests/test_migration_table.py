@@ -227,10 +227,12 @@ def _hash_code() -> None:
     assert fleche.fleche(hash_code=True)(square.__wrapped__).digest(1) != square.digest(1)
 
 
-def _require_ignore() -> None:
+def _ignore() -> None:
     quiet = fleche.fleche(ignore=["verbose"])(square.__wrapped__)
     assert quiet.digest(1, True) == quiet.digest(1, False)
 
+
+def _require() -> None:
     def draw(n: int, seed: int | None = None) -> int:
         return n
 
@@ -240,6 +242,13 @@ def _require_ignore() -> None:
     assert not needs.contains(1)
     needs(1, seed=2)
     assert needs.contains(1, seed=2)
+
+    def seeded(n: int, seed: int = 0) -> int:
+        return n
+
+    defaulted = fleche.fleche(require="seed")(seeded)
+    defaulted(1)  # the default is not None: cached (0.22 wanted it passed)
+    assert defaulted.contains(1)
 
 
 def _isolate() -> None:
@@ -698,7 +707,8 @@ CHECKS: dict[str, Callable[[], None]] = {
     "`version=`": _version,
     "`hash_version=`, `hash_module=`": _hash_flags,
     "`hash_code=`": _hash_code,
-    "`require=`, `ignore=`": _require_ignore,
+    "`ignore=`": _ignore,
+    "`require=`": _require,
     "`isolate=`": _isolate,
     "`meta=`": _meta_arg,
     "a result of `None`": _none_cached,
