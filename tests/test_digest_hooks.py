@@ -132,3 +132,38 @@ def test_a_plugin_hook_loads_when_a_value_has_no_digest(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_a_function_that_says_what_it_is() -> None:
+    """0.22's ``run.__digest__ = lambda: ...`` on a closure over something with no digest."""
+    import threading
+
+    def make(conn: object, table: str) -> object:
+        def run(x: int) -> str:
+            return f"{table}:{x}"
+
+        run.__digest__ = lambda: ("run", table)  # type: ignore[attr-defined]
+        return run
+
+    def bare(conn: object) -> object:
+        def run(x: int) -> object:
+            return conn
+
+        return run
+
+    a, b, c = make(threading.Lock(), "t"), make(threading.Lock(), "t"), make(None, "u")
+    assert fd.digest(a) == fd.digest(b) != fd.digest(c)
+    with pytest.raises(UnhashableArgumentError):
+        fd.digest(bare(threading.Lock()))
+    runs = []
+
+    @fleche
+    def use(f: object, x: int) -> str:
+        runs.append(x)
+        return f(x)  # type: ignore[operator]
+
+    with cache("memory://"):
+        assert use(a, 1) == use(b, 1) == "t:1" and use(c, 1) == "u:1"
+        assert runs == [1, 1]
+        keyed = fleche(a)  # decorated: its key is what __digest__ says, not the lock
+        assert keyed(2) == "t:2" and fleche(b).contains(2) and not fleche(c).contains(2)

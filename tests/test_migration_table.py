@@ -594,6 +594,24 @@ def _digest_method() -> None:
     assert fd.digest(_Own("a")) == fd.digest(_Own("a")) != fd.digest(_Own("b"))
 
 
+def _function_digest() -> None:
+    import threading
+
+    import fleche.digest as fd
+
+    def make(conn: Any, table: str) -> Any:
+        def run(x: int) -> tuple[int, str]:
+            return x, table
+
+        run.__digest__ = lambda: ("run", table)  # type: ignore[attr-defined]
+        return run
+
+    one, same, other = make(threading.Lock(), "a"), make(threading.Lock(), "a"), make(None, "b")
+    assert fd.digest(one) == fd.digest(same) != fd.digest(other)
+    cached = fleche.fleche(one)  # the lock it captures has no digest: its __digest__ stands in
+    assert cached(1) == (1, "a") and fleche.fleche(same).contains(1)
+
+
 def _runtime() -> None:
     from fleche.metadata import Runtime
 
@@ -754,6 +772,7 @@ CHECKS: dict[str, Callable[[], None]] = {
     "`fleche.digest.load_entry_points()`": _entry_points,
     "`fleche.digest.digest_class(cls)`": _digest_class,
     "`__digest__` method": _digest_method,
+    "`func.__digest__ = ...` on a function": _function_digest,
     "`fleche.metadata.Runtime`": _runtime,
     "`fleche.metadata.Environment`": _environment,
     "`fleche.metadata.Git`": _git,
@@ -775,7 +794,6 @@ ABSENT: dict[str, tuple[str, ...]] = {
         "fleche.call.PreparedCall",
         "fleche.call.FunctionProfile",
     ),
-    "`func.__digest__ = ...` on a function": (),
     "`fleche.caches.CachePool`, `FilteredCache`, `Rejected`": (
         "fleche.caches.CachePool",
         "fleche.caches.FilteredCache",

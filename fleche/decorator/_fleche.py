@@ -40,8 +40,8 @@ from fleche.decorator._identity import (
 )
 from fleche.decorator._markers import marked
 from fleche.decorator._results import _DOWN, Undecodable
-from fleche.digest import code_digest
-from fleche.errors import CacheMiss
+from fleche.digest import code_digest, digest_bytes
+from fleche.errors import CacheMiss, UnhashableArgumentError
 from fleche.query import QueryResult, for_function
 from fleche.records import (
     NO_VERSION,
@@ -315,6 +315,19 @@ class CachedFunction(Computing):
 
         ``late``: the variables unassigned when the function was decorated, at its first call.
         """
+        own = getattr(self.func, "__dict__", {})
+        own = own.get("__fleche_digest__") or own.get("__digest__")
+        if own is not None and isinstance(self.func, types.FunctionType):
+            # it says what it is (0.22's fn.__digest__ = ...): that, not its captured values
+            try:
+                mine = digest_bytes(own(), name=f"{self.qualname}.__digest__()").hex()
+            except UnhashableArgumentError as e:
+                return _RefusedKeys(ClosureRefused(f"{self.qualname}: not cached: {e}"))
+            return KeyMaker(
+                f"{self.identity}#own:{mine}",
+                self.version if self.hash_version else NO_VERSION,
+                self.code,
+            )
         try:
             free, unassigned = _captured(self.func, self.qualname, self._ignore_captured, late)
         except ClosureRefused as e:
