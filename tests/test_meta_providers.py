@@ -142,3 +142,18 @@ def test_what_is_not_a_provider_is_refused_by_name() -> None:
         fleche.fleche(meta=["Slurm"])(lambda x: x)
     with pytest.raises(ConfigError, match="is not a metadata provider"):
         meta(42)
+
+
+def test_bind_carries_the_meta_choice(tmp_path: Path) -> None:
+    """0.22's BoundWrapper froze the cache and the metadata providers: so does f.bind here."""
+    import pickle
+    from concurrent.futures import ThreadPoolExecutor
+
+    with cache(tmp_path / "s"):
+        with meta(Runtime()):
+            bound = plain.bind(40)
+        with ThreadPoolExecutor(1) as ex:
+            assert ex.submit(pickle.loads(pickle.dumps(bound))).result(timeout=30) == 40
+        assert keys(plain, 40) == RUNTIME
+        plain(41)  # outside it: the cache's choice
+        assert ENVIRONMENT <= keys(plain, 41)
