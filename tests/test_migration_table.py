@@ -677,6 +677,35 @@ def _cache_stack_class() -> None:
         assert square.contains(2)
 
 
+def _cache_query() -> None:
+    with active_filled() as c:
+        assert fleche.query(name="square").count() == 5
+    assert fleche.query(name="square", cache=c, x=1).only().result == 1
+
+
+def _cache_table() -> None:
+    pytest.importorskip("pandas")
+    with active_filled():
+        assert len(fleche.query().table()) == 5
+
+
+def _cache_keys() -> None:
+    with active_filled():
+        assert square.call(2).result == 4 and square.contains(2)
+        square.evict(2)
+        assert not square.contains(2)
+        assert fleche.query(square, x=3).only().digest == square.digest(3)
+
+
+def _cache_gc() -> None:
+    from click.testing import CliRunner
+
+    from fleche.cli import main
+
+    out = CliRunner().invoke(main, ["gc", "--help"])
+    assert out.exit_code == 0 and "gc" in out.output
+
+
 def _read_only() -> None:
     with cache(Path(TMP[0]) / "ro"):
         square(3)
@@ -780,7 +809,11 @@ CHECKS: dict[str, Callable[[], None]] = {
     "`fleche.metadata.MetaData`": _metadata_base,
     "`fleche.metadata.CONFIGURABLE`, `configurable`": _configurable,
     "`fleche.caches.Cache(values, calls)`, `fleche.caches.BaseCache`": _caches,
-    "`fleche.caches.CacheStack`, `cache(c, stack=True)`": _cache_stack_class,
+    "`fleche.caches.CacheStack`, `cache().push(c)`": _cache_stack_class,
+    '`cache().query(...)`, `cache().query(name="add")`': _cache_query,
+    "`cache().table()`": _cache_table,
+    "`cache().load(key)`, `cache().contains(key)`, `cache().evict(key)`": _cache_keys,
+    "`cache().gc()`": _cache_gc,
     "`fleche.caches.ReadOnlyCache`": _read_only,
     "`fleche.caches.SizeLimitedCache`": _size_limited,
     "`fleche.caches.RefreshingCache`": _refreshing,
