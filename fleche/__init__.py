@@ -6,6 +6,8 @@
 ...     return x * x
 """
 
+from typing import TYPE_CHECKING
+
 from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.register(...)
 from fleche._version import __version__
 from fleche.cache import Cache, LayeredCache
@@ -88,3 +90,17 @@ __all__ = [
     "tags",
     "wrap_executor",
 ]
+
+
+if not TYPE_CHECKING:  # hidden from type checkers, which would accept any fleche.<name> else
+
+    def __getattr__(name: str) -> object:
+        # The original fleche's names that are deliberately not offered: say why, and the way here.
+        if name == "D":
+            raise AttributeError(
+                "fleche.D (the original fleche's value digests as arguments) is not offered: stores "
+                "here are addressed by the hash of a value's serialized bytes, and records do not "
+                "keep the digest of a result, so there is nothing to look a digest up in. Pass the "
+                "value itself, or f.load(*args) of the call that made it (docs/migration.md)"
+            )
+        raise AttributeError(f"module 'fleche' has no attribute {name!r}")

@@ -867,6 +867,13 @@ def test_each_row_does_what_it_says(row: tuple[str, str, str, str]) -> None:
             assert absent(name), f"{name} exists, but the table says it is left out"
 
 
+def test_fleche_d_says_why_it_is_not_offered() -> None:
+    with pytest.raises(AttributeError, match=r"fleche.D .* is not offered.*f.load"):
+        fleche.D("ab12")  # type: ignore[attr-defined]
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        fleche.nothing  # type: ignore[attr-defined]  # noqa: B018
+
+
 def test_every_check_has_its_row() -> None:
     firsts = {r[0] for r in rows()}
     stale = sorted((set(CHECKS) | set(ABSENT)) - firsts)
