@@ -6,10 +6,20 @@
 ...     return x * x
 """
 
+from typing import TYPE_CHECKING
+
 from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.register(...)
 from fleche._version import __version__
 from fleche.cache import Cache, LayeredCache
-from fleche.config import active_cache, cache, project, reset_default, set_default_cache, tags
+from fleche.config import (
+    active_cache,
+    cache,
+    meta,
+    project,
+    reset_default,
+    set_default_cache,
+    tags,
+)
 from fleche.config import register_cache_type as _register_cache_type
 from fleche.decorator import Ignored, Required, fleche
 from fleche.errors import (
@@ -36,16 +46,6 @@ from fleche.query import QueryError, QueryResult, query
 from fleche.records import Call, Q
 from fleche.store import ObjectStore, open_store
 from fleche.sync import SyncError, SyncResult, sync
-
-
-def __getattr__(name: str) -> object:
-    # fleche.remote (SshCache, the server) is loaded on first use, as 0.22's
-    # `fleche.remote.SshCache` reads, not by `import fleche`.
-    if name == "remote":
-        import importlib
-
-        return importlib.import_module("fleche.remote")
-    raise AttributeError(f"module 'fleche' has no attribute {name!r}")
 
 
 __all__ = [
@@ -82,6 +82,7 @@ __all__ = [
     "cache",
     "digest",
     "fleche",
+    "meta",
     "open_store",
     "project",
     "query",
@@ -95,3 +96,22 @@ __all__ = [
 # The original's type = "ssh" caches (ssh = {...} in fleche.toml) are built by a layer above
 # config; named, not imported: fleche.remote loads when a file first asks for one.
 _register_cache_type("ssh", "fleche.remote:SshCache")
+
+if not TYPE_CHECKING:  # hidden from type checkers, which would accept any fleche.<name> else
+
+    def __getattr__(name: str) -> object:
+        # The original fleche's names that are deliberately not offered: say why, and the way here.
+        if name == "D":
+            raise AttributeError(
+                "fleche.D (the original fleche's value digests as arguments) is not offered: stores "
+                "here are addressed by the hash of a value's serialized bytes, and records do not "
+                "keep the digest of a result, so there is nothing to look a digest up in. Pass the "
+                "value itself, or f.load(*args) of the call that made it (docs/migration.md)"
+            )
+        if name == "remote":
+            # fleche.remote (SshCache, the server) is loaded on first use, as 0.22's
+            # `fleche.remote.SshCache` reads, not by `import fleche`.
+            import importlib
+
+            return importlib.import_module("fleche.remote")
+        raise AttributeError(f"module 'fleche' has no attribute {name!r}")

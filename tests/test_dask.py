@@ -7,6 +7,7 @@ module adds what is Dask's own. Every future is waited on with a timeout.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -131,6 +132,27 @@ def test_a_memory_cache_cannot_travel(client: Client):
         with pytest.raises(CacheNotPortableError, match="memory"):
             client.submit(square, 1, pure=False)  # at once: Dask pickles every task
         assert client.submit(os.getpid, pure=False).result(timeout=T) != os.getpid()
+
+
+@fleche(ignore=["client"])  # which cluster runs it is no part of what it computes
+def squared_on(client: Client, x: int) -> Any:
+    return client.submit(square, x, pure=False)  # returns a Dask future
+
+
+def test_a_returned_dask_future_is_stored_when_it_completes(client: Client, tmp_path: Path):
+    """Futures pass through, as in the original fleche: the caller gets the Dask future, its
+    result is stored by a done-callback, and the same call then hits without submitting."""
+    with cache(tmp_path / "c"), CountSubmits(client) as sent:
+        fut = squared_on(client, 12)
+        assert isinstance(fut, distributed.Future) and sent.count == 1
+        value, pid = fut.result(timeout=T)
+        assert value == 144 and pid != os.getpid()
+        deadline = time.monotonic() + T
+        while not squared_on.contains(client, 12):  # the callback runs on Dask's thread
+            assert time.monotonic() < deadline, "the future's result was never stored"
+            time.sleep(0.01)
+        assert squared_on(client, 12) == (144, pid)  # a hit: the stored value
+        assert sent.count == 1  # nothing submitted
 
 
 # -- what every engine does, and compute once across the cluster -----------------------------------

@@ -44,6 +44,7 @@ RANKS: dict[str, int] = {
     "cli": 10,
     "__init__": 11,
     "__main__": 11,
+    "metadata": 11,  # the original fleche's fleche.metadata: its provider names, from records
 }
 
 

@@ -19,9 +19,9 @@ import threading
 from contextvars import ContextVar, Token
 from typing import Any, overload
 
-from fleche.cache import Cache
+from fleche.cache import Cache, LayeredCache
 from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
-from fleche.records import TAGS
+from fleche.records import META, TAGS, Choice, choose_providers
 
 # -- the active cache ---------------------------------------------------------------------
 
@@ -152,6 +152,8 @@ def cache(spec: CacheLike = _ACTIVE_ONE, **options: Any) -> _Activation | AnyCac
     apply when a URL is opened here.  A list makes a layered cache, nearest
     layer first: ``cache(["~/.cache/fleche", "s3://team/cache"], write="first")``;
     its entries are any of the above or a dict of per-cache options with a url.
+    ``stack=True`` (as in 0.22) puts the new cache in front of the active one:
+    reads fall through to it, writes go to the new one.
     """
     if spec is _ACTIVE_ONE:
         if options:
@@ -164,6 +166,11 @@ def cache(spec: CacheLike = _ACTIVE_ONE, **options: Any) -> _Activation | AnyCac
         # the original's reserved name: the cache active at process start (FLECHE_CACHE,
         # else fleche.toml's default, else memory), not the one active here
         return _Activation(_ACTIVE, default_cache())
+    if options.pop("stack", False):  # 0.22's cache(new, stack=True): new in front of the active
+        layers: list[Cache] = []
+        for c in (resolve(spec, **options), active_cache()):
+            layers.extend(c.layers if isinstance(c, LayeredCache) else [c])
+        return _Activation(_ACTIVE, LayeredCache(layers))
     return _Activation(_ACTIVE, resolve(spec, **options))
 
 
@@ -175,6 +182,44 @@ def tags(**kw: Any) -> _Activation:
                 f"tags({k}=...) got a {type(v).__name__}; tag values must be str, int, float, bool or None"
             )
     return _Activation(TAGS, {**TAGS.get(), **kw})
+
+
+class _Activations:
+    """Several activations as one: in force at once; a ``with`` block undoes them on exit."""
+
+    def __init__(self, *parts: _Activation) -> None:
+        self.parts = parts
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        for part in reversed(self.parts):
+            part.__exit__(*exc)
+
+
+def meta(*providers: Any, stack: bool = False) -> _Activations:
+    """The original fleche's (0.22) metadata providers for calls stored in this context.
+
+    ``meta(Runtime(), Git())`` records those groups (and ``created``) instead of the
+    cache's choice; ``stack=True`` adds them to what is in force. A ``Tags({...})``
+    provider sets the tags, like :func:`tags` (which it replaces, unless stacked).
+    Like :func:`cache`, it is in force at once; a ``with`` block undoes it on exit.
+    Groups chosen by ``@fleche(metadata=[...])`` still win for that function.
+    """
+    choice = choose_providers(providers, "fleche.meta()")
+    groups = choice.groups | {"tags"}  # tags() inside it are kept, as 0.22's stacked
+    replace = True
+    now = META.get()
+    if stack and now is not None:
+        groups, replace = groups | now[0].groups, now[1]
+    elif stack:
+        replace = False
+    new_tags = {**TAGS.get(), **choice.tags} if stack else dict(choice.tags)
+    return _Activations(
+        _Activation(META, (Choice(frozenset(groups), choice.tags), replace)),
+        _Activation(TAGS, new_tags),
+    )
 
 
 def project(name: str) -> _Activation:

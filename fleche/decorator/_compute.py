@@ -4,11 +4,19 @@ Threads of one process that miss the same key at once share one computation
 (:class:`_Flight`); across processes, ``single_flight`` does the same with a
 lease in the store (:mod:`fleche.cache._lease`). ``isolate=True`` runs each
 computation in a temporary working directory.
+
+A function that returns a future (``concurrent.futures.Future``, or a Dask
+future) has the future's result stored when it completes, as the original
+fleche (0.22) did: the caller gets the future back, and a later call with the
+same arguments is a hit (the stored value, not a future) that submits nothing.
+Until it completes, calls with the same arguments get the same future.
 """
 
 from __future__ import annotations
 
+import contextvars
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +45,19 @@ class _Flight:
         self.owner = threading.get_ident()
 
 
+def is_future(value: Any) -> bool:
+    """True for a ``concurrent.futures.Future`` or a Dask ``distributed.Future``.
+
+    Neither module is imported here: a future of a module that is not imported
+    cannot exist, so the check costs two dict lookups on a miss.
+    """
+    futures = sys.modules.get("concurrent.futures")
+    if futures is not None and isinstance(value, futures.Future):
+        return True
+    dask = sys.modules.get("distributed")
+    return dask is not None and isinstance(value, getattr(dask, "Future", ()))
+
+
 class Computing(ResultIO):
     """Running the function on a miss and storing its result; set by ``CachedFunction``:"""
 
@@ -44,6 +65,31 @@ class Computing(ResultIO):
     isolate: bool
     _flights: dict[tuple[int, str], _Flight]
     _flights_lock: threading.Lock
+    _pending: dict[tuple[int, str], Any]  # futures returned, not yet completed and stored
+
+    def _store_when_done(
+        self, cache: AnyCache, call: PendingCall, future: Any, started: float
+    ) -> None:
+        """Store ``future``'s result when it completes (not its failure): a done-callback,
+        run with the caller's context (its tags) wherever the future completes."""
+        fkey = (id(cache), call.key)
+        with self._flights_lock:
+            self._pending[fkey] = future
+        context = contextvars.copy_context()
+
+        def done(fut: Any) -> None:
+            try:
+                try:
+                    value = fut.result()
+                except BaseException:  # noqa: BLE001 - failed or cancelled: nothing to store
+                    return
+                context.run(self.store, cache, call, value, started, time.time() - started)
+            finally:  # stored first, then forgotten: a call in between gets the future
+                with self._flights_lock:
+                    if self._pending.get(fkey) is fut:
+                        del self._pending[fkey]
+
+        future.add_done_callback(done)
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Any:
         if not self.isolate:
@@ -61,6 +107,15 @@ class Computing(ResultIO):
     def compute(self, cache: AnyCache, call: PendingCall) -> Any:
         """Compute a miss once per process: concurrent threads asking for the same key wait."""
         fkey = (id(cache), call.key)
+        if self._pending:  # a future an earlier call returned, not yet stored
+            future = self._pending.get(fkey)
+            if future is not None:
+                if not future.done():  # still running: the same future, nothing submitted
+                    return future
+                try:  # done, its result being stored at this moment: as a hit would
+                    return future.result()
+                except BaseException:  # noqa: BLE001 - it failed: compute again
+                    pass
         with self._flights_lock:
             flight = self._flights.get(fkey)
             leader = flight is None
@@ -82,6 +137,9 @@ class Computing(ResultIO):
             cpu = time.process_time() - c0
             if leader:
                 flight.result, flight.ok = result, True
+            if is_future(result):
+                self._store_when_done(cache, call, result, started)
+                return result
             self.store(cache, call, result, started, duration, cpu)
             return result
         finally:

@@ -40,10 +40,19 @@ from fleche.decorator._identity import (
 )
 from fleche.decorator._markers import marked
 from fleche.decorator._results import _DOWN, Undecodable
-from fleche.digest import code_digest
-from fleche.errors import CacheMiss
+from fleche.digest import code_digest, digest_bytes
+from fleche.errors import CacheMiss, UnhashableArgumentError
 from fleche.query import QueryResult, for_function
-from fleche.records import NO_VERSION, Binder, Call, KeyMaker, PendingCall, metadata_choice, plain
+from fleche.records import (
+    NO_VERSION,
+    Binder,
+    Call,
+    KeyMaker,
+    PendingCall,
+    choose_providers,
+    metadata_choice,
+    plain,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 P = ParamSpec("P")
@@ -199,6 +208,7 @@ class CachedFunction(Computing):
         single_flight: LeasePolicy | None = None,
         mmap: MmapMode = False,
         stale_code: str | None = None,
+        meta: Any = None,
     ) -> None:
         self.func = func
         # hits return raw-stored arrays as read-only memory maps of a local store's files,
@@ -220,6 +230,10 @@ class CachedFunction(Computing):
         self.hash_version = hash_version
         # metadata groups to record; None: the cache's choice (its metadata_groups), else all
         self.metadata = metadata_choice(metadata, f"@fleche({self.qualname}, metadata)")
+        # meta=: the original fleche's providers (Runtime(), Tags({...})...), as groups and tags
+        self.meta_choice = (
+            None if not meta else choose_providers(meta, f"@fleche({self.qualname}, meta)")
+        )
         # ignore= may name variables the function captures as well as its parameters
         captured = getattr(getattr(func, "__code__", None), "co_freevars", ())
         self._ignore_captured = frozenset(n for n in ignore if n in captured)
@@ -256,6 +270,7 @@ class CachedFunction(Computing):
         }
         self._flights: dict[tuple[int, str], _Flight] = {}
         self._flights_lock = threading.Lock()
+        self._pending: dict[tuple[int, str], Any] = {}
         self._warned: set[str] = set()
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -274,13 +289,14 @@ class CachedFunction(Computing):
         self.running_code()
         # this process's flights (and their lock) stay here
         state = self.__dict__.copy()
-        del state["_flights"], state["_flights_lock"]
+        del state["_flights"], state["_flights_lock"], state["_pending"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._flights = {}
         self._flights_lock = threading.Lock()
+        self._pending = {}
 
     def __fleche_digest__(self) -> tuple[Any, Any]:
         # A local cached function captured by a closure, or passed as an argument, is
@@ -299,6 +315,19 @@ class CachedFunction(Computing):
 
         ``late``: the variables unassigned when the function was decorated, at its first call.
         """
+        own = getattr(self.func, "__dict__", {})
+        own = own.get("__fleche_digest__") or own.get("__digest__")
+        if own is not None and isinstance(self.func, types.FunctionType):
+            # it says what it is (0.22's fn.__digest__ = ...): that, not its captured values
+            try:
+                mine = digest_bytes(own(), name=f"{self.qualname}.__digest__()").hex()
+            except UnhashableArgumentError as e:
+                return _RefusedKeys(ClosureRefused(f"{self.qualname}: not cached: {e}"))
+            return KeyMaker(
+                f"{self.identity}#own:{mine}",
+                self.version if self.hash_version else NO_VERSION,
+                self.code,
+            )
         try:
             free, unassigned = _captured(self.func, self.qualname, self._ignore_captured, late)
         except ClosureRefused as e:
@@ -499,6 +528,7 @@ def fleche(
     single_flight: bool | LeasePolicy = False,
     mmap: MmapMode = False,
     stale_code: str | None = None,
+    meta: Any = None,
 ) -> Callable[[Callable[P, R]], CachedCallable[P, R]]: ...
 
 
@@ -517,6 +547,7 @@ def fleche(
     single_flight: bool | LeasePolicy = False,
     mmap: MmapMode = False,
     stale_code: str | None = None,
+    meta: Any = None,
 ) -> Any:
     """Cache a function's results in the active cache (see :func:`fleche.cache`).
 
@@ -545,7 +576,10 @@ def fleche(
     setting, else ``"warn"``. ``ignore`` may also name a variable a closure
     captures, to leave it out of the key. A parameter annotated
     ``fleche.Ignored[T]`` (``fleche.Required[T]``) is in ``ignore`` (``require``)
-    as if named there.
+    as if named there. ``meta`` takes the original fleche's metadata providers
+    (``fleche.metadata.Runtime()``, ``Environment()``, ``Git()``, ``Tags({...})``):
+    their groups are recorded in addition, and a ``Tags`` provider's tags are
+    added to every call.
 
     The wrapper gains ``.digest``, ``.contains``, ``.load``, ``.call``,
     ``.query``, ``.rerun``, ``.evict`` and ``.bind``, taking the function's arguments.
@@ -572,6 +606,7 @@ def fleche(
             single_flight=policy_of(single_flight),
             mmap=mmap,
             stale_code=stale_code,
+            meta=meta,
         )
         if inspect.iscoroutinefunction(f):
             if cf.single_flight is not None:

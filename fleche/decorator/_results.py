@@ -30,7 +30,7 @@ from fleche.errors import (
     StaleCodeWarning,
     warn_user,
 )
-from fleche.records import ALL_METADATA, PendingCall, collect_metadata, is_clear
+from fleche.records import ALL_METADATA, META, Choice, PendingCall, collect_metadata, is_clear
 
 # Hits, misses and stores at DEBUG: logging.getLogger("fleche").setLevel("DEBUG"). On the hit
 # path, the isEnabledFor check costs 30-70 ns of a ~5 µs hit when logging is off (docs/usage.md).
@@ -113,6 +113,7 @@ class ResultIO:
     module: str
     mmap: MmapMode
     metadata: frozenset[str] | None
+    meta_choice: Choice | None  # @fleche(meta=...): the original fleche's providers
     func: Callable[..., Any]
     code_func: Callable[..., Any] | None  # the Python function whose source it runs, if any
     stale_code: str | None
@@ -256,8 +257,19 @@ class ResultIO:
         rec["result"] = result_ref
         chosen = self.metadata
         if chosen is None:
-            chosen = getattr(cache, "metadata_groups", ALL_METADATA)
-        rec["metadata"] = collect_metadata(started, duration, cpu, chosen, self.module)
+            ctx = META.get()  # fleche.meta(...) in force: it replaces or adds to the cache's
+            if ctx is not None and ctx[1]:
+                chosen = ctx[0].groups
+            else:
+                chosen = getattr(cache, "metadata_groups", ALL_METADATA)
+                if ctx is not None:
+                    chosen = chosen | ctx[0].groups
+        own = self.meta_choice  # @fleche(meta=...): added, with its tags, to every call
+        if own is not None:
+            chosen = chosen | own.groups
+        meta = rec["metadata"] = collect_metadata(started, duration, cpu, chosen, self.module)
+        if own is not None and own.tags:
+            meta["tags"] = {**meta.get("tags", {}), **own.tags}
         return rec
 
     def store(

@@ -3,6 +3,8 @@
 The digest layer, at the bottom with the store: it imports nothing of fleche but
 :mod:`fleche.errors`.  :func:`digest` is the public API (``fleche.digest.digest(x)``),
 :func:`register` adds a rule for a type of yours; ``docs/digests.md`` is the contract.
+The original fleche's (0.22) names for the same (``add_hook``, ``Hook``, ``Digest``,
+``Indigestible``, plugins' entry points) are in ``_hooks``.
 
 Inside: ``_core`` (the stream, containers, dispatch, registry), ``_scalars`` (the
 builtin leaves), ``_types`` (which rule a type gets) and one module per family of
@@ -13,7 +15,26 @@ from fleche.digest._code import (
     code_digest,
     code_digest_since,
 )
-from fleche.digest._core import _Encoder, digest, digest_bytes, install_rules, register, unregister
+from fleche.digest._core import (
+    _PLUGINS,
+    _Encoder,
+    digest,
+    digest_bytes,
+    install_rules,
+    register,
+    unregister,
+)
+from fleche.digest._hooks import (
+    DIGEST_LENGTH,
+    Digest,
+    Hook,
+    Indigestible,
+    add_hook,
+    digest_class,
+    get_hooks,
+    load_entry_points,
+    plugins_once,
+)
 
 
 def _find_encoder(t: type) -> _Encoder:
@@ -25,12 +46,21 @@ def _find_encoder(t: type) -> _Encoder:
 
 
 install_rules(_find_encoder)
+_PLUGINS[:] = [plugins_once]
 
 __all__ = [
+    "DIGEST_LENGTH",
+    "Digest",
+    "Hook",
+    "Indigestible",
+    "add_hook",
     "code_digest",
     "code_digest_since",
     "digest",
     "digest_bytes",
+    "digest_class",
+    "get_hooks",
+    "load_entry_points",
     "register",
     "unregister",
 ]

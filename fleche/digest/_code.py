@@ -43,10 +43,20 @@ def _enc_named_function(fn: Any, st: _Stream) -> None:
 
 def _enc_function(fn: types.FunctionType, st: _Stream) -> None:
     """By module + qualname.  Lambdas and local functions have names that do not
-    identify them, so their code, defaults and captured variables are digested too."""
+    identify them, so their code, defaults and captured variables are digested too,
+    unless the function carries its own ``__fleche_digest__`` (or 0.22's ``__digest__``)
+    attribute: then what that returns, in place of its code and closure."""
     qual = fn.__qualname__
     if "<" not in qual:  # not '<lambda>' nor 'outer.<locals>.f'
         _enc_named_function(fn, st)
+        return
+    own = fn.__dict__.get("__fleche_digest__") or fn.__dict__.get("__digest__")
+    if own is not None:  # it says what it is (0.22's fn.__digest__): instead of its closure
+        st += _FUNCTION
+        st += _PACK_TAG_LEN(0x28, 3)
+        _encode(fn.__module__, st)
+        _enc_str(qual, st)
+        _labelled(own(), ".__digest__()", st)
         return
     active = _active(st)
     st += _FUNCTION

@@ -55,6 +55,10 @@ _Encoder = Callable[[Any, "_Stream"], None]
 _xxh3_digest = xxhash.xxh3_128_digest
 _I64 = 1 << 63
 
+# Loads the hooks plugins declare (entry points), on the first value with no digest;
+# True when it added any. Installed by the face (fleche.digest._hooks).
+_PLUGINS: list[Callable[[], bool]] = []
+
 _TUPLE_HEADERS = tuple(_PACK_TAG_LEN(0x28, n) for n in range(64))  # "("
 
 
@@ -128,6 +132,8 @@ def digest_bytes(obj: Any, *, name: str = "value") -> bytes:
     try:
         (_DISPATCH.get(t) or _resolve(t))(obj, st)
     except _Unhashable as exc:
+        if _PLUGINS and _PLUGINS[0]():  # a plugin's hook may know it: once per process
+            return digest_bytes(obj, name=name)
         raise exc.to_error(name) from exc.__cause__
     except RecursionError as exc:
         # Deep nesting, or a registered digest function that keeps returning new

@@ -54,6 +54,13 @@ def find_encoder(t: type) -> _Encoder:
             user="its __fleche_digest__ method",
             label=".__fleche_digest__()",
         )
+    if callable(getattr(t, "__digest__", None)):  # the original fleche's (0.22) name
+        return _standin_encoder(
+            _qualname(t),
+            lambda obj: obj.__digest__(),
+            user="its __digest__ method",
+            label=".__digest__()",
+        )
     for finder in _FINDERS:
         enc = finder(t)
         if enc is not None:

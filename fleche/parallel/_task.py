@@ -30,7 +30,7 @@ from fleche.cache import Cache, LayeredCache, LayerSpec
 from fleche.config import active_cache, cache, tags
 from fleche.decorator import BoundCall, CachedFunction, Undecodable, set_binder
 from fleche.errors import FlecheError
-from fleche.records import current_tags
+from fleche.records import META, current_tags
 
 
 class CacheNotPortableError(FlecheError, ValueError):
@@ -185,6 +185,9 @@ def _arrive(token: str, payload: bytes) -> CacheTicket:
 # -- the task sent to the executor ----------------------------------------------------------------
 
 
+_HERE: Any = object()  # Bound(meta=...) not given: the fleche.meta() choice in force
+
+
 class Bound:
     """``func`` with the cache and tags of the context that made it, restored around each call.
 
@@ -204,17 +207,26 @@ class Bound:
         tags: dict[str, Any],
         required: bool = True,
         refused: Undecodable | None = None,
+        meta: Any = _HERE,
     ) -> None:
         self.func = func
         self.ticket = ticket
         self.tags = tags
         self.required = required
         self.refused = refused
+        # a fleche.meta(...) choice in force where it was bound (0.22's BoundWrapper kept it)
+        self.meta = META.get() if meta is _HERE else meta
         # executors show a task by its function's name (Dask keys are named after it)
         self.__name__ = getattr(func, "__name__", type(func).__name__)
         self.__qualname__ = getattr(func, "__qualname__", self.__name__)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.meta is not None and META.get() is not self.meta:
+            token = META.set(self.meta)
+            try:
+                return self(*args, **kwargs)
+            finally:
+                META.reset(token)
         func = self.func if self.refused is None else self._refusing
         if self.ticket is None:
             if not self.tags:
@@ -235,7 +247,7 @@ class Bound:
 
     def refusing(self, refused: Undecodable) -> Bound:
         """This task, for one call whose stored result failed to load in the caller's probe."""
-        return Bound(self.func, self.ticket, self.tags, self.required, refused)
+        return Bound(self.func, self.ticket, self.tags, self.required, refused, self.meta)
 
     def __repr__(self) -> str:
         where = self.ticket.cache.url if self.ticket is not None else "the worker's default"
@@ -245,7 +257,7 @@ class Bound:
         ticket = self.ticket
         if ticket is not None and not self.required and not ticket.portable():
             ticket = None
-        return Bound, (self.func, ticket, self.tags, self.required, self.refused)
+        return Bound, (self.func, ticket, self.tags, self.required, self.refused, self.meta)
 
     def __dask_tokenize__(self) -> Any:
         # Deterministic, so Dask's pure=True gives equal calls one key (and runs them once).

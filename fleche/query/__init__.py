@@ -15,10 +15,14 @@ from fleche.query._query import (
     query,
 )
 
+QueryIterator = QueryResult
+"""The original fleche's (0.22) name for what a query returns."""
+
 __all__ = [
     "MissingDependencyError",
     "QueryArgumentError",
     "QueryError",
+    "QueryIterator",
     "QueryResult",
     "Ref",
     "for_function",

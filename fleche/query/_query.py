@@ -23,30 +23,34 @@ too; ``None`` is a wildcard; ``Q.gt(3)``, ``Q.in_([...])``... are conditions.
 
 from __future__ import annotations
 
+import itertools
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleche.cache import Cache
-from fleche.config import active_cache, resolve
+from fleche.config import CacheLike, active_cache, resolve
+from fleche.digest import digest_bytes
 from fleche.errors import FlecheError, FlecheWarning
 from fleche.records import (
     Binder,
     Call,
     Condition,
     NotStored,
+    Q,
     QuerySpec,
     as_condition,
     metadata_conditions,
     plain,
+    translate_path,
 )
 
 if TYPE_CHECKING:
     import pandas
 
-    from fleche.config import AnyCache, CacheLike
+    from fleche.config import AnyCache
 
 
 _FID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -119,11 +123,43 @@ class QueryResult:
     an index listed that were gone or no longer matched, in the last pass.
     """
 
-    def __init__(self, cache: AnyCache, spec: QuerySpec, description: str) -> None:
+    def __init__(
+        self,
+        cache: AnyCache,
+        spec: QuerySpec,
+        description: str,
+        *,
+        offset: int = 0,
+        limit: int | None = None,
+        steps: tuple[_Step, ...] = (),
+    ) -> None:
         self.cache = cache
         self.spec = spec
         self.description = description
         self.stale = 0
+        # What the chained helpers (skip, take, filter, sorted, unique...) asked for: calls
+        # skipped and kept (answered by the index without reading the skipped records,
+        # while no step in Python comes before them), then the steps in Python, in order.
+        self._offset = offset
+        self._limit = limit
+        self._steps = steps
+
+    def _derive(
+        self,
+        what: str,
+        *,
+        offset: int | None = None,
+        limit: int | object | None = _ANY,
+        step: _Step | None = None,
+    ) -> QueryResult:
+        return QueryResult(
+            self.cache,
+            self.spec,
+            f"{self.description}.{what}",
+            offset=self._offset if offset is None else offset,
+            limit=self._limit if limit is _ANY else limit,  # type: ignore[arg-type]
+            steps=self._steps if step is None else (*self._steps, step),
+        )
 
     def __repr__(self) -> str:
         return f"<QueryResult {self.description} in {self.cache.url}>"
@@ -160,29 +196,58 @@ class QueryResult:
             yield from cache.iter_records(None)
 
     def _records(self) -> Iterator[dict[str, Any]]:
-        """The matching records, each checked against the query whoever listed it."""
+        """The records this result holds: the query's matches, skipped, kept and chained."""
+        records = self._matching(self._offset, self._limit)
+        for step in self._steps:
+            records = step.apply(self, records)
+        return records
+
+    def _matching(self, offset: int, limit: int | None) -> Iterator[dict[str, Any]]:
+        """The matching records, each checked against the query whoever listed it; the first
+        ``offset`` left out (with an index, without reading them), at most ``limit``."""
+        if limit is not None and limit <= 0:
+            return
         index = getattr(self.cache, "index", None)
         self.stale = 0
         if index is None:
             match = self.spec.match
-            for rec in self._scan():
-                if match(rec):
-                    yield rec
+            matched = (rec for rec in self._scan() if match(rec))
+            stop = None if limit is None else offset + limit
+            yield from itertools.islice(matched, offset, stop)
             return
-        for fid, key in index.search(self.spec, newest_first=True):
-            found = self.cache.get_record(fid, key)
-            if found is None or not self.spec.match(found):
-                self.stale += 1
-                if self.stale == 1:
-                    warnings.warn(
-                        f"fleche: the index of {self.cache.url} lists call {fid}/{key}, which is "
-                        "gone from the store or no longer matches; skipped (stale calls are "
-                        "counted in QueryResult.stale; `fleche index rebuild` refreshes the index)",
-                        FlecheWarning,
-                        stacklevel=3,
-                    )
-                continue
-            yield found
+        want = None if limit is None else offset + limit
+        listed = kept = 0
+        # With a limit, the index is asked for offset + limit rows; when some of them
+        # were stale, a second pass goes on after those rows until the limit is met.
+        for rows in (want, None) if want is not None else (None,):
+            found_keys = index.search(self.spec, limit=rows, newest_first=True)
+            if rows is None and want is not None:
+                found_keys = itertools.islice(found_keys, want, None)
+            for fid, key in found_keys:
+                listed += 1
+                if listed <= offset:
+                    continue
+                found = self.cache.get_record(fid, key)
+                if found is None or not self.spec.match(found):
+                    self._stale(fid, key)
+                    continue
+                yield found
+                kept += 1
+                if limit is not None and kept >= limit:
+                    return
+            if want is None or listed < want:  # the index has no more
+                return
+
+    def _stale(self, fid: str, key: str) -> None:
+        self.stale += 1
+        if self.stale == 1:
+            warnings.warn(
+                f"fleche: the index of {self.cache.url} lists call {fid}/{key}, which is "
+                "gone from the store or no longer matches; skipped (stale calls are "
+                "counted in QueryResult.stale; `fleche index rebuild` refreshes the index)",
+                FlecheWarning,
+                stacklevel=4,
+            )
 
     def _call(self, record: dict[str, Any]) -> Call:
         return Call.from_record(record, self.cache.load_value)
@@ -203,13 +268,14 @@ class QueryResult:
         checked, so the count agrees with iterating.
         """
         index = getattr(self.cache, "index", None)
-        if index is not None and not verify:
-            return int(index.count(self.spec))
+        if index is not None and not verify and not self._steps:
+            n = max(0, int(index.count(self.spec)) - self._offset)
+            return n if self._limit is None else min(n, self._limit)
         return sum(1 for _ in self._records())
 
     def latest(self) -> Call | None:
         """The newest matching call (by ``metadata.created``), or None when none matches."""
-        if getattr(self.cache, "index", None) is not None:
+        if getattr(self.cache, "index", None) is not None and not self._steps:
             rec = next(self._records(), None)  # the index lists newest first
         else:
             rec = max(self._records(), key=_created, default=None)
@@ -238,6 +304,104 @@ class QueryResult:
         for call in self:
             yield call.result
 
+    # -- chaining (the original fleche's QueryIterator helpers) ----------------------------
+
+    def take(self, n: int) -> QueryResult:
+        """At most the first ``n`` calls (newest first with an index): lazy.
+
+        With an index, and no Python step (``filter``, ``sorted``...) before it,
+        the index is asked for that many rows and no other record is read.
+        """
+        n = _count_arg(n, "take")
+        if self._steps:
+            return self._derive(f"take({n})", step=_Slice(0, n))
+        limit = n if self._limit is None else min(self._limit, n)
+        return self._derive(f"take({n})", limit=limit)
+
+    def skip(self, n: int) -> QueryResult:
+        """All but the first ``n`` calls: lazy. With an index (and no Python step before
+        it), the skipped calls' records are not read."""
+        n = _count_arg(n, "skip")
+        if self._steps:
+            return self._derive(f"skip({n})", step=_Slice(n, None))
+        limit = None if self._limit is None else max(0, self._limit - n)
+        return self._derive(f"skip({n})", offset=self._offset + n, limit=limit)
+
+    def filter(self, predicate: Callable[[Call], Any]) -> QueryResult:
+        """The calls for which ``predicate(call)`` is true: lazy, tested in Python.
+
+        For conditions on arguments or metadata, ``f.query(x=Q.gt(3))`` asks the
+        index instead, which is faster.
+        """
+        if not callable(predicate):
+            raise QueryArgumentError(f"filter() takes a function of a Call, not {predicate!r}")
+        return self._derive(f"filter({_name_of(predicate)})", step=_Filter(predicate))
+
+    def sorted(
+        self, key: str | Callable[[Call], Any] | None = None, reverse: bool = False
+    ) -> QueryResult:
+        """The calls ordered by ``key``: an argument's name, or a function of a Call; by
+        default by ``metadata.created``, oldest first. Reads every match when iterated."""
+        return self._derive(f"sorted({_name_of(key)})", step=_Sort(_keyfn(key), reverse))
+
+    def unique(self, key: str | Callable[[Call], Any]) -> QueryResult:
+        """The first call of each value of ``key`` (an argument's name, or a function of a
+        Call): lazy. Values without a hash (arrays, lists) are told apart by digest."""
+        return self._derive(f"unique({_name_of(key)})", step=_Unique(_keyfn(key)))
+
+    def groupby(self, key: str | Callable[[Call], Any]) -> dict[Any, QueryResult]:
+        """The calls grouped by ``key`` (an argument's name, or a function of a Call): a dict
+        of each value to a :class:`QueryResult` of its calls, in this result's order.
+
+        Reads every match once to find the groups; each group is a query again
+        (iterating it reads afresh).
+        """
+        fn = _keyfn(key)
+        groups: dict[Any, list[tuple[str, str]]] = {}
+        for rec in self._records():
+            value = fn(self, rec)
+            try:
+                members = groups.setdefault(value, [])
+            except TypeError:
+                raise QueryArgumentError(
+                    f"groupby({_name_of(key)}): {type(value).__name__} values cannot be dict "
+                    "keys; group by a function returning something hashable (a str, a tuple)"
+                ) from None
+            members.append((rec["function"], rec["digest"]))
+        return {
+            value: self._derive(f"groupby({_name_of(key)})[{value!r}]", step=_Keys(members))
+            for value, members in groups.items()
+        }
+
+    def oldest(self) -> Call | None:
+        """The oldest matching call (by ``metadata.created``), or None when none matches."""
+        rec = min(self._records(), key=_created, default=None)
+        return None if rec is None else self._call(rec)
+
+    def empty(self) -> bool:
+        """True when no call matches (reads until the first one)."""
+        return not self
+
+    def any(self) -> Call | None:
+        """The first matching call (the newest with an index), or None when none matches."""
+        rec = next(self._records(), None)
+        return None if rec is None else self._call(rec)
+
+    def _argument(self, rec: Mapping[str, Any], name: str) -> Any:
+        """One argument of a record, by name: a clear value as is, else loaded."""
+        args = rec.get("arguments") or {}
+        if name not in args:
+            raise QueryArgumentError(
+                f"call {rec.get('function')}/{rec.get('digest')} has no argument {name!r}; "
+                f"its arguments are {sorted(args)}"
+            )
+        stored = args[name]
+        if not isinstance(stored, dict):
+            return stored
+        if "inline" in stored or "oid" in stored:
+            return self.cache.load_value(stored)
+        return NotStored(stored.get("type", "?"), stored.get("digest", ""))
+
     def evict(self) -> int:
         """Remove the matching calls' records from the cache; returns how many.
 
@@ -248,6 +412,39 @@ class QueryResult:
         for fid, key in found:
             self.cache.delete_record(fid, key)
         return len(found)
+
+    def transfer(self, target: CacheLike, pop: bool = False, overwrite: bool = False) -> int:
+        """Copy the matching calls, with their values, into ``target`` (anything
+        :func:`fleche.cache` takes); returns how many were copied (0.22's ``transfer``).
+
+        A call ``target`` already holds is left alone unless ``overwrite``; ``pop``
+        removes each copied call from this cache once it is in ``target``. Values
+        go before the record that names them. For whole stores, ``fleche sync``
+        copies bytes without decoding them, in parallel.
+        """
+        dst = resolve(target)
+        moved = 0
+        for rec in list(self._records()):
+            fid, key = rec["function"], rec["digest"]
+            if not overwrite and dst.has_record(fid, key):
+                continue
+            copy = dict(rec)
+            copy["result"] = dst.put_value(self.cache.load_value(rec["result"]))
+            args = {}
+            for name, stored in (rec.get("arguments") or {}).items():
+                if isinstance(stored, dict) and ("inline" in stored or "oid" in stored):
+                    ref = dst.put_value(self.cache.load_value(stored))
+                    stored = {**stored, **ref}
+                    for gone in ("inline", "oid"):  # the new reference, not the old one's
+                        if gone not in ref:
+                            stored.pop(gone, None)
+                args[name] = stored
+            copy["arguments"] = args
+            dst.put_record(fid, key, copy)
+            if pop:
+                self.cache.delete_record(fid, key)
+            moved += 1
+        return moved
 
     # -- a table -------------------------------------------------------------------------
 
@@ -261,7 +458,14 @@ class QueryResult:
             return Ref(stored.get("type", "?"), stored.get("digest", ""), stored.get("size"))
         return NotStored(stored.get("type", "?"), stored.get("digest", ""))
 
-    def table(self, *, values: bool = False, results: bool = False) -> pandas.DataFrame:
+    def table(
+        self,
+        arguments: Iterable[str] | str | bool = True,
+        results: bool = False,
+        *,
+        values: bool = False,
+        shrink_keys: bool = True,
+    ) -> pandas.DataFrame:
         """The matching calls as a pandas DataFrame, newest first: one row per call.
 
         Columns: ``digest`` (with ``function`` and ``version`` when the query
@@ -270,7 +474,22 @@ class QueryResult:
         where an argument has the same name), and ``result`` with
         ``results=True``. Arguments kept as separate objects (large arrays)
         show as a :class:`Ref` unless ``values=True`` loads them.
+
+        ``arguments``: which argument columns, by name (True: all, the default);
+        the original fleche's ``table(arguments=..., results=...)`` call keeps
+        working. Its ``shrink_keys`` is accepted and changes nothing: the
+        ``digest`` column holds full digests.
         """
+        del shrink_keys  # 0.22 shortened its index of digests; the digest column is exact
+        wanted: frozenset[str] | None = None
+        if arguments is not True:
+            wanted = frozenset(
+                ()
+                if arguments is False
+                else [arguments]
+                if isinstance(arguments, str)
+                else arguments
+            )
         try:
             import pandas as pd
         except ImportError as e:
@@ -286,7 +505,8 @@ class QueryResult:
                 row["function"] = rec.get("function")
                 row["version"] = rec.get("version")
             for name, stored in (rec.get("arguments") or {}).items():
-                row[name] = self._cell(stored, values)
+                if wanted is None or name in wanted:
+                    row[name] = self._cell(stored, values)
             taken = set(row) | {"result"}
             for key, value in _flatten(rec.get("metadata") or {}):
                 row[f"metadata.{key}" if key in taken else key] = value
@@ -294,6 +514,106 @@ class QueryResult:
                 row["result"] = self.cache.load_value(rec["result"])
             rows.append(row)
         return pd.DataFrame(rows)
+
+
+# -- chained steps in Python ------------------------------------------------------------------
+
+_KeyFn = Callable[[QueryResult, dict[str, Any]], Any]
+
+
+def _count_arg(n: Any, what: str) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise QueryArgumentError(f"{what}({n!r}): expected a count, an int >= 0")
+    return n
+
+
+def _name_of(key: Any) -> str:
+    if key is None or isinstance(key, str):
+        return repr(key) if key is not None else ""
+    return getattr(key, "__qualname__", None) or type(key).__qualname__
+
+
+def _keyfn(key: str | Callable[[Call], Any] | None) -> _KeyFn:
+    """A step's key of a record: an argument's value, a function of its Call, or ``created``."""
+    if key is None:
+        return lambda q, rec: _created(rec)
+    if isinstance(key, str):
+        name = key
+        return lambda q, rec: q._argument(rec, name)
+    if not callable(key):
+        raise QueryArgumentError(f"expected an argument name or a function of a Call, not {key!r}")
+    fn = key
+    return lambda q, rec: fn(q._call(rec))
+
+
+class _Step:
+    """One chained step done in Python, over the records the steps before it give."""
+
+    def apply(self, q: QueryResult, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class _Slice(_Step):
+    start: int
+    stop: int | None  # a count of calls kept, from start
+
+    def apply(self, q: QueryResult, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        end = None if self.stop is None else self.start + self.stop
+        return itertools.islice(records, self.start, end)
+
+
+@dataclass(frozen=True)
+class _Filter(_Step):
+    predicate: Callable[[Call], Any]
+
+    def apply(self, q: QueryResult, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        return (rec for rec in records if self.predicate(q._call(rec)))
+
+
+@dataclass(frozen=True)
+class _Sort(_Step):
+    key: _KeyFn
+    reverse: bool
+
+    def apply(self, q: QueryResult, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        pairs = [(self.key(q, rec), rec) for rec in records]
+        try:
+            pairs.sort(key=lambda p: p[0], reverse=self.reverse)
+        except TypeError as e:
+            raise QueryArgumentError(
+                f"sorted(): the calls' keys cannot be ordered against each other ({e}); "
+                "sort by a function returning comparable values"
+            ) from None
+        return iter([rec for _, rec in pairs])
+
+
+@dataclass(frozen=True)
+class _Unique(_Step):
+    key: _KeyFn
+
+    def apply(self, q: QueryResult, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        seen: set[Any] = set()
+        for rec in records:
+            value = self.key(q, rec)
+            try:
+                hash(value)
+            except TypeError:  # an array, a list: by digest
+                value = ("fleche-digest", digest_bytes(value, name="key"))
+            if value not in seen:
+                seen.add(value)
+                yield rec
+
+
+@dataclass(frozen=True)
+class _Keys(_Step):
+    """One group of ``groupby``: the calls it found, by (function id, key)."""
+
+    members: list[tuple[str, str]]
+
+    def apply(self, q: QueryResult, records: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        wanted = set(self.members)
+        return (rec for rec in records if (rec["function"], rec["digest"]) in wanted)
 
 
 def _flatten(meta: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
@@ -318,7 +638,17 @@ def _metadata(metadata: Mapping[str, Any] | None) -> dict[tuple[str, ...], Condi
         raise QueryArgumentError(
             f"metadata={metadata!r}: expected a dict such as {{'tags': {{'project': 'x'}}}}"
         )
-    return metadata_conditions(dict(metadata))
+    # paths as the original fleche named them (runtime.walltime) are asked where kept here
+    return {translate_path(p): c for p, c in metadata_conditions(_present(metadata)).items()}
+
+
+def _present(want: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"tags": {}}`` asks for calls that have tags (as in the original fleche): an empty
+    dict becomes "present", ``Q.ne(None)``; other values are left as they are."""
+    return {
+        k: (Q.ne(None) if v == {} else _present(v)) if isinstance(v, Mapping) else v
+        for k, v in want.items()
+    }
 
 
 def _version(version: Any) -> Condition | None:

@@ -4,8 +4,9 @@ Above :mod:`fleche.codec` and :mod:`fleche.digest`, below the index (which
 stores conditions as SQL) and the caches.
 
 Inside: ``_call`` (binding arguments, keys, records as :class:`Call`),
-``_metadata`` (when, how long, where, with which tags), ``_terms`` (``Q``
-conditions on arguments and metadata).
+``_metadata`` (when, how long, where, with which tags), ``_providers`` (the
+original fleche's metadata providers, ``Runtime``..., mapped onto those groups),
+``_terms`` (``Q`` conditions on arguments and metadata).
 """
 
 from fleche.records._call import (
@@ -22,6 +23,22 @@ from fleche.records._metadata import GROUPS as METADATA_GROUPS
 from fleche.records._metadata import TAGS, current_tags, forget_git, plain, set_packages
 from fleche.records._metadata import collect as collect_metadata
 from fleche.records._metadata import groups as metadata_choice
+from fleche.records._providers import (
+    CONFIGURABLE,
+    META,
+    ORIGINAL_KEYS,
+    Choice,
+    Environment,
+    Git,
+    JSONValue,
+    MetaData,
+    Metadata,
+    Runtime,
+    Tags,
+    configurable,
+    translate_path,
+)
+from fleche.records._providers import choose as choose_providers
 from fleche.records._terms import (
     ORDERED,
     Condition,
@@ -34,20 +51,33 @@ from fleche.records._terms import (
 
 __all__ = [
     "ALL_METADATA",
+    "CONFIGURABLE",
+    "META",
+    "ORIGINAL_KEYS",
     "Binder",
     "Call",
+    "Choice",
     "Condition",
+    "Environment",
+    "Git",
+    "JSONValue",
     "KeyMaker",
     "METADATA_GROUPS",
+    "MetaData",
+    "Metadata",
     "NO_VERSION",
     "NotStored",
     "ORDERED",
     "PendingCall",
     "Q",
     "QuerySpec",
+    "Runtime",
     "TAGS",
+    "Tags",
     "as_condition",
+    "choose_providers",
     "collect_metadata",
+    "configurable",
     "current_tags",
     "forget_git",
     "holds_at",
@@ -56,4 +86,5 @@ __all__ = [
     "metadata_conditions",
     "plain",
     "set_packages",
+    "translate_path",
 ]

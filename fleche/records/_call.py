@@ -20,6 +20,7 @@ import xxhash
 
 from fleche.digest import digest_bytes
 from fleche.errors import CallNotStored, FlecheError
+from fleche.records._providers import Metadata
 
 _CALL_TAG = b"fleche/call/1\0"
 _MISSING = object()
@@ -233,6 +234,7 @@ class Call:
     _where: str = field(default="", repr=False)  # the cache an unstored call is not in
     _loader: Callable[[dict[str, Any]], Any] | None = field(default=None, repr=False)
     _arguments: dict[str, Any] | None = field(default=None, repr=False)
+    _result: Any = field(default=_MISSING, repr=False, compare=False)  # set by fetch()
 
     @classmethod
     def from_record(cls, record: dict[str, Any], loader: Callable[[dict[str, Any]], Any]) -> Call:
@@ -243,7 +245,7 @@ class Call:
             digest=record["digest"],
             function_id=record["function"],
             code_digest=record.get("code"),
-            metadata=record.get("metadata", {}),
+            metadata=Metadata(record.get("metadata") or {}),
             record=record,
             _loader=loader,
         )
@@ -300,7 +302,21 @@ class Call:
                 "has no result: call the function to compute it (f.call(...) then returns "
                 "the stored call), or check first with f.contains(...)"
             )
+        if self._result is not _MISSING:
+            return self._result
         return self._loader_or_error()(self.record["result"])
+
+    def to_lookup_key(self) -> str:
+        """The call's key, :attr:`digest` (the original fleche's name for it)."""
+        return self.digest
+
+    def fetch(self) -> Call:
+        """Load the arguments and the result now rather than on first access; returns self
+        (0.22's ``LazyCall.fetch()``). A call that is not stored has no result to load."""
+        _ = self.arguments
+        if self.stored:
+            self._result = self.result
+        return self
 
     def _loader_or_error(self) -> Callable[[dict[str, Any]], Any]:
         if self._loader is None:
