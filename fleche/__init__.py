@@ -47,7 +47,6 @@ from fleche.records import Call, Q
 from fleche.store import ObjectStore, open_store
 from fleche.sync import SyncError, SyncResult, sync
 
-
 __all__ = [
     "BoundWrapper",
     "Cache",
