@@ -788,3 +788,35 @@ def test_a_killed_holder_does_not_block_the_others(tmp_path: Path, kind: str):
         assert time.monotonic() - t0 >= EXPIRING.ttl  # waited for the lease to expire
     assert _lines(log) == [str(child.pid), str(os.getpid())]
     assert list(iter_leases(store)) == []
+
+
+def _drive(coro: Any) -> Any:
+    """Run a coroutine that never suspends without any event loop, as trio or a hand-written
+    scheduler would drive it: fleche must not need asyncio's loop to cache."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the coroutine suspended")
+
+
+def test_a_coroutine_run_without_asyncio_is_cached(tmp_path: Path):
+    runs: list[int] = []
+
+    @fleche
+    async def plain(x):
+        runs.append(x)
+        return x * 10
+
+    @fleche(single_flight=STEADY)
+    async def leased(x):
+        runs.append(x)
+        return x * 10
+
+    with cache(LocalStore(tmp_path / "c")):
+        assert _drive(plain(1)) == 10
+        assert _drive(plain(1)) == 10
+        with pytest.warns(FlecheWarning, match="no asyncio event loop"):
+            assert _drive(leased(2)) == 20
+        assert _drive(leased(2)) == 20
+    assert runs == [1, 2]

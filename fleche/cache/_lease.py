@@ -400,6 +400,17 @@ async def acompute_once(
     store = lease_store(cache)
     if store is None:
         return await cf.acompute(cache, call)
+    import asyncio  # loaded already, unless another library runs the coroutine
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        cf.warn_once(
+            "lease-asyncio",
+            "single_flight waits with asyncio.sleep, and no asyncio event loop runs this "
+            "coroutine (trio?): computing without single-flight",
+        )
+        return await cf.acompute(cache, call)
     seen = [refused]
     try:
         found, value = await _wait_async(_waiting(cf, cache, store, call.key, policy, seen))

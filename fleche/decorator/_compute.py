@@ -132,10 +132,14 @@ class Computing(ResultIO):
         one leading a new attempt. A coroutine of the leader's own task asking
         again (recursion) runs ``lead()`` itself instead of waiting for itself.
         """
-        import asyncio  # loaded already: a coroutine is running
+        import asyncio  # loaded already, unless another library runs the coroutine
 
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio, a coroutine driven by hand): no flight
+            return await lead()
         task = asyncio.current_task()
-        fkey = (id(asyncio.get_running_loop()), id(cache), key)
+        fkey = (id(loop), id(cache), key)
         while True:
             with self._flights_lock:  # other threads run other loops on this function
                 flight = self._aflights.get(fkey)
