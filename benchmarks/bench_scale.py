@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -42,6 +41,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from benchmarks.bench_startup import run_timed
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 7  # fresh-process runs per library, and miss rounds
@@ -176,14 +177,12 @@ class _Procs:
         return json.loads(lines[-1]) if lines else {}
 
     def timed(self, args: list[str]) -> tuple[float, float]:
-        """(wall, CPU) seconds of one process: on a loaded machine the CPU time (user +
-        system) is the steadier figure, the wall clock includes waiting for a core."""
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = time.perf_counter()
-        self.run(args)
-        wall = time.perf_counter() - t
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return wall, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+        """(wall, CPU) seconds of one process, as ``bench_startup`` times its cases."""
+        try:
+            return run_timed(args, env=self.env, cwd=self.work)
+        except subprocess.CalledProcessError as e:
+            tail = (e.stderr.decode(errors="replace").strip().splitlines() or ["?"])[-1]
+            raise RuntimeError(f"{' '.join(args[:3])} failed: {tail[:300]}") from None
 
 
 def _importtime(procs: _Procs, module: str) -> tuple[float, float | None]:

@@ -7,8 +7,7 @@ stopping the run, so the rows are checked, not their figures).
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+import importlib
 from pathlib import Path
 
 import pytest
@@ -16,21 +15,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _bench_scale():
-    # By file: the repository root (the ``benchmarks`` package) is not on the test path.
-    spec = importlib.util.spec_from_file_location(
-        "bench_scale", ROOT / "benchmarks" / "bench_scale.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.timeout(600)
-def test_every_row_at_a_tiny_size(tmp_path: Path):
-    bench = _bench_scale()
+def test_every_row_at_a_tiny_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.syspath_prepend(str(ROOT))  # the ``benchmarks`` package, as run_benchmarks has it
+    bench = importlib.import_module("benchmarks.bench_scale")
     emitted = []
     rows = bench.measure_size(50, tmp_path, runs=1, rounds=2, joblib_max=50, emit=emitted.append)
     assert [r.measure for r in rows] == list(bench.ROWS)
