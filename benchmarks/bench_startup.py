@@ -38,6 +38,27 @@ assert f(21) == 42
 """
 
 
+def run_timed(args: list[str], *, env: dict[str, str], cwd: str | Path) -> tuple[float, float]:
+    """Wall and CPU (user + system) seconds of one fresh interpreter running ``args``.
+
+    The CPU time is the steadier figure on a loaded machine: the wall clock also
+    counts the time the process waited for a core. Raises CalledProcessError if it fails.
+    """
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t = time.perf_counter()
+    subprocess.run(
+        [sys.executable, *args],
+        env=env,
+        cwd=cwd,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
+
+
 def main() -> None:
     before = sys.argv[1]
     runs = int(sys.argv[2]) if len(sys.argv) > 2 else 11
@@ -61,16 +82,8 @@ def main() -> None:
 
     def run(label: tuple[str, str], path: str | None, args: list[str]) -> None:
         e = {**env, "PYTHONPATH": path} if path else env
-        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = time.perf_counter()
         # cwd: a directory with no fleche in it ('' comes first on sys.path for -c and -m)
-        subprocess.run(
-            [sys.executable, *args], env=e, cwd=work, check=True, stdout=subprocess.DEVNULL
-        )
-        wall = time.perf_counter() - t
-        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime
-        times.setdefault(label, []).append((wall, cpu))
+        times.setdefault(label, []).append(run_timed(args, env=e, cwd=work))
 
     for _ in range(runs + 1):  # the first round fills caches and stores: dropped below
         for case, args in cases.items():

@@ -7,6 +7,7 @@ short ttls, in threads and in separate processes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from backends import KINDS, open_backend
+from backends import KINDS, REACHABLE, open_backend
 
 from fleche import FlecheWarning, ReadOnlyStoreError, cache, fleche
 from fleche.cache import Lease, LeasePolicy, iter_leases, lease_store, policy_of, sweep
@@ -146,11 +147,12 @@ def test_policies():
     for bad in ({"ttl": 0}, {"poll": -1}, {"wait": -1}, {"ttl": True}):
         with pytest.raises(ValueError, match="LeasePolicy"):
             LeasePolicy(**bad)
-    with pytest.raises(ValueError, match="async def"):
 
-        @fleche(single_flight=True)
-        async def f(x):
-            return x
+    @fleche(single_flight=True)  # async functions lease too (they were refused before)
+    async def f(x):
+        return x
+
+    assert f.__fleche__.single_flight == LeasePolicy()
 
 
 def test_sweep_removes_long_expired_leases_and_junk(tmp_path: Path):
@@ -547,3 +549,274 @@ def test_a_remote_server_without_leases_fails_open(tmp_path: Path):
         assert counts == [1]
     finally:
         store.close()
+
+
+# -- async def: one computation per loop, leases polled with asyncio.sleep ---------------------
+
+
+def _acounting(policy: LeasePolicy | bool, seconds: float = 0.05, fails: int = 0):
+    """An async cached function that counts its runs (and the most that ran at once);
+    its first ``fails`` runs raise."""
+    runs: list[int] = []
+    running = [0, 0]  # now, most at once
+
+    @fleche(single_flight=policy)
+    async def f(x):
+        runs.append(x)
+        running[0] += 1
+        running[1] = max(running)
+        try:
+            await asyncio.sleep(seconds)
+            if len(runs) <= fails:
+                raise RuntimeError(f"run {len(runs)} fails")
+            return x * 10
+        finally:
+            running[0] -= 1
+
+    return f, runs, running
+
+
+async def _gather_in(store: ObjectStore, f: Any, xs: list[int]) -> list[Any]:
+    with cache(store):
+        return await asyncio.gather(*(f(x) for x in xs), return_exceptions=True)
+
+
+@pytest.mark.parametrize("single_flight", [STEADY, False])
+def test_gathered_coroutines_compute_a_missing_call_once(tmp_path: Path, single_flight):
+    # with or without single_flight, as threads of one process share a computation
+    f, runs, _ = _acounting(single_flight)
+    store = LocalStore(tmp_path / "c")
+    assert asyncio.run(_gather_in(store, f, [1] * 8 + [2] * 3)) == [10] * 8 + [20] * 3
+    assert runs == [1, 2]
+    assert asyncio.run(_gather_in(store, f, [1, 2])) == [10, 20]  # stored: hits
+    assert runs == [1, 2]
+    assert list(iter_leases(store)) == []
+
+
+@pytest.mark.parametrize("single_flight", [STEADY, False])
+def test_a_failing_coroutine_stores_nothing_and_its_waiters_take_turns(
+    tmp_path: Path, single_flight
+):
+    # As the sync path does across processes: the error is the leader's own; each waiter
+    # then computes in turn (and raises, if it fails too), never two at once.
+    f, runs, running = _acounting(single_flight, fails=99)
+    store = LocalStore(tmp_path / "c")
+    out = asyncio.run(_gather_in(store, f, [1] * 4))
+    assert [str(e) for e in out] == [f"run {i} fails" for i in (1, 2, 3, 4)]
+    assert running[1] == 1
+    with cache(store):
+        assert not f.contains(1)
+    assert list(iter_leases(store)) == []
+    # a failure that does not repeat: the next in line computes, the others share its value
+    g, runs, running = _acounting(single_flight, fails=1)
+    out = asyncio.run(_gather_in(store, g, [3] * 4))
+    assert isinstance(out[0], RuntimeError) and out[1:] == [30] * 3
+    assert runs == [3, 3] and running[1] == 1
+
+
+@pytest.mark.parametrize("single_flight", [STEADY, False])
+def test_a_cancelled_leader_hands_over_to_its_waiters(tmp_path: Path, single_flight):
+    f, runs, _ = _acounting(single_flight, seconds=0.2)
+    store = LocalStore(tmp_path / "c")
+
+    async def main() -> Any:
+        with cache(store):
+            leader = asyncio.create_task(f(5))
+            while not runs:
+                await asyncio.sleep(0.005)
+            waiter = asyncio.create_task(f(5))
+            await asyncio.sleep(0.01)  # the waiter is waiting for the leader
+            leader.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await leader
+            return await waiter
+
+    assert asyncio.run(main()) == 50
+    assert runs == [5, 5]
+    assert list(iter_leases(store)) == []  # the cancelled leader released its lease
+
+
+def test_an_async_waiter_leaves_the_loop_running(tmp_path: Path):
+    f, runs, _ = _acounting(STEADY)
+    store = LocalStore(tmp_path / "c")
+    holder = Lease(store, _fid(f), f.digest(3), ttl=30.0)
+    assert holder.acquire()  # "another process" holds the call
+
+    def holder_computes() -> Any:  # ... in another thread, with its own loop
+        with cache(store):
+            return asyncio.run(f.rerun(3))  # rerun skips the lease
+
+    async def main() -> tuple[Any, int]:
+        ticks = 0
+        with cache(store):
+            waiter = asyncio.create_task(f(3))
+            while ticks < 20:  # the loop runs other tasks while the waiter waits
+                await asyncio.sleep(0.01)
+                ticks += 1
+            assert not waiter.done() and runs == []
+            assert await asyncio.to_thread(holder_computes) == 30
+            holder.release()
+            return await waiter, ticks
+
+    assert asyncio.run(main()) == (30, 20)
+    assert runs == [3]  # the holder's computation only: the waiter loaded it
+
+
+@pytest.mark.timeout(120)
+def test_async_single_flight_on_every_backend(store: ObjectStore):
+    """Two threads, each with its own loop gathering the same call: one computation."""
+    f, runs, _ = _acounting(STEADY, seconds=0.2)
+    with ThreadPoolExecutor(2) as pool:
+        outs = list(pool.map(lambda _: asyncio.run(_gather_in(store, f, [1, 1])), range(2)))
+    assert outs == [[10, 10]] * 2
+    assert runs == [1]
+    assert store.read_lease(_fid(f), f.digest(1)) is None
+
+
+# -- in separate processes, started together ----------------------------------------------------
+
+
+@fleche(single_flight=SLOW, ignore=["log", "pause"])
+def logged(x: int, log: str, pause: float) -> int:
+    """Appends a line to ``log`` for each computation, then sleeps ``pause`` seconds."""
+    with open(log, "a") as out:
+        out.write(f"{os.getpid()}\n")
+    time.sleep(pause)
+    return x + 1000
+
+
+@fleche(single_flight=SLOW, ignore=["log", "pause"])
+async def alogged(x: int, log: str, pause: float) -> int:
+    with open(log, "a") as out:
+        out.write(f"{os.getpid()}\n")
+    await asyncio.sleep(pause)
+    return x + 1000
+
+
+# Expiry only: a dead owner of this machine is not recognised by its pid.
+EXPIRING = LeasePolicy(ttl=1.0, poll=0.01, poll_max=0.05, detect_dead=False)
+
+
+@fleche(single_flight=EXPIRING, ignore=["log", "pause"])
+async def alogged_expiring(x: int, log: str, pause: float) -> int:
+    with open(log, "a") as out:
+        out.write(f"{os.getpid()}\n")
+    await asyncio.sleep(pause)
+    return x + 1000
+
+
+_FUNCTIONS = {"sync": logged, "async": alogged, "async-expiring": alogged_expiring}
+
+
+def _call(kind: str, x: int, log: str, pause: float, n: int = 1) -> list[int]:
+    """``n`` calls of one of the functions above (gathered when async), here."""
+    f = _FUNCTIONS[kind]
+    if kind == "sync":
+        return [f(x, log, pause) for _ in range(n)]
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(f(x, log, pause) for _ in range(n))))
+
+    return asyncio.run(main())
+
+
+def _call_in_child(
+    kind: str, store: ObjectStore, x: int, log: str, pause: float, n: int, start: Any, out: Any
+) -> None:
+    with cache(store):
+        if start is not None:
+            start.wait(60)  # every process misses at the same moment
+        out.put(_call(kind, x, log, pause, n))
+
+
+def _lines(log: Path) -> list[str]:
+    return log.read_text().split() if log.exists() else []
+
+
+@pytest.fixture(params=REACHABLE)
+def shared_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
+    """A store another process can open too: every backend but memory://."""
+    return open_backend(request.param, request, tmp_path)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_processes_started_together_compute_once(
+    tmp_path: Path, kind: str, shared_store: ObjectStore
+):
+    log = tmp_path / "log"
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(2), ctx.Queue()
+    n = 1 if kind == "sync" else 3  # async: each process gathers three coroutines
+    args = (kind, shared_store, 7, str(log), 0.5, n, start, out)
+    procs = [ctx.Process(target=_call_in_child, args=args) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(30)
+    assert results == [[1007] * n] * 2
+    assert len(_lines(log)) == 1  # one computation in all
+    assert shared_store.read_lease(logged.__fleche__.function_id, logged.digest(7, "", 0)) is None
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("kind", ["sync", "async", "async-expiring"])
+def test_a_killed_holder_does_not_block_the_others(tmp_path: Path, kind: str):
+    """A process killed while computing leaves its lease behind: the next caller takes it
+    over (at once when it sees the pid is gone; after ``ttl`` with detect_dead off)."""
+    store = LocalStore(tmp_path / "c")
+    log = tmp_path / "log"
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    child = ctx.Process(
+        target=_call_in_child, args=(kind, store, 8, str(log), AN_HOUR, 1, None, out)
+    )
+    child.start()
+    deadline = time.monotonic() + 120
+    while not _lines(log):  # the child holds the lease and computes, for an hour
+        assert time.monotonic() < deadline and child.is_alive()
+        time.sleep(0.01)
+    f = _FUNCTIONS[kind]
+    assert store.read_lease(f.__fleche__.function_id, f.digest(8, "", 0)) is not None
+    child.kill()
+    child.join(30)
+    t0 = time.monotonic()
+    with cache(store):
+        assert _call(kind, 8, str(log), 0.0) == [1008]
+    if kind == "async-expiring":
+        assert time.monotonic() - t0 >= EXPIRING.ttl  # waited for the lease to expire
+    assert _lines(log) == [str(child.pid), str(os.getpid())]
+    assert list(iter_leases(store)) == []
+
+
+def _drive(coro: Any) -> Any:
+    """Run a coroutine that never suspends without any event loop, as trio or a hand-written
+    scheduler would drive it: fleche must not need asyncio's loop to cache."""
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    raise AssertionError("the coroutine suspended")
+
+
+def test_a_coroutine_run_without_asyncio_is_cached(tmp_path: Path):
+    runs: list[int] = []
+
+    @fleche
+    async def plain(x):
+        runs.append(x)
+        return x * 10
+
+    @fleche(single_flight=STEADY)
+    async def leased(x):
+        runs.append(x)
+        return x * 10
+
+    with cache(LocalStore(tmp_path / "c")):
+        assert _drive(plain(1)) == 10
+        assert _drive(plain(1)) == 10
+        with pytest.warns(FlecheWarning, match="no asyncio event loop"):
+            assert _drive(leased(2)) == 20
+        assert _drive(leased(2)) == 20
+    assert runs == [1, 2]

@@ -31,6 +31,7 @@ from fleche.cache._layers import (
 from fleche.cache._lease import (
     Lease,
     LeasePolicy,
+    acompute_once,
     compute_once,
     iter_leases,
     lease_store,
@@ -48,6 +49,7 @@ __all__ = [
     "MmapMode",
     "RETRY_AFTER",
     "WRITE_MODES",
+    "acompute_once",
     "compute_once",
     "encode_value",
     "iter_leases",

@@ -40,7 +40,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -289,6 +289,19 @@ class _Computes(Protocol):
     def warn_once(self, kind: str, message: str) -> None: ...
 
 
+class _AsyncComputes(Protocol):
+    """What :func:`acompute_once` needs of an ``async def`` function's ``CachedFunction``."""
+
+    function_id: str
+    qualname: str
+
+    def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
+
+    async def acompute(self, cache: Any, call: PendingCall) -> Any: ...
+
+    def warn_once(self, kind: str, message: str) -> None: ...
+
+
 def lease_store(cache: Any) -> ObjectStore | None:
     """The store a cache's leases live in, or None when it cannot hold one (read-only).
 
@@ -354,21 +367,77 @@ def compute_once(
         return cf.compute(cache, call)
     seen = [refused]  # the last result that failed to load, updated by each look
     try:
-        found, value = _wait_or_lead(cf, cache, store, call.key, policy, seen)
+        found, value = _wait_here(_waiting(cf, cache, store, call.key, policy, seen))
     except (OSError, FlecheError) as e:  # the lease's faults only: never the function's own
-        cf.warn_once(
-            f"lease:{store.url}",
-            f"cannot lease calls in {store.url} ({e}); computing without single-flight",
-        )
+        _unleased(cf, store, e)
         return cf.compute(cache, call)
     if found:
         return value
     if value is None:  # waited long enough: compute alongside the owner
         return cf.compute(cache, call)
-    return _as_owner(cf, cache, call, value, seen)
+    with _Owning(value):
+        # check once more (the last owner may just have finished), then compute
+        hit, result = _look(cf, cache, call.key, seen)
+        if hit:
+            return result
+        return cf.compute(cache, call)
 
 
-def _look(cf: _Computes, cache: Any, key: str, refused: list[Any]) -> tuple[bool, Any]:
+async def acompute_once(
+    cf: _AsyncComputes,
+    cache: Any,
+    call: PendingCall,
+    policy: LeasePolicy,
+    refused: Any = None,
+) -> Any:
+    """:func:`compute_once` for an ``async def`` function: the same lease, waited for with
+    ``asyncio.sleep``, so the event loop runs its other tasks meanwhile.
+
+    The store's requests (create the lease, look for the record) are made from
+    the loop, as an async function's lookup and store are; the heartbeat thread
+    renews the lease while the coroutine computes.
+    """
+    store = lease_store(cache)
+    if store is None:
+        return await cf.acompute(cache, call)
+    import asyncio  # loaded already, unless another library runs the coroutine
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        cf.warn_once(
+            "lease-asyncio",
+            "single_flight waits with asyncio.sleep, and no asyncio event loop runs this "
+            "coroutine (trio?): computing without single-flight",
+        )
+        return await cf.acompute(cache, call)
+    seen = [refused]
+    try:
+        found, value = await _wait_async(_waiting(cf, cache, store, call.key, policy, seen))
+    except (OSError, FlecheError) as e:
+        _unleased(cf, store, e)
+        return await cf.acompute(cache, call)
+    if found:
+        return value
+    if value is None:
+        return await cf.acompute(cache, call)
+    with _Owning(value):
+        hit, result = _look(cf, cache, call.key, seen)
+        if hit:
+            return result
+        return await cf.acompute(cache, call)
+
+
+def _unleased(cf: _Computes | _AsyncComputes, store: ObjectStore, error: Exception) -> None:
+    cf.warn_once(
+        f"lease:{store.url}",
+        f"cannot lease calls in {store.url} ({error}); computing without single-flight",
+    )
+
+
+def _look(
+    cf: _Computes | _AsyncComputes, cache: Any, key: str, refused: list[Any]
+) -> tuple[bool, Any]:
     """``cf.lookup``, never loading again a result that failed to load in this call."""
     hit, value = cf.lookup(cache, key, refused[0])
     if not hit and value is not None:
@@ -376,16 +445,55 @@ def _look(cf: _Computes, cache: Any, key: str, refused: list[Any]) -> tuple[bool
     return hit, value
 
 
-def _wait_or_lead(
-    cf: _Computes,
+# What the waiting loop asks of its driver between two looks: pause this many seconds, or
+# less if the Event (set when a thread of this process holding the lease lets go) is set.
+_Pause = tuple[float, "threading.Event | None"]
+# (True, result) once another process stored it; (False, our Lease) when it is our turn;
+# (False, None) when ``policy.wait`` ran out.
+_Outcome = tuple[bool, Any]
+
+
+def _wait_here(steps: Generator[_Pause, None, _Outcome]) -> _Outcome:
+    """Drive :func:`_waiting` in this thread: sleep (or wait for our own holder) between looks."""
+    try:
+        while True:
+            pause, event = next(steps)
+            if event is not None:
+                event.wait(pause)  # a thread of ours holds it: wake when it lets go
+            else:
+                time.sleep(pause)
+    except StopIteration as done:
+        outcome: _Outcome = done.value
+        return outcome
+
+
+async def _wait_async(steps: Generator[_Pause, None, _Outcome]) -> _Outcome:
+    """Drive :func:`_waiting` in a coroutine: each pause is an ``asyncio.sleep``.
+
+    A thread of this process holding the lease is not waited for through its
+    Event (that would block the loop): its release is seen at the next look.
+    """
+    import asyncio  # loaded already: a coroutine is running
+
+    try:
+        while True:
+            pause, _ = next(steps)
+            await asyncio.sleep(pause)
+    except StopIteration as done:
+        outcome: _Outcome = done.value
+        return outcome
+
+
+def _waiting(
+    cf: _Computes | _AsyncComputes,
     cache: Any,
     store: ObjectStore,
     key: str,
     policy: LeasePolicy,
     refused: list[Any],
-) -> tuple[bool, Any]:
-    """(True, result) once another process stored it; (False, our Lease) when it is our turn;
-    (False, None) when ``policy.wait`` ran out."""
+) -> Generator[_Pause, None, _Outcome]:
+    """The waiting loop without its waits: it yields each pause to its driver (a thread
+    sleeps, a coroutine awaits) and returns the :data:`_Outcome`, so both wait alike."""
     fid = cf.function_id
     local = (id(store), fid, key)
     started = time.monotonic()
@@ -424,40 +532,38 @@ def _wait_or_lead(
         pause = delay * random.uniform(0.8, 1.2)
         if deadline is not None:
             pause = min(pause, max(0.0, deadline - now))
-        event = _held.get(local)
-        if event is not None:
-            event.wait(pause)  # a thread of ours holds it: wake when it lets go
-        else:
-            time.sleep(pause)
+        yield pause, _held.get(local)
 
 
-def _as_owner(
-    cf: _Computes,
-    cache: Any,
-    call: PendingCall,
-    lease: Lease,
-    refused: list[Any],
-) -> Any:
-    """Holding the lease: check once more (the last owner may just have finished), compute, release."""
-    local = (id(lease.store), lease.function_id, lease.digest)
-    event = threading.Event()
-    with _held_lock:
-        _held[local] = event
-    _HEARTBEAT.add(lease)
-    try:
-        hit, value = _look(cf, cache, call.key, refused)
-        if hit:
-            return value
-        return cf.compute(cache, call)
-    finally:
+class _Owning:
+    """Holding a lease while computing: the heartbeat renews it, and this process's threads
+    waiting on it are woken when it ends.
+
+    On exit (the record written, or the function failed, or a coroutine
+    cancelled) the lease is released: after the record, so waiters find it.
+    """
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self.local = (id(lease.store), lease.function_id, lease.digest)
+        self.event = threading.Event()
+
+    def __enter__(self) -> None:
+        with _held_lock:
+            _held[self.local] = self.event
+        _HEARTBEAT.add(self.lease)
+
+    def __exit__(self, *exc: object) -> None:
         try:
-            lease.release()  # after the record is written: waiters look for it first
+            self.lease.release()
         except (OSError, FlecheError):
             pass  # it expires by itself
-        with _held_lock:
-            if _held.get(local) is event:
-                del _held[local]
-        event.set()
+        finally:
+            _HEARTBEAT.remove(self.lease)  # already done by release() unless it failed
+            with _held_lock:
+                if _held.get(self.local) is self.event:
+                    del _held[self.local]
+            self.event.set()
 
 
 # -- housekeeping --------------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Computing a miss: once per process, in a fresh working directory when asked.
 
 Threads of one process that miss the same key at once share one computation
-(:class:`_Flight`); across processes, ``single_flight`` does the same with a
+(:class:`_Flight`); so do the coroutines of one event loop awaiting the same
+key of an ``async def`` function (:class:`_AsyncFlight`, e.g. under
+``asyncio.gather``). Across processes, ``single_flight`` does the same with a
 lease in the store (:mod:`fleche.cache._lease`). ``isolate=True`` runs each
 computation in a temporary working directory.
 
@@ -19,7 +21,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fleche.config import AnyCache
@@ -58,6 +60,24 @@ def is_future(value: Any) -> bool:
     return dask is not None and isinstance(value, getattr(dask, "Future", ()))
 
 
+class _AsyncFlight:
+    """One in-progress computation of a coroutine that others of its event loop wait on.
+
+    ``done`` is an ``asyncio.Event`` (made by the leader, inside its loop);
+    ``ok``/``result`` say what the leader got. A flight belongs to one loop:
+    coroutines of another loop (another thread) have their own, and share the
+    computation only through a lease (``single_flight``).
+    """
+
+    __slots__ = ("done", "ok", "result", "task")
+
+    def __init__(self, done: Any, task: Any) -> None:
+        self.done = done
+        self.ok = False
+        self.result: Any = None
+        self.task = task
+
+
 class Computing(ResultIO):
     """Running the function on a miss and storing its result; set by ``CachedFunction``:"""
 
@@ -90,6 +110,8 @@ class Computing(ResultIO):
                         del self._pending[fkey]
 
         future.add_done_callback(done)
+
+    _aflights: dict[tuple[int, int, str], _AsyncFlight]
 
     def _run(self, args: tuple[Any, ...], kwargs: dict[str, Any], key: str) -> Any:
         if not self.isolate:
@@ -147,3 +169,53 @@ class Computing(ResultIO):
                 with self._flights_lock:
                     del self._flights[fkey]
                 flight.done.release()
+
+    async def acompute(self, cache: AnyCache, call: PendingCall) -> Any:
+        """Await the function and store its result (no flight: see :meth:`ashared`).
+
+        No CPU time is recorded: ``process_time`` would count every task the
+        loop ran while this one awaited.
+        """
+        started = time.time()
+        t0 = time.perf_counter()
+        result = await self.func(*call.args, **call.kwargs)
+        self.store(cache, call, result, started, time.perf_counter() - t0)
+        return result
+
+    async def ashared(self, cache: AnyCache, key: str, lead: Callable[[], Awaitable[Any]]) -> Any:
+        """Await ``lead()`` once per event loop and key: coroutines asking for the same key
+        meanwhile wait for its result without blocking the loop.
+
+        When the leader fails (raises, or is cancelled), its error is not shared:
+        the waiters take turns as the sync path's do across processes, the next
+        one leading a new attempt. A coroutine of the leader's own task asking
+        again (recursion) runs ``lead()`` itself instead of waiting for itself.
+        """
+        import asyncio  # loaded already, unless another library runs the coroutine
+
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not asyncio (trio, a coroutine driven by hand): no flight
+            return await lead()
+        task = asyncio.current_task()
+        fkey = (id(loop), id(cache), key)
+        while True:
+            with self._flights_lock:  # other threads run other loops on this function
+                flight = self._aflights.get(fkey)
+                if flight is None:
+                    flight = self._aflights[fkey] = _AsyncFlight(asyncio.Event(), task)
+                    break
+            if flight.task is task:
+                return await lead()
+            await flight.done.wait()
+            if flight.ok:
+                return flight.result
+        try:
+            flight.result = await lead()
+            flight.ok = True
+            return flight.result
+        finally:
+            with self._flights_lock:
+                if self._aflights.get(fkey) is flight:
+                    del self._aflights[fkey]
+            flight.done.set()

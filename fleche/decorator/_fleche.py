@@ -25,9 +25,9 @@ from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from fleche.cache import LeasePolicy, MmapMode, compute_once, mmap_mode, policy_of
+from fleche.cache import LeasePolicy, MmapMode, acompute_once, compute_once, mmap_mode, policy_of
 from fleche.config import AnyCache, active_cache, stale_code_choice
-from fleche.decorator._compute import Computing, _Flight
+from fleche.decorator._compute import Computing, _AsyncFlight, _Flight
 from fleche.decorator._identity import (
     CallableRefused,
     ClosureRefused,
@@ -271,6 +271,7 @@ class CachedFunction(Computing):
         self._flights: dict[tuple[int, str], _Flight] = {}
         self._flights_lock = threading.Lock()
         self._pending: dict[tuple[int, str], Any] = {}
+        self._aflights: dict[tuple[int, int, str], _AsyncFlight] = {}
         self._warned: set[str] = set()
 
     def __reduce_ex__(self, protocol: Any) -> Any:
@@ -289,7 +290,7 @@ class CachedFunction(Computing):
         self.running_code()
         # this process's flights (and their lock) stay here
         state = self.__dict__.copy()
-        del state["_flights"], state["_flights_lock"], state["_pending"]
+        del state["_flights"], state["_flights_lock"], state["_pending"], state["_aflights"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -297,6 +298,7 @@ class CachedFunction(Computing):
         self._flights = {}
         self._flights_lock = threading.Lock()
         self._pending = {}
+        self._aflights = {}
 
     def __fleche_digest__(self) -> tuple[Any, Any]:
         # A local cached function captured by a closure, or passed as an argument, is
@@ -401,6 +403,9 @@ class CachedFunction(Computing):
         return self.compute(cache, PendingCall(args, kwargs, key, items, digests))
 
     async def acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """``__call__`` for an ``async def`` function: coroutines of one loop missing the same
+        call await one computation; with ``single_flight``, other processes too (a lease
+        polled with ``asyncio.sleep``)."""
         try:
             cache = active_cache()
         except OSError as e:
@@ -413,16 +418,24 @@ class CachedFunction(Computing):
             return await self.func(*args, **kwargs)
         if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
             return await self.func(*args, **kwargs)
-        if not REFRESHING.get():
-            hit, value = self.lookup(cache, key)
-            if hit:
-                return value
-        started = time.time()
-        t0 = time.perf_counter()
-        result = await self.func(*args, **kwargs)
+        if REFRESHING.get():
+            call = PendingCall(args, kwargs, key, items, digests)
+            return await self.ashared(cache, key, lambda: self.acompute(cache, call))
+        hit, value = self.lookup(cache, key)
+        if hit:
+            return value
         call = PendingCall(args, kwargs, key, items, digests)
-        self.store(cache, call, result, started, time.perf_counter() - t0)
-        return result
+        policy = self.single_flight
+
+        async def lead() -> Any:
+            # No second look first: no other coroutine of this loop ran since ours missed,
+            # and a leader that failed stored nothing; the lease looks again for other processes.
+            if policy is not None:
+                # value: None, or the result that failed to load, which is not loaded again
+                return await acompute_once(self, cache, call, policy, value)
+            return await self.acompute(cache, call)
+
+        return await self.ashared(cache, key, lead)
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -609,11 +622,6 @@ def fleche(
             meta=meta,
         )
         if inspect.iscoroutinefunction(f):
-            if cf.single_flight is not None:
-                raise ValueError(
-                    f"single_flight=True cannot be used with async def {cf.qualname}: "
-                    "waiting for another process would block the event loop"
-                )
             if isolate:
                 raise ValueError(
                     f"isolate=True cannot be used with async def {cf.qualname}: the working "
