@@ -41,9 +41,10 @@ RANKS: dict[str, int] = {
     "upkeep": 9,
     "remote": 9,
     "testing": 9,
-    "cli": 10,
-    "__init__": 11,
-    "__main__": 11,
+    "ui": 10,  # over upkeep (its query terms, verify, gc): above rank 9, below the CLI
+    "cli": 11,
+    "__init__": 12,
+    "__main__": 12,
 }
 
 

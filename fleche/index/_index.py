@@ -372,6 +372,101 @@ class Index:
         assert self.store is not None
         return sum(1 for _ in scan(self.store, spec))
 
+    # -- pages, for a browser (fleche ui) ------------------------------------------------
+
+    def page(
+        self,
+        spec: QuerySpec,
+        *,
+        order: str = "created",
+        descending: bool = True,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> list[tuple[str, str]]:
+        """``(function_id, key)`` of one page of the calls matching ``spec``, in SQL's order.
+
+        ``order``: ``created``, ``size`` (the record's bytes), ``result`` (the
+        result's payload bytes), ``arg:NAME`` (an argument's orderable form:
+        numbers, then strings, then what has none) or ``meta:KEY.KEY`` (a
+        metadata value, as the database orders JSON). Ties fall back on the
+        call's row, so pages never overlap. Without metadata conditions the
+        database skips ``offset`` rows itself; with them (decided in Python)
+        the candidates are walked. Raises IndexFault when the catalogue cannot
+        answer, and ValueError for an unknown ``order``.
+        """
+        if offset < 0 or limit <= 0:
+            return []
+        self._prepare(spec)
+        compiled = compile_spec(spec, self.db.dialect)
+        params = dict(compiled.params)
+        way = "DESC" if descending else "ASC"
+        join = ""
+        if order in ("created", "size"):
+            keys = [f"c.{order} {way}"]
+        elif order == "result":
+            keys = ["c.result_size IS NULL", f"c.result_size {way}"]
+        elif order.startswith("arg:") and order[4:]:
+            params["order_arg"] = order[4:]
+            join = " LEFT JOIN fleche_args o ON o.call = c.id AND o.name = :order_arg"
+            keys = [
+                "(CASE WHEN o.i IS NOT NULL OR o.f IS NOT NULL THEN 0 "
+                "WHEN o.s IS NOT NULL THEN 1 ELSE 2 END)",
+                f"COALESCE(o.f, o.i) {way}",
+                f"o.s {way}",
+            ]
+        elif order.startswith("meta:") and order[5:]:
+            path = order[5:].split(".")
+            if not all(path):
+                raise ValueError(f"order={order!r}: expected meta:KEY[.KEY...]")
+            if self.db.dialect == "sqlite":
+                params["order_path"] = "$" + "".join(f'."{k}"' for k in path)
+                keys = [f"json_extract(c.metadata, :order_path) {way}"]
+            else:
+                params["order_path"] = "{" + ",".join(path) + "}"
+                keys = [f"(c.metadata #> CAST(:order_path AS text[])) {way}"]
+        else:
+            raise ValueError(
+                f"order={order!r}: expected created, size, result, arg:NAME or meta:KEY"
+            )
+        keys.append(f"c.id {way}")
+        cols = "c.function, c.key" + (", c.metadata" if compiled.post else "")
+        sql = f"SELECT {cols} FROM fleche_calls c{join} WHERE {compiled.where} ORDER BY {', '.join(keys)}"
+        if not compiled.post:
+            sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
+        with self._lock:
+            rows = self._guarded(functools.partial(self.db.read, sql, params))
+        if compiled.post:
+            rows = [r for r in rows if compiled.accept(r[2])][offset : offset + limit]
+        return [(r[0], r[1]) for r in rows]
+
+    def functions(self) -> list[tuple[str, int, int, float]]:
+        """``(function_id, calls, bytes, last created)`` of every function, catching up first.
+
+        Bytes are the records plus the payloads of the results they refer to
+        (each distinct result object once per function; uncompressed sizes).
+        """
+        self._prepare(QuerySpec())
+        sql = (
+            "SELECT c.function, COUNT(*), SUM(c.size), MAX(c.created), "
+            "(SELECT COALESCE(SUM(r.result_size), 0) FROM (SELECT DISTINCT d.result_oid, "
+            "d.result_size FROM fleche_calls d WHERE d.function = c.function "
+            "AND d.result_oid IS NOT NULL) r) "
+            "FROM fleche_calls c GROUP BY c.function ORDER BY c.function"
+        )
+        with self._lock:
+            rows = self._guarded(functools.partial(self.db.read, sql))
+        return [(r[0], int(r[1]), int(r[2] or 0) + int(r[4] or 0), float(r[3])) for r in rows]
+
+    def created(self, spec: QuerySpec) -> list[float]:
+        """The ``created`` time of every call matching ``spec``, oldest first (for a timeline)."""
+        self._prepare(spec)
+        compiled = compile_spec(spec, self.db.dialect)
+        cols = "c.created" + (", c.metadata" if compiled.post else "")
+        sql = f"SELECT {cols} FROM fleche_calls c WHERE {compiled.where} ORDER BY c.created"
+        with self._lock:
+            rows = self._guarded(functools.partial(self.db.read, sql, compiled.params))
+        return [float(r[0]) for r in rows if not compiled.post or compiled.accept(r[1])]
+
     def _left_alone(self) -> bool:
         """True while a locked catalogue is not touched: the store answers (warned already)."""
         if not self.locked:
