@@ -12,12 +12,13 @@ the guards every request passes: Host, token, CSP; see docs/ui.md).
 
 from __future__ import annotations
 
+from fleche.config import CacheLike
 from fleche.ui._server import CSP, UiServer
 from fleche.ui._source import Source, open_caches
 
 
 def make_server(
-    store: str | None = None,
+    store: CacheLike | None = None,
     *,
     port: int = 0,
     write: bool = False,

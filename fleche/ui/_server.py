@@ -37,6 +37,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from fleche.errors import CacheMiss, CorruptObjectError, FlecheError
 from fleche.render import escape, format_size
+from fleche.store import is_function_id, is_oid
 from fleche.ui import _pages as pages
 from fleche.ui._source import ORDERS, PAGE_SIZE, Source
 from fleche.upkeep import ParseError, apply_gc, parse_filter, plan_gc, query_result
@@ -325,6 +326,8 @@ def _calls(h: Handler, source: Source, layer: int, params: dict[str, list[str]])
 
 def _call(h: Handler, source: Source, layer: int, params: dict[str, list[str]]) -> Result:
     fid, key = _one(params, "f"), _one(params, "k")
+    if not is_oid(key) or not is_function_id(fid):
+        raise HttpError(HTTPStatus.BAD_REQUEST, f"{fid!r}/{key!r} does not name a call")
     try:
         rec, size = source.call(layer, fid, key)
     except (KeyError, FileNotFoundError):

@@ -22,7 +22,7 @@ from typing import Any
 
 from fleche import codec
 from fleche.cache import Cache, LayeredCache, strict_open
-from fleche.config import ImplicitCache, default_cache, resolve
+from fleche.config import CacheLike, ImplicitCache, default_cache, resolve
 from fleche.errors import CorruptObjectError, FlecheError
 from fleche.records import QuerySpec
 from fleche.upkeep import VerifyReport, parse_filter, verify
@@ -33,8 +33,8 @@ ORDERS = ("created", "size", "result")
 """Orders every table offers besides its arguments (``arg:NAME``) and metadata (``meta:KEY``)."""
 
 
-def open_caches(spec: str | None, *, write: bool = False) -> list[Cache]:
-    """The cache of each layer of ``spec`` (a URL, a path or a cache name; None: the default).
+def open_caches(spec: CacheLike | None, *, write: bool = False) -> list[Cache]:
+    """The cache of each layer of ``spec`` (a URL, path, cache name or cache; None: the default).
 
     Refuses the implicit in-memory cache (nothing configured): it is empty and
     lives in this process only. Without ``write`` every store is set read-only.
