@@ -108,7 +108,7 @@ def functions_page(source: Source, layer: int, rows: Sequence[FunctionRow]) -> s
         "functions",
         f"<h2>Functions</h2><p>{len(rows):,} functions, {total:,} calls.</p>{table}"
         '<p class="note">Bytes: the records plus the results they refer to (uncompressed; a '
-        "result shared by two calls counted once). The store records when a call was stored, "
+        "result shared by two calls counted twice). The store records when a call was stored, "
         "not when it was last read: a hit writes nothing.</p>",
     )
 
@@ -275,9 +275,9 @@ def call_page(source: Source, layer: int, rec: dict[str, Any], size: int) -> str
         f'<h2>call {escape(str(rec.get("digest"))[:12])} of <a href="{back}">{escape(fid)}</a></h2>'
         f'<table id="facts">{top}</table>'
         f'<h2>Arguments</h2><table class="grid" id="arguments">{args or "<tr><td>none</td></tr>"}</table>'
-        f'<h2>Metadata</h2><table class="grid" id="metadata">{meta}</table>'
         f'<h2>Result</h2><p class="v">{escape(describe(result))}</p>'
         f'<div id="preview">{shown}</div>'
+        f'<h2>Metadata</h2><table class="grid" id="metadata">{meta}</table>'
     )
     return layout(source, layer, f"call {str(rec.get('digest'))[:12]}", body)
 

@@ -16,21 +16,28 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from fleche import codec
 from fleche.cache import Cache, LayeredCache, strict_open
 from fleche.config import CacheLike, ImplicitCache, default_cache, resolve
 from fleche.errors import CorruptObjectError, FlecheError
+from fleche.index import Index
 from fleche.records import QuerySpec
 from fleche.upkeep import VerifyReport, parse_filter, verify
 
 PAGE_SIZE = 50
 """Calls a page of the table shows unless the address asks for another number (at most 500)."""
+MEMO = 32
+"""Answers (counts, function lists, filtered orders) a server keeps while the index is unchanged."""
 ORDERS = ("created", "size", "result")
 """Orders every table offers besides its arguments (``arg:NAME``) and metadata (``meta:KEY``)."""
+
+
+_T = TypeVar("_T")
 
 
 def open_caches(spec: CacheLike | None, *, write: bool = False) -> list[Cache]:
@@ -99,6 +106,8 @@ class Source:
     trust: bool = False
     verified: dict[int, VerifyRun] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _verify_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _answers: OrderedDict[tuple[Any, ...], Any] = field(default_factory=OrderedDict, repr=False)
 
     def __post_init__(self) -> None:
         # Set once, never toggled per request: a loader in safe mode refuses every pickle.
@@ -123,7 +132,9 @@ class Source:
         index = cache.index
         if index is not None:
             try:
-                return [FunctionRow(*row) for row in index.functions()]
+                generation = index.generation()
+                found = self._memo(("functions", i, generation), index.functions)
+                return [FunctionRow(*row) for row in found]
             except FlecheError:
                 pass  # a failed catalogue: read the store instead
         rows = []
@@ -164,10 +175,9 @@ class Source:
         total = 0
         if index is not None:
             try:
-                keys = index.page(
-                    spec, order=order, descending=descending, offset=offset, limit=limit
+                keys, total = self._indexed_page(
+                    i, index, spec, text, order, descending, offset, limit
                 )
-                total = index.count(spec)
             except FlecheError:
                 keys = None
         records: list[dict[str, Any]] = []
@@ -198,6 +208,54 @@ class Source:
             function, total, offset, limit, records, names, keys_meta, missing, keys is None
         )
 
+    def _indexed_page(
+        self,
+        i: int,
+        index: Index,
+        spec: QuerySpec,
+        text: str,
+        order: str,
+        descending: bool,
+        offset: int,
+        limit: int,
+    ) -> tuple[list[tuple[str, str]], int]:
+        """One page and the count of all matches, from the index.
+
+        What does not change while the catalogue does not (its :meth:`Index.generation`)
+        is remembered: the count of a filter, and the whole ordered list of matches of a
+        filter with metadata terms (which Python decides, reading every candidate's
+        metadata), so the next page of the same table costs one query, not a walk.
+        """
+        generation = index.generation()
+        fid = next(iter(spec.function_ids or ()), "")
+        if spec.metadata:
+            key = ("all", i, fid, text, order, descending, generation)
+            found = self._memo(
+                key,
+                lambda: index.page(spec, order=order, descending=descending, offset=0, limit=None),
+            )
+            return found[offset : offset + limit], len(found)
+        keys = index.page(spec, order=order, descending=descending, offset=offset, limit=limit)
+        total = self._memo(("count", i, fid, text, generation), lambda: index.count(spec))
+        return keys, total
+
+    def forget(self) -> None:
+        """Drop every remembered answer (they are also dropped when the index changes)."""
+        with self._lock:
+            self._answers.clear()
+
+    def _memo(self, key: tuple[Any, ...], compute: Callable[[], _T]) -> _T:
+        with self._lock:
+            if key in self._answers:
+                self._answers.move_to_end(key)
+                return cast("_T", self._answers[key])
+        value = compute()
+        with self._lock:
+            self._answers[key] = value
+            while len(self._answers) > MEMO:
+                self._answers.popitem(last=False)
+        return value
+
     # -- one call ---------------------------------------------------------------------------
 
     def call(self, i: int, function: str, key: str) -> tuple[dict[str, Any], int]:
@@ -221,9 +279,11 @@ class Source:
     def stored_times(self, i: int) -> list[float]:
         """When each call of layer ``i`` was stored, oldest first (for the timeline)."""
         cache = self.layer(i)
-        if cache.index is not None:
+        index = cache.index
+        if index is not None:
             try:
-                return cache.index.created(QuerySpec())
+                generation = index.generation()
+                return self._memo(("times", i, generation), lambda: index.created(QuerySpec()))
             except FlecheError:
                 pass
         times = []
@@ -237,7 +297,7 @@ class Source:
     def run_verify(self, i: int) -> VerifyRun:
         """``fleche verify`` of layer ``i``, read-only (no repair), remembered for the page."""
         cache = self.layer(i)
-        with self._lock:  # one at a time: it reads the whole store
+        with self._verify_lock:  # one at a time: it reads the whole store
             report = verify(cache.store, repair=False, signer=cache.signer)
             run = VerifyRun(report, time.time())
             self.verified[i] = run
