@@ -400,7 +400,7 @@ def test_pages_are_ordered_by_any_column_and_never_overlap(backend: Index) -> No
     by_duration = ns(backend.page(spec, order="meta:duration", descending=False, limit=None))
     assert by_duration == sorted(range(30), key=lambda n: (n * 11) % 30)
     pages = [ns(backend.page(spec, order="arg:n", offset=o, limit=7)) for o in range(0, 30, 7)]
-    assert sorted(sum(pages, [])) == list(range(30))  # disjoint and complete
+    assert sorted(n for page in pages for n in page) == list(range(30))  # disjoint, complete
 
     filtered = QuerySpec(
         function_ids=frozenset(["m.f"]), args={"n": Q.ge(10)}, metadata={("tags", "run"): Q.eq(0)}
