@@ -410,6 +410,12 @@ def test_pages_are_ordered_by_any_column_and_never_overlap(backend: Index) -> No
         18,
         21,
     ]
+    # told how many match, a page of many matches walks the calls in time order: same answer
+    dense = QuerySpec(function_ids=frozenset(["m.f"]), args={"n": Q.ge(5)})
+    for offset in (0, 4, 20):
+        walked = backend.page(dense, offset=offset, limit=4, matches=25)
+        assert walked == backend.page(dense, offset=offset, limit=4)
+        assert ns(walked) == list(range(29 - offset, 25 - offset, -1))[: max(0, 25 - offset)]
     with pytest.raises(ValueError, match="order="):
         backend.page(spec, order="bogus")
 

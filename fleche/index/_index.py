@@ -382,6 +382,7 @@ class Index:
         descending: bool = True,
         offset: int = 0,
         limit: int | None = 100,
+        matches: int | None = None,
     ) -> list[tuple[str, str]]:
         """``(function_id, key)`` of one page of the calls matching ``spec``, in SQL's order.
 
@@ -394,11 +395,31 @@ class Index:
         database skips ``offset`` rows itself; with them (decided in Python)
         the candidates are walked. Raises IndexFault when the catalogue cannot
         answer, and ValueError for an unknown ``order``.
+
+        ``matches`` (how many calls match, when the caller counted them) picks
+        the plan of a page in time order: with many matches, walking the
+        function's calls newest first finds a page after a few hundred rows,
+        where starting from the argument conditions visits every match (at 100k
+        calls, 5k matches: 190 ms instead of 680 ms); with few, the reverse.
         """
         if offset < 0 or (limit is not None and limit <= 0):
             return []
         self._prepare(spec)
-        compiled = compile_spec(spec, self.db.dialect)
+        walk = False
+        if order == "created" and matches and limit is not None and spec.args:
+            every = QuerySpec(function_ids=spec.function_ids)
+            all_calls = compile_spec(every, self.db.dialect)
+            with self._lock:
+                got = self._guarded(
+                    functools.partial(
+                        self.db.read,
+                        f"SELECT COUNT(*) FROM fleche_calls c WHERE {all_calls.where}",
+                        all_calls.params,
+                    )
+                )
+            # rows walked to fill the page, against matches visited from the conditions
+            walk = (offset + limit) * int(got[0][0]) < matches * matches
+        compiled = compile_spec(spec, self.db.dialect, walk=walk)
         params = dict(compiled.params)
         way = "DESC" if descending else "ASC"
         join = ""

@@ -235,8 +235,10 @@ class Source:
                 lambda: index.page(spec, order=order, descending=descending, offset=0, limit=None),
             )
             return found[offset : offset + limit], len(found)
-        keys = index.page(spec, order=order, descending=descending, offset=offset, limit=limit)
         total = self._memo(("count", i, fid, text, generation), lambda: index.count(spec))
+        keys = index.page(
+            spec, order=order, descending=descending, offset=offset, limit=limit, matches=total
+        )
         return keys, total
 
     def forget(self) -> None:
