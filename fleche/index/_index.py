@@ -399,8 +399,9 @@ class Index:
         ``matches`` (how many calls match, when the caller counted them) picks
         the plan of a page in time order: with many matches, walking the
         function's calls newest first finds a page after a few hundred rows,
-        where starting from the argument conditions visits every match (at 100k
-        calls, 5k matches: 190 ms instead of 680 ms); with few, the reverse.
+        where starting from the argument conditions visits every match and sorts
+        them (100k calls, ``n>=50000 alpha<0.1``, 5k matches: median 250 ms
+        against 357 ms over 8 alternating runs); with few matches, the reverse.
         """
         if offset < 0 or (limit is not None and limit <= 0):
             return []
