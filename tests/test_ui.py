@@ -251,6 +251,21 @@ def test_the_health_page_runs_verify_on_request(server):
     assert re.search(r'id="verify"><b>no problems</b>: \d+ objects and 124 records', r.body)
 
 
+def test_concurrent_requests_get_their_own_answers(server):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(n: int) -> list[str]:
+        page = fetch(server, "/fn", {"f": SIM, "q": f"n={n}"}).body
+        keys = call_keys(page)
+        return [fetch(server, "/call", {"f": SIM, "k": k}).body for k in keys]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, range(40)))
+    for n, pages in enumerate(answers):
+        assert len(pages) == 1
+        assert re.search(rf"<th>n</th><td class='v'>{n}</td>", pages[0])
+
+
 # -- without an index, and layered ---------------------------------------------------------
 
 

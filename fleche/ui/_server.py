@@ -127,8 +127,13 @@ class Handler(BaseHTTPRequestHandler):
         self._refuse(HTTPStatus.METHOD_NOT_ALLOWED)
 
     def _refuse(self, status: HTTPStatus) -> None:
+        # a refused request's body is never read: end the connection rather than parse it next
+        self.close_connection = True
         self._send(
-            status, f"{status.value} {status.phrase}\n".encode(), "text/plain; charset=utf-8"
+            status,
+            f"{status.value} {status.phrase}\n".encode(),
+            "text/plain; charset=utf-8",
+            {"Connection": "close"},
         )
 
     def _send(
@@ -234,6 +239,9 @@ class Handler(BaseHTTPRequestHandler):
             status, ctype = HTTPStatus.INTERNAL_SERVER_ERROR, "text/html; charset=utf-8"
             body = pages.message_page(source, 0, "500", "a bug in fleche ui: see the terminal")
         data = body.encode("utf-8", "surrogateescape") if isinstance(body, str) else body
+        if method == "POST":  # its body may be unread after an error: no second request on it
+            self.close_connection = True
+            headers["Connection"] = "close"
         headers["Server-Timing"] = f"render;dur={(time.perf_counter() - started) * 1000:.2f}"
         self._send(status, data, ctype, headers)
 
