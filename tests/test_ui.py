@@ -174,6 +174,7 @@ def test_every_page_of_a_sorted_table_is_disjoint_and_complete(server):
 def test_a_bad_filter_says_why(server):
     r = fetch(server, "/fn", {"f": SIM, "q": "nonsense"})
     assert r.status == 400 and "expected NAME=VALUE" in r.body
+    assert f'name="f" value="{SIM}"' in r.body  # the form, to correct the filter and retry
     r = fetch(server, "/fn", {"f": SIM, "q": "zeta=1"})
     assert r.status == 200 and re.search(r"<b>0</b> calls match", r.body)
     r = fetch(server, "/fn", {"f": SIM, "sort": "bogus"})

@@ -136,6 +136,7 @@ def _meta_cell(key: str, value: Any) -> str:
 def calls_page(
     source: Source,
     layer: int,
+    function: str,
     page: CallPage | None,
     *,
     text: str,
@@ -145,7 +146,7 @@ def calls_page(
     chosen: bool,
     error: str | None = None,
 ) -> str:
-    fid = page.function if page is not None else ""
+    fid = function
     common = {"f": fid, "layer": layer, "q": text or None, "c": 1 if chosen else None}
     cols = list(columns)
     hidden = "".join(
@@ -204,11 +205,11 @@ def calls_page(
         cells += [f"<td>{escape(_meta_cell(k, lookup(meta, k)))}</td>" for k in cols]
         cells.append(f"<td>{escape(describe(rec.get('result')))}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    first = page.offset + 1 if page.records else 0
-    last = page.offset + len(page.records)
+    first, last = page.offset + 1, page.offset + len(page.records)
+    shown = f"showing {first:,}&ndash;{last:,}" if page.records else "none on this page"
     summary = (
         f'<p id="summary"><b>{page.total:,}</b> calls match'
-        f"{'' if not text else ' the filter'}; showing {first:,}&ndash;{last:,}.</p>"
+        f"{'' if not text else ' the filter'}; {shown}.</p>"
     )
     if page.missing:
         summary += (

@@ -305,6 +305,7 @@ def _calls(h: Handler, source: Source, layer: int, params: dict[str, list[str]])
         body = pages.calls_page(
             source,
             layer,
+            fid,
             None,
             text=text,
             order=order,
@@ -315,13 +316,14 @@ def _calls(h: Handler, source: Source, layer: int, params: dict[str, list[str]])
         )
         return (
             HTTPStatus.BAD_REQUEST,
-            body.replace("<h2></h2>", f"<h2>{escape(fid)}</h2>"),
+            body,
             HTML,
             {},
         )
     body = pages.calls_page(
         source,
         layer,
+        fid,
         page,
         text=text,
         order=order,
