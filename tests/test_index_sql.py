@@ -366,3 +366,63 @@ def test_sql_urls(tmp_path: Path) -> None:
 
     assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg://u@h/db"
     assert normalize_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+
+
+# -- pages, for fleche ui -----------------------------------------------------------------
+
+
+def test_pages_are_ordered_by_any_column_and_never_overlap(backend: Index) -> None:
+    """Index.page: one page of an ordered, filtered listing (fleche ui's tables), on every backend."""
+    keys = {}
+    for n in range(30):
+        rec = record(created=1000.0 + n, tags={"run": n % 3}, n=n, label=f"x{(n * 7) % 30:02d}")
+        rec["metadata"]["duration"] = float((n * 11) % 30)
+        keys[n] = key()
+        backend.add("m.f", keys[n], rec, 100 + n)
+    backend.add("m.g", key(), record(fid="m.g", created=5000.0, n=1), 10)
+    spec = QuerySpec(function_ids=frozenset(["m.f"]))
+
+    def ns(rows: list[tuple[str, str]]) -> list[int]:
+        by_key = {k: n for n, k in keys.items()}
+        return [by_key[k] for _, k in rows]
+
+    assert ns(backend.page(spec, limit=5)) == [29, 28, 27, 26, 25]  # newest first
+    assert ns(backend.page(spec, order="size", descending=False, offset=3, limit=3)) == [3, 4, 5]
+    assert ns(backend.page(spec, order="arg:n", descending=True, offset=25, limit=10)) == [
+        4,
+        3,
+        2,
+        1,
+        0,
+    ]
+    by_label = ns(backend.page(spec, order="arg:label", descending=False, limit=None))
+    assert by_label == sorted(range(30), key=lambda n: (n * 7) % 30)
+    by_duration = ns(backend.page(spec, order="meta:duration", descending=False, limit=None))
+    assert by_duration == sorted(range(30), key=lambda n: (n * 11) % 30)
+    pages = [ns(backend.page(spec, order="arg:n", offset=o, limit=7)) for o in range(0, 30, 7)]
+    assert sorted(n for page in pages for n in page) == list(range(30))  # disjoint, complete
+
+    filtered = QuerySpec(
+        function_ids=frozenset(["m.f"]), args={"n": Q.ge(10)}, metadata={("tags", "run"): Q.eq(0)}
+    )
+    assert ns(backend.page(filtered, order="arg:n", descending=False, offset=1, limit=3)) == [
+        15,
+        18,
+        21,
+    ]
+    # told how many match, a page of many matches walks the calls in time order: same answer
+    dense = QuerySpec(function_ids=frozenset(["m.f"]), args={"n": Q.ge(5)})
+    for offset in (0, 4, 20):
+        walked = backend.page(dense, offset=offset, limit=4, matches=25)
+        assert walked == backend.page(dense, offset=offset, limit=4)
+        assert ns(walked) == list(range(29 - offset, 25 - offset, -1))[: max(0, 25 - offset)]
+    with pytest.raises(ValueError, match="order="):
+        backend.page(spec, order="bogus")
+
+    fns = backend.functions()
+    assert [(f, n) for f, n, _, _ in fns] == [("m.f", 30), ("m.g", 1)]
+    assert fns[0][3] == 1029.0 and fns[0][2] >= sum(100 + n for n in range(30))
+    assert backend.created(spec) == [1000.0 + n for n in range(30)]
+    before = backend.generation()
+    backend.remove("m.f", keys[0])
+    assert backend.generation() != before and backend.functions()[0][1] == 29

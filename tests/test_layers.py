@@ -41,10 +41,11 @@ RANKS: dict[str, int] = {
     "upkeep": 9,
     "remote": 9,
     "testing": 9,
-    "cli": 10,
-    "__init__": 11,
-    "__main__": 11,
-    "metadata": 11,  # the original fleche's fleche.metadata: its provider names, from records
+    "ui": 10,  # over upkeep (its query terms, verify, gc): above rank 9, below the CLI
+    "cli": 11,
+    "__init__": 12,
+    "__main__": 12,
+    "metadata": 12,  # the original fleche's fleche.metadata: its provider names, from records
 }
 
 

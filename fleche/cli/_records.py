@@ -227,20 +227,11 @@ def query(
     an argument to match any value.
     """
     from fleche.cache import Cache
-    from fleche.upkeep import ParseError, find_function, parse_condition, query_result
+    from fleche.upkeep import find_function, parse_terms, query_result
 
     s = open_target(store)
     fid = find_function(s.iter_functions(), function)
-    wanted = dict(parse_condition(a, "--arg") for a in args)
-    metadata: dict[tuple[str, ...], Any] = {}
-    for w in where:
-        key, cond = parse_condition(w, "--where")
-        path = tuple(key.split("."))
-        if path[0] == "metadata" and len(path) > 1:
-            path = path[1:]
-        if not all(path):
-            raise ParseError(f"--where {w!r}: expected metadata.KEY[.KEY...]=VALUE")
-        metadata[path] = cond
+    wanted, metadata = parse_terms(args, where)
     result = query_result(Cache(s), fid, wanted, metadata)
     found: list[dict[str, Any]] = []
     for call in result if limit != 0 else ():

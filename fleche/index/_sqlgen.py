@@ -276,8 +276,13 @@ def _meta_prefilter(dialect: str, path: tuple[str, ...], cond: Condition, p: _Pa
     return f"(({' AND '.join(parts)}) OR {node.is_('object')})"
 
 
-def compile_spec(spec: QuerySpec, dialect: str) -> Compiled:
-    """The WHERE clause (over ``fleche_calls c``) and parameters answering ``spec``."""
+def compile_spec(spec: QuerySpec, dialect: str, *, walk: bool = False) -> Compiled:
+    """The WHERE clause (over ``fleche_calls c``) and parameters answering ``spec``.
+
+    ``walk``: keep the planner from starting at the argument conditions (``+c.id``
+    is not indexable), so it walks the function's calls in time order and tests
+    each: what a page of many matches wants (see :meth:`Index.page`).
+    """
     p = _Params()
     where: list[str] = []
     if spec.function_ids is not None:
@@ -291,7 +296,8 @@ def compile_spec(spec: QuerySpec, dialect: str) -> Compiled:
     for name, cond in spec.args.items():
         pred = value_pred(("a.digest", "a.i", "a.f", "a.s"), cond, p)
         where.append(
-            f"c.id IN (SELECT a.call FROM fleche_args a WHERE a.name = {p(name)} AND {pred})"
+            f"{'+' if walk else ''}c.id IN (SELECT a.call FROM fleche_args a "
+            f"WHERE a.name = {p(name)} AND {pred})"
         )
     post = []
     for path, cond in spec.metadata.items():

@@ -293,6 +293,44 @@ def parse_condition(text: str, what: str = "--arg") -> tuple[str, Condition]:
         raise ParseError(f"{what} {text!r}: {e}") from e
 
 
+def parse_terms(
+    args: Iterable[str] = (), where: Iterable[str] = ()
+) -> tuple[dict[str, Condition], dict[tuple[str, ...], Condition]]:
+    """``fleche query``'s ``--arg`` and ``--where`` terms as argument and metadata conditions.
+
+    ``args``: ``NAME<op>VALUE``; ``where``: ``[metadata.]KEY[.KEY...]<op>VALUE``
+    (see :func:`parse_condition`). What :func:`query_result` takes.
+    """
+    wanted = dict(parse_condition(a, "--arg") for a in args)
+    metadata: dict[tuple[str, ...], Condition] = {}
+    for w in where:
+        key, cond = parse_condition(w, "--where")
+        path = tuple(key.split("."))
+        if path[0] == "metadata" and len(path) > 1:
+            path = path[1:]
+        if not all(path):
+            raise ParseError(f"--where {w!r}: expected metadata.KEY[.KEY...]=VALUE")
+        metadata[path] = cond
+    return wanted, metadata
+
+
+def parse_filter(text: str) -> tuple[dict[str, Condition], dict[tuple[str, ...], Condition]]:
+    """One line of terms, as a search box takes them: ``n>=10 metadata.tags.project=paper``.
+
+    Terms are separated by spaces (quote one that holds a space, as in a
+    shell: ``'name="a b"'``); a term whose name starts with ``metadata.`` is a
+    ``--where``, any other an ``--arg`` (argument names have no dots).
+    """
+    import shlex
+
+    try:
+        terms = shlex.split(text)
+    except ValueError as e:
+        raise ParseError(f"cannot read the filter {text!r}: {e}") from None
+    where = [t for t in terms if t.strip().startswith("metadata.")]
+    return parse_terms([t for t in terms if t not in where], where)
+
+
 def query(
     cache: Cache,
     function_id: str,
