@@ -41,6 +41,7 @@ RANKS: dict[str, int] = {
     "upkeep": 9,
     "remote": 9,
     "testing": 9,
+    "migrate": 9,
     "cli": 10,
     "__init__": 11,
     "__main__": 11,

@@ -55,6 +55,7 @@ LAZY_COMMANDS = {
     "sync": "fleche.cli._maintain:sync",
     "sign": "fleche.cli._sign:sign",
     "index": "fleche.cli._index:index",
+    "import": "fleche.cli._import:import_",
 }
 
 

@@ -1,0 +1,383 @@
+"""Reading a cache written by the original fleche (0.22), without the original installed.
+
+Our package is also called ``fleche``, so the original cannot be imported next to us:
+its files are read here directly. What 0.22 writes (``fleche/storage/`` in its sdist):
+
+- a *value store*: one file per value, named by the value's 64-hex digest, in
+  ``<root>/values/`` (templates ``pickle``, ``cloudpickle``, ``dill``) as a pickle of
+  that kind, optionally gzip'd, optionally followed by a 64-hex HMAC-SHA256 signature
+  (``FLECHE_SECRET_KEY``); or HDF5 written by bagofholding (template ``sql``'s default,
+  ``bagofholding_hdf``): ``<root>/values/<first 2 hex>.h5`` holding one group per key,
+  or one ``.h5`` file per key. Containers nested deeper than one level are stored
+  *destructured*: the outer list/dict/dataclass keeps its children's digests
+  (``DigestedIterable``/``DigestedDict``/``DigestedDataclass`` wrappers) and each child
+  is a value of its own.
+- a *call store*: either one pickled ``fleche.call.DigestedCall`` per call in
+  ``<root>/calls/<call digest>`` (name, module, version, code digest, arguments as
+  value digests in parameter order, result digest, metadata groups such as
+  ``runtime``), or the SQL tables ``calls``/``arguments``/``metadata`` (SQLite
+  ``<root>/calls.db`` for the ``sql`` template, or any SQLAlchemy URL).
+
+Nothing here writes: the old cache is opened read-only and left as it was.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import hmac
+import io
+import json
+import os
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleche.errors import FlecheError
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+_HEX = frozenset("0123456789abcdef")
+
+
+class OriginalCacheError(FlecheError):
+    """The path given to ``fleche import`` does not hold a cache the original fleche wrote."""
+
+
+class Unreadable(Exception):
+    """One value or call of the old cache cannot be read; the message says why (for the report)."""
+
+
+# -- stand-ins for the original's classes met inside its pickles ----------------------------
+
+
+class OldDigest(str):
+    """The original's ``fleche.digest.Digest``: a 64-hex str naming a value."""
+
+
+class _Record:
+    """A pickled dataclass of the original: its fields end up in ``__dict__``."""
+
+    def __setstate__(self, state: Any) -> None:
+        if isinstance(state, tuple):  # (dict state, slots state)
+            state = {**(state[0] or {}), **(state[1] or {})}
+        self.__dict__.update(state)
+
+
+class OldDigestedCall(_Record):
+    name: str
+    arguments: dict[str, Any]
+    result: Any
+    metadata: dict[str, dict[str, Any]]
+    module: str | None
+    version: Any
+    code_digest: str | None
+
+
+class OldDigestedIterable(_Record):
+    items: list[Any] | tuple[Any, ...]
+
+
+class OldDigestedDict(_Record):
+    items: dict[Any, Any]
+
+
+class OldDigestedFields(_Record):
+    cls: type
+    fields: dict[str, Any]
+
+
+_STAND_INS: dict[tuple[str, str], type] = {
+    ("fleche.digest", "Digest"): OldDigest,
+    ("fleche.call", "DigestedCall"): OldDigestedCall,
+    ("fleche.storage.destructuring", "DigestedIterable"): OldDigestedIterable,
+    ("fleche.storage.destructuring", "DigestedDict"): OldDigestedDict,
+    ("fleche.storage.destructuring", "DigestedDataclass"): OldDigestedFields,
+    ("fleche.storage.destructuring", "DigestedAttrs"): OldDigestedFields,
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    """Loads the original's pickles: its own classes become stand-ins, the user's import.
+
+    A pickle naming another class of the original (``fleche.*``) is refused rather
+    than resolved against *our* ``fleche``, whose modules of the same name differ.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        stand_in = _STAND_INS.get((module, name))
+        if stand_in is not None:
+            return stand_in
+        if module == "fleche" or module.startswith("fleche."):
+            raise Unreadable(f"holds {module}.{name}, a class of the original fleche")
+        return super().find_class(module, name)
+
+
+def _unsign(content: bytes, keys: tuple[bytes, ...], where: str) -> bytes:
+    """The pickle inside a file 0.22 signed (``security.SignedBytes``), checked with ``keys``."""
+    if not keys:
+        return content
+    stop = content.rfind(pickle.STOP)
+    if stop == -1:
+        raise Unreadable(f"{where}: not a pickle")
+    data, signature = content[: stop + 1], content[stop + 1 :]
+    for key in keys:
+        expected = hmac.new(key, data, hashlib.sha256).hexdigest().encode("ascii")
+        if hmac.compare_digest(expected, signature):
+            return data
+    raise Unreadable(f"{where}: its signature does not match FLECHE_SECRET_KEY (or --secret-key)")
+
+
+def _load_pickle(content: bytes, keys: tuple[bytes, ...], where: str) -> Any:
+    if content[:2] == b"\x1f\x8b":
+        content = gzip.decompress(content)
+    data = _unsign(content, keys, where)
+    try:
+        return _Unpickler(io.BytesIO(data)).load()
+    except Unreadable:
+        raise
+    except Exception as e:  # noqa: BLE001 - any unpickling fault: this value is reported, not fatal
+        raise Unreadable(f"cannot unpickle ({type(e).__name__}: {e})") from None
+
+
+def secret_keys(given: str | None) -> tuple[bytes, ...]:
+    """The original's signing keys: ``given`` or ``FLECHE_SECRET_KEY`` (hex, ``:``-separated)."""
+    text = given if given is not None else os.environ.get("FLECHE_SECRET_KEY", "")
+    try:
+        return tuple(bytes.fromhex(part) for part in text.split(":") if part)
+    except ValueError:
+        raise OriginalCacheError(
+            "the secret key (--secret-key or FLECHE_SECRET_KEY) must be hex, ':'-separated"
+        ) from None
+
+
+# -- values -------------------------------------------------------------------------------
+
+
+class ValueFiles:
+    """The original's value store in one directory: pickle-family files or bagofholding HDF5."""
+
+    def __init__(self, root: str, keys: tuple[bytes, ...]) -> None:
+        self.root = root
+        self.keys = keys
+        self._raw: dict[str, Any] = {}
+
+    def _read_raw(self, digest: str) -> Any:
+        path = os.path.join(self.root, digest)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                content = f.read()
+            if content.startswith(_HDF5_MAGIC):
+                return _load_bag(path)
+            return _load_pickle(content, self.keys, path)
+        bag = os.path.join(self.root, digest[:2] + ".h5")
+        if os.path.isfile(bag):
+            return _load_bag(f"{bag}/{digest}")
+        raise Unreadable(f"value {digest[:12]} is not in {self.root} (0.22 did not keep it)")
+
+    def load(self, digest: str, depth: int = 0) -> Any:
+        """The value named ``digest``, its destructured children put back in place."""
+        if depth > 100:
+            raise Unreadable(f"value {digest[:12]}: destructured values nest too deeply")
+        raw = self._read_raw(digest)
+        return self._mend(raw, depth)
+
+    def _get(self, item: Any, depth: int) -> Any:
+        return self.load(item, depth + 1) if isinstance(item, OldDigest) else item
+
+    def _mend(self, raw: Any, depth: int) -> Any:
+        if isinstance(raw, OldDigestedIterable):
+            return type(raw.items)(self._get(v, depth) for v in raw.items)
+        if isinstance(raw, OldDigestedDict):
+            return {self._get(k, depth): self._get(v, depth) for k, v in raw.items.items()}
+        if isinstance(raw, OldDigestedFields):
+            obj: Any = object.__new__(raw.cls)
+            for name, v in raw.fields.items():
+                object.__setattr__(obj, name, self._get(v, depth))
+            return obj
+        return raw
+
+
+def _load_bag(path: str) -> Any:
+    """A value bagofholding wrote (``path``: a file, or ``file.h5/<key>`` for a group in it)."""
+    try:
+        from bagofholding import H5Bag
+    except ImportError:
+        raise Unreadable(
+            "stored by bagofholding, which is not installed: pip install bagofholding h5py"
+        ) from None
+    try:
+        return H5Bag(path, _skip_load=True).load()
+    except Exception as e:  # noqa: BLE001 - any fault of one value is reported, not fatal
+        if "fleche." in str(e):  # bagofholding imports the original's classes by name
+            raise Unreadable(
+                "a nested value 0.22 stored destructured with bagofholding, whose classes "
+                "(fleche.storage.destructuring) only the original has"
+            ) from None
+        raise Unreadable(f"bagofholding cannot load it ({type(e).__name__}: {e})") from None
+
+
+# -- calls --------------------------------------------------------------------------------
+
+
+@dataclass
+class OldCall:
+    """One call the original stored: its arguments and result as value digests."""
+
+    key: str
+    name: str
+    module: str | None
+    version: Any
+    code_digest: str | None
+    arguments: list[tuple[str, str]]
+    result: str | None
+    metadata: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _is_digest_name(name: str) -> bool:
+    return len(name) == 64 and set(name) <= _HEX
+
+
+class CallFiles:
+    """Pickled ``DigestedCall`` files, one per call, named by the call digest."""
+
+    def __init__(self, root: str, keys: tuple[bytes, ...]) -> None:
+        self.root = root
+        self.keys = keys
+
+    def keys_(self) -> list[str]:
+        return sorted(n for n in os.listdir(self.root) if _is_digest_name(n))
+
+    def read(self, key: str) -> OldCall:
+        path = os.path.join(self.root, key)
+        with open(path, "rb") as f:
+            content = f.read()
+        if content.startswith(_HDF5_MAGIC):
+            raise Unreadable("a call stored by bagofholding (import its values with SQL calls)")
+        c = _load_pickle(content, self.keys, path)
+        if not isinstance(c, OldDigestedCall):
+            raise Unreadable(f"{path} holds a {type(c).__qualname__}, not a call")
+        return OldCall(
+            key=key,
+            name=c.name,
+            module=getattr(c, "module", None),
+            version=getattr(c, "version", None),
+            code_digest=getattr(c, "code_digest", None),
+            arguments=[(k, str(v)) for k, v in (c.arguments or {}).items()],
+            result=None if c.result is None else str(c.result),
+            metadata={k: dict(v) for k, v in (getattr(c, "metadata", None) or {}).items()},
+        )
+
+
+class CallTable:
+    """The original's SQL call storage (tables ``calls``, ``arguments``, ``metadata``)."""
+
+    def __init__(self, url: str) -> None:
+        from sqlalchemy import create_engine
+
+        self.url = url
+        self.engine = create_engine(url)
+
+    def _rows(self, sql: str, **params: Any) -> list[Any]:
+        from sqlalchemy import text
+
+        with self.engine.connect() as conn:
+            return list(conn.execute(text(sql), params))
+
+    def keys_(self) -> list[str]:
+        return [r[0] for r in self._rows('SELECT "key" FROM calls ORDER BY "key"')]
+
+    def read(self, key: str) -> OldCall:
+        rows = self._rows(
+            'SELECT name, module, version, code_digest, result FROM calls WHERE "key" = :k', k=key
+        )
+        if not rows:
+            raise Unreadable(f"call {key[:12]} vanished from {self.url}")
+        name, module, version, code, result = rows[0]
+        args = self._rows(
+            "SELECT name, value FROM arguments WHERE call_key = :k ORDER BY position", k=key
+        )
+        meta: dict[str, dict[str, Any]] = {}
+        for mname, data in self._rows("SELECT name, data FROM metadata WHERE call_key = :k", k=key):
+            meta[mname] = json.loads(data) if isinstance(data, str) else dict(data)
+        return OldCall(
+            key=key,
+            name=name,
+            module=module,
+            version=json.loads(version) if isinstance(version, str) else version,
+            code_digest=code,
+            arguments=[(n, v) for n, v in args],
+            result=result,
+            metadata=meta,
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+# -- finding the two halves ---------------------------------------------------------------
+
+
+@dataclass
+class OriginalCache:
+    """An original cache: where its values are, and its calls (files or an SQL table)."""
+
+    values: ValueFiles
+    calls: CallFiles | CallTable
+    where: str
+
+    def iter_keys(self) -> Iterator[str]:
+        yield from self.calls.keys_()
+
+    def close(self) -> None:
+        if isinstance(self.calls, CallTable):
+            self.calls.close()
+
+
+def open_original(
+    root: str | None,
+    *,
+    values: str | None = None,
+    calls: str | None = None,
+    secret_key: str | None = None,
+) -> OriginalCache:
+    """The original cache at ``root`` (a template's root: ``values/`` beside ``calls/`` or
+    ``calls.db``), its halves overridden by ``values`` (a directory) and ``calls`` (a
+    directory or an SQLAlchemy URL)."""
+    keys = secret_keys(secret_key)
+    if root is not None:
+        root = os.path.abspath(os.path.expanduser(root))
+        if not os.path.isdir(root):
+            raise OriginalCacheError(f"{root}: no such directory (give an original cache's root)")
+    if values is None:
+        if root is None:
+            raise OriginalCacheError("give the original cache's root, or --values DIR")
+        values = os.path.join(root, "values")
+    values = os.path.abspath(os.path.expanduser(values))
+    if not os.path.isdir(values):
+        raise OriginalCacheError(
+            f"{values}: no value directory; an original cache's root holds values/ and "
+            "calls/ (templates pickle, cloudpickle, dill) or calls.db (template sql); "
+            "give others with --values DIR and --calls DIR|URL"
+        )
+    call_store: CallFiles | CallTable
+    if calls is None:
+        assert root is not None
+        if os.path.isdir(os.path.join(root, "calls")):
+            call_store = CallFiles(os.path.join(root, "calls"), keys)
+        elif os.path.isfile(os.path.join(root, "calls.db")):
+            call_store = CallTable(f"sqlite:///{os.path.join(root, 'calls.db')}")
+        else:
+            raise OriginalCacheError(
+                f"{root}: neither calls/ nor calls.db; give the call store with --calls DIR|URL"
+            )
+    elif "://" in calls or calls.startswith("sqlite:"):
+        call_store = CallTable(calls)
+    elif os.path.isdir(os.path.expanduser(calls)):
+        call_store = CallFiles(os.path.abspath(os.path.expanduser(calls)), keys)
+    elif os.path.isfile(os.path.expanduser(calls)):  # an SQLite file, as 0.22's url= accepted
+        call_store = CallTable(f"sqlite:///{os.path.abspath(os.path.expanduser(calls))}")
+    else:
+        raise OriginalCacheError(f"--calls {calls}: no such directory, file or SQLAlchemy URL")
+    where = root or values
+    return OriginalCache(ValueFiles(values, keys), call_store, where)
