@@ -10,6 +10,7 @@ may run, and each must return what the original computed.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.services import need_service
+from tests.services import need_module, need_service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -142,12 +143,19 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def original_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A venv holding the original fleche 0.22.2 (with SQLAlchemy), built once."""
+    """A venv holding the original fleche 0.22.2 and its storage extras, built once."""
     sdist = _sdist()
     venv = tmp_path_factory.mktemp("original") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    packages = [str(sdist), "sqlalchemy>=2"]
+    # its extras for the storage kinds tested: SQL calls, cloudpickle, dill, bagofholding values
+    packages = [
+        str(sdist),
+        "sqlalchemy>=2",
+        "cloudpickle>=2",
+        "dill>=0.3",
+        "bagofholding>=0.1.12,<0.1.17",
+    ]
     pip = subprocess.run(
         [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *packages],
         capture_output=True,
@@ -168,7 +176,7 @@ def module_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _run_calls(
     py: str, setup: str, module_dir: Path, cache_arg: str, counter: Path, env: dict[str, str]
-) -> list[str]:
+) -> list[Any]:
     script = SCRIPT.format(setup=setup)
     out = subprocess.run(
         [py, "-c", script, str(module_dir), json.dumps(CALLS), cache_arg],
@@ -178,13 +186,13 @@ def _run_calls(
         cwd=str(module_dir.parent),
     )
     assert out.returncode == 0, out.stderr
-    results: list[str] = json.loads(out.stdout.strip().splitlines()[-1])
-    return results
+    # compared as values: bagofholding gives a dict back with its keys sorted
+    return [ast.literal_eval(r) for r in json.loads(out.stdout.strip().splitlines()[-1])]
 
 
 def _write_original(
     py: Path, module_dir: Path, root: Path, config: dict[str, Any]
-) -> tuple[list[str], Path]:
+) -> tuple[list[Any], Path]:
     """Fill an original cache at ``root``; the values the original returned."""
     counter = root.parent / f"{root.name}.ran"
     results = _run_calls(
@@ -201,7 +209,7 @@ def _write_original(
 @pytest.fixture(scope="session")
 def pickle_cache(
     original_python: Path, module_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, list[str]]:
+) -> tuple[Path, list[Any]]:
     root = tmp_path_factory.mktemp("old") / "pickle"
     results, _ = _write_original(original_python, module_dir, root, {"template": "pickle"})
     return root, results
@@ -210,7 +218,7 @@ def pickle_cache(
 @pytest.fixture(scope="session")
 def sql_cache(
     original_python: Path, module_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> tuple[Path, list[str]]:
+) -> tuple[Path, list[Any]]:
     root = tmp_path_factory.mktemp("old") / "sql"
     results, _ = _write_original(
         original_python, module_dir, root, {"template": "sql", "values": "pickle"}
@@ -243,7 +251,7 @@ def _import_json(module_dir: Path, *args: str) -> dict[str, Any]:
     return report
 
 
-def _call_ours(module_dir: Path, target: Path, counter: Path) -> list[str]:
+def _call_ours(module_dir: Path, target: Path, counter: Path) -> list[Any]:
     return _run_calls(
         sys.executable, NEW_SETUP, module_dir, str(target), counter, _ours_env(module_dir)
     )
@@ -275,7 +283,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 def test_an_imported_pickle_cache_hits_in_a_fresh_process(
-    pickle_cache: tuple[Path, list[str]], module_dir: Path, tmp_path: Path
+    pickle_cache: tuple[Path, list[Any]], module_dir: Path, tmp_path: Path
 ) -> None:
     old, expected = pickle_cache
     before = _snapshot(old)
@@ -297,7 +305,7 @@ def test_an_imported_pickle_cache_hits_in_a_fresh_process(
 
 @pytest.mark.slow
 def test_allow_import_keys_a_function_by_its_code(
-    pickle_cache: tuple[Path, list[str]], module_dir: Path, tmp_path: Path
+    pickle_cache: tuple[Path, list[Any]], module_dir: Path, tmp_path: Path
 ) -> None:
     old, expected = pickle_cache
     target = tmp_path / "ours"
@@ -311,7 +319,7 @@ def test_allow_import_keys_a_function_by_its_code(
 
 @pytest.mark.slow
 def test_an_sqlite_calls_table_is_imported(
-    sql_cache: tuple[Path, list[str]], module_dir: Path, tmp_path: Path
+    sql_cache: tuple[Path, list[Any]], module_dir: Path, tmp_path: Path
 ) -> None:
     old, expected = sql_cache
     before = _snapshot(old)
@@ -339,7 +347,7 @@ def test_an_sqlite_calls_table_is_imported(
 
 @pytest.mark.slow
 def test_dry_run_counts_and_writes_nothing(
-    pickle_cache: tuple[Path, list[str]], module_dir: Path, tmp_path: Path
+    pickle_cache: tuple[Path, list[Any]], module_dir: Path, tmp_path: Path
 ) -> None:
     old, _ = pickle_cache
     target = tmp_path / "ours"
@@ -351,7 +359,7 @@ def test_dry_run_counts_and_writes_nothing(
 
 @pytest.mark.slow
 def test_a_second_run_skips_and_an_interrupted_one_resumes_to_the_same_store(
-    pickle_cache: tuple[Path, list[str]], module_dir: Path, tmp_path: Path
+    pickle_cache: tuple[Path, list[Any]], module_dir: Path, tmp_path: Path
 ) -> None:
     old, _ = pickle_cache
     whole = tmp_path / "whole"
@@ -381,7 +389,7 @@ def test_a_second_run_skips_and_an_interrupted_one_resumes_to_the_same_store(
 
 @pytest.mark.slow
 def test_what_cannot_come_over_is_reported(
-    pickle_cache: tuple[Path, list[str]], module_dir: Path, tmp_path: Path
+    pickle_cache: tuple[Path, list[Any]], module_dir: Path, tmp_path: Path
 ) -> None:
     old_orig, _ = pickle_cache
     old = tmp_path / "old"
@@ -407,7 +415,7 @@ def test_what_cannot_come_over_is_reported(
 
 @pytest.mark.slow
 def test_nothing_importable_exits_nonzero(
-    pickle_cache: tuple[Path, list[str]], module_dir: Path, tmp_path: Path
+    pickle_cache: tuple[Path, list[Any]], module_dir: Path, tmp_path: Path
 ) -> None:
     old = tmp_path / "old"
     shutil.copytree(pickle_cache[0], old)
@@ -427,6 +435,51 @@ def test_a_directory_that_is_no_original_cache_is_refused(tmp_path: Path) -> Non
     )
     assert out.returncode == 1
     assert "no value directory" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"template": "cloudpickle"},
+        {"template": "dill"},
+        {"template": "sql"},  # 0.22's default for sql: bagofholding HDF5 values
+        {
+            "values": {"type": "pickle", "compress": True},
+            "calls": {"type": "pickle", "compress": True},
+        },
+    ],
+    ids=["cloudpickle", "dill", "sql-bagofholding", "pickle-gzip"],
+)
+def test_each_storage_kind_is_imported_and_hits(
+    config: dict[str, Any],
+    original_python: Path,
+    module_dir: Path,
+    tmp_path: Path,
+) -> None:
+    if config.get("template") == "dill":
+        need_module("dill")
+    if config.get("template") == "sql":
+        need_module("bagofholding")
+    old = tmp_path / "old"
+    if "values" in config:  # a full config: roots of its own
+        config = {
+            "values": {**config["values"], "root": str(old / "values")},
+            "calls": {**config["calls"], "root": str(old / "calls")},
+        }
+        counter = tmp_path / "old.ran"
+        expected = _run_calls(
+            str(original_python), OLD_SETUP, module_dir, json.dumps(config), counter, _clean_env()
+        )
+        assert (old / "values").is_dir()
+    else:
+        expected, _ = _write_original(original_python, module_dir, old, config)
+    target = tmp_path / "ours"
+    report = _import_json(module_dir, str(old), "--to", str(target))
+    assert (report["calls"], report["imported"]) == (10, 9), report["skipped"]
+    counter = tmp_path / "ran"
+    assert _call_ours(module_dir, target, counter) == expected
+    assert _ran(counter) == ["nothing", "coded"]
 
 
 def test_metadata_keeps_the_original_times_host_and_tags() -> None:

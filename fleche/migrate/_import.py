@@ -10,8 +10,6 @@ store. Nothing is ever written to the old cache.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,11 +44,6 @@ class ImportReport:
     by_import: int = 0  # keyed by the @fleche function imported from its module
     skipped: list[Skipped] = field(default_factory=list)
 
-    @property
-    def reasons(self) -> Counter[str]:
-        """How many calls each reason kept out (reasons without their per-call details)."""
-        return Counter(_REASON.sub("", s.reason) for s in self.skipped)
-
     def as_json(self) -> dict[str, Any]:
         return {
             "source": self.source,
@@ -62,9 +55,6 @@ class ImportReport:
             "keyed_by_imported_function": self.by_import,
             "skipped": [s.__dict__ for s in self.skipped],
         }
-
-
-_REASON = re.compile(r" \(.*\)$")
 
 
 class _Skip(Exception):

@@ -30,8 +30,10 @@ import io
 import json
 import os
 import pickle
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from fleche.errors import FlecheError
@@ -199,22 +201,45 @@ class ValueFiles:
 
 
 def _load_bag(path: str) -> Any:
-    """A value bagofholding wrote (``path``: a file, or ``file.h5/<key>`` for a group in it)."""
+    """A value bagofholding wrote (``path``: a file, or ``file.h5/<key>`` for a group in it).
+
+    bagofholding imports each stored object's class by its dotted name; the
+    original's own (``fleche.digest.Digest``, the destructuring wrappers) are not
+    ours, so while it loads, those names resolve to the stand-ins above. Package
+    versions are not compared (``version_validator="none"``): the value is read
+    once, to be stored again by our codecs.
+    """
     try:
+        import bagofholding.content as content
         from bagofholding import H5Bag
     except ImportError:
         raise Unreadable(
             "stored by bagofholding, which is not installed: pip install bagofholding h5py"
         ) from None
-    try:
-        return H5Bag(path, _skip_load=True).load()
-    except Exception as e:  # noqa: BLE001 - any fault of one value is reported, not fatal
-        if "fleche." in str(e):  # bagofholding imports the original's classes by name
-            raise Unreadable(
-                "a nested value 0.22 stored destructured with bagofholding, whose classes "
-                "(fleche.storage.destructuring) only the original has"
-            ) from None
-        raise Unreadable(f"bagofholding cannot load it ({type(e).__name__}: {e})") from None
+    retrieve = content.retrieve
+
+    def import_from_string(name: str) -> Any:
+        module, _, attr = name.rpartition(".")
+        stand_in = _STAND_INS.get((module, attr))
+        if stand_in is not None:
+            return stand_in
+        if module == "fleche" or module.startswith("fleche."):
+            raise Unreadable(f"holds {name}, a class of the original fleche")
+        return retrieve.import_from_string(name)
+
+    with _BAG_LOCK:
+        content.retrieve = SimpleNamespace(import_from_string=import_from_string)
+        try:
+            return H5Bag(path, _skip_load=True).load(version_validator="none")
+        except Unreadable:
+            raise
+        except Exception as e:  # noqa: BLE001 - any fault of one value is reported, not fatal
+            raise Unreadable(f"bagofholding cannot load it ({type(e).__name__}: {e})") from None
+        finally:
+            content.retrieve = retrieve
+
+
+_BAG_LOCK = threading.Lock()
 
 
 # -- calls --------------------------------------------------------------------------------
