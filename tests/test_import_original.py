@@ -136,7 +136,8 @@ def _sdist() -> Path:
 
 def _clean_env(**extra: str) -> dict[str, str]:
     """An environment without our PYTHONPATH: the original must not see our fleche."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "FLECHE_CACHE")}
+    drop = ("PYTHONPATH", "FLECHE_CACHE", "FLECHE_SECRET_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     env.update(extra)
     return env
 
@@ -191,7 +192,7 @@ def _run_calls(
 
 
 def _write_original(
-    py: Path, module_dir: Path, root: Path, config: dict[str, Any]
+    py: Path, module_dir: Path, root: Path, config: dict[str, Any], **env: str
 ) -> tuple[list[Any], Path]:
     """Fill an original cache at ``root``; the values the original returned."""
     counter = root.parent / f"{root.name}.ran"
@@ -201,7 +202,7 @@ def _write_original(
         module_dir,
         json.dumps({**config, "root": str(root)}),
         counter,
-        _clean_env(),
+        _clean_env(**env),
     )
     return results, counter
 
@@ -228,7 +229,7 @@ def sql_cache(
 
 
 def _ours_env(module_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "FLECHE_CACHE"}
+    env = {k: v for k, v in os.environ.items() if k not in ("FLECHE_CACHE", "FLECHE_SECRET_KEY")}
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(module_dir)])
     env["FLECHE_PROGRESS"] = "0"
     return env
@@ -474,9 +475,31 @@ def test_each_storage_kind_is_imported_and_hits(
         assert (old / "values").is_dir()
     else:
         expected, _ = _write_original(original_python, module_dir, old, config)
+    before = _snapshot(old)
     target = tmp_path / "ours"
     report = _import_json(module_dir, str(old), "--to", str(target))
     assert (report["calls"], report["imported"]) == (10, 9), report["skipped"]
+    assert _snapshot(old) == before  # the old cache is only read
+    counter = tmp_path / "ran"
+    assert _call_ours(module_dir, target, counter) == expected
+    assert _ran(counter) == ["nothing", "coded"]
+
+
+@pytest.mark.slow
+def test_a_signed_cache_is_read_with_its_key_and_refused_with_another(
+    original_python: Path, module_dir: Path, tmp_path: Path
+) -> None:
+    key = "ab" * 16
+    old = tmp_path / "old"
+    expected, _ = _write_original(
+        original_python, module_dir, old, {"template": "pickle"}, FLECHE_SECRET_KEY=key
+    )
+    target = tmp_path / "ours"
+    wrong = _fleche(module_dir, "import", str(old), "--to", str(target), "--secret-key", "cd" * 16)
+    assert wrong.returncode == 1
+    assert "its signature does not match FLECHE_SECRET_KEY (or --secret-key)" in wrong.stdout
+    report = _import_json(module_dir, str(old), "--to", str(target), "--secret-key", key)
+    assert (report["calls"], report["imported"]) == (10, 9)
     counter = tmp_path / "ran"
     assert _call_ours(module_dir, target, counter) == expected
     assert _ran(counter) == ["nothing", "coded"]

@@ -359,6 +359,24 @@ class OriginalCache:
             self.calls.close()
 
 
+def _sqlite_read_only(path: str) -> str:
+    """An SQLAlchemy URL opening the SQLite file ``path`` read-only.
+
+    0.22 kept its database in WAL mode: a read-write connection would checkpoint
+    the write-ahead log into the file when it closes, changing the old cache, and
+    even a read-only one leaves ``-wal``/``-shm`` files behind. With no pending log
+    (0.22 closed cleanly) the file is opened ``immutable``: nothing is created.
+    With one, ``mode=ro``, which reads the log too.
+    """
+    from urllib.parse import quote
+
+    path = os.path.abspath(path)
+    wal = path + "-wal"
+    pending = os.path.isfile(wal) and os.path.getsize(wal) > 0
+    mode = "mode=ro" if pending else "immutable=1"
+    return f"sqlite:///file:{quote(path)}?{mode}&uri=true"
+
+
 def open_original(
     root: str | None,
     *,
@@ -391,7 +409,7 @@ def open_original(
         if os.path.isdir(os.path.join(root, "calls")):
             call_store = CallFiles(os.path.join(root, "calls"), keys)
         elif os.path.isfile(os.path.join(root, "calls.db")):
-            call_store = CallTable(f"sqlite:///{os.path.join(root, 'calls.db')}")
+            call_store = CallTable(_sqlite_read_only(os.path.join(root, "calls.db")))
         else:
             raise OriginalCacheError(
                 f"{root}: neither calls/ nor calls.db; give the call store with --calls DIR|URL"
@@ -401,7 +419,7 @@ def open_original(
     elif os.path.isdir(os.path.expanduser(calls)):
         call_store = CallFiles(os.path.abspath(os.path.expanduser(calls)), keys)
     elif os.path.isfile(os.path.expanduser(calls)):  # an SQLite file, as 0.22's url= accepted
-        call_store = CallTable(f"sqlite:///{os.path.abspath(os.path.expanduser(calls))}")
+        call_store = CallTable(_sqlite_read_only(os.path.expanduser(calls)))
     else:
         raise OriginalCacheError(f"--calls {calls}: no such directory, file or SQLAlchemy URL")
     where = root or values
