@@ -173,29 +173,31 @@ def _bring(
             items.append((name, old.values.load(d)))
         except Unreadable as e:
             raise _Skip(f"argument {name}: {e}") from None
-    try:
-        result = old.values.load(call.result)
-    except Unreadable as e:
-        raise _Skip(f"result: {e}") from None
     if isinstance(fn, CachedFunction):  # ours binds in its signature's order
         order = {n: i for i, n in enumerate(fn.binder.names)}
         items.sort(key=lambda item: order.get(item[0], len(order)))
     try:
-        if dry_run:
-            key = call_key(fn, items)
-            if cache.has_record(fn.function_id, key):
-                report.present += 1
-            else:
-                report.imported += 1
-            return
-        _, _, written = replay(fn, cache, items, result, metadata_of(call, report.source))
+        key = call_key(fn, items)
     except UnhashableArgumentError as e:
         raise _Skip(f"an argument our digest refuses ({e})") from None
+    # a call already there (a second run, a resumed one) is not read any further
+    if cache.has_record(fn.function_id, key):
+        report.present += 1
+        return
+    try:
+        result = old.values.load(call.result)
+    except Unreadable as e:
+        raise _Skip(f"result: {e}") from None
+    if dry_run:
+        report.imported += 1
+        return
+    try:
+        _, _, written = replay(fn, cache, items, result, metadata_of(call, report.source))
     except SerializationError as e:
         raise _Skip(f"result our codecs cannot store ({e})") from None
     if written:
         report.imported += 1
-    else:
+    else:  # stored meanwhile by another process
         report.present += 1
 
 
