@@ -541,3 +541,38 @@ def test_metadata_keeps_the_original_times_host_and_tags() -> None:
         "original": {"git": {"commit": "abc"}},
         "imported_from": "/old",
     }
+
+
+def test_a_function_known_by_name_keys_calls_as_the_decorator_does() -> None:
+    from fleche import fleche
+    from fleche.decorator import NamedFunction, call_key
+
+    def f(x: int, y: int = 2) -> int:
+        return x + y
+
+    for options, module, version in [
+        ({"version": 3}, __name__, 3),
+        ({}, __name__, None),
+        ({"hash_module": False}, None, None),  # 0.22 recorded no module then
+    ]:
+        g = fleche(**options)(f)
+        named = NamedFunction(module, f.__qualname__, version)
+        assert named.function_id == g.__fleche__.function_id
+        assert call_key(named, [("x", 1), ("y", 2)]) == g.digest(1)
+        assert call_key(named, [("x", 1), ("y", 5)]) == g.digest(1, y=5)
+
+
+def test_a_version_0_22_took_from_the_package_is_read_as_none() -> None:
+    from importlib.metadata import version
+
+    from fleche.migrate import OldCall
+    from fleche.migrate._import import _our_version
+
+    def call(module: str, v: object) -> OldCall:
+        return OldCall("0" * 64, "f", module, v, None, [], "1" * 64)
+
+    installed = version("msgpack")
+    assert _our_version(call("msgpack", installed), {}) is None  # 0.22's default
+    assert _our_version(call("msgpack", "0.0.1"), {}) == "0.0.1"  # given with version=
+    assert _our_version(call("not_a_package_here", installed), {}) == installed
+    assert _our_version(call("msgpack", 2), {}) == 2
