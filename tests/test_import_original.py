@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,6 +157,7 @@ def original_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "cloudpickle>=2",
         "dill>=0.3",
         "bagofholding>=0.1.12,<0.1.17",
+        "psycopg[binary]>=3.1",  # its SQL calls on PostgreSQL
     ]
     pip = subprocess.run(
         [str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *packages],
@@ -503,6 +505,61 @@ def test_a_signed_cache_is_read_with_its_key_and_refused_with_another(
     counter = tmp_path / "ran"
     assert _call_ours(module_dir, target, counter) == expected
     assert _ran(counter) == ["nothing", "coded"]
+
+
+@pytest.fixture(scope="session")
+def _pg_session() -> Iterator[str]:
+    from pg_server import postgres_service
+
+    with postgres_service() as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_calls_in_postgresql_are_imported(
+    _pg_session: str, original_python: Path, module_dir: Path, tmp_path: Path
+) -> None:
+    if _pg_session.startswith("skip:"):
+        need_service(f"no PostgreSQL on 127.0.0.1: {_pg_session[5:]}")
+    need_module("psycopg")
+    from pg_server import schema_url
+
+    url = schema_url(_pg_session)
+    old = tmp_path / "old"
+    config = {
+        "values": {"type": "pickle", "root": str(old / "values")},
+        "calls": {"type": "sql", "url": url},
+    }
+    expected = _run_calls(
+        str(original_python),
+        OLD_SETUP,
+        module_dir,
+        json.dumps(config),
+        tmp_path / "old.ran",
+        _clean_env(),
+    )
+    target = tmp_path / "ours"
+    report = _import_json(module_dir, str(old), "--calls", url, "--to", str(target))
+    assert (report["calls"], report["imported"]) == (10, 9), report["skipped"]
+    counter = tmp_path / "ran"
+    assert _call_ours(module_dir, target, counter) == expected
+    assert _ran(counter) == ["nothing", "coded"]
+
+
+def test_with_no_cache_chosen_nothing_is_imported_into_memory(tmp_path: Path) -> None:
+    (tmp_path / "old" / "values").mkdir(parents=True)
+    (tmp_path / "old" / "calls").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "FLECHE_CACHE"}
+    env.update(PYTHONPATH=str(ROOT), XDG_CONFIG_HOME=str(tmp_path / "xdg"))
+    out = subprocess.run(
+        [sys.executable, "-m", "fleche", "import", str(tmp_path / "old")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=str(tmp_path),
+    )
+    assert out.returncode == 1
+    assert "no cache to import into: pass --to URL|NAME" in out.stderr
 
 
 def test_metadata_keeps_the_original_times_host_and_tags() -> None:
