@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import Counter
 from typing import Any
 
@@ -54,8 +56,8 @@ def _target(spec: str | None) -> tuple[Any, str]:
 @click.option(
     "--allow-import",
     is_flag=True,
-    help="Import each function's module (runs its code) and key its calls with the "
-    "@fleche function found there: needed for hash_code=True or other options.",
+    help="Import each function's module (runs its code; from here and PYTHONPATH) and key "
+    "its calls with the @fleche function found there: needed for hash_code=True.",
 )
 @click.option(
     "--secret-key",
@@ -94,6 +96,9 @@ def import_(
 
     if old is None and values is None:
         raise click.UsageError("give OLD, the original cache's root (or --values and --calls)")
+    if allow_import and "" not in sys.path and os.getcwd() not in sys.path:
+        # as `python -m fleche` would: the user's modules are found from here
+        sys.path.insert(0, os.getcwd())
     cache, target = _target(to)
     source = open_original(old, values=values, calls=calls, secret_key=secret_key)
     try:

@@ -130,6 +130,15 @@ def _unsign(content: bytes, keys: tuple[bytes, ...], where: str) -> bytes:
     raise Unreadable(f"{where}: its signature does not match FLECHE_SECRET_KEY (or --secret-key)")
 
 
+def _read(path: str) -> bytes:
+    """A file's bytes; one that cannot be read is this value's or call's fault, reported."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise Unreadable(f"cannot read {path}: {e.strerror or e}") from None
+
+
 def _load_pickle(content: bytes, keys: tuple[bytes, ...], where: str) -> Any:
     if content[:2] == b"\x1f\x8b":
         content = gzip.decompress(content)
@@ -167,8 +176,7 @@ class ValueFiles:
     def _read_raw(self, digest: str) -> Any:
         path = os.path.join(self.root, digest)
         if os.path.isfile(path):
-            with open(path, "rb") as f:
-                content = f.read()
+            content = _read(path)
             if content.startswith(_HDF5_MAGIC):
                 return _load_bag(path)
             return _load_pickle(content, self.keys, path)
@@ -275,8 +283,7 @@ class CallFiles:
 
     def read(self, key: str) -> OldCall:
         path = os.path.join(self.root, key)
-        with open(path, "rb") as f:
-            content = f.read()
+        content = _read(path)
         if content.startswith(_HDF5_MAGIC):
             raise Unreadable("a call stored by bagofholding (import its values with SQL calls)")
         c = _load_pickle(content, self.keys, path)
