@@ -41,6 +41,7 @@ RANKS: dict[str, int] = {
     "upkeep": 9,
     "remote": 9,
     "testing": 9,
+    "migrate": 9,
     "ui": 10,  # over upkeep (its query terms, verify, gc): above rank 9, below the CLI
     "cli": 11,
     "__init__": 12,

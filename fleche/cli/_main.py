@@ -56,6 +56,7 @@ LAZY_COMMANDS = {
     "sign": "fleche.cli._sign:sign",
     "index": "fleche.cli._index:index",
     "ui": "fleche.cli._ui:ui",
+    "import": "fleche.cli._import:import_",
 }
 
 

@@ -8,12 +8,14 @@ and the CLI sit above it.
 Inside: ``_fleche`` (the decorator and :class:`CachedFunction`), ``_identity`` (who a
 function is), ``_results`` (reading and writing its calls, failing open) and
 ``_compute`` (computing a miss once per process), ``_markers`` (``Ignored[T]``,
-``Required[T]`` annotations).
+``Required[T]`` annotations), ``_replay`` (storing a call computed elsewhere, under
+the key the decorator gives it: ``fleche import``).
 """
 
 from fleche.decorator._fleche import REFRESHING, BoundCall, CachedFunction, fleche, set_binder
 from fleche.decorator._identity import ClosureRefused, function_id
 from fleche.decorator._markers import Ignored, Required
+from fleche.decorator._replay import NamedFunction, call_key, find_cached, replay
 from fleche.decorator._results import Undecodable
 
 __all__ = [
@@ -22,9 +24,13 @@ __all__ = [
     "CachedFunction",
     "ClosureRefused",
     "Ignored",
+    "NamedFunction",
     "Required",
     "Undecodable",
+    "call_key",
+    "find_cached",
     "fleche",
     "function_id",
+    "replay",
     "set_binder",
 ]
