@@ -40,6 +40,7 @@ class NamedFunction(ResultIO):
         self.version = version
         self.keys = KeyMaker(identity, version, None)
         self.metadata = None
+        self.meta_choice = None  # no @fleche(meta=...): the cache's own metadata choice
         self.mmap = False
         self.stale_code = None
         self.code_func = None
