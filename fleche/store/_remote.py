@@ -230,7 +230,9 @@ class RemoteStore(RemoteSession, ObjectStore):
         check_oid(oid)
         return None
 
-    def iter_oids(self) -> Iterator[str]:
+    supports_packs = False  # the server reads its packs; packing runs where the store lives
+
+    def iter_oids(self, *, packed: bool = True) -> Iterator[str]:
         return self._iterate(("iter_oids",))
 
     # -- call records --------------------------------------------------------------------
@@ -258,7 +260,9 @@ class RemoteStore(RemoteSession, ObjectStore):
         self._check_writable()
         self._request(("delete_call", function_id, digest))
 
-    def iter_calls(self, function_id: str | None = None) -> Iterator[tuple[str, str]]:
+    def iter_calls(
+        self, function_id: str | None = None, *, packed: bool = True
+    ) -> Iterator[tuple[str, str]]:
         if function_id is not None:
             check_function_id(function_id)
         # msgpack gives [fid, digest] lists; the store API promises tuples
