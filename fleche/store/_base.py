@@ -328,7 +328,6 @@ class PathStore(ABC):
         self._ensure_dir(dst.rpartition("/")[0])
         self.fs.mv(src, dst)
 
-
     # -- packs: primitives a backend may override (docs/format.md, "Packs") -----
 
     def _packs_stamp(self) -> object:
@@ -467,7 +466,6 @@ class PackSet:
 
 
 _GONE = object()  # a pack file vanished under a reader: list again
-
 
 
 FORMAT = 1
@@ -833,12 +831,14 @@ class ObjectStore(PathStore):
                     seen.add(name)
                     yield name
 
-    def _with_packed(self, loose: Iterator[Any], wanted: Callable[[str], bool], shape: int) -> Iterator[Any]:
+    def _with_packed(
+        self, loose: Iterator[Any], wanted: Callable[[str], bool], shape: int
+    ) -> Iterator[Any]:
         """``loose``'s names, then the live packs' entries ``wanted`` keeps that are not among them.
 
         ``shape`` 1: names are oids; 2: ``(function id, digest)``.
         """
-        packs = self._refresh_packs().live
+        packs = self._refresh_packs(self.pack_rescan).live
         if not packs:
             yield from loose
             return
@@ -899,16 +899,25 @@ class ObjectStore(PathStore):
     supports_packs = True
     """Whether this handle reads and writes ``packs/`` itself (the SSH remote's server does)."""
 
+    pack_rescan = PACK_RESCAN
+    """A miss re-lists ``packs/`` when the listing is older than this (seconds). Local disk and
+    memory list for every miss (a stat, or a dict): 0."""
+
     def _current_packs(self) -> PackSet:
         state = self._pack_state
         if state is None or time.monotonic() - state.checked > PACK_RECHECK:
             state = self._refresh_packs()
         return state
 
-    def _refresh_packs(self) -> PackSet:
-        """List ``packs/`` again (cheaply when its stamp is unchanged) and load new indexes."""
+    def _refresh_packs(self, max_age: float = 0.0) -> PackSet:
+        """List ``packs/`` again (cheaply when its stamp is unchanged) and load new indexes.
+
+        ``max_age``: a listing at most this old is good enough (listings run in parallel).
+        """
         with self._pack_lock:
             old = self._pack_state
+            if old is not None and time.monotonic() - old.checked <= max_age:
+                return old
             stamp = self._packs_stamp()
             if old is not None and stamp is not None and stamp == old.stamp:
                 old.checked = time.monotonic()
@@ -943,7 +952,7 @@ class ObjectStore(PathStore):
         """Where key ``(name, digest)`` is packed, or None; a miss re-lists ``packs/`` first."""
         state = self._current_packs()
         found = self._search(state, name, digest)
-        if found is None and time.monotonic() - state.checked > PACK_RESCAN:
+        if found is None and time.monotonic() - state.checked >= self.pack_rescan:
             found = self._search(self._refresh_packs(), name, digest)
         return found
 
@@ -965,16 +974,21 @@ class ObjectStore(PathStore):
                 f"{self.url} cannot write packs from here: run 'fleche gc' where the store lives"
             )
 
-    def packs(self) -> PackSet:
-        """The packs as listed now: every readable one (``.packs``), the live ones (``.live``)
-        and every file under ``packs/`` (``.files``, name -> (size, mtime))."""
-        return self._refresh_packs() if self.supports_packs else PackSet({}, {}, None)
+    def packs(self, max_age: float = 0.0) -> PackSet:
+        """The packs as listed now (or ``max_age`` seconds ago at most): every readable one
+        (``.packs``), the live ones (``.live``) and every file under ``packs/`` (``.files``,
+        name -> (size, mtime))."""
+        return self._refresh_packs(max_age) if self.supports_packs else PackSet({}, {}, None)
 
     def packed_entries(self) -> Iterator[tuple[Key, int, str]]:
         """``((name, digest), length, pack hash)`` of every live pack entry (name "" = object)."""
         for p in self.packs().live:
             for key, _, length in p.index.entries():
                 yield key, length, p.hash
+
+    def read_pack_range(self, pack: Pack, offset: int, length: int) -> BytesLike:
+        """``length`` bytes of ``pack`` from ``offset``: one entry; FileNotFoundError if gone."""
+        return self._read_packed(pack, offset, length)
 
     def read_pack(self, hash: str) -> BytesLike:
         """The whole ``pack-<hash>.pack`` (for a repack, verify, or a copy); FileNotFoundError if gone."""
@@ -1047,6 +1061,23 @@ class ObjectStore(PathStore):
         for p in hit:
             gone |= p.index.superseded  # so that removing a middle pack never revives an old one
         return self.write_pack(entries, gone)
+
+    def read_loose(self, name: str, digest: str) -> BytesLike | None:
+        """The loose file of an object (``name`` "") or a record, or None: packs are not read."""
+        path = self._oid_path(digest) if name == "" else self._call_path(name, digest)
+        try:
+            return self._read(path)
+        except FileNotFoundError:
+            return None
+
+    def delete_loose(self, name: str, digest: str) -> None:
+        """Remove the loose file of an object (``name`` "") or a record; a packed copy stays."""
+        self._check_writable()
+        path = self._oid_path(digest) if name == "" else self._call_path(name, digest)
+        try:
+            self._remove(path)
+        except FileNotFoundError:
+            pass
 
     def remove_pack(self, hash: str) -> None:
         """Remove pack ``hash``'s index, then its pack file (gc, after the grace); gone is fine."""

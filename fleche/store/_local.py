@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from functools import cached_property
 from typing import TYPE_CHECKING
 
-from fleche.store._pack import PackIndex
 from fleche.store._base import (
     HEX_DIGITS,
     LAYOUT,
@@ -35,6 +34,7 @@ from fleche.store._base import (
     not_a_file,
     writable_buffer,
 )
+from fleche.store._pack import PackIndex
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -202,6 +202,7 @@ class LocalStore(ObjectStore):
     """
 
     has_links = True
+    pack_rescan = 0.0  # a miss looks at packs/ again: one stat here, so always
 
     def __init__(
         self, root: str | os.PathLike[str], *, read_only: bool = False, durable: bool = False

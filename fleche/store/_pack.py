@@ -73,7 +73,7 @@ def build_pack(
     name of both files.
     """
     items = sorted(((bytes.fromhex(d), n), data) for (n, d), data in entries)
-    names = [""] + sorted({n for (_, n), _ in items if n})
+    names = ["", *sorted({n for (_, n), _ in items if n})]
     ids = {n: i for i, n in enumerate(names)}
     rows: list[tuple[bytes, int, int, int]] = []
     body: list[bytes | bytearray | memoryview] = []
@@ -202,10 +202,15 @@ class PackIndex:
     def __contains__(self, key: Key) -> bool:
         return self.find(*key) is not None
 
-    def entries(self) -> Iterator[tuple[Key, int, int]]:
-        """Every ``((name, digest), offset, length)``, in index order."""
+    def entries(self, first: int | None = None) -> Iterator[tuple[Key, int, int]]:
+        """Every ``((name, digest), offset, length)``, in index order; ``first``: only the
+        digests whose first byte it is (one fan-out slot, as ``calls/<f>/<fan>/`` holds)."""
         names = self.names
-        view = memoryview(self._buf)[self._base : self._base + ENTRY.size * self.count]
+        lo, hi = 0, self.count
+        if first is not None:
+            lo, hi = (self._fan[first - 1] if first else 0), self._fan[first]
+        start = self._base + ENTRY.size * lo
+        view = memoryview(self._buf)[start : start + ENTRY.size * (hi - lo)]
         for digest, nid, length, offset in ENTRY.iter_unpack(view):
             if nid < len(names):
                 yield (names[nid], digest.hex()), offset, length

@@ -232,6 +232,19 @@ class RemoteStore(RemoteSession, ObjectStore):
 
     supports_packs = False  # the server reads its packs; packing runs where the store lives
 
+    def read_loose(self, name: str, digest: str) -> bytes | None:
+        try:
+            return self.get(digest) if name == "" else self.find_call(name, digest)
+        except CacheMiss:
+            return None
+
+    def delete_loose(self, name: str, digest: str) -> None:
+        # The server's store decides: its delete removes a packed copy too.
+        if name == "":
+            self.delete(digest)
+        else:
+            self.delete_call(name, digest)
+
     def iter_oids(self, *, packed: bool = True) -> Iterator[str]:
         return self._iterate(("iter_oids",))
 

@@ -31,10 +31,19 @@ from collections.abc import Iterable
 from typing import Any
 
 from fleche.errors import FlecheError, ReadOnlyStoreError, StoreFormatError
-from fleche.store import FORMAT, MARKER, ObjectStore, is_function_id, link_error, open_store
+from fleche.store import (
+    FORMAT,
+    MARKER,
+    PACK_FILE,
+    PACK_RESCAN,
+    ObjectStore,
+    is_function_id,
+    link_error,
+    open_store,
+)
 from fleche.sync._copy import _Sync
 from fleche.sync._pool import _Progress
-from fleche.sync._result import CallKey, SyncError, SyncResult, call_name, object_name
+from fleche.sync._result import CallKey, SyncError, SyncResult, call_name, object_name, pack_name
 
 # -- opening and checking the two stores -------------------------------------------------
 
@@ -102,22 +111,31 @@ def _check_functions(functions: Iterable[str] | None) -> list[str] | None:
 # -- listing -------------------------------------------------------------------------------
 
 
-def _list_calls(store: ObjectStore, fids: list[str] | None) -> set[CallKey]:
+def _list_calls(store: ObjectStore, fids: list[str] | None, packed: bool = True) -> set[CallKey]:
     if fids is None:
-        return set(store.iter_calls())
-    return {key for fid in fids for key in store.iter_calls(fid)}
+        return set(store.iter_calls(packed=packed))
+    return {key for fid in fids for key in store.iter_calls(fid, packed=packed)}
+
+
+def _by_packs(source: ObjectStore, target: ObjectStore, fids: list[str] | None) -> bool:
+    """Whether packs are copied as files: both ends read packs here, and the whole store goes."""
+    return fids is None and source.supports_packs and target.supports_packs
 
 
 def _list_both(
     source: ObjectStore, target: ObjectStore, fids: list[str] | None
 ) -> tuple[set[str], set[CallKey], set[str], set[CallKey], list[str]]:
-    """Both sides' objects and calls, the listings at once (they are I/O-bound)."""
+    """Both sides' objects and calls, the listings at once (they are I/O-bound).
+
+    When packs travel as files, the source's lists are of its loose files only.
+    """
     # concurrent.futures and logging (~6 ms) load with the first sync, not with ``import fleche``
     from concurrent.futures import ThreadPoolExecutor
 
+    loose = not _by_packs(source, target, fids)
     with ThreadPoolExecutor(5, thread_name_prefix="fleche-sync-list") as pool:
-        src_objects = pool.submit(lambda: set(source.iter_oids()))
-        src_calls = pool.submit(_list_calls, source, fids)
+        src_objects = pool.submit(lambda: set(source.iter_oids(packed=loose)))
+        src_calls = pool.submit(_list_calls, source, fids, loose)
         functions = pool.submit(lambda: list(source.iter_functions()) if fids else [])
         dst_objects = pool.submit(lambda: set(target.iter_oids()))
         dst_calls = pool.submit(_list_calls, target, fids)
@@ -224,6 +242,28 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
     if not dry_run:  # a new destination gets its marker before any file, as every store does
         target.info()
     run.present = set(dst_objects)
+    packs: list[Any] = []
+    loose_calls = set(src_calls)
+    if _by_packs(source, target, fids):
+        # Packs travel as files: one copy per pack, not per entry. Their entries join the
+        # source's listing (for --delete); the loose files are compared one by one as before.
+        src_packs = source.packs(max_age=PACK_RESCAN)
+        there = {
+            m[1]
+            for m in map(PACK_FILE.fullmatch, target.packs(max_age=PACK_RESCAN).files)
+            if m is not None and m[2] == "idx"
+        }
+        for p in src_packs.live:
+            keys = [k for k, _, _ in p.index.entries()]
+            src_objects.update(d for n, d in keys if n == "")
+            src_calls.update(k for k in keys if k[0] != "")
+            if p.hash in there:
+                result.skipped.append(pack_name(p.hash))
+                run.present.update(d for n, d in keys if n == "")
+            else:
+                packs.append(p)
+        if src_packs.live:
+            result.listed["src packs"] = len(src_packs.live)
 
     calls = sorted(src_calls - dst_calls)
     result.skipped.extend(call_name(*k) for k in sorted(src_calls & dst_calls))
@@ -236,10 +276,19 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
     objects = sorted((wanted & src_objects) - dst_objects)
     result.skipped[:0] = [object_name(o) for o in sorted(wanted & dst_objects)]
 
+    if packs:  # what they hold is copied with them
+        inside = {k for p in packs for k, _, _ in p.index.entries()}
+        objects = [o for o in objects if ("", o) not in inside]
+        calls = [k for k in calls if k not in inside or k in loose_calls]
     if dry_run:
-        result.transferred = [object_name(o) for o in objects] + [call_name(*k) for k in calls]
+        result.transferred = (
+            [object_name(o) for o in objects]
+            + [pack_name(p.hash) for p in packs]
+            + [call_name(*k) for k in calls]
+        )
     else:
-        run.copy_objects(objects)  # every object before any record
+        run.copy_objects(objects)  # every loose object before any pack, every pack before records
+        run.copy_packs(packs)
         run.copy_records(calls)
 
     if delete:
@@ -250,4 +299,10 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
                 object_name(o) for o in gone_objects
             ]
         else:
+            if target.supports_packs:  # packed ones by one repack, not one per name
+                packed = {k for k, _, _ in target.packed_entries()}
+                drop = {k for k in gone_calls if k in packed}
+                drop |= {("", o) for o in gone_objects if ("", o) in packed}
+                if drop:
+                    target.drop_packed(drop)
             run.delete(gone_calls, gone_objects)
