@@ -268,3 +268,86 @@ def test_the_threshold_packs_only_from_gc(tmp_path: Any) -> None:
     assert plan_gc(store, pack_threshold=5).pack.write
     assert not plan_gc(store, pack=False, pack_threshold=5).pack.write
     assert not (tmp_path / "s" / "packs").exists()  # planning writes nothing
+
+
+# -- the format's test vectors (docs/format.md, "Packs") --------------------------------------
+
+VECTORS = Path(__file__).parent / "data" / "packs"
+
+
+def test_the_committed_vector_is_what_the_spec_says() -> None:
+    """Rebuilt from its entries, the vector is byte for byte the committed pack and index;
+    its fields, read here with struct alone, say what docs/format.md says they do."""
+    import json
+    import struct
+
+    import xxhash
+
+    spec = json.loads((VECTORS / "vector.json").read_text())
+    h = spec["hash"]
+    pack = (VECTORS / f"pack-{h}.pack").read_bytes()
+    idx = (VECTORS / f"pack-{h}.idx").read_bytes()
+    entries = [((e["name"], e["digest"]), bytes.fromhex(e["bytes"])) for e in spec["entries"]]
+    assert build_pack(entries, spec["superseded"]) == (h, pack, idx)
+    # the pack: magic, version, count, then the entries' bytes in index order
+    assert pack[:16] == b"FLPK\x01\0\0\0" + struct.pack(">Q", 4)
+    assert xxhash.xxh3_128_hexdigest(pack) == h
+    # the index: header, fan-out, names, superseded, entries, checksum
+    magic, version, size, digest, n, names, gone = struct.unpack_from(">4sB3xQ16sIII4x", idx)
+    assert (magic, version, size, digest.hex(), n, names, gone) == (b"FLPI", 1, 42, h, 4, 3, 1)
+    fan = struct.unpack_from(">256I", idx, 48)
+    assert fan[0] == 2 and fan[0xD6] == 2 and fan[0xD7] == 3 and fan[0xFE] == 3 and fan[255] == 4
+    assert idx[-16:] == xxhash.xxh3_128_digest(idx[:-16])
+    pos = 48 + 1024
+    table = []
+    for _ in range(names):
+        (k,) = struct.unpack_from(">H", idx, pos)
+        table.append(idx[pos + 2 : pos + 2 + k].decode())
+        pos += 2 + k
+    assert table == ["", "demo.cube", "demo.square"]
+    assert idx[pos : pos + 16].hex() == spec["superseded"][0]
+    pos += 16
+    rows = [struct.unpack_from(">16sIIQ", idx, pos + 32 * i) for i in range(n)]
+    keys = [(table[i], d.hex()) for d, i, _, _ in rows]  # sorted by digest, then name index
+    assert keys == [
+        ("demo.cube", "00" * 15 + "01"),
+        ("demo.square", "00" * 15 + "01"),
+        ("", spec["entries"][0]["digest"]),
+        ("demo.square", "ff" * 16),
+    ]
+    data = dict(entries)
+    assert [pack[o : o + k] for _, _, k, o in rows] == [data[key] for key in keys]
+    assert sum(k for _, _, k, _ in rows) + 16 == len(pack)
+
+
+def test_the_vector_reads_through_a_store(tmp_path) -> None:
+    import json
+    import shutil
+
+    spec = json.loads((VECTORS / "vector.json").read_text())
+    store = LocalStore(tmp_path / "s")
+    store.info()
+    shutil.copytree(VECTORS, tmp_path / "s" / "packs", ignore=shutil.ignore_patterns("*.json"))
+    # the vector supersedes a pack that is not there: nothing else changes
+    assert [p.hash for p in store.packs().live] == [spec["hash"]]
+    for e in spec["entries"]:
+        if e["name"]:
+            assert bytes(store.get_call(e["name"], e["digest"])) == bytes.fromhex(e["bytes"])
+        else:
+            assert bytes(store.get(e["digest"])) == bytes.fromhex(e["bytes"])
+    assert sorted(store.iter_functions()) == ["demo.cube", "demo.square"]
+
+
+def test_verify_reports_a_pack_that_does_not_hash_to_its_name(tmp_path) -> None:
+    store = LocalStore(tmp_path / "s")
+    populate(store)
+    pack_all(store)
+    assert verify(store).ok and verify(store).packs == 1
+    (pack,) = (tmp_path / "s" / "packs").glob("*.pack")
+    data = bytearray(pack.read_bytes())
+    data[5] ^= 1  # a reserved header byte: every entry still reads, the pack is damaged
+    pack.chmod(0o644)
+    pack.write_bytes(bytes(data))
+    store.close()
+    report = verify(store)
+    assert [f.kind for f in report.corrupt_packs] == ["pack"] and not report.ok
