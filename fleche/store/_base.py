@@ -958,6 +958,16 @@ class ObjectStore(PathStore):
 
     def _packed(self, name: str, digest: str) -> BytesLike | None:
         """The bytes of a packed object (``name`` "") or record, or None: one lookup, one read."""
+        state = self._pack_state
+        if state is not None and time.monotonic() - state.checked <= PACK_RECHECK:
+            for p in state.live:  # the hit path, inlined: the listing is fresh enough
+                found = p.index.find(name, digest)
+                if found is not None:
+                    try:
+                        return self._read_packed(p, *found)
+                    except FileNotFoundError:
+                        self._pack_state = None
+                    break
         for _ in range(2):
             found = self._locate(name, digest)
             if found is None:

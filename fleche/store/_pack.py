@@ -42,6 +42,8 @@ FANOUT = struct.Struct(">256I")
 ENTRY = struct.Struct(">16sIIQ")
 """digest (16 bytes), name index (u32), length (u32), offset in the pack (u64): 32 bytes."""
 NAME_LEN = struct.Struct(">H")
+_TAIL = struct.Struct(">IQ")
+_HIGH = b"\xff" * 12
 CHECKSUM = 16
 
 MAX_ENTRY = (1 << 32) - 1
@@ -175,25 +177,34 @@ class PackIndex:
         self._buf = buf
 
     def find(self, name: str, digest: str) -> tuple[int, int] | None:
-        """``(offset, length)`` of key ``(name, digest)`` in the pack, or None: fan-out, then bisect."""
+        """``(offset, length)`` of key ``(name, digest)`` in the pack, or None: fan-out, then bisect.
+
+        One 32-byte slice per probe: an entry sorts below ``key + 00…`` when its key is
+        smaller, above ``key + ff…`` when larger, and between them when it is the key.
+        """
         nid = self.name_ids.get(name)
         if nid is None:
             return None
-        key = bytes.fromhex(digest) + nid.to_bytes(4, "big")
-        first = key[0]
-        lo = self._fan[first - 1] if first else 0
-        hi = self._fan[first]
+        try:
+            low = bytes.fromhex(f"{digest}{nid:08x}000000000000000000000000")
+        except ValueError:
+            return None
+        high = low[:20] + _HIGH
+        first = low[0]
+        fan = self._fan
+        lo = fan[first - 1] if first else 0
+        hi = fan[first]
         buf, base = self._buf, self._base
         while lo < hi:
             mid = (lo + hi) >> 1
             p = base + (mid << 5)
-            k = buf[p : p + 20]
-            if k < key:
+            e = buf[p : p + 32]
+            if e < low:
                 lo = mid + 1
-            elif k > key:
+            elif e > high:
                 hi = mid
             else:
-                length, offset = struct.unpack_from(">IQ", buf, p + 20)
+                length, offset = _TAIL.unpack_from(e, 20)
                 if offset + length > self.pack_size:
                     return None  # a damaged index never sends a read past its pack
                 return offset, length
