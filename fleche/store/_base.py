@@ -969,11 +969,11 @@ class ObjectStore(PathStore):
                         self._pack_state = None
                     break
         for _ in range(2):
-            found = self._locate(name, digest)
-            if found is None:
+            where = self._locate(name, digest)
+            if where is None:
                 return None
             try:
-                return self._read_packed(*found)
+                return self._read_packed(*where)
             except FileNotFoundError:  # removed after a repack we had not seen: list again
                 self._pack_state = None
         return None
