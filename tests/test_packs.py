@@ -147,6 +147,41 @@ def test_a_reader_that_misses_lists_the_packs_again(store, packer, monkeypatch) 
     assert reader.find_call(*key) is not None  # loose file gone: the packs were listed again
 
 
+def test_a_reader_with_an_old_listing_reads_through_a_repack(store, packer, kind, tmp_path) -> None:
+    """A repack supersedes the pack a reader listed; during the grace the reader reads the old
+    pack, and once it is removed the reader lists again (or, on local disk, keeps it open)."""
+    if kind == "remote":
+        pytest.skip("the remote's reads are its server's (a local store)")
+    p = populate(store)
+    pack_all(packer)
+    keys = [(SIMULATE, d) for d in p.simulate.values()]
+    # another handle, as another process has: it lists only when it must
+    reader = LocalStore(store.root) if kind == "local" else ObjectStore(store.fs, store.root)
+    assert all(reader.find_call(*k) is not None for k in keys)  # listed: the first pack
+    old = {q.hash for q in reader._pack_state.live}
+    with cache(packer):
+        simulate(123)
+    apply_gc(packer, plan_gc(packer, pack=True))  # merges the first pack: supersedes it
+    assert all(reader.find_call(*k) is not None for k in keys)  # the old pack, still there
+    assert old == {q.hash for q in reader._pack_state.live}  # (the reader has not re-listed)
+    apply_gc(packer, plan_gc(packer, grace=0))  # the old pack goes
+    assert not old & set(packer.packs().packs)
+    assert all(reader.find_call(*k) is not None for k in keys)
+
+
+def test_sync_delete_removes_packed_calls_at_the_destination(tmp_path) -> None:
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    p = populate(src)
+    sync(src, dst)
+    pack_all(dst)
+    gone = (SIMULATE, p.simulate[(0,)])
+    src.delete_call(*gone)
+    result = sync(src, dst, delete=True)
+    assert result.ok and any(gone[1][2:] in n for n in result.deleted)
+    dst.close()
+    assert not dst.has_call(*gone) and len(list(dst.iter_calls())) == 8 and verify(dst).ok
+
+
 def test_a_pack_without_its_index_is_ignored_and_swept_after_the_grace(store, packer) -> None:
     populate(store)
     if not packer.supports_packs:

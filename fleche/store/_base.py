@@ -339,8 +339,9 @@ class PathStore(ABC):
 
     def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
         """The files directly under ``packs/``: name -> (size, mtime); empty when absent."""
+        self.fs.invalidate_cache(self._packs_dir)  # a cached listing would hide new packs
         try:
-            entries = self.fs.ls(self._packs_dir, detail=True, refresh=True)
+            entries = self.fs.ls(self._packs_dir, detail=True)
         except FileNotFoundError:
             return {}
         out: dict[str, tuple[int, float | None]] = {}
