@@ -386,3 +386,16 @@ def test_verify_reports_a_pack_that_does_not_hash_to_its_name(tmp_path) -> None:
     store.close()
     report = verify(store)
     assert [f.kind for f in report.corrupt_packs] == ["pack"] and not report.ok
+
+
+def test_a_packed_store_goes_to_another_process(tmp_path) -> None:
+    """A store handed to a worker (pickled) lists its packs again there."""
+    import pickle
+
+    store = LocalStore(tmp_path / "s")
+    p = populate(store)
+    pack_all(store)
+    key = (SIMULATE, p.simulate[(1,)])
+    assert store.find_call(*key) is not None  # this handle holds a mapped index now
+    copy = pickle.loads(pickle.dumps(store))
+    assert copy.find_call(*key) == store.find_call(*key)

@@ -244,6 +244,18 @@ class PathStore(ABC):
         url: str = self.fs.unstrip_protocol(self.root)
         return url
 
+    def __getstate__(self) -> dict[str, Any]:
+        # To another process (a worker): the packs are listed again there, where the maps
+        # and descriptors of this one mean nothing.
+        state = self.__dict__.copy()
+        state["_pack_state"] = None
+        del state["_pack_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pack_lock = threading.Lock()
+
     @abstractmethod
     def _load_marker(self) -> dict[str, Any] | None:
         """The parsed ``fleche.json``, or None when there is none.
