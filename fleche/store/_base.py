@@ -426,14 +426,20 @@ class PathStore(ABC):
                     yield oid
 
 
-PACK_RECHECK = 30.0
+PACK_RECHECK = 60.0
 """Seconds a reader trusts its listing of ``packs/`` on a hit before it lists again: a pack
 superseded by a repack stays readable for gc's grace (an hour by default), far longer."""
 
-PACK_RESCAN = 1.0
+PACK_RESCAN = 60.0
 """A miss re-lists ``packs/`` before it is called a miss, unless the listing is younger than
-this: gc removes loose files only a grace after packing them, so a listing this fresh has
-their pack. Bounds a storm of misses to one listing (one LIST on S3) per second."""
+this (on S3 and SFTP; local disk and memory look at every miss, for one ``stat``): gc removes
+loose files only a grace (an hour by default) after packing them, so a listing this fresh
+has their pack. Bounds a storm of misses to one listing (one LIST on S3) per minute."""
+
+
+PACK_REUSE = 1.0
+"""Listings of names (``iter_calls``, ``iter_oids``, ``fleche sync``) that run together share
+one listing of ``packs/`` at most this old."""
 
 
 class Pack:
@@ -851,7 +857,7 @@ class ObjectStore(PathStore):
 
         ``shape`` 1: names are oids; 2: ``(function id, digest)``.
         """
-        packs = self._refresh_packs(self.pack_rescan).live
+        packs = self._refresh_packs(min(self.pack_rescan, PACK_REUSE)).live
         if not packs:
             yield from loose
             return

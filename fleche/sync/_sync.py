@@ -35,7 +35,7 @@ from fleche.store import (
     FORMAT,
     MARKER,
     PACK_FILE,
-    PACK_RESCAN,
+    PACK_REUSE,
     ObjectStore,
     is_function_id,
     link_error,
@@ -247,10 +247,10 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
     if _by_packs(source, target, fids):
         # Packs travel as files: one copy per pack, not per entry. Their entries join the
         # source's listing (for --delete); the loose files are compared one by one as before.
-        src_packs = source.packs(max_age=PACK_RESCAN)
+        src_packs = source.packs(max_age=PACK_REUSE)
         there = {
             m[1]
-            for m in map(PACK_FILE.fullmatch, target.packs(max_age=PACK_RESCAN).files)
+            for m in map(PACK_FILE.fullmatch, target.packs(max_age=PACK_REUSE).files)
             if m is not None and m[2] == "idx"
         }
         for p in src_packs.live:
