@@ -399,3 +399,20 @@ def test_a_packed_store_goes_to_another_process(tmp_path) -> None:
     assert store.find_call(*key) is not None  # this handle holds a mapped index now
     copy = pickle.loads(pickle.dumps(store))
     assert copy.find_call(*key) == store.find_call(*key)
+
+
+def test_sync_copies_a_loose_rewrite_of_a_packed_record_after_its_pack(tmp_path) -> None:
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    p = populate(src)
+    pack_all(src)
+    key = (SIMULATE, p.simulate[(3,)])
+    rec = codec.decode_record(src.get_call(*key))
+    rec["metadata"] = {**rec["metadata"], "note": "rerun"}
+    src.put_call(*key, codec.encode_record(rec))  # loose, over the packed one
+    result = sync(src, dst)
+    assert [n for n in result.transferred if n.startswith("calls/")] == [
+        f"calls/{key[0]}/{key[1][:2]}/{key[1][2:]}"
+    ]
+    assert codec.decode_record(dst.get_call(*key))["metadata"]["note"] == "rerun"
+    again = sync(src, dst)
+    assert again.transferred == [] and len(again.skipped) < 5  # the pack, not its calls
