@@ -61,7 +61,7 @@ def test_a_packed_store_reads_and_lists_like_a_loose_one(store, packer) -> None:
     fresh = store
     fresh.close()  # a reader that lists again
     loose_calls, loose_oids = loose_names(packer)
-    assert loose_calls == set() and len(loose_oids) < len(oids)  # big values stay loose
+    assert loose_calls == set() and loose_oids == set()  # values up to 64 KiB are packed too
     assert sorted(fresh.iter_calls()) == sorted(calls)  # each once
     assert sorted(fresh.iter_oids()) == sorted(oids)
     assert set(fresh.iter_functions()) == {SIMULATE, BIG}
@@ -303,6 +303,9 @@ def test_the_threshold_packs_only_from_gc(tmp_path: Any) -> None:
     assert plan_gc(store, pack_threshold=5).pack.write
     assert not plan_gc(store, pack=False, pack_threshold=5).pack.write
     assert not (tmp_path / "s" / "packs").exists()  # planning writes nothing
+    large = store.put(os.urandom(100_000))  # > 64 KiB: stays loose, mappable
+    pack_all(store)
+    assert loose_names(store) == (set(), {large}) and store.exists(large)
 
 
 # -- the format's test vectors (docs/format.md, "Packs") --------------------------------------
@@ -416,3 +419,26 @@ def test_sync_copies_a_loose_rewrite_of_a_packed_record_after_its_pack(tmp_path)
     assert codec.decode_record(dst.get_call(*key))["metadata"]["note"] == "rerun"
     again = sync(src, dst)
     assert again.transferred == [] and len(again.skipped) < 5  # the pack, not its calls
+
+
+def test_fleche_gc_packs_from_the_command_line(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from fleche.cli import main
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args))
+        assert result.exit_code == 0, (result.output, result.exception)
+        return result.stdout
+
+    root = tmp_path / "s"
+    populate(LocalStore(root))
+    assert "would pack 11 small loose files" in run("gc", "-s", str(root), "--pack", "-n")
+    assert not (root / "packs").exists()
+    assert "into 1 pack" in run("gc", "-s", str(root), "--pack")
+    assert "removed 11 packed loose files" in run("gc", "-s", str(root), "--grace", "0s")
+    assert [p for p in root.rglob("*") if p.is_file() and "packs" not in p.parts] == [
+        root / "fleche.json"
+    ]
+    assert sorted(p.suffix for p in (root / "packs").iterdir()) == [".idx", ".pack"]
+    assert "no problems" in run("verify", "-s", str(root))

@@ -271,7 +271,6 @@ def _check_packs(store: ObjectStore, packs: PackSet, report: VerifyReport) -> No
             report.corrupt_packs.append(
                 Finding("pack", f"pack-{m[1]}.pack", "does not hash to its name")
             )
-        report.bytes += len(data)
 
 
 def _repair(store: ObjectStore, report: VerifyReport) -> None:
