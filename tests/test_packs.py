@@ -303,7 +303,10 @@ def test_the_threshold_packs_only_from_gc(tmp_path: Any) -> None:
     assert plan_gc(store, pack_threshold=5).pack.write
     assert not plan_gc(store, pack=False, pack_threshold=5).pack.write
     assert not (tmp_path / "s" / "packs").exists()  # planning writes nothing
-    large = store.put(os.urandom(100_000))  # > 64 KiB: stays loose, mappable
+    before = set(store.iter_oids())
+    with cache(store):
+        big(20_000)  # 160 KB: over 64 KiB, it stays loose (and mappable)
+    (large,) = set(store.iter_oids()) - before
     pack_all(store)
     assert loose_names(store) == (set(), {large}) and store.exists(large)
 
