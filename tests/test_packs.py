@@ -16,13 +16,20 @@ import pytest
 from backends import KINDS, open_backend
 from upkeep_helpers import BIG, SIMULATE, big, populate, simulate
 
-from fleche import cache, codec
+from fleche import cache, codec, fleche
 from fleche.codec import signer_from
 from fleche.store import LocalStore, ObjectStore, build_pack
 from fleche.sync import sync
 from fleche.upkeep import apply_gc, plan_gc, scan, sign, verify
 
 KEY = "11" * 32
+
+
+@fleche
+def noise(n: int) -> Any:
+    import numpy as np
+
+    return np.random.default_rng(n).random(n)
 
 
 @pytest.fixture(params=KINDS)
@@ -305,7 +312,7 @@ def test_the_threshold_packs_only_from_gc(tmp_path: Any) -> None:
     assert not (tmp_path / "s" / "packs").exists()  # planning writes nothing
     before = set(store.iter_oids())
     with cache(store):
-        big(20_000)  # 160 KB: over 64 KiB, it stays loose (and mappable)
+        noise(20_000)  # 160 KB that do not compress: over 64 KiB, it stays loose (and mappable)
     (large,) = set(store.iter_oids()) - before
     pack_all(store)
     assert loose_names(store) == (set(), {large}) and store.exists(large)
