@@ -134,6 +134,9 @@ def test_request_counts_on_the_hot_paths(
     assert requests.take() == [CMD_OPEN, CMD_FSTAT, CMD_READ, CMD_CLOSE]
     with pytest.raises(CacheMiss):
         sftp_store.get_call(FID, digest_of("miss"))
+    assert requests.take()[0] == CMD_OPEN  # and, the first time, a listing of packs/
+    with pytest.raises(CacheMiss):
+        sftp_store.get_call(FID, digest_of("another miss"))
     assert requests.take() == [CMD_OPEN]  # a miss is one request
     sftp_store.put_call(FID, digest, b"replaced")
     assert requests.take() == [CMD_OPEN, CMD_WRITE, CMD_CLOSE, "posix-rename@openssh.com"]

@@ -497,8 +497,8 @@ class Cache:
             got = codec.map_object(
                 path, where, signer=self.signer, expect=oid, verify=verify, serializers=_MAPPED
             )
-        except FileNotFoundError:
-            raise CacheMiss(f"object {oid} is not in the store at {self.store.url}") from None
+        except FileNotFoundError:  # not loose: packed (read whole, below), or a miss
+            return _NOT_MAPPED
         except CorruptObjectError as e:
             raise self._refused(e, oid) from e
         if got is None:

@@ -106,6 +106,35 @@ def _orphan_bytes(s: Any, oids: list[str]) -> int:
 # -- gc ------------------------------------------------------------------------------------
 
 
+def _print_pack(plan: Any, result: Any) -> None:
+    """One or two lines on packing, when there is anything to say."""
+    if plan.unsupported:
+        return
+    if result is None:
+        if plan.write:
+            click.echo(
+                f"would pack {_n(len(plan.fold), 'small loose file')} "
+                f"(and merge {_n(len(plan.merge), 'pack')}): {plan.reason}"
+            )
+        if plan.unloose or plan.expired or plan.strays:
+            click.echo(
+                f"would remove {_n(len(plan.unloose), 'packed loose file')}, "
+                f"{_n(len(plan.expired) + len(plan.strays), 'old pack')}"
+            )
+        return
+    if result.packs:
+        click.echo(
+            f"packed {_n(result.packed, 'loose file')} ({format_size(result.packed_bytes)}) "
+            f"into {_n(len(result.packs), 'pack')}"
+            + (f", {result.dropped:,} removed from packs" if result.dropped else "")
+        )
+    if result.unloosed or result.removed_packs:
+        click.echo(
+            f"removed {_n(result.unloosed, 'packed loose file')}, "
+            f"{_n(result.removed_packs, 'old pack file')} (older than --grace)"
+        )
+
+
 def _parsed(parse: Any) -> Any:
     """A click callback that reads an option with ``parse``; a bad value is a usage error."""
 
@@ -179,6 +208,21 @@ def _age(value: str) -> float:
     help="Leave unreferenced objects, tmp/ files and incomplete S3 uploads younger than this "
     "(writes in flight).",
 )
+@click.option(
+    "--pack/--no-pack",
+    "pack",
+    default=None,
+    help="Fold small loose files into a pack now (--pack), or never (--no-pack); "
+    "default: once --pack-threshold of them wait.",
+)
+@click.option(
+    "--pack-threshold",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    metavar="N",
+    help="Small loose files that make gc pack them.",
+)
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
 @click.option("-v", "--verbose", is_flag=True, help="List every call and object removed.")
 def gc(
@@ -190,6 +234,8 @@ def gc(
     keep_latest: int | None,
     functions: tuple[str, ...],
     grace: float,
+    pack: bool | None,
+    pack_threshold: int,
     dry_run: bool,
     verbose: bool,
 ) -> None:
@@ -200,6 +246,10 @@ def gc(
     uses is never removed. Age is when the call was computed. On S3, incomplete
     multipart uploads under the store's prefix older than --grace are aborted
     (a writer that died mid-upload leaves its parts billed in the bucket).
+
+    Small loose files (records, values up to 64 KiB) are folded into packs under
+    packs/ once --pack-threshold of them wait (or with --pack); a loose file and a
+    replaced pack are removed only once their pack is older than --grace.
     """
     from fleche.upkeep import apply_gc, plan_gc, refuse_read_only_gc
 
@@ -216,6 +266,8 @@ def gc(
             grace=grace,
             workers=workers,
             progress=progress,
+            pack=pack,
+            pack_threshold=pack_threshold,
         )
         result = None if dry_run else apply_gc(s, plan, workers=workers, progress=progress)
     if as_json:
@@ -230,6 +282,7 @@ def gc(
 
 
 def _print_gc(plan: Any, result: Any, verbose: bool) -> None:
+    _print_pack(plan.pack, None if result is None else result.pack)
     verb = "would remove" if result is None else "removed"
     if not (plan.records or plan.objects or plan.tmp or plan.uploads):
         click.echo(f"nothing to remove from {plan.url} ({format_size(plan.size_before)})")

@@ -116,13 +116,17 @@ def open_bag(store: Any, ref: dict[str, Any]) -> Iterator[Any]:
             yield bag(path)
         return
     oid = ref["oid"]
-    path = store.local_path(oid)
-    if path is not None:
-        with open(path, "rb") as f:
-            head = f.read(HEADER_SIZE)
-        if read_header(head, f"object {oid}")[0] == CODEC_RAW:
-            yield bag(path)
-            return
+    file = store.local_path(oid)
+    head = b""
+    if file is not None:
+        try:
+            with open(file, "rb") as f:
+                head = f.read(HEADER_SIZE)
+        except FileNotFoundError:  # packed: read through the store below
+            file = None
+    if file is not None and read_header(head, f"object {oid}")[0] == CODEC_RAW:
+        yield bag(file)
+        return
     _, payload = unframe(store.get(oid), f"object {oid} in {store.url}", expect=oid)
     with _temp_h5(memoryview(payload)[PAD:]) as path:
         yield bag(path)

@@ -79,17 +79,53 @@ def _calls(store: ObjectStore) -> str:
 
 
 def local_functions(store: ObjectStore) -> list[str]:
-    """Function ids with a directory under ``calls/`` (a local store)."""
+    """Function ids with a directory under ``calls/`` or records in a pack (a local store)."""
     try:
         with os.scandir(_calls(store)) as it:
-            return [e.name for e in it if is_function_id(e.name) and e.is_dir()]
+            names = [e.name for e in it if is_function_id(e.name) and e.is_dir()]
     except FileNotFoundError:
-        return []
+        names = []
+    packed = {n for p in store.packs().live for n in p.index.names if is_function_id(n)}
+    return names + sorted(packed - set(names))
+
+
+def _packs_mtime(store: ObjectStore) -> int | None:
+    """The mtime of ``packs/`` when it holds a live pack: it moves whenever a pack comes or goes."""
+    if not store.packs().live:
+        return None
+    try:
+        return os.stat(f"{store.root}/packs").st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
+_FANS: dict[
+    tuple[str, str], frozenset[str]
+] = {}  # (pack hash, function) -> its fans; packs never change
+
+
+def _packed_fans(store: ObjectStore, function_id: str) -> set[str]:
+    out: set[str] = set()
+    for p in store.packs().live:
+        if function_id not in p.index.name_ids:
+            continue
+        fans = _FANS.get((p.hash, function_id))
+        if fans is None:
+            fans = _FANS[(p.hash, function_id)] = frozenset(
+                key[:2] for name, key in (k for k, _, _ in p.index.entries()) if name == function_id
+            )
+        out |= fans
+    return out
 
 
 def fan_mtimes(store: ObjectStore, function_id: str) -> dict[str, int]:
-    """``{fan: mtime_ns}`` of a function's fan-out directories; empty when it has none."""
+    """``{fan: mtime_ns}`` of a function's fan-out directories; empty when it has none.
+
+    With packs, a fan's stamp is the later of its directory's mtime and that of
+    ``packs/``: a pack published or removed makes every fan look again, once.
+    """
     out = {}
+    packs = _packs_mtime(store)
     try:
         with os.scandir(f"{_calls(store)}/{function_id}") as it:
             for e in it:
@@ -101,6 +137,11 @@ def fan_mtimes(store: ObjectStore, function_id: str) -> dict[str, int]:
                     out[e.name] = st.st_mtime_ns
     except FileNotFoundError:
         pass
+    if packs is not None:
+        for fan in _packed_fans(store, function_id):
+            out[fan] = max(out.get(fan, 0), packs)
+        for fan in out:
+            out[fan] = max(out[fan], packs)
     return out
 
 
@@ -114,6 +155,11 @@ def fan_listing(store: ObjectStore, function_id: str, fan: str) -> dict[str, str
                     out[fan + e.name] = str(e.inode())
     except FileNotFoundError:
         pass
+    for p in store.packs().live:  # packed records: stamped by their pack
+        if function_id in p.index.name_ids:
+            for (name, key), _, _ in p.index.entries(int(fan, 16)):
+                if name == function_id:
+                    out.setdefault(key, f"pack-{p.hash}")
     return out
 
 

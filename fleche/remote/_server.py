@@ -115,7 +115,7 @@ class _Server:
         try:
             fd, st = open_file(path)  # a directory, fifo or link there: NotAFileError
         except FileNotFoundError:
-            raise CacheMiss(f"object {oid} is not in the store at {self.store.url}") from None
+            return _Body(self.store.get(oid))  # packed, or a miss (CacheMiss)
         try:
             size = st.st_size
             if size >= SENDFILE_MIN and hasattr(os, "sendfile"):

@@ -10,7 +10,7 @@ that ``fleche remote --serve`` answers) imported only when first used, so
 URL into the right one.
 
 Inside: ``_base`` (names, paths, the generic store), ``_local``, ``_memory``,
-``_s3``, ``_sftp`` with ``_sftp_pipeline`` and ``_ssh`` (pipelined SFTP requests,
+``_s3``, ``_pack`` (the pack format), ``_sftp`` with ``_sftp_pipeline`` and ``_ssh`` (pipelined SFTP requests,
 SSH connections), ``_remote`` with ``_remote_session`` and ``_wire`` (the remote
 cache's client, its connection, its framing), ``_open`` (URL to backend).
 """
@@ -22,8 +22,11 @@ from fleche.store._base import (
     FORMAT,
     HEX_DIGITS,
     MARKER,
+    PACK_REUSE,
     BytesLike,
     ObjectStore,
+    Pack,
+    PackSet,
     ReadableFile,
     describe_mode,
     digest_parts,
@@ -38,6 +41,7 @@ from fleche.store._local import (
     open_file,
 )
 from fleche.store._open import open_store
+from fleche.store._pack import PACK_FILE, PackIndex, build_pack
 
 if TYPE_CHECKING:
     from fleche.store._memory import MemoryStore, PrivateMemoryFileSystem
@@ -113,6 +117,11 @@ __all__ = [
     "MemoryStore",
     "OK",
     "ObjectStore",
+    "PACK_FILE",
+    "PACK_REUSE",
+    "Pack",
+    "PackIndex",
+    "PackSet",
     "PREFIX",
     "PROTOCOL",
     "PrivateMemoryFileSystem",
@@ -127,6 +136,7 @@ __all__ = [
     "SSHConnectionError",
     "SSHFileSystem",
     "Upload",
+    "build_pack",
     "describe_mode",
     "digest_parts",
     "error_names",

@@ -14,12 +14,16 @@ sequence of them) is normalized by :func:`as_parts` and named by
 
 from __future__ import annotations
 
+import io
 import json
 import mmap
 import os
 import re
 import stat
 import sys
+import threading
+import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
@@ -31,11 +35,13 @@ import xxhash
 from fleche._version import __version__
 from fleche.errors import (
     CacheMiss,
+    CorruptObjectError,
     NotAFileError,
     ReadOnlyStoreError,
     StoreFormatError,
     StoreLinkError,
 )
+from fleche.store._pack import PACK_FILE, Key, PackIndex, build_pack
 
 if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use it load it
     from concurrent.futures import Future
@@ -136,7 +142,7 @@ def named(name: Future[tuple[str, bytes, bytes]], header_size: int) -> tuple[str
 MARKER = "fleche.json"
 
 
-LAYOUT = ("tmp", "quarantine", "objects", "calls")
+LAYOUT = ("tmp", "quarantine", "objects", "calls", "packs")
 """The store's top-level directories; none of them, nor a fan-out or function directory under
 them, may be a symbolic link when upkeep changes the store (see :meth:`PathStore.layout_links`)."""
 
@@ -225,6 +231,9 @@ class PathStore(ABC):
         self.url: str = self._make_url()
         self._objects = f"{self.root}/objects"
         self._calls = f"{self.root}/calls"
+        self._packs_dir = f"{self.root}/packs"
+        self._pack_state: PackSet | None = None
+        self._pack_lock = threading.Lock()
         self._call_dirs: dict[str, str] = {}
         self._marker_path = f"{self.root}/{MARKER}"
         self._dirs: set[str] = set()  # directories known to exist: no mkdir once warm
@@ -234,6 +243,18 @@ class PathStore(ABC):
     def _make_url(self) -> str:
         url: str = self.fs.unstrip_protocol(self.root)
         return url
+
+    def __getstate__(self) -> dict[str, Any]:
+        # To another process (a worker): the packs are listed again there, where the maps
+        # and descriptors of this one mean nothing.
+        state = self.__dict__.copy()
+        state["_pack_state"] = None
+        del state["_pack_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._pack_lock = threading.Lock()
 
     @abstractmethod
     def _load_marker(self) -> dict[str, Any] | None:
@@ -319,6 +340,53 @@ class PathStore(ABC):
         self._ensure_dir(dst.rpartition("/")[0])
         self.fs.mv(src, dst)
 
+    # -- packs: primitives a backend may override (docs/format.md, "Packs") -----
+
+    def _packs_stamp(self) -> object:
+        """Something that changes whenever ``packs/`` gains or loses a file, or None.
+
+        None (here): no cheap way to tell, so every refresh lists the directory.
+        """
+        return None
+
+    def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
+        """The files directly under ``packs/``: name -> (size, mtime); empty when absent."""
+        self.fs.invalidate_cache(self._packs_dir)  # a cached listing would hide new packs
+        try:
+            entries = self.fs.ls(self._packs_dir, detail=True)
+        except FileNotFoundError:
+            return {}
+        out: dict[str, tuple[int, float | None]] = {}
+        for e in entries:
+            if e.get("type", "file") == "file":
+                name = e["name"].rstrip("/").rpartition("/")[2]
+                mtime = None
+                for k in ("mtime", "LastModified", "last_modified", "created"):
+                    v = e.get(k)
+                    if isinstance(v, datetime):
+                        mtime = v.timestamp()
+                        break
+                    if isinstance(v, (int, float)) and not isinstance(v, bool):
+                        mtime = float(v)
+                        break
+                out[name] = (int(e.get("size") or 0), mtime)
+        return out
+
+    def _open_pack(self, hash: str, mtime: float | None) -> Pack:
+        """Read and check ``pack-<hash>.idx`` (whole: it is small); FileNotFoundError if gone."""
+        path = f"{self._packs_dir}/pack-{hash}"
+        index = PackIndex(self._read(f"{path}.idx"), f"{path}.idx", expect=hash)
+        return Pack(hash, path, index, mtime)
+
+    def _read_range(self, path: str, offset: int, length: int) -> BytesLike:
+        """``length`` bytes of the file at ``path`` from ``offset`` (one ranged GET on S3)."""
+        data: bytes = self.fs.cat_file(path, start=offset, end=offset + length)
+        return data
+
+    def _read_packed(self, pack: Pack, offset: int, length: int) -> BytesLike:
+        """An entry's bytes from its pack file; FileNotFoundError when the pack is gone."""
+        return self._read_range(f"{pack.path}.pack", offset, length)
+
     def layout_links(self) -> dict[str, str]:
         """The directories of the layout that are symbolic links: path -> where each points.
 
@@ -356,6 +424,67 @@ class PathStore(ABC):
                 oid = rel[:2] + rel[3:]
                 if is_oid(oid):
                     yield oid
+
+
+PACK_RECHECK = 60.0
+"""Seconds a reader trusts its listing of ``packs/`` on a hit before it lists again: a pack
+superseded by a repack stays readable for gc's grace (an hour by default), far longer."""
+
+PACK_RESCAN = 60.0
+"""A miss re-lists ``packs/`` before it is called a miss, unless the listing is younger than
+this (on S3 and SFTP; local disk and memory look at every miss, for one ``stat``): gc removes
+loose files only a grace (an hour by default) after packing them, so a listing this fresh
+has their pack. Bounds a storm of misses to one listing (one LIST on S3) per minute."""
+
+
+PACK_REUSE = 1.0
+"""Listings of names (``iter_calls``, ``iter_oids``, ``fleche sync``) that run together share
+one listing of ``packs/`` at most this old."""
+
+
+class Pack:
+    """One readable pack: its parsed index, and how to reach the pack file's bytes."""
+
+    __slots__ = ("__weakref__", "handle", "hash", "index", "mtime", "path")
+
+    def __init__(self, hash: str, path: str, index: PackIndex, mtime: float | None) -> None:
+        self.hash = hash
+        self.path = path  # without the extension
+        self.index = index
+        self.mtime = mtime  # of the .idx: when the pack was published
+        self.handle: Any = None  # a backend's open handle on the .pack (LocalStore: an fd)
+
+    def __del__(self) -> None:
+        # Closed when the last reader lets go, never under one: a thread may be reading.
+        if isinstance(self.handle, int):
+            try:
+                os.close(self.handle)
+            except OSError:
+                pass
+
+
+class PackSet:
+    """A store's view of ``packs/`` at one listing: every pack, and the live ones to search."""
+
+    __slots__ = ("checked", "files", "live", "packs", "stamp")
+
+    def __init__(
+        self,
+        packs: dict[str, Pack],
+        files: dict[str, tuple[int, float | None]],
+        stamp: object,
+    ) -> None:
+        self.packs = packs
+        self.files = files  # file name -> (size, mtime), as listed
+        gone: set[str] = set()
+        for p in packs.values():
+            gone |= p.index.superseded
+        self.live = [p for h, p in sorted(packs.items()) if h not in gone]
+        self.stamp = stamp
+        self.checked = time.monotonic()
+
+
+_GONE = object()  # a pack file vanished under a reader: list again
 
 
 FORMAT = 1
@@ -481,8 +610,10 @@ class ObjectStore(PathStore):
         """
         self._check_writable()
         path = self._oid_path(oid)
-        if not self._exists(path):
+        if not self._exists(path) and self._locate("", oid) is None:
             raise CacheMiss(f"object {oid} is not in the store at {self.url}")
+        # A packed object is rewritten loose: the loose file wins over the pack, and the
+        # next repack takes it in.
         self._write(path, as_parts(data))
 
     def put_later(
@@ -552,7 +683,10 @@ class ObjectStore(PathStore):
         try:
             return self._open_read(path)
         except FileNotFoundError:
-            raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+            data = self._packed("", oid)
+            if data is None:
+                raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+            return io.BytesIO(data)
 
     def get(self, oid: str) -> BytesLike:
         """The bytes of object ``oid``; ``CacheMiss`` when it is not in the store."""
@@ -560,11 +694,14 @@ class ObjectStore(PathStore):
         try:
             return self._read(path)
         except FileNotFoundError:
-            raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+            data = self._packed("", oid)
+            if data is None:
+                raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+            return data
 
     def exists(self, oid: str) -> bool:
-        """Whether object ``oid`` is stored (one request on remote stores, no read)."""
-        return self._exists(self._oid_path(oid))
+        """Whether object ``oid`` is stored, loose or packed (one request on remote stores, no read)."""
+        return self._exists(self._oid_path(oid)) or self._locate("", oid) is not None
 
     def read_ends(self, oid: str, n: int) -> tuple[BytesLike, BytesLike]:
         """The first and last ``n`` bytes of object ``oid``: its header and its trailer, unread between.
@@ -576,7 +713,11 @@ class ObjectStore(PathStore):
         try:
             return self._read_ends(path, n)
         except FileNotFoundError:
-            raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+            data = self._packed("", oid)
+            if data is None:
+                raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+            view = memoryview(data)
+            return view[:n], view[max(0, len(view) - n) :]
 
     def _read_ends(self, path: str, n: int) -> tuple[BytesLike, BytesLike]:
         size = self._size(path)
@@ -592,10 +733,17 @@ class ObjectStore(PathStore):
             self._remove(path)
         except FileNotFoundError:
             pass
+        if self._locate("", oid) is not None:
+            self.drop_packed({("", oid)})
 
-    def iter_oids(self) -> Iterator[str]:
-        """Every object's oid, from listings (a LIST per 1,000 names on S3), never reads."""
-        return self._list_fanout(self._objects)
+    def iter_oids(self, *, packed: bool = True) -> Iterator[str]:
+        """Every object's oid, each once, from listings (a LIST per 1,000 names on S3), never reads.
+
+        ``packed=False``: the loose files only.
+        """
+        if not packed:
+            return self._list_fanout(self._objects)
+        return self._with_packed(self._list_fanout(self._objects), lambda name: name == "", 1)
 
     def size(self, oid: str) -> int:
         """Stored size of object ``oid`` in bytes; ``CacheMiss`` when absent."""
@@ -603,7 +751,10 @@ class ObjectStore(PathStore):
         try:
             return self._size(path)
         except FileNotFoundError:
-            raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+            found = self._locate("", oid)
+            if found is None:
+                raise CacheMiss(f"object {oid} is not in the store at {self.url}") from None
+            return found[2]
 
     def local_path(self, oid: str) -> str | None:
         """Path of the object's file on local disk (for mmap), or None if not local.
@@ -639,34 +790,89 @@ class ObjectStore(PathStore):
         path = self._call_path(function_id, digest)
         try:
             return self._read(path)
-        except FileNotFoundError:
-            return None
+        except FileNotFoundError:  # not loose: packed? (a store without packs: one clock read)
+            return self._packed(function_id, digest)
 
     def has_call(self, function_id: str, digest: str) -> bool:
-        """Whether a record is stored for this call, without reading it."""
-        return self._exists(self._call_path(function_id, digest))
+        """Whether a record is stored for this call, loose or packed, without reading it."""
+        path = self._call_path(function_id, digest)
+        return self._exists(path) or self._locate(function_id, digest) is not None
 
     def delete_call(self, function_id: str, digest: str) -> None:
-        """Remove a call record (already gone is not an error); its objects stay for ``gc``."""
+        """Remove a call record (already gone is not an error); its objects stay for ``gc``.
+
+        A packed record is removed by rewriting its pack without it (``drop_packed``).
+        """
         path = self._call_path(function_id, digest)
         self._check_writable()
         try:
             self._remove(path)
         except FileNotFoundError:
             pass
+        if self._locate(function_id, digest) is not None:
+            self.drop_packed({(function_id, digest)})
 
-    def iter_calls(self, function_id: str | None = None) -> Iterator[tuple[str, str]]:
-        """``(function_id, digest)`` of every record, or of one function's records."""
-        functions = self.iter_functions() if function_id is None else (function_id,)
+    def iter_calls(
+        self, function_id: str | None = None, *, packed: bool = True
+    ) -> Iterator[tuple[str, str]]:
+        """``(function_id, digest)`` of every record, or of one function's records, each once.
+
+        Loose records and packed ones; ``packed=False``: the loose files only.
+        """
+        loose = self._iter_loose_calls(function_id)
+        if not packed:
+            return loose
+        if function_id is None:
+            return self._with_packed(loose, lambda name: name != "", 2)
+        check_function_id(function_id)
+        return self._with_packed(loose, lambda name: name == function_id, 2)
+
+    def _iter_loose_calls(self, function_id: str | None) -> Iterator[tuple[str, str]]:
+        functions = self._loose_functions() if function_id is None else (function_id,)
         for fid in functions:
             for digest in self._list_fanout(self._call_dir(fid)):
                 yield fid, digest
 
-    def iter_functions(self) -> Iterator[str]:
-        """The function ids that have call records (directory names under ``calls/``)."""
+    def _loose_functions(self) -> Iterator[str]:
         for name in self._list_dirs(self._calls):
             if is_function_id(name):
                 yield name
+
+    def iter_functions(self) -> Iterator[str]:
+        """The function ids that have call records (directories under ``calls/``, and in packs)."""
+        seen = set()
+        for name in self._loose_functions():
+            seen.add(name)
+            yield name
+        for p in self._current_packs().live:
+            for name in p.index.names:
+                if name and name not in seen and is_function_id(name):
+                    seen.add(name)
+                    yield name
+
+    def _with_packed(
+        self, loose: Iterator[Any], wanted: Callable[[str], bool], shape: int
+    ) -> Iterator[Any]:
+        """``loose``'s names, then the live packs' entries ``wanted`` keeps that are not among them.
+
+        ``shape`` 1: names are oids; 2: ``(function id, digest)``.
+        """
+        packs = self._refresh_packs(min(self.pack_rescan, PACK_REUSE)).live
+        if not packs:
+            yield from loose
+            return
+        seen: set[Any] = set()
+        for item in loose:
+            seen.add(item)
+            yield item
+        for p in packs:
+            for (name, digest), _, _ in p.index.entries():
+                if not wanted(name):
+                    continue
+                item = digest if shape == 1 else (name, digest)
+                if item not in seen:
+                    seen.add(item)
+                    yield item
 
     # -- leases: locks/<function-id>/<digest>, see fleche.cache._lease ------------------------
     # Bytes only; fleche.cache._lease decides what they say. Built on the same create-only
@@ -705,6 +911,214 @@ class ObjectStore(PathStore):
         except FileNotFoundError:
             pass
 
+    # -- packs: many small files in one (docs/format.md, "Packs") ------------------------------
+    # A reader tries the loose file first, then the live packs (those no other index
+    # supersedes). Listings are cached: an index is immutable, so it is read once.
+
+    supports_packs = True
+    """Whether this handle reads and writes ``packs/`` itself (the SSH remote's server does)."""
+
+    pack_rescan = PACK_RESCAN
+    """A miss re-lists ``packs/`` when the listing is older than this (seconds). Local disk and
+    memory list for every miss (a stat, or a dict): 0."""
+
+    def _current_packs(self) -> PackSet:
+        state = self._pack_state
+        if state is None or time.monotonic() - state.checked > PACK_RECHECK:
+            state = self._refresh_packs()
+        return state
+
+    def _refresh_packs(self, max_age: float = 0.0) -> PackSet:
+        """List ``packs/`` again (cheaply when its stamp is unchanged) and load new indexes.
+
+        ``max_age``: a listing at most this old is good enough (listings run in parallel).
+        """
+        with self._pack_lock:
+            old = self._pack_state
+            if old is not None and time.monotonic() - old.checked <= max_age:
+                return old
+            stamp = self._packs_stamp()
+            if old is not None and stamp is not None and stamp == old.stamp:
+                old.checked = time.monotonic()
+                return old
+            files = self._list_pack_files()
+            packs: dict[str, Pack] = {}
+            for fname, (_, mtime) in files.items():
+                m = PACK_FILE.fullmatch(fname)
+                if m is None or m[2] != "idx" or f"pack-{m[1]}.pack" not in files:
+                    continue  # a pack without its index is not published yet (or left by a crash)
+                known = old.packs.get(m[1]) if old is not None else None
+                if known is None:
+                    try:
+                        known = self._open_pack(m[1], mtime)
+                    except FileNotFoundError:
+                        continue
+                    except CorruptObjectError as e:
+                        warnings.warn(str(e), stacklevel=3)
+                        continue
+                packs[m[1]] = known
+            state = self._pack_state = PackSet(packs, files, stamp)
+            return state
+
+    def _search(self, state: PackSet, name: str, digest: str) -> tuple[Pack, int, int] | None:
+        for p in state.live:
+            found = p.index.find(name, digest)
+            if found is not None:
+                return p, found[0], found[1]
+        return None
+
+    def _locate(self, name: str, digest: str) -> tuple[Pack, int, int] | None:
+        """Where key ``(name, digest)`` is packed, or None; a miss re-lists ``packs/`` first."""
+        state = self._current_packs()
+        found = self._search(state, name, digest)
+        if found is None and time.monotonic() - state.checked >= self.pack_rescan:
+            found = self._search(self._refresh_packs(), name, digest)
+        return found
+
+    def _packed(self, name: str, digest: str) -> BytesLike | None:
+        """The bytes of a packed object (``name`` "") or record, or None: one lookup, one read."""
+        state = self._pack_state
+        if state is not None and time.monotonic() - state.checked <= PACK_RECHECK:
+            for p in state.live:  # the hit path, inlined: the listing is fresh enough
+                found = p.index.find(name, digest)
+                if found is not None:
+                    try:
+                        return self._read_packed(p, *found)
+                    except FileNotFoundError:
+                        self._pack_state = None
+                    break
+        for _ in range(2):
+            where = self._locate(name, digest)
+            if where is None:
+                return None
+            try:
+                return self._read_packed(*where)
+            except FileNotFoundError:  # removed after a repack we had not seen: list again
+                self._pack_state = None
+        return None
+
+    def _check_packs(self) -> None:
+        if not self.supports_packs:
+            raise ReadOnlyStoreError(
+                f"{self.url} cannot write packs from here: run 'fleche gc' where the store lives"
+            )
+
+    def packs(self, max_age: float = 0.0) -> PackSet:
+        """The packs as listed now (or ``max_age`` seconds ago at most): every readable one
+        (``.packs``), the live ones (``.live``) and every file under ``packs/`` (``.files``,
+        name -> (size, mtime))."""
+        return self._refresh_packs(max_age) if self.supports_packs else PackSet({}, {}, None)
+
+    def packed_entries(self) -> Iterator[tuple[Key, int, str]]:
+        """``((name, digest), length, pack hash)`` of every live pack entry (name "" = object)."""
+        for p in self.packs().live:
+            for key, _, length in p.index.entries():
+                yield key, length, p.hash
+
+    def read_pack_range(self, pack: Pack, offset: int, length: int) -> BytesLike:
+        """``length`` bytes of ``pack`` from ``offset``: one entry; FileNotFoundError if gone."""
+        return self._read_packed(pack, offset, length)
+
+    def read_pack(self, hash: str) -> BytesLike:
+        """The whole ``pack-<hash>.pack`` (for a repack, verify, or a copy); FileNotFoundError if gone."""
+        check_oid(hash, "pack hash")
+        return self._read(f"{self._packs_dir}/pack-{hash}.pack")
+
+    def read_pack_index(self, hash: str) -> BytesLike:
+        """The whole ``pack-<hash>.idx``; FileNotFoundError if gone."""
+        check_oid(hash, "pack hash")
+        return self._read(f"{self._packs_dir}/pack-{hash}.idx")
+
+    def write_pack(
+        self, entries: Iterable[tuple[Key, BytesLike]], superseded: Iterable[str] = ()
+    ) -> str:
+        """Publish a pack of ``entries`` (each file's exact bytes) and return its hash.
+
+        The ``.pack`` first, then its ``.idx``, each with the store's create-only
+        write: readers see nothing until the index is there, then all of it. The
+        packs in ``superseded`` stop being read by anyone who lists the new index;
+        their files stay until ``remove_pack`` (gc, after its grace).
+        """
+        self._check_writable()
+        self._check_packs()
+        hash, pack, idx = build_pack(entries, superseded)
+        self.put_pack(hash, pack, idx)
+        return hash
+
+    def put_pack(self, hash: str, pack: BytesLike, idx: BytesLike) -> None:
+        """Publish the two files of pack ``hash`` as they are (``fleche sync``): checked first.
+
+        CorruptObjectError when ``pack`` does not hash to ``hash`` or ``idx`` is not its index.
+        """
+        self._check_writable()
+        self._check_packs()
+        check_oid(hash, "pack hash")
+        where = f"pack {hash}"
+        if xxhash.xxh3_128_hexdigest(pack) != hash:
+            raise CorruptObjectError(f"{where} does not hash to its name: not copied")
+        index = PackIndex(idx, f"{where}.idx", expect=hash)
+        if index.pack_size != memoryview(pack).nbytes:
+            raise CorruptObjectError(f"{where}.idx gives another size for its pack: not copied")
+        if self._info is None:
+            self._ensure_marker()
+        self._ensure_dir(self._packs_dir)
+        base = f"{self._packs_dir}/pack-{hash}"
+        self._write_new(f"{base}.pack", bytes(pack))  # already there: the same bytes
+        self._write_new(f"{base}.idx", bytes(idx))
+        self._pack_state = None
+
+    def drop_packed(self, keys: set[Key]) -> str | None:
+        """Rewrite the live packs holding any of ``keys`` into one pack without them.
+
+        A pack is immutable, so removing a packed record or object is a repack: the
+        new pack supersedes the old ones (kept until gc's grace for readers that
+        listed before). Returns the new pack's hash, or None when no pack held one.
+        """
+        self._check_writable()
+        self._check_packs()
+        state = self._refresh_packs()
+        hit = [p for p in state.live if any(p.index.find(*k) is not None for k in keys)]
+        if not hit:
+            return None
+        entries: list[tuple[Key, BytesLike]] = []
+        for p in hit:
+            data = memoryview(self.read_pack(p.hash))
+            entries += [
+                (key, data[off : off + n]) for key, off, n in p.index.entries() if key not in keys
+            ]
+        gone = {p.hash for p in hit}
+        for p in hit:
+            gone |= p.index.superseded  # so that removing a middle pack never revives an old one
+        return self.write_pack(entries, gone)
+
+    def read_loose(self, name: str, digest: str) -> BytesLike | None:
+        """The loose file of an object (``name`` "") or a record, or None: packs are not read."""
+        path = self._oid_path(digest) if name == "" else self._call_path(name, digest)
+        try:
+            return self._read(path)
+        except FileNotFoundError:
+            return None
+
+    def delete_loose(self, name: str, digest: str) -> None:
+        """Remove the loose file of an object (``name`` "") or a record; a packed copy stays."""
+        self._check_writable()
+        path = self._oid_path(digest) if name == "" else self._call_path(name, digest)
+        try:
+            self._remove(path)
+        except FileNotFoundError:
+            pass
+
+    def remove_pack(self, hash: str) -> None:
+        """Remove pack ``hash``'s index, then its pack file (gc, after the grace); gone is fine."""
+        self._check_writable()
+        check_oid(hash, "pack hash")
+        for ext in ("idx", "pack"):
+            try:
+                self._remove(f"{self._packs_dir}/pack-{hash}.{ext}")
+            except FileNotFoundError:
+                pass
+        self._pack_state = None
+
     # -- housekeeping ------------------------------------------------------------
 
     def quarantine(
@@ -733,7 +1147,12 @@ class ObjectStore(PathStore):
         try:
             self._move(path, self._quarantine_path(path))
         except FileNotFoundError:
-            pass
+            # Packed: its bytes go to quarantine/ as a file, and the pack is rewritten without it.
+            key = ("", oid) if oid is not None else (function_id or "", digest or "")
+            data = self._packed(*key)
+            if data is not None:
+                self._write(self._quarantine_path(path), (data,))
+                self.drop_packed({key})
 
     def _quarantine_path(self, path: str) -> str:
         """Where ``quarantine`` moves the file at ``path``: its relative path, time-stamped."""
@@ -761,5 +1180,6 @@ class ObjectStore(PathStore):
         return dict(self._info or {})
 
     def close(self) -> None:
-        """Forget cached state; the generic store holds no open handles."""
+        """Forget cached state; the generic store holds no open handles (packs close when unused)."""
         self._dirs.clear()
+        self._pack_state = None

@@ -14,6 +14,7 @@ import itertools
 import mmap
 import os
 import stat
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
@@ -24,6 +25,7 @@ from fleche.store._base import (
     LAYOUT,
     BytesLike,
     ObjectStore,
+    Pack,
     ReadableFile,
     describe_mode,
     is_oid,
@@ -32,6 +34,7 @@ from fleche.store._base import (
     not_a_file,
     writable_buffer,
 )
+from fleche.store._pack import PackIndex
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -199,6 +202,7 @@ class LocalStore(ObjectStore):
     """
 
     has_links = True
+    pack_rescan = 0.0  # a miss looks at packs/ again: one stat here, so always
 
     def __init__(
         self, root: str | os.PathLike[str], *, read_only: bool = False, durable: bool = False
@@ -494,6 +498,48 @@ class LocalStore(ObjectStore):
                 for fdir in linked(entries(path)):
                     linked(e for e in entries(fdir.path) if len(e.name) == 2)
         return links
+
+    # -- packs: the index memory-mapped, entries read with one pread ---------------------
+
+    def _packs_stamp(self) -> object:
+        # A directory's mtime changes when a file is added or removed: one stat tells whether
+        # to list again. Within the last two seconds it may not have ticked yet: list anyway.
+        try:
+            st = os.stat(self._packs_dir)
+        except FileNotFoundError:
+            return "absent"
+        if st.st_mtime > time.time() - 2:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
+        out: dict[str, tuple[int, float | None]] = {}
+        try:
+            with os.scandir(self._packs_dir) as it:
+                for e in it:
+                    if e.name.startswith("pack-") and e.is_file(follow_symlinks=False):
+                        try:
+                            st = e.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            continue
+                        out[e.name] = (st.st_size, st.st_mtime)
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        return out
+
+    def _open_pack(self, hash: str, mtime: float | None) -> Pack:
+        path = f"{self._packs_dir}/pack-{hash}"
+        fd, st = open_file(f"{path}.idx")
+        try:
+            buf = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ) if st.st_size else b""
+        finally:
+            os.close(fd)
+        pack = Pack(hash, path, PackIndex(buf, f"{path}.idx", expect=hash), mtime)
+        pack.handle, _ = open_file(f"{path}.pack")  # kept open: readable even once removed
+        return pack
+
+    def _read_packed(self, pack: Pack, offset: int, length: int) -> BytesLike:
+        return os.pread(pack.handle, length, offset)
 
     def _ensure_dir(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)

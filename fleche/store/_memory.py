@@ -65,6 +65,7 @@ class MemoryStore(ObjectStore):
     """
 
     in_memory = True
+    pack_rescan = 0.0  # a miss looks at packs/ again: one stat here, so always
 
     def __init__(
         self,

@@ -286,7 +286,22 @@ class RemoteStore(RemoteSession, ObjectStore):
         check_oid(oid)
         return None
 
-    def iter_oids(self) -> Iterator[str]:
+    supports_packs = False  # the server reads its packs; packing runs where the store lives
+
+    def read_loose(self, name: str, digest: str) -> bytes | None:
+        try:
+            return self.get(digest) if name == "" else self.find_call(name, digest)
+        except CacheMiss:
+            return None
+
+    def delete_loose(self, name: str, digest: str) -> None:
+        # The server's store decides: its delete removes a packed copy too.
+        if name == "":
+            self.delete(digest)
+        else:
+            self.delete_call(name, digest)
+
+    def iter_oids(self, *, packed: bool = True) -> Iterator[str]:
         return self._iterate(("iter_oids",))
 
     # -- call records --------------------------------------------------------------------
@@ -314,7 +329,9 @@ class RemoteStore(RemoteSession, ObjectStore):
         self._check_writable()
         self._request(("delete_call", function_id, digest))
 
-    def iter_calls(self, function_id: str | None = None) -> Iterator[tuple[str, str]]:
+    def iter_calls(
+        self, function_id: str | None = None, *, packed: bool = True
+    ) -> Iterator[tuple[str, str]]:
         if function_id is not None:
             check_function_id(function_id)
         # msgpack gives [fid, digest] lists; the store API promises tuples

@@ -446,10 +446,20 @@ class S3Store(ObjectStore):
         else:
             self._put_new(path, parts)
 
-    def iter_calls(self, function_id: str | None = None) -> Iterator[tuple[str, str]]:
+    def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
+        """``packs/`` in one LIST (not s3fs's ``ls``, whose listing cache would hide new packs)."""
+        out: dict[str, tuple[int, float | None]] = {}
+        for page in self._list(self._packs_dir, delimiter="/"):
+            for obj in page.get("Contents", ()):
+                modified = obj.get("LastModified")
+                mtime = modified.timestamp() if hasattr(modified, "timestamp") else None
+                out[obj["Key"].rpartition("/")[2]] = (int(obj.get("Size") or 0), mtime)
+        return out
+
+    def _iter_loose_calls(self, function_id: str | None) -> Iterator[tuple[str, str]]:
         """Every record in one recursive listing of ``calls/`` (or of one function's records)."""
         if function_id is not None:
-            yield from super().iter_calls(function_id)
+            yield from super()._iter_loose_calls(function_id)
             return
         for rel in self._list_keys(self._calls):
             fid, _, rest = rel.partition("/")  # "<function id>/ab/<30 hex>"

@@ -481,6 +481,19 @@ class SFTPStore(ObjectStore):
         except FileNotFoundError:
             return []
 
+    def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
+        return {
+            e.filename: (int(e.st_size or 0), None if e.st_mtime is None else float(e.st_mtime))
+            for e in self._listdir(self._packs_dir)
+            if stat.S_ISREG(e.st_mode or 0)
+        }
+
+    def _read_range(self, path: str, offset: int, length: int) -> BytesLike:
+        with self._session(path, "read") as r, r.sftp.open(path, "rb") as f:
+            f.seek(offset)
+            data: bytes = f.read(length)
+            return data
+
     def _list_dirs(self, path: str) -> Iterator[str]:
         for entry in self._listdir(path):
             if entry.st_mode is not None and stat.S_ISDIR(entry.st_mode):

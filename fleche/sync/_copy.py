@@ -15,7 +15,7 @@ from fleche.cache import referenced_oids
 from fleche.errors import CorruptObjectError
 from fleche.store import ObjectStore, is_oid
 from fleche.sync._pool import _Failed, _Progress, _run
-from fleche.sync._result import CallKey, SyncResult, call_name, object_name
+from fleche.sync._result import CallKey, SyncResult, call_name, object_name, pack_name
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
@@ -128,6 +128,34 @@ class _Sync:
 
         self.bar.phase("records", len(keys))
         _run(self.pool, self.window, keys, self.copy_record, done, self.record_failed)
+
+    def copy_pack(self, pack: Any) -> int:
+        """Both files of a pack, checked (its hash, its index), the ``.pack`` before the ``.idx``."""
+        data = self.source.read_pack(pack.hash)
+        self.target.put_pack(pack.hash, data, self.source.read_pack_index(pack.hash))
+        self.present.update(d for (n, d), _, _ in pack.index.entries() if n == "")
+        return memoryview(data).nbytes
+
+    def copy_packs(self, packs: list[Any]) -> None:
+        """In the order they were published: a record is packed with or after its objects."""
+
+        def done(pack: Any, nbytes: int) -> None:
+            self.result.transferred.append(pack_name(pack.hash))
+            self.result.bytes_transferred += nbytes
+            self.bar.advance(nbytes)
+
+        def failed(pack: Any, reason: str) -> None:
+            self.result.failed.append((pack_name(pack.hash), reason))
+            self.bar.advance()
+
+        self.bar.phase("packs", len(packs))
+        for pack in sorted(packs, key=lambda p: (p.mtime or 0.0, p.hash)):
+            try:
+                done(pack, self.copy_pack(pack))
+            except (OSError, CorruptObjectError) as e:
+                if isinstance(e, OSError) and not isinstance(e, FileNotFoundError):
+                    raise
+                failed(pack, str(e))
 
     # -- deleting --------------------------------------------------------------------------
 

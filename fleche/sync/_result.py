@@ -34,6 +34,11 @@ def call_name(function_id: str, digest: str) -> str:
     return f"calls/{function_id}/{digest[:2]}/{digest[2:]}"
 
 
+def pack_name(hash: str) -> str:
+    """Store-relative name of a pack (its two files): ``packs/pack-<hash>``."""
+    return f"packs/pack-{hash}"
+
+
 def _human(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":

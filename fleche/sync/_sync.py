@@ -31,10 +31,19 @@ from collections.abc import Iterable
 from typing import Any
 
 from fleche.errors import FlecheError, ReadOnlyStoreError, StoreFormatError
-from fleche.store import FORMAT, MARKER, ObjectStore, is_function_id, link_error, open_store
+from fleche.store import (
+    FORMAT,
+    MARKER,
+    PACK_FILE,
+    PACK_REUSE,
+    ObjectStore,
+    is_function_id,
+    link_error,
+    open_store,
+)
 from fleche.sync._copy import _Sync
 from fleche.sync._pool import _Progress
-from fleche.sync._result import CallKey, SyncError, SyncResult, call_name, object_name
+from fleche.sync._result import CallKey, SyncError, SyncResult, call_name, object_name, pack_name
 
 # -- opening and checking the two stores -------------------------------------------------
 
@@ -102,25 +111,37 @@ def _check_functions(functions: Iterable[str] | None) -> list[str] | None:
 # -- listing -------------------------------------------------------------------------------
 
 
-def _list_calls(store: ObjectStore, fids: list[str] | None) -> set[CallKey]:
+def _list_calls(store: ObjectStore, fids: list[str] | None, packed: bool = True) -> set[CallKey]:
     if fids is None:
-        return set(store.iter_calls())
-    return {key for fid in fids for key in store.iter_calls(fid)}
+        return set(store.iter_calls(packed=packed))
+    return {key for fid in fids for key in store.iter_calls(fid, packed=packed)}
+
+
+def _by_packs(source: ObjectStore, target: ObjectStore, fids: list[str] | None) -> bool:
+    """Whether packs are copied as files: both ends read packs here, and the whole store goes."""
+    return fids is None and source.supports_packs and target.supports_packs
 
 
 def _list_both(
-    source: ObjectStore, target: ObjectStore, fids: list[str] | None
+    source: ObjectStore, target: ObjectStore, fids: list[str] | None, delete: bool = False
 ) -> tuple[set[str], set[CallKey], set[str], set[CallKey], list[str]]:
-    """Both sides' objects and calls, the listings at once (they are I/O-bound)."""
+    """Both sides' objects and calls, the listings at once (they are I/O-bound).
+
+    When packs travel as files, the source's lists are of its loose files only, and so are
+    the destination's unless ``delete`` needs all of them (a packed name is looked up in its
+    indexes instead: a re-sync of a packed store does no work per packed call).
+    """
     # concurrent.futures and logging (~6 ms) load with the first sync, not with ``import fleche``
     from concurrent.futures import ThreadPoolExecutor
 
+    loose = not _by_packs(source, target, fids)
+    whole = loose or delete
     with ThreadPoolExecutor(5, thread_name_prefix="fleche-sync-list") as pool:
-        src_objects = pool.submit(lambda: set(source.iter_oids()))
-        src_calls = pool.submit(_list_calls, source, fids)
+        src_objects = pool.submit(lambda: set(source.iter_oids(packed=loose)))
+        src_calls = pool.submit(_list_calls, source, fids, loose)
         functions = pool.submit(lambda: list(source.iter_functions()) if fids else [])
-        dst_objects = pool.submit(lambda: set(target.iter_oids()))
-        dst_calls = pool.submit(_list_calls, target, fids)
+        dst_objects = pool.submit(lambda: set(target.iter_oids(packed=whole)))
+        dst_calls = pool.submit(_list_calls, target, fids, whole)
         return (
             src_objects.result(),
             src_calls.result(),
@@ -209,7 +230,10 @@ def sync(
 
 def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> None:
     source, target, result = run.source, run.target, run.result
-    src_objects, src_calls, dst_objects, dst_calls, functions = _list_both(source, target, fids)
+    by_packs = _by_packs(source, target, fids)
+    src_objects, src_calls, dst_objects, dst_calls, functions = _list_both(
+        source, target, fids, delete
+    )
     result.listed = {
         "src objects": len(src_objects),
         "src calls": len(src_calls),
@@ -224,6 +248,48 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
     if not dry_run:  # a new destination gets its marker before any file, as every store does
         target.info()
     run.present = set(dst_objects)
+    packs: list[Any] = []
+    loose_calls = set(src_calls)  # by packs: the source's loose records (listed loose only)
+    if by_packs:
+        # Packs travel as files: one copy per pack, not per entry. What a pack the
+        # destination has holds is skipped without a name each; the loose files are
+        # compared one by one as before, against dst's loose files and its indexes.
+        src_packs = source.packs(max_age=PACK_REUSE)
+        dst_packs = target.packs(max_age=PACK_REUSE)
+        there = {
+            m[1]
+            for m in map(PACK_FILE.fullmatch, dst_packs.files)
+            if m is not None and m[2] == "idx"
+        }
+        inside: set[tuple[str, str]] = set()
+        for p in src_packs.live:
+            if p.hash in there:
+                result.skipped.append(pack_name(p.hash))
+                if delete:  # what dst keeps because src has it
+                    for (n, d), _, _ in p.index.entries():
+                        if n:
+                            src_calls.add((n, d))
+                        else:
+                            src_objects.add(d)
+            else:
+                packs.append(p)
+                inside.update(k for k, _, _ in p.index.entries())
+        if src_packs.live:
+            result.listed["src packs"] = len(src_packs.live)
+
+        def at_dst(name: str, digest: str) -> bool:
+            return any(q.index.find(name, digest) is not None for q in dst_packs.live)
+
+        if not delete:  # dst was listed loose only: its packed names, from its indexes
+            dst_calls |= {k for k in src_calls if k not in dst_calls and at_dst(*k)}
+            dst_objects |= {o for o in src_objects if o not in dst_objects and at_dst("", o)}
+        run.present = set(dst_objects)
+        run.present.update(d for n, d in inside if n == "")  # copied with their pack
+        packed_objects = {d for n, d in inside if n == ""}
+        src_objects |= packed_objects
+        src_calls |= {k for k in inside if k[0]}
+    else:
+        inside = set()
 
     calls = sorted(src_calls - dst_calls)
     result.skipped.extend(call_name(*k) for k in sorted(src_calls & dst_calls))
@@ -236,10 +302,18 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
     objects = sorted((wanted & src_objects) - dst_objects)
     result.skipped[:0] = [object_name(o) for o in sorted(wanted & dst_objects)]
 
+    if packs:  # what they hold is copied with them (a loose rewrite of a packed name too)
+        objects = [o for o in objects if ("", o) not in inside]
+        calls = [k for k in calls if k not in inside or k in loose_calls]
     if dry_run:
-        result.transferred = [object_name(o) for o in objects] + [call_name(*k) for k in calls]
+        result.transferred = (
+            [object_name(o) for o in objects]
+            + [pack_name(p.hash) for p in packs]
+            + [call_name(*k) for k in calls]
+        )
     else:
-        run.copy_objects(objects)  # every object before any record
+        run.copy_objects(objects)  # every loose object before any pack, every pack before records
+        run.copy_packs(packs)
         run.copy_records(calls)
 
     if delete:
@@ -250,4 +324,10 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
                 object_name(o) for o in gone_objects
             ]
         else:
+            if target.supports_packs:  # packed ones by one repack, not one per name
+                packed = {k for k, _, _ in target.packed_entries()}
+                drop = {k for k in gone_calls if k in packed}
+                drop |= {("", o) for o in gone_objects if ("", o) in packed}
+                if drop:
+                    target.drop_packed(drop)
             run.delete(gone_calls, gone_objects)

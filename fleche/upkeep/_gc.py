@@ -49,6 +49,7 @@ from fleche.cache import referenced_oids
 from fleche.errors import ReadOnlyStoreError
 from fleche.store import ObjectStore, S3Store, Upload, link_error
 from fleche.upkeep._lookup import WORKERS, Progress, find_function
+from fleche.upkeep._pack import PACK_THRESHOLD, PackPlan, PackResult, apply_pack, plan_pack
 from fleche.upkeep._scan import Entry, Inventory, read_records, scan
 
 GRACE = 3600.0
@@ -89,6 +90,10 @@ class GcPlan:
     max_size: int | None = None
     known: dict[tuple[str, str], tuple[int, float | None]] = field(default_factory=dict, repr=False)
     protected: set[str] = field(default_factory=set, repr=False)
+    pack: PackPlan = field(default_factory=PackPlan)
+    packed: set[tuple[str, str]] = field(default_factory=set, repr=False)
+    """Keys held in a live pack when planned (``("", oid)`` for objects)."""
+    """Packing: loose small files folded into a pack, old packs and packed loose files removed."""
 
     @property
     def freed(self) -> int:
@@ -137,6 +142,7 @@ class GcPlan:
             "size_after": self.size_after,
             "max_size": self.max_size,
             "over_limit": self.over_limit,
+            "pack": self.pack.to_dict(),
         }
 
 
@@ -152,6 +158,7 @@ class GcResult:
     tmp_bytes: int = 0
     uploads: int = 0
     spared: int = 0
+    pack: PackResult = field(default_factory=PackResult)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -160,7 +167,7 @@ class GcResult:
         return self.record_bytes + self.object_bytes + self.tmp_bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "bytes": self.bytes}
+        return {**self.__dict__, "pack": self.pack.to_dict(), "bytes": self.bytes}
 
 
 @dataclass
@@ -183,6 +190,8 @@ def plan_gc(
     workers: int = WORKERS,
     progress: Progress | None = None,
     inventory: Inventory | None = None,
+    pack: bool | None = None,
+    pack_threshold: int | None = PACK_THRESHOLD,
 ) -> GcPlan:
     """Decide what a gc removes; nothing is touched.
 
@@ -190,6 +199,11 @@ def plan_gc(
     ``max_size`` bytes of records plus objects, ``functions`` names as
     :func:`fleche.upkeep.find_function` accepts them. Every record is read
     (to learn what it references), none is decoded twice.
+
+    ``pack``: True folds every small loose file into a pack now, False never
+    writes a pack (removals still repack what they remove), None (default)
+    packs once ``pack_threshold`` small loose files wait (see
+    :mod:`fleche.upkeep._pack`).
     """
     if keep_latest is not None and keep_latest < 0:
         raise ValueError(f"keep_latest={keep_latest}: expected a count >= 0")
@@ -301,6 +315,17 @@ def plan_gc(
         except OSError as e:  # e.g. no s3:ListBucketMultipartUploads: the rest of gc still runs
             plan.uploads_unlisted = str(e)
     plan.size_after = remaining_size()
+    plan.packed = set(inv.packed)
+    plan.pack = plan_pack(
+        store,
+        inv,
+        grace=grace,
+        now=now,
+        threshold=None if pack is False else pack_threshold,
+        force=bool(pack),
+        doomed=[(v.function_id, v.digest) for v in plan.records]
+        + [("", e.name) for e in plan.objects],
+    )
     return plan
 
 
@@ -381,18 +406,40 @@ def apply_gc(
                     progress(phase, i, len(items))
         return done, nbytes
 
+    # Loose files one by one; packed ones all at once by one repack without them (below),
+    # records before the objects only they referenced.
+    def delete_record(v: Victim) -> None:
+        if (v.function_id, v.digest) in plan.packed:
+            store.delete_loose(v.function_id, v.digest)
+        else:
+            store.delete_call(v.function_id, v.digest)
+
+    def delete_object(e: Entry) -> None:
+        if ("", e.name) in plan.packed:
+            store.delete_loose("", e.name)
+        else:
+            store.delete(e.name)
+
     result.records, result.record_bytes = run(
-        "records",
-        plan.records,
-        lambda v: store.delete_call(v.function_id, v.digest),
-        lambda v: v.size,
+        "records", plan.records, delete_record, lambda v: v.size
     )
     fresh = _newly_referenced(store, plan, workers) if plan.objects else set()
     objects = [e for e in plan.objects if e.name not in fresh]
     result.spared = len(plan.objects) - len(objects)
-    result.objects, result.object_bytes = run(
-        "objects", objects, lambda e: store.delete(e.name), lambda e: e.size
-    )
+    if not refused:
+        try:
+            result.pack = apply_pack(
+                store,
+                plan.pack,
+                drop=[(v.function_id, v.digest) for v in plan.records]
+                + [("", e.name) for e in objects],
+            )
+        except OSError as e:
+            if not _refused(e):
+                raise
+            refused.append(e)
+        result.errors += result.pack.errors
+    result.objects, result.object_bytes = run("objects", objects, delete_object, lambda e: e.size)
     result.tmp, result.tmp_bytes = run(
         "tmp", plan.tmp, lambda e: _remove_tmp(store, e.name), lambda e: e.size
     )

@@ -49,6 +49,8 @@ class Entry:
     name: str
     size: int
     mtime: float | None
+    packed: str | None = None
+    """The hash of the pack that holds it, for an entry listed only in a pack (no loose file)."""
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,11 @@ class Inventory:
     links: dict[str, str] = field(default_factory=dict)
     """Directories of the layout that are symbolic links (path -> target): never listed
     through, and upkeep that changes the store refuses to run while there are any."""
+    packed: dict[tuple[str, str], tuple[str, int]] = field(default_factory=dict)
+    """Every live pack entry, loose too or not: (function id or "" for an object, name) ->
+    (pack hash, length). Packed-only entries are also in ``calls``/``objects``."""
+    packs: Any = None
+    """The store's :class:`~fleche.store.PackSet` when it was listed (None: no packs here)."""
 
     def refuse_links(self, doing: str) -> None:
         """StoreLinkError naming the first link of the layout, if any: ``doing`` stops here."""
@@ -286,6 +293,27 @@ def _scan_api(store: ObjectStore, inv: Inventory) -> None:
             continue
 
 
+def _scan_packs(store: ObjectStore, inv: Inventory) -> None:
+    """Add the live packs' entries: to ``packed``, and those with no loose file to the listing."""
+    packs = store.packs()
+    if not packs.files:
+        return
+    inv.packs = packs
+    loose_calls = {(fid, e.name) for fid, e in inv.iter_calls()}
+    loose_objects = {e.name for e in inv.objects}
+    for p in packs.live:
+        for (name, digest), _, length in p.index.entries():
+            if (name, digest) in inv.packed:
+                continue
+            inv.packed[(name, digest)] = (p.hash, length)
+            entry = Entry(digest, length, p.mtime, p.hash)
+            if name == "":
+                if digest not in loose_objects:
+                    inv.objects.append(entry)
+            elif (name, digest) not in loose_calls and is_function_id(name):
+                inv.calls.setdefault(name, []).append(entry)
+
+
 def scan(store: ObjectStore) -> Inventory:
     """List every record, object, tmp and quarantined file of ``store`` with sizes and mtimes."""
     started = time.perf_counter()
@@ -296,6 +324,8 @@ def scan(store: ObjectStore) -> Inventory:
         _scan_fs(store, inv)
     else:
         _scan_api(store, inv)
+    if store.supports_packs and f"{store.root}/packs" not in inv.links:
+        _scan_packs(store, inv)
     for entries in inv.calls.values():
         entries.sort(key=lambda e: e.name)
     inv.objects.sort(key=lambda e: e.name)

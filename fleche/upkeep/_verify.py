@@ -30,11 +30,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import xxhash
+
 from fleche import codec
 from fleche.cache import malformed, referenced_oids
 from fleche.codec import Signer
 from fleche.errors import CacheMiss, CorruptObjectError, ReadOnlyStoreError, SignatureError
-from fleche.store import ObjectStore, is_oid
+from fleche.store import PACK_FILE, ObjectStore, PackSet, is_oid
 from fleche.upkeep._lookup import WORKERS, Progress
 from fleche.upkeep._scan import Entry, Inventory, read_records, scan
 
@@ -69,12 +71,22 @@ class VerifyReport:
     """Directories of the layout that are symbolic links: not checked through, and problems."""
     foreign: list[Finding] = field(default_factory=list)
     """Files signed with a key the checker lacks: another key's files, left alone, no problem."""
+    packs: int = 0
+    corrupt_packs: list[Finding] = field(default_factory=list)
+    """Packs whose file does not hash to its name, or whose index does not parse: readers
+    ignore a bad index (its entries are misses) and check every entry they read anyway."""
     repaired: bool = False
     seconds: float = 0.0
 
     @property
     def findings(self) -> list[Finding]:
-        return [*self.links, *self.corrupt_objects, *self.corrupt_records, *self.dangling]
+        return [
+            *self.links,
+            *self.corrupt_packs,
+            *self.corrupt_objects,
+            *self.corrupt_records,
+            *self.dangling,
+        ]
 
     @property
     def problems(self) -> int:
@@ -181,6 +193,8 @@ def verify(
         else:
             report.records += 1
             report.corrupt_records.append(found)
+    if inv.packs is not None:
+        _check_packs(store, inv.packs, report)
     good = _check_objects(store, inv.objects, workers, progress, report, signer)
     listed = {e.name for e in inv.objects}
     corrupt = {f.name for f in report.corrupt_objects}
@@ -234,6 +248,29 @@ def verify(
         _repair(store, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _check_packs(store: ObjectStore, packs: PackSet, report: VerifyReport) -> None:
+    """Every pack file against its name and its index; an index that did not load is reported."""
+    for name in sorted(packs.files):
+        m = PACK_FILE.fullmatch(name)
+        if m is None or m[2] != "idx" or f"pack-{m[1]}.pack" not in packs.files:
+            continue
+        report.packs += 1
+        pack = packs.packs.get(m[1])
+        if pack is None:
+            report.corrupt_packs.append(
+                Finding("pack", name, "its index is damaged: its entries are not read")
+            )
+            continue
+        try:
+            data = store.read_pack(m[1])
+        except FileNotFoundError:  # removed meanwhile (a gc past its grace)
+            continue
+        if len(data) != pack.index.pack_size or xxhash.xxh3_128_hexdigest(data) != m[1]:
+            report.corrupt_packs.append(
+                Finding("pack", f"pack-{m[1]}.pack", "does not hash to its name")
+            )
 
 
 def _repair(store: ObjectStore, report: VerifyReport) -> None:
