@@ -665,3 +665,87 @@ def test_a_first_query_before_the_store_exists_keeps_its_catalogue(tmp_path: Pat
             sq(2)
             sq(3)
         assert fleche.query(sq, cache=cache_obj).count() == 2
+
+
+# -- what a query reads ---------------------------------------------------------------------
+
+
+def count_reads(monkeypatch, store) -> list[str]:
+    """Every record read through ``store`` from now on (its key), however the caller reads."""
+    reads: list[str] = []
+    for name in ("find_call", "get_call"):
+        real = getattr(store, name)
+
+        def counted(function_id, key, _real=real):
+            reads.append(key)
+            return _real(function_id, key)
+
+        monkeypatch.setattr(store, name, counted)
+    return reads
+
+
+def test_count_reads_no_record_and_a_catch_up_reads_each_new_one_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    c = Cache(tmp_path / "store")
+    fill(c, range(30))
+    reads = count_reads(monkeypatch, c.store)
+    with cache(c):
+        assert simulate.query().count() == 30
+        assert sorted(reads) == sorted(k for _, k in c.store.iter_calls())  # catch-up: once each
+        reads.clear()
+        assert simulate.query().count() == 30 and simulate.query(alpha=0.1).count() == 30
+        assert reads == []  # the index's count: no record read
+        assert simulate.query(n=3).count(verify=True) == 1 and len(reads) == 1
+        reads.clear()
+        fill(Cache(tmp_path / "store", index=False), range(30, 35))  # written around the index
+        assert simulate.query().count() == 35
+        assert sorted(reads) == sorted(simulate.digest(n) for n in range(30, 35))
+
+
+def test_a_large_catch_up_sorts_the_indexes_once_and_keeps_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Past BULK_FROM new rows (and as many as there were) the secondary indexes are dropped
+    for the load and made again after it; the answers are those of the row-by-row path."""
+    from fleche.index import _index
+
+    monkeypatch.setattr(_index, "BULK_FROM", 10)
+    c = Cache(tmp_path / "store")
+    fill(c, range(40))
+    fill(c, range(10), alpha=0.2)
+    dropped: list[str] = []
+    real_drop = c.index.db.drop_indexes
+    monkeypatch.setattr(c.index.db, "drop_indexes", lambda: dropped.append("x") or real_drop())
+    assert count(c, alpha_is(0.2)) == 10 and dropped == ["x"]
+    names = {r[0] for r in c.index.db.read("SELECT name FROM sqlite_master WHERE type='index'")}
+    from fleche.index._sqlrows import INDEX_NAMES
+
+    assert set(INDEX_NAMES) <= names
+    fill(c, range(40, 52))  # 12 new rows among 50: row by row
+    assert count(c, QuerySpec(args={"n": Q.ge(40)})) == 12 and dropped == ["x"]
+    assert count(c, QuerySpec(args={"n": Q.between(5, 44)})) == 40 + 5
+
+
+def test_metadata_with_keys_json_lacks_is_catalogued_exactly(tmp_path: Path) -> None:
+    """A record whose metadata has int keys (msgpack allows them) takes the slow, exact path."""
+    from fleche.index._sqlrows import decode_metadata
+
+    store = LocalStore(tmp_path / "store")
+    mem = Cache(MemoryStore())
+    with cache(mem):
+        simulate(0)
+    rec = codec.decode_record(mem.store.get_call(*next(mem.store.iter_calls())))
+    odd = {**rec["metadata"], "by_id": {1: "a", 2: b"\x00"}, "$x": float("nan")}
+    plain = {**rec["metadata"], "tags": {"run": "b"}}
+    for i, meta in enumerate([odd, plain]):
+        key = f"{i:032x}"
+        store.put_call(
+            rec["function"], key, codec.encode_record({**rec, "digest": key, "metadata": meta})
+        )
+    c = Cache(store)
+    assert count(c) == 2
+    rows = dict(c.index.db.read("SELECT key, metadata FROM fleche_calls"))
+    got = decode_metadata(rows[f"{0:032x}"])
+    assert got["by_id"] == {1: "a", 2: b"\x00"} and got["$x"] != got["$x"]  # NaN
+    assert decode_metadata(rows[f"{1:032x}"]) == plain

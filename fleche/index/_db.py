@@ -36,7 +36,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from fleche.errors import FlecheError
-from fleche.index._sqlrows import DROP, INDEXES, SCHEMA_VERSION, ddl
+from fleche.index._sqlrows import DROP, INDEX_NAMES, INDEXES, SCHEMA_VERSION, ddl
 
 BUSY_TIMEOUT_MS = 5_000
 """How long a statement waits for another connection's lock before the index gives up (ms).
@@ -133,6 +133,12 @@ class Db(ABC):
                 {"v": str(SCHEMA_VERSION)},
             )
         return rows
+
+    def drop_indexes(self) -> None:
+        """Drop the secondary indexes before a bulk load (:meth:`create_indexes` after it)."""
+        with self.transaction() as tx:
+            for name in INDEX_NAMES:
+                tx.execute(f"DROP INDEX IF EXISTS {name}")
 
     def create_indexes(self) -> None:
         """Add the secondary indexes (after a bulk load), and planner statistics for them."""

@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import msgpack
+
 from fleche import codec
 from fleche.errors import ConfigError, CorruptObjectError, warn_user
 from fleche.index._db import CatalogReset, Db, IndexFault, SqliteDb, Tx, is_busy
@@ -65,6 +67,9 @@ PENDING_MAX = 256  # buffered writes before a flush
 PAGE = 1000  # rows fetched per query page
 ANALYZE_FROM = 1000  # rows from which the planner gets statistics
 PENDING_AGE = 1.0  # seconds the oldest buffered write may wait for the next one
+BULK_FROM = 10_000
+"""New rows from which a catch-up drops the secondary indexes and sorts them afterwards
+(when they are at least as many as the rows already catalogued; see ``Index._bulk``)."""
 LOCKED_RETRY = 60.0
 """Seconds a catalogue found locked (past its busy timeout) is left alone: queries read the
 store meanwhile, and writes wait for the refresh that follows, so no call waits on that lock
@@ -593,28 +598,47 @@ class Index:
                 self._upsert(tx, rows)
             rows.clear()
 
-        for key, blob in read_blobs(store, fid, todo):
-            if blob is None:
-                continue  # gone since the listing
-            try:
-                rec = codec.decode_record(blob, name=(fid, key))
-            except CorruptObjectError:
-                report.unreadable += 1  # `fleche verify` reports it; the index leaves it out
-                continue
-            rows.append(call_row(fid, key, rec, len(blob), listing[key]))
-            if key in indexed:
-                report.updated += 1
-            else:
-                report.added += 1
-            if len(rows) >= BATCH:
+        bulk = self._bulk(len(todo))
+        if bulk:
+            self.db.drop_indexes()
+        try:
+            for key, blob in read_blobs(store, fid, todo):
+                if blob is None:
+                    continue  # gone since the listing
+                try:
+                    rec, str_keys = _decode(blob, fid, key)
+                except CorruptObjectError:
+                    report.unreadable += 1  # `fleche verify` reports it; the index leaves it out
+                    continue
+                rows.append(call_row(fid, key, rec, len(blob), listing[key], str_keys=str_keys))
+                if key in indexed:
+                    report.updated += 1
+                else:
+                    report.added += 1
+                if len(rows) >= BATCH:
+                    write()
+            if rows:
                 write()
-        if rows:
-            write()
+        finally:
+            if bulk:
+                self.db.create_indexes()  # sorted once: a third of the catch-up's time saved
         for chunk in chunks(gone):
             with self.db.transaction() as tx:
                 delete(tx, fid, chunk)
         report.removed = len(gone)
         return report
+
+    def _bulk(self, new: int) -> bool:
+        """Whether ``new`` rows are many enough to load with the secondary indexes dropped.
+
+        Inserting into five b-trees at random places costs more than sorting them
+        once afterwards when the rows added are as many as those already there (a
+        first query after 100k calls: 3.3 -> 1.2 s of SQL). SQLite only: on a shared
+        PostgreSQL catalogue other writers and readers would lose the indexes meanwhile.
+        """
+        if new < BULK_FROM or self.db.dialect != "sqlite":
+            return False
+        return new >= int(self.db.read("SELECT COUNT(*) FROM fleche_calls")[0][0])
 
     def _refresh(self, store: ObjectStore, progress: Progress | None = None) -> RefreshReport:
         """Compare every function's full listing with the catalogue and fix the differences.
@@ -719,6 +743,25 @@ class Index:
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool]:
+    """A record read for cataloguing, and whether its metadata has str keys only.
+
+    Its metadata is parsed with msgpack's ``strict_map_key``, which refuses other
+    keys as it goes: when it succeeds, the row's JSON needs no second walk of the
+    metadata. CorruptObjectError as from :func:`fleche.codec.decode_record`.
+    """
+    rec = codec.decode_record(blob, lazy=True, name=(fid, key))
+    meta = rec.get("metadata")
+    str_keys = False
+    if type(meta) is bytes:
+        try:
+            rec["metadata"] = msgpack.unpackb(meta, raw=False, strict_map_key=True)
+            str_keys = True
+        except (ValueError, TypeError, msgpack.UnpackException):
+            pass  # other keys, or damage: expand_record tells which
+    return codec.expand_record(rec), str_keys
 
 
 def _same_store(a: str, b: str) -> bool:

@@ -51,6 +51,7 @@ INDEXES = [
 ]
 """The secondary indexes: a rebuild fills the tables first and sorts these once, after
 (inserting a million rows into random places of five b-trees is several times slower)."""
+INDEX_NAMES = [stmt.split()[5] for stmt in INDEXES]
 
 
 def ddl(dialect: str) -> list[str]:
@@ -219,15 +220,28 @@ def _str_keys(v: Any) -> bool:
     return True
 
 
-def encode_metadata(meta: Any) -> str:
-    """Metadata as JSON text that :func:`decode_metadata` turns back into the same values."""
-    try:  # the common case, plain JSON, at the C encoder's speed (this is on the miss path)
-        text = json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+_JSON = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+"""One encoder for every row: ``json.dumps`` with options builds a new one each call (~1 µs)."""
+
+
+def encode_metadata(meta: Any, *, str_keys: bool = False) -> str:
+    """Metadata as JSON text that :func:`decode_metadata` turns back into the same values.
+
+    ``str_keys=True``: the caller knows every map inside has str (or bytes) keys
+    (msgpack's ``strict_map_key`` said so), which spares walking it again.
+    """
+    try:  # the common case, plain JSON, at the C encoder's speed (catch-up runs it per record)
+        text = _JSON.encode(meta)
     except (TypeError, ValueError):  # bytes, NaN, infinities...
         text = None
-    if text is not None and '"$' not in text and "\\u0000" not in text and _str_keys(meta):
+    if (
+        text is not None
+        and '"$' not in text
+        and "\\u0000" not in text
+        and (str_keys or _str_keys(meta))
+    ):
         return text
-    return json.dumps(_enc(meta), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    return _JSON.encode(_enc(meta))
 
 
 def decode_metadata(text: Any) -> Any:
@@ -254,9 +268,18 @@ def _number(v: Any) -> float:
 
 
 def call_row(
-    function_id: str, key: str, record: dict[str, Any], size: int, stamp: str | None
+    function_id: str,
+    key: str,
+    record: dict[str, Any],
+    size: int,
+    stamp: str | None,
+    *,
+    str_keys: bool = False,
 ) -> tuple[dict[str, Any], list[tuple[str, bytes | None, Any, Any, Any]]]:
-    """The call row and its argument rows ``(name, digest, i, f, s)`` for one record."""
+    """The call row and its argument rows ``(name, digest, i, f, s)`` for one record.
+
+    ``str_keys``: as in :func:`encode_metadata`, for the record's metadata.
+    """
     stored_meta = record.get("metadata") or {}  # what QuerySpec.match walks
     meta = stored_meta if isinstance(stored_meta, dict) else {}
     vd, vi, vf, vs = typed(record.get("version"))
@@ -286,7 +309,7 @@ def call_row(
         "result_type": rtype if isinstance(rtype, str) else None,
         "result_oid": roid if isinstance(roid, str) else None,
         "result_size": rsize if type(rsize) is int and INT64[0] <= rsize <= INT64[1] else None,
-        "metadata": encode_metadata(stored_meta),
+        "metadata": encode_metadata(stored_meta, str_keys=str_keys),
         "stamp": stamp,
     }
     arguments = record.get("arguments")
