@@ -745,7 +745,13 @@ def test_metadata_with_keys_json_lacks_is_catalogued_exactly(tmp_path: Path) -> 
         )
     c = Cache(store)
     assert count(c) == 2
-    rows = dict(c.index.db.read("SELECT key, metadata FROM fleche_calls"))
-    got = decode_metadata(rows[f"{0:032x}"])
+    rows = {
+        k: decode_metadata(own, shared)
+        for k, own, shared in c.index.db.read(
+            "SELECT c.key, c.metadata, m.metadata FROM fleche_calls c "
+            "JOIN fleche_meta m ON m.id = c.meta"
+        )
+    }
+    got = rows[f"{0:032x}"]
     assert got["by_id"] == {1: "a", 2: b"\x00"} and got["$x"] != got["$x"]  # NaN
-    assert decode_metadata(rows[f"{1:032x}"]) == plain
+    assert rows[f"{1:032x}"] == plain

@@ -421,7 +421,11 @@ class Index:
         compiled = compile_spec(spec, self.db.dialect)
         order = "DESC" if newest_first else "ASC"
         cmp = "<" if newest_first else ">"
-        cols = "c.created, c.id, c.function, c.key" + (", c.metadata" if compiled.post else "")
+        cols = "c.created, c.id, c.function, c.key" + (
+            ", c.metadata, (SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta)"
+            if compiled.post
+            else ""
+        )
         left = limit
         after: tuple[float, int] | None = None
         while True:
@@ -438,7 +442,7 @@ class Index:
             with self._lock:
                 page = self._guarded(functools.partial(self.db.read, sql, params))
             for row in page:
-                if compiled.post and not compiled.accept(row[4]):
+                if compiled.post and not compiled.accept(row[4], row[5]):
                     continue
                 yield (row[0], row[2], row[3])
                 if left is not None:

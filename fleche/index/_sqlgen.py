@@ -31,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleche.index._sqlrows import INT64, _utf8, decode_metadata, json_key
+from fleche.index._sqlrows import INT64, _utf8, decode_metadata, holds_path, json_key
 from fleche.records import ORDERED, Condition, QuerySpec, holds_at
 
 # -- conditions ---------------------------------------------------------------------------
@@ -140,11 +140,15 @@ class Compiled:
     params: dict[str, Any]
     post: list[tuple[tuple[str, ...], Condition]] = field(default_factory=list)
 
-    def accept(self, metadata_json: Any) -> bool:
-        """Decide the metadata conditions for one candidate (the SQL only narrowed)."""
+    def accept(self, metadata_json: Any, shared_json: Any = None) -> bool:
+        """Decide the metadata conditions for one candidate (the SQL only narrowed).
+
+        ``metadata_json``: the call row's own metadata; ``shared_json``: its
+        ``fleche_meta`` row's (see :func:`fleche.index._sqlrows.split_metadata`).
+        """
         if not self.post:
             return True
-        meta = decode_metadata(metadata_json)
+        meta = decode_metadata(metadata_json, shared_json)
         return all(holds_at(meta, path, cond) for path, cond in self.post)
 
 
@@ -171,19 +175,19 @@ def _as_float(x: int | float) -> float:
 class _Node:
     """SQL expressions for the metadata value at one path, in one dialect."""
 
-    def __init__(self, dialect: str, path: tuple[str, ...], p: _Params) -> None:
+    def __init__(self, dialect: str, path: tuple[str, ...], p: _Params, column: str) -> None:
         keys = [json_key(k) for k in path]
         self.sqlite = dialect == "sqlite"
         if self.sqlite:
             jp = p("$" + "".join(f'."{k}"' for k in keys))
-            self.type = f"json_type(c.metadata, {jp})"
-            self.text = self.num = f"json_extract(c.metadata, {jp})"
+            self.type = f"json_type({column}, {jp})"
+            self.text = self.num = f"json_extract({column}, {jp})"
         else:
             jp = p(keys)
-            node = f"(c.metadata #> CAST({jp} AS TEXT[]))"
+            node = f"({column} #> CAST({jp} AS TEXT[]))"
             self.node = node
             self.type = f"jsonb_typeof({node})"
-            self.text = f"(c.metadata #>> CAST({jp} AS TEXT[]))"
+            self.text = f"({column} #>> CAST({jp} AS TEXT[]))"
             # CASE, not AND: PostgreSQL may evaluate the cast of a str before the type test
             self.num = (
                 f"(CASE WHEN {self.type} = 'number' THEN CAST({self.text} AS DOUBLE PRECISION) END)"
@@ -227,10 +231,24 @@ class _Node:
 
 
 def _meta_prefilter(dialect: str, path: tuple[str, ...], cond: Condition, p: _Params) -> str | None:
-    """A predicate on ``c.metadata`` true for every record ``cond`` accepts (maybe more).
+    """A predicate on a call row true for every record ``cond`` accepts (maybe more).
 
     None when the database cannot help; the Python test then sees every candidate.
+    A path in the call's own metadata is tested on ``c.metadata``; one in the part
+    calls share, on their ``fleche_meta`` row's (one test per distinct row, not per call).
     """
+    if holds_path(path) == "own":
+        return _meta_pred(dialect, path, cond, p, "c.metadata")
+    pred = _meta_pred(dialect, path, cond, p, "m.metadata")
+    if pred is None or pred == FALSE:
+        return pred
+    return f"c.meta IN (SELECT m.id FROM fleche_meta m WHERE {pred})"
+
+
+def _meta_pred(
+    dialect: str, path: tuple[str, ...], cond: Condition, p: _Params, column: str
+) -> str | None:
+    """:func:`_meta_prefilter` over one JSON column."""
     bounds: tuple[Any, ...] = ()
     if cond.op in ORDERED:
         bounds = tuple(cond.operand) if cond.op == "between" else (cond.operand,)
@@ -249,7 +267,7 @@ def _meta_prefilter(dialect: str, path: tuple[str, ...], cond: Condition, p: _Pa
         return " AND ".join(parts) or None
     if dialect == "sqlite" and any('"' in k or "\\" in k for k in path):
         return None  # not expressible as a SQLite JSON path
-    node = _Node(dialect, path, p)
+    node = _Node(dialect, path, p, column)
     if cond.op in ("eq", "in"):
         values = (cond.operand,) if cond.op == "eq" else tuple(cond.operand)
         if not values:
@@ -282,10 +300,14 @@ def compile_spec(spec: QuerySpec, dialect: str) -> Compiled:
     where: list[str] = []
     if spec.function_ids is not None:
         where.append(_in_list("c.function", spec.function_ids, p))
-    if spec.names is not None:
-        where.append(_in_list("c.qualname", spec.names, p))
-    if spec.modules is not None:
-        where.append(_in_list("c.module", spec.modules, p))
+    for column, values in (("qualname", spec.names), ("module", spec.modules)):
+        if values is not None:
+            within = _in_list(f"m.{column}", values, p)
+            where.append(
+                FALSE
+                if within == FALSE
+                else f"c.meta IN (SELECT m.id FROM fleche_meta m WHERE {within})"
+            )
     if spec.version is not None:
         where.append(value_pred(("c.v_digest", "c.v_i", "c.v_f", "c.v_s"), spec.version, p))
     for name, cond in spec.args.items():

@@ -1,7 +1,12 @@
 """What the index stores, as SQL: its tables, call records as rows, metadata as JSON.
 
 Pure functions, no connection: the stdlib SQLite catalogue and the SQLAlchemy
-one share them. An argument (and a function's version) is kept as its digest
+one share them. A call's metadata is split in two (:func:`split_metadata`): what
+changes with every call (``created``, ``duration``, ``finished``, ``cpu``, ``pid``)
+stays in its row, and the rest (host, user, python, git, cwd, tags...), which
+thousands of calls share, goes with the call's module and qualname into one
+``fleche_meta`` row that those calls point at. That halves the catalogue: at 100k
+small calls it took 917 B per call, 70 % more than the records it describes. An argument (and a function's version) is kept as its digest
 and, when it has one, its orderable form in a typed column: ``i`` (int, never
 bool), ``f`` (float, NaN left out) or ``s`` (str as UTF-8 bytes). Metadata is
 kept as JSON, with what plain JSON would lose escaped, so Python gets the exact
@@ -14,9 +19,11 @@ import json
 import math
 from typing import Any
 
+import xxhash
+
 from fleche.digest import digest_bytes
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bumped when the tables change; a catalogue of another version is rebuilt."""
 DIALECTS = ("sqlite", "postgresql")
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -25,8 +32,7 @@ INT64 = (-(1 << 63), (1 << 63) - 1)
 CALL_COLUMNS = (
     "function",
     "key",
-    "module",
-    "qualname",
+    "meta",
     "v_digest",
     "v_i",
     "v_f",
@@ -67,12 +73,17 @@ def ddl(dialect: str) -> list[str]:
     big = "BIGINT" if dialect == "postgresql" else "INTEGER"
     return [
         f"CREATE TABLE IF NOT EXISTS fleche_state (name {text} PRIMARY KEY, value {text})",
+        f"""CREATE TABLE IF NOT EXISTS fleche_meta (
+            id {ident},
+            digest {blob} NOT NULL UNIQUE,
+            module {text},
+            qualname {text},
+            metadata {js})""",
         f"""CREATE TABLE IF NOT EXISTS fleche_calls (
             id {ident},
             function {text} NOT NULL,
             key {text} NOT NULL,
-            module {text},
-            qualname {text},
+            meta {big},
             v_digest {blob},
             v_i {big},
             v_f {real},
@@ -105,6 +116,7 @@ DROP = [
     "DROP TABLE IF EXISTS fleche_args",
     "DROP TABLE IF EXISTS fleche_calls",
     "DROP TABLE IF EXISTS fleche_fans",
+    "DROP TABLE IF EXISTS fleche_meta",
     "DROP TABLE IF EXISTS fleche_state",
 ]
 
@@ -244,8 +256,23 @@ def encode_metadata(meta: Any, *, str_keys: bool = False) -> str:
     return _JSON.encode(_enc(meta))
 
 
-def decode_metadata(text: Any) -> Any:
-    """Inverse of :func:`encode_metadata` (PostgreSQL hands jsonb back already parsed)."""
+def decode_metadata(text: Any, shared: Any = None) -> Any:
+    """Inverse of :func:`encode_metadata` (PostgreSQL hands jsonb back already parsed).
+
+    ``shared``: the JSON of the call's ``fleche_meta`` row, when ``text`` is its
+    row's own part (:func:`split_metadata`): the two are joined again.
+    """
+    own = _decode_json(text)
+    if shared is None:
+        return own
+    out = _decode_json(shared)
+    if type(out) is dict and type(own) is dict:
+        out.update(own)
+        return out
+    return own
+
+
+def _decode_json(text: Any) -> Any:
     if text is None:
         return {}
     if not isinstance(text, (str, bytes)):  # jsonb: re-walk the parsed value
@@ -253,7 +280,36 @@ def decode_metadata(text: Any) -> Any:
     return json.loads(text, object_hook=_dec_obj)
 
 
+VOLATILE = frozenset(["created", "duration", "finished", "cpu", "pid"])
+"""Top-level metadata keys that differ from call to call: kept in each call's row."""
+
+
+def split_metadata(meta: Any) -> tuple[Any, Any]:
+    """``(own, shared)``: the keys of :data:`VOLATILE`, and all the others (a non-map: all own)."""
+    if type(meta) is not dict:
+        return meta, {}
+    own = {}
+    shared = {}
+    for k, v in meta.items():
+        if k in VOLATILE and type(k) is str:
+            own[k] = v
+        else:
+            shared[k] = v
+    return own, shared
+
+
+def holds_path(path: tuple[str, ...]) -> str:
+    """Which part holds the metadata at ``path``: ``"own"`` (the call's row) or ``"shared"``."""
+    return "own" if path and path[0] in VOLATILE else "shared"
+
+
 # -- rows ---------------------------------------------------------------------------------
+
+
+def context_digest(module: str | None, qualname: str | None, shared: str) -> bytes:
+    """The name of a ``fleche_meta`` row: 16 bytes of XXH3-128 over what it holds."""
+    text = json.dumps([module, qualname, shared], ensure_ascii=False)
+    return xxhash.xxh3_128_digest(text.encode("utf-8", "surrogatepass"))
 
 
 def _number(v: Any) -> float:
@@ -295,11 +351,17 @@ def call_row(
         result.get("type"),
         result.get("oid"),
     )
+    own, shared = split_metadata(stored_meta)
+    context = (
+        module if isinstance(module, str) else None,
+        qualname if isinstance(qualname, str) else None,
+        encode_metadata(shared, str_keys=str_keys),
+    )
     row = {
         "function": function_id,
         "key": key,
-        "module": module if isinstance(module, str) else None,
-        "qualname": qualname if isinstance(qualname, str) else None,
+        "meta": None,  # the id of its fleche_meta row, once the writer knows it
+        "context": (context_digest(*context), *context),
         "v_digest": vd,
         "v_i": vi,
         "v_f": vf,
@@ -309,7 +371,7 @@ def call_row(
         "result_type": rtype if isinstance(rtype, str) else None,
         "result_oid": roid if isinstance(roid, str) else None,
         "result_size": rsize if type(rsize) is int and INT64[0] <= rsize <= INT64[1] else None,
-        "metadata": encode_metadata(stored_meta, str_keys=str_keys),
+        "metadata": encode_metadata(own, str_keys=str_keys),
         "stamp": stamp,
     }
     arguments = record.get("arguments")

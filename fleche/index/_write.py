@@ -54,6 +54,50 @@ def _arg_dicts(cid: int, args: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     return [{"call": cid, "name": n, "digest": d, "i": i, "f": f, "s": s} for n, d, i, f, s in args]
 
 
+def resolve_contexts(tx: Tx, rows: list[Row], dialect: str) -> None:
+    """Set each row's ``meta`` to the id of its ``fleche_meta`` row, adding the rows missing.
+
+    A batch of calls of one function shares one or a few such rows, so this is one
+    SELECT and, the first time, one INSERT per new row. ``ON CONFLICT DO NOTHING``
+    and a second SELECT: another writer may add the same row meanwhile.
+    """
+    wanted: dict[bytes, tuple[Any, ...]] = {}
+    for row, _ in rows:
+        digest, *context = row["context"]
+        wanted[digest] = tuple(context)
+    found = _context_ids(tx, list(wanted))
+    missing = sorted(d for d in wanted if d not in found)
+    if not missing:
+        _set_contexts(rows, found)
+        return
+    js = "CAST(:metadata AS JSONB)" if dialect == "postgresql" else ":metadata"
+    for digest in missing:
+        module, qualname, metadata = wanted[digest]
+        tx.execute(
+            "INSERT INTO fleche_meta (digest, module, qualname, metadata) "
+            f"VALUES (:digest, :module, :qualname, {js}) ON CONFLICT (digest) DO NOTHING",
+            {"digest": digest, "module": module, "qualname": qualname, "metadata": metadata},
+        )
+    found.update(_context_ids(tx, missing))
+    _set_contexts(rows, found)
+
+
+def _context_ids(tx: Tx, digests: list[bytes]) -> dict[bytes, int]:
+    params: dict[str, Any] = {}
+    names = _placeholders("d", digests, params)
+    return {
+        bytes(d): int(i)
+        for d, i in tx.execute(
+            f"SELECT digest, id FROM fleche_meta WHERE digest IN ({names})", params
+        )
+    }
+
+
+def _set_contexts(rows: list[Row], ids: dict[bytes, int]) -> None:
+    for row, _ in rows:
+        row["meta"] = ids[row["context"][0]]
+
+
 def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
     """Insert or replace call rows (and their argument rows) under SQLite's write lock.
 
@@ -61,6 +105,7 @@ def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
     other writer runs until it ends: new rows get ids from ``MAX(id)`` and go in
     with one ``executemany`` (a C loop) instead of one statement each.
     """
+    resolve_contexts(tx, rows, "sqlite")
     arg_rows: list[dict[str, Any]] = []
     new: list[dict[str, Any]] = []
     next_id: int | None = None
@@ -94,8 +139,7 @@ def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
 _PG_ARRAYS = {
     "function": "TEXT[]",
     "key": "TEXT[]",
-    "module": "TEXT[]",
-    "qualname": "TEXT[]",
+    "meta": "BIGINT[]",
     "v_digest": "BYTEA[]",
     "v_i": "BIGINT[]",
     "v_f": "DOUBLE PRECISION[]",
@@ -143,6 +187,7 @@ def upsert_postgresql(tx: Tx, rows: list[Row]) -> None:
     wins, with its own argument rows. ``rows`` is deduplicated and sorted (a row
     may not be hit twice by one statement; one lock order for every writer).
     """
+    resolve_contexts(tx, rows, "postgresql")
     returned = tx.execute(_UPSERT_PG, {c: [row[c] for row, _ in rows] for c in CALL_COLUMNS})
     ids = {(f, k): cid for cid, f, k in returned}
     tx.execute(
