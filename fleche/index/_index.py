@@ -41,7 +41,7 @@ from fleche.index._fresh import (
 )
 from fleche.index._layers import scan
 from fleche.index._sqlgen import compile_spec
-from fleche.index._sqlrows import call_row
+from fleche.index._sqlrows import FN, FN_NAME, call_row
 from fleche.index._where import default_location, sqlite_with_fallback
 from fleche.index._write import (
     BATCH,
@@ -421,7 +421,7 @@ class Index:
         compiled = compile_spec(spec, self.db.dialect)
         order = "DESC" if newest_first else "ASC"
         cmp = "<" if newest_first else ">"
-        cols = "c.created, c.id, c.function, c.key" + (
+        cols = f"c.created, c.id, {FN_NAME}, c.key" + (
             ", c.metadata, (SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta)"
             if compiled.post
             else ""
@@ -551,7 +551,7 @@ class Index:
                 indexed.update(
                     self.db.read(
                         "SELECT key, stamp FROM fleche_calls "
-                        "WHERE function = :f AND key >= :lo AND key < :hi",
+                        f"WHERE function = {FN} AND key >= :lo AND key < :hi",
                         {"f": fid, "lo": fan, "hi": hi},
                     )
                 )
@@ -576,7 +576,7 @@ class Index:
 
     def _indexed(self, fid: str) -> dict[str, str | None]:
         return dict(
-            self.db.read("SELECT key, stamp FROM fleche_calls WHERE function = :f", {"f": fid})
+            self.db.read(f"SELECT key, stamp FROM fleche_calls WHERE function = {FN}", {"f": fid})
         )
 
     def _sync(
@@ -672,7 +672,13 @@ class Index:
                 report.merge(self._sync(store, fid, list_function(store, fid), self._indexed(fid)))
         if progress is not None and present:
             progress("functions", len(present), len(present))
-        known = {r[0] for r in self.db.read("SELECT DISTINCT function FROM fleche_calls")}
+        known = {
+            r[0]
+            for r in self.db.read(
+                "SELECT f.name FROM fleche_functions f "
+                "WHERE EXISTS (SELECT 1 FROM fleche_calls c WHERE c.function = f.id)"
+            )
+        }
         known |= {r[0] for r in self.db.read("SELECT DISTINCT function FROM fleche_fans")}
         for fid in sorted(known - set(present)):
             with self.db.transaction() as tx:

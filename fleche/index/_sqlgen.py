@@ -299,7 +299,12 @@ def compile_spec(spec: QuerySpec, dialect: str) -> Compiled:
     p = _Params()
     where: list[str] = []
     if spec.function_ids is not None:
-        where.append(_in_list("c.function", spec.function_ids, p))
+        within = _in_list("f.name", spec.function_ids, p)
+        where.append(
+            FALSE
+            if within == FALSE
+            else f"c.function IN (SELECT f.id FROM fleche_functions f WHERE {within})"
+        )
     for column, values in (("qualname", spec.names), ("module", spec.modules)):
         if values is not None:
             within = _in_list(f"m.{column}", values, p)

@@ -58,6 +58,11 @@ INDEXES = [
 """The secondary indexes: a rebuild fills the tables first and sorts these once, after
 (inserting a million rows into random places of five b-trees is several times slower)."""
 INDEX_NAMES = [stmt.split()[5] for stmt in INDEXES]
+FN = "(SELECT id FROM fleche_functions WHERE name = :f)"
+"""The id of function ``:f`` in SQL: rows name their function by a small integer, not its
+id's ~40 characters (stored three times: in the row and in two indexes)."""
+FN_NAME = "(SELECT name FROM fleche_functions WHERE id = c.function)"
+"""The function id (text) of call row ``c``."""
 
 
 def ddl(dialect: str) -> list[str]:
@@ -79,9 +84,12 @@ def ddl(dialect: str) -> list[str]:
             module {text},
             qualname {text},
             metadata {js})""",
+        f"""CREATE TABLE IF NOT EXISTS fleche_functions (
+            id {ident},
+            name {text} NOT NULL UNIQUE)""",
         f"""CREATE TABLE IF NOT EXISTS fleche_calls (
             id {ident},
-            function {text} NOT NULL,
+            function {big} NOT NULL,
             key {text} NOT NULL,
             meta {big},
             v_digest {blob},
@@ -117,6 +125,7 @@ DROP = [
     "DROP TABLE IF EXISTS fleche_calls",
     "DROP TABLE IF EXISTS fleche_fans",
     "DROP TABLE IF EXISTS fleche_meta",
+    "DROP TABLE IF EXISTS fleche_functions",
     "DROP TABLE IF EXISTS fleche_state",
 ]
 
