@@ -729,7 +729,7 @@ def test_a_large_catch_up_sorts_the_indexes_once_and_keeps_them(
 
 def test_metadata_with_keys_json_lacks_is_catalogued_exactly(tmp_path: Path) -> None:
     """A record whose metadata has int keys (msgpack allows them) takes the slow, exact path."""
-    from fleche.index._sqlrows import decode_metadata
+    from fleche.index._sqlrows import merge_metadata, own_metadata
 
     store = LocalStore(tmp_path / "store")
     mem = Cache(MemoryStore())
@@ -746,12 +746,71 @@ def test_metadata_with_keys_json_lacks_is_catalogued_exactly(tmp_path: Path) -> 
     c = Cache(store)
     assert count(c) == 2
     rows = {
-        k: decode_metadata(own, shared)
-        for k, own, shared in c.index.db.read(
-            "SELECT c.key, c.metadata, m.metadata FROM fleche_calls c "
-            "JOIN fleche_meta m ON m.id = c.meta"
+        k: merge_metadata(own_metadata(*own), shared)
+        for k, shared, *own in c.index.db.read(
+            "SELECT c.key, m.metadata, c.metadata, c.created, c.m_duration, c.m_finished, "
+            "c.m_cpu, c.m_pid FROM fleche_calls c JOIN fleche_meta m ON m.id = c.meta"
         )
     }
     got = rows[f"{0:032x}"]
     assert got["by_id"] == {1: "a", 2: b"\x00"} and got["$x"] != got["$x"]  # NaN
     assert rows[f"{1:032x}"] == plain
+
+
+@fleche.fleche
+def small(n, alpha):
+    return n * alpha
+
+
+def test_the_catalogue_takes_no_more_disk_than_the_records_it_describes(tmp_path: Path) -> None:
+    """2,000 small calls (two numbers in, one out, as in issue 19's figures): the catalogue
+    file and its journal weigh no more than the records (each argument costs ~90 B more).
+
+    Metadata shared by calls (host, user, git...) is kept once, functions are numbered,
+    and the -wal file is cut back after a checkpoint (it kept its largest size before).
+    """
+    c = Cache(tmp_path / "store")
+    with cache(c):
+        for n in range(2_000):
+            small(n, n / 7)
+    assert count(c) == 2_000
+    records = sum(
+        p.stat().st_size for p in (tmp_path / "store" / "calls").rglob("*") if p.is_file()
+    )
+    c.index.close()  # the last connection checkpoints, as every process ends
+    catalogue = c.index.db.size()
+    assert catalogue is not None and catalogue <= records, (catalogue / 2_000, records / 2_000)
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        {"created": 1.7e9, "duration": 0.25, "finished": 1.7e9 + 1, "cpu": 0.2, "pid": 42},
+        {"created": 0.0, "duration": 3, "cpu": float("nan"), "pid": True},
+        {"created": -0.0, "finished": float("inf"), "pid": 1 << 70},
+        {"created": 5, "duration": "long", "pid": -1},
+        {"created": "yesterday"},
+        {},
+    ],
+)
+def test_own_metadata_comes_back_exactly_from_its_columns(own: dict) -> None:
+    """created/duration/finished/cpu/pid live in typed columns when they are what a call
+    writes (finite floats, an int pid); anything else stays JSON, and the row gives all back."""
+    from fleche.index._sqlrows import call_row, merge_metadata, own_metadata
+
+    meta = {**own, "host": "h", "tags": {"run": 1}}
+    row, _ = call_row("m.f", "0" * 32, {"metadata": meta}, 10, None)
+    got = merge_metadata(
+        own_metadata(
+            row["metadata"],
+            row["created"],
+            row["m_duration"],
+            row["m_finished"],
+            row["m_cpu"],
+            row["m_pid"],
+        ),
+        row["context"][3],
+    )
+    for k, v in meta.items():  # exact, by type too (0.0 vs -0.0, 5 vs 5.0, NaN)
+        assert type(got[k]) is type(v) and repr(got[k]) == repr(v)
+    assert set(got) == set(meta)

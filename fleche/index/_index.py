@@ -422,10 +422,12 @@ class Index:
         order = "DESC" if newest_first else "ASC"
         cmp = "<" if newest_first else ">"
         cols = f"c.created, c.id, {FN_NAME}, c.key" + (
-            ", c.metadata, (SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta)"
+            ", c.metadata, c.meta, (SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta), "
+            "c.m_duration, c.m_finished, c.m_cpu, c.m_pid"
             if compiled.post
             else ""
         )
+        accept = compiled.acceptor() if compiled.post else None
         left = limit
         after: tuple[float, int] | None = None
         while True:
@@ -442,7 +444,9 @@ class Index:
             with self._lock:
                 page = self._guarded(functools.partial(self.db.read, sql, params))
             for row in page:
-                if compiled.post and not compiled.accept(row[4], row[5]):
+                if accept is not None and not accept(
+                    (row[4], row[0], row[7], row[8], row[9], row[10]), row[5], row[6]
+                ):
                     continue
                 yield (row[0], row[2], row[3])
                 if left is not None:

@@ -180,6 +180,10 @@ _PG_ARRAYS = {
     "result_size": "BIGINT[]",
     "metadata": "TEXT[]",  # JSON text, cast to jsonb per element below
     "stamp": "TEXT[]",
+    "m_duration": "DOUBLE PRECISION[]",
+    "m_finished": "DOUBLE PRECISION[]",
+    "m_cpu": "DOUBLE PRECISION[]",
+    "m_pid": "BIGINT[]",
 }
 _PG_ARG_ARRAYS = {
     "call": "BIGINT[]",
