@@ -708,23 +708,31 @@ def test_a_large_catch_up_sorts_the_indexes_once_and_keeps_them(
 ) -> None:
     """Past BULK_FROM new rows (and as many as there were) the secondary indexes are dropped
     for the load and made again after it; the answers are those of the row-by-row path."""
-    from fleche.index import _index
+    from fleche.index import _fresh, _index
 
     monkeypatch.setattr(_index, "BULK_FROM", 10)
+    monkeypatch.setattr(_fresh, "LOCAL_THREADED_FROM", 10)  # read by a thread, 7 at a time
+    monkeypatch.setattr(_fresh, "READ_CHUNK", 7)
     c = Cache(tmp_path / "store")
     fill(c, range(40))
     fill(c, range(10), alpha=0.2)
+    with cache(c):
+        damaged = simulate.digest(39)
+    path = tmp_path / "store" / "calls" / fid() / damaged[:2] / damaged[2:]
+    path.chmod(0o644)
+    path.write_bytes(b"not a record")  # skipped, like any damaged record
     dropped: list[str] = []
     real_drop = c.index.db.drop_indexes
     monkeypatch.setattr(c.index.db, "drop_indexes", lambda: dropped.append("x") or real_drop())
     assert count(c, alpha_is(0.2)) == 10 and dropped == ["x"]
+    assert count(c) == 49
     names = {r[0] for r in c.index.db.read("SELECT name FROM sqlite_master WHERE type='index'")}
     from fleche.index._sqlrows import INDEX_NAMES
 
     assert set(INDEX_NAMES) <= names
     fill(c, range(40, 52))  # 12 new rows among 50: row by row
     assert count(c, QuerySpec(args={"n": Q.ge(40)})) == 12 and dropped == ["x"]
-    assert count(c, QuerySpec(args={"n": Q.between(5, 44)})) == 40 + 5
+    assert count(c, QuerySpec(args={"n": Q.between(5, 44)})) == 40 + 5 - 1
 
 
 def test_metadata_with_keys_json_lacks_is_catalogued_exactly(tmp_path: Path) -> None:
