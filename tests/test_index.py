@@ -822,3 +822,23 @@ def test_own_metadata_comes_back_exactly_from_its_columns(own: dict) -> None:
     for k, v in meta.items():  # exact, by type too (0.0 vs -0.0, 5 vs 5.0, NaN)
         assert type(got[k]) is type(v) and repr(got[k]) == repr(v)
     assert set(got) == set(meta)
+
+
+def test_a_refresh_drops_shared_metadata_no_call_points_at(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    with cache(c):
+        for run in range(3):
+            with fleche.tags(run=run):  # one fleche_meta row per run
+                simulate(run)
+    assert count(c, QuerySpec(metadata={("tags", "run"): Q.eq(1)})) == 1
+
+    def contexts() -> int:
+        return int(c.index.db.read("SELECT COUNT(*) FROM fleche_meta")[0][0])
+
+    assert contexts() == 3
+    with cache(c):
+        simulate.evict(1)
+    assert count(c) == 2 and contexts() == 3  # a query leaves it: the next refresh drops it
+    c.index.refresh()
+    assert contexts() == 2
+    assert count(c, QuerySpec(metadata={("tags", "run"): Q.eq(2)})) == 1

@@ -688,6 +688,11 @@ class Index:
             with self.db.transaction() as tx:
                 report.removed += drop_function(tx, fid)
             self._fans_known = {fan for fan in self._fans_known if fan[0] != fid}
+        with self.db.transaction() as tx:  # contexts no call points at any more (gc, reruns)
+            tx.execute(
+                "DELETE FROM fleche_meta WHERE id NOT IN "
+                "(SELECT meta FROM fleche_calls WHERE meta IS NOT NULL)"
+            )
         if not local:
             self._set_listed(["*", *present], started)
         report.functions = len(present)
