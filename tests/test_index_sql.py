@@ -227,7 +227,7 @@ def records(draw):
     if draw(st.booleans()):
         meta["duration"] = draw(st.one_of(st.floats(0, 10), scalars))
     if draw(st.booleans()):
-        meta["pid"] = draw(st.one_of(st.integers(0, 1 << 70), scalars))
+        meta["pid"] = draw(st.one_of(st.integers(-(1 << 63), (1 << 64) - 1), scalars))
     rec = {
         "fleche": 1,
         "function": fid,
