@@ -22,6 +22,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
+import msgpack
+
 from fleche import codec
 from fleche.errors import ConfigError, CorruptObjectError, warn_user
 from fleche.index._db import CatalogReset, Db, IndexFault, SqliteDb, Tx, is_busy
@@ -39,7 +41,7 @@ from fleche.index._fresh import (
 )
 from fleche.index._layers import scan
 from fleche.index._sqlgen import compile_spec
-from fleche.index._sqlrows import call_row
+from fleche.index._sqlrows import FN, FN_NAME, call_row
 from fleche.index._where import default_location, sqlite_with_fallback
 from fleche.index._write import (
     BATCH,
@@ -65,6 +67,9 @@ PENDING_MAX = 256  # buffered writes before a flush
 PAGE = 1000  # rows fetched per query page
 ANALYZE_FROM = 1000  # rows from which the planner gets statistics
 PENDING_AGE = 1.0  # seconds the oldest buffered write may wait for the next one
+BULK_FROM = 10_000
+"""New rows from which a catch-up drops the secondary indexes and sorts them afterwards
+(when they are at least as many as the rows already catalogued; see ``Index._bulk``)."""
 LOCKED_RETRY = 60.0
 """Seconds a catalogue found locked (past its busy timeout) is left alone: queries read the
 store meanwhile, and writes wait for the refresh that follows, so no call waits on that lock
@@ -553,7 +558,13 @@ class Index:
         compiled = compile_spec(spec, self.db.dialect)
         order = "DESC" if newest_first else "ASC"
         cmp = "<" if newest_first else ">"
-        cols = "c.created, c.id, c.function, c.key" + (", c.metadata" if compiled.post else "")
+        cols = f"c.created, c.id, {FN_NAME}, c.key" + (
+            ", c.metadata, c.meta, (SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta), "
+            "c.m_duration, c.m_finished, c.m_cpu, c.m_pid"
+            if compiled.post
+            else ""
+        )
+        accept = compiled.acceptor() if compiled.post else None
         left = limit
         after: tuple[float, int] | None = None
         while True:
@@ -570,7 +581,9 @@ class Index:
             with self._lock:
                 page = self._guarded(functools.partial(self.db.read, sql, params))
             for row in page:
-                if compiled.post and not compiled.accept(row[4]):
+                if accept is not None and not accept(
+                    (row[4], row[0], row[7], row[8], row[9], row[10]), row[5], row[6]
+                ):
                     continue
                 yield (row[0], row[2], row[3])
                 if left is not None:
@@ -679,7 +692,7 @@ class Index:
                 indexed.update(
                     self.db.read(
                         "SELECT key, stamp FROM fleche_calls "
-                        "WHERE function = :f AND key >= :lo AND key < :hi",
+                        f"WHERE function = {FN} AND key >= :lo AND key < :hi",
                         {"f": fid, "lo": fan, "hi": hi},
                     )
                 )
@@ -704,7 +717,7 @@ class Index:
 
     def _indexed(self, fid: str) -> dict[str, str | None]:
         return dict(
-            self.db.read("SELECT key, stamp FROM fleche_calls WHERE function = :f", {"f": fid})
+            self.db.read(f"SELECT key, stamp FROM fleche_calls WHERE function = {FN}", {"f": fid})
         )
 
     def _sync(
@@ -730,28 +743,47 @@ class Index:
                 self._upsert(tx, rows)
             rows.clear()
 
-        for key, blob in read_blobs(store, fid, todo):
-            if blob is None:
-                continue  # gone since the listing
-            try:
-                rec = codec.decode_record(blob, name=(fid, key))
-            except CorruptObjectError:
-                report.unreadable += 1  # `fleche verify` reports it; the index leaves it out
-                continue
-            rows.append(call_row(fid, key, rec, len(blob), listing[key]))
-            if key in indexed:
-                report.updated += 1
-            else:
-                report.added += 1
-            if len(rows) >= BATCH:
+        bulk = self._bulk(len(todo))
+        if bulk:
+            self.db.drop_indexes()
+        try:
+            for key, blob in read_blobs(store, fid, todo):
+                if blob is None:
+                    continue  # gone since the listing
+                try:
+                    rec, str_keys = _decode(blob, fid, key)
+                except CorruptObjectError:
+                    report.unreadable += 1  # `fleche verify` reports it; the index leaves it out
+                    continue
+                rows.append(call_row(fid, key, rec, len(blob), listing[key], str_keys=str_keys))
+                if key in indexed:
+                    report.updated += 1
+                else:
+                    report.added += 1
+                if len(rows) >= BATCH:
+                    write()
+            if rows:
                 write()
-        if rows:
-            write()
+        finally:
+            if bulk:
+                self.db.create_indexes()  # sorted once: a third of the catch-up's time saved
         for chunk in chunks(gone):
             with self.db.transaction() as tx:
                 delete(tx, fid, chunk)
         report.removed = len(gone)
         return report
+
+    def _bulk(self, new: int) -> bool:
+        """Whether ``new`` rows are many enough to load with the secondary indexes dropped.
+
+        Inserting into five b-trees at random places costs more than sorting them
+        once afterwards when the rows added are as many as those already there (a
+        first query after 100k calls: 3.3 -> 1.2 s of SQL). SQLite only: on a shared
+        PostgreSQL catalogue other writers and readers would lose the indexes meanwhile.
+        """
+        if new < BULK_FROM or self.db.dialect != "sqlite":
+            return False
+        return new >= int(self.db.read("SELECT COUNT(*) FROM fleche_calls")[0][0])
 
     def _refresh(self, store: ObjectStore, progress: Progress | None = None) -> RefreshReport:
         """Compare every function's full listing with the catalogue and fix the differences.
@@ -781,12 +813,23 @@ class Index:
                 report.merge(self._sync(store, fid, list_function(store, fid), self._indexed(fid)))
         if progress is not None and present:
             progress("functions", len(present), len(present))
-        known = {r[0] for r in self.db.read("SELECT DISTINCT function FROM fleche_calls")}
+        known = {
+            r[0]
+            for r in self.db.read(
+                "SELECT f.name FROM fleche_functions f "
+                "WHERE EXISTS (SELECT 1 FROM fleche_calls c WHERE c.function = f.id)"
+            )
+        }
         known |= {r[0] for r in self.db.read("SELECT DISTINCT function FROM fleche_fans")}
         for fid in sorted(known - set(present)):
             with self.db.transaction() as tx:
                 report.removed += drop_function(tx, fid)
             self._fans_known = {fan for fan in self._fans_known if fan[0] != fid}
+        with self.db.transaction() as tx:  # contexts no call points at any more (gc, reruns)
+            tx.execute(
+                "DELETE FROM fleche_meta WHERE id NOT IN "
+                "(SELECT meta FROM fleche_calls WHERE meta IS NOT NULL)"
+            )
         if not local:
             self._set_listed(["*", *present], started)
         report.functions = len(present)
@@ -856,6 +899,25 @@ class Index:
     def close(self) -> None:
         self.flush()
         self.db.close()
+
+
+def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool]:
+    """A record read for cataloguing, and whether its metadata has str keys only.
+
+    Its metadata is parsed with msgpack's ``strict_map_key``, which refuses other
+    keys as it goes: when it succeeds, the row's JSON needs no second walk of the
+    metadata. CorruptObjectError as from :func:`fleche.codec.decode_record`.
+    """
+    rec = codec.decode_record(blob, lazy=True, name=(fid, key))
+    meta = rec.get("metadata")
+    str_keys = False
+    if type(meta) is bytes:
+        try:
+            rec["metadata"] = msgpack.unpackb(meta, raw=False, strict_map_key=True)
+            str_keys = True
+        except (ValueError, TypeError, msgpack.UnpackException):
+            pass  # other keys, or damage: expand_record tells which
+    return codec.expand_record(rec), str_keys
 
 
 def _same_store(a: str, b: str) -> bool:

@@ -260,12 +260,15 @@ class QueryResult:
         """True when at least one call matches (reads until the first one)."""
         return next(self._records(), None) is not None
 
-    def count(self, *, verify: bool = True) -> int:
+    def count(self, *, verify: bool = False) -> int:
         """How many calls match.
 
-        With an index and ``verify=False``, the index's own count: no record is
-        read, but a stale index may be off. Otherwise every match is read and
-        checked, so the count agrees with iterating.
+        With an index, the index's own count (one SQL ``COUNT``, no record read:
+        milliseconds at a million calls, where reading each record took 30 s). The
+        index catches up with the store first, so on a local store it is exact; an
+        index behind a remote store may lag its ``max_age``. ``verify=True`` reads
+        and checks every match, so the count agrees with iterating. Without an
+        index, every record is read either way.
         """
         index = getattr(self.cache, "index", None)
         if index is not None and not verify and not self._steps:
@@ -287,7 +290,7 @@ class QueryResult:
         first = next(records, None)
         if first is not None and next(records, None) is None:
             return self._call(first)
-        n = 0 if first is None else self.count()
+        n = 0 if first is None else max(2, self.count())  # the index's count: no record read
         found = "none" if n == 0 else f"{n} calls"
         hint = (
             "; call the function to compute it"
