@@ -41,7 +41,7 @@ from fleche.index._fresh import (
 )
 from fleche.index._layers import scan
 from fleche.index._sqlgen import compile_spec
-from fleche.index._sqlrows import FN, FN_NAME, call_row
+from fleche.index._sqlrows import FN, FN_NAME, NUMBERS, VOLATILE, call_row
 from fleche.index._where import default_location, sqlite_with_fallback
 from fleche.index._write import (
     BATCH,
@@ -102,6 +102,39 @@ def _after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork)
+
+
+POST_COLUMNS = (
+    "c.metadata, c.created, c.m_duration, c.m_finished, c.m_cpu, c.m_pid, c.meta, "
+    "(SELECT sm.metadata FROM fleche_meta sm WHERE sm.id = c.meta)"
+)
+"""What a metadata condition decided in Python reads of a call row: its own metadata (as
+``own_metadata`` takes it), its ``fleche_meta`` id and that row's shared JSON."""
+
+
+def _meta_order(dialect: str, path: list[str], params: dict[str, Any]) -> str:
+    """The SQL value a page is ordered by for ``meta:KEY.KEY``, as the catalogue keeps it.
+
+    ``created`` and the numbers of ``NUMBERS`` are typed columns of the call row (JSON
+    only when not a number); other own keys are in the row's JSON, and every other top
+    key is in its shared ``fleche_meta`` row (joined as ``m``).
+    """
+    sqlite = dialect == "sqlite"
+    if sqlite:
+        params["order_path"] = "$" + "".join(f'."{k}"' for k in path)
+        at = "json_extract({}, :order_path)"
+    else:
+        params["order_path"] = "{" + ",".join(path) + "}"
+        at = "({} #> CAST(:order_path AS text[]))"
+    own = at.format("c.metadata")
+    if path == ["created"]:
+        return "c.created" if sqlite else "to_jsonb(c.created)"
+    if len(path) == 1 and path[0] in NUMBERS:
+        col = f"c.{NUMBERS[path[0]]}"
+        return f"COALESCE({col}, {own})" if sqlite else f"COALESCE(to_jsonb({col}), {own})"
+    if path[0] in VOLATILE:
+        return own
+    return f"COALESCE({own}, {at.format('m.metadata')})"
 
 
 class Index:
@@ -446,18 +479,15 @@ class Index:
             path = order[5:].split(".")
             if not all(path):
                 raise ValueError(f"order={order!r}: expected meta:KEY[.KEY...]")
-            if self.db.dialect == "sqlite":
-                params["order_path"] = "$" + "".join(f'."{k}"' for k in path)
-                keys = [f"json_extract(c.metadata, :order_path) {way}"]
-            else:
-                params["order_path"] = "{" + ",".join(path) + "}"
-                keys = [f"(c.metadata #> CAST(:order_path AS text[])) {way}"]
+            keys = [f"{_meta_order(self.db.dialect, path, params)} {way}"]
+            if path[0] not in VOLATILE:  # kept once per context, in fleche_meta
+                join = " LEFT JOIN fleche_meta m ON m.id = c.meta"
         else:
             raise ValueError(
                 f"order={order!r}: expected created, size, result, arg:NAME or meta:KEY"
             )
         keys.append(f"c.id {way}")
-        cols = "c.function, c.key" + (", c.metadata" if compiled.post else "")
+        cols = f"{FN_NAME}, c.key" + (f", {POST_COLUMNS}" if compiled.post else "")
         sql = f"SELECT {cols} FROM fleche_calls c{join} WHERE {compiled.where} ORDER BY {', '.join(keys)}"
         if not compiled.post and limit is not None:
             sql += f" LIMIT {int(limit)} OFFSET {int(offset)}"
@@ -466,7 +496,8 @@ class Index:
         with self._lock:
             rows = self._guarded(functools.partial(self.db.read, sql, params))
         if compiled.post:
-            rows = [r for r in rows if compiled.accept(r[2])]
+            accept = compiled.acceptor()
+            rows = [r for r in rows if accept(r[2:8], r[8], r[9])]
             rows = rows[offset:] if limit is None else rows[offset : offset + limit]
         return [(r[0], r[1]) for r in rows]
 
@@ -494,6 +525,7 @@ class Index:
         counts = (
             "SELECT c.function, COUNT(*), MAX(c.created) FROM fleche_calls c GROUP BY c.function"
         )
+        names = "SELECT id, name FROM fleche_functions"
         sizes = (
             "SELECT c.function, SUM(c.size), SUM(CASE WHEN c.result_oid IS NULL THEN 0 "
             f"ELSE COALESCE(c.result_size, 0) END) FROM fleche_calls c{plain} GROUP BY c.function"
@@ -501,18 +533,26 @@ class Index:
         with self._lock:
             got = self._guarded(functools.partial(self.db.read, counts))
             weights = self._guarded(functools.partial(self.db.read, sizes))
+            name = dict(self._guarded(functools.partial(self.db.read, names)))
         size = {r[0]: int(r[1] or 0) + int(r[2] or 0) for r in weights}
-        return sorted((r[0], int(r[1]), size.get(r[0], 0), float(r[2])) for r in got)
+        return sorted(
+            (str(name[r[0]]), int(r[1]), size.get(r[0], 0), float(r[2]))
+            for r in got
+            if r[0] in name
+        )
 
     def created(self, spec: QuerySpec) -> list[float]:
         """The ``created`` time of every call matching ``spec``, oldest first (for a timeline)."""
         self._prepare(spec)
         compiled = compile_spec(spec, self.db.dialect)
-        cols = "c.created" + (", c.metadata" if compiled.post else "")
+        cols = "c.created" + (f", {POST_COLUMNS}" if compiled.post else "")
         sql = f"SELECT {cols} FROM fleche_calls c WHERE {compiled.where} ORDER BY c.created"
         with self._lock:
             rows = self._guarded(functools.partial(self.db.read, sql, compiled.params))
-        return [float(r[0]) for r in rows if not compiled.post or compiled.accept(r[1])]
+        if not compiled.post:
+            return [float(r[0]) for r in rows]
+        accept = compiled.acceptor()
+        return [float(r[0]) for r in rows if accept(r[1:7], r[7], r[8])]
 
     def _left_alone(self) -> bool:
         """True while a locked catalogue is not touched: the store answers (warned already)."""
