@@ -174,12 +174,17 @@ class Metadata(dict[str, Any]):
 # -- choosing providers ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Choice:
-    """What a ``meta=`` or ``fleche.meta(...)`` asks for: groups, and tags set with them."""
+    """What a ``meta=`` or ``fleche.meta(...)`` asks for: groups, and tags set with them.
 
-    groups: frozenset[str]
-    tags: Mapping[str, Any]
+    A plain class, not a dataclass (whose methods `import fleche` would compile).
+    """
+
+    __slots__ = ("groups", "tags")
+
+    def __init__(self, groups: frozenset[str], tags: Mapping[str, Any]) -> None:
+        self.groups = groups
+        self.tags = tags
 
 
 META: ContextVar[tuple[Choice, bool] | None] = ContextVar("fleche_meta", default=None)
