@@ -27,7 +27,6 @@ import itertools
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from fleche.cache import Cache
@@ -69,19 +68,6 @@ class QueryArgumentError(FlecheError, TypeError):
 
 class MissingDependencyError(FlecheError, ImportError):
     """An optional package a feature needs (pandas for ``table()``) is not installed."""
-
-
-@dataclass(frozen=True)
-class Ref:
-    """A ``table()`` cell for an argument kept as a separate object, not loaded (``values=False``)."""
-
-    type: str
-    digest: str
-    size: int | None = None
-
-    def __repr__(self) -> str:
-        size = f" {self.size:,} B" if self.size is not None else ""
-        return f"<{self.type} {self.digest[:12]}{size}>"
 
 
 def _describe(value: Any) -> str:
@@ -455,6 +441,8 @@ class QueryResult:
         if "inline" in stored or (values and "oid" in stored):
             return self.cache.load_value(stored)
         if "oid" in stored:
+            from fleche.query._ref import Ref  # loaded by the first table showing one
+
             return Ref(stored.get("type", "?"), stored.get("digest", ""), stored.get("size"))
         return NotStored(stored.get("type", "?"), stored.get("digest", ""))
 
