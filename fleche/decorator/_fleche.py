@@ -180,8 +180,8 @@ class BoundCall:
 
 
 # How f.bind(...) binds a call to the caller's cache: set by fleche.parallel (its Bound
-# carries a cache to another process), which sits above this layer and is imported by
-# ``import fleche``.
+# carries a cache to another process), which sits above this layer; ``import fleche`` sets
+# one that imports fleche.parallel on the first f.bind(...).
 _BINDER: list[Callable[[Callable[..., Any]], Any]] = []
 
 
