@@ -83,14 +83,15 @@ def resolve_contexts(tx: Tx, rows: list[Row], dialect: str) -> None:
 
 
 def _context_ids(tx: Tx, digests: list[bytes]) -> dict[bytes, int]:
+    return {bytes(d): i for d, i in _ids(tx, "fleche_meta", "digest", digests)}
+
+
+def _ids(tx: Tx, table: str, column: str, values: list[Any]) -> list[tuple[Any, int]]:
+    """``(value, id)`` of the rows of ``table`` whose ``column`` is one of ``values``."""
     params: dict[str, Any] = {}
-    names = _placeholders("d", digests, params)
-    return {
-        bytes(d): int(i)
-        for d, i in tx.execute(
-            f"SELECT digest, id FROM fleche_meta WHERE digest IN ({names})", params
-        )
-    }
+    ph = _placeholders("v", values, params)
+    rows = tx.execute(f"SELECT {column}, id FROM {table} WHERE {column} IN ({ph})", params)
+    return [(v, int(i)) for v, i in rows]
 
 
 def resolve_functions(tx: Tx, rows: list[Row]) -> None:
@@ -110,14 +111,7 @@ def resolve_functions(tx: Tx, rows: list[Row]) -> None:
 
 
 def _function_ids(tx: Tx, names: list[str]) -> dict[str, int]:
-    params: dict[str, Any] = {}
-    ph = _placeholders("n", names, params)
-    return {
-        str(n): int(i)
-        for n, i in tx.execute(
-            f"SELECT name, id FROM fleche_functions WHERE name IN ({ph})", params
-        )
-    }
+    return {str(n): i for n, i in _ids(tx, "fleche_functions", "name", names)}
 
 
 def _set_contexts(rows: list[Row], ids: dict[bytes, int]) -> None:
