@@ -499,6 +499,60 @@ def test_s3_server_stopped_mid_run() -> None:
         again.stop()
 
 
+def test_an_s3_endpoint_down_when_the_cache_opens_costs_one_request() -> None:
+    """Nothing answers where the cache is: opening it costs one request's few attempts (not
+    s3fs's retries of botocore's retries: 250 connections before), then none until retry_after."""
+    need_module("moto", reason="moto (the S3 test server) is not installed")
+    import socket
+
+    from s3_server import MotoS3
+
+    from fleche.config import _caches as config_caches
+    from fleche.store._s3 import MAX_ATTEMPTS
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    server = MotoS3()
+    proxy = Proxy(("127.0.0.1", dead))  # accepts, counts, and drops: the server is gone
+    bucket = server.new_bucket()
+    url = f"s3://{bucket}/cache"
+    options = server.options(endpoint_url=f"http://127.0.0.1:{proxy.port}")
+    computed: list[int] = []
+
+    @fleche
+    def square(i: int) -> int:
+        computed.append(i)
+        return i * i
+
+    try:
+        with fleche_warnings() as seen, cache(url, **options):
+            tried = proxy.attempts
+            assert [square(i) for i in range(5)] == [0, 1, 4, 9, 16]
+            assert proxy.attempts == tried  # not again on every call (retry_after: 60 s)
+        # opening reads fleche.json: one request, MAX_ATTEMPTS tries, each over at most two
+        # connections (aiohttp resends an idempotent request once when its connection drops)
+        assert 0 < tried <= 2 * MAX_ATTEMPTS
+        assert computed == [0, 1, 2, 3, 4]
+        assert len(seen) == 1, seen
+        assert "cannot open the cache" in seen[0] and url in seen[0]
+        assert f"127.0.0.1:{proxy.port}" in seen[0]
+
+        proxy.target = ("127.0.0.1", int(server.endpoint.rpartition(":")[2]))  # it is back
+        config_caches.RETRY_AFTER, saved = 0.0, config_caches.RETRY_AFTER
+        try:
+            with fleche_warnings() as seen, cache(url, **options):
+                assert [square(7), square(7)] == [49, 49]
+                assert square.contains(7)  # type: ignore[attr-defined]
+        finally:
+            config_caches.RETRY_AFTER = saved
+        assert computed[5:] == [7]  # computed once, then a hit
+        assert seen == []
+    finally:
+        proxy.close()
+        server.stop()
+
+
 def ssh_options(sshd: Any, tmp_path: Path, **extra: Any) -> dict[str, Any]:
     opts: dict[str, Any] = {"key_filename": sshd.key, "look_for_keys": False, "allow_agent": False}
     pub = Path(sshd.key).with_name("host_key.pub")
