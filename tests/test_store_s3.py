@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -330,7 +331,7 @@ def test_a_dead_endpoint_costs_one_request_a_few_attempts(s3: MotoS3, dead_endpo
 
 
 def test_the_retry_budget_is_the_callers_to_change(
-    s3: MotoS3, dead_endpoint: Any, monkeypatch: pytest.MonkeyPatch
+    s3: MotoS3, dead_endpoint: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     _open_dead(s3, dead_endpoint, config_kwargs={"retries": {"total_max_attempts": 1}})
     assert 1 <= dead_endpoint.attempts <= 2  # the caller's botocore settings win
@@ -340,6 +341,15 @@ def test_the_retry_budget_is_the_callers_to_change(
     _open_dead(s3, dead_endpoint, skip_instance_cache=True)
     assert 1 <= dead_endpoint.attempts - before <= 2
     monkeypatch.delenv("AWS_MAX_ATTEMPTS")
+    # and the profile's max_attempts in the AWS config file
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[default]\nmax_attempts = 1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_config))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    before = dead_endpoint.attempts
+    _open_dead(s3, dead_endpoint, skip_instance_cache=True)
+    assert 1 <= dead_endpoint.attempts - before <= 2
+    monkeypatch.delenv("AWS_CONFIG_FILE")
     # timeouts given keep the default retries; the defaults fill in only what is missing
     store = open_store(f"s3://{s3.new_bucket()}", **s3.options(config_kwargs={"read_timeout": 60}))
     config = store.fs.s3.meta.config

@@ -128,13 +128,34 @@ def _nbytes(parts: Sequence[BytesLike]) -> int:
     return sum(len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts)
 
 
+def _retries_configured(profile: str | None) -> bool:
+    """Whether the AWS settings choose the retries (``AWS_MAX_ATTEMPTS``, ``retry_mode``...).
+
+    The environment, then the profile's ``max_attempts`` / ``retry_mode`` in the
+    AWS config file (read only when there is one: ~8 ms).
+    """
+    if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"):
+        return True
+    path = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config")
+    if not os.path.exists(path):
+        return False
+    try:
+        from botocore.session import Session
+
+        scoped = Session(profile=profile).get_scoped_config()
+    except Exception:  # noqa: BLE001 - a missing profile, a bad file: s3fs says so when it connects
+        return False
+    return "max_attempts" in scoped or "retry_mode" in scoped
+
+
 def _failure_budget(opts: dict[str, Any]) -> int:
     """Fill in the client's timeouts and retries (``config_kwargs``); s3fs's own retries.
 
     Each default applies only where the caller said nothing: a key of
     ``config_kwargs=`` (``retries``, ``connect_timeout``, ``read_timeout``:
     botocore's ``Config``) wins, and so do ``AWS_MAX_ATTEMPTS`` /
-    ``AWS_RETRY_MODE`` in the environment. Returns s3fs's retry count
+    ``AWS_RETRY_MODE`` and the profile's ``max_attempts`` / ``retry_mode`` in
+    the AWS config file. Returns s3fs's retry count
     (``retries=``, default 1: botocore's retries already cover every request,
     and s3fs's loop, nested twice around a read, multiplies them).
     """
@@ -147,9 +168,7 @@ def _failure_budget(opts: dict[str, Any]) -> int:
     config = dict(config)
     config.setdefault("connect_timeout", CONNECT_TIMEOUT)
     config.setdefault("read_timeout", READ_TIMEOUT)
-    if "retries" not in config and not (
-        os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE")
-    ):
+    if "retries" not in config and not _retries_configured(opts.get("profile")):
         config["retries"] = {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
     opts["config_kwargs"] = config
     retries = opts.pop("retries", 1)
