@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from services import need_module
 from fleche import Cache, ConfigError, cache, fleche
 from fleche.errors import CacheMiss, FlecheWarning
 from fleche.store import S3Store, open_store
-from fleche.store._s3 import HEAD_FIRST
+from fleche.store._s3 import HEAD_FIRST, MAX_ATTEMPTS
 from fleche.testing import digest_of
 from fleche.testing._suite import FID
 
@@ -287,6 +288,83 @@ def test_endpoint_url_option_and_client_kwargs_agree(s3: MotoS3, bucket: str) ->
     store = open_store(f"s3://{bucket}", **s3.options(client_kwargs={"endpoint_url": s3.endpoint}))
     assert store.fs.dircache.use_listings_cache is False
     assert store.url == f"s3://{bucket}"
+
+
+# -- the failure budget: a dead endpoint costs a few attempts, once ----------------------
+
+
+@pytest.fixture
+def dead_endpoint() -> Iterator[Any]:
+    """A listener that accepts and counts connections, then drops them: an S3 server gone.
+
+    (``torture_helpers.Proxy`` in front of a port nothing listens on: the client
+    connects, the proxy cannot reach its upstream, and the connection closes.)
+    """
+    import socket
+
+    from torture_helpers import Proxy
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = Proxy(("127.0.0.1", port))
+    yield proxy
+    proxy.close()
+
+
+def _open_dead(s3: MotoS3, proxy: Any, **extra: Any) -> OSError:
+    with pytest.raises(OSError) as caught:
+        open_store(
+            "s3://fleche-gone/cache",  # opening reads fleche.json: one request
+            **s3.options(endpoint_url=f"http://127.0.0.1:{proxy.port}", **extra),
+        )
+    return caught.value
+
+
+def test_a_dead_endpoint_costs_one_request_a_few_attempts(s3: MotoS3, dead_endpoint: Any) -> None:
+    err = _open_dead(s3, dead_endpoint)
+    assert f"127.0.0.1:{dead_endpoint.port}" in str(err) and "fleche-gone" in str(err)
+    # botocore's standard mode tries the request MAX_ATTEMPTS times, each over at most two
+    # connections (aiohttp resends an idempotent request once when its connection drops);
+    # s3fs's own loops (5 x 5 around botocore's legacy 5 attempts) are off: 10-98 without.
+    assert MAX_ATTEMPTS <= dead_endpoint.attempts <= 2 * MAX_ATTEMPTS
+
+
+def test_the_retry_budget_is_the_callers_to_change(
+    s3: MotoS3, dead_endpoint: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _open_dead(s3, dead_endpoint, config_kwargs={"retries": {"total_max_attempts": 1}})
+    assert 1 <= dead_endpoint.attempts <= 2  # the caller's botocore settings win
+    # so do AWS_MAX_ATTEMPTS / AWS_RETRY_MODE: fleche's default applies only when nothing is said
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    before = dead_endpoint.attempts
+    _open_dead(s3, dead_endpoint, skip_instance_cache=True)
+    assert 1 <= dead_endpoint.attempts - before <= 2
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS")
+    # and the profile's max_attempts in the AWS config file
+    aws_config = tmp_path / "aws-config"
+    aws_config.write_text("[default]\nmax_attempts = 1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(aws_config))
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    before = dead_endpoint.attempts
+    _open_dead(s3, dead_endpoint, skip_instance_cache=True)
+    assert 1 <= dead_endpoint.attempts - before <= 2
+    monkeypatch.delenv("AWS_CONFIG_FILE")
+    # timeouts given keep the default retries; the defaults fill in only what is missing
+    store = open_store(f"s3://{s3.new_bucket()}", **s3.options(config_kwargs={"read_timeout": 60}))
+    config = store.fs.s3.meta.config
+    assert (config.read_timeout, config.connect_timeout) == (60, 5)
+    assert config.retries == {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
+    assert store.fs.retries == 1  # s3fs's loop: off by default, on with retries=
+    assert open_store(store.url, retries=3, **s3.options()).fs.retries == 3
+
+
+@pytest.mark.parametrize(
+    "bad", [{"config_kwargs": "read_timeout=5"}, {"retries": 0}, {"retries": True}]
+)
+def test_a_malformed_budget_is_a_config_error(s3: MotoS3, bad: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        open_store("s3://fleche-any/cache", **s3.options(**bad))
 
 
 # -- the whole stack --------------------------------------------------------------------

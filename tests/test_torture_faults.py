@@ -442,6 +442,9 @@ def test_s3_server_stopped_mid_run() -> None:
     need_module("moto", reason="moto (the S3 test server) is not installed")
     from s3_server import MotoS3
 
+    from fleche.decorator import _results
+    from fleche.store._s3 import MAX_ATTEMPTS
+
     server = MotoS3()
     bucket = server.new_bucket()
     url = f"s3://{bucket}/cache"
@@ -449,6 +452,7 @@ def test_s3_server_stopped_mid_run() -> None:
     proxy = Proxy((host, int(port)))  # the client's way to the server: counts its attempts
     options = server.options(endpoint_url=f"http://127.0.0.1:{proxy.port}")
     computed: list[int] = []
+    again: MotoS3 | None = None
 
     @fleche
     def big20(i: int) -> bytes:
@@ -465,23 +469,88 @@ def test_s3_server_stopped_mid_run() -> None:
             tried = proxy.attempts - before
             for i in range(1, 10):
                 assert big20(i) == blob(i, 20_000)
-        assert computed == [*range(5), *range(10)]
+            assert proxy.attempts - before == tried  # skipped: not one more connection
+            # the server is back (moto keeps its state in this process) and the cool-down
+            # is over: the next call reaches the store again and hits
+            again = MotoS3()
+            proxy.target = ("127.0.0.1", int(again.endpoint.rpartition(":")[2]))
+            for key, (_, down) in list(_results._DOWN.items()):
+                _results._DOWN[key] = (0.0, down)
+            assert big20(3) == blob(3, 20_000)
+            assert proxy.attempts > before + tried
+        assert computed == [*range(5), *range(10)]  # the last call was a hit
         assert len(seen) == 1, seen
         assert "cannot read" in seen[0] and f"127.0.0.1:{proxy.port}" in seen[0]
-        # one attempt (with the client's retries), then the cache is skipped, not retried:
-        # asserted by what reached the server, not by how long it took
-        assert tried > 0
-        assert proxy.attempts - before == tried
+        assert f"s3://{bucket}/cache" in seen[0]
+        # one request, with the client's few retries (botocore: MAX_ATTEMPTS, each over at
+        # most two connections; 10-98 before s3fs's own retry loops were turned off), then
+        # the cache is skipped: asserted by what reached the server, not by how long it took
+        assert 0 < tried <= 2 * MAX_ATTEMPTS
     finally:
         server.stop()
         proxy.close()
-    # moto keeps its state in this process: a new server shows what the old one held
+        if again is not None:
+            again.stop()
     again = MotoS3()
     try:
         store = open_store(url, **again.options())
         assert verified(store) == 5
     finally:
         again.stop()
+
+
+def test_an_s3_endpoint_down_when_the_cache_opens_costs_one_request() -> None:
+    """Nothing answers where the cache is: opening it costs one request's few attempts (not
+    s3fs's retries of botocore's retries: 250 connections before), then none until retry_after."""
+    need_module("moto", reason="moto (the S3 test server) is not installed")
+    import socket
+
+    from s3_server import MotoS3
+
+    from fleche.config import _caches as config_caches
+    from fleche.store._s3 import MAX_ATTEMPTS
+
+    with socket.socket() as s:  # a port that was free a moment ago: nothing listens there
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    server = MotoS3()
+    proxy = Proxy(("127.0.0.1", dead))  # accepts, counts, and drops: the server is gone
+    bucket = server.new_bucket()
+    url = f"s3://{bucket}/cache"
+    options = server.options(endpoint_url=f"http://127.0.0.1:{proxy.port}")
+    computed: list[int] = []
+
+    @fleche
+    def square(i: int) -> int:
+        computed.append(i)
+        return i * i
+
+    try:
+        with fleche_warnings() as seen, cache(url, **options):
+            tried = proxy.attempts
+            assert [square(i) for i in range(5)] == [0, 1, 4, 9, 16]
+            assert proxy.attempts == tried  # not again on every call (retry_after: 60 s)
+        # opening reads fleche.json: one request, MAX_ATTEMPTS tries, each over at most two
+        # connections (aiohttp resends an idempotent request once when its connection drops)
+        assert 0 < tried <= 2 * MAX_ATTEMPTS
+        assert computed == [0, 1, 2, 3, 4]
+        assert len(seen) == 1, seen
+        assert "cannot open the cache" in seen[0] and url in seen[0]
+        assert f"127.0.0.1:{proxy.port}" in seen[0]
+
+        proxy.target = ("127.0.0.1", int(server.endpoint.rpartition(":")[2]))  # it is back
+        config_caches.RETRY_AFTER, saved = 0.0, config_caches.RETRY_AFTER
+        try:
+            with fleche_warnings() as seen, cache(url, **options):
+                assert [square(7), square(7)] == [49, 49]
+                assert square.contains(7)  # type: ignore[attr-defined]
+        finally:
+            config_caches.RETRY_AFTER = saved
+        assert computed[5:] == [7]  # computed once, then a hit
+        assert seen == []
+    finally:
+        proxy.close()
+        server.stop()
 
 
 def ssh_options(sshd: Any, tmp_path: Path, **extra: Any) -> dict[str, Any]:

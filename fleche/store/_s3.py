@@ -29,11 +29,20 @@ Credentials and endpoint come from the usual AWS sources (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``, ``AWS_ENDPOINT_URL_S3`` /
 ``AWS_ENDPOINT_URL``, ``~/.aws``) or from storage options: ``key=``,
 ``secret=``, ``endpoint_url=``, and anything else ``s3fs.S3FileSystem`` takes.
+
+A failure budget (:func:`make_filesystem`): each request is tried at most
+``MAX_ATTEMPTS`` times (botocore's standard retry mode), with s3fs's own retry
+loop off, so an endpoint that is down costs the first call one request's
+attempts (1-3 s of backoff) rather than s3fs's retries of botocore's retries
+(up to 5 x 5 x 5 attempts: 9-53 s measured); the cache is then skipped for a
+while (``fleche.decorator``). ``config_kwargs=`` and ``retries=`` override the
+defaults (docs/backends.md).
 """
 
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -55,6 +64,25 @@ MULTIPART_MIN = 64 << 20
 """Values larger than this are uploaded in parts (multipart upload), never joined in memory."""
 PART_SIZE = 16 << 20
 """Bytes per part of a multipart upload (S3 wants at least 5 MiB but for the last)."""
+
+MAX_ATTEMPTS = 3
+"""Tries per request (botocore's standard retry mode: jittered backoff of up to 1 s, then 2 s).
+
+Enough to ride out a dropped connection or a throttled (503 SlowDown) request;
+an endpoint that is down costs one call 3 attempts, not s3fs's 5 x 5 x 5."""
+CONNECT_TIMEOUT = 5.0
+"""Seconds to wait for a TCP connection (s3fs's default, said once here).
+
+A live endpoint connects in one round trip (well under 1 s even across
+continents; the kernel completes it even when the server process is busy), and
+a lost SYN is resent after 1 s and 3 s, so 5 s fails only a host that does not
+answer; that attempt is then retried like any other."""
+READ_TIMEOUT = 15.0
+"""Seconds to wait for each read of a response (s3fs's default, said once here).
+
+Not the time of a whole transfer: the wait for the first byte of an answer, or
+between two chunks. A slow but live server (a loaded radosgw, a large PUT
+being stored) answers well within it; only a stalled server reaches it."""
 
 # Answers meaning "this server does not do conditional PUTs" (AWS before 2024: 501).
 _NO_CONDITIONAL = {"NotImplemented", "501"}
@@ -100,13 +128,71 @@ def _nbytes(parts: Sequence[BytesLike]) -> int:
     return sum(len(p) if isinstance(p, bytes) else memoryview(p).nbytes for p in parts)
 
 
+def _retries_configured(profile: str | None) -> bool:
+    """Whether the AWS settings choose the retries (``AWS_MAX_ATTEMPTS``, ``retry_mode``...).
+
+    The environment, then the profile's ``max_attempts`` / ``retry_mode`` in the
+    AWS config file (read only when there is one: ~8 ms).
+    """
+    if os.environ.get("AWS_MAX_ATTEMPTS") or os.environ.get("AWS_RETRY_MODE"):
+        return True
+    path = os.path.expanduser(os.environ.get("AWS_CONFIG_FILE") or "~/.aws/config")
+    if not os.path.exists(path):
+        return False
+    try:
+        from botocore.session import Session
+
+        scoped = Session(profile=profile).get_scoped_config()
+    except Exception:  # noqa: BLE001 - a missing profile, a bad file: s3fs says so when it connects
+        return False
+    return "max_attempts" in scoped or "retry_mode" in scoped
+
+
+def _failure_budget(opts: dict[str, Any]) -> int:
+    """Fill in the client's timeouts and retries (``config_kwargs``); s3fs's own retries.
+
+    Each default applies only where the caller said nothing: a key of
+    ``config_kwargs=`` (``retries``, ``connect_timeout``, ``read_timeout``:
+    botocore's ``Config``) wins, and so do ``AWS_MAX_ATTEMPTS`` /
+    ``AWS_RETRY_MODE`` and the profile's ``max_attempts`` / ``retry_mode`` in
+    the AWS config file. Returns s3fs's retry count
+    (``retries=``, default 1: botocore's retries already cover every request,
+    and s3fs's loop, nested twice around a read, multiplies them).
+    """
+    config = opts.get("config_kwargs") or {}
+    if not isinstance(config, dict):
+        raise ConfigError(
+            f"config_kwargs={config!r}: expected a table of botocore Config settings, "
+            "e.g. {'read_timeout': 60, 'retries': {'total_max_attempts': 5}}"
+        )
+    config = dict(config)
+    config.setdefault("connect_timeout", CONNECT_TIMEOUT)
+    config.setdefault("read_timeout", READ_TIMEOUT)
+    if "retries" not in config and not _retries_configured(opts.get("profile")):
+        config["retries"] = {"mode": "standard", "total_max_attempts": MAX_ATTEMPTS}
+    opts["config_kwargs"] = config
+    retries = opts.pop("retries", 1)
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 1:
+        raise ConfigError(
+            f"retries={retries!r}: expected a whole number of at least 1 (how many times "
+            "s3fs itself tries each operation; the client's own retries are "
+            "config_kwargs={'retries': {'total_max_attempts': N}})"
+        )
+    return retries
+
+
 def make_filesystem(storage_options: dict[str, Any]) -> Any:
-    """An ``s3fs.S3FileSystem`` from fleche's storage options (``endpoint_url=`` accepted)."""
+    """An ``s3fs.S3FileSystem`` from fleche's storage options (``endpoint_url=`` accepted).
+
+    With a bounded failure budget (:func:`_failure_budget`): a dead endpoint
+    costs one request's few attempts, not minutes of nested retries.
+    """
     try:
         import s3fs
     except ImportError as e:
         raise ConfigError(f"s3:// stores need s3fs ({e}): pip install 'fleche[s3]'") from e
     opts = dict(storage_options)
+    retries = _failure_budget(opts)
     if opts.get("use_listings_cache"):
         raise ConfigError(
             "use_listings_cache=True does not apply to a fleche store: a shared cache "
@@ -123,7 +209,12 @@ def make_filesystem(storage_options: dict[str, Any]) -> Any:
             )
         client_kwargs["endpoint_url"] = endpoint
         opts["client_kwargs"] = client_kwargs
-    return s3fs.S3FileSystem(**opts)
+    fs = s3fs.S3FileSystem(**opts)
+    # s3fs reads the instance's attribute (class default 5; its __init__ takes no retries=).
+    # fsspec shares an instance between equal arguments: stores that differ only in
+    # retries= share one filesystem, and the last one opened sets it.
+    fs.retries = retries
+    return fs
 
 
 class S3Store(ObjectStore):
