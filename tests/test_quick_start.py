@@ -20,7 +20,6 @@ IMPORT_FLECHE = {
     "fleche",
     "msgpack",  # call records
     "xxhash",  # keys and object names
-    "zstandard",  # frames
 }
 """Everything ``import fleche`` may load that is not in the standard library."""
 
@@ -229,3 +228,28 @@ def test_the_cli_version_and_help_load_no_rich_nor_fsspec() -> None:
         """
         loaded = third_party_loaded(body)
         assert loaded - IMPORT_FLECHE == {"click"}, (flag, sorted(loaded))
+
+
+def test_a_compressed_value_loads_zstandard_when_it_is_read(tmp_path: Path) -> None:
+    # zstandard is imported on the first compressed frame: by the store of a large
+    # value, and by its load in another process (whose hit of a small value did not).
+    body = """
+    import sys
+    import fleche
+    fleche.set_default_cache(sys.argv[1])
+
+    @fleche.fleche
+    def text(n):
+        print("computed")
+        return "fleche " * n
+
+    assert text(1) == "fleche "
+    assert "zstandard" not in sys.modules  # a small value is stored raw
+    assert text(10_000) == "fleche " * 10_000
+    assert "zstandard" in sys.modules
+    """
+    store = str(tmp_path / "cache")
+    assert "zstandard" in third_party_loaded(body, store)  # computed and stored
+    code = _PROBE.format(body=textwrap.dedent(body))
+    out = subprocess.run([sys.executable, "-c", code, store], capture_output=True, text=True)
+    assert out.returncode == 0 and "computed" not in out.stdout, out.stdout + out.stderr
