@@ -54,14 +54,17 @@ LAZY_STDLIB = (
     "array",  # encoding a tree of arrays
     "atexit",  # the index (closing its connections)
     "concurrent.futures",  # encoding a miss, executors, sync
+    "dataclasses",  # a dataclass argument's digest; other layers' own classes (~40 M with inspect)
     "getpass",  # record metadata, on the first miss
     "hashlib",  # the user index file name, when an index opens (OpenSSL: ~3 ms)
     "heapq",  # merging layered indexes
+    "inspect",  # a signature that is not a plain function's, source not in a .py file (~37 M)
     "hmac",  # signed caches
     "json",  # fleche.json once per store, leases (json.decoder/encoder/scanner: ~2 ms)
     "logging",  # until the program imports it (the hit path's DEBUG check takes it from there)
     "mmap",  # mapped loads, large reads, packs
     "pathlib",  # config discovery, git metadata (pathlib + urllib.parse: ~5 ms)
+    "platform",  # zstandard's import, on the first compressed frame
     "random",  # a lease's waiter (random + hashlib's _sha512 + bisect)
     "secrets",  # temp and lease names use os.urandom
     "socket",  # host name, on the first miss or lease
@@ -91,18 +94,12 @@ LAZY_FLECHE = (
 )
 """fleche's own modules that ``import fleche`` leaves for first use (~9 M instructions)."""
 
-DATACLASSES_AT_IMPORT = {
-    "fleche.cache._lease.LeasePolicy",
-    "fleche.records._call.Call",
-    "fleche.records._call.NotStored",
-    "fleche.records._terms.Condition",
-    "fleche.records._terms.QuerySpec",
-    "fleche.sync._result.SyncResult",
-}
-"""The dataclasses ``import fleche`` builds (each execs its generated methods: ~4 M
-instructions). They carry weight (equality, repr, validation) and are used across the
-package. A new one on the import path: a plain class with ``__slots__`` if it needs
-none of that, or a module loaded on first use (as ``fleche.query._ref``)."""
+DATACLASSES_AT_IMPORT: set[str] = set()
+"""The dataclasses ``import fleche`` builds: none. Each would exec its generated methods
+(~4 M instructions) and import ``dataclasses`` with the ``inspect`` it imports (~40 M more).
+``Call``, ``NotStored``, ``Condition``, ``QuerySpec``, ``LeasePolicy`` and ``SyncResult``
+are plain classes with ``__slots__`` and their own ``__eq__``/``__repr__``. A new one on
+the import path: a plain class, or a module loaded on first use (as ``fleche.query._ref``)."""
 
 
 def test_import_fleche_leaves_its_rarely_used_modules_and_classes_for_later() -> None:
@@ -253,3 +250,25 @@ def test_a_compressed_value_loads_zstandard_when_it_is_read(tmp_path: Path) -> N
     code = _PROBE.format(body=textwrap.dedent(body))
     out = subprocess.run([sys.executable, "-c", code, store], capture_output=True, text=True)
     assert out.returncode == 0 and "computed" not in out.stdout, out.stdout + out.stderr
+
+
+def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Path) -> None:
+    # A plain function's parameters, its annotations and its source (for the code digest a
+    # hit checks) are read without inspect (~37 M instructions to import, with ast and dis).
+    script = tmp_path / "script.py"
+    script.write_text(
+        _CALL
+        + textwrap.dedent("""
+        @fleche.fleche
+        def typed(x: int, y: "str" = "a") -> int:
+            return x
+
+        assert typed(1) == 1 and typed(x=2, y="b") == 2
+        print(sorted(m for m in ("inspect", "dataclasses") if m in sys.modules))
+        """)
+    )
+    store = str(tmp_path / "cache")
+    run = [sys.executable, str(script), store, "rw"]
+    subprocess.run(run, capture_output=True, text=True, check=True)  # stores
+    out = subprocess.run(run, capture_output=True, text=True, check=True).stdout.split("\n")
+    assert "computed" not in out and out[-2] == "[]", out

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import threading
 import time
 import types
@@ -98,6 +97,19 @@ def _names(x: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
     if not all(isinstance(n, str) for n in out):
         raise TypeError(f"{what}= takes a parameter name or a list of names, got {x!r}")
     return out
+
+
+_FUNCTION = type(lambda: None)
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
+
+
+def _is_coroutine_function(f: Any) -> bool:
+    """``inspect.iscoroutinefunction(f)``, without importing inspect for a Python function."""
+    if type(f) is _FUNCTION:
+        return bool(f.__code__.co_flags & _CO_COROUTINE)
+    import inspect
+
+    return inspect.iscoroutinefunction(f)
 
 
 def _union(given: tuple[str, ...], marked: tuple[str, ...]) -> tuple[str, ...]:
@@ -627,7 +639,7 @@ def fleche(
             stale_code=stale_code,
             meta=meta,
         )
-        if inspect.iscoroutinefunction(f):
+        if _is_coroutine_function(f):
             if isolate:
                 raise ValueError(
                     f"isolate=True cannot be used with async def {cf.qualname}: the working "
