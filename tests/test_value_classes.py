@@ -117,3 +117,56 @@ def test_call_compares_every_field_but_a_fetched_result() -> None:
     assert Call.__match_args__[:3] == ("name", "module", "version")
     with pytest.raises(TypeError):
         hash(call)
+
+
+def _plain(a, b=2, c=None):  # type: ignore[no-untyped-def]
+    return a
+
+
+def _shapes():  # type: ignore[no-untyped-def]
+    import functools
+
+    def posonly(a, /, b=1):  # type: ignore[no-untyped-def]
+        return a
+
+    def kwonly(a, *, b=1):  # type: ignore[no-untyped-def]
+        return a
+
+    def star(a, *args, b=1, **kw):  # type: ignore[no-untyped-def]
+        return a
+
+    @functools.wraps(_plain)
+    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return _plain(*args, **kwargs)
+
+    def signed(x, y):  # type: ignore[no-untyped-def]
+        return x
+
+    import inspect
+
+    signed.__signature__ = inspect.signature(_plain)  # type: ignore[attr-defined]
+    return [_plain, posonly, kwonly, star, wrapper, signed, functools.partial(_plain, 1)]
+
+
+@pytest.mark.parametrize("index", range(7))
+def test_the_binder_binds_as_inspect_does(index: int) -> None:
+    # A plain function's parameters are read from its code (no inspect); the rest (wrappers,
+    # __signature__, partials, *args, keyword-only, positional-only) through inspect.
+    import inspect
+
+    from fleche.records import Binder
+
+    func = _shapes()[index]
+    binder = Binder(func)
+    sig = inspect.signature(func)
+    assert binder.names == list(sig.parameters)
+    calls = [((1,), {}), ((1, 3), {}), ((), {"a": 1, "c": 4}), ((1,), {"b": 5}), ((), {})]
+    for args, kwargs in calls:
+        try:
+            ba = sig.bind(*args, **kwargs)
+        except TypeError as e:
+            with pytest.raises(TypeError, match=str(e)):
+                binder.bind(args, kwargs)
+            continue
+        ba.apply_defaults()
+        assert binder.bind(args, kwargs) == list(ba.arguments.items())
