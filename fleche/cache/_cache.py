@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from fleche import codec
 from fleche.codec import TRAILER_SIZE, Signer, signer_from
@@ -27,6 +26,10 @@ from fleche.errors import (
 )
 from fleche.store import ObjectStore, is_oid, open_store
 
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, Literal, TypeAlias
+
 if TYPE_CHECKING:  # loaded when a Cache opens its index: sqlite3 stays off `import fleche`
     from fleche.index import Index, IndexSpec
 
@@ -35,7 +38,10 @@ _NOT_MAPPED = object()
 # serializers whose payload holds arrays that a mapped file can back
 _MAPPED = frozenset((codec.SER_NUMPY, codec.SER_TREE, codec.SER_ARROW_PANDAS, codec.SER_POLARS))
 
-MmapMode: TypeAlias = bool | Literal["unverified"]
+if TYPE_CHECKING:
+    MmapMode: TypeAlias = bool | Literal["unverified"]
+else:
+    MmapMode = bool | str  # the alias as run time sees it (no typing.Literal)
 MMAP_MODES: tuple[MmapMode, ...] = (False, True, "unverified")
 """What ``mmap=`` takes (``@fleche``, ``f.load``, ``Cache.load_value``).
 

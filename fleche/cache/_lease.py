@@ -39,11 +39,16 @@ import os
 import threading
 import time
 from collections.abc import Generator, Iterator
-from typing import Any, Protocol
 
 from fleche.errors import FlecheError
 from fleche.records import PendingCall
 from fleche.store import BytesLike, ObjectStore, is_function_id, is_oid
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:
+    Any = object  # in type aliases and generic bases evaluated at run time
 
 LEASE_FORMAT = 1
 """The ``lease`` field of a lease file: its format version."""
@@ -320,30 +325,31 @@ _held_lock = threading.Lock()
 # -- the protocol with the decorator -----------------------------------------------------------
 
 
-class _Computes(Protocol):
-    """What :func:`compute_once` needs of the decorator's ``CachedFunction`` (no import upward)."""
+if TYPE_CHECKING:  # annotations only: the decorator's classes, seen from below
 
-    function_id: str
-    qualname: str
+    class _Computes(Protocol):
+        """What :func:`compute_once` needs of the decorator's ``CachedFunction`` (no import upward)."""
 
-    def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
+        function_id: str
+        qualname: str
 
-    def compute(self, cache: Any, call: PendingCall) -> Any: ...
+        def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
 
-    def warn_once(self, kind: str, message: str) -> None: ...
+        def compute(self, cache: Any, call: PendingCall) -> Any: ...
 
+        def warn_once(self, kind: str, message: str) -> None: ...
 
-class _AsyncComputes(Protocol):
-    """What :func:`acompute_once` needs of an ``async def`` function's ``CachedFunction``."""
+    class _AsyncComputes(Protocol):
+        """What :func:`acompute_once` needs of an ``async def`` function's ``CachedFunction``."""
 
-    function_id: str
-    qualname: str
+        function_id: str
+        qualname: str
 
-    def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
+        def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
 
-    async def acompute(self, cache: Any, call: PendingCall) -> Any: ...
+        async def acompute(self, cache: Any, call: PendingCall) -> Any: ...
 
-    def warn_once(self, kind: str, message: str) -> None: ...
+        def warn_once(self, kind: str, message: str) -> None: ...
 
 
 def lease_store(cache: Any) -> ObjectStore | None:

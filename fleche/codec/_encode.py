@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import pickle
 from collections.abc import Callable, Container
-from typing import Any
 
 import msgpack
 import xxhash
@@ -57,6 +56,10 @@ from fleche.codec._unframe import (
 )
 from fleche.errors import CorruptObjectError, UnsafeValueError
 from fleche.store import open_file
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SERIALIZER_NAMES = {
     SER_BYTES: "bytes",

@@ -16,7 +16,6 @@ import io
 import pickle
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from fleche.codec._base import (
     OOB,
@@ -31,6 +30,10 @@ from fleche.codec._base import (
     pad_to,
 )
 from fleche.errors import CorruptObjectError, SerializationError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 _OOB = struct.Struct("<IQ")  # number of out-of-band buffers, pickle stream length
 _LEN = struct.Struct("<Q")

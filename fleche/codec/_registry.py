@@ -28,7 +28,6 @@ import pickle
 import struct
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from fleche.codec._arrow import PandasArrowSerializer, PolarsSerializer
 from fleche.codec._bag import BagSerializer
@@ -57,6 +56,10 @@ from fleche.errors import (
     SignatureError,
     UnsafeValueError,
 )
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SPLIT_MIN = 1 << 20
 """Array members of a pickled value from this size are stored as objects of their own."""

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -41,6 +40,10 @@ from fleche.codec._frame import (
 from fleche.codec._sign import TRAILER_SIZE, Signer
 from fleche.errors import CorruptObjectError
 from fleche.store import ReadableFile
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     import zstandard

@@ -23,15 +23,18 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+
+from fleche.errors import CorruptObjectError, SerializationError
+from fleche.store import ReadableFile, writable_buffer
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:  # concurrent.futures loads with the pool, on the first large value
     from concurrent.futures import Future, ThreadPoolExecutor
 
     import zstandard
-
-from fleche.errors import CorruptObjectError, SerializationError
-from fleche.store import ReadableFile, writable_buffer
 
 CHUNK = 8 << 20
 """Uncompressed bytes per frame (the last one holds the rest). Also the read step when streaming."""

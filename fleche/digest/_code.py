@@ -12,7 +12,6 @@ import os
 import sys
 import types
 from collections.abc import Callable
-from typing import Any
 
 from fleche.digest._core import (
     _TUPLE_HEADERS,
@@ -27,6 +26,10 @@ from fleche.digest._core import (
 )
 from fleche.digest._scalars import _PACK_TAG_LEN, _enc_str, _str_bytes
 from fleche.digest._standin import _standin_encoder
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # --------------------------------------------------------------------------- callables
 

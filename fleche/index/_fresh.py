@@ -24,9 +24,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 from fleche.store import HEX_DIGITS, LocalStore, ObjectStore, is_function_id
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SETTLE_NS = 2_000_000_000
 """A directory mtime younger than this (2 s) may hide a write made in the same tick."""

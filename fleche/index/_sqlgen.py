@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from fleche.index._sqlrows import (
     INT64,
@@ -40,6 +39,10 @@ from fleche.index._sqlrows import (
     own_metadata,
 )
 from fleche.records import ORDERED, Condition, QuerySpec, holds_at
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # -- conditions ---------------------------------------------------------------------------
 

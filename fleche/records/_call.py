@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
 
 import xxhash
 
 from fleche.digest import digest_bytes
 from fleche.errors import CallNotStored, FlecheError
 from fleche.records._providers import Metadata
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     import inspect

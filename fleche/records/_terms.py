@@ -17,9 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
 
 from fleche.digest import digest_bytes
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 ORDERED = ("lt", "le", "gt", "ge", "between")
 _OPS = ("eq", "ne", "in", *ORDERED)

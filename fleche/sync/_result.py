@@ -6,9 +6,11 @@ the same on every backend. Import these from :mod:`fleche.sync`, which re-export
 
 from __future__ import annotations
 
-from typing import Any
-
 from fleche.errors import FlecheError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 CallKey = tuple[str, str]  # (function id, call digest)
 
