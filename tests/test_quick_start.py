@@ -72,6 +72,7 @@ LAZY_STDLIB = (
     "subprocess",  # git status, on the first miss
     "tempfile",  # bags and isolate=True
     "tomllib",  # reading a fleche.toml
+    "typing",  # fleche.Ignored/Required, a marked annotation (~13 M instructions)
 )
 """Standard-library modules fleche imports only on the path that uses them (~35 ms together)."""
 
@@ -225,6 +226,40 @@ def test_the_cli_version_and_help_load_no_rich_nor_fsspec() -> None:
         """
         loaded = third_party_loaded(body)
         assert loaded - IMPORT_FLECHE == {"click"}, (flag, sorted(loaded))
+
+
+def test_markers_are_read_without_typing_loaded_until_named(tmp_path: Path) -> None:
+    # Ignored/Required are made (and typing imported) when first named; a string annotation
+    # naming one is read even so, and plain annotations cost no typing import.
+    script = tmp_path / "marked.py"
+    script.write_text(
+        textwrap.dedent("""
+        from __future__ import annotations
+        import sys
+        import fleche
+
+        fleche.set_default_cache(sys.argv[1])
+
+        @fleche.fleche
+        def plain(x: int, verbose: bool = False) -> int:
+            return x
+
+        assert plain(1) == 1 and plain.digest(1) != plain.digest(1, True)
+        assert "typing" not in sys.modules
+
+        @fleche.fleche
+        def marked(x: int, verbose: fleche.Ignored[bool] = False) -> int:
+            return x
+
+        assert "typing" in sys.modules  # get_type_hints named fleche.Ignored
+        assert marked.digest(1) == marked.digest(1, True)
+        print("ok")
+        """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache")], capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["ok"], out.stdout + out.stderr
 
 
 def test_a_compressed_value_loads_zstandard_when_it_is_read(tmp_path: Path) -> None:
