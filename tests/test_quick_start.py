@@ -89,7 +89,7 @@ def test_import_fleche_leaves_the_costly_standard_library_modules_alone() -> Non
 
 
 LAZY_FLECHE = (
-    "fleche.index",  # opened with a Cache: sqlite3 and two dataclasses
+    "fleche.index",  # when a Cache first uses its index (a query, a store): sqlite3, json
     "fleche.parallel",  # executors, f.bind(...), fleche.map
     "fleche.query._ref",  # Ref, a dataclass: the first table() showing one
 )
@@ -289,17 +289,19 @@ def test_a_compressed_value_loads_zstandard_when_it_is_read(tmp_path: Path) -> N
 
 def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Path) -> None:
     # A plain function's parameters, its annotations and its source (for the code digest a
-    # hit checks) are read without inspect (~37 M instructions to import, with ast and dis).
+    # hit checks) are read without inspect (~37 M instructions to import, with ast and dis);
+    # the index (sqlite3) opens when first used, which a hit does not.
     script = tmp_path / "script.py"
+    lazy = ("inspect", "dataclasses", "typing", "sqlite3", "fleche.index")
     script.write_text(
         _CALL
-        + textwrap.dedent("""
+        + textwrap.dedent(f"""
         @fleche.fleche
         def typed(x: int, y: "str" = "a") -> int:
             return x
 
         assert typed(1) == 1 and typed(x=2, y="b") == 2
-        print(sorted(m for m in ("inspect", "dataclasses") if m in sys.modules))
+        print(sorted(m for m in {lazy!r} if m in sys.modules))
         """)
     )
     store = str(tmp_path / "cache")
