@@ -292,7 +292,8 @@ def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Pa
     # hit checks) are read without inspect (~37 M instructions to import, with ast and dis);
     # the index (sqlite3) opens when first used, which a hit does not.
     script = tmp_path / "script.py"
-    lazy = ("inspect", "dataclasses", "typing", "sqlite3", "fleche.index")
+    lazy = ("inspect", "dataclasses", "typing", "sqlite3", "fleche.index", "ast", "textwrap")
+    lazy += ("linecache", "tokenize")  # the code digest's parse and source: ~25 M instructions
     script.write_text(
         _CALL
         + textwrap.dedent(f"""
