@@ -65,6 +65,7 @@ LAZY_STDLIB = (
     "mmap",  # mapped loads, large reads, packs
     "pathlib",  # config discovery, git metadata (pathlib + urllib.parse: ~5 ms)
     "platform",  # zstandard's import, on the first compressed frame
+    "pickle",  # a value stored (or loaded) with pickle, not msgpack or raw numpy (~6 M)
     "random",  # a lease's waiter (random + hashlib's _sha512 + bisect)
     "secrets",  # temp and lease names use os.urandom
     "socket",  # host name, on the first miss or lease

@@ -12,7 +12,6 @@ records. Call records are msgpack maps. The layout is specified in
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable, Container
 
 import msgpack
@@ -42,6 +41,7 @@ from fleche.codec._frame import (
     frame,
     frame_bytes,
 )
+from fleche.codec._pickle import pickle  # imported on first use
 from fleche.codec._registry import (
     by_id,
     decode,

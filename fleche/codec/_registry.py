@@ -24,7 +24,6 @@ for a dict never imports numpy or pandas. :func:`register` adds one (ids
 
 from __future__ import annotations
 
-import pickle
 import struct
 import sys
 from collections.abc import Sequence
@@ -46,7 +45,7 @@ from fleche.codec._base import (
 )
 from fleche.codec._frame import Encoded, frame
 from fleche.codec._numpy import NumpySerializer
-from fleche.codec._pickle import PickleSerializer
+from fleche.codec._pickle import PickleSerializer, pickle  # pickle: imported on first use
 from fleche.codec._plain import PlainSerializer
 from fleche.codec._tree import TreeSerializer
 from fleche.errors import (
