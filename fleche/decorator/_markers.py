@@ -75,6 +75,9 @@ else:
 _STRING = re.compile(r"^\s*(?:[A-Za-z_][\w]*\.)*(Ignored|Required)\b")
 
 
+_NOT_MADE = object()
+
+
 def _option(hint: Any) -> str | None:
     from typing import Annotated, get_args, get_origin
 
@@ -82,7 +85,9 @@ def _option(hint: Any) -> str | None:
         for meta in get_args(hint)[1:]:
             if isinstance(meta, _Marker):
                 return meta.option
-            if meta is Ignored or meta is Required:  # Annotated[int, fleche.Ignored]
+            # Annotated[int, fleche.Ignored]: the aliases exist once made (module __getattr__)
+            made = globals()
+            if meta is made.get("Ignored", _NOT_MADE) or meta is made.get("Required", _NOT_MADE):
                 return _option(meta)
     return None
 
