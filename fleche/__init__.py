@@ -6,7 +6,7 @@
 ...     return x * x
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
 from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.register(...)
 from fleche._version import __version__
@@ -21,7 +21,7 @@ from fleche.config import (
     tags,
 )
 from fleche.config import register_cache_type as _register_cache_type
-from fleche.decorator import Ignored, Required, fleche
+from fleche.decorator import fleche
 from fleche.decorator import set_binder as _set_binder
 from fleche.errors import (
     CacheMiss,
@@ -45,6 +45,10 @@ from fleche.query import QueryError, QueryResult, query
 from fleche.records import Call, Q
 from fleche.store import ObjectStore, open_store
 from fleche.sync import SyncError, SyncResult, sync
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "BoundWrapper",
@@ -96,6 +100,7 @@ __all__ = [
 _register_cache_type("ssh", "fleche.remote:SshCache")
 
 if TYPE_CHECKING:
+    from fleche.decorator import Ignored, Required
     from fleche.parallel import BoundWrapper, wrap_executor
     from fleche.parallel import (
         map as map,  # fleche.map; not in __all__: `import *` keeps the builtin
@@ -125,6 +130,10 @@ if not TYPE_CHECKING:  # hidden from type checkers, which would accept any flech
                 "keep the digest of a result, so there is nothing to look a digest up in. Pass the "
                 "value itself, or f.load(*args) of the call that made it (docs/migration.md)"
             )
+        if name in ("Ignored", "Required"):  # typing.Annotated aliases: typing loads here
+            from fleche import decorator
+
+            return getattr(decorator, name)
         if name in _PARALLEL:
             from fleche import parallel
 

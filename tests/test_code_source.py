@@ -532,3 +532,52 @@ def test_first_call_in_a_fresh_process_does_not_tokenize(tmp_path):
         )
         assert ("computed" in run.stderr) is computed
         assert run.stdout.strip() == "0"
+
+
+# ------------------------------------------------- what the fast path reads without the stdlib's
+
+READ_CASES = {
+    "plain": b"def f():\n    return 1\n",
+    "no final newline": b"def f():\n    return 1",
+    "crlf": b"def f():\r\n    return 1\r\n",
+    "cr": b"def f():\r    return 1\r",
+    "bom": b"\xef\xbb\xbfdef f():\n    return '\xc3\xa9'\n",
+    "odd separators": "def f():\n    return '\x0c\x1c\u2028\x85'\n".encode(),
+    "empty": b"",
+    "latin-1 cookie": b"# -*- coding: latin-1 -*-\ndef f():\n    return '\xe9'\n",
+    "cookie on line 2": b"#!/usr/bin/env python\n# coding: utf-8\ndef f():\n    return 1\n",
+    "not utf-8": b"def f():\n    return '\xff'\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(READ_CASES))
+def test_source_lines_are_read_as_linecache_reads_them(tmp_path, case):
+    # Without linecache loaded, a .py file's lines are read here (linecache imports
+    # tokenize): the same lines, or None where linecache must decide (a coding cookie).
+    import linecache
+
+    from fleche.digest._code import _read_lines
+
+    path = tmp_path / "m.py"
+    path.write_bytes(READ_CASES[case])
+    mine = _read_lines(str(path))
+    if "cookie" in case or case == "not utf-8":
+        assert mine is None
+    else:
+        assert mine == linecache.getlines(str(path))
+
+
+@given(st.text(alphabet=" \t\nx#\r\f", max_size=40))
+def test_dedent_is_textwraps(text):
+    from fleche.digest._code import _dedent
+
+    assert _dedent(text) == textwrap.dedent(text)
+
+
+def test_parse_and_walk_are_asts():
+    from fleche.digest._code import _parse, _walk
+
+    source = Path(inspect.getfile(ast)).read_text()
+    tree = _parse(source)
+    assert ast.dump(tree) == ast.dump(ast.parse(source))
+    assert [type(n) for n in _walk(tree)] == [type(n) for n in ast.walk(tree)]

@@ -20,7 +20,6 @@ IMPORT_FLECHE = {
     "fleche",
     "msgpack",  # call records
     "xxhash",  # keys and object names
-    "zstandard",  # frames
 }
 """Everything ``import fleche`` may load that is not in the standard library."""
 
@@ -55,14 +54,18 @@ LAZY_STDLIB = (
     "array",  # encoding a tree of arrays
     "atexit",  # the index (closing its connections)
     "concurrent.futures",  # encoding a miss, executors, sync
+    "dataclasses",  # a dataclass argument's digest; other layers' own classes (~40 M with inspect)
     "getpass",  # record metadata, on the first miss
     "hashlib",  # the user index file name, when an index opens (OpenSSL: ~3 ms)
     "heapq",  # merging layered indexes
     "hmac",  # signed caches
+    "inspect",  # a signature that is not a plain function's, source not in a .py file (~37 M)
     "json",  # fleche.json once per store, leases (json.decoder/encoder/scanner: ~2 ms)
     "logging",  # until the program imports it (the hit path's DEBUG check takes it from there)
     "mmap",  # mapped loads, large reads, packs
     "pathlib",  # config discovery, git metadata (pathlib + urllib.parse: ~5 ms)
+    "pickle",  # a value stored (or loaded) with pickle, not msgpack or raw numpy (~6 M)
+    "platform",  # zstandard's import, on the first compressed frame
     "random",  # a lease's waiter (random + hashlib's _sha512 + bisect)
     "secrets",  # temp and lease names use os.urandom
     "socket",  # host name, on the first miss or lease
@@ -70,8 +73,10 @@ LAZY_STDLIB = (
     "subprocess",  # git status, on the first miss
     "tempfile",  # bags and isolate=True
     "tomllib",  # reading a fleche.toml
+    "typing",  # fleche.Ignored/Required, a marked annotation (~13 M instructions)
 )
-"""Standard-library modules fleche imports only on the path that uses them (~35 ms together)."""
+"""Standard-library modules fleche imports only on the path that uses them (~35 ms together
+before typing, inspect, dataclasses, platform and pickle joined them; those ~30 ms more)."""
 
 
 def test_import_fleche_leaves_the_costly_standard_library_modules_alone() -> None:
@@ -86,24 +91,18 @@ def test_import_fleche_leaves_the_costly_standard_library_modules_alone() -> Non
 
 
 LAZY_FLECHE = (
-    "fleche.index",  # opened with a Cache: sqlite3 and two dataclasses
+    "fleche.index",  # when a Cache first uses its index (a query, a store): sqlite3, json
     "fleche.parallel",  # executors, f.bind(...), fleche.map
     "fleche.query._ref",  # Ref, a dataclass: the first table() showing one
 )
 """fleche's own modules that ``import fleche`` leaves for first use (~9 M instructions)."""
 
-DATACLASSES_AT_IMPORT = {
-    "fleche.cache._lease.LeasePolicy",
-    "fleche.records._call.Call",
-    "fleche.records._call.NotStored",
-    "fleche.records._terms.Condition",
-    "fleche.records._terms.QuerySpec",
-    "fleche.sync._result.SyncResult",
-}
-"""The dataclasses ``import fleche`` builds (each execs its generated methods: ~4 M
-instructions). They carry weight (equality, repr, validation) and are used across the
-package. A new one on the import path: a plain class with ``__slots__`` if it needs
-none of that, or a module loaded on first use (as ``fleche.query._ref``)."""
+DATACLASSES_AT_IMPORT: set[str] = set()
+"""The dataclasses ``import fleche`` builds: none. Each would exec its generated methods
+(~4 M instructions) and import ``dataclasses`` with the ``inspect`` it imports (~40 M more).
+``Call``, ``NotStored``, ``Condition``, ``QuerySpec``, ``LeasePolicy`` and ``SyncResult``
+are plain classes with ``__slots__`` and their own ``__eq__``/``__repr__``. A new one on
+the import path: a plain class, or a module loaded on first use (as ``fleche.query._ref``)."""
 
 
 def test_import_fleche_leaves_its_rarely_used_modules_and_classes_for_later() -> None:
@@ -229,3 +228,94 @@ def test_the_cli_version_and_help_load_no_rich_nor_fsspec() -> None:
         """
         loaded = third_party_loaded(body)
         assert loaded - IMPORT_FLECHE == {"click"}, (flag, sorted(loaded))
+
+
+def test_markers_are_read_without_typing_loaded_until_named(tmp_path: Path) -> None:
+    # Ignored/Required are made (and typing imported) when first named; a string annotation
+    # naming one is read even so, and plain annotations cost no typing import.
+    script = tmp_path / "marked.py"
+    script.write_text(
+        textwrap.dedent("""
+        from __future__ import annotations
+        import sys
+        import fleche
+
+        fleche.set_default_cache(sys.argv[1])
+
+        @fleche.fleche
+        def plain(x: int, verbose: bool = False) -> int:
+            return x
+
+        assert plain(1) == 1 and plain.digest(1) != plain.digest(1, True)
+        assert "typing" not in sys.modules
+
+        from typing import Annotated
+
+        @fleche.fleche  # other metadata, before fleche.Ignored is first named
+        def documented(x: Annotated[int, "doc"], y: Annotated[int, None] = 0) -> int:
+            return x
+
+        assert documented(1) == 1 and documented.digest(1) != documented.digest(1, 2)
+
+        @fleche.fleche
+        def marked(x: int, verbose: fleche.Ignored[bool] = False) -> int:
+            return x
+
+        assert marked.digest(1) == marked.digest(1, True)
+        print("ok")
+        """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache")], capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["ok"], out.stdout + out.stderr
+
+
+def test_a_compressed_value_loads_zstandard_when_it_is_read(tmp_path: Path) -> None:
+    # zstandard is imported on the first compressed frame: by the store of a large
+    # value, and by its load in another process (whose hit of a small value did not).
+    body = """
+    import sys
+    import fleche
+    fleche.set_default_cache(sys.argv[1])
+
+    @fleche.fleche
+    def text(n):
+        print("computed")
+        return "fleche " * n
+
+    assert text(1) == "fleche "
+    assert "zstandard" not in sys.modules  # a small value is stored raw
+    assert text(10_000) == "fleche " * 10_000
+    assert "zstandard" in sys.modules
+    """
+    store = str(tmp_path / "cache")
+    assert "zstandard" in third_party_loaded(body, store)  # computed and stored
+    code = _PROBE.format(body=textwrap.dedent(body))
+    out = subprocess.run([sys.executable, "-c", code, store], capture_output=True, text=True)
+    assert out.returncode == 0 and "computed" not in out.stdout, out.stdout + out.stderr
+
+
+def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Path) -> None:
+    # A plain function's parameters, its annotations and its source (for the code digest a
+    # hit checks) are read without inspect (~37 M instructions to import, with ast and dis);
+    # the index (sqlite3) opens when first used, which a hit does not.
+    script = tmp_path / "script.py"
+    lazy = ("inspect", "dataclasses", "typing", "sqlite3", "fleche.index", "ast", "textwrap")
+    lazy += ("linecache", "tokenize")  # the code digest's parse and source: ~25 M instructions
+    script.write_text(
+        _CALL
+        + textwrap.dedent(f"""
+        @fleche.fleche
+        def typed(x: int, y: "str" = "a") -> int:
+            return x
+
+        assert typed(1) == 1 and typed(x=2, y="b") == 2
+        print(sorted(m for m in {lazy!r} if m in sys.modules))
+        """)
+    )
+    store = str(tmp_path / "cache")
+    run = [sys.executable, str(script), store, "rw"]
+    subprocess.run(run, capture_output=True, text=True, check=True)  # stores
+    out = subprocess.run(run, capture_output=True, text=True, check=True).stdout.split("\n")
+    assert "computed" not in out and out[-2] == "[]", out

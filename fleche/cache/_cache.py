@@ -10,9 +10,9 @@ plain dicts built by :mod:`fleche.records._call`.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from fleche import codec
 from fleche.codec import TRAILER_SIZE, Signer, signer_from
@@ -27,6 +27,10 @@ from fleche.errors import (
 )
 from fleche.store import ObjectStore, is_oid, open_store
 
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, Literal, TypeAlias
+
 if TYPE_CHECKING:  # loaded when a Cache opens its index: sqlite3 stays off `import fleche`
     from fleche.index import Index, IndexSpec
 
@@ -35,7 +39,10 @@ _NOT_MAPPED = object()
 # serializers whose payload holds arrays that a mapped file can back
 _MAPPED = frozenset((codec.SER_NUMPY, codec.SER_TREE, codec.SER_ARROW_PANDAS, codec.SER_POLARS))
 
-MmapMode: TypeAlias = bool | Literal["unverified"]
+if TYPE_CHECKING:
+    MmapMode: TypeAlias = bool | Literal["unverified"]
+else:
+    MmapMode = bool | str  # the alias as run time sees it (no typing.Literal)
 MMAP_MODES: tuple[MmapMode, ...] = (False, True, "unverified")
 """What ``mmap=`` takes (``@fleche``, ``f.load``, ``Cache.load_value``).
 
@@ -177,6 +184,9 @@ def _utf8_safe(value: Any) -> Any:
     return value
 
 
+_INDEX_LOCK = threading.Lock()  # a Cache's default index, made once when first used
+
+
 class Cache:
     """Records and values of cached calls, kept in one :class:`~fleche.store.ObjectStore`.
 
@@ -239,9 +249,29 @@ class Cache:
         self.name = name or store.url
         # The queryable catalogue of this cache's records (fleche.index): on by default
         # for local and remote stores, off for memory; ``index=`` True/False or a URL.
-        from fleche.index import open_index
+        # The default is made on first use of ``index`` (a query, a store, a removal):
+        # a hit needs none, and fleche.index brings sqlite3 and json (~25 M instructions).
+        self._index_spec = index
+        self._index: Index | None = None
+        self._index_open = index is False
+        if not (index is None or index is True or index is False):
+            _ = self.index  # a URL or an Index: checked now, as the caller chose it
 
-        self.index: Index | None = open_index(store, index)
+    @property
+    def index(self) -> Index | None:
+        """The queryable catalogue of this cache's records (:mod:`fleche.index`), or None."""
+        if not self._index_open:
+            with _INDEX_LOCK:
+                if not self._index_open:
+                    from fleche.index import open_index
+
+                    self._index = open_index(self.store, self._index_spec)
+                    self._index_open = True
+        return self._index
+
+    @index.setter
+    def index(self, index: Index | None) -> None:
+        self._index, self._index_open = index, True
 
     def __repr__(self) -> str:
         return f"Cache({self.store.url!r})"

@@ -42,7 +42,6 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
 
 from fleche import codec
 from fleche.cache._cache import (
@@ -56,6 +55,10 @@ from fleche.cache._cache import (
 from fleche.cache._layer_set import LayerSet, LayerSpec, _Layer
 from fleche.errors import CacheMiss, CorruptObjectError, DecodeError
 from fleche.store import BytesLike
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:  # fleche.index loads when a cache opens one (sqlite3 off `import fleche`)
     from fleche.index import Index, LayeredIndex

@@ -39,18 +39,21 @@ import os
 import threading
 import time
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 from fleche.errors import FlecheError
 from fleche.records import PendingCall
 from fleche.store import BytesLike, ObjectStore, is_function_id, is_oid
 
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:
+    Any = object  # in type aliases and generic bases evaluated at run time
+
 LEASE_FORMAT = 1
 """The ``lease`` field of a lease file: its format version."""
 
 
-@dataclass(frozen=True)
 class LeasePolicy:
     """How a single-flight function leases its calls: ``@fleche(single_flight=LeasePolicy(...))``.
 
@@ -62,23 +65,67 @@ class LeasePolicy:
     two looks at the store; in between, a tenth of the time waited so far.
     ``detect_dead``: take over at once the lease of a process of this
     machine that no longer exists.
+
+    Immutable, compared and hashed by value. A plain class with ``__slots__`` rather
+    than a dataclass, which would compile its methods when ``import fleche`` runs.
     """
 
-    ttl: float = 30.0
-    wait: float | None = None
-    poll: float = 0.02
-    poll_max: float = 1.0
-    detect_dead: bool = True
+    __slots__ = ("detect_dead", "poll", "poll_max", "ttl", "wait")
+    __match_args__ = ("ttl", "wait", "poll", "poll_max", "detect_dead")
+    ttl: float
+    wait: float | None
+    poll: float
+    poll_max: float
+    detect_dead: bool
 
-    def __post_init__(self) -> None:
-        for name in ("ttl", "poll", "poll_max"):
-            value = getattr(self, name)
+    def __init__(
+        self,
+        ttl: float = 30.0,
+        wait: float | None = None,
+        poll: float = 0.02,
+        poll_max: float = 1.0,
+        detect_dead: bool = True,
+    ) -> None:
+        for name, value in (("ttl", ttl), ("poll", poll), ("poll_max", poll_max)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"LeasePolicy({name}={value!r}): expected seconds > 0")
-        if self.wait is not None and (
-            isinstance(self.wait, bool) or not isinstance(self.wait, (int, float)) or self.wait < 0
+        if wait is not None and (
+            isinstance(wait, bool) or not isinstance(wait, (int, float)) or wait < 0
         ):
-            raise ValueError(f"LeasePolicy(wait={self.wait!r}): expected seconds >= 0 or None")
+            raise ValueError(f"LeasePolicy(wait={wait!r}): expected seconds >= 0 or None")
+        put = object.__setattr__
+        put(self, "ttl", ttl)
+        put(self, "wait", wait)
+        put(self, "poll", poll)
+        put(self, "poll_max", poll_max)
+        put(self, "detect_dead", detect_dead)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.ttl, self.wait, self.poll, self.poll_max, self.detect_dead)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (LeasePolicy, self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__qualname__}(ttl={self.ttl!r}, wait={self.wait!r}, poll={self.poll!r}, "
+            f"poll_max={self.poll_max!r}, detect_dead={self.detect_dead!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, LeasePolicy)
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
 
 
 def policy_of(single_flight: bool | LeasePolicy | None) -> LeasePolicy | None:
@@ -278,30 +325,31 @@ _held_lock = threading.Lock()
 # -- the protocol with the decorator -----------------------------------------------------------
 
 
-class _Computes(Protocol):
-    """What :func:`compute_once` needs of the decorator's ``CachedFunction`` (no import upward)."""
+if TYPE_CHECKING:  # annotations only: the decorator's classes, seen from below
 
-    function_id: str
-    qualname: str
+    class _Computes(Protocol):
+        """What :func:`compute_once` needs of the decorator's ``CachedFunction`` (no import upward)."""
 
-    def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
+        function_id: str
+        qualname: str
 
-    def compute(self, cache: Any, call: PendingCall) -> Any: ...
+        def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
 
-    def warn_once(self, kind: str, message: str) -> None: ...
+        def compute(self, cache: Any, call: PendingCall) -> Any: ...
 
+        def warn_once(self, kind: str, message: str) -> None: ...
 
-class _AsyncComputes(Protocol):
-    """What :func:`acompute_once` needs of an ``async def`` function's ``CachedFunction``."""
+    class _AsyncComputes(Protocol):
+        """What :func:`acompute_once` needs of an ``async def`` function's ``CachedFunction``."""
 
-    function_id: str
-    qualname: str
+        function_id: str
+        qualname: str
 
-    def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
+        def lookup(self, cache: Any, key: str, refused: Any = None) -> tuple[bool, Any]: ...
 
-    async def acompute(self, cache: Any, call: PendingCall) -> Any: ...
+        async def acompute(self, cache: Any, call: PendingCall) -> Any: ...
 
-    def warn_once(self, kind: str, message: str) -> None: ...
+        def warn_once(self, kind: str, message: str) -> None: ...
 
 
 def lease_store(cache: Any) -> ObjectStore | None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
-from typing import Any
 
 import msgpack
 
@@ -38,6 +37,10 @@ from fleche.codec._base import (
     u32,
 )
 from fleche.errors import CorruptObjectError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 TRIAL_ROWS = 8
 """Rows of a frame round-tripped before choosing Arrow for it."""

@@ -19,10 +19,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from fleche.codec._base import HEADER_SIZE, SER_BAGOFHOLDING, DumpContext, LoadContext, Serializer
 from fleche.errors import CorruptObjectError, FlecheError, SerializationError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 USER_BLOCK = 512
 """File offset of the HDF5 superblock in a raw bag object (a valid HDF5 user block size)."""

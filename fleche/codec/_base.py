@@ -16,9 +16,12 @@ from __future__ import annotations
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from fleche.errors import SerializationError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 HEADER_SIZE = 32
 """Bytes of the frame header before every payload."""

@@ -12,9 +12,7 @@ records. Call records are msgpack maps. The layout is specified in
 from __future__ import annotations
 
 import os
-import pickle
 from collections.abc import Callable, Container
-from typing import Any
 
 import msgpack
 import xxhash
@@ -43,6 +41,7 @@ from fleche.codec._frame import (
     frame,
     frame_bytes,
 )
+from fleche.codec._pickle import pickle  # imported on first use
 from fleche.codec._registry import (
     by_id,
     decode,
@@ -57,6 +56,10 @@ from fleche.codec._unframe import (
 )
 from fleche.errors import CorruptObjectError, UnsafeValueError
 from fleche.store import open_file
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SERIALIZER_NAMES = {
     SER_BYTES: "bytes",

@@ -22,7 +22,6 @@ import io
 import struct
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
 
 import xxhash
 
@@ -31,6 +30,10 @@ from fleche.codec._base import HEADER_SIZE, Streamed, nbytes
 from fleche.codec._sign import TRAILER_SIZE, Signer
 from fleche.errors import SerializationError
 from fleche.store import digest_parts
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

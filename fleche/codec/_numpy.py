@@ -18,7 +18,6 @@ are left to pickle.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import msgpack
 
@@ -33,6 +32,10 @@ from fleche.codec._base import (
     u32,
 )
 from fleche.errors import CorruptObjectError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def dtype_to_plain(d: Any) -> Any:

@@ -13,10 +13,8 @@ layout is in ``docs/format.md``.
 from __future__ import annotations
 
 import io
-import pickle
 import struct
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from fleche.codec._base import (
     OOB,
@@ -31,6 +29,25 @@ from fleche.codec._base import (
     pad_to,
 )
 from fleche.errors import CorruptObjectError, SerializationError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    import pickle as pickle
+    from typing import Any
+else:
+
+    class _Pickle:
+        """``pickle``, imported when a value is first pickled or unpickled: a hit on a value
+        stored as msgpack or raw numpy needs none of it (pickle: ~6 M instructions)."""
+
+        def __getattr__(self, name):
+            import pickle as module
+
+            value = getattr(module, name)
+            setattr(self, name, value)
+            return value
+
+    pickle = _Pickle()
 
 _OOB = struct.Struct("<IQ")  # number of out-of-band buffers, pickle stream length
 _LEN = struct.Struct("<Q")
@@ -96,20 +113,32 @@ def _splitting(base: type[pickle.Pickler]) -> type[pickle.Pickler]:
 _SPLITTING: dict[type, type[pickle.Pickler]] = {}
 
 
-class _Unpickler(pickle.Unpickler):
-    def __init__(self, f: Any, resolve: Callable[[str], Any] | None, **kw: Any) -> None:
-        super().__init__(f, **kw)
-        self._resolve = resolve
+_UNPICKLER: list[Any] = []  # the class, once made
 
-    def persistent_load(self, pid: Any) -> Any:
-        if not (isinstance(pid, str) and pid.startswith(REF_PREFIX)):
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
-        if self._resolve is None:
-            raise SerializationError(
-                "the value refers to other stored objects (large array members): "
-                "load it through a Cache, which fetches them"
-            )
-        return self._resolve(pid[len(REF_PREFIX) :])
+
+def _unpickler(f: Any, resolve: Callable[[str], Any] | None, **kw: Any) -> pickle.Unpickler:
+    """An unpickler that loads the stored objects a pickle refers to through ``resolve``
+    (its class is made on first use, as pickle is imported then)."""
+    if not _UNPICKLER:
+
+        class _Unpickler(pickle.Unpickler):
+            def __init__(self, f: Any, resolve: Callable[[str], Any] | None, **kw: Any) -> None:
+                super().__init__(f, **kw)
+                self._resolve = resolve
+
+            def persistent_load(self, pid: Any) -> Any:
+                if not (isinstance(pid, str) and pid.startswith(REF_PREFIX)):
+                    raise pickle.UnpicklingError(f"unknown persistent id {pid!r:.80}")
+                if self._resolve is None:
+                    raise SerializationError(
+                        "the value refers to other stored objects (large array members): "
+                        "load it through a Cache, which fetches them"
+                    )
+                return self._resolve(pid[len(REF_PREFIX) :])
+
+        _UNPICKLER.append(_Unpickler)
+    unpickler: pickle.Unpickler = _UNPICKLER[0](f, resolve, **kw)
+    return unpickler
 
 
 class PickleSerializer(Serializer):
@@ -207,7 +236,7 @@ class PickleSerializer(Serializer):
             if bufs and not ctx.writable:
                 # arrays built on read-only memory are read-only; users mutate results
                 bufs = [bytearray(b) for b in bufs]
-            return _Unpickler(io.BytesIO(stream), ctx.resolve, buffers=bufs).load()
+            return _unpickler(io.BytesIO(stream), ctx.resolve, buffers=bufs).load()
         if ctx.resolve is None:
             return pickle.loads(payload)  # the hit path: no Unpickler object to build
-        return _Unpickler(io.BytesIO(payload), ctx.resolve).load()
+        return _unpickler(io.BytesIO(payload), ctx.resolve).load()

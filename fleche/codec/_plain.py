@@ -13,12 +13,15 @@ same thing in every reader.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import msgpack
 
 from fleche.codec._base import SER_MSGPACK, DumpContext, LoadContext, Serializer
 from fleche.errors import CorruptObjectError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 _SCALARS = (type(None), bool, int, float, str, bytes)
 

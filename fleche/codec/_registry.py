@@ -24,11 +24,9 @@ for a dict never imports numpy or pandas. :func:`register` adds one (ids
 
 from __future__ import annotations
 
-import pickle
 import struct
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from fleche.codec._arrow import PandasArrowSerializer, PolarsSerializer
 from fleche.codec._bag import BagSerializer
@@ -47,7 +45,7 @@ from fleche.codec._base import (
 )
 from fleche.codec._frame import Encoded, frame
 from fleche.codec._numpy import NumpySerializer
-from fleche.codec._pickle import PickleSerializer
+from fleche.codec._pickle import PickleSerializer, pickle  # pickle: imported on first use
 from fleche.codec._plain import PlainSerializer
 from fleche.codec._tree import TreeSerializer
 from fleche.errors import (
@@ -57,6 +55,10 @@ from fleche.errors import (
     SignatureError,
     UnsafeValueError,
 )
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SPLIT_MIN = 1 << 20
 """Array members of a pickled value from this size are stored as objects of their own."""

@@ -12,12 +12,14 @@ re-signed: that would launder a forgery.
 
 from __future__ import annotations
 
-from typing import Any
-
 from fleche.codec._base import HEADER_SIZE
 from fleche.codec._frame import FLAG_SIGNED, FORMAT, HEADER, MAGIC
 from fleche.codec._sign import TRAILER_SIZE, Signer
 from fleche.codec._unframe import read_frame_header, unframe
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def resign(

@@ -31,9 +31,12 @@ import importlib
 import os
 import struct
 from collections.abc import Iterable, Sequence
-from typing import Any
 
 from fleche.errors import ConfigError, SignatureError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 ENV = "FLECHE_SECRET_KEY"
 """Environment variable with the secret key(s), comma-separated; the first one signs."""

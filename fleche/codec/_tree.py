@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import struct
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
 
 import msgpack
 
@@ -48,6 +47,10 @@ from fleche.codec._numpy import dtype_from_plain, elements, plain_dtype
 from fleche.codec._plain import str_keys
 from fleche.codec._zframes import compressor
 from fleche.errors import CorruptObjectError, FlecheError, SerializationError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 EXT_ARRAY = 1
 """msgpack ext code: an array of this object, by its u32 index in the array table."""

@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Any
 
 import xxhash
-import zstandard
 
 from fleche.codec import _zframes as zframes
 from fleche.codec._base import HEADER_SIZE
@@ -42,6 +40,15 @@ from fleche.codec._frame import (
 from fleche.codec._sign import TRAILER_SIZE, Signer
 from fleche.errors import CorruptObjectError
 from fleche.store import ReadableFile
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
+
+if TYPE_CHECKING:
+    import zstandard
+else:
+    zstandard = zframes.zstandard  # imported on the first compressed frame
 
 _decompressor = zframes.decompressor  # one per thread: not safe to share, ~10 µs to make
 _PIPE_READ = 1 << 20  # a read of a file of unknown size: what it allocates for each

@@ -23,15 +23,18 @@ import struct
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
 
-import zstandard
+from fleche.errors import CorruptObjectError, SerializationError
+from fleche.store import ReadableFile, writable_buffer
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:  # concurrent.futures loads with the pool, on the first large value
     from concurrent.futures import Future, ThreadPoolExecutor
 
-from fleche.errors import CorruptObjectError, SerializationError
-from fleche.store import ReadableFile, writable_buffer
+    import zstandard
 
 CHUNK = 8 << 20
 """Uncompressed bytes per frame (the last one holds the rest). Also the read step when streaming."""
@@ -52,6 +55,26 @@ _CHECKSUMS = 0x80  # descriptor bit 7: each entry carries 4 more bytes (XXH64 bi
 _RESERVED = 0x7C  # descriptor bits 6-2: must be 0
 _BLOCK_MAX = 128 << 10  # zstd's largest block, compressed or not
 _FRAME_HEADER_MAX = 18  # zstd's longest frame header
+
+
+class _Zstandard:
+    """``zstandard``, imported on first use of one of its names (the first compressed frame).
+
+    Importing it costs ~25 M instructions (~10 ms), half of them in the ``platform`` and
+    ``typing`` it imports, while a small record or value is stored raw: a hit on one reads
+    no zstd. Each name is looked up once, then kept as an attribute of this stand-in.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        import zstandard as module
+
+        value = getattr(module, name)
+        setattr(self, name, value)
+        return value
+
+
+if not TYPE_CHECKING:
+    zstandard = _Zstandard()
 
 # One pool for the process, made on first use: compressing and decompressing
 # frames are short GIL-free tasks, so more threads than cores would only queue.

@@ -17,11 +17,18 @@ import os
 import sys
 import threading
 from contextvars import ContextVar, Token
-from typing import Any, overload
 
 from fleche.cache import Cache, LayeredCache
 from fleche.config._caches import AnyCache, CacheLike, load_config, resolve
 from fleche.records import META, TAGS, Choice, choose_providers
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, overload
+else:
+
+    def overload(f):  # typing.overload: the last def runs (ruff, seeing this one: noqa F811)
+        return f
 
 # -- the active cache ---------------------------------------------------------------------
 
@@ -134,10 +141,10 @@ _ACTIVE_ONE: Any = object()  # cache() with no spec: which cache is active
 @overload
 def cache() -> AnyCache: ...
 @overload
-def cache(spec: CacheLike, **options: Any) -> _Activation: ...
+def cache(spec: CacheLike, **options: Any) -> _Activation: ...  # noqa: F811
 
 
-def cache(spec: CacheLike = _ACTIVE_ONE, **options: Any) -> _Activation | AnyCache:
+def cache(spec: CacheLike = _ACTIVE_ONE, **options: Any) -> _Activation | AnyCache:  # noqa: F811
     """Make a cache active: ``cache("team")`` for the rest of this context, or ``with cache(url):`` for a block.
 
     ``cache()`` with no argument returns the active cache, as :func:`active_cache`

@@ -16,15 +16,20 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 from fleche.cache import RETRY_AFTER, Cache, DeferredCache, LayeredCache, LayerSpec, open_cache
 from fleche.config._file import _check_single, _discover, metadata_groups, stale_code_choice
 from fleche.errors import ConfigError
 from fleche.store import ObjectStore, open_store
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
+else:
+    Any = object  # in type aliases and generic bases evaluated at run time
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CACHE_OPTIONS = (
     "compression_level",

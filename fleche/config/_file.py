@@ -14,14 +14,17 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 from fleche.cache import WRITE_MODES
 from fleche.errors import ConfigError
 from fleche.records import METADATA_GROUPS
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 CONFIG_NAME = "fleche.toml"
 ORIGINAL_USER_NAME = "cache.toml"

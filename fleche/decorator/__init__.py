@@ -12,11 +12,26 @@ function is), ``_results`` (reading and writing its calls, failing open) and
 the key the decorator gives it: ``fleche import``).
 """
 
+from __future__ import annotations
+
 from fleche.decorator._fleche import REFRESHING, BoundCall, CachedFunction, fleche, set_binder
 from fleche.decorator._identity import ClosureRefused, function_id
-from fleche.decorator._markers import Ignored, Required
 from fleche.decorator._replay import NamedFunction, call_key, find_cached, replay
 from fleche.decorator._results import Undecodable
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from fleche.decorator._markers import Ignored, Required
+else:
+
+    def __getattr__(name):
+        # Ignored/Required are typing.Annotated aliases: typing loads when one is first named.
+        if name in ("Ignored", "Required"):
+            from fleche.decorator import _markers
+
+            return getattr(_markers, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "REFRESHING",

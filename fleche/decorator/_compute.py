@@ -22,11 +22,14 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 from fleche.config import AnyCache
 from fleche.decorator._results import ResultIO
 from fleche.records import PendingCall
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # os.chdir is process-wide: isolated calls take turns.
 _ISOLATE_LOCK = threading.RLock()

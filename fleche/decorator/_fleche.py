@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import functools
 import importlib
-import inspect
 import threading
 import time
 import types
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
-from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
 from fleche.cache import LeasePolicy, MmapMode, acompute_once, compute_once, mmap_mode, policy_of
 from fleche.config import AnyCache, active_cache, stale_code_choice
@@ -54,35 +52,43 @@ from fleche.records import (
     plain,
 )
 
-F = TypeVar("F", bound=Callable[..., Any])
-P = ParamSpec("P")
-R = TypeVar("R")
-R_co = TypeVar("R_co", covariant=True)
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
+    F = TypeVar("F", bound=Callable[..., Any])
+    P = ParamSpec("P")
+    R = TypeVar("R")
+    R_co = TypeVar("R_co", covariant=True)
 
-class CachedCallable(Protocol[P, R_co]):
-    """What ``@fleche`` returns: the function (same signature), plus its cache helpers."""
+    class CachedCallable(Protocol[P, R_co]):
+        """What ``@fleche`` returns: the function (same signature), plus its cache helpers."""
 
-    __fleche__: CachedFunction
-    fleche: types.SimpleNamespace  # the helpers again, as 0.22 offered them: f.fleche.load(x)
+        __fleche__: CachedFunction
+        fleche: types.SimpleNamespace  # the helpers again, as 0.22 offered them: f.fleche.load(x)
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
-    def rerun(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
-    def digest(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
-    def bind(self, *args: Any, **kwargs: Any) -> Callable[..., R_co]: ...
-    def contains(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
-    def load(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
-    def call(self, *args: P.args, **kwargs: P.kwargs) -> Call: ...
-    def evict(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
-    def query(
-        self, *args: Any, metadata: dict[str, Any] | None = None, **kwargs: Any
-    ) -> QueryResult: ...
-    @overload
-    def __get__(self, instance: None, owner: type[Any], /) -> CachedCallable[P, R_co]: ...
-    @overload
-    def __get__(
-        self, instance: object, owner: type[Any] | None = None, /
-    ) -> Callable[..., R_co]: ...
+        def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+        def rerun(self, *args: P.args, **kwargs: P.kwargs) -> R_co: ...
+        def digest(self, *args: P.args, **kwargs: P.kwargs) -> str: ...
+        def bind(self, *args: Any, **kwargs: Any) -> Callable[..., R_co]: ...
+        def contains(self, *args: P.args, **kwargs: P.kwargs) -> bool: ...
+        def load(self, *args: P.args, **kwargs: P.kwargs) -> Any: ...
+        def call(self, *args: P.args, **kwargs: P.kwargs) -> Call: ...
+        def evict(self, *args: P.args, **kwargs: P.kwargs) -> None: ...
+        def query(
+            self, *args: Any, metadata: dict[str, Any] | None = None, **kwargs: Any
+        ) -> QueryResult: ...
+        @overload
+        def __get__(self, instance: None, owner: type[Any], /) -> CachedCallable[P, R_co]: ...
+        @overload
+        def __get__(
+            self, instance: object, owner: type[Any] | None = None, /
+        ) -> Callable[..., R_co]: ...
+
+else:
+
+    def overload(f):  # typing.overload: the last def runs (ruff, seeing this one: noqa F811)
+        return f
 
 
 # Set while f.rerun(...) runs, so nested cached calls recompute too.
@@ -98,6 +104,19 @@ def _names(x: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
     if not all(isinstance(n, str) for n in out):
         raise TypeError(f"{what}= takes a parameter name or a list of names, got {x!r}")
     return out
+
+
+_FUNCTION = type(lambda: None)
+_CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
+
+
+def _is_coroutine_function(f: Any) -> bool:
+    """``inspect.iscoroutinefunction(f)``, without importing inspect for a Python function."""
+    if type(f) is _FUNCTION:
+        return bool(f.__code__.co_flags & _CO_COROUTINE)
+    import inspect
+
+    return inspect.iscoroutinefunction(f)
 
 
 def _union(given: tuple[str, ...], marked: tuple[str, ...]) -> tuple[str, ...]:
@@ -532,7 +551,7 @@ class CachedFunction(Computing):
 @overload
 def fleche(func: Callable[P, R], /) -> CachedCallable[P, R]: ...
 @overload
-def fleche(
+def fleche(  # noqa: F811
     func: None = None,
     /,
     *,
@@ -551,7 +570,7 @@ def fleche(
 ) -> Callable[[Callable[P, R]], CachedCallable[P, R]]: ...
 
 
-def fleche(
+def fleche(  # noqa: F811
     func: Callable[..., Any] | None = None,
     /,
     *,
@@ -627,7 +646,7 @@ def fleche(
             stale_code=stale_code,
             meta=meta,
         )
-        if inspect.iscoroutinefunction(f):
+        if _is_coroutine_function(f):
             if isolate:
                 raise ValueError(
                     f"isolate=True cannot be used with async def {cf.qualname}: the working "

@@ -14,10 +14,13 @@ import re
 import sys
 import types
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from fleche.digest import code_digest, digest_bytes
 from fleche.errors import UnhashableArgumentError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 _FID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
 

@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import importlib
 import time
-from typing import Any
 
 from fleche.config import AnyCache
 from fleche.decorator._fleche import CachedFunction
 from fleche.decorator._identity import _find, function_id
 from fleche.decorator._results import ResultIO
 from fleche.records import KeyMaker, PendingCall, plain
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 class NamedFunction(ResultIO):

@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import sys
 import types
-from collections.abc import Callable
-from typing import Any
+from collections import deque
+from collections.abc import Callable, Iterator
 
 from fleche.digest._core import (
     _TUPLE_HEADERS,
@@ -27,6 +27,10 @@ from fleche.digest._core import (
 )
 from fleche.digest._scalars import _PACK_TAG_LEN, _enc_str, _str_bytes
 from fleche.digest._standin import _standin_encoder
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # --------------------------------------------------------------------------- callables
 
@@ -145,6 +149,21 @@ def _callable_encoder(t: type) -> _Encoder | None:
 _CODE_CACHE: dict[int, tuple[types.CodeType, bytes]] = {}
 
 
+def _unwrap(func: Any) -> Any:
+    """``inspect.unwrap(func)``: the function at the end of a ``__wrapped__`` chain.
+
+    Written out because importing inspect costs ~37 M instructions (~12 ms), more than
+    the rest of a process's first cached call, which needs the code digest.
+    """
+    f, seen, limit = func, {id(func)}, sys.getrecursionlimit()
+    while hasattr(f, "__wrapped__"):
+        f = f.__wrapped__
+        if id(f) in seen or len(seen) >= limit:
+            raise ValueError(f"wrapper loop when unwrapping {func!r}")
+        seen.add(id(f))
+    return f
+
+
 def code_digest(func: Callable[..., Any]) -> str:
     """Hex digest of a function's code, blind to comments, whitespace, docstrings
     and decorators (see ``docs/digests.md``)."""
@@ -153,9 +172,7 @@ def code_digest(func: Callable[..., Any]) -> str:
 
 def code_digest_bytes(func: Callable[..., Any]) -> bytes:
     """Digest of a function's normalised source, cached per code object."""
-    import inspect  # here: inspect and ast cost milliseconds to import
-
-    func = inspect.unwrap(func)
+    func = _unwrap(func)
     func = getattr(func, "__func__", func)  # bound methods and classmethods
     code = getattr(func, "__code__", None)
     if not isinstance(code, types.CodeType):
@@ -185,10 +202,8 @@ def code_digest_since(func: Callable[..., Any], since_ns: int) -> str | None:
     (``time.time_ns()`` when it was decorated), the digest is unknown (None), never
     the edited file's. A file with no path to check (a notebook cell) cannot change.
     """
-    import inspect
-
     try:
-        code = inspect.unwrap(func).__code__
+        code = _unwrap(func).__code__
         if os.stat(code.co_filename).st_mtime_ns > since_ns:
             return None
     except (AttributeError, OSError, ValueError):  # no code, or no file: <stdin>, a cell
@@ -205,7 +220,7 @@ def _source_tree(func: Any, code: types.CodeType, fast: bool = True) -> Any:
     from its neighbours on the same lines.
 
     ``fast=False`` skips :func:`_fast_source` (the tests compare both ways)."""
-    import ast
+    import _ast as ast  # the C half: ``ast`` itself costs ~17 M instructions to import
 
     found = _fast_source(func, code) if fast else None
     module = found[1] if found is not None else _inspect_tree(func)
@@ -213,7 +228,7 @@ def _source_tree(func: Any, code: types.CodeType, fast: bool = True) -> Any:
         return None  # exec'd code, the REPL, or a lambda inside a multi-line expression
     if code.co_name == "<lambda>":
         # getsource returns whole lines: find the lambda among what they contain.
-        lambdas = [n for n in ast.walk(module) if isinstance(n, ast.Lambda)]
+        lambdas = [n for n in _walk(module) if isinstance(n, ast.Lambda)]
         if len(lambdas) != 1:
             return None  # several lambdas on those lines: picking one would be a guess
         return lambdas[0]
@@ -223,6 +238,58 @@ def _source_tree(func: Any, code: types.CodeType, fast: bool = True) -> Any:
     node.decorator_list = []  # @fleche(version=...) must not change the code digest
     node.name = ""  # the name is part of the function's identity, not of its code
     return node
+
+
+def _parse(source: str) -> Any:
+    """``ast.parse(source)``: the same call to compile(), without importing ``ast``."""
+    import _ast
+
+    return compile(source, "<unknown>", "exec", _ast.PyCF_ONLY_AST)
+
+
+def _walk(node: Any) -> Iterator[Any]:
+    """``ast.walk(node)``: every node of the tree, breadth first."""
+    import _ast
+
+    todo = deque([node])
+    while todo:
+        node = todo.popleft()
+        for name in node._fields:
+            value = getattr(node, name, None)
+            if isinstance(value, _ast.AST):
+                todo.append(value)
+            elif isinstance(value, list):
+                todo.extend(item for item in value if isinstance(item, _ast.AST))
+        yield node
+
+
+_BLANK_LINES: Any = None  # textwrap.dedent's two patterns, compiled on first use
+_INDENTS: Any = None
+
+
+def _dedent(text: str) -> str:
+    """``textwrap.dedent(text)``, by its rules: lines of blanks emptied, then the longest
+    margin of spaces and tabs common to the other lines removed. Here because importing
+    textwrap compiles its wrapping patterns (~4 M instructions) that this does not use."""
+    global _BLANK_LINES, _INDENTS
+    import re
+
+    if _BLANK_LINES is None:
+        _BLANK_LINES = re.compile("^[ \t]+$", re.MULTILINE)
+        _INDENTS = re.compile("(^[ \t]*)(?:[^ \t\n])", re.MULTILINE)
+    text = _BLANK_LINES.sub("", text)
+    margin = None
+    for indent in _INDENTS.findall(text):
+        if margin is None or margin.startswith(indent):
+            margin = indent
+        elif not indent.startswith(margin):
+            for i, (x, y) in enumerate(zip(margin, indent, strict=False)):
+                if x != y:
+                    margin = margin[:i]
+                    break
+    if margin:
+        text = re.sub(r"(?m)^" + margin, "", text)
+    return text
 
 
 def _inspect_tree(func: Any) -> Any:
@@ -261,8 +328,6 @@ def _fast_source(func: Any, code: types.CodeType) -> tuple[str, Any] | None:
     a function: the comment lines that follow it indented as deep as its body.
     Anything unusual (backslash continuations, form feeds) returns None.
     """
-    import ast
-    import textwrap
 
     if not isinstance(func, types.FunctionType) or code.co_name == "<lambda>":
         return None
@@ -289,9 +354,9 @@ def _fast_source(func: Any, code: types.CodeType) -> tuple[str, Any] | None:
         while end > start + 1 and _is_blank_or_comment(lines[end - 1]):
             end -= 1
         text = "".join(lines[start:end])
-        dedented = textwrap.dedent(text)
+        dedented = _dedent(text)
         try:
-            module = ast.parse(dedented)
+            module = _parse(dedented)
         except Exception:  # noqa: BLE001 - cut inside the function: try the next candidate
             if stop >= n:
                 return None
@@ -312,8 +377,7 @@ def _as_inspect_would(
 ) -> tuple[str, Any] | None:
     """The (source, tree) inspect would give, from a parse of ``lines[start:...]``
     that ``lines[stop]`` (or the end of the file) may follow; None if not sure."""
-    import ast
-    import textwrap
+    import _ast as ast  # the C half: ``ast`` itself costs ~17 M instructions to import
 
     body = module.body
     if (
@@ -353,15 +417,27 @@ def _as_inspect_would(
     if source == text:
         return source, module
     try:
-        return source, ast.parse(textwrap.dedent(source))
+        return source, _parse(_dedent(source))
     except Exception:  # noqa: BLE001 - inspect's source does not parse: let inspect say so
         return None
 
 
 def _source_lines(func: Any) -> list[str]:
     """The lines of the file that holds ``func``, found as ``inspect.findsource`` finds them."""
-    import inspect
+    file = func.__code__.co_filename
+    if "linecache" not in sys.modules and file.endswith(".py"):
+        lines = _read_lines(file)  # the lines linecache would read, when it holds none yet
+        if lines is not None:
+            return lines
     import linecache
+
+    if file.endswith(".py") and (file in linecache.cache or os.path.exists(file)):
+        # What inspect.getsourcefile returns for a function of a .py file, and getmodule
+        # for an object with a __module__, without importing inspect (~37 M instructions).
+        linecache.checkcache(file)
+        module = sys.modules.get(func.__module__)
+        return linecache.getlines(file, module.__dict__) if module else linecache.getlines(file)
+    import inspect
 
     file = inspect.getsourcefile(func)
     if file:
@@ -372,6 +448,32 @@ def _source_lines(func: Any) -> list[str]:
             return []
     module = inspect.getmodule(func, file)
     return linecache.getlines(file, module.__dict__) if module else linecache.getlines(file)
+
+
+def _read_lines(file: str) -> list[str] | None:
+    """The lines ``linecache.getlines(file)`` gives for a file it has not cached, or None.
+
+    linecache imports tokenize (~5 M instructions) to decode a file by its coding
+    cookie. Without one, Python source is UTF-8 (with or without its byte order mark),
+    which this decodes; a file naming a coding in its first two lines, one that does not
+    decode or cannot be read, is left to linecache (None). Newlines are read as text mode
+    reads them, and the last line ends with one, as linecache makes it.
+    """
+    try:
+        with open(file, "rb") as f:
+            raw = f.read()
+    except OSError:
+        return None
+    if b"coding" in b"\n".join(raw.split(b"\n", 2)[:2]):
+        return None
+    try:
+        text = raw.decode("utf-8-sig" if raw.startswith(b"\xef\xbb\xbf") else "utf-8")
+    except UnicodeDecodeError:
+        return None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [line + "\n" for line in lines]
 
 
 def _opens_def(line: str) -> bool:
@@ -445,7 +547,7 @@ _enc_tree: Callable[[Any, _Stream], None] | None = None
 
 
 def _tree_encoder() -> Callable[[Any, _Stream], None]:
-    import ast  # not at the top: ``import fleche.digest`` does not need it
+    import _ast as ast  # not at the top: ``import fleche.digest`` does not need it
 
     node_type = ast.AST
     holds_docstring = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)

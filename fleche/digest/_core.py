@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import Any
 
 import xxhash
 
@@ -49,6 +48,12 @@ from fleche.digest._scalars import (
     _feed,
 )
 from fleche.errors import UnhashableArgumentError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
+else:
+    Any = object  # in type aliases and generic bases evaluated at run time
 
 _Encoder = Callable[[Any, "_Stream"], None]
 

@@ -23,12 +23,26 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
 
 from fleche.digest._core import _CORE, _REGISTRY, _qualname, digest, register
 from fleche.errors import FlecheError, UnhashableArgumentError, warn_user
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, Generic, TypeVar
+
+    T = TypeVar("T")
+else:
+
+    class Generic:
+        """typing.Generic's part that runs here: ``Hook[int]`` is ``Hook`` (no typing import)."""
+
+        __slots__ = ()
+
+        def __class_getitem__(cls, item):
+            return cls
+
+    T = None
 
 Indigestible = UnhashableArgumentError
 """0.22's name for "this value has no digest": the same exception here."""

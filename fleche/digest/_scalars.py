@@ -10,9 +10,12 @@ another encoder, so this module does not import :mod:`fleche.digest` at run time
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
 
 import xxhash
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from fleche.digest._core import _Stream

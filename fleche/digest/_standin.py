@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copyreg
 from collections.abc import Callable
-from typing import Any
 
 from fleche.digest._core import (
     _encode,
@@ -22,6 +21,10 @@ from fleche.digest._core import (
     _Unhashable,
 )
 from fleche.digest._scalars import _PACK_TAG_LEN, _enc_str, _str_bytes
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def _standin_encoder(

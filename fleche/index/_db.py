@@ -33,10 +33,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from typing import Any
 
 from fleche.errors import FlecheError
 from fleche.index._sqlrows import DROP, INDEX_NAMES, INDEXES, SCHEMA_VERSION, ddl
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 BUSY_TIMEOUT_MS = 5_000
 """How long a statement waits for another connection's lock before the index gives up (ms).

@@ -24,10 +24,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass
-from typing import Any
 
 from fleche.store import HEX_DIGITS, LocalStore, ObjectStore, is_function_id
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SETTLE_NS = 2_000_000_000
 """A directory mtime younger than this (2 s) may hide a write made in the same tick."""
@@ -37,19 +39,66 @@ LOCAL_THREADED_FROM = 2_000
 READ_CHUNK = 500  # records the reader thread reads ahead
 
 
-@dataclass
 class RefreshReport:
-    """What a refresh or rebuild did."""
+    """What a refresh or rebuild did.
 
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unreadable: int = 0
-    functions: int = 0
-    calls: int = 0
+    A plain class with ``__slots__`` (compared and printed field by field): a dataclass
+    would import ``dataclasses`` and ``inspect`` with the index, on a process's first hit.
+    """
+
+    __slots__ = (
+        "added",
+        "calls",
+        "functions",
+        "rebuilt",
+        "removed",
+        "seconds",
+        "unreadable",
+        "updated",
+    )
+    _FIELDS = (
+        "added",
+        "updated",
+        "removed",
+        "unreadable",
+        "functions",
+        "calls",
+        "seconds",
+        "rebuilt",
+    )
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+    calls: int
     """Calls in the index afterwards."""
-    seconds: float = 0.0
-    rebuilt: bool = False
+
+    def __init__(
+        self,
+        added: int = 0,
+        updated: int = 0,
+        removed: int = 0,
+        unreadable: int = 0,
+        functions: int = 0,
+        calls: int = 0,
+        seconds: float = 0.0,
+        rebuilt: bool = False,
+    ) -> None:
+        self.added = added
+        self.updated = updated
+        self.removed = removed
+        self.unreadable = unreadable
+        self.functions = functions
+        self.calls = calls
+        self.seconds = seconds
+        self.rebuilt = rebuilt
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, RefreshReport)
+        return self.as_dict() == other.as_dict()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.as_dict().items())
+        return f"{type(self).__qualname__}({fields})"
 
     def merge(self, other: RefreshReport) -> None:
         for name in ("added", "updated", "removed", "unreadable", "functions", "calls"):
@@ -57,7 +106,7 @@ class RefreshReport:
         self.rebuilt = self.rebuilt or other.rebuilt
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in self._FIELDS}
 
     def __str__(self) -> str:
         what = "rebuilt" if self.rebuilt else "refreshed"

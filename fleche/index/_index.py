@@ -20,7 +20,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
 
 import msgpack
 
@@ -55,10 +54,15 @@ from fleche.index._write import (
 from fleche.records import QuerySpec
 from fleche.store import ObjectStore, is_function_id
 
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
 Progress = Callable[[str, int, int], None]
 """``progress(phase, done, total)``, as ``fleche.cli.progress_bar`` draws it."""
 
-_T = TypeVar("_T")
+if TYPE_CHECKING:
+    _T = TypeVar("_T")
 
 REMOTE_MAX_AGE = 300.0
 """Seconds a listing of a remote store is trusted: records written there by other

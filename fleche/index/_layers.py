@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
 
 from fleche import codec
 from fleche.errors import CorruptObjectError
 from fleche.index._fresh import RefreshReport, list_functions, read_blobs
 from fleche.records import QuerySpec
 from fleche.store import ObjectStore
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from fleche.index._index import Index

@@ -15,11 +15,14 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
 
 from fleche.errors import ConfigError
 from fleche.index._db import BUSY_TIMEOUT_MS, Db, IndexFault, Tx
 from fleche.index._sqlrows import DIALECTS
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 
 def normalize_url(url: str) -> str:

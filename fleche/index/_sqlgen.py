@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
 from fleche.index._sqlrows import (
     INT64,
@@ -41,6 +39,10 @@ from fleche.index._sqlrows import (
     own_metadata,
 )
 from fleche.records import ORDERED, Condition, QuerySpec, holds_at
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # -- conditions ---------------------------------------------------------------------------
 
@@ -140,13 +142,24 @@ def value_pred(cols: tuple[str, str, str, str], cond: Condition, p: _Params) -> 
     return _order_pred((i, f, s), [(cond.op, cond.operand)], p)
 
 
-@dataclass
 class Compiled:
-    """A QuerySpec as a WHERE clause over ``fleche_calls c``, plus what Python must decide."""
+    """A QuerySpec as a WHERE clause over ``fleche_calls c``, plus what Python must decide.
 
-    where: str
-    params: dict[str, Any]
-    post: list[tuple[tuple[str, ...], Condition]] = field(default_factory=list)
+    A plain class (no dataclass: the index loads on a process's first hit, and
+    ``dataclasses`` would bring ``inspect`` with it).
+    """
+
+    __slots__ = ("params", "post", "where")
+
+    def __init__(
+        self,
+        where: str,
+        params: dict[str, Any],
+        post: list[tuple[tuple[str, ...], Condition]] | None = None,
+    ) -> None:
+        self.where = where
+        self.params = params
+        self.post: list[tuple[tuple[str, ...], Condition]] = [] if post is None else post
 
     def accept(self, own_row: tuple[Any, ...], shared_json: Any = None) -> bool:
         """Decide the metadata conditions for one candidate (the SQL only narrowed).

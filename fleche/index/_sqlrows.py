@@ -17,12 +17,15 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
 
 import msgpack
 import xxhash
 
 from fleche.digest import digest_bytes
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 SCHEMA_VERSION = 3
 """Bumped when the tables change; a catalogue of another version is rebuilt."""

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 from fleche.index._db import Tx
 from fleche.index._sqlrows import CALL_COLUMNS, FN
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
+else:
+    Any = object  # in type aliases and generic bases evaluated at run time
 
 BATCH = 500  # rows per statement batch / transaction
 

@@ -5,7 +5,7 @@ below :mod:`fleche.decorator`, whose ``f.query`` it serves.  Its own layer
 rather than part of :mod:`fleche.cache` because it resolves the active cache.
 """
 
-from typing import TYPE_CHECKING, Any
+from __future__ import annotations
 
 from fleche.query._query import (
     MissingDependencyError,
@@ -15,6 +15,10 @@ from fleche.query._query import (
     for_function,
     query,
 )
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from fleche.query._ref import Ref

@@ -27,7 +27,6 @@ import itertools
 import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
 
 from fleche.cache import Cache
 from fleche.config import CacheLike, active_cache, resolve
@@ -45,6 +44,12 @@ from fleche.records import (
     plain,
     translate_path,
 )
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
+else:
+    Any = object  # in type aliases and generic bases evaluated at run time
 
 if TYPE_CHECKING:
     import pandas

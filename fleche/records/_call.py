@@ -10,17 +10,21 @@ argument its own digest for free, which queries match against.
 
 from __future__ import annotations
 
-import inspect
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
 import xxhash
 
 from fleche.digest import digest_bytes
 from fleche.errors import CallNotStored, FlecheError
 from fleche.records._providers import Metadata
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
+
+if TYPE_CHECKING:
+    import inspect
 
 _CALL_TAG = b"fleche/call/1\0"
 _MISSING = object()
@@ -72,32 +76,63 @@ class PendingCall:
         self.digests = digests
 
 
-_ANY_SIGNATURE = inspect.Signature(
-    [
-        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
-        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
-    ]
-)
+_EMPTY = object()
+"""A parameter without a default, in :class:`Binder`'s own view of a plain function."""
+_CO_VARARGS, _CO_VARKEYWORDS = 0x04, 0x08  # inspect.CO_VARARGS, inspect.CO_VARKEYWORDS
+
+
+def _plain_parameters(func: Any) -> tuple[list[str], list[Any]] | None:
+    """Names and defaults (:data:`_EMPTY` for none) of a Python function whose parameters
+    are all positional-or-keyword, read from its code as ``inspect.signature`` reads them;
+    None for anything else (``*args``, keyword-only, a wrapper, a callable object...).
+
+    Decorating a function needs no ``inspect`` this way: importing it costs ~37 M
+    instructions (~12 ms, with ast, dis and tokenize), three times the rest of a hit.
+    """
+    if type(func) is not _FUNCTION:
+        return None
+    own = func.__dict__
+    if "__wrapped__" in own or "__signature__" in own:  # inspect.signature would follow them
+        return None
+    code = func.__code__
+    if code.co_posonlyargcount or code.co_kwonlyargcount:
+        return None
+    if code.co_flags & (_CO_VARARGS | _CO_VARKEYWORDS):
+        return None
+    names = list(code.co_varnames[: code.co_argcount])
+    given = func.__defaults__ or ()
+    return names, [_EMPTY] * (len(names) - len(given)) + list(given)
+
+
+def _function() -> None:
+    pass
+
+
+_FUNCTION = type(_function)
 
 
 class Binder:
     """Bind call arguments to parameter names the way ``inspect.Signature.bind`` does, faster.
 
     Functions whose parameters are all plain (positional-or-keyword, no ``*args``
-    or ``**kwargs``) take a fast path of a few hundred nanoseconds; everything
-    else goes through ``Signature.bind`` + ``apply_defaults``.  ``*args`` is kept
-    as a tuple and ``**kwargs`` as a dict (whose digest ignores order).
+    or ``**kwargs``) take a fast path of a few hundred nanoseconds, and are read
+    without ``inspect``; everything else goes through ``Signature.bind`` +
+    ``apply_defaults``.  ``*args`` is kept as a tuple and ``**kwargs`` as a dict
+    (whose digest ignores order).
     """
 
     def __init__(self, func: Callable[..., Any], ignore: Iterable[str] = ()) -> None:
-        try:
-            self.signature = inspect.signature(func)
-        except (ValueError, TypeError):
-            # Builtins with no signature (time.sleep, max, int): their arguments bind as
-            # ``*args`` and ``**kwargs``, so a call keys by exactly what it was given.
-            self.signature = _ANY_SIGNATURE
-        params = list(self.signature.parameters.values())
-        self.names = [p.name for p in params]
+        self._func = func
+        self._signature: inspect.Signature | None = None
+        plain = _plain_parameters(func)
+        if plain is not None:
+            self.names, self.defaults = plain
+            self.simple = True
+        else:
+            params = list(self.signature.parameters.values())
+            self.names = [p.name for p in params]
+            self.defaults = [_EMPTY if p.default is p.empty else p.default for p in params]
+            self.simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
         self.ignore = frozenset(ignore)
         unknown = self.ignore - set(self.names)
         if unknown:
@@ -106,18 +141,38 @@ class Binder:
                 f"ignore={sorted(unknown)!r} names no parameter of {name}; "
                 f"its parameters are {self.names}"
             )
-        self.simple = all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
-        self.defaults = [p.default for p in params]
         self.index = {n: i for i, n in enumerate(self.names)}
         self.keep = [n not in self.ignore for n in self.names]
         # Positional-only calls (the usual hit) bind by zip: ``tails[n]`` is the
         # defaults completing ``n`` positional arguments, or None when some are missing.
         self.tails: list[tuple[Any, ...] | None] = []
         if self.simple and not self.ignore:
-            for n in range(len(params) + 1):
+            for n in range(len(self.names) + 1):
                 tail = tuple(self.defaults[n:])
-                ok = all(d is not inspect.Parameter.empty for d in tail)
+                ok = all(d is not _EMPTY for d in tail)
                 self.tails.append(tail if ok else None)
+
+    @property
+    def signature(self) -> inspect.Signature:
+        """The function's ``inspect.Signature``, made when first needed (an error to raise,
+        a call with ``*args`` or keyword-only parameters, a query's partial binding)."""
+        sig = self._signature
+        if sig is None:
+            import inspect
+
+            try:
+                sig = inspect.signature(self._func)
+            except (ValueError, TypeError):
+                # Builtins with no signature (time.sleep, max, int): their arguments bind as
+                # ``*args`` and ``**kwargs``, so a call keys by exactly what it was given.
+                sig = inspect.Signature(
+                    [
+                        inspect.Parameter("args", inspect.Parameter.VAR_POSITIONAL),
+                        inspect.Parameter("kwargs", inspect.Parameter.VAR_KEYWORD),
+                    ]
+                )
+            self._signature = sig
+        return sig
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[tuple[str, Any]]:
         """Return ``[(name, value), ...]`` in signature order, ignored names dropped.
@@ -144,7 +199,7 @@ class Binder:
                     self.names, values, self.defaults, self.keep, strict=True
                 ):
                     if v is _MISSING:
-                        if d is inspect.Parameter.empty:
+                        if d is _EMPTY:
                             ok = False
                             break
                         v = d
@@ -202,15 +257,42 @@ NO_VERSION = _MISSING
 # -- records ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class NotStored:
     """Stands in ``Call.arguments`` for an argument whose value could not be serialized.
 
-    Its digest still took part in the call's key, so queries still match it.
+    Its digest still took part in the call's key, so queries still match it. Immutable,
+    compared and hashed by its two fields (a plain class: see :class:`Call`).
     """
 
+    __slots__ = ("digest", "type")
+    __match_args__ = ("type", "digest")
     type: str
     digest: str
+
+    def __init__(self, type: str, digest: str) -> None:
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "digest", digest)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (NotStored, (self.type, self.digest))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(type={self.type!r}, digest={self.digest!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, NotStored)
+        return (self.type, self.digest) == (other.type, other.digest)
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.digest))
 
 
 def _argument(ref: dict[str, Any], loader: Callable[[dict[str, Any]], Any]) -> Any:
@@ -219,7 +301,6 @@ def _argument(ref: dict[str, Any], loader: Callable[[dict[str, Any]], Any]) -> A
     return NotStored(ref["type"], ref["digest"])
 
 
-@dataclass
 class Call:
     """One cached call: what was called, with what, what it returned, and when.
 
@@ -230,21 +311,103 @@ class Call:
     (its function, bound arguments and digest), as 0.22 did: ``stored`` is False,
     ``metadata`` empty, and ``result`` raises :class:`~fleche.errors.CallNotStored`
     (a ``KeyError``) rather than standing in for a result with None.
+
+    Built, compared and printed as the dataclass it used to be (fields in this order;
+    equal when every field but a fetched result is), but a plain class with
+    ``__slots__``: a dataclass compiles its methods when ``import fleche`` runs, and
+    needs ``dataclasses`` and the ``inspect`` it imports (~40 M instructions).
     """
 
-    name: str
-    module: str
-    version: Any
-    digest: str
-    function_id: str
-    code_digest: str | None
-    metadata: dict[str, Any]
-    record: dict[str, Any] = field(repr=False)
-    stored: bool = True
-    _where: str = field(default="", repr=False)  # the cache an unstored call is not in
-    _loader: Callable[[dict[str, Any]], Any] | None = field(default=None, repr=False)
-    _arguments: dict[str, Any] | None = field(default=None, repr=False)
-    _result: Any = field(default=_MISSING, repr=False, compare=False)  # set by fetch()
+    __slots__ = (
+        "_arguments",
+        "_loader",
+        "_result",
+        "_where",
+        "code_digest",
+        "digest",
+        "function_id",
+        "metadata",
+        "module",
+        "name",
+        "record",
+        "stored",
+        "version",
+    )
+    __match_args__ = (
+        "name",
+        "module",
+        "version",
+        "digest",
+        "function_id",
+        "code_digest",
+        "metadata",
+        "record",
+        "stored",
+        "_where",
+        "_loader",
+        "_arguments",
+        "_result",
+    )
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    def __init__(
+        self,
+        name: str,
+        module: str,
+        version: Any,
+        digest: str,
+        function_id: str,
+        code_digest: str | None,
+        metadata: dict[str, Any],
+        record: dict[str, Any],
+        stored: bool = True,
+        _where: str = "",  # the cache an unstored call is not in
+        _loader: Callable[[dict[str, Any]], Any] | None = None,
+        _arguments: dict[str, Any] | None = None,
+        _result: Any = _MISSING,  # set by fetch(); not compared
+    ) -> None:
+        self.name = name
+        self.module = module
+        self.version = version
+        self.digest = digest
+        self.function_id = function_id
+        self.code_digest = code_digest
+        self.metadata = metadata
+        self.record = record
+        self.stored = stored
+        self._where = _where
+        self._loader = _loader
+        self._arguments = _arguments
+        self._result = _result
+
+    def _compared(self) -> tuple[Any, ...]:
+        return (
+            self.name,
+            self.module,
+            self.version,
+            self.digest,
+            self.function_id,
+            self.code_digest,
+            self.metadata,
+            self.record,
+            self.stored,
+            self._where,
+            self._loader,
+            self._arguments,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Call)
+        return self._compared() == other._compared()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__qualname__}(name={self.name!r}, module={self.module!r}, "
+            f"version={self.version!r}, digest={self.digest!r}, function_id={self.function_id!r}, "
+            f"code_digest={self.code_digest!r}, metadata={self.metadata!r}, stored={self.stored!r})"
+        )
 
     @classmethod
     def from_record(cls, record: dict[str, Any], loader: Callable[[dict[str, Any]], Any]) -> Call:

@@ -33,16 +33,18 @@ import sys
 import threading
 from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 # getpass, platform, socket, subprocess and pathlib are imported where they are used:
 # all of it runs once per process on the first miss, and ``import fleche`` skips ~12 ms.
-
 from fleche._version import __version__
 from fleche.errors import ConfigError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 GROUPS: tuple[str, ...] = ("runtime", "environment", "git", "tags")
 """The metadata groups a function or cache can choose from."""

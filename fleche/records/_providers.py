@@ -23,11 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from typing import Any, ClassVar, TypeAlias
 
 from fleche.errors import ConfigError, warn_user
 
-JSONValue: TypeAlias = str | int | float | bool | list[Any] | dict[str, Any] | None
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, ClassVar, TypeAlias
+else:
+    Any = object  # in type aliases and generic bases evaluated at run time
+
+if TYPE_CHECKING:
+    JSONValue: TypeAlias = str | int | float | bool | list[Any] | dict[str, Any] | None
+else:
+    JSONValue = str | int | float | bool | list[Any] | dict[str, Any] | None
 """What a 0.22 provider's pre/post returned (kept for annotations in user code)."""
 
 

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any
 
 from fleche.digest import digest_bytes
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 ORDERED = ("lt", "le", "gt", "ge", "between")
 _OPS = ("eq", "ne", "in", *ORDERED)
@@ -40,29 +42,58 @@ def _comparable(a: Any, b: Any) -> bool:
     return (type(a) is str) == (type(b) is str)
 
 
-@dataclass(frozen=True)
 class Condition:
-    """One test on a stored value. Build with :class:`Q`; ``op`` is one of ``eq ne in lt le gt ge between``."""
+    """One test on a stored value. Build with :class:`Q`; ``op`` is one of ``eq ne in lt le gt ge between``.
 
+    Immutable; equal and hashed by ``op`` and ``operand``. A plain class with ``__slots__``
+    rather than a dataclass, which would compile its methods when ``import fleche`` runs.
+    """
+
+    __slots__ = ("digests", "op", "operand")
+    __match_args__ = ("op", "operand", "digests")
     op: str
     operand: Any
-    digests: frozenset[bytes] = field(default=frozenset(), compare=False, repr=False)
+    digests: frozenset[bytes]
 
-    def __post_init__(self) -> None:
-        if self.op not in _OPS:
-            raise ValueError(f"unknown query condition {self.op!r}; use one of {', '.join(_OPS)}")
-        if self.op in ("eq", "ne"):
-            object.__setattr__(self, "digests", frozenset([digest_bytes(self.operand)]))
-        elif self.op == "in":
-            object.__setattr__(self, "digests", frozenset(digest_bytes(v) for v in self.operand))
+    def __init__(self, op: str, operand: Any, digests: frozenset[bytes] = frozenset()) -> None:
+        if op not in _OPS:
+            raise ValueError(f"unknown query condition {op!r}; use one of {', '.join(_OPS)}")
+        if op in ("eq", "ne"):
+            digests = frozenset([digest_bytes(operand)])
+        elif op == "in":
+            digests = frozenset(digest_bytes(v) for v in operand)
         else:
-            bounds = self.operand if self.op == "between" else (self.operand,)
+            bounds = operand if op == "between" else (operand,)
             for bound in bounds:
                 if not _orderable(bound):
                     raise TypeError(
-                        f"Q.{self.op}() compares numbers or str, got {type(bound).__name__} "
+                        f"Q.{op}() compares numbers or str, got {type(bound).__name__} "
                         f"{bound!r}; use Q.eq/Q.in_ for exact matches of other types"
                     )
+        object.__setattr__(self, "op", op)
+        object.__setattr__(self, "operand", operand)
+        object.__setattr__(self, "digests", digests)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Condition, (self.op, self.operand))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(op={self.op!r}, operand={self.operand!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Condition)
+        return (self.op, self.operand) == (other.op, other.operand)
+
+    def __hash__(self) -> int:
+        return hash((self.op, self.operand))
 
     @property
     def by_digest(self) -> bool:
@@ -160,7 +191,6 @@ def _arg_test(cond: Condition, stored: Any) -> bool:
     return cond.test(stored)
 
 
-@dataclass(frozen=True)
 class QuerySpec:
     """What a query asks for, independent of who answers it (a scan of records or an index).
 
@@ -168,15 +198,60 @@ class QuerySpec:
     the record's ``qualname``/``module``; ``args`` maps argument names, and
     ``metadata`` paths into the record's metadata (``("tags", "project")``), to
     conditions. A record lacking an argument or metadata key a condition names
-    does not match.
+    does not match. Immutable and compared by value (a plain class, as :class:`Condition`).
     """
 
-    function_ids: frozenset[str] | None = None
-    names: frozenset[str] | None = None
-    modules: frozenset[str] | None = None
-    version: Condition | None = None
-    args: dict[str, Condition] = field(default_factory=dict)
-    metadata: dict[tuple[str, ...], Condition] = field(default_factory=dict)
+    __slots__ = ("args", "function_ids", "metadata", "modules", "names", "version")
+    __match_args__ = ("function_ids", "names", "modules", "version", "args", "metadata")
+    __hash__ = None  # type: ignore[assignment]  # its dicts cannot be hashed
+    function_ids: frozenset[str] | None
+    names: frozenset[str] | None
+    modules: frozenset[str] | None
+    version: Condition | None
+    args: dict[str, Condition]
+    metadata: dict[tuple[str, ...], Condition]
+
+    def __init__(
+        self,
+        function_ids: frozenset[str] | None = None,
+        names: frozenset[str] | None = None,
+        modules: frozenset[str] | None = None,
+        version: Condition | None = None,
+        args: dict[str, Condition] | None = None,
+        metadata: dict[tuple[str, ...], Condition] | None = None,
+    ) -> None:
+        put = object.__setattr__
+        put(self, "function_ids", function_ids)
+        put(self, "names", names)
+        put(self, "modules", modules)
+        put(self, "version", version)
+        put(self, "args", {} if args is None else args)
+        put(self, "metadata", {} if metadata is None else metadata)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"cannot delete field {name!r}")
+
+    def _fields(self) -> tuple[Any, ...]:
+        return (self.function_ids, self.names, self.modules, self.version, self.args, self.metadata)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (QuerySpec, self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__qualname__}(function_ids={self.function_ids!r}, names={self.names!r}, "
+            f"modules={self.modules!r}, version={self.version!r}, args={self.args!r}, "
+            f"metadata={self.metadata!r})"
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, QuerySpec)
+        return self._fields() == other._fields()
 
     def match(self, record: dict[str, Any]) -> bool:
         """The reference semantics: does this decoded call record satisfy the query?"""

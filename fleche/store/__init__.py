@@ -15,8 +15,9 @@ SSH connections), ``_remote`` with ``_remote_session`` and ``_wire`` (the remote
 cache's client, its connection, its framing), ``_open`` (URL to backend).
 """
 
+from __future__ import annotations
+
 import importlib
-from typing import TYPE_CHECKING, Any
 
 from fleche.store._base import (
     FORMAT,
@@ -42,6 +43,10 @@ from fleche.store._local import (
 )
 from fleche.store._open import open_store
 from fleche.store._pack import PACK_FILE, PackIndex, build_pack
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from fleche.store._memory import MemoryStore, PrivateMemoryFileSystem

@@ -26,7 +26,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import xxhash
 
@@ -40,6 +39,12 @@ from fleche.errors import (
     StoreLinkError,
 )
 from fleche.store._pack import PACK_FILE, Key, PackIndex, build_pack
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, Protocol
+else:
+    Protocol = object  # ReadableFile: a plain class at run time, as typing is not imported
 
 if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use it load it
     import mmap
@@ -564,7 +569,8 @@ class ObjectStore(PathStore):
             raise StoreFormatError(
                 f"{where} says names are {info['digest']!r} digests; this fleche uses {DIGEST!r}"
             )
-        return cast("dict[str, Any]", info)  # a dict: its "format" was read above
+        checked: dict[str, Any] = info  # a dict: its "format" was read above
+        return checked
 
     def _ensure_marker(self) -> None:
         """Write ``fleche.json`` before the first file, once (create-only)."""

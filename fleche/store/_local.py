@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING
 
 from fleche.store._base import (
     HEX_DIGITS,
@@ -34,6 +33,8 @@ from fleche.store._base import (
     writable_buffer,
 )
 from fleche.store._pack import PackIndex
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 
 if TYPE_CHECKING:
     from concurrent.futures import Future

@@ -12,9 +12,12 @@ Import :func:`open_store` from :mod:`fleche.store`, which re-exports it.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
 
 from fleche.errors import ConfigError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from fleche.store._base import ObjectStore

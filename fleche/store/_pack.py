@@ -21,11 +21,14 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Iterable, Iterator
-from typing import Any
 
 import xxhash
 
 from fleche.errors import CorruptObjectError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 PACK_MAGIC = b"FLPK"
 IDX_MAGIC = b"FLPI"

@@ -8,14 +8,16 @@ is at the destination; deletion the other way round.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from fleche import codec
 from fleche.cache import referenced_oids
 from fleche.errors import CorruptObjectError
 from fleche.store import ObjectStore, is_oid
 from fleche.sync._pool import _Failed, _Progress, _run
 from fleche.sync._result import CallKey, SyncResult, call_name, object_name, pack_name
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor

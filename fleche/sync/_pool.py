@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
-
-if TYPE_CHECKING:  # concurrent.futures (and logging) load with the first sync
-    from concurrent.futures import Future, ThreadPoolExecutor
 
 from fleche.errors import (
     CacheMiss,
@@ -24,7 +20,15 @@ from fleche.errors import (
 )
 from fleche.sync._result import _human
 
-T = TypeVar("T")
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+if TYPE_CHECKING:  # concurrent.futures (and logging) load with the first sync
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+if TYPE_CHECKING:
+    T = TypeVar("T")
 # Write errors that will not go away by trying the next file: stop the sync.
 _FATAL_ERRNO = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
 

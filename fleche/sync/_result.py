@@ -6,9 +6,11 @@ the same on every backend. Import these from :mod:`fleche.sync`, which re-export
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from fleche.errors import FlecheError
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 CallKey = tuple[str, str]  # (function id, call digest)
 
@@ -47,26 +49,92 @@ def _human(n: float) -> str:
     raise AssertionError("unreachable")
 
 
-@dataclass
 class SyncResult:
-    """What a sync did (or, with ``dry_run``, would do), by store-relative name."""
+    """What a sync did (or, with ``dry_run``, would do), by store-relative name.
 
-    transferred: list[str] = field(default_factory=list)
+    Compared by value and printed field by field, as the dataclass it was; a plain
+    class with ``__slots__`` because ``import fleche`` would compile a dataclass's methods.
+    """
+
+    __slots__ = (
+        "bytes_transferred",
+        "deleted",
+        "dry_run",
+        "dst",
+        "failed",
+        "listed",
+        "seconds",
+        "skipped",
+        "src",
+        "transferred",
+    )
+    __match_args__ = (
+        "transferred",
+        "skipped",
+        "failed",
+        "deleted",
+        "bytes_transferred",
+        "src",
+        "dst",
+        "dry_run",
+        "listed",
+        "seconds",
+    )
+    __hash__ = None  # type: ignore[assignment]  # mutable, compared by value
+
+    transferred: list[str]
     """Copied to dst (would be copied, in a dry run): objects first, then records."""
-    skipped: list[str] = field(default_factory=list)
+    skipped: list[str]
     """Already present at dst, so not copied."""
-    failed: list[tuple[str, str]] = field(default_factory=list)
+    failed: list[tuple[str, str]]
     """``(name, reason)``: corrupt or vanished at src, a write that failed, a record whose objects did."""
-    deleted: list[str] = field(default_factory=list)
+    deleted: list[str]
     """Removed from dst because src lacks them (``delete=True``): records first, then objects."""
-    bytes_transferred: int = 0
+    bytes_transferred: int
     """Stored bytes written to dst (0 in a dry run: sizes are not fetched)."""
-    src: str = ""
-    dst: str = ""
-    dry_run: bool = False
-    listed: dict[str, int] = field(default_factory=dict)
+    src: str
+    dst: str
+    dry_run: bool
+    listed: dict[str, int]
     """Names found by the listings: ``src objects``, ``src calls``, ``dst objects``, ``dst calls``."""
-    seconds: float = 0.0
+    seconds: float
+
+    def __init__(
+        self,
+        transferred: list[str] | None = None,
+        skipped: list[str] | None = None,
+        failed: list[tuple[str, str]] | None = None,
+        deleted: list[str] | None = None,
+        bytes_transferred: int = 0,
+        src: str = "",
+        dst: str = "",
+        dry_run: bool = False,
+        listed: dict[str, int] | None = None,
+        seconds: float = 0.0,
+    ) -> None:
+        self.transferred = [] if transferred is None else transferred
+        self.skipped = [] if skipped is None else skipped
+        self.failed = [] if failed is None else failed
+        self.deleted = [] if deleted is None else deleted
+        self.bytes_transferred = bytes_transferred
+        self.src = src
+        self.dst = dst
+        self.dry_run = dry_run
+        self.listed = {} if listed is None else listed
+        self.seconds = seconds
+
+    def _fields(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__match_args__)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, SyncResult)
+        return self._fields() == other._fields()
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__match_args__)
+        return f"{type(self).__qualname__}({fields})"
 
     @property
     def ok(self) -> bool:

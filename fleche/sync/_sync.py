@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from fleche.errors import FlecheError, ReadOnlyStoreError, StoreFormatError
 from fleche.store import (
@@ -44,6 +43,10 @@ from fleche.store import (
 from fleche.sync._copy import _Sync
 from fleche.sync._pool import _Progress
 from fleche.sync._result import CallKey, SyncError, SyncResult, call_name, object_name, pack_name
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from typing import Any
 
 # -- opening and checking the two stores -------------------------------------------------
 
