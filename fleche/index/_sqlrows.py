@@ -24,7 +24,7 @@ import xxhash
 
 from fleche.digest import digest_bytes
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped when the tables change; a catalogue of another version is rebuilt."""
 DIALECTS = ("sqlite", "postgresql")
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -88,6 +88,8 @@ def ddl(dialect: str) -> list[str]:
             digest {blob} NOT NULL UNIQUE,
             module {text},
             qualname {text},
+            code {text},
+            arguments {text},
             metadata {js})""",
         f"""CREATE TABLE IF NOT EXISTS fleche_functions (
             id {ident},
@@ -369,20 +371,32 @@ def holds_path(path: tuple[str, ...]) -> str:
 # -- rows ---------------------------------------------------------------------------------
 
 
-_CONTEXTS: dict[tuple[Any, ...], tuple[bytes, str | None, str | None, str]] = {}
+Context = tuple[bytes, str | None, str | None, str | None, str, str]
+"""``(digest, module, qualname, code, argument names, shared JSON)``: what a ``fleche_meta``
+row holds (the names as a JSON list, in the record's order)."""
+_CONTEXTS: dict[tuple[Any, ...], Context] = {}
 _CONTEXTS_MAX = 256
 
 
 def _context(
-    module: str | None, qualname: str | None, shared: Any, str_keys: bool
-) -> tuple[bytes, str | None, str | None, str]:
-    """``(digest, module, qualname, shared JSON)`` of a call's ``fleche_meta`` row.
+    module: str | None,
+    qualname: str | None,
+    code: str | None,
+    names: tuple[tuple[str, ...], tuple[Any, ...]],
+    shared: Any,
+    str_keys: bool,
+) -> Context:
+    """``(digest, module, qualname, code, names, shared JSON)`` of a call's ``fleche_meta`` row.
 
     Thousands of calls share one: the JSON and its digest (~8 µs) are remembered by
     the shared metadata's msgpack bytes (~1 µs; exact: 1, 1.0 and True differ there).
+    ``code`` (the record's code digest) and ``names`` (its arguments' names and its
+    metadata's top keys, in its order: rows are kept by name, and the metadata in two
+    parts) are there so that a listing answered from the index builds a
+    :class:`~fleche.records.Call` without reading the record, in the record's order.
     """
     try:
-        key: tuple[Any, ...] | None = (module, qualname, msgpack.packb(shared))
+        key: tuple[Any, ...] | None = (module, qualname, code, names, msgpack.packb(shared))
     except (TypeError, ValueError, OverflowError):
         key = None
     if key is not None:
@@ -390,7 +404,18 @@ def _context(
         if hit is not None:
             return hit
     text = encode_metadata(shared, str_keys=str_keys)
-    found = (context_digest(module, qualname, text), module, qualname, text)
+    try:
+        listed = json.dumps([list(names[0]), list(names[1])], ensure_ascii=False)
+    except (TypeError, ValueError):  # metadata keys JSON cannot hold: no order kept
+        listed = json.dumps([list(names[0]), None], ensure_ascii=False)
+    found = (
+        context_digest(module, qualname, code, listed, text),
+        module,
+        qualname,
+        code,
+        listed,
+        text,
+    )
     if key is not None:
         if len(_CONTEXTS) >= _CONTEXTS_MAX:
             _CONTEXTS.clear()
@@ -398,9 +423,11 @@ def _context(
     return found
 
 
-def context_digest(module: str | None, qualname: str | None, shared: str) -> bytes:
+def context_digest(
+    module: str | None, qualname: str | None, code: str | None, names: str, shared: str
+) -> bytes:
     """The name of a ``fleche_meta`` row: 16 bytes of XXH3-128 over what it holds."""
-    text = json.dumps([module, qualname, shared], ensure_ascii=False)
+    text = json.dumps([module, qualname, code, names, shared], ensure_ascii=False)
     return xxhash.xxh3_128_digest(text.encode("utf-8", "surrogatepass"))
 
 
@@ -437,16 +464,25 @@ def call_row(
     rsize = result.get("size")
     if isinstance(inline, (bytes, bytearray)):
         rsize = len(inline)
-    module, qualname, rtype, roid = (
+    module, qualname, code, rtype, roid = (
         record.get("module"),
         record.get("qualname"),
+        record.get("code"),
         result.get("type"),
         result.get("oid"),
     )
+    arguments = record.get("arguments")
+    args = []
+    if isinstance(arguments, dict):
+        for name, value in arguments.items():
+            if isinstance(name, str):
+                args.append((name, *typed(value)))
     own, shared = split_metadata(stored_meta)
     context = _context(
         module if isinstance(module, str) else None,
         qualname if isinstance(qualname, str) else None,
+        code if isinstance(code, str) else None,
+        (tuple(a[0] for a in args), tuple(stored_meta) if type(stored_meta) is dict else ()),
         shared,
         str_keys,
     )
@@ -473,10 +509,4 @@ def call_row(
     else:
         row.update(dict.fromkeys(NUMBERS.values()))
         row["metadata"] = encode_metadata(own, str_keys=str_keys)
-    arguments = record.get("arguments")
-    args = []
-    if isinstance(arguments, dict):
-        for name, value in arguments.items():
-            if isinstance(name, str):
-                args.append((name, *typed(value)))
     return row, args

@@ -72,11 +72,19 @@ def resolve_contexts(tx: Tx, rows: list[Row], dialect: str) -> None:
         return
     js = "CAST(:metadata AS JSONB)" if dialect == "postgresql" else ":metadata"
     for digest in missing:
-        module, qualname, metadata = wanted[digest]
+        module, qualname, code, names, metadata = wanted[digest]
         tx.execute(
-            "INSERT INTO fleche_meta (digest, module, qualname, metadata) "
-            f"VALUES (:digest, :module, :qualname, {js}) ON CONFLICT (digest) DO NOTHING",
-            {"digest": digest, "module": module, "qualname": qualname, "metadata": metadata},
+            "INSERT INTO fleche_meta (digest, module, qualname, code, arguments, metadata) "
+            f"VALUES (:digest, :module, :qualname, :code, :names, {js}) "
+            "ON CONFLICT (digest) DO NOTHING",
+            {
+                "digest": digest,
+                "module": module,
+                "qualname": qualname,
+                "code": code,
+                "names": names,
+                "metadata": metadata,
+            },
         )
     found.update(_context_ids(tx, missing))
     _set_contexts(rows, found)
