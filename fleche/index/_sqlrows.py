@@ -144,6 +144,9 @@ DROP = [
 # -- values -------------------------------------------------------------------------------
 
 
+_NONE: list[tuple[bytes | None, int | None, float | None, bytes | None]] = []
+
+
 def _utf8(s: str) -> bytes:
     # surrogatepass: a lone surrogate still has a place in code point order
     return s.encode("utf-8", "surrogatepass")
@@ -155,6 +158,10 @@ def typed(value: Any) -> tuple[bytes | None, int | None, float | None, bytes | N
     A reference (a dict: an argument stored by value object) has only the digest
     its record keeps, and no orderable form.
     """
+    if value is None:  # most versions
+        if not _NONE:
+            _NONE.append((digest_bytes(None), None, None, None))
+        return _NONE[0]
     if isinstance(value, dict):
         d = value.get("digest")
         try:
@@ -477,7 +484,10 @@ def call_row(
         for name, value in arguments.items():
             if isinstance(name, str):
                 args.append((name, *typed(value)))
-    own, shared = split_metadata(stored_meta)
+    if type(stored_meta) is dict:
+        cols, rest, shared = _split_own(stored_meta)
+    else:
+        cols, rest, shared = dict.fromkeys(NUMBERS.values()), stored_meta, {}
     context = _context(
         module if isinstance(module, str) else None,
         qualname if isinstance(qualname, str) else None,
@@ -502,11 +512,39 @@ def call_row(
         "result_size": rsize if type(rsize) is int and INT64[0] <= rsize <= INT64[1] else None,
         "stamp": stamp,
     }
-    if type(own) is dict:
-        cols, rest = own_columns(own)
-        row.update(cols)
+    row.update(cols)
+    if type(stored_meta) is dict:
         row["metadata"] = encode_metadata(rest, str_keys=str_keys) if rest else None
     else:
-        row.update(dict.fromkeys(NUMBERS.values()))
-        row["metadata"] = encode_metadata(own, str_keys=str_keys)
+        row["metadata"] = encode_metadata(rest, str_keys=str_keys)
     return row, args
+
+
+def _split_own(meta: dict[Any, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[Any, Any]]:
+    """``(columns, rest, shared)`` of a record's metadata in one pass: what
+    :func:`split_metadata` then :func:`own_columns` give (a catch-up runs it per record)."""
+    cols: dict[str, Any] = dict.fromkeys(_NUMBER_COLUMNS)
+    rest: dict[str, Any] = {}
+    shared: dict[Any, Any] = {}
+    for k, v in meta.items():
+        if k not in VOLATILE or type(k) is not str:
+            shared[k] = v
+            continue
+        col = NUMBERS.get(k)
+        tv = type(v)
+        if col is None:  # created: in its own column when exact there
+            if not (tv is float and v != 0.0 and math.isfinite(v)):
+                rest[k] = v
+        elif col == "m_pid":
+            if tv is int and INT64[0] <= v <= INT64[1]:
+                cols[col] = v
+            else:
+                rest[k] = v
+        elif tv is float and math.isfinite(v):
+            cols[col] = v
+        else:
+            rest[k] = v
+    return cols, rest, shared
+
+
+_NUMBER_COLUMNS = tuple(NUMBERS.values())
