@@ -130,10 +130,31 @@ condition decided in Python, that row's shared JSON (a listing reads each such r
 _SHARED = "(SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta)"
 _FULL = ", c.v_digest, c.v_i, c.v_f, c.v_s"
 """Row columns 11-14 of a page built into records: the version's digest and typed value."""
-_Context = tuple[Any, Any, Any, list[Any], list[Any], Any, bool]
+_Context = tuple[Any, Any, Any, list[Any], list[Any], Any, bool, Any]
 """A ``fleche_meta`` row as a listing uses it: module, qualname, code, argument names,
-metadata keys, shared metadata (decoded), and whether a shallow copy of that is a copy
-(scalars only)."""
+metadata keys, shared metadata (decoded), whether a shallow copy of that is a copy
+(scalars only), and the template of :func:`_template` (or None)."""
+_OWN = ("created", "duration", "finished", "cpu", "pid")
+
+
+def _template(keys: list[Any], shared: Any) -> tuple[dict[str, Any], tuple[bool, ...]] | None:
+    """A call's metadata before its own values, for calls whose own values are all in
+    typed columns: ``(dict in the record's key order, which of _OWN it has)``, or None.
+
+    Only when the shared part is plain scalars (a shallow copy is a copy) and the keys
+    are strs that the shared part and :data:`_OWN` account for exactly.
+    """
+    if type(shared) is not dict or not all(type(k) is str for k in keys):
+        return None
+    if not all(type(v) in _SCALARS for v in shared.values()):
+        return None
+    own = [k for k in keys if k in VOLATILE]
+    rest = [k for k in keys if k not in VOLATILE]
+    if len(rest) != len(shared) or any(k not in shared for k in rest):
+        return None
+    return {k: shared.get(k) for k in keys}, tuple(k in own for k in _OWN)
+
+
 _SCALARS = frozenset([str, int, float, bool, type(None)])
 _NOT = object()  # no value the catalogue can rebuild exactly
 _CONSTANTS: dict[bytes, Any] = {}
@@ -187,7 +208,7 @@ def _listed_record(
     context = contexts.get(row[5]) if row[5] is not None else None
     if context is None:
         return None
-    module, qualname, code, names, keys, shared, flat = context
+    module, qualname, code, names, keys, shared, flat, _ = context
     if not isinstance(module, str) or not isinstance(qualname, str):
         return None
     version = _plain_value(row[11], row[12], row[13], row[14])
@@ -195,6 +216,13 @@ def _listed_record(
         return None
     values = {}
     for a in args:
+        if a[3] is not None:  # an int (the common cases first, without a call)
+            values[a[1]] = a[3]
+            continue
+        f = a[4]
+        if f is not None and f != 0.0 and a[5] is None:
+            values[a[1]] = float(f)
+            continue
         value = _plain_value(a[2], a[3], a[4], a[5])
         if value is _NOT:
             return None
@@ -205,6 +233,29 @@ def _listed_record(
         arguments = {name: values[name] for name in names}
     except (KeyError, TypeError):
         return None
+    template = context[7]
+    if row[4] is None and template is not None:
+        created = row[0]
+        has = (
+            created is not None and created != 0.0,
+            row[7] is not None,
+            row[8] is not None,
+            row[9] is not None,
+            row[10] is not None,
+        )
+        if has == template[1]:  # the common case: no JSON left, the columns say it all
+            metadata = Metadata(template[0])
+            if has[0]:
+                metadata["created"] = float(created)
+            if has[1]:
+                metadata["duration"] = float(row[7])
+            if has[2]:
+                metadata["finished"] = float(row[8])
+            if has[3]:
+                metadata["cpu"] = float(row[9])
+            if has[4]:
+                metadata["pid"] = int(row[10])
+            return _record(row, module, qualname, code, version, arguments, metadata)
     own = own_metadata(row[4], row[0], row[7], row[8], row[9], row[10])
     if type(own) is not dict or type(shared) is not dict:
         return None
@@ -216,6 +267,18 @@ def _listed_record(
         metadata = Metadata({k: merged[k] for k in keys})
     except (KeyError, TypeError):
         return None
+    return _record(row, module, qualname, code, version, arguments, metadata)
+
+
+def _record(
+    row: tuple[Any, ...],
+    module: str,
+    qualname: str,
+    code: str | None,
+    version: Any,
+    arguments: dict[str, Any],
+    metadata: Metadata,
+) -> dict[str, Any]:
     rec: dict[str, Any] = {
         "function": row[2],
         "digest": row[3],
@@ -863,7 +926,16 @@ class Index:
             if type(order) is not list or type(keys) is not list:
                 out[int(mid)] = None
                 continue
-            out[int(mid)] = (module, qualname, code, order, keys, shared, flat)
+            out[int(mid)] = (
+                module,
+                qualname,
+                code,
+                order,
+                keys,
+                shared,
+                flat,
+                _template(keys, shared),
+            )
         for mid in ids:
             out.setdefault(mid, None)
 
