@@ -843,9 +843,10 @@ class Index:
         but no ``result`` (a value is read from the store when asked for). It is
         None when the catalogue cannot give that exactly: an argument or version
         kept by reference or of a type it holds no value of (only ``int``,
-        ``float``, ``str``, ``bool`` and ``None`` are rebuilt, each checked
-        against its digest), or when the catalogue failed and the store is
-        scanned instead: the caller then reads the record.
+        ``float``, ``str``, ``bool`` and ``None`` are rebuilt: see
+        :func:`_plain_value`), metadata the row cannot give back in the record's
+        order, or when the catalogue failed and the store is scanned instead:
+        the caller then reads the record.
         """
         if limit is not None and limit <= 0:
             return

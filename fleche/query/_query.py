@@ -8,11 +8,15 @@ and reads nothing; iterating reads call records, and a call's values
 Who answers:
 
 - a cache with an index (``cache.index``, kept by :mod:`fleche.index`) is
-  asked for the keys of matching calls, newest first; each record is then
-  read from the store and checked again with :meth:`QuerySpec.match`. The
-  index is a cache of the store, never the truth: a call it lists that is gone
-  or no longer matches (a store changed behind its back by rsync, gc, another
-  machine) is skipped, counted in ``QueryResult.stale`` and warned about once.
+  asked for the matching calls, newest first, after it caught up with the
+  store. Iterating and ``table()`` build a call whose arguments are plain
+  values from the catalogue alone, as ``count()`` counts there; its result and
+  record are read from the store when touched (:meth:`QueryResult.calls`).
+  Other calls, and every call with ``verify=True`` or a chained step, are read
+  from the store and checked again with :meth:`QuerySpec.match`: a call the
+  index lists that is gone or no longer matches (a store changed behind its
+  back by rsync, gc, another machine) is skipped, counted in
+  ``QueryResult.stale`` and warned about once.
 - any other cache (memory, S3, layered...) is scanned: every record of the
   functions concerned is read and matched, in listing order.
 
@@ -250,7 +254,7 @@ class QueryResult:
         there: the catalogue catches up with the store first (on a local store,
         exactly; behind a remote one it may lag its ``max_age``), and it holds a
         call's arguments (plain ``int``, ``float``, ``str``, ``bool``, ``None``
-        values, each checked against its digest), metadata and version exactly.
+        values), metadata and version exactly, in the record's order.
         ``result`` and ``record`` are read from the store when first touched, so a
         value is never the catalogue's; a call whose record is gone by then raises
         :class:`~fleche.errors.CallNotStored`. Calls with other arguments (kept by
@@ -534,10 +538,10 @@ class QueryResult:
 
         ``arguments``: which argument columns, by name (True: all, the default);
         the original fleche's ``table(arguments=..., results=...)`` call keeps
-        working. With an index, the table is built from its catalogue as
-        :meth:`calls` does (records of calls with other arguments are read);
-        ``verify=True`` (or ``results=True``) reads every record. Its ``shrink_keys`` is accepted and changes nothing: the
-        ``digest`` column holds full digests.
+        working. Its ``shrink_keys`` is accepted and changes nothing: the
+        ``digest`` column holds full digests. With an index, the table is built
+        from its catalogue as :meth:`calls` does (the records of calls with other
+        arguments are read); ``verify=True`` (or ``results=True``) reads every record.
         """
         del shrink_keys  # 0.22 shortened its index of digests; the digest column is exact
         wanted: frozenset[str] | None = None
