@@ -60,6 +60,7 @@ from fleche.index._write import (
     chunks,
     delete,
     drop_function,
+    placeholders,
     upsert_postgresql,
     upsert_sqlite,
 )
@@ -158,14 +159,6 @@ def _template(keys: list[Any], shared: Any) -> tuple[dict[str, Any], tuple[bool,
 _SCALARS = frozenset([str, int, float, bool, type(None)])
 _NOT = object()  # no value the catalogue can rebuild exactly
 _CONSTANTS: dict[bytes, Any] = {}
-
-
-def _placeholders_list(prefix: str, values: list[Any], params: dict[str, Any]) -> str:
-    names = []
-    for j, v in enumerate(values):
-        params[f"{prefix}{j}"] = v
-        names.append(f":{prefix}{j}")
-    return ", ".join(names)
 
 
 def _plain_value(digest: Any, i: Any, f: Any, s: Any) -> Any:
@@ -907,7 +900,7 @@ class Index:
         """Add the ``fleche_meta`` rows ``ids`` to ``out``: module, qualname, code, shared
         metadata decoded, and whether a shallow copy of it is a copy (scalars only)."""
         params: dict[str, Any] = {}
-        ph = _placeholders_list("m", ids, params)
+        ph = placeholders("m", ids, params)
         with self._lock:
             got = self._guarded(
                 functools.partial(

@@ -28,7 +28,7 @@ def chunks(items: list[Any], n: int = BATCH) -> Iterator[list[Any]]:
         yield items[i : i + n]
 
 
-def _placeholders(prefix: str, values: Iterable[Any], params: dict[str, Any]) -> str:
+def placeholders(prefix: str, values: Iterable[Any], params: dict[str, Any]) -> str:
     names = []
     for j, v in enumerate(values):
         params[f"{prefix}{j}"] = v
@@ -89,7 +89,7 @@ def _context_ids(tx: Tx, digests: list[bytes]) -> dict[bytes, int]:
 def _ids(tx: Tx, table: str, column: str, values: list[Any]) -> list[tuple[Any, int]]:
     """``(value, id)`` of the rows of ``table`` whose ``column`` is one of ``values``."""
     params: dict[str, Any] = {}
-    ph = _placeholders("v", values, params)
+    ph = placeholders("v", values, params)
     rows = tx.execute(f"SELECT {column}, id FROM {table} WHERE {column} IN ({ph})", params)
     return [(v, int(i)) for v, i in rows]
 
@@ -243,7 +243,7 @@ def upsert_postgresql(tx: Tx, rows: list[Row]) -> None:
 
 def delete(tx: Tx, function_id: str, keys: list[str]) -> None:
     params: dict[str, Any] = {"f": function_id}
-    ks = _placeholders("k", keys, params)
+    ks = placeholders("k", keys, params)
     where = f"function = {FN} AND key IN ({ks})"
     tx.execute(
         f"DELETE FROM fleche_args WHERE call IN (SELECT id FROM fleche_calls WHERE {where})", params
