@@ -95,9 +95,12 @@ def test_a_listing_reads_no_record_and_gives_what_reading_them_gives(
         read.clear()
         # values come from the store, when asked for, as the record's
         for c, v in zip(listed, verified, strict=True):
+            if isinstance(c, ListedCall):
+                assert c == v and v == c  # a ListedCall equals the Call its record gives
             assert repr(c.result) == repr(v.result)
             assert repr(c.record) == repr(v.record)
         assert len(read) == len(from_index)  # one record read per ListedCall touched
+        assert listed[0] != listed[1] and listed[0] != "a call"
 
 
 def test_minus_zero_comes_back_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

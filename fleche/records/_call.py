@@ -431,6 +431,34 @@ class ListedCall(Call):
     def argument_digests(self) -> dict[str, str]:
         return {k: digest_bytes(v, name=k).hex() for k, v in self.arguments.items()}
 
+    def __eq__(self, other: object) -> bool:
+        """Equal to the :class:`Call` reading its record gives (and to another listing's).
+
+        Call's own ``__eq__`` wants the same class; this one, a subclass's, is asked
+        first either way round, and compares what both say about the call (the
+        record is read for it).
+        """
+        if not isinstance(other, Call):
+            return NotImplemented
+        return _said(self) == _said(other)
+
+    __hash__ = None  # type: ignore[assignment]  # as Call's: mutable, compared by value
+
+
+def _said(call: Call) -> tuple[Any, ...]:
+    """What a call says, for equality: its fields, record last (a listing reads it)."""
+    return (
+        call.name,
+        call.module,
+        call.version,
+        call.digest,
+        call.function_id,
+        call.code_digest,
+        call.stored,
+        call.metadata,
+        call.record,
+    )
+
 
 _CALL_DEFAULTS = {
     f.name: f.default for f in dataclasses.fields(Call) if f.default is not dataclasses.MISSING
