@@ -817,7 +817,7 @@ def test_own_metadata_comes_back_exactly_from_its_columns(own: dict) -> None:
             row["m_cpu"],
             row["m_pid"],
         ),
-        row["context"][3],
+        row["context"][5],
     )
     for k, v in meta.items():  # exact, by type too (0.0 vs -0.0, 5 vs 5.0, NaN)
         assert type(got[k]) is type(v) and repr(got[k]) == repr(v)

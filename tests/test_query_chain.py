@@ -124,7 +124,13 @@ def test_take_and_skip_read_only_the_records_they_return(
 
         monkeypatch.setattr(Cache, "get_record", counting)
         assert xs(point.query().skip(40).take(3)) == [9, 8, 7]  # newest first
-        assert len(read) == 3
+        assert read == []  # built from the index's catalogue (plain arguments)
+        assert [c.arguments["x"] for c in point.query().skip(40).take(3).calls(verify=True)] == [
+            9,
+            8,
+            7,
+        ]
+        assert len(read) == 3  # verify: the three records, and no other
         read.clear()
         assert point.query().take(5).count() == 5 and read == []  # from the index
         assert point.query().take(5).count(verify=True) == 5 and len(read) == 5

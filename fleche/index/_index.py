@@ -14,6 +14,7 @@ from __future__ import annotations
 import atexit
 import functools
 import itertools
+import json
 import math
 import os
 import threading
@@ -24,6 +25,7 @@ from collections.abc import Callable, Iterator
 import msgpack
 
 from fleche import codec
+from fleche.digest import digest_bytes
 from fleche.errors import ConfigError, CorruptObjectError, warn_user
 from fleche.index._db import CatalogReset, Db, IndexFault, SqliteDb, Tx, is_busy
 from fleche.index._fresh import (
@@ -40,7 +42,16 @@ from fleche.index._fresh import (
 )
 from fleche.index._layers import scan
 from fleche.index._sqlgen import compile_spec
-from fleche.index._sqlrows import FN, FN_NAME, NUMBERS, VOLATILE, call_row
+from fleche.index._sqlrows import (
+    FN,
+    FN_NAME,
+    NUMBERS,
+    VOLATILE,
+    call_row,
+    decode_metadata,
+    encode_metadata,
+    own_metadata,
+)
 from fleche.index._where import default_location, sqlite_with_fallback
 from fleche.index._write import (
     BATCH,
@@ -48,10 +59,11 @@ from fleche.index._write import (
     chunks,
     delete,
     drop_function,
+    placeholders,
     upsert_postgresql,
     upsert_sqlite,
 )
-from fleche.records import QuerySpec
+from fleche.records import Metadata, QuerySpec
 from fleche.store import ObjectStore, is_function_id
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
@@ -114,6 +126,169 @@ POST_COLUMNS = (
 )
 """What a metadata condition decided in Python reads of a call row: its own metadata (as
 ``own_metadata`` takes it), its ``fleche_meta`` id and that row's shared JSON."""
+
+
+_POST = ", c.metadata, c.meta, {shared}, c.m_duration, c.m_finished, c.m_cpu, c.m_pid"
+"""Row columns 4-10 of a page with metadata decided in Python or built into records: the
+call's own metadata (as ``own_metadata`` takes it), its ``fleche_meta`` id and, for a
+condition decided in Python, that row's shared JSON (a listing reads each such row once)."""
+_SHARED = "(SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta)"
+_FULL = ", c.v_digest, c.v_i, c.v_f, c.v_s"
+"""Row columns 11-14 of a page built into records: the version's digest and typed value."""
+if TYPE_CHECKING:  # an alias for annotations only (typing's Any is not loaded at run time)
+    _Context = tuple[Any, Any, Any, list[Any], list[Any], Any, bool, Any]
+"""A ``fleche_meta`` row as a listing uses it: module, qualname, code, argument names,
+metadata keys, shared metadata (decoded), whether a shallow copy of that is a copy
+(scalars only), and the template of :func:`_template` (or None)."""
+_OWN = ("created", "duration", "finished", "cpu", "pid")
+
+
+def _template(keys: list[Any], shared: Any) -> tuple[dict[str, Any], tuple[bool, ...]] | None:
+    """A call's metadata before its own values, for calls whose own values are all in
+    typed columns: ``(dict in the record's key order, which of _OWN it has)``, or None.
+
+    Only when the shared part is plain scalars (a shallow copy is a copy) and the keys
+    are strs that the shared part and :data:`_OWN` account for exactly.
+    """
+    if type(shared) is not dict or not all(type(k) is str for k in keys):
+        return None
+    if not all(type(v) in _SCALARS for v in shared.values()):
+        return None
+    own = [k for k in keys if k in VOLATILE]
+    rest = [k for k in keys if k not in VOLATILE]
+    if len(rest) != len(shared) or any(k not in shared for k in rest):
+        return None
+    return {k: shared.get(k) for k in keys}, tuple(k in own for k in _OWN)
+
+
+_SCALARS = frozenset([str, int, float, bool, type(None)])
+_NOT = object()  # no value the catalogue can rebuild exactly
+_CONSTANTS: dict[bytes, Any] = {}
+
+
+def _plain_value(digest: Any, i: Any, f: Any, s: Any) -> Any:
+    """The value an argument row (or a version) stands for, or :data:`_NOT`.
+
+    Rebuilt from the typed column that holds it (``True``, ``False`` and ``None``
+    from their digest). The columns hold ints, strs and floats exactly, but for
+    the sign of a zero (SQLite stores -0.0 as the integer 0): a zero float is
+    checked against the row's digest, and what does not check is read from the
+    record instead.
+    """
+    if digest is None:
+        return _NOT
+    d = bytes(digest)
+    if i is not None:
+        value: Any = int(i)
+    elif s is not None:
+        try:
+            value = bytes(s).decode("utf-8", "surrogatepass")
+        except UnicodeDecodeError:
+            return _NOT
+    elif f is not None:
+        value = float(f)
+        if value == 0.0 and digest_bytes(value) != d:
+            return -0.0 if digest_bytes(-0.0) == d else _NOT
+    else:
+        if not _CONSTANTS:
+            for c in (True, False, None):
+                _CONSTANTS[digest_bytes(c)] = c
+        return _CONSTANTS.get(d, _NOT)
+    return value
+
+
+def _listed_record(
+    row: tuple[Any, ...],
+    args: Any,
+    contexts: dict[int, _Context | None],
+) -> dict[str, Any] | None:
+    """A listing's record of one call row (see :meth:`Index.listing`), or None."""
+    context = contexts.get(row[5]) if row[5] is not None else None
+    if context is None:
+        return None
+    module, qualname, code, names, keys, shared, flat, _ = context
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        return None
+    version = _plain_value(row[11], row[12], row[13], row[14])
+    if version is _NOT:
+        return None
+    values = {}
+    for a in args:
+        if a[3] is not None:  # an int (the common cases first, without a call)
+            values[a[1]] = a[3]
+            continue
+        f = a[4]
+        if f is not None and f != 0.0 and a[5] is None:
+            values[a[1]] = float(f)
+            continue
+        value = _plain_value(a[2], a[3], a[4], a[5])
+        if value is _NOT:
+            return None
+        values[a[1]] = value
+    if len(values) != len(names):
+        return None
+    try:  # in the record's order (the rows come by name)
+        arguments = {name: values[name] for name in names}
+    except (KeyError, TypeError):
+        return None
+    template = context[7]
+    if row[4] is None and template is not None:
+        created = row[0]
+        has = (
+            created is not None and created != 0.0,
+            row[7] is not None,
+            row[8] is not None,
+            row[9] is not None,
+            row[10] is not None,
+        )
+        if has == template[1]:  # the common case: no JSON left, the columns say it all
+            metadata = Metadata(template[0])
+            if has[0]:
+                metadata["created"] = float(created)
+            if has[1]:
+                metadata["duration"] = float(row[7])
+            if has[2]:
+                metadata["finished"] = float(row[8])
+            if has[3]:
+                metadata["cpu"] = float(row[9])
+            if has[4]:
+                metadata["pid"] = int(row[10])
+            return _record(row, module, qualname, code, version, arguments, metadata)
+    own = own_metadata(row[4], row[0], row[7], row[8], row[9], row[10])
+    if type(own) is not dict or type(shared) is not dict:
+        return None
+    merged = dict(shared) if flat else decode_metadata(encode_metadata(shared))
+    merged.update(own)
+    if len(merged) != len(keys):
+        return None
+    try:  # in the record's order (the metadata is kept in two parts)
+        metadata = Metadata({k: merged[k] for k in keys})
+    except (KeyError, TypeError):
+        return None
+    return _record(row, module, qualname, code, version, arguments, metadata)
+
+
+def _record(
+    row: tuple[Any, ...],
+    module: str,
+    qualname: str,
+    code: str | None,
+    version: Any,
+    arguments: dict[str, Any],
+    metadata: Metadata,
+) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "function": row[2],
+        "digest": row[3],
+        "module": module,
+        "qualname": qualname,
+        "version": version,
+        "arguments": arguments,
+        "metadata": metadata,
+    }
+    if code is not None:
+        rec["code"] = code
+    return rec
 
 
 def _meta_order(dialect: str, path: list[str], params: dict[str, Any]) -> str:
@@ -599,15 +774,27 @@ class Index:
     def _select(
         self, spec: QuerySpec, limit: int | None, newest_first: bool
     ) -> Iterator[tuple[float, str, str]]:
+        for page in self._pages(spec, limit, newest_first, full=False):
+            for row in page:
+                yield (row[0], row[2], row[3])
+
+    def _pages(
+        self, spec: QuerySpec, limit: int | None, newest_first: bool, *, full: bool
+    ) -> Iterator[list[tuple[Any, ...]]]:
+        """Pages of matching call rows in time order, at most ``limit`` rows in all.
+
+        A row starts ``created, id, function id, key``; with metadata conditions
+        decided in Python, or ``full``, the columns of :data:`_POST` follow, and with
+        ``full`` those of :data:`_FULL` (what a listing builds its calls from).
+        """
         compiled = compile_spec(spec, self.db.dialect)
         order = "DESC" if newest_first else "ASC"
         cmp = "<" if newest_first else ">"
-        cols = f"c.created, c.id, {FN_NAME}, c.key" + (
-            ", c.metadata, c.meta, (SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta), "
-            "c.m_duration, c.m_finished, c.m_cpu, c.m_pid"
-            if compiled.post
-            else ""
-        )
+        cols = f"c.created, c.id, {FN_NAME}, c.key"
+        if compiled.post or full:
+            cols += _POST.format(shared=_SHARED if compiled.post else "NULL")
+        if full:
+            cols += _FULL
         accept = compiled.acceptor() if compiled.post else None
         left = limit
         after: tuple[float, int] | None = None
@@ -624,19 +811,132 @@ class Index:
             )
             with self._lock:
                 page = self._guarded(functools.partial(self.db.read, sql, params))
-            for row in page:
-                if accept is not None and not accept(
-                    (row[4], row[0], row[7], row[8], row[9], row[10]), row[5], row[6]
-                ):
-                    continue
-                yield (row[0], row[2], row[3])
-                if left is not None:
-                    left -= 1
-                    if left <= 0:
-                        return
+            kept = page
+            if accept is not None:
+                kept = [
+                    row
+                    for row in page
+                    if accept((row[4], row[0], row[7], row[8], row[9], row[10]), row[5], row[6])
+                ]
+            if left is not None and len(kept) >= left:
+                yield kept[:left]
+                return
+            if kept:
+                yield kept
+            if left is not None:
+                left -= len(kept)
             if len(page) < n:
                 return
             after = (page[-1][0], page[-1][1])
+
+    # -- listings answered from the catalogue --------------------------------------------
+
+    def listing(
+        self, spec: QuerySpec, *, limit: int | None = None, newest_first: bool = True
+    ) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
+        """``(function_id, key, record)`` of the calls matching ``spec``, as :meth:`search` orders them.
+
+        ``record`` is built from the catalogue alone (no store read): the call's
+        function, digest, module, qualname, code, version, arguments and metadata,
+        but no ``result`` (a value is read from the store when asked for). It is
+        None when the catalogue cannot give that exactly: an argument or version
+        kept by reference or of a type it holds no value of (only ``int``,
+        ``float``, ``str``, ``bool`` and ``None`` are rebuilt: see
+        :func:`_plain_value`), metadata the row cannot give back in the record's
+        order, or when the catalogue failed and the store is scanned instead:
+        the caller then reads the record.
+        """
+        if limit is not None and limit <= 0:
+            return
+        seen: set[tuple[str, str]] = set()
+        try:
+            if not self._left_alone():
+                self._prepare(spec)
+                for found in self._listed_rows(spec, limit, newest_first):
+                    seen.add(found[:2])
+                    yield found
+                return
+        except self.db.faults as e:
+            if self.store is None:
+                raise IndexFault(f"the index {self.db.location} failed: {e}") from e
+            self._fault("answer a query", e)
+        assert self.store is not None
+        left = None if limit is None else limit - len(seen)
+        for row in scan(self.store, spec, newest_first=newest_first):
+            if row[1:] in seen:
+                continue
+            if left is not None:
+                if left <= 0:
+                    return
+                left -= 1
+            yield row[1], row[2], None
+
+    def _listed_rows(
+        self, spec: QuerySpec, limit: int | None, newest_first: bool
+    ) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
+        contexts: dict[int, _Context | None] = {}
+        for page in self._pages(spec, limit, newest_first, full=True):
+            args: dict[int, list[tuple[Any, ...]]] = {}
+            with self._lock:
+                got = self._guarded(
+                    functools.partial(self.db.read, *self._args_of([row[1] for row in page]))
+                )
+            for a in got:
+                args.setdefault(a[0], []).append(a)
+            missing = {row[5] for row in page if row[5] is not None} - contexts.keys()
+            if missing:
+                self._contexts(sorted(missing), contexts)
+            for row in page:
+                yield row[2], row[3], _listed_record(row, args.get(row[1], ()), contexts)
+
+    def _args_of(self, ids: list[int]) -> tuple[str, dict[str, Any]]:
+        """The query of the argument rows of calls ``ids``: one parameter, not one per id
+        (binding a thousand parameters cost more than the lookups; 21 -> 6 ms per page)."""
+        cols = "SELECT call, name, digest, i, f, s FROM fleche_args WHERE call"
+        if self.db.dialect == "postgresql":
+            return f"{cols} = ANY(CAST(:ids AS BIGINT[]))", {"ids": ids}
+        return f"{cols} IN (SELECT value FROM json_each(:ids))", {"ids": json.dumps(ids)}
+
+    def _contexts(
+        self,
+        ids: list[int],
+        out: dict[int, _Context | None],
+    ) -> None:
+        """Add the ``fleche_meta`` rows ``ids`` to ``out``: module, qualname, code, shared
+        metadata decoded, and whether a shallow copy of it is a copy (scalars only)."""
+        params: dict[str, Any] = {}
+        ph = placeholders("m", ids, params)
+        with self._lock:
+            got = self._guarded(
+                functools.partial(
+                    self.db.read,
+                    "SELECT id, module, qualname, code, arguments, metadata FROM fleche_meta "
+                    f"WHERE id IN ({ph})",
+                    params,
+                )
+            )
+        for mid, module, qualname, code, names, text in got:
+            shared = decode_metadata(text)
+            flat = type(shared) is dict and all(type(v) in _SCALARS for v in shared.values())
+            try:
+                order, keys = json.loads(names)
+            except (TypeError, ValueError):
+                order = keys = None
+            if type(order) is not list or type(keys) is not list:
+                out[int(mid)] = None
+                continue
+            out[int(mid)] = (
+                module,
+                qualname,
+                code,
+                order,
+                keys,
+                shared,
+                flat,
+                _template(keys, shared),
+            )
+        for mid in ids:
+            out.setdefault(mid, None)
 
     # -- catching up with the store ------------------------------------------------------
 

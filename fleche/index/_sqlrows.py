@@ -27,7 +27,7 @@ TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Bumped when the tables change; a catalogue of another version is rebuilt."""
 DIALECTS = ("sqlite", "postgresql")
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -91,6 +91,8 @@ def ddl(dialect: str) -> list[str]:
             digest {blob} NOT NULL UNIQUE,
             module {text},
             qualname {text},
+            code {text},
+            arguments {text},
             metadata {js})""",
         f"""CREATE TABLE IF NOT EXISTS fleche_functions (
             id {ident},
@@ -145,6 +147,9 @@ DROP = [
 # -- values -------------------------------------------------------------------------------
 
 
+_NONE: list[tuple[bytes | None, int | None, float | None, bytes | None]] = []
+
+
 def _utf8(s: str) -> bytes:
     # surrogatepass: a lone surrogate still has a place in code point order
     return s.encode("utf-8", "surrogatepass")
@@ -156,6 +161,10 @@ def typed(value: Any) -> tuple[bytes | None, int | None, float | None, bytes | N
     A reference (a dict: an argument stored by value object) has only the digest
     its record keeps, and no orderable form.
     """
+    if value is None:  # most versions
+        if not _NONE:
+            _NONE.append((digest_bytes(None), None, None, None))
+        return _NONE[0]
     if isinstance(value, dict):
         d = value.get("digest")
         try:
@@ -372,20 +381,32 @@ def holds_path(path: tuple[str, ...]) -> str:
 # -- rows ---------------------------------------------------------------------------------
 
 
-_CONTEXTS: dict[tuple[Any, ...], tuple[bytes, str | None, str | None, str]] = {}
+Context = tuple[bytes, str | None, str | None, str | None, str, str]
+"""``(digest, module, qualname, code, argument names, shared JSON)``: what a ``fleche_meta``
+row holds (the names as a JSON list, in the record's order)."""
+_CONTEXTS: dict[tuple[Any, ...], Context] = {}
 _CONTEXTS_MAX = 256
 
 
 def _context(
-    module: str | None, qualname: str | None, shared: Any, str_keys: bool
-) -> tuple[bytes, str | None, str | None, str]:
-    """``(digest, module, qualname, shared JSON)`` of a call's ``fleche_meta`` row.
+    module: str | None,
+    qualname: str | None,
+    code: str | None,
+    names: tuple[tuple[str, ...], tuple[Any, ...]],
+    shared: Any,
+    str_keys: bool,
+) -> Context:
+    """``(digest, module, qualname, code, names, shared JSON)`` of a call's ``fleche_meta`` row.
 
     Thousands of calls share one: the JSON and its digest (~8 µs) are remembered by
     the shared metadata's msgpack bytes (~1 µs; exact: 1, 1.0 and True differ there).
+    ``code`` (the record's code digest) and ``names`` (its arguments' names and its
+    metadata's top keys, in its order: rows are kept by name, and the metadata in two
+    parts) are there so that a listing answered from the index builds a
+    :class:`~fleche.records.Call` without reading the record, in the record's order.
     """
     try:
-        key: tuple[Any, ...] | None = (module, qualname, msgpack.packb(shared))
+        key: tuple[Any, ...] | None = (module, qualname, code, names, msgpack.packb(shared))
     except (TypeError, ValueError, OverflowError):
         key = None
     if key is not None:
@@ -393,7 +414,18 @@ def _context(
         if hit is not None:
             return hit
     text = encode_metadata(shared, str_keys=str_keys)
-    found = (context_digest(module, qualname, text), module, qualname, text)
+    try:
+        listed = json.dumps([list(names[0]), list(names[1])], ensure_ascii=False)
+    except (TypeError, ValueError):  # metadata keys JSON cannot hold: no order kept
+        listed = json.dumps([list(names[0]), None], ensure_ascii=False)
+    found = (
+        context_digest(module, qualname, code, listed, text),
+        module,
+        qualname,
+        code,
+        listed,
+        text,
+    )
     if key is not None:
         if len(_CONTEXTS) >= _CONTEXTS_MAX:
             _CONTEXTS.clear()
@@ -401,9 +433,11 @@ def _context(
     return found
 
 
-def context_digest(module: str | None, qualname: str | None, shared: str) -> bytes:
+def context_digest(
+    module: str | None, qualname: str | None, code: str | None, names: str, shared: str
+) -> bytes:
     """The name of a ``fleche_meta`` row: 16 bytes of XXH3-128 over what it holds."""
-    text = json.dumps([module, qualname, shared], ensure_ascii=False)
+    text = json.dumps([module, qualname, code, names, shared], ensure_ascii=False)
     return xxhash.xxh3_128_digest(text.encode("utf-8", "surrogatepass"))
 
 
@@ -440,16 +474,28 @@ def call_row(
     rsize = result.get("size")
     if isinstance(inline, (bytes, bytearray)):
         rsize = len(inline)
-    module, qualname, rtype, roid = (
+    module, qualname, code, rtype, roid = (
         record.get("module"),
         record.get("qualname"),
+        record.get("code"),
         result.get("type"),
         result.get("oid"),
     )
-    own, shared = split_metadata(stored_meta)
+    arguments = record.get("arguments")
+    args = []
+    if isinstance(arguments, dict):
+        for name, value in arguments.items():
+            if isinstance(name, str):
+                args.append((name, *typed(value)))
+    if type(stored_meta) is dict:
+        cols, rest, shared = _split_own(stored_meta)
+    else:
+        cols, rest, shared = dict.fromkeys(NUMBERS.values()), stored_meta, {}
     context = _context(
         module if isinstance(module, str) else None,
         qualname if isinstance(qualname, str) else None,
+        code if isinstance(code, str) else None,
+        (tuple(a[0] for a in args), tuple(stored_meta) if type(stored_meta) is dict else ()),
         shared,
         str_keys,
     )
@@ -469,17 +515,39 @@ def call_row(
         "result_size": rsize if type(rsize) is int and INT64[0] <= rsize <= INT64[1] else None,
         "stamp": stamp,
     }
-    if type(own) is dict:
-        cols, rest = own_columns(own)
-        row.update(cols)
+    row.update(cols)
+    if type(stored_meta) is dict:
         row["metadata"] = encode_metadata(rest, str_keys=str_keys) if rest else None
     else:
-        row.update(dict.fromkeys(NUMBERS.values()))
-        row["metadata"] = encode_metadata(own, str_keys=str_keys)
-    arguments = record.get("arguments")
-    args = []
-    if isinstance(arguments, dict):
-        for name, value in arguments.items():
-            if isinstance(name, str):
-                args.append((name, *typed(value)))
+        row["metadata"] = encode_metadata(rest, str_keys=str_keys)
     return row, args
+
+
+def _split_own(meta: dict[Any, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[Any, Any]]:
+    """``(columns, rest, shared)`` of a record's metadata in one pass: what
+    :func:`split_metadata` then :func:`own_columns` give (a catch-up runs it per record)."""
+    cols: dict[str, Any] = dict.fromkeys(_NUMBER_COLUMNS)
+    rest: dict[str, Any] = {}
+    shared: dict[Any, Any] = {}
+    for k, v in meta.items():
+        if k not in VOLATILE or type(k) is not str:
+            shared[k] = v
+            continue
+        col = NUMBERS.get(k)
+        tv = type(v)
+        if col is None:  # created: in its own column when exact there
+            if not (tv is float and v != 0.0 and math.isfinite(v)):
+                rest[k] = v
+        elif col == "m_pid":
+            if tv is int and INT64[0] <= v <= INT64[1]:
+                cols[col] = v
+            else:
+                rest[k] = v
+        elif tv is float and math.isfinite(v):
+            cols[col] = v
+        else:
+            rest[k] = v
+    return cols, rest, shared
+
+
+_NUMBER_COLUMNS = tuple(NUMBERS.values())

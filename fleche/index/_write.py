@@ -10,10 +10,11 @@ upsert, in one key order for all.
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterable, Iterator
 
 from fleche.index._db import Tx
-from fleche.index._sqlrows import CALL_COLUMNS, FN
+from fleche.index._sqlrows import ARG_COLUMNS, CALL_COLUMNS, FN
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ def chunks(items: list[Any], n: int = BATCH) -> Iterator[list[Any]]:
         yield items[i : i + n]
 
 
-def _placeholders(prefix: str, values: Iterable[Any], params: dict[str, Any]) -> str:
+def placeholders(prefix: str, values: Iterable[Any], params: dict[str, Any]) -> str:
     names = []
     for j, v in enumerate(values):
         params[f"{prefix}{j}"] = v
@@ -43,20 +44,11 @@ def _placeholders(prefix: str, values: Iterable[Any], params: dict[str, Any]) ->
 # -- writing rows ---------------------------------------------------------------------------
 
 _COLS = ", ".join(CALL_COLUMNS)
-_INSERT_SQLITE = (
-    f"INSERT INTO fleche_calls (id, {_COLS}) "
-    f"VALUES (:id, {', '.join(':fn' if c == 'function' else ':' + c for c in CALL_COLUMNS)})"
-)
 _UPDATE_SQLITE = (
     "UPDATE fleche_calls SET "
     + ", ".join(f"{c} = :{c}" for c in CALL_COLUMNS if c not in ("function", "key"))
     + " WHERE id = :id"
 )
-_INSERT_ARGS = "INSERT INTO fleche_args (call, name, digest, i, f, s) VALUES (:call, :name, :digest, :i, :f, :s)"
-
-
-def _arg_dicts(cid: int, args: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    return [{"call": cid, "name": n, "digest": d, "i": i, "f": f, "s": s} for n, d, i, f, s in args]
 
 
 def resolve_contexts(tx: Tx, rows: list[Row], dialect: str) -> None:
@@ -77,11 +69,19 @@ def resolve_contexts(tx: Tx, rows: list[Row], dialect: str) -> None:
         return
     js = "CAST(:metadata AS JSONB)" if dialect == "postgresql" else ":metadata"
     for digest in missing:
-        module, qualname, metadata = wanted[digest]
+        module, qualname, code, names, metadata = wanted[digest]
         tx.execute(
-            "INSERT INTO fleche_meta (digest, module, qualname, metadata) "
-            f"VALUES (:digest, :module, :qualname, {js}) ON CONFLICT (digest) DO NOTHING",
-            {"digest": digest, "module": module, "qualname": qualname, "metadata": metadata},
+            "INSERT INTO fleche_meta (digest, module, qualname, code, arguments, metadata) "
+            f"VALUES (:digest, :module, :qualname, :code, :names, {js}) "
+            "ON CONFLICT (digest) DO NOTHING",
+            {
+                "digest": digest,
+                "module": module,
+                "qualname": qualname,
+                "code": code,
+                "names": names,
+                "metadata": metadata,
+            },
         )
     found.update(_context_ids(tx, missing))
     _set_contexts(rows, found)
@@ -94,7 +94,7 @@ def _context_ids(tx: Tx, digests: list[bytes]) -> dict[bytes, int]:
 def _ids(tx: Tx, table: str, column: str, values: list[Any]) -> list[tuple[Any, int]]:
     """``(value, id)`` of the rows of ``table`` whose ``column`` is one of ``values``."""
     params: dict[str, Any] = {}
-    ph = _placeholders("v", values, params)
+    ph = placeholders("v", values, params)
     rows = tx.execute(f"SELECT {column}, id FROM {table} WHERE {column} IN ({ph})", params)
     return [(v, int(i)) for v, i in rows]
 
@@ -129,21 +129,22 @@ def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
 
     Every SQLite write transaction here starts with ``BEGIN IMMEDIATE``, so no
     other writer runs until it ends: new rows get ids from ``MAX(id)`` and go in
-    with one ``executemany`` (a C loop) instead of one statement each.
+    with one ``executemany`` (a C loop) of tuples instead of one statement each.
+    The keys already catalogued come from one SELECT whose keys are one JSON
+    parameter (binding 500 parameters cost more than the lookups).
     """
     resolve_contexts(tx, rows, "sqlite")
     resolve_functions(tx, rows)
-    arg_rows: list[dict[str, Any]] = []
-    new: list[dict[str, Any]] = []
+    arg_rows: list[tuple[Any, ...]] = []
+    new: list[tuple[Any, ...]] = []
     next_id: int | None = None
     for fid, group in itertools.groupby(rows, key=lambda r: r[0]["function"]):
         group_rows = list(group)
-        params: dict[str, Any] = {"f": fid}
-        keys = _placeholders("k", (r["key"] for r, _ in group_rows), params)
         existing = dict(
             tx.execute(
-                f"SELECT key, id FROM fleche_calls WHERE function = {FN} AND key IN ({keys})",
-                params,
+                f"SELECT key, id FROM fleche_calls WHERE function = {FN} "
+                "AND key IN (SELECT value FROM json_each(:keys))",
+                {"f": fid, "keys": json.dumps([r["key"] for r, _ in group_rows])},
             )
         )
         for row, args in group_rows:
@@ -153,13 +154,18 @@ def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
                     next_id = int(tx.execute("SELECT COALESCE(MAX(id), 0) FROM fleche_calls")[0][0])
                 next_id += 1
                 cid = next_id
-                new.append({**row, "id": cid})
+                new.append((cid, *[row[c] for c in _ROW_KEYS]))
             else:
                 tx.execute(_UPDATE_SQLITE, {**row, "id": cid})
                 tx.execute("DELETE FROM fleche_args WHERE call = :c", {"c": cid})
-            arg_rows.extend(_arg_dicts(cid, args))
-    tx.executemany(_INSERT_SQLITE, new)
-    tx.executemany(_INSERT_ARGS, arg_rows)
+            for arg in args:
+                arg_rows.append((cid, *arg))
+    tx.insert("fleche_calls", ("id", *CALL_COLUMNS), new)
+    tx.insert("fleche_args", ARG_COLUMNS, arg_rows)
+
+
+_ROW_KEYS = tuple("fn" if c == "function" else c for c in CALL_COLUMNS)
+"""The keys of a row (as ``call_row`` builds it, its function resolved) in column order."""
 
 
 # PostgreSQL array type of each column, for bulk writes through unnest(): one parameter
@@ -242,7 +248,7 @@ def upsert_postgresql(tx: Tx, rows: list[Row]) -> None:
 
 def delete(tx: Tx, function_id: str, keys: list[str]) -> None:
     params: dict[str, Any] = {"f": function_id}
-    ks = _placeholders("k", keys, params)
+    ks = placeholders("k", keys, params)
     where = f"function = {FN} AND key IN ({ks})"
     tx.execute(
         f"DELETE FROM fleche_args WHERE call IN (SELECT id FROM fleche_calls WHERE {where})", params

@@ -8,11 +8,15 @@ and reads nothing; iterating reads call records, and a call's values
 Who answers:
 
 - a cache with an index (``cache.index``, kept by :mod:`fleche.index`) is
-  asked for the keys of matching calls, newest first; each record is then
-  read from the store and checked again with :meth:`QuerySpec.match`. The
-  index is a cache of the store, never the truth: a call it lists that is gone
-  or no longer matches (a store changed behind its back by rsync, gc, another
-  machine) is skipped, counted in ``QueryResult.stale`` and warned about once.
+  asked for the matching calls, newest first, after it caught up with the
+  store. Iterating and ``table()`` build a call whose arguments are plain
+  values from the catalogue alone, as ``count()`` counts there; its result and
+  record are read from the store when touched (:meth:`QueryResult.calls`).
+  Other calls, and every call with ``verify=True`` or a chained step, are read
+  from the store and checked again with :meth:`QuerySpec.match`: a call the
+  index lists that is gone or no longer matches (a store changed behind its
+  back by rsync, gc, another machine) is skipped, counted in
+  ``QueryResult.stale`` and warned about once.
 - any other cache (memory, S3, layered...) is scanned: every record of the
   functions concerned is read and matched, in listing order.
 
@@ -36,6 +40,7 @@ from fleche.records import (
     Binder,
     Call,
     Condition,
+    ListedCall,
     NotStored,
     Q,
     QuerySpec,
@@ -244,8 +249,72 @@ class QueryResult:
         return Call.from_record(record, self.cache.load_value)
 
     def __iter__(self) -> Iterator[Call]:
-        for rec in self._records():
-            yield self._call(rec)
+        return self.calls()
+
+    def calls(self, *, verify: bool = False) -> Iterator[Call]:
+        """The matching calls, as iterating gives them; ``verify=True`` reads and checks each record.
+
+        With an index (and no chained step in Python), a call is built from the
+        index's catalogue without reading its record, as ``count()`` counts
+        there: the catalogue catches up with the store first (on a local store,
+        exactly; behind a remote one it may lag its ``max_age``), and it holds a
+        call's arguments (plain ``int``, ``float``, ``str``, ``bool``, ``None``
+        values), metadata and version exactly, in the record's order.
+        ``result`` and ``record`` are read from the store when first touched, so a
+        value is never the catalogue's; a call whose record is gone by then raises
+        :class:`~fleche.errors.CallNotStored`. Calls with other arguments (kept by
+        reference, or of other types) are read from the store and checked, as are
+        all calls of a signed cache. ``verify=True`` reads and checks every
+        record, and counts what the catalogue had wrong in :attr:`stale`.
+        """
+        index = None if verify else self._lister()
+        if index is None:
+            return (self._call(rec) for rec in self._records())
+        return self._listed(index, calls=True)
+
+    def _lister(self) -> Any:
+        """The index a listing may be built from (see :meth:`calls`), or None."""
+        index = getattr(self.cache, "index", None)
+        if (
+            self._steps
+            or index is None
+            or not hasattr(index, "listing")
+            or getattr(self.cache, "signer", None) is not None  # the catalogue is not signed
+        ):
+            return None
+        return index
+
+    def _listed(self, index: Any, *, calls: bool) -> Iterator[Any]:
+        """As :meth:`_matching`, from the catalogue where it holds a call exactly: calls
+        (``calls=True``) or records without a ``result``; others are read and checked."""
+        offset, limit = self._offset, self._limit
+        if limit is not None and limit <= 0:
+            return
+        self.stale = 0
+        want = None if limit is None else offset + limit
+        listed = kept = 0
+        cache, load, reread = self.cache, self.cache.load_value, self.cache.get_record
+        for rows in (want, None) if want is not None else (None,):
+            found = index.listing(self.spec, limit=rows, newest_first=True)
+            if rows is None and want is not None:
+                found = itertools.islice(found, want, None)
+            for fid, key, partial in found:
+                listed += 1
+                if listed <= offset:
+                    continue
+                if partial is not None:
+                    yield ListedCall.listed(partial, load, reread) if calls else partial
+                else:
+                    rec = cache.get_record(fid, key)
+                    if rec is None or not self.spec.match(rec):
+                        self._stale(fid, key)
+                        continue
+                    yield self._call(rec) if calls else rec
+                kept += 1
+                if limit is not None and kept >= limit:
+                    return
+            if want is None or listed < want:  # the index has no more
+                return
 
     def __bool__(self) -> bool:
         """True when at least one call matches (reads until the first one)."""
@@ -461,6 +530,7 @@ class QueryResult:
         *,
         values: bool = False,
         shrink_keys: bool = True,
+        verify: bool = False,
     ) -> pandas.DataFrame:
         """The matching calls as a pandas DataFrame, newest first: one row per call.
 
@@ -474,7 +544,9 @@ class QueryResult:
         ``arguments``: which argument columns, by name (True: all, the default);
         the original fleche's ``table(arguments=..., results=...)`` call keeps
         working. Its ``shrink_keys`` is accepted and changes nothing: the
-        ``digest`` column holds full digests.
+        ``digest`` column holds full digests. With an index, the table is built
+        from its catalogue as :meth:`calls` does (the records of calls with other
+        arguments are read); ``verify=True`` (or ``results=True``) reads every record.
         """
         del shrink_keys  # 0.22 shortened its index of digests; the digest column is exact
         wanted: frozenset[str] | None = None
@@ -492,7 +564,9 @@ class QueryResult:
             raise MissingDependencyError(
                 f"QueryResult.table() needs pandas ({e}): pip install pandas"
             ) from e
-        records = sorted(self._records(), key=_created, reverse=True)
+        index = None if results or verify else self._lister()
+        listed = self._records() if index is None else self._listed(index, calls=False)
+        records = sorted(listed, key=_created, reverse=True)
         spans = self.spec.function_ids is None or len(self.spec.function_ids) != 1
         rows = []
         for rec in records:

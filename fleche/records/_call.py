@@ -519,3 +519,106 @@ class Call:
         from fleche.render import call_rich
 
         return call_rich(self)
+
+
+class ListedCall(Call):
+    """A :class:`Call` an index listed, built from its catalogue row without reading the record.
+
+    ``name``, ``module``, ``version``, ``digest``, ``code_digest``, ``metadata`` and
+    ``arguments`` come from the catalogue (which holds them exactly: plain
+    arguments only). The record itself, and so ``result``, is read from the
+    store on first use, through ``reread(function_id, digest)``: a value is
+    always the store's, never the catalogue's. A call removed from the store
+    since it was listed raises :class:`~fleche.errors.CallNotStored` there.
+
+    Slots, and the catalogue's dicts used as they are: a listing of a million
+    calls keeps a million of these alive, and each container object more is
+    work for every full pass of Python's cyclic garbage collector.
+    """
+
+    __slots__ = ("_full", "_reread")
+    _full: dict[str, Any] | None
+    _reread: Callable[[str, str], dict[str, Any] | None]
+
+    @classmethod
+    def listed(
+        cls,
+        partial: dict[str, Any],
+        loader: Callable[[dict[str, Any]], Any],
+        reread: Callable[[str, str], dict[str, Any] | None],
+    ) -> ListedCall:
+        """``partial``: the record as the index gives it (its ``metadata`` a
+        :class:`~fleche.records.Metadata`, shared with the call).
+
+        Built without Call's ``__init__`` (its keyword handling was a quarter of a
+        listing's time): its defaults, then these fields, slot by slot. ``record``
+        is left to the property below, which reads it on first use.
+        """
+        call = object.__new__(cls)
+        call.name = partial["qualname"]
+        call.module = partial["module"]
+        call.version = partial.get("version")
+        call.digest = partial["digest"]
+        call.function_id = partial["function"]
+        call.code_digest = partial.get("code")
+        call.metadata = partial["metadata"]
+        call.stored = True
+        call._where = ""
+        call._loader = loader
+        call._arguments = partial["arguments"]  # plain values: nothing to load
+        call._result = _MISSING
+        call._reread = reread
+        call._full = None
+        return call
+
+    # ``record`` is a slot of Call: here a property (found before the slot), so the
+    # record is read from the store only when something asks for it.
+    @property
+    def record(self) -> dict[str, Any]:
+        full = self._full
+        if full is None:
+            full = self._reread(self.function_id, self.digest)
+            if full is None:
+                raise CallNotStored(
+                    f"{self.name}: call {self.digest} was listed by the index but is gone from "
+                    "the store (evicted or collected since): query again, or call the function "
+                    "to compute it"
+                )
+            self._full = full
+        return full
+
+    @record.setter
+    def record(self, value: dict[str, Any]) -> None:
+        pass  # the partial record: its parts are the call's fields already
+
+    @property
+    def argument_digests(self) -> dict[str, str]:
+        return {k: digest_bytes(v, name=k).hex() for k, v in self.arguments.items()}
+
+    def __eq__(self, other: object) -> bool:
+        """Equal to the :class:`Call` reading its record gives (and to another listing's).
+
+        Call's own ``__eq__`` wants the same class; this one, a subclass's, is asked
+        first either way round, and compares what both say about the call (the
+        record is read for it).
+        """
+        if not isinstance(other, Call):
+            return NotImplemented
+        return _said(self) == _said(other)
+
+    __hash__ = None  # as Call's: mutable, compared by value
+
+
+def _said(call: Call) -> tuple[Any, ...]:
+    """What a call says, for equality: its fields, record last (a listing reads it)."""
+    return (
+        call.name,
+        call.module,
+        call.version,
+        call.digest,
+        call.function_id,
+        call.code_digest,
+        call.stored,
+        call.metadata,
+        call.record,
+    )

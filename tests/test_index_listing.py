@@ -1,0 +1,169 @@
+"""Listings answered from the index: ``list(f.query())`` and ``.table()`` build calls from the
+catalogue without reading records, exactly as reading them would, and never give a wrong value.
+
+The catalogue holds plain arguments (int, float, str, bool, None), the version, the
+metadata, module, qualname and code digest of every call; a call with any other
+argument is read from the store. ``result`` and ``record`` are always the store's.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fleche import Cache, cache, fleche, tags
+from fleche.errors import CallNotStored
+from fleche.records import ListedCall
+from fleche.store import LocalStore
+
+
+@fleche
+def plain(a, b=0.5, c="x", d=None, e=True):
+    return [a, b, c, d, e]
+
+
+@fleche(version="v2")
+def versioned(z, y):
+    return z - y
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Keys of every record file read from a local store from now on."""
+    read: list[str] = []
+    real = LocalStore.find_call
+
+    def counting(self: LocalStore, fid: str, key: str) -> Any:
+        read.append(key)
+        return real(self, fid, key)
+
+    monkeypatch.setattr(LocalStore, "find_call", counting)
+    return read
+
+
+ODD = [
+    (0, 0.0, "", None, True),
+    (1, -0.0, "é ü \U0001f600", False, False),  # -0.0: SQLite keeps it as 0
+    (-(2**63), math.inf, "long " * 20, 3, None),
+    (5, 0.75, "\ud800", None, None),  # a lone surrogate: kept by reference, read
+    (2**63, 1e-300, "x", 2.5, True),  # beyond int64: not in a typed column, read
+    (7, math.nan, "y", None, True),  # NaN: not in a typed column, read
+    (8, 0.25, "z", [1, 2], True),  # a list: read
+    (9, 0.5, "w", np.arange(3.0), True),  # an array (by digest or reference): read
+]
+
+
+def _fields(call: Any) -> tuple[Any, ...]:
+    return (
+        call.name,
+        call.module,
+        repr(call.version),
+        call.digest,
+        call.function_id,
+        call.code_digest,
+        repr(dict(call.metadata)),
+        repr(call.arguments),
+        list(call.arguments),
+    )
+
+
+def test_a_listing_reads_no_record_and_gives_what_reading_them_gives(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with cache(Cache(tmp_path / "store")), tags(project="p", n=1.5):
+        for args in ODD:
+            plain(*args)
+        versioned(3, 1)
+        versioned(y=1, z=4)  # the record keeps the signature's order
+        assert plain.query().count() == len(ODD)  # caught up
+        assert versioned.query().count() == 2
+        read = _count_reads(monkeypatch)
+        listed = list(plain.query()) + list(versioned.query())
+        from_index = [c for c in listed if isinstance(c, ListedCall)]
+        # the calls with a plain value each (3 of ODD, both versioned ones) came from the index
+        assert len(from_index) == 5
+        assert len(read) == len(listed) - len(from_index)  # only the others were read
+        read.clear()
+        verified = list(plain.query().calls(verify=True)) + list(
+            versioned.query().calls(verify=True)
+        )
+        assert len(read) == len(verified)
+        assert [_fields(c) for c in listed] == [_fields(c) for c in verified]
+        read.clear()
+        # values come from the store, when asked for, as the record's
+        for c, v in zip(listed, verified, strict=True):
+            if isinstance(c, ListedCall):
+                assert c == v and v == c  # a ListedCall equals the Call its record gives
+            assert repr(c.result) == repr(v.result)
+            assert repr(c.record) == repr(v.record)
+        assert len(read) == len(from_index)  # one record read per ListedCall touched
+        assert listed[0] != listed[1] and listed[0] != "a call"
+
+
+def test_minus_zero_comes_back_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with cache(Cache(tmp_path / "store")):
+        plain(1, -0.0)
+        plain(2, 0.0)
+        plain(3, 0)
+        plain.query().count()  # caught up
+        read = _count_reads(monkeypatch)
+        calls = {c.arguments["a"]: c for c in plain.query()}
+        assert read == []
+        assert math.copysign(1, calls[1].arguments["b"]) == -1.0
+        assert math.copysign(1, calls[2].arguments["b"]) == 1.0
+        assert type(calls[2].arguments["b"]) is float and type(calls[3].arguments["b"]) is int
+
+
+def test_a_value_changed_under_the_index_is_never_returned_wrong(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    with cache(c):
+        plain(1)
+        plain(2)
+        plain.query().count()
+        listed = {call.arguments["a"]: call for call in plain.query()}
+        assert all(isinstance(call, ListedCall) for call in listed.values())
+        # after the listing: call 1's record is rewritten with another result (what a
+        # rerun by another process does), and call 2 is evicted
+        rec = c.get_record(listed[1].function_id, listed[1].digest)
+        assert rec is not None
+        rec["result"] = c.put_value("rewritten")
+        c.put_record(listed[1].function_id, listed[1].digest, rec)
+        c.delete_record(listed[1].function_id, listed[2].digest)
+        assert listed[1].result == "rewritten"  # the store's value, not the one listed
+        with pytest.raises(CallNotStored, match="gone from the store"):
+            _ = listed[2].result
+        with pytest.raises(CallNotStored):
+            _ = listed[2].record
+
+
+def test_table_answers_from_the_index(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("pandas")
+    with cache(Cache(tmp_path / "store")), tags(run=1):
+        for i in range(5):
+            plain(i, c=f"s{i}")
+        plain(9, b=np.arange(4.0))  # read from the store
+        plain.query().count()
+        read = _count_reads(monkeypatch)
+        df = plain.query().table()
+        assert len(read) == 1
+        read.clear()
+        ref = plain.query().table(verify=True)
+        assert len(read) == 6
+    assert list(df.columns) == list(ref.columns)
+    assert df.drop(columns=["b"]).equals(ref.drop(columns=["b"]))
+    assert [repr(x) for x in df["b"]] == [repr(x) for x in ref["b"]]
+
+
+def test_a_signed_cache_lists_from_its_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalogue is not signed: a signed cache's calls are read, and their signatures checked."""
+    with cache(Cache(tmp_path / "store", secret_key="k" * 32)):
+        plain(1)
+        plain.query().count()
+        read = _count_reads(monkeypatch)
+        (call,) = plain.query()
+        assert not isinstance(call, ListedCall) and len(read) == 1
