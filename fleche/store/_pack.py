@@ -20,8 +20,11 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator
+from itertools import compress, repeat
 from math import isqrt
+from operator import itemgetter, rshift
 from typing import Any
 
 import xxhash
@@ -296,12 +299,12 @@ class PackIndex:
             if nid < len(names):
                 yield (names[nid], digest.hex()), offset, length
 
-    def prefixes(self) -> Iterator[int]:
-        """The first 4 bytes of every entry's digest, as big-endian ints, in index order."""
-        with memoryview(self._buf) as view:  # released at once: a memory map can then close
-            region = bytes(view[self._base : self._base + ENTRY.size * self.count])
-        for (prefix,) in _PREFIX.iter_unpack(region):
-            yield prefix
+    def slots(self, shift: int) -> list[int]:
+        """Where :class:`PackFinder`'s table holds this pack's digests: the first 4 bytes of
+        each, big-endian, shifted right by ``shift``; ascending, as the entries are. In C."""
+        start = self._base
+        region = bytes(self._buf[start : start + ENTRY.size * self.count])
+        return list(map(rshift, map(itemgetter(0), _PREFIX.iter_unpack(region)), repeat(shift)))
 
     def release(self) -> None:
         """Drop the buffer (a memory map is closed by its owner)."""
@@ -319,7 +322,7 @@ class PackFinder:
     alike: 50 packs of a few thousand entries made a packed hit 10x a loose one. So once
     a listing with several packs has cost enough lookups to pay for it (as many pack
     searches as a quarter of its entries: the build costs about what they did), it builds
-    a table with a byte per slot, slot = the digest's top bits, saying which pack holds
+    a table with a byte per slot, slot = the digest's leading bits, saying which pack holds
     the digests of that slot (0: none, 255: several, or pack 254 and later). A lookup
     then reads one byte and searches one pack, or none (a miss); a shared slot searches
     them all, as before. Its size is a power of two at least 16 slots per entry, so few
@@ -367,14 +370,10 @@ class PackFinder:
         bits = min(_TABLE_MAX, max(_TABLE_MIN, (16 * total).bit_length()))
         shift = 32 - bits
         table = bytearray(1 << bits)
-        for i, ix in enumerate(self._indexes):
-            mark = i + 1 if i < 254 else 255
-            for prefix in ix.prefixes():
-                slot = prefix >> shift
-                had = table[slot]
-                if not had:
-                    table[slot] = mark
-                elif had != mark:
-                    table[slot] = 255
+        for i, ix in enumerate(self._indexes):  # each step in C, in ascending slots
+            slots = ix.slots(shift)
+            shared = list(compress(slots, map(table.__getitem__, slots)))  # other packs' too
+            deque(map(table.__setitem__, slots, repeat(i + 1 if i < 254 else 255)), 0)
+            deque(map(table.__setitem__, shared, repeat(255)), 0)
         self._shift = shift
         self._table = table  # last: a reader sees no table or a whole one
