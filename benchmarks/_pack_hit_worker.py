@@ -9,8 +9,9 @@ on ``PYTHONPATH`` (the branch, or the commit it is compared with, unpacked elsew
     records plus random filler entries (records of other functions, ~500 bytes each), the
     real ones spread at random over the packs. Prints the K call digests.
 ``python _pack_hit_worker.py time '{"root": DIR, "hits": K, "configs": [...], "n": R}'``
-    times, interleaved, ``store.find_call`` and a warm ``small(i)`` for R random keys in
-    the loose store and in each packed one; prints seconds per call for each.
+    times, interleaved, ``store.find_call`` of R random keys stored and of R absent ones,
+    and a warm ``small(i)`` for the R keys, in the loose store and in each packed one;
+    prints seconds per call for each.
 """
 
 from __future__ import annotations
@@ -78,6 +79,14 @@ def _reads(store: Any, fid: str, digests: list[str]) -> float:
     return (time.perf_counter() - t) / len(digests)
 
 
+def _misses(store: Any, fid: str, digests: list[str]) -> float:
+    t = time.perf_counter()
+    for d in digests:
+        if store.find_call(fid, d) is not None:
+            raise AssertionError("a hit in the miss benchmark")
+    return (time.perf_counter() - t) / len(digests)
+
+
 def _hits(fn: Any, keys: list[int]) -> float:
     t = time.perf_counter()
     for k in keys:
@@ -94,16 +103,19 @@ def time_hits(root: str, hits: int, configs: list[str], n: int, seed: int) -> No
     rng = random.Random(seed)
     keys = [rng.randrange(hits) for _ in range(n)]
     digests = [fn.digest(k) for k in keys]
+    absent = [rng.randbytes(16).hex() for _ in range(n)]
     names = ["loose", *configs]
     stores = {name: LocalStore(f"{root}/{name}") for name in names}
-    out: dict[str, dict[str, list[float]]] = {"read": {}, "hit": {}}
+    out: dict[str, dict[str, list[float]]] = {"read": {}, "miss": {}, "hit": {}}
     for name in names:  # warm: indexes mapped, page cache, the first call's setup
         _reads(stores[name], fid, digests)
+        _misses(stores[name], fid, absent)
         with cache(f"{root}/{name}"):
             _hits(fn, keys)
     for _ in range(3):
         for name in names:
             out["read"].setdefault(name, []).append(_reads(stores[name], fid, digests))
+            out["miss"].setdefault(name, []).append(_misses(stores[name], fid, absent))
             with cache(f"{root}/{name}"):
                 out["hit"].setdefault(name, []).append(_hits(fn, keys))
     if COMPUTED != hits:  # the fill ran in another process: here, no body may run

@@ -5,7 +5,8 @@ Goal: a hit from a pack costs no more than a loose one. Measured on stores built
 same records packed among random filler entries, in three layouts: one pack of 1,000
 entries, one pack of 100,000, and 100,000 entries over 50 packs of 2,000 (the real
 records spread at random over them). For each, the store read of a record
-(``store.find_call``) and a warm hit through ``@fleche``, best of 3 passes of 2,000
+(``store.find_call``), the same for absent records (a miss), and a warm hit through
+``@fleche``, best of 3 passes of 2,000
 random keys in a fresh process; processes alternate between this tree and the compared
 one (``FLECHE_BENCH_BASE``, a directory holding another fleche, e.g.
 ``git archive 183bd16 | tar -x -C /tmp/base``), ``FLECHE_BENCH_ROUNDS`` rounds (5).
@@ -62,7 +63,12 @@ def bench_pack_hits(report: Any) -> None:
                 for kind, per in res.items():
                     for store, secs in per.items():
                         got.setdefault((kind, tree, store), []).append(secs)
-    for kind, what in (("read", "store.find_call"), ("hit", "warm hit through @fleche")):
+    kinds = (
+        ("read", "store.find_call"),
+        ("miss", "store.find_call of an absent record"),
+        ("hit", "warm hit through @fleche"),
+    )
+    for kind, what in kinds:
         for tree in trees:
             timings = [Timing(f"{tree} loose", got[(kind, tree, "loose")])]
             timings += [Timing(f"{tree} {names[s]}", got[(kind, tree, s)]) for s in names]
