@@ -452,3 +452,173 @@ def test_fleche_gc_packs_from_the_command_line(tmp_path) -> None:
     ]
     assert sorted(p.suffix for p in (root / "packs").iterdir()) == [".idx", ".pack"]
     assert "no problems" in run("verify", "-s", str(root))
+
+
+# -- the lookup: one pack's index, several packs, descriptors kept ------------------------------
+
+
+def _digests(rng: Any, n: int, spread: str) -> list[bytes]:
+    """``n`` distinct digests: uniform (hashes), or bunched so that a guess from the
+    digest's bytes lands far from the entry (the search must still be exact)."""
+    out: set[bytes] = set()
+    while len(out) < n:
+        if spread == "uniform":
+            out.add(rng.randbytes(16))
+        elif spread == "high":  # most of a bucket's digests high in it: guesses overshoot
+            second = 255 if rng.random() < 0.9 else rng.randrange(256)
+            out.add(bytes([0, second]) + rng.randbytes(14))
+        elif spread == "bunched":  # a few first bytes, long runs of zeros after them
+            out.add(
+                (bytes([rng.choice([0, 7, 255])]) + bytes(rng.randrange(6)) + rng.randbytes(15))[
+                    :16
+                ]
+            )
+        else:  # "counted": 0, 1, 2, ... as a second implementation's tests might write
+            out.add(rng.randrange(1 << 20).to_bytes(16, "big"))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("spread", ["uniform", "high", "bunched", "counted"])
+@pytest.mark.parametrize("n", [1, 20, 700, 30_000])
+def test_an_index_finds_each_key_where_it_is_and_nothing_else(spread: str, n: int) -> None:
+    """Small buckets are scanned, large ones searched around a guess then bisected when the
+    guess was off: each must give exactly the entry's place, and None for any other key."""
+    import random
+
+    from fleche.store import PackIndex
+
+    rng = random.Random(n)
+    names = ["", "demo.f", "demo.g"]
+    keys = {(rng.choice(names), d.hex()) for d in _digests(rng, n, spread)}
+    # one digest under two names: only the name tells them apart
+    d0 = next(iter(keys))[1]
+    keys |= {("demo.f", d0), ("demo.g", d0)}
+    # a big entry, so that bytes read from the wrong place could pass for an entry in the pack
+    keys.add(("demo.g", "ff" * 16))
+    _, pack, idx = build_pack(
+        (k, bytes(2 << 20) if k[1] == "ff" * 16 else f"{k}".encode()) for k in keys
+    )
+    index = PackIndex(idx, "test.idx")
+    for k in keys - {("demo.g", "ff" * 16)}:
+        found = index.find(*k)
+        assert found is not None, k
+        offset, length = found
+        assert pack[offset : offset + length] == f"{k}".encode()
+    for name, digest in list(keys)[:500]:
+        raw = bytearray.fromhex(digest)
+        raw[-1] ^= 1  # a neighbour
+        for other in (name, "demo.h", "" if name else "demo.f"):
+            key = (other, raw.hex())
+            assert (index.find(*key) is not None) == (key in keys)
+        if (n2 := ("demo.h", digest)) not in keys:
+            assert index.find(*n2) is None
+    for _, offset, _ in index.entries():
+        # 20 bytes that run across two entries (an offset, then the next digest's zeros):
+        # only a match at an entry's start counts
+        key = ("", (offset.to_bytes(8, "big") + bytes(8)).hex())
+        assert (index.find(*key) is not None) == (key in keys)
+    for junk in ("", "xyz", "0" * 31, "0" * 34, "g" * 32):
+        assert index.find("demo.f", junk) is None
+
+
+@pytest.mark.parametrize("npacks", [2, 40, 300])
+def test_several_packs_answer_as_searched_in_turn_before_and_after_their_table(npacks: int) -> None:
+    """The which-pack table (built once lookups have paid for it) gives what searching
+    the live packs in order gives: the first pack holding a key, None for a miss, over 254
+    packs too (their slots say "several")."""
+    import random
+
+    from fleche.store import PackIndex
+    from fleche.store._pack import PackFinder
+
+    rng = random.Random(npacks)
+    indexes, first = [], {}
+    for i in range(npacks):
+        keys = {("demo.f", d.hex()) for d in _digests(rng, rng.randrange(1, 60), "uniform")}
+        if i and rng.random() < 0.3:  # a key an earlier pack holds too
+            keys.add(rng.choice(list(first)))
+        _, _, idx = build_pack((k, f"{i}".encode()) for k in keys)
+        index = PackIndex(idx, f"{i}.idx")
+        indexes.append(index)
+        for k, offset, length in index.entries():
+            first.setdefault(k, (i, offset, length))
+    finder = PackFinder(indexes)
+    misses = [("demo.f", rng.randbytes(16).hex()) for _ in range(300)] + [
+        ("demo.g", k[1]) for k in first
+    ]
+    while finder._table is None:  # searching every pack in turn, until the table pays
+        for k in first:
+            assert finder.find(*k) == first[k]
+        for k in misses:
+            assert finder.find(*k) is None
+    for k in first:
+        assert finder.find(*k) == first[k]
+    for k in misses:
+        assert finder.find(*k) is None
+    assert finder.find("demo.f", "not hex") is None
+
+
+def _fds_on(path: str) -> list[str]:
+    """What this process's descriptors point to under ``path`` (Linux: /proc/self/fd)."""
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(path):
+            out.append(target)
+    return out
+
+
+needs_proc = pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc/self/fd")
+
+
+@needs_proc
+def test_a_removed_pack_reads_from_its_descriptor_until_a_listing_drops_it(tmp_path) -> None:
+    """On local disk a listed pack stays open: removed by a repack's gc, it still gives its
+    own bytes to a reader holding that listing; the next listing closes it."""
+    import gc
+
+    writer = LocalStore(tmp_path / "s")
+    key, other = ("demo.f", "ab" * 16), ("demo.f", "cd" * 16)
+    first = writer.write_pack([(key, b"packed once"), (other, b"other")])
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*key) == b"packed once"
+    path = f"{writer.root}/packs/pack-{first}"
+    assert f"{path}.pack" in _fds_on(path)
+    writer.write_pack([(key, b"packed once")], superseded=[first])  # `other` dropped
+    writer.remove_pack(first)
+    assert not os.path.exists(f"{path}.pack")
+    assert reader.find_call(*key) == b"packed once"  # the listing it holds: the open pack
+    reader._refresh_packs()  # a new listing: the first pack is gone, and closed
+    gc.collect()
+    assert _fds_on(path) == []
+    assert reader.find_call(*key) == b"packed once"  # from the new pack
+    assert reader.find_call(*other) is None  # never a stale value from the pack it dropped
+
+
+@needs_proc
+def test_descriptors_held_for_packs_are_bounded(tmp_path, monkeypatch) -> None:
+    """Past KEPT_PACKS packs (process-wide), a pack holds no descriptor: it reads by opening
+    its .pack for each read, reads right, and misses once that file is gone."""
+    import weakref
+
+    from fleche.store import _local
+
+    monkeypatch.setattr(_local, "KEPT_PACKS", 2)
+    monkeypatch.setattr(_local, "_kept", weakref.WeakSet())
+    writer = LocalStore(tmp_path / "s")
+    keys = [("demo.f", f"{i:02x}" * 16) for i in range(6)]
+    hashes = [writer.write_pack([(k, f"value {i}".encode())]) for i, k in enumerate(keys)]
+    reader = LocalStore(tmp_path / "s")
+    for _ in range(2):
+        for i, k in enumerate(keys):
+            assert reader.find_call(*k) == f"value {i}".encode()
+    live = reader._pack_state.live
+    assert sum(p.handle is not None for p in live) == 2
+    assert len(_fds_on(f"{writer.root}/packs/")) <= 2 * 2
+    unkept = next(p for p in live if p.handle is None)
+    i = hashes.index(unkept.hash)
+    writer.remove_pack(unkept.hash)
+    assert reader.find_call(*keys[i]) is None  # its .pack is gone: listed again, a miss

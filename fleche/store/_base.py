@@ -38,7 +38,7 @@ from fleche.errors import (
     StoreFormatError,
     StoreLinkError,
 )
-from fleche.store._pack import PACK_FILE, Key, PackIndex, build_pack
+from fleche.store._pack import PACK_FILE, Key, PackFinder, PackIndex, build_pack
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
@@ -472,7 +472,7 @@ class Pack:
 class PackSet:
     """A store's view of ``packs/`` at one listing: every pack, and the live ones to search."""
 
-    __slots__ = ("checked", "files", "live", "packs", "stamp")
+    __slots__ = ("checked", "files", "finder", "live", "packs", "stamp")
 
     def __init__(
         self,
@@ -486,6 +486,7 @@ class PackSet:
         for p in packs.values():
             gone |= p.index.superseded
         self.live = [p for h, p in sorted(packs.items()) if h not in gone]
+        self.finder = PackFinder([p.index for p in self.live])
         self.stamp = stamp
         self.checked = time.monotonic()
 
@@ -972,11 +973,8 @@ class ObjectStore(PathStore):
             return state
 
     def _search(self, state: PackSet, name: str, digest: str) -> tuple[Pack, int, int] | None:
-        for p in state.live:
-            found = p.index.find(name, digest)
-            if found is not None:
-                return p, found[0], found[1]
-        return None
+        found = state.finder.find(name, digest)
+        return None if found is None else (state.live[found[0]], found[1], found[2])
 
     def _locate(self, name: str, digest: str) -> tuple[Pack, int, int] | None:
         """Where key ``(name, digest)`` is packed, or None; a miss re-lists ``packs/`` first."""
@@ -990,14 +988,12 @@ class ObjectStore(PathStore):
         """The bytes of a packed object (``name`` "") or record, or None: one lookup, one read."""
         state = self._pack_state
         if state is not None and time.monotonic() - state.checked <= PACK_RECHECK:
-            for p in state.live:  # the hit path, inlined: the listing is fresh enough
-                found = p.index.find(name, digest)
-                if found is not None:
-                    try:
-                        return self._read_packed(p, *found)
-                    except FileNotFoundError:
-                        self._pack_state = None
-                    break
+            found = state.finder.find(name, digest)  # the hit path: the listing is fresh
+            if found is not None:
+                try:
+                    return self._read_packed(state.live[found[0]], found[1], found[2])
+                except FileNotFoundError:
+                    self._pack_state = None
         for _ in range(2):
             where = self._locate(name, digest)
             if where is None:

@@ -14,6 +14,7 @@ import itertools
 import os
 import stat
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
@@ -38,6 +39,7 @@ TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
+    from typing import Any
 
     from fsspec.implementations.local import LocalFileSystem
 
@@ -73,6 +75,27 @@ if hasattr(os, "register_at_fork"):  # a forked child must not reuse its parent'
 
 # Filesystems without hard links (some FUSE and SMB mounts) refuse os.link with these.
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EXDEV}
+
+
+KEPT_PACKS = 128
+"""Packs of a process (all stores) that keep their index mapped and their .pack open, two
+descriptors at most each; the others open their .pack for each read."""
+
+_kept: weakref.WeakSet[Pack] = weakref.WeakSet()
+"""The packs holding descriptors: a pack no listing (and no reader) holds any more closes
+them (``Pack.__del__``, the mapping's own) and leaves the set."""
+
+_IDX_READ = 1 << 20  # an index up to this size (~32,000 entries) is read whole, not mapped
+
+
+def _pread_all(fd: int, size: int) -> bytes:
+    data = os.pread(fd, size, 0)
+    while len(data) < size:  # reads may be short (2 GiB cap on Linux)
+        more = os.pread(fd, size - len(data), len(data))
+        if not more:
+            break  # shorter than its fstat: the checksum says it is damaged
+        data += more
+    return data
 
 
 # Below this a plain os.read is cheapest; above, read into a writable bytearray.
@@ -528,20 +551,39 @@ class LocalStore(ObjectStore):
         return out
 
     def _open_pack(self, hash: str, mtime: float | None) -> Pack:
+        # A pack keeps its index mapped (a large one) or read (a small one), and its .pack
+        # open, so a hit is one lookup and one pread, and the pack stays readable after a
+        # repack removes it (POSIX), until a listing no longer has it. A mapping holds a
+        # descriptor too (before Python 3.13), so only KEPT_PACKS packs of the process keep
+        # any: at most 2 * KEPT_PACKS descriptors, however many packs and stores there are.
+        # The others read their index whole and open the .pack for each read.
         path = f"{self._packs_dir}/pack-{hash}"
+        keep = len(_kept) < KEPT_PACKS
         fd, st = open_file(f"{path}.idx")
         try:
-            import mmap  # opening a pack, once per pack
+            if keep and st.st_size > _IDX_READ:
+                import mmap  # opening a pack, once per pack
 
-            buf = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ) if st.st_size else b""
+                buf: Any = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ)
+            else:
+                buf = _pread_all(fd, st.st_size)
         finally:
             os.close(fd)
         pack = Pack(hash, path, PackIndex(buf, f"{path}.idx", expect=hash), mtime)
-        pack.handle, _ = open_file(f"{path}.pack")  # kept open: readable even once removed
+        if keep:
+            pack.handle, _ = open_file(f"{path}.pack")  # closed with the Pack
+            _kept.add(pack)
         return pack
 
     def _read_packed(self, pack: Pack, offset: int, length: int) -> BytesLike:
-        return os.pread(pack.handle, length, offset)
+        fd = pack.handle
+        if fd is not None:
+            return os.pread(fd, length, offset)
+        fd, _ = open_file(f"{pack.path}.pack")  # FileNotFoundError once removed: list again
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
 
     def _ensure_dir(self, path: str) -> None:
         os.makedirs(path, exist_ok=True)

@@ -20,7 +20,11 @@ from __future__ import annotations
 
 import re
 import struct
+from collections import deque
 from collections.abc import Iterable, Iterator
+from itertools import compress, repeat
+from math import isqrt
+from operator import itemgetter, rshift
 
 import xxhash
 
@@ -46,7 +50,30 @@ ENTRY = struct.Struct(">16sIIQ")
 """digest (16 bytes), name index (u32), length (u32), offset in the pack (u64): 32 bytes."""
 NAME_LEN = struct.Struct(">H")
 _TAIL = struct.Struct(">IQ")
-_HIGH = b"\xff" * 12
+_PREFIX = struct.Struct(">I28x")
+_SCAN = 24
+"""A bucket of at most this many entries (768 bytes) is searched whole with one ``find``."""
+
+
+def digest_bytes(digest: str) -> bytes | None:
+    """The 16 bytes of a 32-hex digest, or None when it is not one (then nothing holds it)."""
+    try:
+        raw = bytes.fromhex(digest)
+    except (ValueError, TypeError):
+        return None
+    return raw if len(raw) == 16 else None
+
+
+def _width(n: int) -> int:
+    """Half the window searched around the guessed place of a key in a bucket of ``n``.
+
+    For uniform digests the place is off by about sqrt(n)/2 entries at worst (a binomial's
+    deviation): sqrt(n) + 4 misses it 0.3 % of the time (measured at 100,000 entries), and
+    a miss costs a bisection; a window twice as wide costs twice the bytes on every lookup.
+    """
+    return isqrt(n) + 4
+
+
 CHECKSUM = 16
 
 MAX_ENTRY = (1 << 32) - 1
@@ -125,6 +152,8 @@ class PackIndex:
         "_base",
         "_buf",
         "_fan",
+        "_low",
+        "_tags",
         "count",
         "hash",
         "name_ids",
@@ -171,47 +200,93 @@ class PackIndex:
             raise _damaged(where, "name table is not '' followed by sorted names")
         self.names: list[str] = names
         self.name_ids: dict[str, int] = {n: i for i, n in enumerate(names)}
+        # the 4 bytes after a digest in an entry of that name: digest + tag is the sort key
+        self._tags: dict[str, bytes] = {n: i.to_bytes(4, "big") for i, n in enumerate(names)}
+        self._low: tuple[int, ...] = (0, *self._fan[:255])
         self.superseded: frozenset[str] = frozenset(
             bytes(buf[pos + 16 * i : pos + 16 * i + 16]).hex() for i in range(n_gone)
         )
         self._base = pos + 16 * n_gone
         if self._base + ENTRY.size * count + CHECKSUM != size or self._fan[255] != count:
             raise _damaged(where, "its sizes do not add up")
+        if not hasattr(buf, "find"):  # a memoryview: bytes to search in
+            buf = bytes(buf)
         self._buf = buf
 
     def find(self, name: str, digest: str) -> tuple[int, int] | None:
-        """``(offset, length)`` of key ``(name, digest)`` in the pack, or None: fan-out, then bisect.
+        """``(offset, length)`` of key ``(name, digest)`` in the pack, or None."""
+        raw = digest_bytes(digest)
+        return None if raw is None else self.find_raw(name, raw)
 
-        One 32-byte slice per probe: an entry sorts below ``key + 00…`` when its key is
-        smaller, above ``key + ff…`` when larger, and between them when it is the key.
+    def find_raw(self, name: str, raw: bytes) -> tuple[int, int] | None:
+        """:meth:`find` with the digest as its 16 bytes (a reader searching several packs
+        converts it once).
+
+        The fan-out gives the bucket of the digest's first byte. Digests are hashes, so
+        uniform: the entry is about where the next three bytes say, within about the square
+        root of the bucket's size (``_width``). That window is checked to bracket the key
+        (two 20-byte compares) and searched with one ``find`` of the 20-byte key (C speed),
+        which counts only at an entry's start; an unlucky window, or keys that are not
+        uniform, fall back to a bisection of the rest of the bucket: always exact, and
+        expected O(1) Python steps where a bisection takes log2(bucket) (9 at 100,000).
         """
-        nid = self.name_ids.get(name)
-        if nid is None:
+        tag = self._tags.get(name)
+        if tag is None:
             return None
-        try:
-            low = bytes.fromhex(f"{digest}{nid:08x}000000000000000000000000")
-        except ValueError:
+        first = raw[0]
+        lo = self._low[first]
+        hi = self._fan[first]
+        n = hi - lo
+        if not n:
             return None
-        high = low[:20] + _HIGH
-        first = low[0]
-        fan = self._fan
-        lo = fan[first - 1] if first else 0
-        hi = fan[first]
+        key = raw + tag
+        buf, base = self._buf, self._base
+        if n > _SCAN:
+            # the guess, and a window around it that must bracket the key
+            guess = lo + ((((raw[1] << 16) | (raw[2] << 8) | raw[3]) * n) >> 24)
+            w = _width(n)
+            a = guess - w if guess - w > lo else lo
+            b = guess + w if guess + w < hi else hi
+            if a > lo:
+                p = base + (a << 5)
+                if buf[p : p + 20] > key:  # it is before the window
+                    return self._bisect(key, lo, a)
+            if b < hi:
+                p = base + (b << 5)
+                if buf[p : p + 20] <= key:  # at or after the window's end
+                    return self._bisect(key, b, hi)
+            lo, hi = a, b
+        start = base + (lo << 5)
+        end = base + (hi << 5)
+        at = buf.find(key, start, end)
+        while at >= 0 and (at - base) & 31:  # inside an entry, not at one's start: go on
+            at = buf.find(key, at + 1, end)
+        if at < 0:
+            return None
+        length, offset = _TAIL.unpack_from(buf, at + 20)
+        if offset + length > self.pack_size:
+            return None  # a damaged index never sends a read past its pack
+        return offset, length
+
+    def _bisect(self, key: bytes, lo: int, hi: int) -> tuple[int, int] | None:
         buf, base = self._buf, self._base
         while lo < hi:
             mid = (lo + hi) >> 1
             p = base + (mid << 5)
-            e = buf[p : p + 32]
-            if e < low:
+            e = buf[p : p + 20]
+            if e < key:
                 lo = mid + 1
-            elif e > high:
+            elif e > key:
                 hi = mid
             else:
-                length, offset = _TAIL.unpack_from(e, 20)
-                if offset + length > self.pack_size:
-                    return None  # a damaged index never sends a read past its pack
-                return offset, length
+                return self._entry(p)
         return None
+
+    def _entry(self, p: int) -> tuple[int, int] | None:
+        length, offset = _TAIL.unpack_from(self._buf, p + 20)
+        if offset + length > self.pack_size:
+            return None  # a damaged index never sends a read past its pack
+        return offset, length
 
     def __contains__(self, key: Key) -> bool:
         return self.find(*key) is not None
@@ -229,6 +304,81 @@ class PackIndex:
             if nid < len(names):
                 yield (names[nid], digest.hex()), offset, length
 
+    def slots(self, shift: int) -> list[int]:
+        """Where :class:`PackFinder`'s table holds this pack's digests: the first 4 bytes of
+        each, big-endian, shifted right by ``shift``; ascending, as the entries are. In C."""
+        start = self._base
+        region = bytes(self._buf[start : start + ENTRY.size * self.count])
+        return list(map(rshift, map(itemgetter(0), _PREFIX.iter_unpack(region)), repeat(shift)))
+
     def release(self) -> None:
         """Drop the buffer (a memory map is closed by its owner)."""
         self._buf = b""
+
+
+_TABLE_MIN, _TABLE_MAX = 12, 24
+"""The which-pack table has 2**12 to 2**24 one-byte slots: at most 16 MiB per listing."""
+
+
+class PackFinder:
+    """Finds a key among several packs (a listing's live ones, in order) with one lookup.
+
+    Searching each pack in turn costs one index lookup per pack, for hits and for misses
+    alike: 50 packs of a few thousand entries made a packed hit 10x a loose one. So once
+    a listing with several packs has cost enough lookups to pay for it (as many pack
+    searches as a quarter of its entries: the build costs about what they did), it builds
+    a table with a byte per slot, slot = the digest's leading bits, saying which pack holds
+    the digests of that slot (0: none, 255: several, or pack 254 and later). A lookup
+    then reads one byte and searches one pack, or none (a miss); a shared slot searches
+    them all, as before. Its size is a power of two at least 16 slots per entry, so few
+    slots are shared, within ``2**12``..``2**24`` bytes: at most 16 MiB per listing, 16
+    bytes per entry below a million entries; one pack needs no table.
+    """
+
+    __slots__ = ("_indexes", "_probes", "_shift", "_table", "_threshold")
+
+    def __init__(self, indexes: list[PackIndex]) -> None:
+        self._indexes = indexes
+        self._table: bytearray | None = None
+        self._shift = 32
+        self._probes = 0
+        total = sum(ix.count for ix in indexes)
+        self._threshold = total // 4 if len(indexes) > 1 else -1
+
+    def find(self, name: str, digest: str) -> tuple[int, int, int] | None:
+        """``(position of the pack in the list, offset, length)`` of the key, or None."""
+        raw = digest_bytes(digest)
+        if raw is None:
+            return None
+        indexes = self._indexes
+        table = self._table
+        if table is not None:
+            v = table[int.from_bytes(raw[:4], "big") >> self._shift]
+            if not v:
+                return None
+            if v != 255:
+                found = indexes[v - 1].find_raw(name, raw)
+                return None if found is None else (v - 1, found[0], found[1])
+        elif self._threshold >= 0:
+            self._probes += len(indexes)
+            if self._probes > self._threshold:
+                self._threshold = -1  # once, even if another thread is here too
+                self._build()
+        for i, ix in enumerate(indexes):
+            found = ix.find_raw(name, raw)
+            if found is not None:
+                return i, found[0], found[1]
+        return None
+
+    def _build(self) -> None:
+        total = sum(ix.count for ix in self._indexes)
+        bits = min(_TABLE_MAX, max(_TABLE_MIN, (16 * total).bit_length()))
+        shift = 32 - bits
+        table = bytearray(1 << bits)
+        for i, ix in enumerate(self._indexes):  # each step in C, in ascending slots
+            slots = ix.slots(shift)
+            shared = list(compress(slots, map(table.__getitem__, slots)))  # other packs' too
+            deque(map(table.__setitem__, slots, repeat(i + 1 if i < 254 else 255)), 0)
+            deque(map(table.__setitem__, shared, repeat(255)), 0)
+        self._shift = shift
+        self._table = table  # last: a reader sees no table or a whole one
