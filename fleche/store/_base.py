@@ -15,6 +15,7 @@ sequence of them) is normalized by :func:`as_parts` and named by
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import mmap
 import os
@@ -340,6 +341,19 @@ class PathStore(ABC):
         self._ensure_dir(dst.rpartition("/")[0])
         self.fs.mv(src, dst)
 
+    # -- records in flight: a backend that appends records to segments (LocalStore) -----
+
+    def _inflight(self, function_id: str, digest: str) -> BytesLike | None:
+        """A call record appended to an unsealed segment, or None (no segments here)."""
+        return None
+
+    def _inflight_keys(self) -> list[tuple[str, str]]:
+        """``(function id, digest)`` of every record in an unsealed segment."""
+        return []
+
+    def _drop_inflight(self, function_id: str, digest: str) -> None:  # noqa: B027 - a hook
+        """Make a record in an unsealed segment unreadable (``delete_call``)."""
+
     # -- packs: primitives a backend may override (docs/format.md, "Packs") -----
 
     def _packs_stamp(self) -> object:
@@ -424,6 +438,15 @@ class PathStore(ABC):
                 oid = rel[:2] + rel[3:]
                 if is_oid(oid):
                     yield oid
+
+
+def _unique(items: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """``items`` in order, each once."""
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            yield item
 
 
 PACK_RECHECK = 60.0
@@ -790,13 +813,18 @@ class ObjectStore(PathStore):
         path = self._call_path(function_id, digest)
         try:
             return self._read(path)
-        except FileNotFoundError:  # not loose: packed? (a store without packs: one clock read)
-            return self._packed(function_id, digest)
+        except FileNotFoundError:  # not loose: in flight? packed? (without packs: a clock read)
+            data = self._inflight(function_id, digest)
+            return self._packed(function_id, digest) if data is None else data
 
     def has_call(self, function_id: str, digest: str) -> bool:
         """Whether a record is stored for this call, loose or packed, without reading it."""
         path = self._call_path(function_id, digest)
-        return self._exists(path) or self._locate(function_id, digest) is not None
+        return (
+            self._exists(path)
+            or self._inflight(function_id, digest) is not None
+            or self._locate(function_id, digest) is not None
+        )
 
     def delete_call(self, function_id: str, digest: str) -> None:
         """Remove a call record (already gone is not an error); its objects stay for ``gc``.
@@ -809,6 +837,7 @@ class ObjectStore(PathStore):
             self._remove(path)
         except FileNotFoundError:
             pass
+        self._drop_inflight(function_id, digest)
         if self._locate(function_id, digest) is not None:
             self.drop_packed({(function_id, digest)})
 
@@ -822,6 +851,10 @@ class ObjectStore(PathStore):
         loose = self._iter_loose_calls(function_id)
         if not packed:
             return loose
+        inflight = self._inflight_keys()
+        if inflight:  # records in flight count as loose ones (they are found before packs)
+            wanted = [k for k in inflight if function_id is None or k[0] == function_id]
+            loose = _unique(itertools.chain(loose, wanted))
         if function_id is None:
             return self._with_packed(loose, lambda name: name != "", 2)
         check_function_id(function_id)
@@ -844,6 +877,10 @@ class ObjectStore(PathStore):
         for name in self._loose_functions():
             seen.add(name)
             yield name
+        for name, _ in self._inflight_keys():
+            if name not in seen:
+                seen.add(name)
+                yield name
         for p in self._current_packs().live:
             for name in p.index.names:
                 if name and name not in seen and is_function_id(name):

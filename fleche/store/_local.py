@@ -9,17 +9,22 @@ empty fan-out directories) is simply recreated.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import itertools
 import mmap
 import os
 import stat
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from fleche.errors import NotAFileError
+from fleche.store import _segment as seg
 from fleche.store._base import (
     HEX_DIGITS,
     LAYOUT,
@@ -34,7 +39,7 @@ from fleche.store._base import (
     not_a_file,
     writable_buffer,
 )
-from fleche.store._pack import PackIndex
+from fleche.store._pack import Key, PackIndex
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -192,6 +197,38 @@ def _unlink_quiet(path: str) -> None:
         pass
 
 
+SEGMENT_MAX_BYTES = 4 << 20
+"""A segment this big is sealed into a pack before the next record is appended."""
+
+SEGMENT_MAX_AGE = 300.0
+"""Seconds: a segment older than this is sealed before the next record is appended, so
+records in flight reach a pack (and ``fleche sync``) even in a process that never exits."""
+
+_writers: weakref.WeakSet[LocalStore] = weakref.WeakSet()  # stores with a segment open
+
+
+@atexit.register
+def _seal_at_exit() -> None:
+    for store in list(_writers):
+        try:
+            store.seal_segment()
+        except Exception:  # noqa: BLE001 - the segment stays in tmp/, where readers find it
+            pass
+
+
+class _Writer:
+    """This process's open segment of one store."""
+
+    __slots__ = ("born", "fd", "path", "pid", "size")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+        self.size = 0
+        self.born = time.monotonic()
+        self.pid = os.getpid()
+
+
 class LocalStore(ObjectStore):
     """Store in a local directory; safe for many threads and processes at once.
 
@@ -216,6 +253,200 @@ class LocalStore(ObjectStore):
         # to import) loads only if something asks for ``fs``.
         super().__init__(None, path, read_only=read_only, durable=durable)
         self._tmp = f"{self.root}/tmp"
+        self._segments = f"{self._tmp}/{seg.SEGMENTS}"
+        self._reset_segments()
+
+    _append_records = False
+    """Whether a call record is appended to this process's segment under ``tmp/segments/``
+    (then sealed into a pack) instead of written as a file of its own: a small miss then
+    creates no file. ``durable=True`` stores keep writing (and fsyncing) files. Off, and
+    private, until the tests that open loose record files learn about segments; every
+    reader already finds records in segments (docs/format.md, "Segments")."""
+
+    def _reset_segments(self) -> None:
+        self._seg_lock = threading.Lock()
+        self._writer: _Writer | None = None
+        self._views: dict[str, seg.SegmentView] = {}
+        self._seg_stamp: object = ()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for name in ("_seg_lock", "_writer", "_views", "_seg_stamp"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._reset_segments()
+
+    # -- call records in flight: appended to a segment, sealed into a pack ----------------
+
+    def put_call(self, function_id: str, digest: str, data: bytes) -> None:
+        """Store (or replace) a call record: appended to this process's segment (one write)."""
+        if not self._append_records or self.durable or not data:
+            super().put_call(function_id, digest, data)
+            return
+        self._check_writable()
+        path = self._call_path(function_id, digest)
+        if self._info is None:
+            self._ensure_marker()
+        if self._exists(path):  # readers find a loose file first: replace it where it is
+            self._write(path, (data,))
+            return
+        framed = seg.frame(function_id, digest, data)
+        with self._seg_lock:
+            w = self._writer_for(len(framed))
+            os.write(w.fd, framed)  # O_APPEND, one write: a reader sees all of it or no frame
+            start = w.size + len(framed) - len(data)
+            w.size += len(framed)
+            view = self._views.get(w.path)
+            if view is not None and view.parsed == w.size - len(framed):
+                view.entries[(function_id, digest)] = (start, len(data))
+                view.parsed = w.size
+
+    def _writer_for(self, extra: int) -> _Writer:
+        """The open segment (a new one after a fork, a seal, or when it is big or old)."""
+        w = self._writer
+        if w is not None:
+            if w.pid != os.getpid():  # a forked child: the segment is its parent's
+                self._writer = w = None
+            elif w.size + extra > SEGMENT_MAX_BYTES or time.monotonic() - w.born > SEGMENT_MAX_AGE:
+                self._seal_writer(w)
+                w = None
+            elif os.fstat(w.fd).st_nlink == 0:  # sealed by another process (gc, an evict)
+                self._drop_writer(w)  # not sealed again: an evicted record stays evicted
+                w = None
+        if w is None:
+            name = f"{seg.PREFIX}{_tmp_prefix}{next(_tmp_counter):x}"
+            path = f"{self._segments}/{name}"
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY
+            try:
+                fd = os.open(path, flags, 0o666)
+            except FileNotFoundError:
+                os.makedirs(self._segments, exist_ok=True)
+                fd = os.open(path, flags, 0o666)
+            w = self._writer = _Writer(fd, path)
+            self._views[path] = seg.SegmentView(path, os.dup(fd))
+            _writers.add(self)
+        return w
+
+    def seal_segment(self) -> None:
+        """Seal this process's open segment into a pack now (at exit, on close, gc)."""
+        with self._seg_lock:
+            w = self._writer
+            if w is not None and w.pid == os.getpid():
+                self._seal_writer(w)
+
+    def _seal_writer(self, w: _Writer) -> None:
+        try:
+            if os.fstat(w.fd).st_nlink:  # 0: another process sealed it (and maybe dropped some)
+                self._seal(seg.SegmentView(w.path, w.fd))  # our descriptor: every frame we wrote
+        finally:
+            self._drop_writer(w)
+
+    def _drop_writer(self, w: _Writer) -> None:
+        self._writer = None
+        os.close(w.fd)
+        _writers.discard(self)
+
+    def _seal(self, view: seg.SegmentView, drop: Key | None = None) -> None:
+        """Write ``view``'s records (but ``drop``) into a pack, then remove the segment."""
+        self._parse(view)
+        records: dict[Key, bytes] = {}
+        for key, (offset, length) in view.entries.items():
+            if key != drop:
+                records[key] = os.pread(view.fd, length, offset)
+        if records:
+            self.write_pack(records.items())
+        _unlink_quiet(view.path)
+        old = self._views.pop(view.path, None)
+        if old is not None:
+            os.close(old.fd)
+        self._seg_stamp = ()
+
+    def seal_segments(self) -> int:
+        """Seal every segment in ``tmp/segments/`` into packs, this process's and others'
+        (``fleche gc``, before it lists records); returns how many. A writer that finds
+        its segment sealed starts a new one."""
+        self._check_writable()
+        self.seal_segment()
+        with self._seg_lock:
+            self._refresh_segments(force=True)
+            views = list(self._views.values())
+            for view in views:
+                self._seal(view)
+        return len(views)
+
+    def _parse(self, view: seg.SegmentView) -> None:
+        """Read the frames appended to ``view``'s segment since it was last looked at."""
+        if view.torn:
+            return
+        size = os.fstat(view.fd).st_size
+        if size <= view.parsed:
+            return
+        buf = os.pread(view.fd, size - view.parsed, view.parsed)
+        found, used, torn = seg.parse(buf, view.parsed)
+        view.add(found)
+        view.parsed += used
+        view.torn = torn
+
+    def _refresh_segments(self, *, force: bool = False) -> dict[str, seg.SegmentView]:
+        """The segments now in ``tmp/segments/`` (listed again when the directory changed)."""
+        try:
+            st = os.stat(self._segments)
+        except FileNotFoundError:
+            stamp: object = "absent"
+        else:
+            recent = st.st_mtime > time.time() - 2  # an mtime may not have ticked yet
+            stamp = None if recent else (st.st_ino, st.st_mtime_ns)
+        if force or stamp is None or stamp != self._seg_stamp:
+            try:
+                names = {
+                    f"{self._segments}/{n}"
+                    for n in os.listdir(self._segments)
+                    if n.startswith(seg.PREFIX)
+                }
+            except FileNotFoundError:
+                names = set()
+            for path in [p for p in self._views if p not in names]:
+                os.close(self._views.pop(path).fd)
+            for path in names - self._views.keys():
+                try:
+                    fd, _ = open_file(path)
+                except (OSError, NotAFileError):
+                    continue  # gone, or not a file we can read: not a segment
+                self._views[path] = seg.SegmentView(path, fd)
+            self._seg_stamp = stamp
+        for view in self._views.values():
+            self._parse(view)
+        return self._views
+
+    def _inflight(self, function_id: str, digest: str) -> BytesLike | None:
+        key = (function_id, digest)
+        with self._seg_lock:
+            for view in self._refresh_segments().values():
+                where = view.entries.get(key)
+                if where is not None:
+                    return os.pread(view.fd, where[1], where[0])
+        return None
+
+    def _inflight_keys(self) -> list[tuple[str, str]]:
+        with self._seg_lock:
+            views = self._refresh_segments()
+            if not views:
+                return []
+            return list(dict.fromkeys(k for v in views.values() for k in v.entries))
+
+    def _drop_inflight(self, function_id: str, digest: str) -> None:
+        key = (function_id, digest)
+        with self._seg_lock:
+            w = self._writer
+            views = self._refresh_segments()
+            for view in list(views.values()):
+                if key in view.entries:
+                    if w is not None and view.path == w.path:
+                        self._drop_writer(w)
+                    self._seal(view, drop=key)
 
     @cached_property
     def fs(self) -> LocalFileSystem:
@@ -223,6 +454,19 @@ class LocalStore(ObjectStore):
         from fsspec.implementations.local import LocalFileSystem
 
         return LocalFileSystem()
+
+    def close(self) -> None:
+        """Seal this process's segment into a pack, close the segments read, forget state."""
+        try:
+            if not self.read_only:
+                self.seal_segment()
+        finally:
+            with self._seg_lock:
+                for view in self._views.values():
+                    os.close(view.fd)
+                self._views.clear()
+                self._seg_stamp = ()
+            super().close()
 
     def _make_url(self) -> str:
         return self.root or "/"
