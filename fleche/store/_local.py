@@ -190,6 +190,25 @@ def open_file(path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def _dir_stamp(path: str) -> object:
+    """Something that changes whenever ``path`` (a directory) gains or loses a file, or None.
+
+    A directory's mtime changes when a file is added or removed: one stat tells whether to
+    list it again. A change within the clock's granularity may not have moved it: a recent
+    mtime means list anyway. Nanosecond timestamps (ext4, xfs, APFS, NTFS) tick at least
+    every jiffy, 1-10 ms, so a quarter second is ample; whole seconds (FAT, some NFS
+    servers) need two. Only a miss pays for a listing, and it stays correct either way.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "absent"
+    window = 0.25 if st.st_mtime_ns % 1_000_000_000 else 2.0
+    if st.st_mtime > time.time() - window:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
 def _unlink_quiet(path: str) -> None:
     try:
         os.unlink(path)
@@ -392,13 +411,7 @@ class LocalStore(ObjectStore):
 
     def _refresh_segments(self, *, force: bool = False) -> dict[str, seg.SegmentView]:
         """The segments now in ``tmp/segments/`` (listed again when the directory changed)."""
-        try:
-            st = os.stat(self._segments)
-        except FileNotFoundError:
-            stamp: object = "absent"
-        else:
-            recent = st.st_mtime > time.time() - 2  # an mtime may not have ticked yet
-            stamp = None if recent else (st.st_ino, st.st_mtime_ns)
+        stamp = _dir_stamp(self._segments)
         if force or stamp is None or stamp != self._seg_stamp:
             try:
                 names = {
@@ -746,15 +759,7 @@ class LocalStore(ObjectStore):
     # -- packs: the index memory-mapped, entries read with one pread ---------------------
 
     def _packs_stamp(self) -> object:
-        # A directory's mtime changes when a file is added or removed: one stat tells whether
-        # to list again. Within the last two seconds it may not have ticked yet: list anyway.
-        try:
-            st = os.stat(self._packs_dir)
-        except FileNotFoundError:
-            return "absent"
-        if st.st_mtime > time.time() - 2:
-            return None
-        return (st.st_ino, st.st_mtime_ns)
+        return _dir_stamp(self._packs_dir)
 
     def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
         out: dict[str, tuple[int, float | None]] = {}
