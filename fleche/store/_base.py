@@ -1004,17 +1004,25 @@ class ObjectStore(PathStore):
                 return p, found[0], found[1]
         return None
 
-    def _locate(self, name: str, digest: str) -> tuple[Pack, int, int] | None:
-        """Where key ``(name, digest)`` is packed, or None; a miss re-lists ``packs/`` first."""
+    def _locate(
+        self, name: str, digest: str, searched: PackSet | None = None
+    ) -> tuple[Pack, int, int] | None:
+        """Where key ``(name, digest)`` is packed, or None; a miss re-lists ``packs/`` first.
+
+        ``searched``: a listing the caller already searched in vain (not searched again).
+        """
         state = self._current_packs()
-        found = self._search(state, name, digest)
+        found = None if state is searched else self._search(state, name, digest)
         if found is None and time.monotonic() - state.checked >= self.pack_rescan:
-            found = self._search(self._refresh_packs(), name, digest)
+            fresh = self._refresh_packs()
+            if fresh is not state:  # the same listing (its stamp unchanged): searched already
+                found = self._search(fresh, name, digest)
         return found
 
     def _packed(self, name: str, digest: str) -> BytesLike | None:
         """The bytes of a packed object (``name`` "") or record, or None: one lookup, one read."""
         state = self._pack_state
+        searched = None
         if state is not None and time.monotonic() - state.checked <= PACK_RECHECK:
             for p in state.live:  # the hit path, inlined: the listing is fresh enough
                 found = p.index.find(name, digest)
@@ -1024,8 +1032,11 @@ class ObjectStore(PathStore):
                     except FileNotFoundError:
                         self._pack_state = None
                     break
+            else:
+                searched = state
         for _ in range(2):
-            where = self._locate(name, digest)
+            where = self._locate(name, digest, searched)
+            searched = None
             if where is None:
                 return None
             try:

@@ -359,7 +359,10 @@ class LocalStore(ObjectStore):
     def _seal_writer(self, w: _Writer) -> None:
         try:
             if os.fstat(w.fd).st_nlink:  # 0: another process sealed it (and maybe dropped some)
-                self._seal(seg.SegmentView(w.path, w.fd))  # our descriptor: every frame we wrote
+                view = self._views.get(w.path)
+                if view is None or view.parsed != w.size or view.torn:
+                    view = seg.SegmentView(w.path, w.fd)  # parse every frame we wrote
+                self._seal(view)
         finally:
             self._drop_writer(w)
 
@@ -371,10 +374,11 @@ class LocalStore(ObjectStore):
     def _seal(self, view: seg.SegmentView, drop: Key | None = None) -> None:
         """Write ``view``'s records (but ``drop``) into a pack, then remove the segment."""
         self._parse(view)
-        records: dict[Key, bytes] = {}
+        whole = memoryview(os.pread(view.fd, view.parsed, 0))  # one read; frames are small
+        records: dict[Key, BytesLike] = {}
         for key, (offset, length) in view.entries.items():
             if key != drop:
-                records[key] = os.pread(view.fd, length, offset)
+                records[key] = whole[offset : offset + length]
         if records:
             self.write_pack(records.items())
         _unlink_quiet(view.path)
