@@ -9,7 +9,8 @@ a 10M-row frame and 10,000 small arrays against np.save, pickle, joblib and raw 
 with peak memory), ``parallel`` (a hit through ``wrap_executor`` against a plain submit on
 threads, processes and Dask; 10,000 cached calls through Dask), ``index`` (1,000,000 call
 records: hits at 1k vs 1M, index rebuild, query by argument on SQLite and PostgreSQL;
-``FLECHE_BENCH_INDEX_N`` for fewer).  ``--list`` shows them all.
+``FLECHE_BENCH_INDEX_N`` for fewer), ``catchup`` (the index keeping up: first query,
+``count()``, listing and disk at 1k and 100k calls).  ``--list`` shows them all.
 """
 
 from __future__ import annotations

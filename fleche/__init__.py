@@ -6,7 +6,7 @@
 ...     return x * x
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.register(...)
 from fleche._version import __version__
@@ -22,6 +22,7 @@ from fleche.config import (
 )
 from fleche.config import register_cache_type as _register_cache_type
 from fleche.decorator import Ignored, Required, fleche
+from fleche.decorator import set_binder as _set_binder
 from fleche.errors import (
     CacheMiss,
     CallNotStored,
@@ -40,8 +41,6 @@ from fleche.errors import (
     UnhashableArgumentError,
     UnsafeValueError,
 )
-from fleche.parallel import BoundWrapper, wrap_executor
-from fleche.parallel import map as map  # fleche.map; not in __all__: `import *` keeps the builtin
 from fleche.query import QueryError, QueryResult, query
 from fleche.records import Call, Q
 from fleche.store import ObjectStore, open_store
@@ -96,6 +95,25 @@ __all__ = [
 # config; named, not imported: fleche.remote loads when a file first asks for one.
 _register_cache_type("ssh", "fleche.remote:SshCache")
 
+if TYPE_CHECKING:
+    from fleche.parallel import BoundWrapper, wrap_executor
+    from fleche.parallel import (
+        map as map,  # fleche.map; not in __all__: `import *` keeps the builtin
+    )
+
+# fleche.parallel (executors: inspect, pickle) loads on first use of one of its names, or
+# of f.bind(...): its import installs its own binder in place of this one.
+_PARALLEL = frozenset(("BoundWrapper", "wrap_executor", "map"))
+
+
+def _bind_call(call: Any) -> Any:
+    from fleche.parallel import bind_call
+
+    return bind_call(call)
+
+
+_set_binder(_bind_call)
+
 if not TYPE_CHECKING:  # hidden from type checkers, which would accept any fleche.<name> else
 
     def __getattr__(name: str) -> object:
@@ -107,6 +125,10 @@ if not TYPE_CHECKING:  # hidden from type checkers, which would accept any flech
                 "keep the digest of a result, so there is nothing to look a digest up in. Pass the "
                 "value itself, or f.load(*args) of the call that made it (docs/migration.md)"
             )
+        if name in _PARALLEL:
+            from fleche import parallel
+
+            return getattr(parallel, name)
         if name == "remote":
             # fleche.remote (SshCache, the server) is loaded on first use, as 0.22's
             # `fleche.remote.SshCache` reads, not by `import fleche`.

@@ -725,3 +725,48 @@ def test_helpers_under_f_fleche_as_in_0_22(active):
     assert half.fleche.rerun(4) == 2
     half.fleche.evict(4)
     assert not half.contains(4)
+
+
+def test_a_miss_whose_look_overlapped_another_threads_store_is_not_computed_again(
+    tmp_path, monkeypatch
+) -> None:
+    """Thread B looks a call up and misses; before B reaches the computation, thread A
+    computes the same call, stores it and ends its flight. B, now leading a flight of its
+    own, looks once more and finds A's result (on a slow store the look and the store
+    overlap: one key was computed twice)."""
+    runs = Counter()
+
+    @fleche
+    def twice(x: int) -> int:
+        runs()
+        return x * 2
+
+    cf = twice.__fleche__
+    real = type(cf).lookup
+    b_missed, a_done = threading.Event(), threading.Event()
+    b_thread: list[int] = []
+
+    def lookup(self, cache, key, refused=None):  # type: ignore[no-untyped-def]
+        got = real(self, cache, key, refused)
+        if threading.get_ident() in b_thread and not got[0] and not b_missed.is_set():
+            b_missed.set()
+            assert a_done.wait(10)  # A stores and ends its flight while B is "still looking"
+        return got
+
+    monkeypatch.setattr(type(cf), "lookup", lookup)
+    results: list[int] = []
+    with cache(tmp_path / "store"):
+
+        def b() -> None:
+            b_thread.append(threading.get_ident())
+            with cache(tmp_path / "store"):
+                results.append(twice(21))
+
+        tb = threading.Thread(target=b)
+        tb.start()
+        assert b_missed.wait(10)
+        assert twice(21) == 42  # A: misses, computes, stores
+        a_done.set()
+        tb.join(10)
+    assert results == [42]
+    assert runs.n == 1

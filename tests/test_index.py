@@ -665,3 +665,180 @@ def test_a_first_query_before_the_store_exists_keeps_its_catalogue(tmp_path: Pat
             sq(2)
             sq(3)
         assert fleche.query(sq, cache=cache_obj).count() == 2
+
+
+# -- what a query reads ---------------------------------------------------------------------
+
+
+def count_reads(monkeypatch, store) -> list[str]:
+    """Every record read through ``store`` from now on (its key), however the caller reads."""
+    reads: list[str] = []
+    for name in ("find_call", "get_call"):
+        real = getattr(store, name)
+
+        def counted(function_id, key, _real=real):
+            reads.append(key)
+            return _real(function_id, key)
+
+        monkeypatch.setattr(store, name, counted)
+    return reads
+
+
+def test_count_reads_no_record_and_a_catch_up_reads_each_new_one_once(
+    tmp_path: Path, monkeypatch
+) -> None:
+    c = Cache(tmp_path / "store")
+    fill(c, range(30))
+    reads = count_reads(monkeypatch, c.store)
+    with cache(c):
+        assert simulate.query().count() == 30
+        assert sorted(reads) == sorted(k for _, k in c.store.iter_calls())  # catch-up: once each
+        reads.clear()
+        assert simulate.query().count() == 30 and simulate.query(alpha=0.1).count() == 30
+        assert reads == []  # the index's count: no record read
+        assert simulate.query(n=3).count(verify=True) == 1 and len(reads) == 1
+        reads.clear()
+        fill(Cache(tmp_path / "store", index=False), range(30, 35))  # written around the index
+        assert simulate.query().count() == 35
+        assert sorted(reads) == sorted(simulate.digest(n) for n in range(30, 35))
+
+
+def test_a_large_catch_up_sorts_the_indexes_once_and_keeps_them(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Past BULK_FROM new rows (and as many as there were) the secondary indexes are dropped
+    for the load and made again after it; the answers are those of the row-by-row path."""
+    from fleche.index import _fresh, _index
+
+    monkeypatch.setattr(_index, "BULK_FROM", 10)
+    monkeypatch.setattr(_fresh, "LOCAL_THREADED_FROM", 10)  # read by a thread, 7 at a time
+    monkeypatch.setattr(_fresh, "READ_CHUNK", 7)
+    c = Cache(tmp_path / "store")
+    fill(c, range(40))
+    fill(c, range(10), alpha=0.2)
+    with cache(c):
+        damaged = simulate.digest(39)
+    path = tmp_path / "store" / "calls" / fid() / damaged[:2] / damaged[2:]
+    path.chmod(0o644)
+    path.write_bytes(b"not a record")  # skipped, like any damaged record
+    dropped: list[str] = []
+    real_drop = c.index.db.drop_indexes
+    monkeypatch.setattr(c.index.db, "drop_indexes", lambda: dropped.append("x") or real_drop())
+    assert count(c, alpha_is(0.2)) == 10 and dropped == ["x"]
+    assert count(c) == 49
+    names = {r[0] for r in c.index.db.read("SELECT name FROM sqlite_master WHERE type='index'")}
+    from fleche.index._sqlrows import INDEX_NAMES
+
+    assert set(INDEX_NAMES) <= names
+    fill(c, range(40, 52))  # 12 new rows among 50: row by row
+    assert count(c, QuerySpec(args={"n": Q.ge(40)})) == 12 and dropped == ["x"]
+    assert count(c, QuerySpec(args={"n": Q.between(5, 44)})) == 40 + 5 - 1
+
+
+def test_metadata_with_keys_json_lacks_is_catalogued_exactly(tmp_path: Path) -> None:
+    """A record whose metadata has int keys (msgpack allows them) takes the slow, exact path."""
+    from fleche.index._sqlrows import merge_metadata, own_metadata
+
+    store = LocalStore(tmp_path / "store")
+    mem = Cache(MemoryStore())
+    with cache(mem):
+        simulate(0)
+    rec = codec.decode_record(mem.store.get_call(*next(mem.store.iter_calls())))
+    odd = {**rec["metadata"], "by_id": {1: "a", 2: b"\x00"}, "$x": float("nan")}
+    plain = {**rec["metadata"], "tags": {"run": "b"}}
+    for i, meta in enumerate([odd, plain]):
+        key = f"{i:032x}"
+        store.put_call(
+            rec["function"], key, codec.encode_record({**rec, "digest": key, "metadata": meta})
+        )
+    c = Cache(store)
+    assert count(c) == 2
+    rows = {
+        k: merge_metadata(own_metadata(*own), shared)
+        for k, shared, *own in c.index.db.read(
+            "SELECT c.key, m.metadata, c.metadata, c.created, c.m_duration, c.m_finished, "
+            "c.m_cpu, c.m_pid FROM fleche_calls c JOIN fleche_meta m ON m.id = c.meta"
+        )
+    }
+    got = rows[f"{0:032x}"]
+    assert got["by_id"] == {1: "a", 2: b"\x00"} and got["$x"] != got["$x"]  # NaN
+    assert rows[f"{1:032x}"] == plain
+
+
+@fleche.fleche
+def small(n, alpha):
+    return n * alpha
+
+
+def test_the_catalogue_takes_no_more_disk_than_the_records_it_describes(tmp_path: Path) -> None:
+    """2,000 small calls (two numbers in, one out, as in issue 19's figures): the catalogue
+    file and its journal weigh no more than the records (each argument costs ~90 B more).
+
+    Metadata shared by calls (host, user, git...) is kept once, functions are numbered,
+    and the -wal file is cut back after a checkpoint (it kept its largest size before).
+    """
+    c = Cache(tmp_path / "store")
+    with cache(c):
+        for n in range(2_000):
+            small(n, n / 7)
+    assert count(c) == 2_000
+    records = sum(
+        p.stat().st_size for p in (tmp_path / "store" / "calls").rglob("*") if p.is_file()
+    )
+    c.index.close()  # the last connection checkpoints, as every process ends
+    catalogue = c.index.db.size()
+    assert catalogue is not None and catalogue <= records, (catalogue / 2_000, records / 2_000)
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        {"created": 1.7e9, "duration": 0.25, "finished": 1.7e9 + 1, "cpu": 0.2, "pid": 42},
+        {"created": 0.0, "duration": 3, "cpu": float("nan"), "pid": True},
+        {"created": -0.0, "finished": float("inf"), "pid": 1 << 70},
+        {"created": 5, "duration": "long", "pid": -1},
+        {"created": "yesterday"},
+        {},
+    ],
+)
+def test_own_metadata_comes_back_exactly_from_its_columns(own: dict) -> None:
+    """created/duration/finished/cpu/pid live in typed columns when they are what a call
+    writes (finite floats, an int pid); anything else stays JSON, and the row gives all back."""
+    from fleche.index._sqlrows import call_row, merge_metadata, own_metadata
+
+    meta = {**own, "host": "h", "tags": {"run": 1}}
+    row, _ = call_row("m.f", "0" * 32, {"metadata": meta}, 10, None)
+    got = merge_metadata(
+        own_metadata(
+            row["metadata"],
+            row["created"],
+            row["m_duration"],
+            row["m_finished"],
+            row["m_cpu"],
+            row["m_pid"],
+        ),
+        row["context"][3],
+    )
+    for k, v in meta.items():  # exact, by type too (0.0 vs -0.0, 5 vs 5.0, NaN)
+        assert type(got[k]) is type(v) and repr(got[k]) == repr(v)
+    assert set(got) == set(meta)
+
+
+def test_a_refresh_drops_shared_metadata_no_call_points_at(tmp_path: Path) -> None:
+    c = Cache(tmp_path / "store")
+    with cache(c):
+        for run in range(3):
+            with fleche.tags(run=run):  # one fleche_meta row per run
+                simulate(run)
+    assert count(c, QuerySpec(metadata={("tags", "run"): Q.eq(1)})) == 1
+
+    def contexts() -> int:
+        return int(c.index.db.read("SELECT COUNT(*) FROM fleche_meta")[0][0])
+
+    assert contexts() == 3
+    with cache(c):
+        simulate.evict(1)
+    assert count(c) == 2 and contexts() == 3  # a query leaves it: the next refresh drops it
+    c.index.refresh()
+    assert contexts() == 2
+    assert count(c, QuerySpec(metadata={("tags", "run"): Q.eq(2)})) == 1

@@ -224,6 +224,10 @@ def records(draw):
         meta["$odd"] = draw(metadata_values)
     if draw(st.booleans()):
         meta['q"uote'] = draw(scalars)
+    if draw(st.booleans()):
+        meta["duration"] = draw(st.one_of(st.floats(0, 10), scalars))
+    if draw(st.booleans()):
+        meta["pid"] = draw(st.one_of(st.integers(-(1 << 63), (1 << 64) - 1), scalars))
     rec = {
         "fleche": 1,
         "function": fid,
@@ -241,6 +245,7 @@ def records(draw):
 
 META_PATHS = [("created",), ("tags", "project"), ("tags", "k"), ("tags", "$odd"), ("$odd",)]
 META_PATHS += [("tags",), ('q"uote',), ("missing",), ("tags", "project", "a")]
+META_PATHS += [("duration",), ("pid",)]  # kept in typed columns when they are numbers
 
 
 @st.composite

@@ -403,8 +403,8 @@ def test_a_stale_index_never_returns_a_wrong_call(
         assert fake.asked[-1].args == {"alpha": Q.eq(0.1)}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FlecheWarning)
-            assert q.count() == 2  # verified
-            assert q.count(verify=False) == 4  # the index's word, when asked for speed
+            assert q.count(verify=True) == 2  # verified: every listed record read and checked
+            assert q.count() == 4  # the index's word: no record read
             assert q.latest().arguments["n"] == 5  # the first verified, in the index's order
             fake.keys = listed[1:3]
             assert q.latest() is None and not q

@@ -126,7 +126,8 @@ def test_take_and_skip_read_only_the_records_they_return(
         assert xs(point.query().skip(40).take(3)) == [9, 8, 7]  # newest first
         assert len(read) == 3
         read.clear()
-        assert point.query().take(5).count() == 5 and len(read) == 5
+        assert point.query().take(5).count() == 5 and read == []  # from the index
+        assert point.query().take(5).count(verify=True) == 5 and len(read) == 5
         read.clear()
         assert point.query().skip(45).count(verify=False) == 5 and read == []
 

@@ -52,29 +52,98 @@ def test_import_fleche_loads_only_its_small_dependencies() -> None:
 
 
 LAZY_STDLIB = (
+    "array",  # encoding a tree of arrays
+    "atexit",  # the index (closing its connections)
     "concurrent.futures",  # encoding a miss, executors, sync
     "getpass",  # record metadata, on the first miss
     "hashlib",  # the user index file name, when an index opens (OpenSSL: ~3 ms)
+    "heapq",  # merging layered indexes
     "hmac",  # signed caches
+    "json",  # fleche.json once per store, leases (json.decoder/encoder/scanner: ~2 ms)
     "logging",  # until the program imports it (the hit path's DEBUG check takes it from there)
+    "mmap",  # mapped loads, large reads, packs
     "pathlib",  # config discovery, git metadata (pathlib + urllib.parse: ~5 ms)
+    "random",  # a lease's waiter (random + hashlib's _sha512 + bisect)
     "secrets",  # temp and lease names use os.urandom
     "socket",  # host name, on the first miss or lease
+    "sqlite3",  # the index, when a Cache opens it (sqlite3 + datetime's C half)
     "subprocess",  # git status, on the first miss
     "tempfile",  # bags and isolate=True
     "tomllib",  # reading a fleche.toml
 )
-"""Standard-library modules fleche imports only on the path that uses them (~30 ms together)."""
+"""Standard-library modules fleche imports only on the path that uses them (~35 ms together)."""
 
 
 def test_import_fleche_leaves_the_costly_standard_library_modules_alone() -> None:
     code = (
-        "import json, sys; import fleche; "
-        f"print(json.dumps([m for m in {LAZY_STDLIB!r} if m in sys.modules]))"
+        "import sys; import fleche; "
+        f"loaded = [m for m in {LAZY_STDLIB!r} if m in sys.modules]; "
+        "import json; print(json.dumps(loaded))"  # json after the look: it is pinned too
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     loaded = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == [], f"import fleche now loads {loaded}: import them where they are used"
+
+
+LAZY_FLECHE = (
+    "fleche.index",  # opened with a Cache: sqlite3 and two dataclasses
+    "fleche.parallel",  # executors, f.bind(...), fleche.map
+    "fleche.query._ref",  # Ref, a dataclass: the first table() showing one
+)
+"""fleche's own modules that ``import fleche`` leaves for first use (~9 M instructions)."""
+
+DATACLASSES_AT_IMPORT = {
+    "fleche.cache._lease.LeasePolicy",
+    "fleche.records._call.Call",
+    "fleche.records._call.NotStored",
+    "fleche.records._terms.Condition",
+    "fleche.records._terms.QuerySpec",
+    "fleche.sync._result.SyncResult",
+}
+"""The dataclasses ``import fleche`` builds (each execs its generated methods: ~4 M
+instructions). They carry weight (equality, repr, validation) and are used across the
+package. A new one on the import path: a plain class with ``__slots__`` if it needs
+none of that, or a module loaded on first use (as ``fleche.query._ref``)."""
+
+
+def test_import_fleche_leaves_its_rarely_used_modules_and_classes_for_later() -> None:
+    code = textwrap.dedent(f"""
+    import dataclasses, json, sys
+    import fleche
+    built = sorted(
+        f"{{name}}.{{k}}" for name, mod in list(sys.modules.items()) if name.startswith("fleche")
+        for k, v in vars(mod).items()
+        if isinstance(v, type) and dataclasses.is_dataclass(v) and v.__module__ == name
+    )
+    print(json.dumps([[m for m in {LAZY_FLECHE!r} if m in sys.modules], built]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, built = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"import fleche now loads {loaded}"
+    assert set(built) == DATACLASSES_AT_IMPORT, sorted(set(built) ^ DATACLASSES_AT_IMPORT)
+
+
+def test_the_lazy_names_work_in_a_fresh_process(tmp_path: Path) -> None:
+    # fleche.map, fleche.wrap_executor, fleche.BoundWrapper and f.bind(...) load
+    # fleche.parallel on first use; fleche.query.Ref loads with its module.
+    body = """
+    import sys
+    import fleche
+    from fleche.query import Ref
+    assert "fleche.parallel" not in sys.modules
+    fleche.set_default_cache(sys.argv[1])
+
+    @fleche.fleche
+    def double(x):
+        return 2 * x
+
+    bound = double.bind(21)
+    assert isinstance(bound, fleche.BoundWrapper) and bound() == 42
+    assert list(fleche.map(double, [1, 2])) == [2, 4]
+    assert fleche.wrap_executor is fleche.parallel.wrap_executor
+    assert repr(Ref("numpy.ndarray", "ab" * 16, 10)) == "<numpy.ndarray abababababab 10 B>"
+    """
+    third_party_loaded(body, str(tmp_path / "cache"))
 
 
 _CALL = """

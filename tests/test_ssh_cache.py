@@ -248,7 +248,9 @@ def test_no_config_on_the_host_is_a_clear_error(sshd: Any, tmp_path: Path) -> No
         _ssh(sshd, no_default, setup_commands=isolate)
 
 
-def test_a_ssh_url_without_path_in_fleche_toml(sshd: Any, tmp_path: Path) -> None:
+def test_a_ssh_url_without_path_in_fleche_toml(
+    sshd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     proj = _project(tmp_path / "proj")
     here = tmp_path / "here"
     here.mkdir()
@@ -260,17 +262,15 @@ def test_a_ssh_url_without_path_in_fleche_toml(sshd: Any, tmp_path: Path) -> Non
     )
     runs = Counter()
     square = _square(runs)
-    old = os.getcwd()
-    os.chdir(here)
-    try:
-        with cache("cluster"):
-            square(9)
-    finally:
-        os.chdir(old)
+    monkeypatch.chdir(here)
+    with cache("cluster"):
+        square(9)
     assert len(_calls(proj / "store-other")) == 1
 
 
-def test_an_original_fleche_toml_with_type_ssh_reaches_the_host(sshd: Any, tmp_path: Path) -> None:
+def test_an_original_fleche_toml_with_type_ssh_reaches_the_host(
+    sshd: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """0.22's ``type = "ssh"`` table in its own config format builds a real SshCache."""
     proj = _project(tmp_path / "proj")
     here = tmp_path / "here"
@@ -283,16 +283,12 @@ def test_an_original_fleche_toml_with_type_ssh_reaches_the_host(sshd: Any, tmp_p
     )
     runs = Counter()
     square = _square(runs)
-    old = os.getcwd()
-    os.chdir(here)
-    try:
-        active = fleche_module.active_cache()
-        assert isinstance(active, SshCache)
-        with cache(active):
-            assert square(5) == 25 and square(5) == 25
-        active.close()
-    finally:
-        os.chdir(old)
+    monkeypatch.chdir(here)
+    active = fleche_module.active_cache()
+    assert isinstance(active, SshCache)
+    with cache(active):
+        assert square(5) == 25 and square(5) == 25
+    active.close()
     assert runs.n == 1
     assert len(_calls(proj / "store-other")) == 1  # stored on the host, in the named cache
 

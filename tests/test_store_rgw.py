@@ -143,6 +143,10 @@ def test_a_small_read_is_one_get(rgw: RadosGW, rgw_store: S3Store) -> None:
     assert methods(seen) == ["GET"]
     with count_requests(rgw_store.fs) as seen, pytest.raises(CacheMiss):
         other.get_call(FID, digest_of("miss"))
+    # the first miss of a handle also lists packs/ (docs/format.md, "Packs")
+    assert methods(seen) == ["GET", "GET"] and "packs%2F" in seen[1][1]
+    with count_requests(rgw_store.fs) as seen, pytest.raises(CacheMiss):
+        other.get_call(FID, digest_of("another miss"))
     assert methods(seen) == ["GET"]  # a miss is one 404 (NoSuchKey): no HEAD, no LIST
 
 
@@ -154,7 +158,7 @@ def test_listing_pages(rgw_store: S3Store) -> None:
     with count_requests(rgw_store.fs) as seen:
         assert set(rgw_store.iter_oids()) == oids
         assert set(rgw_store.iter_calls()) == calls
-    assert methods(seen) == ["GET", "GET"]  # one ListObjectsV2 each
+    assert methods(seen) == ["GET", "GET", "GET"]  # one ListObjectsV2 each, one of packs/
     rgw_store._page_size = 2
     with count_requests(rgw_store.fs) as seen:
         assert set(rgw_store.iter_oids()) == oids

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from fleche import codec
 from fleche.codec import TRAILER_SIZE, Signer, signer_from
@@ -25,8 +25,10 @@ from fleche.errors import (
     SignatureError,
     warn_user,
 )
-from fleche.index import Index, IndexSpec, open_index
 from fleche.store import ObjectStore, is_oid, open_store
+
+if TYPE_CHECKING:  # loaded when a Cache opens its index: sqlite3 stays off `import fleche`
+    from fleche.index import Index, IndexSpec
 
 INLINE_LIMIT = 4096
 _NOT_MAPPED = object()
@@ -237,6 +239,8 @@ class Cache:
         self.name = name or store.url
         # The queryable catalogue of this cache's records (fleche.index): on by default
         # for local and remote stores, off for memory; ``index=`` True/False or a URL.
+        from fleche.index import open_index
+
         self.index: Index | None = open_index(store, index)
 
     def __repr__(self) -> str:

@@ -42,7 +42,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleche import codec
 from fleche.cache._cache import (
@@ -55,8 +55,10 @@ from fleche.cache._cache import (
 )
 from fleche.cache._layer_set import LayerSet, LayerSpec, _Layer
 from fleche.errors import CacheMiss, CorruptObjectError, DecodeError
-from fleche.index import Index, LayeredIndex
 from fleche.store import BytesLike
+
+if TYPE_CHECKING:  # fleche.index loads when a cache opens one (sqlite3 off `import fleche`)
+    from fleche.index import Index, LayeredIndex
 
 WRITE_MODES = ("first", "through")
 RETRY_AFTER = 60.0
@@ -168,6 +170,8 @@ class LayeredCache(LayerSet):
 
     def merged_index(self) -> LayeredIndex:
         """Each readable layer's index (a scan for a layer without one), merged, each call once."""
+        from fleche.index import LayeredIndex
+
         return LayeredIndex(lambda: [cache for _, cache in self._readable()])
 
     # -- records -------------------------------------------------------------------------

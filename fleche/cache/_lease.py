@@ -35,9 +35,7 @@ process does when the store refuses leases (fail open, one warning).
 
 from __future__ import annotations
 
-import json
 import os
-import random
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -152,6 +150,8 @@ def _encode(function_id: str, digest: str, token: str, ttl: float, acquired: flo
         "expires": now + ttl,
         "ttl": ttl,
     }
+    import json  # the lease path only: json stays off `import fleche`
+
     return json.dumps(record, separators=(",", ":")).encode()
 
 
@@ -159,6 +159,8 @@ def _decode(raw: BytesLike | None) -> dict[str, Any] | None:
     """The lease record, or None when ``raw`` is not one (junk is treated as a dead lease)."""
     if raw is None:
         return None
+    import json
+
     try:
         rec = json.loads(bytes(raw))
     except ValueError:
@@ -529,6 +531,8 @@ def _waiting(
         # (a 1 s computation costs a waiter ~0.1 s more, a 1 h one poll_max), with
         # jitter so that many waiters do not poll in step.
         delay = min(policy.poll_max, max(policy.poll, 0.1 * (now - started)))
+        import random  # waiting for another process: never on the hit path
+
         pause = delay * random.uniform(0.8, 1.2)
         if deadline is not None:
             pause = min(pause, max(0.0, deadline - now))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import struct
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from fleche.errors import SerializationError
@@ -73,22 +72,35 @@ class MissingSerializerError(SerializationError):
     """
 
 
-@dataclass
+# The three classes below are plain classes with __slots__, not dataclasses: a dataclass
+# exec-compiles its methods when its module is imported, which `import fleche` paid for.
+
+
 class DumpContext:
     """What a serializer may use while encoding one value.
 
     ``split`` (set by the registry) stores a large array member as its own
     object and returns that object's oid, so an array shared by several
     results is stored once; serializers that embed references call it.
+    ``split_min``: buffers from this size are worth splitting off;
+    ``children``: the ``Encoded`` objects of the split members.
     """
 
-    level: int = 1
-    split: Callable[[Any], str | None] | None = None
-    split_min: int = 1 << 20  # buffers from this size are worth splitting off
-    children: list[Any] = field(default_factory=list)  # codec_frame.Encoded of split members
+    __slots__ = ("children", "level", "split", "split_min")
+
+    def __init__(
+        self,
+        level: int = 1,
+        split: Callable[[Any], str | None] | None = None,
+        split_min: int = 1 << 20,
+        children: list[Any] | None = None,
+    ) -> None:
+        self.level = level
+        self.split = split
+        self.split_min = split_min
+        self.children: list[Any] = [] if children is None else children
 
 
-@dataclass
 class LoadContext:
     """What a serializer may use while decoding: child objects, and whether to map them.
 
@@ -98,30 +110,48 @@ class LoadContext:
     (arrays built on it are then writable without a copy).
     """
 
-    resolve: Callable[[str], Any] | None = None
-    mmap: bool = False
-    writable: bool = False
-    where: str = "object"
+    __slots__ = ("mmap", "resolve", "where", "writable")
+
+    def __init__(
+        self,
+        resolve: Callable[[str], Any] | None = None,
+        mmap: bool = False,
+        writable: bool = False,
+        where: str = "object",
+    ) -> None:
+        self.resolve = resolve
+        self.mmap = mmap
+        self.writable = writable
+        self.where = where
 
 
-@dataclass(frozen=True)
 class Streamed:
     """A payload produced on demand: ``produce(write)`` calls ``write`` with its pieces in order.
 
     ``size`` is the payload's exact length. ``produce`` may be called more
     than once (a layered cache writing through); it gives the same bytes each time.
+    ``pieces``: how many buffers the payload is made of (held in a list, each costs
+    ~200 bytes of Python objects: a payload of many small pieces streams whatever
+    its size). ``gather()``: the payload's buffers as a list, without copies, for a
+    payload not worth streaming (by default ``produce`` is collected; a producer
+    that gathers small pieces into bigger writes copies them).
     """
 
-    serializer: int
-    size: int
-    produce: Callable[[Callable[[Any], object]], None]
-    pieces: int = 1
-    """How many buffers the payload is made of. Held in a list, each costs ~200 bytes of
-    Python objects: a payload of many small pieces streams whatever its size."""
-    gather: Callable[[], Sequence[Any]] | None = None
-    """The payload's buffers as a list, without copies, for a payload not worth streaming
-    (by default ``produce`` is collected; a producer that gathers small pieces into
-    bigger writes copies them)."""
+    __slots__ = ("gather", "pieces", "produce", "serializer", "size")
+
+    def __init__(
+        self,
+        serializer: int,
+        size: int,
+        produce: Callable[[Callable[[Any], object]], None],
+        pieces: int = 1,
+        gather: Callable[[], Sequence[Any]] | None = None,
+    ) -> None:
+        self.serializer = serializer
+        self.size = size
+        self.produce = produce
+        self.pieces = pieces
+        self.gather = gather
 
 
 class Serializer(ABC):

@@ -11,7 +11,6 @@ records. Call records are msgpack maps. The layout is specified in
 
 from __future__ import annotations
 
-import mmap as _mmap
 import os
 import pickle
 from collections.abc import Callable, Container
@@ -205,6 +204,8 @@ def map_object(
             payload: Any = memoryview(b"")
             view = None
         else:
+            import mmap as _mmap  # a mapped load only: mmap stays off `import fleche`
+
             mapped = _mmap.mmap(fd, size, access=_mmap.ACCESS_READ)
             view = memoryview(mapped)
             payload = view[HEADER_SIZE : HEADER_SIZE + length]

@@ -24,7 +24,6 @@ give it. Anything else raises ``TypeError``, and pickle takes the value.
 
 from __future__ import annotations
 
-import array
 import itertools
 import struct
 from collections.abc import Callable, Iterator, Sequence
@@ -112,6 +111,8 @@ def _shared(value: Any, np: Any) -> set[int]:
     Only those need an id -> index entry while packing: a dict of every
     array's id would cost ~100 bytes per array, a tenth of a small array.
     """
+    import array  # encoding a tree only
+
     ids = array.array("Q")
     stack = [value]
     walked: set[int] = set()  # containers: a list holding itself must not walk forever

@@ -85,6 +85,7 @@ class Computing(ResultIO):
     isolate: bool
     _flights: dict[tuple[int, str], _Flight]
     _flights_lock: threading.Lock
+    _landed: int  # flights ended in this process (see compute)
     _pending: dict[tuple[int, str], Any]  # futures returned, not yet completed and stored
 
     def _store_when_done(
@@ -126,8 +127,14 @@ class Computing(ResultIO):
             finally:
                 os.chdir(old)
 
-    def compute(self, cache: AnyCache, call: PendingCall) -> Any:
-        """Compute a miss once per process: concurrent threads asking for the same key wait."""
+    def compute(self, cache: AnyCache, call: PendingCall, landed: int | None = None) -> Any:
+        """Compute a miss once per process: concurrent threads asking for the same key wait.
+
+        ``landed``: :attr:`_landed` as it was before the caller looked the call up and
+        missed. A flight that ended since may have stored this very call after that look
+        (the look and the leader's store overlap on a slow store): a new leader then looks
+        once more before computing, so one key is computed once.
+        """
         fkey = (id(cache), call.key)
         if self._pending:  # a future an earlier call returned, not yet stored
             future = self._pending.get(fkey)
@@ -151,6 +158,11 @@ class Computing(ResultIO):
                 return flight.result
             # the leader raised: compute (and raise) for ourselves rather than share its error
         try:
+            if leader and landed is not None and landed != self._landed:
+                hit, value = self.lookup(cache, call.key, None)
+                if hit:
+                    flight.result, flight.ok = value, True
+                    return value
             started = time.time()
             c0 = time.process_time()
             t0 = time.perf_counter()
@@ -168,6 +180,7 @@ class Computing(ResultIO):
             if leader:
                 with self._flights_lock:
                     del self._flights[fkey]
+                    self._landed += 1
                 flight.done.release()
 
     async def acompute(self, cache: AnyCache, call: PendingCall) -> Any:

@@ -180,8 +180,8 @@ class BoundCall:
 
 
 # How f.bind(...) binds a call to the caller's cache: set by fleche.parallel (its Bound
-# carries a cache to another process), which sits above this layer and is imported by
-# ``import fleche``.
+# carries a cache to another process), which sits above this layer; ``import fleche`` sets
+# one that imports fleche.parallel on the first f.bind(...).
 _BINDER: list[Callable[[Callable[..., Any]], Any]] = []
 
 
@@ -270,6 +270,7 @@ class CachedFunction(Computing):
         }
         self._flights: dict[tuple[int, str], _Flight] = {}
         self._flights_lock = threading.Lock()
+        self._landed = 0
         self._pending: dict[tuple[int, str], Any] = {}
         self._aflights: dict[tuple[int, int, str], _AsyncFlight] = {}
         self._warned: set[str] = set()
@@ -297,6 +298,7 @@ class CachedFunction(Computing):
         self.__dict__.update(state)
         self._flights = {}
         self._flights_lock = threading.Lock()
+        self._landed = 0
         self._pending = {}
         self._aflights = {}
 
@@ -391,7 +393,9 @@ class CachedFunction(Computing):
             return self._run(args, kwargs, "uncached")
         if self.uncacheable(items) or (_DOWN and self.skipped(cache)):
             return self._run(args, kwargs, key)
+        landed = None
         if not REFRESHING.get():
+            landed = self._landed
             hit, value = self.lookup(cache, key, refused)
             if hit:
                 return value
@@ -400,7 +404,9 @@ class CachedFunction(Computing):
                 policy = self.single_flight
                 call = PendingCall(args, kwargs, key, items, digests)
                 return compute_once(self, cache, call, policy, value)
-        return self.compute(cache, PendingCall(args, kwargs, key, items, digests))
+            if value is not None:  # an Undecodable: a second look would load it again
+                landed = None
+        return self.compute(cache, PendingCall(args, kwargs, key, items, digests), landed)
 
     async def acall(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """``__call__`` for an ``async def`` function: coroutines of one loop missing the same

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from fleche.digest._core import _CORE, _REGISTRY, _qualname, digest, register
@@ -50,12 +49,20 @@ class Digest(str):
     __slots__ = ()
 
 
-@dataclass
 class Hook(Generic[T]):
-    """A digest function for a type: ``add_hook(Hook(MyType, fn))`` (0.22)."""
+    """A digest function for a type: ``add_hook(Hook(MyType, fn))`` (0.22).
 
-    type: type[T]
-    digest: Callable[[T], Any]
+    A plain class, not a dataclass (whose methods `import fleche` would compile).
+    """
+
+    __slots__ = ("digest", "type")
+
+    def __init__(self, type: type[T], digest: Callable[[T], Any]) -> None:
+        self.type = type
+        self.digest = digest
+
+    def __repr__(self) -> str:
+        return f"Hook({self.type!r}, {self.digest!r})"
 
 
 class HookError(FlecheError, TypeError):

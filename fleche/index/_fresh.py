@@ -32,6 +32,9 @@ from fleche.store import HEX_DIGITS, LocalStore, ObjectStore, is_function_id
 SETTLE_NS = 2_000_000_000
 """A directory mtime younger than this (2 s) may hide a write made in the same tick."""
 READ_WORKERS = 8
+LOCAL_THREADED_FROM = 2_000
+"""Records from which a local catch-up reads in a thread of its own (below, not worth one)."""
+READ_CHUNK = 500  # records the reader thread reads ahead
 
 
 @dataclass
@@ -195,16 +198,33 @@ def read_blobs(
 ) -> Iterator[tuple[str, Any]]:
     """``(key, bytes or None)`` for each record; None when it vanished since the listing.
 
-    Local and memory stores read in this thread (a read is microseconds);
-    remote ones with a few threads, since each read is a round trip.
+    Memory stores and small local batches read in this thread (a read is microseconds);
+    larger local ones in one reader thread kept a chunk ahead; remote ones with a few
+    threads, since each read is a round trip.
     """
     keys = list(keys)
-    if is_local(store) or is_memory(store) or len(keys) < 4:
+    local = is_local(store)
+    if is_memory(store) or len(keys) < (LOCAL_THREADED_FROM if local else 4):
         for key in keys:
             yield key, store.find_call(function_id, key)
         return
     from concurrent.futures import ThreadPoolExecutor  # once per catch-up
 
+    if local:
+        # one reader thread a chunk ahead of the caller, whose parsing and SQL then overlap
+        # the open/read/close system calls (they release the GIL)
+        def read(chunk: list[str]) -> list[Any]:
+            return [store.find_call(function_id, k) for k in chunk]
+
+        parts = [keys[i : i + READ_CHUNK] for i in range(0, len(keys), READ_CHUNK)]
+        with ThreadPoolExecutor(1, thread_name_prefix="fleche-index") as reader:
+            ahead = reader.submit(read, parts[0])
+            for j, part in enumerate(parts):
+                blobs = ahead.result()
+                if j + 1 < len(parts):
+                    ahead = reader.submit(read, parts[j + 1])
+                yield from zip(part, blobs, strict=True)
+        return
     with ThreadPoolExecutor(READ_WORKERS, thread_name_prefix="fleche-index") as pool:
         for i in range(0, len(keys), 1000):  # bounded: a million futures at once is a lot of memory
             chunk = keys[i : i + 1000]

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fleche.index._db import Tx
-from fleche.index._sqlrows import CALL_COLUMNS
+from fleche.index._sqlrows import CALL_COLUMNS, FN
 
 BATCH = 500  # rows per statement batch / transaction
 
@@ -40,7 +40,7 @@ def _placeholders(prefix: str, values: Iterable[Any], params: dict[str, Any]) ->
 _COLS = ", ".join(CALL_COLUMNS)
 _INSERT_SQLITE = (
     f"INSERT INTO fleche_calls (id, {_COLS}) "
-    f"VALUES (:id, {', '.join(':' + c for c in CALL_COLUMNS)})"
+    f"VALUES (:id, {', '.join(':fn' if c == 'function' else ':' + c for c in CALL_COLUMNS)})"
 )
 _UPDATE_SQLITE = (
     "UPDATE fleche_calls SET "
@@ -54,6 +54,71 @@ def _arg_dicts(cid: int, args: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     return [{"call": cid, "name": n, "digest": d, "i": i, "f": f, "s": s} for n, d, i, f, s in args]
 
 
+def resolve_contexts(tx: Tx, rows: list[Row], dialect: str) -> None:
+    """Set each row's ``meta`` to the id of its ``fleche_meta`` row, adding the rows missing.
+
+    A batch of calls of one function shares one or a few such rows, so this is one
+    SELECT and, the first time, one INSERT per new row. ``ON CONFLICT DO NOTHING``
+    and a second SELECT: another writer may add the same row meanwhile.
+    """
+    wanted: dict[bytes, tuple[Any, ...]] = {}
+    for row, _ in rows:
+        digest, *context = row["context"]
+        wanted[digest] = tuple(context)
+    found = _context_ids(tx, list(wanted))
+    missing = sorted(d for d in wanted if d not in found)
+    if not missing:
+        _set_contexts(rows, found)
+        return
+    js = "CAST(:metadata AS JSONB)" if dialect == "postgresql" else ":metadata"
+    for digest in missing:
+        module, qualname, metadata = wanted[digest]
+        tx.execute(
+            "INSERT INTO fleche_meta (digest, module, qualname, metadata) "
+            f"VALUES (:digest, :module, :qualname, {js}) ON CONFLICT (digest) DO NOTHING",
+            {"digest": digest, "module": module, "qualname": qualname, "metadata": metadata},
+        )
+    found.update(_context_ids(tx, missing))
+    _set_contexts(rows, found)
+
+
+def _context_ids(tx: Tx, digests: list[bytes]) -> dict[bytes, int]:
+    return {bytes(d): i for d, i in _ids(tx, "fleche_meta", "digest", digests)}
+
+
+def _ids(tx: Tx, table: str, column: str, values: list[Any]) -> list[tuple[Any, int]]:
+    """``(value, id)`` of the rows of ``table`` whose ``column`` is one of ``values``."""
+    params: dict[str, Any] = {}
+    ph = _placeholders("v", values, params)
+    rows = tx.execute(f"SELECT {column}, id FROM {table} WHERE {column} IN ({ph})", params)
+    return [(v, int(i)) for v, i in rows]
+
+
+def resolve_functions(tx: Tx, rows: list[Row]) -> None:
+    """Set each row's ``fn`` to the number of its function, numbering the functions new here."""
+    names = sorted({row["function"] for row, _ in rows})
+    found = _function_ids(tx, names)
+    for name in names:
+        if name not in found:
+            tx.execute(
+                "INSERT INTO fleche_functions (name) VALUES (:f) ON CONFLICT (name) DO NOTHING",
+                {"f": name},
+            )
+    if len(found) < len(names):
+        found = _function_ids(tx, names)
+    for row, _ in rows:
+        row["fn"] = found[row["function"]]
+
+
+def _function_ids(tx: Tx, names: list[str]) -> dict[str, int]:
+    return {str(n): i for n, i in _ids(tx, "fleche_functions", "name", names)}
+
+
+def _set_contexts(rows: list[Row], ids: dict[bytes, int]) -> None:
+    for row, _ in rows:
+        row["meta"] = ids[row["context"][0]]
+
+
 def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
     """Insert or replace call rows (and their argument rows) under SQLite's write lock.
 
@@ -61,6 +126,8 @@ def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
     other writer runs until it ends: new rows get ids from ``MAX(id)`` and go in
     with one ``executemany`` (a C loop) instead of one statement each.
     """
+    resolve_contexts(tx, rows, "sqlite")
+    resolve_functions(tx, rows)
     arg_rows: list[dict[str, Any]] = []
     new: list[dict[str, Any]] = []
     next_id: int | None = None
@@ -70,7 +137,8 @@ def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
         keys = _placeholders("k", (r["key"] for r, _ in group_rows), params)
         existing = dict(
             tx.execute(
-                f"SELECT key, id FROM fleche_calls WHERE function = :f AND key IN ({keys})", params
+                f"SELECT key, id FROM fleche_calls WHERE function = {FN} AND key IN ({keys})",
+                params,
             )
         )
         for row, args in group_rows:
@@ -92,10 +160,9 @@ def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
 # PostgreSQL array type of each column, for bulk writes through unnest(): one parameter
 # per column (an array) instead of one per value, which drivers and SQLAlchemy parse slowly.
 _PG_ARRAYS = {
-    "function": "TEXT[]",
+    "function": "BIGINT[]",
     "key": "TEXT[]",
-    "module": "TEXT[]",
-    "qualname": "TEXT[]",
+    "meta": "BIGINT[]",
     "v_digest": "BYTEA[]",
     "v_i": "BIGINT[]",
     "v_f": "DOUBLE PRECISION[]",
@@ -107,6 +174,10 @@ _PG_ARRAYS = {
     "result_size": "BIGINT[]",
     "metadata": "TEXT[]",  # JSON text, cast to jsonb per element below
     "stamp": "TEXT[]",
+    "m_duration": "DOUBLE PRECISION[]",
+    "m_finished": "DOUBLE PRECISION[]",
+    "m_cpu": "DOUBLE PRECISION[]",
+    "m_pid": "BIGINT[]",
 }
 _PG_ARG_ARRAYS = {
     "call": "BIGINT[]",
@@ -143,7 +214,12 @@ def upsert_postgresql(tx: Tx, rows: list[Row]) -> None:
     wins, with its own argument rows. ``rows`` is deduplicated and sorted (a row
     may not be hit twice by one statement; one lock order for every writer).
     """
-    returned = tx.execute(_UPSERT_PG, {c: [row[c] for row, _ in rows] for c in CALL_COLUMNS})
+    resolve_contexts(tx, rows, "postgresql")
+    resolve_functions(tx, rows)
+    returned = tx.execute(
+        _UPSERT_PG,
+        {c: [row["fn" if c == "function" else c] for row, _ in rows] for c in CALL_COLUMNS},
+    )
     ids = {(f, k): cid for cid, f, k in returned}
     tx.execute(
         "DELETE FROM fleche_args WHERE call = ANY(CAST(:ids AS BIGINT[]))",
@@ -151,7 +227,7 @@ def upsert_postgresql(tx: Tx, rows: list[Row]) -> None:
     )
     columns: dict[str, list[Any]] = {c: [] for c in _PG_ARG_ARRAYS}
     for row, args in rows:
-        cid = ids[(row["function"], row["key"])]
+        cid = ids[(row["fn"], row["key"])]
         for name, digest, i, f, s_ in args:
             for c, v in zip(_PG_ARG_ARRAYS, (cid, name, digest, i, f, s_), strict=True):
                 columns[c].append(v)
@@ -162,7 +238,7 @@ def upsert_postgresql(tx: Tx, rows: list[Row]) -> None:
 def delete(tx: Tx, function_id: str, keys: list[str]) -> None:
     params: dict[str, Any] = {"f": function_id}
     ks = _placeholders("k", keys, params)
-    where = f"function = :f AND key IN ({ks})"
+    where = f"function = {FN} AND key IN ({ks})"
     tx.execute(
         f"DELETE FROM fleche_args WHERE call IN (SELECT id FROM fleche_calls WHERE {where})", params
     )
@@ -171,11 +247,11 @@ def delete(tx: Tx, function_id: str, keys: list[str]) -> None:
 
 def drop_function(tx: Tx, function_id: str) -> int:
     params = {"f": function_id}
-    n = tx.execute("SELECT COUNT(*) FROM fleche_calls WHERE function = :f", params)[0][0]
+    n = tx.execute(f"SELECT COUNT(*) FROM fleche_calls WHERE function = {FN}", params)[0][0]
     tx.execute(
-        "DELETE FROM fleche_args WHERE call IN (SELECT id FROM fleche_calls WHERE function = :f)",
+        f"DELETE FROM fleche_args WHERE call IN (SELECT id FROM fleche_calls WHERE function = {FN})",
         params,
     )
-    tx.execute("DELETE FROM fleche_calls WHERE function = :f", params)
+    tx.execute(f"DELETE FROM fleche_calls WHERE function = {FN}", params)
     tx.execute("DELETE FROM fleche_fans WHERE function = :f", params)
     return int(n)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fleche.parallel._executor import ExecutorError, map, wrap_executor
 from fleche.parallel._task import Bound, CacheNotPortableError, bind
+from fleche.parallel._task import _bind_call as bind_call  # what f.bind(...) returns
 
 BoundWrapper = Bound  # fleche 0.22's name: fleche.BoundWrapper.bind(f), f.bind(*args)
 
@@ -35,6 +36,7 @@ __all__ = [
     "CacheNotPortableError",
     "ExecutorError",
     "bind",
+    "bind_call",
     "map",
     "share_cache",
     "wrap_executor",

@@ -46,20 +46,30 @@ def is_clear(v: Any) -> bool:
     return False
 
 
-@dataclass(frozen=True, slots=True)
 class PendingCall:
     """A call on its way to being computed: what it was given, its key, and what the key
     was made of (each bound argument with its digest, in order), which the record stores.
 
     Built on a miss only, so a hit pays nothing for it; handed from the decorator
     through single-flight leases to the code that computes and stores the call.
+    A plain class (not a dataclass, whose methods `import fleche` would compile).
     """
 
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    key: str
-    items: list[tuple[str, Any]]
-    digests: list[bytes]
+    __slots__ = ("args", "digests", "items", "key", "kwargs")
+
+    def __init__(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        key: str,
+        items: list[tuple[str, Any]],
+        digests: list[bytes],
+    ) -> None:
+        self.args = args
+        self.kwargs = kwargs
+        self.key = key
+        self.items = items
+        self.digests = digests
 
 
 _ANY_SIGNATURE = inspect.Signature(

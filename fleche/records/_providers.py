@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeAlias
 
 from fleche.errors import ConfigError, warn_user
@@ -102,13 +101,20 @@ class Git(MetaData):
     _keys: ClassVar[dict[str, type]] = {"commit": str, "branch": str, "dirty": bool}
 
 
-@dataclass
 class Tags(MetaData):
-    """Tags: ``Tags({"project": "x"})`` is ``fleche.tags(project="x")``."""
+    """Tags: ``Tags({"project": "x"})`` is ``fleche.tags(project="x")``.
 
-    tags: dict[str, Any] = field(default_factory=dict)
-    name: str = "tags"
+    A plain class, not a dataclass (whose methods `import fleche` would compile).
+    """
+
     group: ClassVar[str | None] = "tags"
+
+    def __init__(self, tags: dict[str, Any] | None = None, name: str = "tags") -> None:
+        self.tags: dict[str, Any] = {} if tags is None else tags
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"Tags({self.tags!r})"
 
     @property
     def keys(self) -> dict[str, type]:
@@ -174,12 +180,17 @@ class Metadata(dict[str, Any]):
 # -- choosing providers ------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
 class Choice:
-    """What a ``meta=`` or ``fleche.meta(...)`` asks for: groups, and tags set with them."""
+    """What a ``meta=`` or ``fleche.meta(...)`` asks for: groups, and tags set with them.
 
-    groups: frozenset[str]
-    tags: Mapping[str, Any]
+    A plain class, not a dataclass (whose methods `import fleche` would compile).
+    """
+
+    __slots__ = ("groups", "tags")
+
+    def __init__(self, groups: frozenset[str], tags: Mapping[str, Any]) -> None:
+        self.groups = groups
+        self.tags = tags
 
 
 META: ContextVar[tuple[Choice, bool] | None] = ContextVar("fleche_meta", default=None)

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
-import mmap
 import os
 import re
 import stat
@@ -45,6 +43,7 @@ from fleche.errors import (
 from fleche.store._pack import PACK_FILE, Key, PackIndex, build_pack
 
 if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use it load it
+    import mmap
     from concurrent.futures import Future
 
     import fsspec
@@ -66,6 +65,8 @@ def writable_buffer(size: int) -> bytearray | mmap.mmap:
     private anonymous mapping with transparent huge pages is filled by the read
     itself (8 ms).  Not on Windows, which lacks MAP_PRIVATE: a bytearray there.
     """
+    import mmap  # large reads only: mmap stays off `import fleche`
+
     flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
     if not flags or size < _HUGE_READ:
         return bytearray(size)
@@ -565,6 +566,8 @@ class ObjectStore(PathStore):
         return self._parse_marker(raw)
 
     def _parse_marker(self, raw: BytesLike) -> dict[str, Any]:
+        import json  # once per store: json stays off `import fleche`
+
         where = f"{self.url.rstrip('/')}/{MARKER}"
         try:
             info = json.loads(bytes(raw))
@@ -588,6 +591,8 @@ class ObjectStore(PathStore):
 
     def _ensure_marker(self) -> None:
         """Write ``fleche.json`` before the first file, once (create-only)."""
+        import json
+
         marker = new_marker()
         if self._write_new(self._marker_path, json.dumps(marker, indent=2).encode() + b"\n"):
             self._info = marker

@@ -12,7 +12,6 @@ from __future__ import annotations
 import atexit
 import errno
 import itertools
-import mmap
 import os
 import stat
 import threading
@@ -519,7 +518,7 @@ class LocalStore(ObjectStore):
                 got += n
             if got < size:  # the file shrank under us: the codec reports it as truncated
                 return bytes(view[:got])
-            return view if isinstance(buf, mmap.mmap) else buf
+            return buf if isinstance(buf, bytearray) else view  # a mapping: its view
         except OSError:  # a directory (EISDIR) or a fifo (ESPIPE) opens, then cannot be read
             check_file(path)
             raise
@@ -784,6 +783,8 @@ class LocalStore(ObjectStore):
         path = f"{self._packs_dir}/pack-{hash}"
         fd, st = open_file(f"{path}.idx")
         try:
+            import mmap  # opening a pack, once per pack
+
             buf = mmap.mmap(fd, st.st_size, access=mmap.ACCESS_READ) if st.st_size else b""
         finally:
             os.close(fd)

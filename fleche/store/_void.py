@@ -20,6 +20,7 @@ class VoidStore(ObjectStore):
     """The store of ``void://``: writes vanish, reads miss."""
 
     in_memory = True  # no other process could see it, and no index is kept for it
+    supports_packs = False  # nothing is kept, so nothing is ever packed
 
     def __init__(self, *, read_only: bool = False, durable: bool = False) -> None:
         super().__init__(None, "void", read_only=read_only, durable=durable)
@@ -69,6 +70,12 @@ class VoidStore(ObjectStore):
 
     def _list_fanout(self, path: str) -> Iterator[str]:
         return iter(())
+
+    def _packs_stamp(self) -> object:
+        return 0  # never changes: there is never a pack
+
+    def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
+        return {}
 
     def local_path(self, oid: str) -> str | None:
         return None
