@@ -5,8 +5,8 @@ round of a 7-round interleaved run. Each round times ``M`` new calls of ``f(i) =
 per library, the order reversed every other round; each library's cache is entered
 once for the whole run (as ``bench_scale`` does), through its own context, so that
 no round pays for opening or sealing. "segments" is a ``LocalStore`` that appends
-records to a segment (``_append_records``, docs/format.md "Segments"), which is not the
-default yet. Run: ``python -m benchmarks.bench_misses [M]``.
+records to a segment (the default, docs/format.md "Segments"); "loose" one opened with
+``segments=False`` (every record a file, as before). Run: ``python -m benchmarks.bench_misses [M]``.
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ def misses(rounds: int = ROUNDS, m: int = M) -> dict[str, list[float]]:
             return 2 * i
 
         segments = LocalStore(f"{tmp}/segments")
-        segments._append_records = True
         libs: dict[str, tuple[Callable[[int], int], Any]] = {
-            "loose": (small_miss, LocalStore(f"{tmp}/loose")),
+            "loose": (small_miss, LocalStore(f"{tmp}/loose", segments=False)),
             "segments": (small_miss, segments),
         }
         try:

@@ -1,6 +1,6 @@
 """Records in flight: call records appended to a per-process segment under tmp/segments/.
 
-A writing LocalStore (``_append_records``) creates no file per record: it appends framed
+A writing LocalStore creates no file per record: it appends framed
 records to its own segment, seals the segment into an ordinary pack on close (or gc),
 and every reader (other handles, other processes) finds a record right after it was
 appended, torn tails and damaged frames ignored, never a wrong record.
@@ -25,9 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _writer(root: Path) -> LocalStore:
-    store = LocalStore(root)
-    store._append_records = True  # the fast path under test (off by default for now)
-    return store
+    return LocalStore(root)  # segments are the default
 
 
 def _record(digest: str) -> bytes:
@@ -82,7 +80,7 @@ def test_close_seals_the_segment_into_a_pack_that_reads_the_same(tmp_path: Path)
 
 
 def test_a_loose_record_is_replaced_where_it_is(tmp_path: Path) -> None:
-    plain = LocalStore(tmp_path)
+    plain = LocalStore(tmp_path, segments=False)
     d = digest_of("loose")
     plain.put_call(FID, d, b"old")
     w = _writer(tmp_path)
@@ -93,7 +91,6 @@ def test_a_loose_record_is_replaced_where_it_is(tmp_path: Path) -> None:
 
 def test_a_durable_store_writes_files(tmp_path: Path) -> None:
     w = LocalStore(tmp_path, durable=True)
-    w._append_records = True
     w.put_call(FID, digest_of("d"), b"x")
     assert len(_loose_calls(tmp_path)) == 1 and _segments(tmp_path) == []
 
@@ -173,7 +170,6 @@ _KILLED_WRITER = textwrap.dedent(
     from fleche.store import LocalStore
     from fleche.testing._base import FID, digest_of
     store = LocalStore(sys.argv[1])
-    store._append_records = True
     print("ready", flush=True)
     i = int(sys.argv[2])
     while True:

@@ -851,15 +851,16 @@ class ObjectStore(PathStore):
     ) -> Iterator[tuple[str, str]]:
         """``(function_id, digest)`` of every record, or of one function's records, each once.
 
-        Loose records and packed ones; ``packed=False``: the loose files only.
+        Loose records and packed ones; ``packed=False``: those in no pack, the loose files
+        and the records in unsealed segments (``fleche sync`` copies them one by one).
         """
         loose = self._iter_loose_calls(function_id)
-        if not packed:
-            return loose
         inflight = self._inflight_keys()
         if inflight:  # records in flight count as loose ones (they are found before packs)
             wanted = [k for k in inflight if function_id is None or k[0] == function_id]
             loose = _unique(itertools.chain(loose, wanted))
+        if not packed:
+            return loose
         if function_id is None:
             return self._with_packed(loose, lambda name: name != "", 2)
         check_function_id(function_id)
@@ -1133,16 +1134,16 @@ class ObjectStore(PathStore):
         hit = [p for p in state.live if any(p.index.find(*k) is not None for k in keys)]
         if not hit:
             return None
-        entries: list[tuple[Key, BytesLike]] = []
+        entries: dict[Key, BytesLike] = {}  # a key in two packs (two sealed segments): once
         for p in hit:
             data = memoryview(self.read_pack(p.hash))
-            entries += [
-                (key, data[off : off + n]) for key, off, n in p.index.entries() if key not in keys
-            ]
+            for key, off, n in p.index.entries():
+                if key not in keys and key not in entries:
+                    entries[key] = data[off : off + n]
         gone = {p.hash for p in hit}
         for p in hit:
             gone |= p.index.superseded  # so that removing a middle pack never revives an old one
-        return self.write_pack(entries, gone)
+        return self.write_pack(entries.items(), gone)
 
     def read_loose(self, name: str, digest: str) -> BytesLike | None:
         """The loose file of an object (``name`` "") or a record, or None: packs are not read."""
@@ -1200,12 +1201,17 @@ class ObjectStore(PathStore):
         try:
             self._move(path, self._quarantine_path(path))
         except FileNotFoundError:
-            # Packed: its bytes go to quarantine/ as a file, and the pack is rewritten without it.
+            # In flight or packed: its bytes go to quarantine/ as a file, and the segment is
+            # sealed (the pack rewritten) without it.
             key = ("", oid) if oid is not None else (function_id or "", digest or "")
-            data = self._packed(*key)
+            inflight = self._inflight(*key) if oid is None else None
+            data = inflight if inflight is not None else self._packed(*key)
             if data is not None:
                 self._write(self._quarantine_path(path), (data,))
-                self.drop_packed({key})
+                if inflight is not None:
+                    self._drop_inflight(*key)
+                if self._locate(*key) is not None:
+                    self.drop_packed({key})
 
     def _quarantine_path(self, path: str) -> str:
         """Where ``quarantine`` moves the file at ``path``: its relative path, time-stamped."""

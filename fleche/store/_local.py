@@ -254,13 +254,27 @@ class LocalStore(ObjectStore):
     so concurrent writers of one name each publish a complete file and the
     last rename wins. ``durable=True`` adds ``fsync`` of the file before the
     rename and of the directory after it.
+
+    Call records are appended to this process's segment under ``tmp/segments/`` and
+    sealed into a pack (docs/format.md, "Segments"): a small miss then creates no file.
+    ``segments=False`` writes each record as a file of its own (as ``durable=True``
+    stores always do: a segment is not fsynced record by record).
     """
+
+    SEGMENTS = True
+    """What ``segments=None`` means: append call records to segments (the default), unless
+    the environment says ``FLECHE_SEGMENTS=0``."""
 
     has_links = True
     pack_rescan = 0.0  # a miss looks at packs/ again: one stat here, so always
 
     def __init__(
-        self, root: str | os.PathLike[str], *, read_only: bool = False, durable: bool = False
+        self,
+        root: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        durable: bool = False,
+        segments: bool | None = None,
     ) -> None:
         path = os.fspath(root)
         path = path[len("file://") :] if path.startswith("file://") else path
@@ -272,14 +286,11 @@ class LocalStore(ObjectStore):
         super().__init__(None, path, read_only=read_only, durable=durable)
         self._tmp = f"{self.root}/tmp"
         self._segments = f"{self._tmp}/{seg.SEGMENTS}"
+        if segments is None:  # FLECHE_SEGMENTS=0: every record a file (servers, tools)
+            segments = self.SEGMENTS and os.environ.get("FLECHE_SEGMENTS", "1") != "0"
+        self.segments = segments and not durable
+        """Whether call records are appended to a segment (else: one file each)."""
         self._reset_segments()
-
-    _append_records = False
-    """Whether a call record is appended to this process's segment under ``tmp/segments/``
-    (then sealed into a pack) instead of written as a file of its own: a small miss then
-    creates no file. ``durable=True`` stores keep writing (and fsyncing) files. Off, and
-    private, until the tests that open loose record files learn about segments; every
-    reader already finds records in segments (docs/format.md, "Segments")."""
 
     def _reset_segments(self) -> None:
         self._seg_lock = threading.Lock()
@@ -301,14 +312,18 @@ class LocalStore(ObjectStore):
 
     def put_call(self, function_id: str, digest: str, data: bytes) -> None:
         """Store (or replace) a call record: appended to this process's segment (one write)."""
-        if not self._append_records or self.durable or not data:
+        if not self.segments or not data:
             super().put_call(function_id, digest, data)
             return
         self._check_writable()
         path = self._call_path(function_id, digest)
         if self._info is None:
             self._ensure_marker()
-        if self._exists(path):  # readers find a loose file first: replace it where it is
+        try:  # readers look at the loose name first: whatever stands there is replaced
+            os.lstat(path)  # (a file, or a directory, fifo or link set aside as _write does)
+        except FileNotFoundError:
+            pass
+        else:
             self._write(path, (data,))
             return
         framed = seg.frame(function_id, digest, data)
@@ -452,6 +467,42 @@ class LocalStore(ObjectStore):
             if not views:
                 return []
             return list(dict.fromkeys(k for v in views.values() for k in v.entries))
+
+    def inflight_entries(self) -> dict[Key, int]:
+        """``{(function id, digest): length}`` of every record in an unsealed segment (what a
+        read-only scan lists beside the loose files: it cannot seal them)."""
+        with self._seg_lock:
+            out: dict[Key, int] = {}
+            for view in self._refresh_segments().values():
+                for key, (_, length) in view.entries.items():
+                    out.setdefault(key, length)
+            return out
+
+    def inflight_calls(self, function_id: str) -> tuple[int, dict[str, str]]:
+        """What the index needs of one function's records in unsealed segments.
+
+        ``(stamp, {digest: where})``: ``stamp`` (nanoseconds) moves whenever a segment
+        comes, goes or grows (the latest mtime of ``tmp/segments/`` and of each segment;
+        0 without any); ``where`` names the segment and offset of the record read, so a
+        rewrite (a later frame) reads as a changed record.
+        """
+        with self._seg_lock:
+            views = self._refresh_segments()
+            try:
+                stamp = os.stat(self._segments).st_mtime_ns
+            except FileNotFoundError:
+                return 0, {}
+            out: dict[str, str] = {}
+            for view in views.values():
+                try:
+                    stamp = max(stamp, os.fstat(view.fd).st_mtime_ns)
+                except OSError:
+                    continue
+                name = view.path.rpartition("/")[2]
+                for (fid, digest), (offset, _) in view.entries.items():
+                    if fid == function_id:
+                        out.setdefault(digest, f"{name}:{offset}")
+            return stamp, out
 
     def _drop_inflight(self, function_id: str, digest: str) -> None:
         key = (function_id, digest)

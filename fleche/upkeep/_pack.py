@@ -222,6 +222,7 @@ def apply_pack(
             if data is not None:  # gone since the plan: nothing to pack
                 entries.append((key, data))
         superseded: set[str] = set()
+        merged: set[Key] = set()
         for h in sorted(merge):
             p = live.get(h)
             if p is None:
@@ -230,7 +231,8 @@ def apply_pack(
             for key, off, n in p.index.entries():
                 if key in drop:
                     result.dropped += 1
-                elif key not in folding:
+                elif key not in folding and key not in merged:  # in two packs: once
+                    merged.add(key)
                     entries.append((key, data[off : off + n]))
             superseded |= {h, *p.index.superseded}
         chunks: list[list[tuple[Key, Any]]] = [[]]

@@ -325,6 +325,10 @@ def scan(store: ObjectStore) -> Inventory:
             # must not take an object a segment's record refers to for unreferenced).
             store.seal_segments()
         _scan_local(store, inv)
+        loose = {(fid, e.name) for fid, e in inv.iter_calls()}
+        for (fid, digest), length in store.inflight_entries().items():  # read-only: not sealed
+            if (fid, digest) not in loose and is_function_id(fid):
+                inv.calls.setdefault(fid, []).append(Entry(digest, length, None))
     elif getattr(store, "fs", None) is not None:
         _scan_fs(store, inv)
     else:
