@@ -206,3 +206,41 @@ def test_writers_killed_at_random_instants_leave_only_correct_records(tmp_path: 
     assert sorted(after.iter_calls()) == sorted(listed)
     for fid, d in listed:
         assert bytes(after.get_call(fid, d)) == _record(d)
+
+
+def test_a_full_segment_is_sealed_by_a_thread_readable_throughout_and_packs_stay_few(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Past its size a segment is sealed by a thread, not inside the miss that filled it;
+    its records stay readable while it is sealed; seals fold small packs into theirs, so
+    a miss searches a bounded number of packs however many seals ran."""
+    import threading
+
+    from fleche.store import _local
+
+    monkeypatch.setattr(_local, "SEGMENT_MAX_BYTES", 1500)  # about 7 records a segment
+    sealers: list[str] = []
+    real = LocalStore.write_pack
+
+    def write_pack(self, entries, superseded=()):
+        sealers.append(threading.current_thread().name)
+        return real(self, entries, superseded)
+
+    monkeypatch.setattr(LocalStore, "write_pack", write_pack)
+    w = _writer(tmp_path)
+    reader = LocalStore(tmp_path)
+    digests = [digest_of(f"f{i}") for i in range(300)]
+    for i, d in enumerate(digests):
+        w.put_call(FID, d, _record(d))
+        if i % 37 == 0:  # everything written so far, from another handle, at any moment
+            for e in digests[: i + 1]:
+                assert bytes(reader.get_call(FID, e)) == _record(e)
+    w._join_seals()
+    assert len(sealers) > 20 and set(sealers) == {"fleche-seal"}
+    assert len(w.packs().live) <= len(sealers).bit_length()  # a binary counter of packs
+    fresh = LocalStore(tmp_path)
+    for d in digests:
+        assert bytes(fresh.get_call(FID, d)) == _record(d)
+    assert sorted(fresh.iter_calls()) == sorted((FID, d) for d in digests)
+    w.close()
+    assert _segments(tmp_path) == []

@@ -218,6 +218,9 @@ def _unlink_quiet(path: str) -> None:
 SEGMENT_MAX_BYTES = 4 << 20
 """A segment this big is sealed into a pack before the next record is appended."""
 
+SEAL_FOLD_BELOW = 64 << 20
+"""A live pack smaller than this (bytes) may be folded by a seal (gc --pack merges bigger ones)."""
+
 SEGMENT_MAX_AGE = 300.0
 """Seconds: a segment older than this is sealed before the next record is appended, so
 records in flight reach a pack (and ``fleche sync``) even in a process that never exits."""
@@ -297,10 +300,11 @@ class LocalStore(ObjectStore):
         self._writer: _Writer | None = None
         self._views: dict[str, seg.SegmentView] = {}
         self._seg_stamp: object = ()
+        self._sealing: list[threading.Thread] = []
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_seg_lock", "_writer", "_views", "_seg_stamp"):
+        for name in ("_seg_lock", "_writer", "_views", "_seg_stamp", "_sealing"):
             state.pop(name, None)
         return state
 
@@ -344,7 +348,7 @@ class LocalStore(ObjectStore):
             if w.pid != os.getpid():  # a forked child: the segment is its parent's
                 self._writer = w = None
             elif w.size + extra > SEGMENT_MAX_BYTES or time.monotonic() - w.born > SEGMENT_MAX_AGE:
-                self._seal_writer(w)
+                self._retire(w)  # sealed by a thread: not inside this miss
                 w = None
             elif os.fstat(w.fd).st_nlink == 0:  # sealed by another process (gc, an evict)
                 self._drop_writer(w)  # not sealed again: an evicted record stays evicted
@@ -363,8 +367,90 @@ class LocalStore(ObjectStore):
             _writers.add(self)
         return w
 
+    def _retire(self, w: _Writer) -> None:
+        """Hand the full segment ``w`` to a thread that seals it (``_seg_lock`` held).
+
+        Until its pack is published the segment stays in ``tmp/segments/`` and in our
+        views, so every reader keeps finding its records; the next record goes to a new
+        segment at once.
+        """
+        self._writer = None
+        view = self._views.get(w.path)
+        entries = (
+            dict(view.entries)
+            if view is not None and view.parsed == w.size and not view.torn
+            else None  # not all parsed yet: the thread parses what we wrote
+        )
+        t = threading.Thread(
+            target=self._seal_retired, args=(w, entries), name="fleche-seal", daemon=False
+        )
+        self._sealing = [x for x in self._sealing if x.is_alive()]
+        self._sealing.append(t)
+        t.start()
+
+    def _seal_retired(self, w: _Writer, entries: dict[Key, tuple[int, int]] | None) -> None:
+        try:
+            if os.fstat(w.fd).st_nlink == 0:  # sealed by another process (gc, an evict)
+                return
+            whole = memoryview(os.pread(w.fd, w.size, 0))
+            if entries is None:
+                found, _, _ = seg.parse(whole, 0)
+                entries = {key: (offset, length) for key, offset, length in found}
+            records: dict[Key, BytesLike] = {k: whole[o : o + n] for k, (o, n) in entries.items()}
+            if records:
+                self._write_sealed(records)
+            with self._seg_lock:
+                _unlink_quiet(w.path)
+                old = self._views.pop(w.path, None)
+                if old is not None:
+                    os.close(old.fd)
+                self._seg_stamp = ()
+        except Exception as e:  # noqa: BLE001 - the segment stays in tmp/: readers and gc find it
+            import warnings
+
+            warnings.warn(
+                f"sealing {w.path} into a pack failed ({e}); gc will seal it", stacklevel=1
+            )
+        finally:
+            os.close(w.fd)
+
+    def _write_sealed(self, records: dict[Key, BytesLike]) -> None:
+        """Publish ``records`` as a pack, folding in the smallest live packs while each is
+        at most twice what is folded so far (a binary counter): between two ``fleche gc``
+        a miss searches about log2(records / segment) packs, and each byte is rewritten
+        about as many times. Packs of :data:`SEAL_FOLD_BELOW` and more are gc's to merge."""
+        size = sum(memoryview(b).nbytes for b in records.values())
+        fold = []
+        for p in sorted(self.packs().live, key=lambda p: p.index.pack_size):
+            if p.index.pack_size >= SEAL_FOLD_BELOW or p.index.pack_size > 2 * size:
+                break
+            fold.append(p)
+            size += p.index.pack_size
+        if not fold:
+            self.write_pack(records.items())
+            return
+        entries: dict[Key, BytesLike] = dict(records)  # the segment's records are the newest
+        gone: set[str] = set()
+        for p in fold:
+            try:
+                data = memoryview(self.read_pack(p.hash))
+            except FileNotFoundError:  # superseded and removed meanwhile: not folded
+                continue
+            for key, off, n in p.index.entries():
+                entries.setdefault(key, data[off : off + n])
+            gone |= {p.hash, *p.index.superseded}
+        self.write_pack(entries.items(), gone)
+
+    def _join_seals(self) -> None:
+        """Wait for this handle's segments being sealed by threads (close, gc, delete)."""
+        for t in self._sealing:
+            if t is not threading.current_thread():
+                t.join()
+        self._sealing = []
+
     def seal_segment(self) -> None:
         """Seal this process's open segment into a pack now (at exit, on close, gc)."""
+        self._join_seals()
         with self._seg_lock:
             w = self._writer
             if w is not None and w.pid == os.getpid():
@@ -506,6 +592,7 @@ class LocalStore(ObjectStore):
 
     def _drop_inflight(self, function_id: str, digest: str) -> None:
         key = (function_id, digest)
+        self._join_seals()
         with self._seg_lock:
             w = self._writer
             views = self._refresh_segments()
