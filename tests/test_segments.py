@@ -79,14 +79,33 @@ def test_close_seals_the_segment_into_a_pack_that_reads_the_same(tmp_path: Path)
     assert sorted(reader.iter_calls()) == sorted((FID, d) for d in digests)
 
 
-def test_a_loose_record_is_replaced_where_it_is(tmp_path: Path) -> None:
+def test_a_loose_record_rewritten_is_appended_and_its_loose_copy_removed(tmp_path: Path) -> None:
     plain = LocalStore(tmp_path, segments=False)
     d = digest_of("loose")
     plain.put_call(FID, d, b"old")
     w = _writer(tmp_path)
-    w.put_call(FID, d, b"new")  # readers find the loose file first: it is the one rewritten
-    assert bytes(LocalStore(tmp_path).get_call(FID, d)) == b"new"
-    assert _segments(tmp_path) == []
+    w.put_call(FID, d, b"new")
+    assert _loose_calls(tmp_path) == [] and len(_segments(tmp_path)) == 1
+    for reader in (LocalStore(tmp_path), LocalStore(tmp_path, segments=False), plain, w):
+        assert bytes(reader.get_call(FID, d)) == b"new"  # whichever place it looks first
+
+
+def test_a_rewrite_of_a_packed_record_wins_in_flight_and_after_its_seal(tmp_path: Path) -> None:
+    w = _writer(tmp_path)
+    d, other = digest_of("packed"), digest_of("other")
+    w.put_call(FID, d, b"old")
+    w.put_call(FID, other, b"other")
+    w.close()  # sealed: "old" in a pack, published a minute ago (not in the same clock tick)
+    for f in (tmp_path / "packs").iterdir():
+        os.utime(f, (time.time() - 60, time.time() - 60))
+    w = _writer(tmp_path)
+    w.put_call(FID, d, b"new")
+    for reader in (LocalStore(tmp_path), LocalStore(tmp_path, segments=False), w):
+        assert bytes(reader.get_call(FID, d)) == b"new"
+    w.close()  # the seal folds the small pack holding "old" into the new one
+    for reader in (LocalStore(tmp_path), LocalStore(tmp_path, segments=False)):
+        assert bytes(reader.get_call(FID, d)) == b"new"
+        assert bytes(reader.get_call(FID, other)) == b"other"
 
 
 def test_a_durable_store_writes_files(tmp_path: Path) -> None:

@@ -503,7 +503,13 @@ class PackSet:
         gone: set[str] = set()
         for p in packs.values():
             gone |= p.index.superseded
-        self.live = [p for h, p in sorted(packs.items()) if h not in gone]
+        # Newest first (by the index's mtime, then by name): a key in two live packs (a
+        # record rewritten after its first seal) is read from the later one.
+        self.live = [
+            p
+            for p in sorted(packs.values(), key=lambda p: (-(p.mtime or 0.0), p.hash))
+            if p.hash not in gone
+        ]
         self.stamp = stamp
         self.checked = time.monotonic()
 

@@ -323,12 +323,12 @@ class LocalStore(ObjectStore):
         path = self._call_path(function_id, digest)
         if self._info is None:
             self._ensure_marker()
-        try:  # readers look at the loose name first: whatever stands there is replaced
-            os.lstat(path)  # (a file, or a directory, fifo or link set aside as _write does)
+        try:
+            mode: int | None = os.lstat(path).st_mode
         except FileNotFoundError:
-            pass
-        else:
-            self._write(path, (data,))
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            self._write(path, (data,))  # a directory, fifo or link there: set aside, replaced
             return
         framed = seg.frame(function_id, digest, data)
         with self._seg_lock:
@@ -340,6 +340,31 @@ class LocalStore(ObjectStore):
             if view is not None and view.parsed == w.size - len(framed):
                 view.entries[(function_id, digest)] = (start, len(data))
                 view.parsed = w.size
+        if mode is not None:  # an older loose copy: readers that look at loose files first
+            try:  # (segments=False handles) must not find it any more
+                self._remove(path)
+            except FileNotFoundError:
+                pass
+
+    def find_call(self, function_id: str, digest: str) -> BytesLike | None:
+        """The record's bytes, or None: records in flight, then packs, then the loose file.
+
+        With segments a record lives in a segment or a pack; a loose file is the rare case
+        (a store written with ``segments=False``, files copied in), so it is tried last,
+        and the two in-memory lookups cost a hit no failed ``open``. A writer with segments
+        removes the loose copy of a record it appends, so no older copy hides behind.
+        """
+        if not self.segments:
+            return super().find_call(function_id, digest)
+        data = self._inflight(function_id, digest)
+        if data is None:
+            data = self._packed(function_id, digest)
+            if data is None:
+                try:
+                    return self._read(self._call_path(function_id, digest))
+                except FileNotFoundError:
+                    return None
+        return data
 
     def _writer_for(self, extra: int) -> _Writer:
         """The open segment (a new one after a fork, a seal, or when it is big or old)."""
@@ -420,8 +445,9 @@ class LocalStore(ObjectStore):
         a miss searches about log2(records / segment) packs, and each byte is rewritten
         about as many times. Packs of :data:`SEAL_FOLD_BELOW` and more are gc's to merge."""
         size = sum(memoryview(b).nbytes for b in records.values())
+        live = self.packs().live
         fold = []
-        for p in sorted(self.packs().live, key=lambda p: p.index.pack_size):
+        for p in sorted(live, key=lambda p: p.index.pack_size):
             if p.index.pack_size >= SEAL_FOLD_BELOW or p.index.pack_size > 2 * size:
                 break
             fold.append(p)
@@ -431,7 +457,7 @@ class LocalStore(ObjectStore):
             return
         entries: dict[Key, BytesLike] = dict(records)  # the segment's records are the newest
         gone: set[str] = set()
-        for p in fold:
+        for p in [q for q in live if q in fold]:  # newest first, as readers search them
             try:
                 data = memoryview(self.read_pack(p.hash))
             except FileNotFoundError:  # superseded and removed meanwhile: not folded

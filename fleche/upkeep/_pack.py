@@ -211,6 +211,7 @@ def apply_pack(
     drop = set(drop)
     state = store.packs()
     live = {p.hash: p for p in state.live}
+    order = {p.hash: i for i, p in enumerate(state.live)}
     merge = set(plan.merge) if plan.write else set()
     if drop:
         merge |= {h for h, p in live.items() if any(p.index.find(*k) is not None for k in drop)}
@@ -223,7 +224,9 @@ def apply_pack(
                 entries.append((key, data))
         superseded: set[str] = set()
         merged: set[Key] = set()
-        for h in sorted(merge):
+        for h in sorted(
+            merge, key=lambda h: (order.get(h, len(order)), h)
+        ):  # as readers search them: newest first
             p = live.get(h)
             if p is None:
                 continue
