@@ -1142,10 +1142,16 @@ class ObjectStore(PathStore):
             return None
         entries: dict[Key, BytesLike] = {}  # a key in two packs (two sealed segments): once
         for p in hit:
+            # A copy a newer live pack also holds is an older record (readers search newest
+            # first): left out, so that the new pack, now the newest, never revives it.
+            newer = state.live[: state.live.index(p)]
             data = memoryview(self.read_pack(p.hash))
             for key, off, n in p.index.entries():
-                if key not in keys and key not in entries:
-                    entries[key] = data[off : off + n]
+                if key in keys or key in entries:
+                    continue
+                if any(q.index.find(*key) is not None for q in newer if q not in hit):
+                    continue
+                entries[key] = data[off : off + n]
         gone = {p.hash for p in hit}
         for p in hit:
             gone |= p.index.superseded  # so that removing a middle pack never revives an old one

@@ -301,10 +301,11 @@ class LocalStore(ObjectStore):
         self._views: dict[str, seg.SegmentView] = {}
         self._seg_stamp: object = ()
         self._sealing: list[threading.Thread] = []
+        self._seg_refreshed = 0.0
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_seg_lock", "_writer", "_views", "_seg_stamp", "_sealing"):
+        for name in ("_seg_lock", "_writer", "_views", "_seg_stamp", "_sealing", "_seg_refreshed"):
             state.pop(name, None)
         return state
 
@@ -331,15 +332,25 @@ class LocalStore(ObjectStore):
             self._write(path, (data,))  # a directory, fifo or link there: set aside, replaced
             return
         framed = seg.frame(function_id, digest, data)
+        key = (function_id, digest)
         with self._seg_lock:
+            if time.monotonic() - self._seg_refreshed > 0.001:  # a miss's lookup just did
+                self._refresh_segments()
+            own = self._writer.path if self._writer is not None else None
+            for view in list(self._views.values()):
+                if view.path != own and key in view.entries:
+                    # Another segment holds an older record of this call (another process's,
+                    # or ours, full): readers could take either, so it becomes a pack, and
+                    # the record appended below (in flight, read before packs) wins.
+                    self._seal(view)
             w = self._writer_for(len(framed))
             os.write(w.fd, framed)  # O_APPEND, one write: a reader sees all of it or no frame
             start = w.size + len(framed) - len(data)
             w.size += len(framed)
-            view = self._views.get(w.path)
-            if view is not None and view.parsed == w.size - len(framed):
-                view.entries[(function_id, digest)] = (start, len(data))
-                view.parsed = w.size
+            mine = self._views.get(w.path)
+            if mine is not None and mine.parsed == w.size - len(framed):
+                mine.entries[(function_id, digest)] = (start, len(data))
+                mine.parsed = w.size
         if mode is not None:  # an older loose copy: readers that look at loose files first
             try:  # (segments=False handles) must not find it any more
                 self._remove(path)
@@ -562,6 +573,7 @@ class LocalStore(ObjectStore):
             self._seg_stamp = stamp
         for view in self._views.values():
             self._parse(view)
+        self._seg_refreshed = time.monotonic()
         return self._views
 
     def _inflight(self, function_id: str, digest: str) -> BytesLike | None:
