@@ -39,8 +39,8 @@ class TestLocalStore(StoreConformance):
         )
 
     def test_hot_path_touches_one_file(self, store: ObjectStore) -> None:
-        """With segments a hit tries the loose name, then the records in flight; a store
-        appends (no file written, nothing read or created)."""
+        """With segments a hit looks at the records in flight (then packs, then the loose
+        name: not reached here); a store appends (no file written, nothing read or created)."""
         assert isinstance(store, LocalStore)
         if not store.segments:
             super().test_hot_path_touches_one_file(store)
@@ -61,7 +61,7 @@ class TestLocalStore(StoreConformance):
             setattr(store, name, counted)
         for _ in range(3):
             assert store.get_call(FID, digest) == b"warm"
-        assert counts == {"_read": 3, "_inflight": 3}  # no marker read, no stat
+        assert counts == {"_inflight": 3}  # no failed open of the loose name, no marker read
         counts.clear()
         for _ in range(3):
             store.put_call(FID, digest, b"again")
