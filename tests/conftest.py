@@ -30,6 +30,17 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 
 
 @pytest.fixture(autouse=True)
+def _loose_records(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``@pytest.mark.loose_records``: local stores opened in this test write each call
+    record as a file of its own (``LocalStore(segments=False)``), for the tests whose point
+    is a record *file* under ``calls/`` (damaged, replaced, linked, counted). Records in
+    segments are tested in test_segments.py and everywhere else."""
+    if request.node.get_closest_marker("loose_records") is not None:
+        monkeypatch.setattr(LocalStore, "SEGMENTS", False)
+        monkeypatch.setenv("FLECHE_SEGMENTS", "0")  # and in the processes it starts (a server)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """No test sees the developer's own fleche.toml, FLECHE_CACHE or a default left by another test.
 

@@ -880,6 +880,7 @@ def test_catalogue_counters_that_are_not_counts_are_forgotten(tmp_path: Path, va
     assert fresh.index is not None and fresh.index.count(QuerySpec()) == 3
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_stats_does_not_add_a_length_its_file_cannot_hold(tmp_path: Path) -> None:
     """``fleche stats`` sums the lengths headers state: a damaged one is counted as damaged."""
     from fleche.upkeep import stats

@@ -357,6 +357,7 @@ def test_gc_keep_latest_function_and_max_size(populated):
     assert "no problems" in run("verify", "-s", s)
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_gc_sweeps_stale_tmp_and_old_orphans(populated):
     store, s = populated.store, populated.store.root
     old = put_value(store, "orphan")
@@ -370,6 +371,7 @@ def test_gc_sweeps_stale_tmp_and_old_orphans(populated):
     assert not store.exists(old) and os.listdir(path_of(store, "tmp")) == ["fresh"]
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_gc_on_a_read_only_store_fails_before_printing_a_plan(tmp_path):
     p = populate(tmp_path / "store")
     age(p.store, BIG, p.big[1000], days=40)
@@ -385,6 +387,7 @@ def test_gc_on_a_read_only_store_fails_before_printing_a_plan(tmp_path):
     assert dry.returncode == 0 and dry.stdout.startswith("would remove from")
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_gc_on_a_store_that_refuses_removal_is_one_line(populated, monkeypatch):
     """As on a read-only mount or a directory of another user's: the first refusal ends it."""
     store = populated.store

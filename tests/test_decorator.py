@@ -13,6 +13,7 @@ import warnings
 import numpy as np
 import pytest
 from counting import Counter
+from record_helpers import loose_record
 
 import fleche as fl
 from fleche import CacheMiss, FlecheWarning, UnhashableArgumentError, cache, fleche, tags
@@ -533,7 +534,7 @@ def test_corrupt_record_is_a_miss_and_quarantined(tmp_path):
     with cache(tmp_path / "s") as c:
         f(1)
         key = f.digest(1)
-        path = tmp_path / "s" / "calls" / f.__fleche__.function_id / key[:2] / key[2:]
+        path = loose_record(tmp_path / "s", f.__fleche__.function_id, key)
         data = bytearray(path.read_bytes())
         data[-1] ^= 0xFF
         path.write_bytes(bytes(data))

@@ -71,6 +71,12 @@ def fill(c: Cache, ns, alpha: float = 0.1) -> None:
             simulate(n, alpha=alpha)
 
 
+def loose_cache(root: Path, **kw) -> Cache:
+    """A cache whose records are files of their own (segments off): for the tests of how
+    the index follows ``calls/``'s fan directories, their mtimes and inodes."""
+    return Cache(LocalStore(root, segments=False), **kw)
+
+
 def age_fans(store: LocalStore, seconds: float = 60.0) -> None:
     """Make every fan directory look settled: as if written a minute ago."""
     past = time.time() - seconds
@@ -211,7 +217,7 @@ def test_records_copied_in_with_cp_or_rsync_show_up(tmp_path: Path) -> None:
     fill(c, range(5))
     age_fans(c.store)
     assert count(c) == 5  # records the settled stamps
-    other = Cache(tmp_path / "other", index=False)
+    other = loose_cache(tmp_path / "other", index=False)
     fill(other, range(50, 60), alpha=0.7)
     if shutil.which("rsync"):
         subprocess.run(
@@ -248,25 +254,26 @@ def test_settled_fans_are_not_reread(tmp_path: Path, monkeypatch) -> None:
     """A query stats the fan directories; it lists only those whose mtime moved."""
     from fleche.index import _fresh as index_fresh
 
-    c = Cache(tmp_path / "store")
+    c = loose_cache(tmp_path / "store")
     fill(c, range(40))
     age_fans(c.store)
     assert count(c) == 40
     listed: list[str] = []
     real = index_fresh.fan_listing
     monkeypatch.setattr(
-        "fleche.index._index.fan_listing", lambda s, f, fan: listed.append(fan) or real(s, f, fan)
+        "fleche.index._index.fan_listing",
+        lambda s, f, fan, *a: listed.append(fan) or real(s, f, fan, *a),
     )
     assert count(c) == 40
     assert listed == []  # nothing moved: nothing listed
-    other = Cache(tmp_path / "store", index=False)
+    other = loose_cache(tmp_path / "store", index=False)
     fill(other, [1000])
     assert count(c) == 41
     assert len(listed) == 1  # the one fan that changed
 
 
 def test_a_function_whose_records_all_vanished(tmp_path: Path) -> None:
-    c = Cache(tmp_path / "store")
+    c = loose_cache(tmp_path / "store")
     fill(c, range(3))
     assert count(c) == 3
     shutil.rmtree(tmp_path / "store" / "calls")  # gc, or a user, removed everything
@@ -713,7 +720,7 @@ def test_a_large_catch_up_sorts_the_indexes_once_and_keeps_them(
     monkeypatch.setattr(_index, "BULK_FROM", 10)
     monkeypatch.setattr(_fresh, "LOCAL_THREADED_FROM", 10)  # read by a thread, 7 at a time
     monkeypatch.setattr(_fresh, "READ_CHUNK", 7)
-    c = Cache(tmp_path / "store")
+    c = loose_cache(tmp_path / "store")
     fill(c, range(40))
     fill(c, range(10), alpha=0.2)
     with cache(c):
@@ -777,7 +784,7 @@ def test_the_catalogue_takes_no_more_disk_than_the_records_it_describes(tmp_path
     Metadata shared by calls (host, user, git...) is kept once, functions are numbered,
     and the -wal file is cut back after a checkpoint (it kept its largest size before).
     """
-    c = Cache(tmp_path / "store")
+    c = loose_cache(tmp_path / "store")
     with cache(c):
         for n in range(2_000):
             small(n, n / 7)

@@ -166,6 +166,7 @@ def test_a_failed_object_copy_never_publishes_the_record(tmp_path: Path) -> None
     assert not top_store.has_call(big.__fleche__.function_id, big.digest(1))  # type: ignore[attr-defined]
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_memory_in_front_of_local(tmp_path: Path) -> None:
     calls = Counter()
     small = make_small(calls)
@@ -184,6 +185,7 @@ def test_memory_in_front_of_local(tmp_path: Path) -> None:
         assert memory.has_record(small.__fleche__.function_id, small.digest(2))  # type: ignore[attr-defined]
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 @pytest.mark.parametrize("write", ["first", "through"])
 def test_write_first_or_through(tmp_path: Path, write: str) -> None:
     calls = Counter()
@@ -217,6 +219,7 @@ def test_a_failing_layer_warns_once_and_is_left_alone(
         assert all(small.contains(x) for x in range(4))  # type: ignore[attr-defined]
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 @pytest.mark.parametrize("read_only", [False, True])
 def test_large_value_hashed_while_written_gets_its_name_in_every_layer(
     tmp_path: Path, read_only: bool
@@ -259,6 +262,7 @@ def test_read_only_layer_in_front(tmp_path: Path) -> None:
         assert small.contains(3)  # type: ignore[attr-defined]
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 @pytest.mark.parametrize("write", ["first", "through"])
 def test_read_only_layer_behind(tmp_path: Path, write: str) -> None:
     calls = Counter()
@@ -424,6 +428,7 @@ def s3_cache(s3: Any) -> Cache:
     return Cache(open_store(f"s3://{s3.new_bucket()}/team", **s3.options()))
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_warm_local_layer_costs_no_s3_request(tmp_path: Path, s3_cache: Cache) -> None:
     from s3_server import count_requests
 
@@ -466,6 +471,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_unreachable_s3_layer_from_toml_degrades_to_local(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

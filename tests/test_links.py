@@ -31,7 +31,7 @@ from upkeep_helpers import BIG, SIMULATE, big, flip_bit, populate, result_oid, s
 from fleche import Cache, CorruptObjectError, FlecheError, FlecheWarning, cache, codec
 from fleche.cli import main
 from fleche.codec import signer_from
-from fleche.store import ObjectStore
+from fleche.store import LocalStore, ObjectStore
 from fleche.sync import sync
 from fleche.upkeep import apply_gc, plan_gc, sign, verify
 
@@ -73,7 +73,7 @@ def valid_object(fan: str | None = None, start: int = 1) -> tuple[str, bytes]:
 def valid_record(fan: str | None, tmp: Path, start: int = 10_000) -> tuple[str, bytes]:
     """A valid record of ``simulate`` (digest, bytes) for a call no store holds, in ``fan``."""
     n = next(n for n in range(start, 10**7) if fan is None or simulate.digest(n).startswith(fan))
-    with cache(str(tmp / f"decoy-{n}")) as c:
+    with cache(LocalStore(tmp / f"decoy-{n}", segments=False)) as c:
         simulate(n)
     digest = simulate.digest(n)
     return digest, Path(c.store._call_path(SIMULATE, digest)).read_bytes()
@@ -92,6 +92,12 @@ def write_old(path: Path, data: bytes) -> None:
     os.utime(path, (then, then))
 
 
+def loose(root: Path) -> LocalStore:
+    """A store whose records are files of their own (segments off): the links under test
+    are in ``calls/``'s layout, so its records must live there."""
+    return LocalStore(root, segments=False)
+
+
 @dataclass
 class Linked:
     root: Path
@@ -102,7 +108,7 @@ class Linked:
 
 def linked_store(tmp_path: Path, place: str) -> Linked:
     """A populated store whose ``place`` is a link to an outside directory of old look-alikes."""
-    p = populate(tmp_path / "store")
+    p = populate(loose(tmp_path / "store"))
     root = Path(p.store.root)
     digest0 = p.simulate[(0,)]
     flip_bit(str(root / "calls" / SIMULATE / digest0[:2] / digest0[2:]))  # work for --repair
@@ -162,7 +168,7 @@ def run_cli(linked: Linked, command: str, tmp_path: Path, monkeypatch: pytest.Mo
         monkeypatch.setenv("FLECHE_SECRET_KEY", KEY)
         args = ["sign", "-s", root]
     else:
-        other = populate(tmp_path / "source")  # same functions, so some records differ
+        other = populate(loose(tmp_path / "source"))  # same functions, so some records differ
         with cache(str(tmp_path / "source")):
             simulate(99)
         args = ["sync", "--delete", other.store.root, root]
@@ -189,7 +195,7 @@ def test_the_library_raises_a_fleche_error_naming_the_link(tmp_path: Path, place
     from fleche.errors import StoreLinkError
 
     linked = linked_store(tmp_path, place)
-    source = populate(tmp_path / "source").store
+    source = populate(loose(tmp_path / "source")).store
     before = snapshot(linked.outside.parent)
     store = linked.store
     for attempt in (
@@ -217,7 +223,7 @@ def test_verify_without_repair_reports_the_link_as_a_problem(tmp_path: Path) -> 
 
 
 def test_gc_never_deletes_a_link_or_a_non_file_in_tmp(tmp_path: Path) -> None:
-    p = populate(tmp_path / "store")
+    p = populate(loose(tmp_path / "store"))
     root = Path(p.store.root)
     outside = tmp_path / "outside"
     write_old(outside / "precious", b"not the store's")

@@ -92,6 +92,7 @@ def test_a_packed_store_reads_and_lists_like_a_loose_one(store, packer) -> None:
     assert len(p.simulate) == 7
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_loose_and_packed_are_listed_once_and_the_loose_file_wins(store, packer) -> None:
     populate(store)
     apply_gc(packer, plan_gc(packer, pack=True))  # packed; the loose files stay for the grace
@@ -129,6 +130,7 @@ def test_deleting_a_packed_record_and_gc_limits_repack_without_them(store, packe
     assert verify(store).ok and not verify(store).orphans
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_gc_keeps_loose_files_and_old_packs_for_the_grace(store, packer) -> None:
     populate(store)
     apply_gc(packer, plan_gc(packer, pack=True))
@@ -193,6 +195,7 @@ def test_sync_delete_removes_packed_calls_at_the_destination(tmp_path) -> None:
     assert not dst.has_call(*gone) and len(list(dst.iter_calls())) == 8 and verify(dst).ok
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_a_pack_without_its_index_is_ignored_and_swept_after_the_grace(store, packer) -> None:
     populate(store)
     assert packer.supports_packs  # the remote is packed through its server's local store
@@ -232,6 +235,7 @@ def test_verify_finds_a_damaged_packed_record_and_repair_removes_it(store, packe
     assert len(list(packer.iter_calls())) == 8
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_signed_records_verify_inside_packs(store, packer) -> None:
     populate(store)
     assert packer.supports_packs  # the remote is packed through its server's local store
@@ -303,6 +307,7 @@ def test_a_symlinked_packs_directory_is_refused_by_gc(tmp_path) -> None:
     assert scan(store).links
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_the_threshold_packs_only_from_gc(tmp_path: Any) -> None:
     store = LocalStore(tmp_path / "s")
     populate(store)
@@ -431,6 +436,7 @@ def test_sync_copies_a_loose_rewrite_of_a_packed_record_after_its_pack(tmp_path)
     assert again.transferred == [] and len(again.skipped) < 5  # the pack, not its calls
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_fleche_gc_packs_from_the_command_line(tmp_path) -> None:
     from click.testing import CliRunner
 

@@ -62,6 +62,7 @@ def misname(c: Cache, f: Any, onto: Any, source: Any) -> None:
 # -- 1. a record is served only under its own name --------------------------------------------
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 @pytest.mark.parametrize("size", ["inline", "object"])
 def test_a_record_copied_onto_another_call_is_a_miss(active: Cache, size: str) -> None:
     calls: list[int] = []
@@ -116,6 +117,7 @@ def _readers(h: Any, c: Cache) -> dict[str, Any]:
     return {f.__name__: f for f in (load, call, get_record, query, iter_records)}
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 @pytest.mark.parametrize("reader", ["load", "call", "get_record", "query", "iter_records"])
 def test_every_reader_refuses_a_misnamed_record(active: Cache, reader: str) -> None:
     @fleche
@@ -183,6 +185,7 @@ def test_layered_cache_serves_the_good_copy_below_a_misnamed_one(tmp_path: Path)
     assert top.get_record(h.__fleche__.function_id, h.digest(1)) is not None  # copied up again
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_verify_reports_and_repairs_a_misnamed_record(active: Cache) -> None:
     @fleche
     def h(x: int) -> int:
@@ -199,6 +202,7 @@ def test_verify_reports_and_repairs_a_misnamed_record(active: Cache) -> None:
     assert verify(active.store).ok and quarantined(active.store) == 1
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_the_index_leaves_a_misnamed_record_out(tmp_path: Path) -> None:
     @fleche
     def h(x: int) -> int:

@@ -95,6 +95,7 @@ def test_a_rotated_key_moves_the_store_onto_the_new_key(tmp_path: Path) -> None:
     assert calls[0] == len(KINDS)
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 def test_what_does_not_check_out_is_never_signed(tmp_path: Path) -> None:
     root = tmp_path / "s"
     make, _ = fill(root)

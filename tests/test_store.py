@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import fsspec
@@ -32,7 +33,48 @@ class TestLocalStore(StoreConformance):
         return LocalStore(tmp_path / "store")
 
     def reopen(self, store: ObjectStore, *, read_only: bool = False) -> ObjectStore:
-        return LocalStore(store.root, read_only=read_only, durable=store.durable)
+        assert isinstance(store, LocalStore)
+        return LocalStore(
+            store.root, read_only=read_only, durable=store.durable, segments=store.segments
+        )
+
+    def test_hot_path_touches_one_file(self, store: ObjectStore) -> None:
+        """With segments a hit looks at the records in flight (then packs, then the loose
+        name: not reached here); a store appends (no file written, nothing read or created)."""
+        assert isinstance(store, LocalStore)
+        if not store.segments:
+            super().test_hot_path_touches_one_file(store)
+            return
+        digest = digest_of("hot")
+        store.put_call(FID, digest, b"warm")
+        counts: dict[str, int] = {}
+        names = ("_read", "_write", "_write_new", "_exists", "_ensure_dir", "_inflight")
+        for name in names:
+            original = getattr(store, name)
+
+            def counted(
+                *args: object, _name: str = name, _original: Callable[..., object] = original
+            ) -> object:
+                counts[_name] = counts.get(_name, 0) + 1
+                return _original(*args)
+
+            setattr(store, name, counted)
+        for _ in range(3):
+            assert store.get_call(FID, digest) == b"warm"
+        assert counts == {"_inflight": 3}  # no failed open of the loose name, no marker read
+        counts.clear()
+        for _ in range(3):
+            store.put_call(FID, digest, b"again")
+        assert counts == {}
+        assert store.get_call(FID, digest) == b"again"
+
+
+class TestLooseLocalStore(TestLocalStore):
+    """Every record a file of its own (``segments=False``), as before segments."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> LocalStore:
+        return LocalStore(tmp_path / "store", segments=False)
 
 
 class TestDurableLocalStore(TestLocalStore):
@@ -52,6 +94,7 @@ class TestGenericStore(StoreConformance):
 # -- local disk only ---------------------------------------------------------------
 
 
+@pytest.mark.loose_records  # a record file's rename fails
 def test_no_partial_file_when_the_rename_fails(
     local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -148,7 +191,8 @@ def test_processes_writing_the_same_objects(tmp_path: Path) -> None:
     assert all(store.get(xxhash.xxh3_128_hexdigest(v)) == v for v in values)
     assert store.get_call(FID, digest_of(7)) == b"record"
     assert store.info()["format"] == 1
-    assert os.listdir(f"{root}/tmp") == []
+    # no partial write left (tmp/segments/ holds records, found by every reader, sealed by gc)
+    assert [n for n in os.listdir(f"{root}/tmp") if n != "segments"] == []
 
 
 def test_durable_writes_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -8,9 +8,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from record_helpers import loose_record
 
 from fleche import cache, codec, fleche, tags
-from fleche.store import ObjectStore
+from fleche.store import LocalStore, ObjectStore
 
 
 @fleche(version=1)
@@ -79,6 +80,10 @@ def object_file(store: ObjectStore, oid: str) -> str:
 
 
 def record_file(store: ObjectStore, fid: str, digest: str) -> str:
+    """The record's file; on local disk made a loose file first if it was in a segment or a
+    pack (``record_helpers.loose_record``), so that damaging it damages what readers read."""
+    if isinstance(store, LocalStore) and not store.read_only:
+        return str(loose_record(store.root, fid, digest, missing_ok=True))
     return path_of(store, f"calls/{fid}/{digest[:2]}/{digest[2:]}")
 
 

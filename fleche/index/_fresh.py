@@ -138,6 +138,8 @@ def local_functions(store: ObjectStore) -> list[str]:
     except FileNotFoundError:
         names = []
     packed = {n for p in store.packs().live for n in p.index.names if is_function_id(n)}
+    if isinstance(store, LocalStore):  # records in unsealed segments (docs/format.md)
+        packed.update(n for n in store.iter_functions() if is_function_id(n))
     return names + sorted(packed - set(names))
 
 
@@ -174,10 +176,14 @@ def fan_mtimes(store: ObjectStore, function_id: str) -> dict[str, int]:
     """``{fan: mtime_ns}`` of a function's fan-out directories; empty when it has none.
 
     With packs, a fan's stamp is the later of its directory's mtime and that of
-    ``packs/``: a pack published or removed makes every fan look again, once.
+    ``packs/``: a pack published or removed makes every fan look again, once. Records
+    in unsealed segments do the same with the segments' stamp
+    (:meth:`~fleche.store.LocalStore.inflight_calls`): a record appended, rewritten or
+    sealed away makes the function's fans look again.
     """
     out = {}
     packs = _packs_mtime(store)
+    inflight = inflight_state(store, function_id)
     try:
         with os.scandir(f"{_calls(store)}/{function_id}") as it:
             for e in it:
@@ -194,11 +200,33 @@ def fan_mtimes(store: ObjectStore, function_id: str) -> dict[str, int]:
             out[fan] = max(out.get(fan, 0), packs)
         for fan in out:
             out[fan] = max(out[fan], packs)
+    stamp, keys = inflight
+    if stamp:
+        for key in keys:
+            out.setdefault(key[:2], 0)
+        for fan in out:
+            out[fan] = max(out[fan], stamp)
     return out
 
 
-def fan_listing(store: ObjectStore, function_id: str, fan: str) -> dict[str, str]:
-    """``{key: inode}`` of the records in one fan directory (no stat: scandir has both)."""
+def inflight_state(store: ObjectStore, function_id: str) -> tuple[int, dict[str, str]]:
+    """A local store's records of ``function_id`` in unsealed segments: (stamp, {key: where})."""
+    if isinstance(store, LocalStore):
+        return store.inflight_calls(function_id)
+    return 0, {}
+
+
+def fan_listing(
+    store: ObjectStore,
+    function_id: str,
+    fan: str,
+    inflight: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """``{key: inode}`` of the records in one fan directory (no stat: scandir has both).
+
+    Records in unsealed segments are stamped by segment and offset; ``inflight``: those
+    of the function (``inflight_state``), when the caller lists many fans.
+    """
     out = {}
     try:
         with os.scandir(f"{_calls(store)}/{function_id}/{fan}") as it:
@@ -212,6 +240,11 @@ def fan_listing(store: ObjectStore, function_id: str, fan: str) -> dict[str, str
             for (name, key), _, _ in p.index.entries(int(fan, 16)):
                 if name == function_id:
                     out.setdefault(key, f"pack-{p.hash}")
+    if inflight is None:
+        inflight = inflight_state(store, function_id)[1]
+    for key, where in inflight.items():  # found before packs, as a reader finds them
+        if key[:2] == fan:
+            out[key] = where
     return out
 
 
@@ -232,8 +265,9 @@ def list_function(store: ObjectStore, function_id: str) -> dict[str, str | None]
     """``{key: stamp}`` of one function's records: inodes on local disk, None elsewhere."""
     if is_local(store):
         out: dict[str, str | None] = {}
+        inflight = inflight_state(store, function_id)[1]
         for fan in fan_mtimes(store, function_id):
-            out.update(fan_listing(store, function_id, fan))
+            out.update(fan_listing(store, function_id, fan, inflight))
         return out
     return {key: None for _, key in store.iter_calls(function_id)}
 

@@ -32,6 +32,7 @@ from fleche.index._fresh import (
     RefreshReport,
     fan_listing,
     fan_mtimes,
+    inflight_state,
     is_local,
     is_memory,
     list_function,
@@ -1024,9 +1025,10 @@ class Index:
         self, store: ObjectStore, fid: str, fans: set[str], mtimes: dict[str, int]
     ) -> RefreshReport:
         listing: dict[str, str | None] = {}
+        inflight = inflight_state(store, fid)[1]
         for fan in fans:
             if fan in mtimes:
-                listing.update(fan_listing(store, fid, fan))
+                listing.update(fan_listing(store, fid, fan, inflight))
         if len(fans) > 32:
             indexed = {k: s for k, s in self._indexed(fid).items() if k[:2] in fans}
         else:

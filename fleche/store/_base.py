@@ -15,6 +15,7 @@ sequence of them) is normalized by :func:`as_parts` and named by
 from __future__ import annotations
 
 import io
+import itertools
 import os
 import re
 import stat
@@ -346,6 +347,19 @@ class PathStore(ABC):
         self._ensure_dir(dst.rpartition("/")[0])
         self.fs.mv(src, dst)
 
+    # -- records in flight: a backend that appends records to segments (LocalStore) -----
+
+    def _inflight(self, function_id: str, digest: str) -> BytesLike | None:
+        """A call record appended to an unsealed segment, or None (no segments here)."""
+        return None
+
+    def _inflight_keys(self) -> list[tuple[str, str]]:
+        """``(function id, digest)`` of every record in an unsealed segment."""
+        return []
+
+    def _drop_inflight(self, function_id: str, digest: str) -> None:  # noqa: B027 - a hook
+        """Make a record in an unsealed segment unreadable (``delete_call``)."""
+
     # -- packs: primitives a backend may override (docs/format.md, "Packs") -----
 
     def _packs_stamp(self) -> object:
@@ -432,6 +446,15 @@ class PathStore(ABC):
                     yield oid
 
 
+def _unique(items: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """``items`` in order, each once."""
+    seen: set[tuple[str, str]] = set()
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            yield item
+
+
 PACK_RECHECK = 60.0
 """Seconds a reader trusts its listing of ``packs/`` on a hit before it lists again: a pack
 superseded by a repack stays readable for gc's grace (an hour by default), far longer."""
@@ -485,7 +508,14 @@ class PackSet:
         gone: set[str] = set()
         for p in packs.values():
             gone |= p.index.superseded
-        self.live = [p for h, p in sorted(packs.items()) if h not in gone]
+        # Newest first (by the index's mtime, then by name): a key in two live packs (a
+        # record rewritten after its first seal) is read from the later one; the finder
+        # answers as searching them in this order.
+        self.live = [
+            p
+            for p in sorted(packs.values(), key=lambda p: (-(p.mtime or 0.0), p.hash))
+            if p.hash not in gone
+        ]
         self.finder = PackFinder([p.index for p in self.live])
         self.stamp = stamp
         self.checked = time.monotonic()
@@ -802,13 +832,18 @@ class ObjectStore(PathStore):
         path = self._call_path(function_id, digest)
         try:
             return self._read(path)
-        except FileNotFoundError:  # not loose: packed? (a store without packs: one clock read)
-            return self._packed(function_id, digest)
+        except FileNotFoundError:  # not loose: in flight? packed? (without packs: a clock read)
+            data = self._inflight(function_id, digest)
+            return self._packed(function_id, digest) if data is None else data
 
     def has_call(self, function_id: str, digest: str) -> bool:
         """Whether a record is stored for this call, loose or packed, without reading it."""
         path = self._call_path(function_id, digest)
-        return self._exists(path) or self._locate(function_id, digest) is not None
+        return (
+            self._exists(path)
+            or self._inflight(function_id, digest) is not None
+            or self._locate(function_id, digest) is not None
+        )
 
     def delete_call(self, function_id: str, digest: str) -> None:
         """Remove a call record (already gone is not an error); its objects stay for ``gc``.
@@ -821,6 +856,7 @@ class ObjectStore(PathStore):
             self._remove(path)
         except FileNotFoundError:
             pass
+        self._drop_inflight(function_id, digest)
         if self._locate(function_id, digest) is not None:
             self.drop_packed({(function_id, digest)})
 
@@ -829,9 +865,14 @@ class ObjectStore(PathStore):
     ) -> Iterator[tuple[str, str]]:
         """``(function_id, digest)`` of every record, or of one function's records, each once.
 
-        Loose records and packed ones; ``packed=False``: the loose files only.
+        Loose records and packed ones; ``packed=False``: those in no pack, the loose files
+        and the records in unsealed segments (``fleche sync`` copies them one by one).
         """
         loose = self._iter_loose_calls(function_id)
+        inflight = self._inflight_keys()
+        if inflight:  # records in flight count as loose ones (they are found before packs)
+            wanted = [k for k in inflight if function_id is None or k[0] == function_id]
+            loose = _unique(itertools.chain(loose, wanted))
         if not packed:
             return loose
         if function_id is None:
@@ -856,6 +897,10 @@ class ObjectStore(PathStore):
         for name in self._loose_functions():
             seen.add(name)
             yield name
+        for name, _ in self._inflight_keys():
+            if name not in seen:
+                seen.add(name)
+                yield name
         for p in self._current_packs().live:
             for name in p.index.names:
                 if name and name not in seen and is_function_id(name):
@@ -976,17 +1021,25 @@ class ObjectStore(PathStore):
         found = state.finder.find(name, digest)
         return None if found is None else (state.live[found[0]], found[1], found[2])
 
-    def _locate(self, name: str, digest: str) -> tuple[Pack, int, int] | None:
-        """Where key ``(name, digest)`` is packed, or None; a miss re-lists ``packs/`` first."""
+    def _locate(
+        self, name: str, digest: str, searched: PackSet | None = None
+    ) -> tuple[Pack, int, int] | None:
+        """Where key ``(name, digest)`` is packed, or None; a miss re-lists ``packs/`` first.
+
+        ``searched``: a listing the caller already searched in vain (not searched again).
+        """
         state = self._current_packs()
-        found = self._search(state, name, digest)
+        found = None if state is searched else self._search(state, name, digest)
         if found is None and time.monotonic() - state.checked >= self.pack_rescan:
-            found = self._search(self._refresh_packs(), name, digest)
+            fresh = self._refresh_packs()
+            if fresh is not state:  # the same listing (its stamp unchanged): searched already
+                found = self._search(fresh, name, digest)
         return found
 
     def _packed(self, name: str, digest: str) -> BytesLike | None:
         """The bytes of a packed object (``name`` "") or record, or None: one lookup, one read."""
         state = self._pack_state
+        searched = None
         if state is not None and time.monotonic() - state.checked <= PACK_RECHECK:
             found = state.finder.find(name, digest)  # the hit path: the listing is fresh
             if found is not None:
@@ -994,8 +1047,11 @@ class ObjectStore(PathStore):
                     return self._read_packed(state.live[found[0]], found[1], found[2])
                 except FileNotFoundError:
                     self._pack_state = None
+            else:
+                searched = state
         for _ in range(2):
-            where = self._locate(name, digest)
+            where = self._locate(name, digest, searched)
+            searched = None
             if where is None:
                 return None
             try:
@@ -1087,16 +1143,22 @@ class ObjectStore(PathStore):
         hit = [p for p in state.live if any(p.index.find(*k) is not None for k in keys)]
         if not hit:
             return None
-        entries: list[tuple[Key, BytesLike]] = []
+        entries: dict[Key, BytesLike] = {}  # a key in two packs (two sealed segments): once
         for p in hit:
+            # A copy a newer live pack also holds is an older record (readers search newest
+            # first): left out, so that the new pack, now the newest, never revives it.
+            newer = state.live[: state.live.index(p)]
             data = memoryview(self.read_pack(p.hash))
-            entries += [
-                (key, data[off : off + n]) for key, off, n in p.index.entries() if key not in keys
-            ]
+            for key, off, n in p.index.entries():
+                if key in keys or key in entries:
+                    continue
+                if any(q.index.find(*key) is not None for q in newer if q not in hit):
+                    continue
+                entries[key] = data[off : off + n]
         gone = {p.hash for p in hit}
         for p in hit:
             gone |= p.index.superseded  # so that removing a middle pack never revives an old one
-        return self.write_pack(entries, gone)
+        return self.write_pack(entries.items(), gone)
 
     def read_loose(self, name: str, digest: str) -> BytesLike | None:
         """The loose file of an object (``name`` "") or a record, or None: packs are not read."""
@@ -1154,12 +1216,17 @@ class ObjectStore(PathStore):
         try:
             self._move(path, self._quarantine_path(path))
         except FileNotFoundError:
-            # Packed: its bytes go to quarantine/ as a file, and the pack is rewritten without it.
+            # In flight or packed: its bytes go to quarantine/ as a file, and the segment is
+            # sealed (the pack rewritten) without it.
             key = ("", oid) if oid is not None else (function_id or "", digest or "")
-            data = self._packed(*key)
+            inflight = self._inflight(*key) if oid is None else None
+            data = inflight if inflight is not None else self._packed(*key)
             if data is not None:
                 self._write(self._quarantine_path(path), (data,))
-                self.drop_packed({key})
+                if inflight is not None:
+                    self._drop_inflight(*key)
+                if self._locate(*key) is not None:
+                    self.drop_packed({key})
 
     def _quarantine_path(self, path: str) -> str:
         """Where ``quarantine`` moves the file at ``path``: its relative path, time-stamped."""

@@ -13,12 +13,15 @@ import errno
 import itertools
 import os
 import stat
+import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
 
+from fleche.errors import NotAFileError
+from fleche.store import _segment as seg
 from fleche.store._base import (
     HEX_DIGITS,
     LAYOUT,
@@ -33,7 +36,7 @@ from fleche.store._base import (
     not_a_file,
     writable_buffer,
 )
-from fleche.store._pack import PackIndex
+from fleche.store._pack import Key, PackIndex
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 
@@ -208,11 +211,67 @@ def open_file(path: str) -> tuple[int, os.stat_result]:
     return fd, st
 
 
+def _dir_stamp(path: str) -> object:
+    """Something that changes whenever ``path`` (a directory) gains or loses a file, or None.
+
+    A directory's mtime changes when a file is added or removed: one stat tells whether to
+    list it again. A change within the clock's granularity may not have moved it: a recent
+    mtime means list anyway. Nanosecond timestamps (ext4, xfs, APFS, NTFS) tick at least
+    every jiffy, 1-10 ms, so a quarter second is ample; whole seconds (FAT, some NFS
+    servers) need two. Only a miss pays for a listing, and it stays correct either way.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "absent"
+    window = 0.25 if st.st_mtime_ns % 1_000_000_000 else 2.0
+    if st.st_mtime > time.time() - window:
+        return None
+    return (st.st_ino, st.st_mtime_ns)
+
+
 def _unlink_quiet(path: str) -> None:
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+SEGMENT_MAX_BYTES = 4 << 20
+"""A segment this big is sealed into a pack before the next record is appended."""
+
+SEAL_FOLD_BELOW = 64 << 20
+"""A live pack smaller than this (bytes) may be folded by a seal (gc --pack merges bigger ones)."""
+
+SEGMENT_MAX_AGE = 300.0
+"""Seconds: a segment older than this is sealed before the next record is appended, so
+records in flight reach a pack (and ``fleche sync``) even in a process that never exits."""
+
+_writers: weakref.WeakSet[LocalStore] = weakref.WeakSet()  # stores with a segment open
+_at_exit: list[bool] = []  # [True] once _seal_at_exit is registered
+
+
+def _seal_at_exit() -> None:
+    """Seal every segment this process still has open (registered by its first segment:
+    ``import fleche`` does not load ``atexit``)."""
+    for store in list(_writers):
+        try:
+            store.seal_segment()
+        except Exception:  # noqa: BLE001 - the segment stays in tmp/, where readers find it
+            pass
+
+
+class _Writer:
+    """This process's open segment of one store."""
+
+    __slots__ = ("born", "fd", "path", "pid", "size")
+
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd = fd
+        self.path = path
+        self.size = 0
+        self.born = time.monotonic()
+        self.pid = os.getpid()
 
 
 class LocalStore(ObjectStore):
@@ -222,13 +281,27 @@ class LocalStore(ObjectStore):
     so concurrent writers of one name each publish a complete file and the
     last rename wins. ``durable=True`` adds ``fsync`` of the file before the
     rename and of the directory after it.
+
+    Call records are appended to this process's segment under ``tmp/segments/`` and
+    sealed into a pack (docs/format.md, "Segments"): a small miss then creates no file.
+    ``segments=False`` writes each record as a file of its own (as ``durable=True``
+    stores always do: a segment is not fsynced record by record).
     """
+
+    SEGMENTS = True
+    """What ``segments=None`` means: append call records to segments (the default), unless
+    the environment says ``FLECHE_SEGMENTS=0``."""
 
     has_links = True
     pack_rescan = 0.0  # a miss looks at packs/ again: one stat here, so always
 
     def __init__(
-        self, root: str | os.PathLike[str], *, read_only: bool = False, durable: bool = False
+        self,
+        root: str | os.PathLike[str],
+        *,
+        read_only: bool = False,
+        durable: bool = False,
+        segments: bool | None = None,
     ) -> None:
         path = os.fspath(root)
         path = path[len("file://") :] if path.startswith("file://") else path
@@ -239,6 +312,370 @@ class LocalStore(ObjectStore):
         # to import) loads only if something asks for ``fs``.
         super().__init__(None, path, read_only=read_only, durable=durable)
         self._tmp = f"{self.root}/tmp"
+        self._segments = f"{self._tmp}/{seg.SEGMENTS}"
+        if segments is None:  # FLECHE_SEGMENTS=0: every record a file (servers, tools)
+            segments = self.SEGMENTS and os.environ.get("FLECHE_SEGMENTS", "1") != "0"
+        self.segments = segments and not durable
+        """Whether call records are appended to a segment (else: one file each)."""
+        self._reset_segments()
+
+    def _reset_segments(self) -> None:
+        self._seg_lock = threading.Lock()
+        self._writer: _Writer | None = None
+        self._views: dict[str, seg.SegmentView] = {}
+        self._seg_stamp: object = ()
+        self._sealing: list[threading.Thread] = []
+        self._seg_refreshed = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        for name in ("_seg_lock", "_writer", "_views", "_seg_stamp", "_sealing", "_seg_refreshed"):
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._reset_segments()
+
+    # -- call records in flight: appended to a segment, sealed into a pack ----------------
+
+    def put_call(self, function_id: str, digest: str, data: bytes) -> None:
+        """Store (or replace) a call record: appended to this process's segment (one write)."""
+        if not self.segments or not data:
+            super().put_call(function_id, digest, data)
+            return
+        self._check_writable()
+        path = self._call_path(function_id, digest)
+        if self._info is None:
+            self._ensure_marker()
+        try:
+            mode: int | None = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            self._write(path, (data,))  # a directory, fifo or link there: set aside, replaced
+            return
+        framed = seg.frame(function_id, digest, data)
+        key = (function_id, digest)
+        with self._seg_lock:
+            if time.monotonic() - self._seg_refreshed > 0.001:  # a miss's lookup just did
+                self._refresh_segments()
+            own = self._writer.path if self._writer is not None else None
+            for view in list(self._views.values()):
+                if view.path != own and key in view.entries:
+                    # Another segment holds an older record of this call (another process's,
+                    # or ours, full): readers could take either, so it becomes a pack, and
+                    # the record appended below (in flight, read before packs) wins.
+                    self._seal(view)
+            w = self._writer_for(len(framed))
+            os.write(w.fd, framed)  # O_APPEND, one write: a reader sees all of it or no frame
+            start = w.size + len(framed) - len(data)
+            w.size += len(framed)
+            mine = self._views.get(w.path)
+            if mine is not None and mine.parsed == w.size - len(framed):
+                mine.entries[(function_id, digest)] = (start, len(data))
+                mine.parsed = w.size
+        if mode is not None:  # an older loose copy: readers that look at loose files first
+            try:  # (segments=False handles) must not find it any more
+                self._remove(path)
+            except FileNotFoundError:
+                pass
+
+    def find_call(self, function_id: str, digest: str) -> BytesLike | None:
+        """The record's bytes, or None: records in flight, then packs, then the loose file.
+
+        With segments a record lives in a segment or a pack; a loose file is the rare case
+        (a store written with ``segments=False``, files copied in), so it is tried last,
+        and the two in-memory lookups cost a hit no failed ``open``. A writer with segments
+        removes the loose copy of a record it appends, so no older copy hides behind.
+        """
+        if not self.segments:
+            return super().find_call(function_id, digest)
+        data = self._inflight(function_id, digest)
+        if data is None:
+            data = self._packed(function_id, digest)
+            if data is None:
+                try:
+                    return self._read(self._call_path(function_id, digest))
+                except FileNotFoundError:
+                    return None
+        return data
+
+    def _writer_for(self, extra: int) -> _Writer:
+        """The open segment (a new one after a fork, a seal, or when it is big or old)."""
+        w = self._writer
+        if w is not None:
+            if w.pid != os.getpid():  # a forked child: the segment is its parent's
+                self._writer = w = None
+            elif w.size + extra > SEGMENT_MAX_BYTES or time.monotonic() - w.born > SEGMENT_MAX_AGE:
+                self._retire(w)  # sealed by a thread: not inside this miss
+                w = None
+            elif os.fstat(w.fd).st_nlink == 0:  # sealed by another process (gc, an evict)
+                self._drop_writer(w)  # not sealed again: an evicted record stays evicted
+                w = None
+        if w is None:
+            name = f"{seg.PREFIX}{_tmp_prefix}{next(_tmp_counter):x}"
+            path = f"{self._segments}/{name}"
+            flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | _O_CLOEXEC | _O_BINARY
+            try:
+                fd = os.open(path, flags, 0o666)
+            except FileNotFoundError:
+                os.makedirs(self._segments, exist_ok=True)
+                fd = os.open(path, flags, 0o666)
+            w = self._writer = _Writer(fd, path)
+            self._views[path] = seg.SegmentView(path, os.dup(fd))
+            _writers.add(self)
+            if not _at_exit:
+                import atexit
+
+                atexit.register(_seal_at_exit)
+                _at_exit.append(True)
+        return w
+
+    def _retire(self, w: _Writer) -> None:
+        """Hand the full segment ``w`` to a thread that seals it (``_seg_lock`` held).
+
+        Until its pack is published the segment stays in ``tmp/segments/`` and in our
+        views, so every reader keeps finding its records; the next record goes to a new
+        segment at once.
+        """
+        self._writer = None
+        view = self._views.get(w.path)
+        entries = (
+            dict(view.entries)
+            if view is not None and view.parsed == w.size and not view.torn
+            else None  # not all parsed yet: the thread parses what we wrote
+        )
+        t = threading.Thread(
+            target=self._seal_retired, args=(w, entries), name="fleche-seal", daemon=False
+        )
+        self._sealing = [x for x in self._sealing if x.is_alive()]
+        self._sealing.append(t)
+        t.start()
+
+    def _seal_retired(self, w: _Writer, entries: dict[Key, tuple[int, int]] | None) -> None:
+        try:
+            if os.fstat(w.fd).st_nlink == 0:  # sealed by another process (gc, an evict)
+                return
+            whole = memoryview(os.pread(w.fd, w.size, 0))
+            if entries is None:
+                found, _, _ = seg.parse(whole, 0)
+                entries = {key: (offset, length) for key, offset, length in found}
+            records: dict[Key, BytesLike] = {k: whole[o : o + n] for k, (o, n) in entries.items()}
+            if records:
+                self._write_sealed(records)
+            with self._seg_lock:
+                _unlink_quiet(w.path)
+                old = self._views.pop(w.path, None)
+                if old is not None:
+                    os.close(old.fd)
+                self._seg_stamp = ()
+        except Exception as e:  # noqa: BLE001 - the segment stays in tmp/: readers and gc find it
+            import warnings
+
+            warnings.warn(
+                f"sealing {w.path} into a pack failed ({e}); gc will seal it", stacklevel=1
+            )
+        finally:
+            os.close(w.fd)
+
+    def _write_sealed(self, records: dict[Key, BytesLike]) -> None:
+        """Publish ``records`` as a pack, folding in the smallest live packs while each is
+        at most twice what is folded so far (a binary counter): between two ``fleche gc``
+        a miss searches about log2(records / segment) packs, and each byte is rewritten
+        about as many times. Packs of :data:`SEAL_FOLD_BELOW` and more are gc's to merge."""
+        size = sum(memoryview(b).nbytes for b in records.values())
+        live = self.packs().live
+        fold = []
+        for p in sorted(live, key=lambda p: p.index.pack_size):
+            if p.index.pack_size >= SEAL_FOLD_BELOW or p.index.pack_size > 2 * size:
+                break
+            fold.append(p)
+            size += p.index.pack_size
+        if not fold:
+            self.write_pack(records.items())
+            return
+        entries: dict[Key, BytesLike] = dict(records)  # the segment's records are the newest
+        gone: set[str] = set()
+        for p in [q for q in live if q in fold]:  # newest first, as readers search them
+            try:
+                data = memoryview(self.read_pack(p.hash))
+            except FileNotFoundError:  # superseded and removed meanwhile: not folded
+                continue
+            for key, off, n in p.index.entries():
+                entries.setdefault(key, data[off : off + n])
+            gone |= {p.hash, *p.index.superseded}
+        self.write_pack(entries.items(), gone)
+
+    def _join_seals(self) -> None:
+        """Wait for this handle's segments being sealed by threads (close, gc, delete)."""
+        for t in self._sealing:
+            if t is not threading.current_thread():
+                t.join()
+        self._sealing = []
+
+    def seal_segment(self) -> None:
+        """Seal this process's open segment into a pack now (at exit, on close, gc)."""
+        self._join_seals()
+        with self._seg_lock:
+            w = self._writer
+            if w is not None and w.pid == os.getpid():
+                self._seal_writer(w)
+
+    def _seal_writer(self, w: _Writer) -> None:
+        try:
+            if os.fstat(w.fd).st_nlink:  # 0: another process sealed it (and maybe dropped some)
+                view = self._views.get(w.path)
+                if view is None or view.parsed != w.size or view.torn:
+                    view = seg.SegmentView(w.path, w.fd)  # parse every frame we wrote
+                self._seal(view)
+        finally:
+            self._drop_writer(w)
+
+    def _drop_writer(self, w: _Writer) -> None:
+        self._writer = None
+        os.close(w.fd)
+        _writers.discard(self)
+
+    def _seal(self, view: seg.SegmentView, drop: Key | None = None) -> None:
+        """Write ``view``'s records (but ``drop``) into a pack, then remove the segment."""
+        self._parse(view)
+        whole = memoryview(os.pread(view.fd, view.parsed, 0))  # one read; frames are small
+        records: dict[Key, BytesLike] = {}
+        for key, (offset, length) in view.entries.items():
+            if key != drop:
+                records[key] = whole[offset : offset + length]
+        if records:
+            self.write_pack(records.items())
+        _unlink_quiet(view.path)
+        old = self._views.pop(view.path, None)
+        if old is not None:
+            os.close(old.fd)
+        self._seg_stamp = ()
+
+    def seal_segments(self) -> int:
+        """Seal every segment in ``tmp/segments/`` into packs, this process's and others'
+        (``fleche gc``, before it lists records); returns how many. A writer that finds
+        its segment sealed starts a new one."""
+        self._check_writable()
+        self.seal_segment()
+        with self._seg_lock:
+            self._refresh_segments(force=True)
+            views = list(self._views.values())
+            for view in views:
+                self._seal(view)
+        return len(views)
+
+    def _parse(self, view: seg.SegmentView) -> None:
+        """Read the frames appended to ``view``'s segment since it was last looked at."""
+        if view.torn:
+            return
+        size = os.fstat(view.fd).st_size
+        if size <= view.parsed:
+            return
+        buf = os.pread(view.fd, size - view.parsed, view.parsed)
+        found, used, torn = seg.parse(buf, view.parsed)
+        view.add(found)
+        view.parsed += used
+        view.torn = torn
+
+    def _refresh_segments(self, *, force: bool = False) -> dict[str, seg.SegmentView]:
+        """The segments now in ``tmp/segments/`` (listed again when the directory changed)."""
+        stamp = _dir_stamp(self._segments)
+        if force or stamp is None or stamp != self._seg_stamp:
+            try:
+                names = {
+                    f"{self._segments}/{n}"
+                    for n in os.listdir(self._segments)
+                    if n.startswith(seg.PREFIX)
+                }
+            except FileNotFoundError:
+                names = set()
+            for path in [p for p in self._views if p not in names]:
+                os.close(self._views.pop(path).fd)
+            for path in names - self._views.keys():
+                try:
+                    fd, _ = open_file(path)
+                except (OSError, NotAFileError):
+                    continue  # gone, or not a file we can read: not a segment
+                self._views[path] = seg.SegmentView(path, fd)
+            self._seg_stamp = stamp
+        for view in self._views.values():
+            self._parse(view)
+        self._seg_refreshed = time.monotonic()
+        return self._views
+
+    def _inflight(self, function_id: str, digest: str) -> BytesLike | None:
+        key = (function_id, digest)
+        with self._seg_lock:
+            w = self._writer
+            if w is not None:  # our own segment: no listing needed while it is linked
+                mine = self._views.get(w.path)
+                where = mine.entries.get(key) if mine is not None else None
+                # Anyone who deletes this call or appends it elsewhere seals our segment
+                # (unlinks it) first: while it has a link, our latest frame is the newest.
+                if where is not None and w.pid == os.getpid() and os.fstat(w.fd).st_nlink:
+                    return os.pread(w.fd, where[1], where[0])
+            for view in self._refresh_segments().values():
+                where = view.entries.get(key)
+                if where is not None:
+                    return os.pread(view.fd, where[1], where[0])
+        return None
+
+    def _inflight_keys(self) -> list[tuple[str, str]]:
+        with self._seg_lock:
+            views = self._refresh_segments()
+            if not views:
+                return []
+            return list(dict.fromkeys(k for v in views.values() for k in v.entries))
+
+    def inflight_entries(self) -> dict[Key, int]:
+        """``{(function id, digest): length}`` of every record in an unsealed segment (what a
+        read-only scan lists beside the loose files: it cannot seal them)."""
+        with self._seg_lock:
+            out: dict[Key, int] = {}
+            for view in self._refresh_segments().values():
+                for key, (_, length) in view.entries.items():
+                    out.setdefault(key, length)
+            return out
+
+    def inflight_calls(self, function_id: str) -> tuple[int, dict[str, str]]:
+        """What the index needs of one function's records in unsealed segments.
+
+        ``(stamp, {digest: where})``: ``stamp`` (nanoseconds) moves whenever a segment
+        comes, goes or grows (the latest mtime of ``tmp/segments/`` and of each segment;
+        0 without any); ``where`` names the segment and offset of the record read, so a
+        rewrite (a later frame) reads as a changed record.
+        """
+        with self._seg_lock:
+            views = self._refresh_segments()
+            try:
+                stamp = os.stat(self._segments).st_mtime_ns
+            except FileNotFoundError:
+                return 0, {}
+            out: dict[str, str] = {}
+            for view in views.values():
+                try:
+                    stamp = max(stamp, os.fstat(view.fd).st_mtime_ns)
+                except OSError:
+                    continue
+                name = view.path.rpartition("/")[2]
+                for (fid, digest), (offset, _) in view.entries.items():
+                    if fid == function_id:
+                        out.setdefault(digest, f"{name}:{offset}")
+            return stamp, out
+
+    def _drop_inflight(self, function_id: str, digest: str) -> None:
+        key = (function_id, digest)
+        self._join_seals()
+        with self._seg_lock:
+            w = self._writer
+            views = self._refresh_segments()
+            for view in list(views.values()):
+                if key in view.entries:
+                    if w is not None and view.path == w.path:
+                        self._drop_writer(w)
+                    self._seal(view, drop=key)
 
     @cached_property
     def fs(self) -> LocalFileSystem:
@@ -246,6 +683,19 @@ class LocalStore(ObjectStore):
         from fsspec.implementations.local import LocalFileSystem
 
         return LocalFileSystem()
+
+    def close(self) -> None:
+        """Seal this process's segment into a pack, close the segments read, forget state."""
+        try:
+            if not self.read_only:
+                self.seal_segment()
+        finally:
+            with self._seg_lock:
+                for view in self._views.values():
+                    os.close(view.fd)
+                self._views.clear()
+                self._seg_stamp = ()
+            super().close()
 
     def _make_url(self) -> str:
         return self.root or "/"
@@ -525,15 +975,7 @@ class LocalStore(ObjectStore):
     # -- packs: the index memory-mapped, entries read with one pread ---------------------
 
     def _packs_stamp(self) -> object:
-        # A directory's mtime changes when a file is added or removed: one stat tells whether
-        # to list again. Within the last two seconds it may not have ticked yet: list anyway.
-        try:
-            st = os.stat(self._packs_dir)
-        except FileNotFoundError:
-            return "absent"
-        if st.st_mtime > time.time() - 2:
-            return None
-        return (st.st_ino, st.st_mtime_ns)
+        return _dir_stamp(self._packs_dir)
 
     def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
         out: dict[str, tuple[int, float | None]] = {}

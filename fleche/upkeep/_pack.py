@@ -211,6 +211,7 @@ def apply_pack(
     drop = set(drop)
     state = store.packs()
     live = {p.hash: p for p in state.live}
+    order = {p.hash: i for i, p in enumerate(state.live)}
     merge = set(plan.merge) if plan.write else set()
     if drop:
         merge |= {h for h, p in live.items() if any(p.index.find(*k) is not None for k in drop)}
@@ -222,7 +223,10 @@ def apply_pack(
             if data is not None:  # gone since the plan: nothing to pack
                 entries.append((key, data))
         superseded: set[str] = set()
-        for h in sorted(merge):
+        merged: set[Key] = set()
+        for h in sorted(
+            merge, key=lambda h: (order.get(h, len(order)), h)
+        ):  # as readers search them: newest first
             p = live.get(h)
             if p is None:
                 continue
@@ -230,7 +234,8 @@ def apply_pack(
             for key, off, n in p.index.entries():
                 if key in drop:
                     result.dropped += 1
-                elif key not in folding:
+                elif key not in folding and key not in merged:  # in two packs: once
+                    merged.add(key)
                     entries.append((key, data[off : off + n]))
             superseded |= {h, *p.index.superseded}
         chunks: list[list[tuple[Key, Any]]] = [[]]

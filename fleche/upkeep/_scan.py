@@ -208,7 +208,8 @@ def _scan_local(store: ObjectStore, inv: Inventory) -> None:
         odd = []
         inv.objects = _local_fanout(f"{store.root}/objects", odd)
         inv.not_files += [NotAFile("object", o, w) for o, w in odd]
-    inv.tmp = _local_tree(f"{store.root}/tmp")
+    # Segments (tmp/segments/) are sealed into packs, never swept as partial writes.
+    inv.tmp = [e for e in _local_tree(f"{store.root}/tmp") if not e.name.startswith("segments/")]
     inv.quarantine = _local_tree(f"{store.root}/quarantine")
 
 
@@ -319,7 +320,15 @@ def scan(store: ObjectStore) -> Inventory:
     started = time.perf_counter()
     inv = Inventory(store.url, links=store.layout_links())
     if isinstance(store, LocalStore):
+        if not store.read_only and not inv.links:
+            # Records in flight become a pack first, so that every record is listed (gc
+            # must not take an object a segment's record refers to for unreferenced).
+            store.seal_segments()
         _scan_local(store, inv)
+        loose = {(fid, e.name) for fid, e in inv.iter_calls()}
+        for (fid, digest), length in store.inflight_entries().items():  # read-only: not sealed
+            if (fid, digest) not in loose and is_function_id(fid):
+                inv.calls.setdefault(fid, []).append(Entry(digest, length, None))
     elif getattr(store, "fs", None) is not None:
         _scan_fs(store, inv)
     else:

@@ -1,0 +1,286 @@
+"""Records in flight: call records appended to a per-process segment under tmp/segments/.
+
+A writing LocalStore creates no file per record: it appends framed
+records to its own segment, seals the segment into an ordinary pack on close (or gc),
+and every reader (other handles, other processes) finds a record right after it was
+appended, torn tails and damaged frames ignored, never a wrong record.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from fleche.store import LocalStore
+from fleche.testing._base import FID, digest_of
+from fleche.upkeep import apply_gc, plan_gc
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _writer(root: Path) -> LocalStore:
+    return LocalStore(root)  # segments are the default
+
+
+def _record(digest: str) -> bytes:
+    """The bytes a test stores for ``digest``: a reader checks it got exactly these."""
+    return f"record of {digest}".encode() * 3
+
+
+def _segments(root: Path) -> list[Path]:
+    d = root / "tmp" / "segments"
+    return sorted(d.iterdir()) if d.exists() else []
+
+
+def _loose_calls(root: Path) -> list[Path]:
+    return (
+        [p for p in (root / "calls").rglob("*") if p.is_file()] if (root / "calls").exists() else []
+    )
+
+
+def test_an_appended_record_is_read_listed_and_found_by_another_handle_at_once(
+    tmp_path: Path,
+) -> None:
+    w = _writer(tmp_path)
+    reader = LocalStore(tmp_path)
+    assert reader.find_call(FID, digest_of("a")) is None  # the reader has looked before
+    digests = [digest_of(str(i)) for i in range(50)]
+    for d in digests:
+        w.put_call(FID, d, _record(d))
+    assert _loose_calls(tmp_path) == [] and len(_segments(tmp_path)) == 1
+    for d in digests:
+        assert bytes(reader.get_call(FID, d)) == _record(d)
+        assert reader.has_call(FID, d) and bytes(w.get_call(FID, d)) == _record(d)
+    assert sorted(reader.iter_calls()) == sorted((FID, d) for d in digests)
+    assert sorted(reader.iter_calls(FID)) == sorted((FID, d) for d in digests)
+    assert list(reader.iter_functions()) == [FID]
+    w.put_call(FID, digests[0], b"replaced")  # a later frame for the same call wins
+    assert bytes(reader.get_call(FID, digests[0])) == b"replaced"
+
+
+def test_close_seals_the_segment_into_a_pack_that_reads_the_same(tmp_path: Path) -> None:
+    w = _writer(tmp_path)
+    digests = [digest_of(f"s{i}") for i in range(20)]
+    for d in digests:
+        w.put_call(FID, d, _record(d))
+    w.put_call(FID, digests[1], b"newer")
+    w.close()
+    assert _segments(tmp_path) == [] and _loose_calls(tmp_path) == []
+    assert len(list((tmp_path / "packs").glob("pack-*.idx"))) == 1
+    reader = LocalStore(tmp_path)
+    for d in digests:
+        assert bytes(reader.get_call(FID, d)) == (b"newer" if d == digests[1] else _record(d))
+    assert sorted(reader.iter_calls()) == sorted((FID, d) for d in digests)
+
+
+def test_a_loose_record_rewritten_is_appended_and_its_loose_copy_removed(tmp_path: Path) -> None:
+    plain = LocalStore(tmp_path, segments=False)
+    d = digest_of("loose")
+    plain.put_call(FID, d, b"old")
+    w = _writer(tmp_path)
+    w.put_call(FID, d, b"new")
+    assert _loose_calls(tmp_path) == [] and len(_segments(tmp_path)) == 1
+    for reader in (LocalStore(tmp_path), LocalStore(tmp_path, segments=False), plain, w):
+        assert bytes(reader.get_call(FID, d)) == b"new"  # whichever place it looks first
+
+
+def test_a_rewrite_of_a_packed_record_wins_in_flight_and_after_its_seal(tmp_path: Path) -> None:
+    w = _writer(tmp_path)
+    d, other = digest_of("packed"), digest_of("other")
+    w.put_call(FID, d, b"old")
+    w.put_call(FID, other, b"other")
+    w.close()  # sealed: "old" in a pack, published a minute ago (not in the same clock tick)
+    for f in (tmp_path / "packs").iterdir():
+        os.utime(f, (time.time() - 60, time.time() - 60))
+    w = _writer(tmp_path)
+    w.put_call(FID, d, b"new")
+    for reader in (LocalStore(tmp_path), LocalStore(tmp_path, segments=False), w):
+        assert bytes(reader.get_call(FID, d)) == b"new"
+    w.close()  # the seal folds the small pack holding "old" into the new one
+    for reader in (LocalStore(tmp_path), LocalStore(tmp_path, segments=False)):
+        assert bytes(reader.get_call(FID, d)) == b"new"
+        assert bytes(reader.get_call(FID, other)) == b"other"
+
+
+def test_a_durable_store_writes_files(tmp_path: Path) -> None:
+    w = LocalStore(tmp_path, durable=True)
+    w.put_call(FID, digest_of("d"), b"x")
+    assert len(_loose_calls(tmp_path)) == 1 and _segments(tmp_path) == []
+
+
+def test_deleting_a_record_in_flight_is_a_miss_everywhere_and_stays_one(tmp_path: Path) -> None:
+    w = _writer(tmp_path)
+    other = _writer(tmp_path)  # writes the same calls: w's segment becomes a pack
+    gone, kept = digest_of("gone"), digest_of("kept")
+    for n, s in enumerate((w, other)):
+        s.put_call(FID, gone, _record(gone) + bytes([n]))  # records differ (their metadata)
+        s.put_call(FID, kept, _record(kept) + bytes([n]))
+    LocalStore(tmp_path).delete_call(FID, gone)
+    for s in (w, other, LocalStore(tmp_path)):
+        assert s.find_call(FID, gone) is None
+        assert bytes(s.get_call(FID, kept)) == _record(kept) + b"\x01"  # the newer one
+    w.put_call(FID, digest_of("after"), b"after")  # starts a new segment: the old one is sealed
+    w.close()
+    other.close()
+    reader = LocalStore(tmp_path)
+    assert reader.find_call(FID, gone) is None
+    assert bytes(reader.get_call(FID, kept)) == _record(kept) + b"\x01"
+    assert bytes(reader.get_call(FID, digest_of("after"))) == b"after"
+
+
+def test_a_torn_tail_and_a_damaged_frame_are_never_read(tmp_path: Path) -> None:
+    w = _writer(tmp_path)
+    digests = [digest_of(f"t{i}") for i in range(3)]
+    for d in digests:
+        w.put_call(FID, d, _record(d))
+    (segment,) = _segments(tmp_path)
+    data = segment.read_bytes()
+    with open(segment, "ab") as f:  # a frame cut short, as a crash mid-write leaves it
+        f.write(data[: len(data) // 3 - 5])
+    reader = LocalStore(tmp_path)
+    assert sorted(reader.iter_calls()) == sorted((FID, d) for d in digests)
+    # Flip a byte in the second record: the first is still read, nothing from there on.
+    size = len(data) // 3
+    damaged = bytearray(segment.read_bytes())
+    damaged[size + size - 3] ^= 0xFF
+    segment.write_bytes(bytes(damaged))
+    fresh = LocalStore(tmp_path)
+    assert bytes(fresh.get_call(FID, digests[0])) == _record(digests[0])
+    assert fresh.find_call(FID, digests[1]) is None and fresh.find_call(FID, digests[2]) is None
+
+
+def test_gc_seals_segments_and_keeps_the_objects_their_records_use(tmp_path: Path) -> None:
+    from fleche import cache, fleche
+
+    root = tmp_path / "s"
+    store = _writer(root)
+
+    @fleche
+    def big(i: int) -> bytes:
+        return bytes([i]) * 100_000  # above the inline limit: an object of its own
+
+    with cache(store):
+        assert big(1) == big(1)
+    objects = sorted(p for p in (root / "objects").rglob("*") if p.is_file())
+    assert len(objects) == 1 and _loose_calls(root) == []
+    store = _writer(root)
+    store.put_call(FID, digest_of("live"), b"live")  # a segment still open during gc
+    apply_gc(store, plan_gc(store, grace=0))
+    assert _segments(root) == []
+    assert sorted(p for p in (root / "objects").rglob("*") if p.is_file()) == objects
+    reader = LocalStore(root)
+    assert len(list(reader.iter_calls())) == 2
+    assert bytes(reader.get_call(FID, digest_of("live"))) == b"live"
+    store.put_call(FID, digest_of("next"), b"next")  # sealed under it: a new segment
+    assert bytes(LocalStore(root).get_call(FID, digest_of("next"))) == b"next"
+    with cache(LocalStore(root)):
+        assert big(1) == bytes([1]) * 100_000
+
+
+_KILLED_WRITER = textwrap.dedent(
+    """
+    import sys
+    from fleche.store import LocalStore
+    from fleche.testing._base import FID, digest_of
+    store = LocalStore(sys.argv[1])
+    print("ready", flush=True)
+    i = int(sys.argv[2])
+    while True:
+        d = digest_of(f"k{i}")
+        store.put_call(FID, d, f"record of {d}".encode() * 3)
+        i += 1
+    """
+)
+
+
+def test_writers_killed_at_random_instants_leave_only_correct_records(tmp_path: Path) -> None:
+    rng = random.Random(19)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for n in range(8):
+        p = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_WRITER, str(tmp_path), str(n * 1_000_000)],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        assert p.stdout is not None and p.stdout.readline() == "ready\n"
+        time.sleep(rng.uniform(0.0, 0.3))
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    reader = LocalStore(tmp_path)
+    listed = list(reader.iter_calls())
+    segments = _segments(tmp_path)  # one or two a writer (killed while a full one was sealed)
+    assert listed and segments
+    for fid, d in listed:
+        assert bytes(reader.get_call(fid, d)) == _record(d)
+    sealer = LocalStore(tmp_path)
+    assert sealer.seal_segments() == len(segments)
+    assert _segments(tmp_path) == []
+    after = LocalStore(tmp_path)
+    assert sorted(after.iter_calls()) == sorted(listed)
+    for fid, d in listed:
+        assert bytes(after.get_call(fid, d)) == _record(d)
+
+
+def test_a_full_segment_is_sealed_by_a_thread_readable_throughout_and_packs_stay_few(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Past its size a segment is sealed by a thread, not inside the miss that filled it;
+    its records stay readable while it is sealed; seals fold small packs into theirs, so
+    a miss searches a bounded number of packs however many seals ran."""
+    import threading
+
+    from fleche.store import _local
+
+    monkeypatch.setattr(_local, "SEGMENT_MAX_BYTES", 1500)  # about 7 records a segment
+    sealers: list[str] = []
+    real = LocalStore.write_pack
+
+    def write_pack(self, entries, superseded=()):
+        sealers.append(threading.current_thread().name)
+        return real(self, entries, superseded)
+
+    monkeypatch.setattr(LocalStore, "write_pack", write_pack)
+    w = _writer(tmp_path)
+    reader = LocalStore(tmp_path)
+    digests = [digest_of(f"f{i}") for i in range(300)]
+    for i, d in enumerate(digests):
+        w.put_call(FID, d, _record(d))
+        if i % 37 == 0:  # everything written so far, from another handle, at any moment
+            for e in digests[: i + 1]:
+                assert bytes(reader.get_call(FID, e)) == _record(e)
+    w._join_seals()
+    assert len(sealers) > 20 and set(sealers) == {"fleche-seal"}
+    assert len(w.packs().live) <= len(sealers).bit_length()  # a binary counter of packs
+    fresh = LocalStore(tmp_path)
+    for d in digests:
+        assert bytes(fresh.get_call(FID, d)) == _record(d)
+    assert sorted(fresh.iter_calls()) == sorted((FID, d) for d in digests)
+    w.close()
+    assert _segments(tmp_path) == []
+
+
+def test_a_call_rewritten_by_another_writer_reads_as_the_newer_record(tmp_path: Path) -> None:
+    """Two segments must never both hold a call: readers could take either. A writer
+    appending a call another segment holds seals that one first (its copy becomes packed,
+    read after records in flight)."""
+    first, second = _writer(tmp_path), _writer(tmp_path)
+    d = digest_of("twice")
+    first.put_call(FID, d, b"older")
+    first.put_call(FID, digest_of("kept"), b"kept")
+    second.put_call(FID, d, b"newer")
+    for reader in (LocalStore(tmp_path), LocalStore(tmp_path, segments=False), first, second):
+        assert bytes(reader.get_call(FID, d)) == b"newer"
+        assert bytes(reader.get_call(FID, digest_of("kept"))) == b"kept"
+    first.put_call(FID, digest_of("after"), b"after")  # its segment was sealed: a new one
+    second.close()
+    first.close()
+    reader = LocalStore(tmp_path)
+    assert bytes(reader.get_call(FID, d)) == b"newer"
+    assert bytes(reader.get_call(FID, digest_of("after"))) == b"after"
