@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from fleche import codec
 from fleche.cache import referenced_oids
 from fleche.errors import CorruptObjectError
-from fleche.store import ObjectStore, is_oid
+from fleche.store import PACK_REUSE, ObjectStore, is_oid
 from fleche.sync._pool import _Failed, _Progress, _run
 from fleche.sync._result import CallKey, SyncResult, call_name, object_name, pack_name
 
@@ -46,6 +46,25 @@ class _Sync:
         self.present: set[str] = set()  # objects known to be at dst: listed or copied
         self.failed_objects: set[str] = set()
         self.held: dict[CallKey, tuple[Any, list[str]]] = {}  # records read early (filter)
+        self.copied: list[Any] = []  # packs copied in this run: their objects are at dst
+        self._dst_packs: list[Any] | None = None  # dst's live packs, listed when first asked
+
+    def dst_packed(self, name: str, digest: str) -> bool:
+        """Whether the destination holds ``(name, digest)`` in a pack: its indexes are
+        listed and read on the first question only (none when every name is loose)."""
+        packs = self._dst_packs
+        if packs is None:
+            packs = self._dst_packs = self.target.packs(max_age=PACK_REUSE).live
+        return any(p.index.find(name, digest) is not None for p in packs)
+
+    def object_at_dst(self, oid: str) -> bool:
+        """Whether object ``oid`` is at the destination: listed or copied loose, in a pack
+        this run copied, or in one the destination had (a lookup, not a listing)."""
+        if oid in self.present:
+            return True
+        if any(p.index.find("", oid) is not None for p in self.copied):
+            return True
+        return self.target.supports_packs and self.dst_packed("", oid)
 
     # -- records: read, decode, find their objects ------------------------------------------
 
@@ -112,10 +131,10 @@ class _Sync:
         held = self.held.get(key)
         blob, oids = self.read_record(key) if held is None or held[0] is None else held
         for oid in oids:
-            if oid in self.present:
-                continue
             if oid in self.failed_objects:
                 raise _Failed(f"not copied: the object it references, {oid}, failed to copy")
+            if self.object_at_dst(oid):
+                continue
             raise _Failed(f"not copied: it references object {oid}, which {self.source.url} lacks")
         self.target.put_call(key[0], key[1], blob)
         return memoryview(blob).nbytes
@@ -133,7 +152,7 @@ class _Sync:
         """Both files of a pack, checked (its hash, its index), the ``.pack`` before the ``.idx``."""
         data = self.source.read_pack(pack.hash)
         self.target.put_pack(pack.hash, data, self.source.read_pack_index(pack.hash))
-        self.present.update(d for (n, d), _, _ in pack.index.entries() if n == "")
+        self.copied.append(pack)  # its objects are at dst now: looked up there, not listed
         return memoryview(data).nbytes
 
     def copy_packs(self, packs: list[Any]) -> None:

@@ -34,7 +34,6 @@ from fleche.errors import FlecheError, ReadOnlyStoreError, StoreFormatError
 from fleche.store import (
     FORMAT,
     MARKER,
-    PACK_FILE,
     PACK_REUSE,
     ObjectStore,
     is_function_id,
@@ -247,49 +246,33 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
             raise SyncError(f"no records of {unknown} in {source.url}; it has: {shown}")
     if not dry_run:  # a new destination gets its marker before any file, as every store does
         target.info()
-    run.present = set(dst_objects)
-    packs: list[Any] = []
-    loose_calls = set(src_calls)  # by packs: the source's loose records (listed loose only)
+    packs: list[Any] = []  # the source's packs the destination lacks: copied as files
+    src_packed: set[CallKey] = set()  # delete: every name in the source's packs
     if by_packs:
-        # Packs travel as files: one copy per pack, not per entry. What a pack the
-        # destination has holds is skipped without a name each; the loose files are
-        # compared one by one as before, against dst's loose files and its indexes.
+        # Packs travel as files: one copy per pack, compared by name (one listing of the
+        # destination's packs/, none of its indexes read). Nothing here is done per packed
+        # name unless ``delete`` needs the names: the loose files are compared one by one,
+        # and each is looked up in the packs' indexes (a binary search, not a listing).
         src_packs = source.packs(max_age=PACK_REUSE)
-        dst_packs = target.packs(max_age=PACK_REUSE)
-        there = {
-            m[1]
-            for m in map(PACK_FILE.fullmatch, dst_packs.files)
-            if m is not None and m[2] == "idx"
-        }
-        inside: set[tuple[str, str]] = set()
+        there = target.pack_hashes()
         for p in src_packs.live:
             if p.hash in there:
                 result.skipped.append(pack_name(p.hash))
-                if delete:  # what dst keeps because src has it
-                    for (n, d), _, _ in p.index.entries():
-                        if n:
-                            src_calls.add((n, d))
-                        else:
-                            src_objects.add(d)
             else:
                 packs.append(p)
-                inside.update(k for k, _, _ in p.index.entries())
+            if delete:  # what dst keeps because src has it (dst was listed whole anyway)
+                src_packed.update(k for k, _, _ in p.index.entries())
         if src_packs.live:
             result.listed["src packs"] = len(src_packs.live)
-
-        def at_dst(name: str, digest: str) -> bool:
-            return any(q.index.find(name, digest) is not None for q in dst_packs.live)
-
         if not delete:  # dst was listed loose only: its packed names, from its indexes
-            dst_calls |= {k for k in src_calls if k not in dst_calls and at_dst(*k)}
-            dst_objects |= {o for o in src_objects if o not in dst_objects and at_dst("", o)}
-        run.present = set(dst_objects)
-        run.present.update(d for n, d in inside if n == "")  # copied with their pack
-        packed_objects = {d for n, d in inside if n == ""}
-        src_objects |= packed_objects
-        src_calls |= {k for k in inside if k[0]}
-    else:
-        inside = set()
+            dst_calls |= {k for k in src_calls if k not in dst_calls and run.dst_packed(*k)}
+            dst_objects |= {
+                o for o in src_objects if o not in dst_objects and run.dst_packed("", o)
+            }
+    run.present = set(dst_objects)
+
+    def in_packs(name: str, digest: str) -> bool:
+        return any(p.index.find(name, digest) is not None for p in packs)
 
     calls = sorted(src_calls - dst_calls)
     result.skipped.extend(call_name(*k) for k in sorted(src_calls & dst_calls))
@@ -302,9 +285,8 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
     objects = sorted((wanted & src_objects) - dst_objects)
     result.skipped[:0] = [object_name(o) for o in sorted(wanted & dst_objects)]
 
-    if packs:  # what they hold is copied with them (a loose rewrite of a packed name too)
-        objects = [o for o in objects if ("", o) not in inside]
-        calls = [k for k in calls if k not in inside or k in loose_calls]
+    if packs:  # a loose object a copied pack holds goes with it (a loose record is copied:
+        objects = [o for o in objects if not in_packs("", o)]  # it may be a rewrite)
     if dry_run:
         result.transferred = (
             [object_name(o) for o in objects]
@@ -317,8 +299,12 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
         run.copy_records(calls)
 
     if delete:
-        gone_calls = sorted(dst_calls - src_calls)
-        gone_objects = sorted(dst_objects - src_objects) if fids is None else []
+        gone_calls = sorted(k for k in dst_calls - src_calls if k not in src_packed)
+        gone_objects = (
+            sorted(o for o in dst_objects - src_objects if ("", o) not in src_packed)
+            if fids is None
+            else []
+        )
         if dry_run:
             result.deleted = [call_name(*k) for k in gone_calls] + [
                 object_name(o) for o in gone_objects
