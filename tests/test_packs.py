@@ -479,8 +479,32 @@ def test_sync_of_a_packed_store_does_no_work_per_packed_name(tmp_path, monkeypat
     first = sync(src, dst)
     assert first.ok and [n for n in first.transferred if not n.startswith("packs/")] == []
     assert sync(src, dst).transferred == []
+    again = sync(src, dst, delete=True)  # the same packs on both sides: nothing to delete
+    assert again.transferred == [] and again.deleted == []
     assert counted.n == 0
     dst.close()
+    assert sorted(dst.iter_calls()) == sorted(src.iter_calls()) and verify(dst).ok
+
+
+def test_sync_delete_reads_only_the_destinations_packs_the_source_lacks(
+    tmp_path, monkeypatch
+) -> None:
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    p = populate(src)
+    pack_all(src)
+    assert sync(src, dst).ok
+    rec = codec.decode_record(src.get_call(BIG, p.big[1000]))
+    extra = (BIG, "cd" * 16)
+    rec["digest"], rec["arguments"] = extra[1], {"n": -2}
+    dst.write_pack([(extra, codec.encode_record(rec))])  # a pack only dst has, of one record
+    counted = _EntriesCounted(monkeypatch)
+    result = sync(src, dst, delete=True)
+    assert result.ok and result.deleted == [f"calls/{BIG}/cd/{'cd' * 15}"]
+    # That pack's one entry, listed and then left out of its repack; the shared pack (11
+    # entries) is compared by name, on neither side read entry by entry.
+    assert counted.n == 2
+    dst.close()
+    assert not dst.has_call(*extra)
     assert sorted(dst.iter_calls()) == sorted(src.iter_calls()) and verify(dst).ok
 
 

@@ -49,13 +49,17 @@ class _Sync:
         self.copied: list[Any] = []  # packs copied in this run: their objects are at dst
         self._dst_packs: list[Any] | None = None  # dst's live packs, listed when first asked
 
-    def dst_packed(self, name: str, digest: str) -> bool:
-        """Whether the destination holds ``(name, digest)`` in a pack: its indexes are
-        listed and read on the first question only (none when every name is loose)."""
+    def dst_live(self) -> list[Any]:
+        """The destination's live packs as first asked for: listed and their indexes read
+        then, not before (a re-sync with no loose name to look up reads none)."""
         packs = self._dst_packs
         if packs is None:
             packs = self._dst_packs = self.target.packs(max_age=PACK_REUSE).live
-        return any(p.index.find(name, digest) is not None for p in packs)
+        return packs
+
+    def dst_packed(self, name: str, digest: str) -> bool:
+        """Whether the destination held ``(name, digest)`` in a pack (see :meth:`dst_live`)."""
+        return any(p.index.find(name, digest) is not None for p in self.dst_live())
 
     def object_at_dst(self, oid: str) -> bool:
         """Whether object ``oid`` is at the destination: listed or copied loose, in a pack

@@ -126,15 +126,16 @@ def _list_both(
 ) -> tuple[set[str], set[CallKey], set[str], set[CallKey], list[str]]:
     """Both sides' objects and calls, the listings at once (they are I/O-bound).
 
-    When packs travel as files, the source's lists are of its loose files only, and so are
-    the destination's unless ``delete`` needs all of them (a packed name is looked up in its
-    indexes instead: a re-sync of a packed store does no work per packed call).
+    When packs travel as files, both sides' lists are of their loose files only: a packed
+    name is looked up in the indexes instead, and packs are compared by name, so that a
+    re-sync of a packed store does no work per packed call (``delete`` too: only the
+    destination's packs the source lacks are read name by name).
     """
     # concurrent.futures and logging (~6 ms) load with the first sync, not with ``import fleche``
     from concurrent.futures import ThreadPoolExecutor
 
     loose = not _by_packs(source, target, fids)
-    whole = loose or delete
+    whole = loose
     with ThreadPoolExecutor(5, thread_name_prefix="fleche-sync-list") as pool:
         src_objects = pool.submit(lambda: set(source.iter_oids(packed=loose)))
         src_calls = pool.submit(_list_calls, source, fids, loose)
@@ -247,28 +248,39 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
     if not dry_run:  # a new destination gets its marker before any file, as every store does
         target.info()
     packs: list[Any] = []  # the source's packs the destination lacks: copied as files
-    src_packed: set[CallKey] = set()  # delete: every name in the source's packs
+    src_live: list[Any] = []
     if by_packs:
         # Packs travel as files: one copy per pack, compared by name (one listing of the
         # destination's packs/, none of its indexes read). Nothing here is done per packed
-        # name unless ``delete`` needs the names: the loose files are compared one by one,
-        # and each is looked up in the packs' indexes (a binary search, not a listing).
-        src_packs = source.packs(max_age=PACK_REUSE)
+        # name: the loose files are compared one by one, each looked up in the other side's
+        # pack indexes (a binary search, not a listing). ``delete`` reads name by name only
+        # the destination's packs the source has not got: a shared pack holds the same names.
+        src_live = source.packs(max_age=PACK_REUSE).live
         there = target.pack_hashes()
-        for p in src_packs.live:
+        for p in src_live:
             if p.hash in there:
                 result.skipped.append(pack_name(p.hash))
             else:
                 packs.append(p)
-            if delete:  # what dst keeps because src has it (dst was listed whole anyway)
-                src_packed.update(k for k, _, _ in p.index.entries())
-        if src_packs.live:
-            result.listed["src packs"] = len(src_packs.live)
-        if not delete:  # dst was listed loose only: its packed names, from its indexes
-            dst_calls |= {k for k in src_calls if k not in dst_calls and run.dst_packed(*k)}
-            dst_objects |= {
-                o for o in src_objects if o not in dst_objects and run.dst_packed("", o)
-            }
+        if src_live:
+            result.listed["src packs"] = len(src_live)
+        # dst was listed loose only: which of src's loose names it holds packed
+        dst_calls |= {k for k in src_calls if k not in dst_calls and run.dst_packed(*k)}
+        dst_objects |= {o for o in src_objects if o not in dst_objects and run.dst_packed("", o)}
+        if delete:
+            shared = {p.hash for p in src_live}
+            for q in run.dst_live():
+                if q.hash not in shared:
+                    for (n, d), _, _ in q.index.entries():
+                        if n:
+                            dst_calls.add((n, d))
+                        else:
+                            dst_objects.add(d)
+
+    def in_src(name: str, digest: str) -> bool:
+        """A name src holds in a pack (its loose names are in src_calls/src_objects)."""
+        return any(p.index.find(name, digest) is not None for p in src_live)
+
     run.present = set(dst_objects)
 
     def in_packs(name: str, digest: str) -> bool:
@@ -299,9 +311,9 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
         run.copy_records(calls)
 
     if delete:
-        gone_calls = sorted(k for k in dst_calls - src_calls if k not in src_packed)
+        gone_calls = sorted(k for k in dst_calls - src_calls if not in_src(*k))
         gone_objects = (
-            sorted(o for o in dst_objects - src_objects if ("", o) not in src_packed)
+            sorted(o for o in dst_objects - src_objects if not in_src("", o))
             if fids is None
             else []
         )
@@ -311,9 +323,8 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
             ]
         else:
             if target.supports_packs:  # packed ones by one repack, not one per name
-                packed = {k for k, _, _ in target.packed_entries()}
-                drop = {k for k in gone_calls if k in packed}
-                drop |= {("", o) for o in gone_objects if ("", o) in packed}
+                drop = {k for k in gone_calls if run.dst_packed(*k)}
+                drop |= {("", o) for o in gone_objects if run.dst_packed("", o)}
                 if drop:
                     target.drop_packed(drop)
             run.delete(gone_calls, gone_objects)
