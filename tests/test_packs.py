@@ -451,6 +451,30 @@ def test_sync_copies_a_new_record_whose_object_both_sides_hold_packed(tmp_path) 
     assert verify(dst).ok
 
 
+def test_sync_within_gcs_grace_copies_the_pack_not_its_loose_copies(tmp_path) -> None:
+    """Right after ``gc --pack`` the loose records are still there (until the grace): a
+    loose record with the same bytes as its copied pack's entry is not written again; a
+    loose rewrite (other bytes) is."""
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    p = populate(src)
+    apply_gc(src, plan_gc(src, pack=True, grace=3600))
+    loose_calls = loose_names(src)[0]
+    assert len(loose_calls) == 9 and len(src.packs().live) == 1
+    key = (SIMULATE, p.simulate[(3,)])
+    rec = codec.decode_record(src.get_call(*key))
+    rec["metadata"] = {**rec["metadata"], "note": "rerun"}
+    src.put_call(*key, codec.encode_record(rec))
+    result = sync(src, dst)
+    assert result.ok
+    assert [n for n in result.transferred if not n.startswith("packs/")] == [
+        f"calls/{key[0]}/{key[1][:2]}/{key[1][2:]}"
+    ]
+    assert loose_names(dst)[0] == {key}  # the other 8 are read from the pack
+    dst.close()
+    assert sorted(dst.iter_calls()) == sorted(src.iter_calls()) and verify(dst).ok
+    assert codec.decode_record(dst.get_call(*key))["metadata"]["note"] == "rerun"
+
+
 class _EntriesCounted:
     """Counts the entries every ``PackIndex.entries`` yields: work per packed name."""
 

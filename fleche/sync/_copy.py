@@ -132,8 +132,20 @@ class _Sync:
         _run(self.pool, self.window, oids, self.copy_object, done, failed)
 
     def copy_record(self, key: CallKey) -> int:
+        """Copy one loose record; its size, or -1 when a pack copied in this run holds the
+        same bytes (a loose copy gc has packed but not yet removed: not written twice)."""
         held = self.held.get(key)
         blob, oids = self.read_record(key) if held is None or held[0] is None else held
+        for pack in self.copied:
+            found = pack.index.find(*key)
+            if found is not None:
+                try:
+                    packed = self.source.read_pack_range(pack, *found)
+                except FileNotFoundError:  # the source's pack went: copy the loose file
+                    break
+                if bytes(packed) == bytes(blob):
+                    return -1
+                break  # a rewrite of the packed record: copied over it
         for oid in oids:
             if oid in self.failed_objects:
                 raise _Failed(f"not copied: the object it references, {oid}, failed to copy")
@@ -145,6 +157,10 @@ class _Sync:
 
     def copy_records(self, keys: list[CallKey]) -> None:
         def done(key: CallKey, nbytes: int) -> None:
+            if nbytes < 0:  # copied with its pack
+                self.result.skipped.append(call_name(*key))
+                self.bar.advance()
+                return
             self.result.transferred.append(call_name(*key))
             self.result.bytes_transferred += nbytes
             self.bar.advance(nbytes)
