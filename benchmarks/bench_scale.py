@@ -3,6 +3,8 @@
     python -m benchmarks.run_benchmarks -k scale
     FLECHE_BENCH_SCALE_N=1000,100000 ...        # the sizes (default: 1k and 100k calls)
     FLECHE_BENCH_SCALE_1M=1 ...                 # adds 1,000,000 (its fill time printed first)
+    FLECHE_BENCH_SCALE_FILL_PROCS=2 ...         # processes filling a store (default 2 at 1M)
+    FLECHE_BENCH_SCALE_LOOSE_SYNC_MAX=100000    # above it, fleche.sync of the loose store is skipped
     python -m benchmarks.bench_scale 1000       # this module alone, at the sizes given
 
 For each size N, a store of N small calls (``small(i) -> 2 * i``, computed through the
@@ -20,7 +22,16 @@ three files per call take minutes at 100k) joblib. Then:
 * miss + store of a small value: 7 rounds, fleche and diskcache alternating, each round
   ``M`` new calls into the filled store; the worst round's ratio is the verdict;
 * files after ``fleche gc`` (the CLI, as a user runs it): whatever gc does today; when
-  it folds small records into packs, this row shows it.
+  it folds small records into packs (``--pack``), a second ``gc --grace 0s`` removes the
+  loose copies, and this row shows what is left;
+* ``fleche.sync`` of the store after gc (packed) into an empty folder against the
+  ``rsync -a`` of the loose store above (the issue's goal: <= 0.5x), a no-op re-sync
+  (goal <= 2 s at 1M), and a first and a no-op sync into S3 on moto with their requests
+  counted (goal: proportional to packs, not calls).
+
+At 1M, each store is filled by two processes at once (the fill is minutes, not the better
+part of an hour) and ``fleche.sync`` of the *loose* store is skipped (minutes, and not a
+goal: the packed sync is); ``rsync -a`` of it still runs, as the packed sync's baseline.
 
 Everything is measured through public entry points (the decorator, ``f.query``,
 ``fleche.sync``, the ``fleche`` CLI), so the figures follow the code as it changes; a
@@ -29,6 +40,7 @@ row whose entry point fails says why instead of stopping the run.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -53,6 +65,7 @@ ROUNDS = 7
 WORKER = """
 import json, sys, time
 mode, lib, root, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+start = int(sys.argv[5]) if len(sys.argv) > 5 else 0  # fill: calls start..n-1
 if lib == "fleche":
     import fleche
     fleche.set_default_cache(root)
@@ -70,7 +83,7 @@ def small(i):
 
 if mode == "fill":
     t = time.perf_counter()
-    for i in range(n):
+    for i in range(start, n):
         small(i)
     print(json.dumps({"seconds": time.perf_counter() - t}))
 elif mode == "hit":
@@ -106,6 +119,9 @@ ROWS = (
     "fleche sync first copy vs rsync -a",
     "miss + store, small value (worst round)",
     "files after `fleche gc`",
+    "fleche sync after gc (packed) vs rsync -a loose",
+    "no-op re-sync after gc",
+    "sync after gc into S3 (moto)",
 )
 """Every row a run produces for each size (a row that could not be measured says why)."""
 
@@ -176,6 +192,32 @@ class _Procs:
         lines = [ln for ln in out.splitlines() if ln.startswith("{")]
         return json.loads(lines[-1]) if lines else {}
 
+    def fill(self, lib: str, root: Path, n: int, procs: int) -> float:
+        """Calls 0..n-1 into ``root`` by ``procs`` processes at once, each a share of the
+        range (the store created first by one); the wall seconds of the fill."""
+        if procs <= 1:
+            return float(self.worker("fill", lib, root, n)["seconds"])
+        self.worker("fill", lib, root, 0)  # the store and its marker/database, once
+        bounds = [n * k // procs for k in range(procs + 1)]
+        t = time.perf_counter()
+        running = [
+            subprocess.Popen(
+                [sys.executable, str(self.script), "fill", lib, str(root), str(hi), str(lo)],
+                cwd=self.work,
+                env=self.env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+        errors = [p.communicate()[1] for p in running]
+        for p, err in zip(running, errors, strict=True):
+            if p.returncode:
+                tail = (err.strip().splitlines() or ["(no output)"])[-1]
+                raise RuntimeError(f"fill {lib} failed: {tail[:300]}")
+        return time.perf_counter() - t
+
     def timed(self, args: list[str]) -> tuple[float, float]:
         """(wall, CPU) seconds of one process, as ``bench_startup`` times its cases."""
         try:
@@ -244,9 +286,16 @@ def measure_size(
     runs: int = RUNS,
     rounds: int = ROUNDS,
     joblib_max: int = 10_000,
+    loose_sync_max: int = 100_000,
+    fill_procs: int | None = None,
     emit: Callable[[Row], None] = lambda row: None,
 ) -> list[Row]:
-    """Every row of :data:`ROWS` at ``n`` calls; each row is passed to ``emit`` when done."""
+    """Every row of :data:`ROWS` at ``n`` calls; each row is passed to ``emit`` when done.
+
+    ``loose_sync_max``: above this many calls, ``fleche.sync`` of the loose store is not
+    run (minutes at 1M; ``rsync -a`` still is: the baseline of the packed sync after gc).
+    ``fill_procs``: processes filling each store at once (default 2 at 1M, else 1).
+    """
     procs = _Procs(work)
     rows: list[Row] = []
 
@@ -258,8 +307,11 @@ def measure_size(
     if n > joblib_max and not skip["joblib"]:
         skip["joblib"] = f"not filled above {joblib_max:,} calls (FLECHE_BENCH_SCALE_JOBLIB_MAX)"
     stores = {lib: work / f"{lib}-{n}" for lib in LIBS}
+    if fill_procs is None:
+        fill_procs = 2 if n >= 1_000_000 else 1
 
-    # -- fill: first, so a 1M run says at once how long it will take
+    # -- fill: first, each library's time printed as it is done, so a 1M run says at once
+    # how long it will take
     row = Row(ROWS[0], n)
     fill: dict[str, float] = {}
     for lib in LIBS:
@@ -268,15 +320,19 @@ def measure_size(
             continue
         t = time.perf_counter()
         try:
-            inner = procs.worker("fill", lib, stores[lib], n)["seconds"]
+            inner = procs.fill(lib, stores[lib], n, fill_procs)
         except (RuntimeError, KeyError) as e:
             skip[lib] = str(e)
             row.cells[lib] = "failed"
             continue
         fill[lib] = inner
         row.cells[lib] = f"{_fmt_s(time.perf_counter() - t)} ({inner / n * 1e6:.0f} µs/call)"
+        print(f"   N={n:,} filled {lib}: {row.cells[lib]}", flush=True)
     row.ratio = _ratio(fill.get("fleche"), fill.get("diskcache"))
-    row.note = "; ".join(f"{lib}: {why}" for lib, why in skip.items() if why)
+    why = [f"{lib}: {why}" for lib, why in skip.items() if why]
+    if fill_procs > 1:
+        why.insert(0, f"{fill_procs} processes at once per library, µs/call of the wall time")
+    row.note = "; ".join(why)
     add(row)
     live = [lib for lib in LIBS if not skip[lib]]
 
@@ -356,19 +412,29 @@ def measure_size(
     # -- sync vs rsync, one each, the same source
     row = Row(ROWS[8], n)
     src = stores["fleche"]
+    copied: float | None = None  # rsync -a of the loose store: the packed sync's baseline too
     try:
         import fleche
 
-        dst = work / f"synced-{n}"
-        t = time.perf_counter()
-        result = fleche.sync(src, dst)
-        synced = time.perf_counter() - t
-        if result.failed:
-            raise RuntimeError(f"sync failed for {len(result.failed)} files")
-        row.cells["fleche"] = _fmt_s(synced)
+        synced = None
+        if n <= loose_sync_max:
+            dst = work / f"synced-{n}"
+            t = time.perf_counter()
+            result = fleche.sync(src, dst)
+            synced = time.perf_counter() - t
+            if result.failed:
+                raise RuntimeError(f"sync failed for {len(result.failed)} files")
+            row.cells["fleche"] = _fmt_s(synced)
+            shutil.rmtree(dst, ignore_errors=True)
+        else:
+            row.cells["fleche"] = "not run"
+            row.note = (
+                f"fleche sync of the loose store not run above {loose_sync_max:,} calls "
+                "(FLECHE_BENCH_SCALE_LOOSE_SYNC_MAX); "
+            )
         rsync = shutil.which("rsync")
         if rsync is None:
-            row.note = "rsync is not installed"
+            row.note += "rsync is not installed"
         else:
             t = time.perf_counter()
             subprocess.run(
@@ -378,8 +444,9 @@ def measure_size(
             copied = time.perf_counter() - t
             row.cells["rsync -a"] = _fmt_s(copied)
             row.ratio = _ratio(synced, copied)
-            row.note = "ratio: fleche sync / rsync -a; rsync without index/"
-        shutil.rmtree(dst, ignore_errors=True)
+            row.note += ("ratio: fleche sync / rsync -a; " if synced else "") + (
+                "rsync without index/"
+            )
         shutil.rmtree(work / f"rsynced-{n}", ignore_errors=True)
     except (RuntimeError, OSError, subprocess.CalledProcessError, AttributeError) as e:
         row.cells.setdefault("fleche", "failed")
@@ -391,17 +458,27 @@ def measure_size(
 
     # -- files after fleche gc (whatever gc does in this tree)
     row = Row(ROWS[10], n)
+    packed = False
     try:
         before = _walk(src)[0]
         gc_args = _gc_args(procs)
         t = time.perf_counter()
         procs.run([*gc_args, "-s", str(src)])
         took = time.perf_counter() - t
+        ran = f"`fleche {' '.join(gc_args[2:])}` took {_fmt_s(took)}"
+        if "--pack" in gc_args:
+            # The loose copies of what was just packed go a grace after the pack is
+            # published: with no grace, a second run removes them.
+            again = [a for a in gc_args if a != "--pack"]
+            t = time.perf_counter()
+            procs.run([*again, "-s", str(src)])
+            ran += f", then `fleche {' '.join(again[2:])}` {_fmt_s(time.perf_counter() - t)}"
+            packed = True
         files, size, _ = _walk(src)
         row.cells["fleche"] = f"{files:,}"
         row.note = (
-            f"`fleche {' '.join(gc_args[2:])}` took {_fmt_s(took)}; {before:,} files before it, "
-            f"as the store holds the miss rounds' calls too; {size / n:,.0f} B per call after"
+            f"{ran}; {before:,} files before it, as the store holds the miss rounds' calls "
+            f"too; {size / n:,.0f} B per call after"
         )
         if "diskcache" in live:
             row.cells["diskcache"] = files_row.cells["diskcache"]
@@ -409,7 +486,84 @@ def measure_size(
         row.cells["fleche"] = "failed"
         row.note = str(e)
     add(row)
+
+    # -- the packed store: sync (the issue's goal: <= 0.5x rsync -a of the calls loose),
+    # a no-op re-sync, and into S3 (requests proportional to packs, not calls)
+    for row in _packed_sync(n, src, work, copied, packed):
+        add(row)
     return rows
+
+
+def _packed_sync(
+    n: int, src: Path, work: Path, rsync_loose: float | None, packed: bool
+) -> list[Row]:
+    """The last three rows: ``fleche.sync`` of the store after gc, locally and into S3."""
+    import fleche
+
+    rows = [Row(name, n) for name in ROWS[11:14]]
+    why = "" if packed else "gc has no --pack here: the store is still loose; "
+    dst = work / f"synced-packed-{n}"
+    try:
+        t = time.perf_counter()
+        result = fleche.sync(src, dst)
+        first = time.perf_counter() - t
+        if result.failed:
+            raise RuntimeError(f"sync failed for {len(result.failed)} files")
+        n_packs = sum(1 for x in result.transferred if x.startswith("packs/"))
+        rows[0].cells["fleche"] = _fmt_s(first)
+        if rsync_loose is not None:
+            rows[0].cells["rsync -a"] = _fmt_s(rsync_loose)
+            rows[0].ratio = _ratio(first, rsync_loose)
+        rows[0].note = (
+            f"{why}copied {len(result.transferred):,} names ({n_packs} packs), "
+            f"{result.bytes_transferred:,} B; rsync -a: of the loose store, the row above"
+        )
+        t = time.perf_counter()
+        again = fleche.sync(src, dst)
+        rows[1].cells["fleche"] = _fmt_s(time.perf_counter() - t)
+        rows[1].note = f"{why}copied {len(again.transferred)}; goal <= 2 s at 1M calls"
+    except (RuntimeError, OSError) as e:
+        for row in rows[:2]:
+            row.cells.setdefault("fleche", "failed")
+            row.note = str(e)
+    finally:
+        shutil.rmtree(dst, ignore_errors=True)
+    rows[2].cells["fleche"], rows[2].note = _s3_sync(src)
+    return rows
+
+
+def _s3_sync(src: Path) -> tuple[str, str]:
+    """First sync and no-op re-sync of ``src`` into a new moto bucket: (cell, note)."""
+    from collections import Counter
+
+    from benchmarks.harness import ServiceUnavailable, count_s3_requests, moto_s3, s3_kind
+
+    try:
+        with moto_s3() as moto:
+            from fleche.store import open_store
+            from fleche.sync import sync
+
+            url = f"s3://{moto.new_bucket()}/cache"
+            dst = open_store(url, **moto.options())
+            figures = []
+            for what in ("first", "no-op"):
+                with count_s3_requests(dst.fs) as seen:
+                    t = time.perf_counter()
+                    result = sync(str(src), dst)
+                    took = time.perf_counter() - t
+                if result.failed:
+                    raise RuntimeError(f"sync failed for {len(result.failed)} files")
+                kinds = Counter(s3_kind(m, u) for m, u in seen)
+                shown = ", ".join(f"{c} {k}" for k, c in sorted(kinds.items()))
+                figures.append((what, took, shown, len(result.transferred)))
+            dst.close()
+    except (ServiceUnavailable, RuntimeError, OSError) as e:
+        return "not run", str(e)
+    cell = " / ".join(f"{what} {_fmt_s(took)}" for what, took, _, _ in figures)
+    note = "; ".join(
+        f"{what}: {shown} ({copied:,} names copied)" for what, _, shown, copied in figures
+    )
+    return cell, "requests: " + note
 
 
 def _miss_rounds(n: int, stores: dict[str, Path], skip: dict[str, str], rounds: int) -> Row:
@@ -480,13 +634,22 @@ def run(
     """Measure every size in turn (scratch stores removed after each); all rows."""
     if joblib_max is None:
         joblib_max = int(os.environ.get("FLECHE_BENCH_SCALE_JOBLIB_MAX", "10000"))
+    loose_sync_max = int(os.environ.get("FLECHE_BENCH_SCALE_LOOSE_SYNC_MAX", "100000"))
+    procs = os.environ.get("FLECHE_BENCH_SCALE_FILL_PROCS")
     rows: list[Row] = []
     for n in sizes:
         with tempfile.TemporaryDirectory(
             prefix="fleche-bench-scale-", ignore_cleanup_errors=True
         ) as tmp:
             rows += measure_size(
-                n, Path(tmp), runs=runs, rounds=rounds, joblib_max=joblib_max, emit=emit
+                n,
+                Path(tmp),
+                runs=runs,
+                rounds=rounds,
+                joblib_max=joblib_max,
+                loose_sync_max=loose_sync_max,
+                fill_procs=int(procs) if procs else None,
+                emit=emit,
             )
     return rows
 

@@ -436,6 +436,134 @@ def test_sync_copies_a_loose_rewrite_of_a_packed_record_after_its_pack(tmp_path)
     assert again.transferred == [] and len(again.skipped) < 5  # the pack, not its calls
 
 
+@pytest.mark.loose_records  # a loose record beside packs
+def test_sync_copies_a_new_record_whose_object_both_sides_hold_packed(tmp_path) -> None:
+    """A new loose record references an object in a pack the destination already has: the
+    record is copied (its object is there), not refused as referencing a missing object."""
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    p = populate(src)
+    pack_all(src)
+    assert sync(src, dst).ok
+    rec = codec.decode_record(src.get_call(BIG, p.big[1000]))
+    key = (BIG, "ab" * 16)
+    rec["digest"], rec["arguments"] = key[1], {"n": -1}  # another call, the same value object
+    src.put_call(*key, codec.encode_record(rec))
+    assert loose_names(src) == ({key}, set())  # its object stays packed, on both sides
+    result = sync(src, dst)
+    assert result.ok, result.failed
+    assert result.transferred == [f"calls/{key[0]}/{key[1][:2]}/{key[1][2:]}"]
+    dst.close()
+    assert codec.decode_record(dst.get_call(*key))["arguments"] == {"n": -1}
+    assert verify(dst).ok
+
+
+@pytest.mark.loose_records  # gc's loose copies during the grace
+def test_sync_within_gcs_grace_copies_the_pack_not_its_loose_copies(tmp_path) -> None:
+    """Right after ``gc --pack`` the loose records are still there (until the grace): a
+    loose record with the same bytes as its copied pack's entry is not written again; a
+    loose rewrite (other bytes) is."""
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    p = populate(src)
+    apply_gc(src, plan_gc(src, pack=True, grace=3600))
+    loose_calls = loose_names(src)[0]
+    assert len(loose_calls) == 9 and len(src.packs().live) == 1
+    key = (SIMULATE, p.simulate[(3,)])
+    rec = codec.decode_record(src.get_call(*key))
+    rec["metadata"] = {**rec["metadata"], "note": "rerun"}
+    src.put_call(*key, codec.encode_record(rec))
+    result = sync(src, dst)
+    assert result.ok
+    assert [n for n in result.transferred if not n.startswith("packs/")] == [
+        f"calls/{key[0]}/{key[1][:2]}/{key[1][2:]}"
+    ]
+    assert loose_names(dst)[0] == {key}  # the other 8 are read from the pack
+    dst.close()
+    assert sorted(dst.iter_calls()) == sorted(src.iter_calls()) and verify(dst).ok
+    assert codec.decode_record(dst.get_call(*key))["metadata"]["note"] == "rerun"
+
+
+class _EntriesCounted:
+    """Counts the entries every ``PackIndex.entries`` yields: work per packed name."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from fleche.store import PackIndex
+
+        self.n = 0
+        real = PackIndex.entries
+
+        def entries(index: Any, first: int | None = None) -> Any:
+            for e in real(index, first):
+                self.n += 1
+                yield e
+
+        monkeypatch.setattr(PackIndex, "entries", entries)
+
+
+def test_sync_of_a_packed_store_does_no_work_per_packed_name(tmp_path, monkeypatch) -> None:
+    """A first copy and a no-op re-sync handle packs as files: no packed entry is enumerated
+    (at 1M calls, that enumeration was the part of a sync proportional to calls)."""
+    src = LocalStore(tmp_path / "src")
+    populate(src)
+    pack_all(src)
+    counted = _EntriesCounted(monkeypatch)
+    dst = LocalStore(tmp_path / "dst")
+    first = sync(src, dst)
+    assert first.ok and [n for n in first.transferred if not n.startswith("packs/")] == []
+    assert sync(src, dst).transferred == []
+    again = sync(src, dst, delete=True)  # the same packs on both sides: nothing to delete
+    assert again.transferred == [] and again.deleted == []
+    assert counted.n == 0
+    dst.close()
+    assert sorted(dst.iter_calls()) == sorted(src.iter_calls()) and verify(dst).ok
+
+
+def test_sync_delete_reads_only_the_destinations_packs_the_source_lacks(
+    tmp_path, monkeypatch
+) -> None:
+    src, dst = LocalStore(tmp_path / "src"), LocalStore(tmp_path / "dst")
+    p = populate(src)
+    pack_all(src)
+    assert sync(src, dst).ok
+    rec = codec.decode_record(src.get_call(BIG, p.big[1000]))
+    extra = (BIG, "cd" * 16)
+    rec["digest"], rec["arguments"] = extra[1], {"n": -2}
+    dst.write_pack([(extra, codec.encode_record(rec))])  # a pack only dst has, of one record
+    counted = _EntriesCounted(monkeypatch)
+    result = sync(src, dst, delete=True)
+    assert result.ok and result.deleted == [f"calls/{BIG}/cd/{'cd' * 15}"]
+    # That pack's one entry, listed and then left out of its repack; the shared pack (11
+    # entries) is compared by name, on neither side read entry by entry.
+    assert counted.n == 2
+    dst.close()
+    assert not dst.has_call(*extra)
+    assert sorted(dst.iter_calls()) == sorted(src.iter_calls()) and verify(dst).ok
+
+
+def test_sync_of_a_packed_store_into_s3_sends_requests_per_pack(request, tmp_path) -> None:
+    """First copy: one PUT per pack file (and the marker), nothing per packed call; a no-op
+    re-sync: three listings (objects/, calls/, packs/), no index read."""
+    from collections import Counter
+
+    from s3_server import count_requests
+
+    src = LocalStore(tmp_path / "src")
+    populate(src)
+    pack_all(src)
+    (n_packs,) = {len(src.packs().live)}
+    dst = open_backend("s3", request, tmp_path)
+
+    def kinds(seen: list[tuple[str, str, dict[str, str]]]) -> Counter[str]:
+        return Counter("LIST" if m == "GET" and "list-type=2" in u else m for m, u, _ in seen)
+
+    with count_requests(dst.fs) as seen:
+        assert sync(src, dst).ok
+    first = kinds(seen)
+    assert first["PUT"] == 2 * n_packs + 1 and first["GET"] <= 1, first  # marker read, written
+    with count_requests(dst.fs) as seen:
+        assert sync(src, dst).transferred == []
+    assert kinds(seen) == Counter({"LIST": 3}), seen
+
+
 @pytest.mark.loose_records  # its point is a record file under calls/
 def test_fleche_gc_packs_from_the_command_line(tmp_path) -> None:
     from click.testing import CliRunner

@@ -1072,6 +1072,20 @@ class ObjectStore(PathStore):
         name -> (size, mtime))."""
         return self._refresh_packs(max_age) if self.supports_packs else PackSet({}, {}, None)
 
+    def pack_hashes(self) -> set[str]:
+        """The hashes of the packs published under ``packs/`` (their ``.idx`` and ``.pack``
+        listed), from one listing and no index read: what ``fleche sync`` compares packs by,
+        so that a re-sync of a store with large packs reads none of their indexes (one LIST
+        on S3, not a GET of every index). Superseded packs are included."""
+        if not self.supports_packs:
+            return set()
+        files = self._list_pack_files()
+        return {
+            m[1]
+            for m in map(PACK_FILE.fullmatch, files)
+            if m is not None and m[2] == "idx" and f"pack-{m[1]}.pack" in files
+        }
+
     def packed_entries(self) -> Iterator[tuple[Key, int, str]]:
         """``((name, digest), length, pack hash)`` of every live pack entry (name "" = object)."""
         for p in self.packs().live:

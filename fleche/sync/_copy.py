@@ -11,7 +11,7 @@ from __future__ import annotations
 from fleche import codec
 from fleche.cache import referenced_oids
 from fleche.errors import CorruptObjectError
-from fleche.store import ObjectStore, is_oid
+from fleche.store import PACK_REUSE, ObjectStore, is_oid
 from fleche.sync._pool import _Failed, _Progress, _run
 from fleche.sync._result import CallKey, SyncResult, call_name, object_name, pack_name
 
@@ -48,6 +48,29 @@ class _Sync:
         self.present: set[str] = set()  # objects known to be at dst: listed or copied
         self.failed_objects: set[str] = set()
         self.held: dict[CallKey, tuple[Any, list[str]]] = {}  # records read early (filter)
+        self.copied: list[Any] = []  # packs copied in this run: their objects are at dst
+        self._dst_packs: list[Any] | None = None  # dst's live packs, listed when first asked
+
+    def dst_live(self) -> list[Any]:
+        """The destination's live packs as first asked for: listed and their indexes read
+        then, not before (a re-sync with no loose name to look up reads none)."""
+        packs = self._dst_packs
+        if packs is None:
+            packs = self._dst_packs = self.target.packs(max_age=PACK_REUSE).live
+        return packs
+
+    def dst_packed(self, name: str, digest: str) -> bool:
+        """Whether the destination held ``(name, digest)`` in a pack (see :meth:`dst_live`)."""
+        return any(p.index.find(name, digest) is not None for p in self.dst_live())
+
+    def object_at_dst(self, oid: str) -> bool:
+        """Whether object ``oid`` is at the destination: listed or copied loose, in a pack
+        this run copied, or in one the destination had (a lookup, not a listing)."""
+        if oid in self.present:
+            return True
+        if any(p.index.find("", oid) is not None for p in self.copied):
+            return True
+        return self.target.supports_packs and self.dst_packed("", oid)
 
     # -- records: read, decode, find their objects ------------------------------------------
 
@@ -111,19 +134,35 @@ class _Sync:
         _run(self.pool, self.window, oids, self.copy_object, done, failed)
 
     def copy_record(self, key: CallKey) -> int:
+        """Copy one loose record; its size, or -1 when a pack copied in this run holds the
+        same bytes (a loose copy gc has packed but not yet removed: not written twice)."""
         held = self.held.get(key)
         blob, oids = self.read_record(key) if held is None or held[0] is None else held
+        for pack in self.copied:
+            found = pack.index.find(*key)
+            if found is not None:
+                try:
+                    packed = self.source.read_pack_range(pack, *found)
+                except FileNotFoundError:  # the source's pack went: copy the loose file
+                    break
+                if bytes(packed) == bytes(blob):
+                    return -1
+                break  # a rewrite of the packed record: copied over it
         for oid in oids:
-            if oid in self.present:
-                continue
             if oid in self.failed_objects:
                 raise _Failed(f"not copied: the object it references, {oid}, failed to copy")
+            if self.object_at_dst(oid):
+                continue
             raise _Failed(f"not copied: it references object {oid}, which {self.source.url} lacks")
         self.target.put_call(key[0], key[1], blob)
         return memoryview(blob).nbytes
 
     def copy_records(self, keys: list[CallKey]) -> None:
         def done(key: CallKey, nbytes: int) -> None:
+            if nbytes < 0:  # copied with its pack
+                self.result.skipped.append(call_name(*key))
+                self.bar.advance()
+                return
             self.result.transferred.append(call_name(*key))
             self.result.bytes_transferred += nbytes
             self.bar.advance(nbytes)
@@ -135,7 +174,7 @@ class _Sync:
         """Both files of a pack, checked (its hash, its index), the ``.pack`` before the ``.idx``."""
         data = self.source.read_pack(pack.hash)
         self.target.put_pack(pack.hash, data, self.source.read_pack_index(pack.hash))
-        self.present.update(d for (n, d), _, _ in pack.index.entries() if n == "")
+        self.copied.append(pack)  # its objects are at dst now: looked up there, not listed
         return memoryview(data).nbytes
 
     def copy_packs(self, packs: list[Any]) -> None:

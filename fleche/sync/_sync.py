@@ -33,7 +33,6 @@ from fleche.errors import FlecheError, ReadOnlyStoreError, StoreFormatError
 from fleche.store import (
     FORMAT,
     MARKER,
-    PACK_FILE,
     PACK_REUSE,
     ObjectStore,
     is_function_id,
@@ -130,15 +129,16 @@ def _list_both(
 ) -> tuple[set[str], set[CallKey], set[str], set[CallKey], list[str]]:
     """Both sides' objects and calls, the listings at once (they are I/O-bound).
 
-    When packs travel as files, the source's lists are of its loose files only, and so are
-    the destination's unless ``delete`` needs all of them (a packed name is looked up in its
-    indexes instead: a re-sync of a packed store does no work per packed call).
+    When packs travel as files, both sides' lists are of their loose files only: a packed
+    name is looked up in the indexes instead, and packs are compared by name, so that a
+    re-sync of a packed store does no work per packed call (``delete`` too: only the
+    destination's packs the source lacks are read name by name).
     """
     # concurrent.futures and logging (~6 ms) load with the first sync, not with ``import fleche``
     from concurrent.futures import ThreadPoolExecutor
 
     loose = not _by_packs(source, target, fids)
-    whole = loose or delete
+    whole = loose
     with ThreadPoolExecutor(5, thread_name_prefix="fleche-sync-list") as pool:
         src_objects = pool.submit(lambda: set(source.iter_oids(packed=loose)))
         src_calls = pool.submit(_list_calls, source, fids, loose)
@@ -250,49 +250,44 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
             raise SyncError(f"no records of {unknown} in {source.url}; it has: {shown}")
     if not dry_run:  # a new destination gets its marker before any file, as every store does
         target.info()
-    run.present = set(dst_objects)
-    packs: list[Any] = []
-    loose_calls = set(src_calls)  # by packs: the source's loose records (listed loose only)
+    packs: list[Any] = []  # the source's packs the destination lacks: copied as files
+    src_live: list[Any] = []
     if by_packs:
-        # Packs travel as files: one copy per pack, not per entry. What a pack the
-        # destination has holds is skipped without a name each; the loose files are
-        # compared one by one as before, against dst's loose files and its indexes.
-        src_packs = source.packs(max_age=PACK_REUSE)
-        dst_packs = target.packs(max_age=PACK_REUSE)
-        there = {
-            m[1]
-            for m in map(PACK_FILE.fullmatch, dst_packs.files)
-            if m is not None and m[2] == "idx"
-        }
-        inside: set[tuple[str, str]] = set()
-        for p in src_packs.live:
+        # Packs travel as files: one copy per pack, compared by name (one listing of the
+        # destination's packs/, none of its indexes read). Nothing here is done per packed
+        # name: the loose files are compared one by one, each looked up in the other side's
+        # pack indexes (a binary search, not a listing). ``delete`` reads name by name only
+        # the destination's packs the source has not got: a shared pack holds the same names.
+        src_live = source.packs(max_age=PACK_REUSE).live
+        there = target.pack_hashes()
+        for p in src_live:
             if p.hash in there:
                 result.skipped.append(pack_name(p.hash))
-                if delete:  # what dst keeps because src has it
-                    for (n, d), _, _ in p.index.entries():
-                        if n:
-                            src_calls.add((n, d))
-                        else:
-                            src_objects.add(d)
             else:
                 packs.append(p)
-                inside.update(k for k, _, _ in p.index.entries())
-        if src_packs.live:
-            result.listed["src packs"] = len(src_packs.live)
+        if src_live:
+            result.listed["src packs"] = len(src_live)
+        # dst was listed loose only: which of src's loose names it holds packed
+        dst_calls |= {k for k in src_calls if k not in dst_calls and run.dst_packed(*k)}
+        dst_objects |= {o for o in src_objects if o not in dst_objects and run.dst_packed("", o)}
+        if delete:
+            shared = {p.hash for p in src_live}
+            for q in run.dst_live():
+                if q.hash not in shared:
+                    for (n, d), _, _ in q.index.entries():
+                        if n:
+                            dst_calls.add((n, d))
+                        else:
+                            dst_objects.add(d)
 
-        def at_dst(name: str, digest: str) -> bool:
-            return any(q.index.find(name, digest) is not None for q in dst_packs.live)
+    def in_src(name: str, digest: str) -> bool:
+        """A name src holds in a pack (its loose names are in src_calls/src_objects)."""
+        return any(p.index.find(name, digest) is not None for p in src_live)
 
-        if not delete:  # dst was listed loose only: its packed names, from its indexes
-            dst_calls |= {k for k in src_calls if k not in dst_calls and at_dst(*k)}
-            dst_objects |= {o for o in src_objects if o not in dst_objects and at_dst("", o)}
-        run.present = set(dst_objects)
-        run.present.update(d for n, d in inside if n == "")  # copied with their pack
-        packed_objects = {d for n, d in inside if n == ""}
-        src_objects |= packed_objects
-        src_calls |= {k for k in inside if k[0]}
-    else:
-        inside = set()
+    run.present = set(dst_objects)
+
+    def in_packs(name: str, digest: str) -> bool:
+        return any(p.index.find(name, digest) is not None for p in packs)
 
     calls = sorted(src_calls - dst_calls)
     result.skipped.extend(call_name(*k) for k in sorted(src_calls & dst_calls))
@@ -305,9 +300,8 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
     objects = sorted((wanted & src_objects) - dst_objects)
     result.skipped[:0] = [object_name(o) for o in sorted(wanted & dst_objects)]
 
-    if packs:  # what they hold is copied with them (a loose rewrite of a packed name too)
-        objects = [o for o in objects if ("", o) not in inside]
-        calls = [k for k in calls if k not in inside or k in loose_calls]
+    if packs:  # a loose object a copied pack holds goes with it (a loose record is copied:
+        objects = [o for o in objects if not in_packs("", o)]  # it may be a rewrite)
     if dry_run:
         result.transferred = (
             [object_name(o) for o in objects]
@@ -320,17 +314,20 @@ def _sync(run: _Sync, fids: list[str] | None, delete: bool, dry_run: bool) -> No
         run.copy_records(calls)
 
     if delete:
-        gone_calls = sorted(dst_calls - src_calls)
-        gone_objects = sorted(dst_objects - src_objects) if fids is None else []
+        gone_calls = sorted(k for k in dst_calls - src_calls if not in_src(*k))
+        gone_objects = (
+            sorted(o for o in dst_objects - src_objects if not in_src("", o))
+            if fids is None
+            else []
+        )
         if dry_run:
             result.deleted = [call_name(*k) for k in gone_calls] + [
                 object_name(o) for o in gone_objects
             ]
         else:
             if target.supports_packs:  # packed ones by one repack, not one per name
-                packed = {k for k, _, _ in target.packed_entries()}
-                drop = {k for k in gone_calls if k in packed}
-                drop |= {("", o) for o in gone_objects if ("", o) in packed}
+                drop = {k for k in gone_calls if run.dst_packed(*k)}
+                drop |= {("", o) for o in gone_objects if run.dst_packed("", o)}
                 if drop:
                     target.drop_packed(drop)
             run.delete(gone_calls, gone_objects)
