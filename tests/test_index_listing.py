@@ -167,3 +167,31 @@ def test_a_signed_cache_lists_from_its_records(
         read = _count_reads(monkeypatch)
         (call,) = plain.query()
         assert not isinstance(call, ListedCall) and len(read) == 1
+
+
+def test_nested_shared_metadata_is_listed_exactly_and_each_call_owns_its_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata that calls share with maps and lists inside (a ``git`` map, say) is built
+    from the index, equal to the records', and one call's copy is not another's."""
+    c = Cache(tmp_path / "store")
+    cfg = {"a": [1, {"b": 2.5}], "c": "x"}
+    with cache(c):
+        for a in range(3):
+            plain(a)
+        for call in list(plain.query().calls(verify=True)):  # as a provider of maps writes them
+            rec = c.get_record(call.function_id, call.digest)
+            assert rec is not None
+            rec["metadata"]["cfg"] = cfg
+            c.put_record(call.function_id, call.digest, rec)
+        plain.query().count()  # caught up
+        read = _count_reads(monkeypatch)
+        listed = list(plain.query())
+        assert read == [] and all(isinstance(call, ListedCall) for call in listed)
+        verified = list(plain.query().calls(verify=True))
+        assert [_fields(call) for call in listed] == [_fields(call) for call in verified]
+        assert listed[0].metadata["cfg"] == cfg
+        listed[0].metadata["cfg"]["a"][1]["b"] = "changed"
+        listed[0].metadata["cfg"]["a"].append(3)
+        assert listed[1].metadata["cfg"] == cfg
+        assert [_fields(call) for call in plain.query()] == [_fields(call) for call in verified]
