@@ -144,10 +144,10 @@ _OWN = ("created", "duration", "finished", "cpu", "pid")
 
 def _template(
     keys: list[Any], shared: Any
-) -> tuple[dict[str, Any], tuple[bool, ...], tuple[str, ...]] | None:
+) -> tuple[dict[str, Any], tuple[bool, ...], tuple[tuple[str, Callable[[Any], Any]], ...]] | None:
     """A call's metadata before its own values, for calls whose own values are all in
     typed columns: ``(dict in the record's key order, which of _OWN it has, the keys
-    whose values are containers)``, or None.
+    whose values are containers, each with how to copy it)``, or None.
 
     Only when the keys are strs that the shared part and :data:`_OWN` account for
     exactly. The containers (a ``git`` map, say) are copied per call with
@@ -159,8 +159,16 @@ def _template(
     rest = [k for k in keys if k not in VOLATILE]
     if len(rest) != len(shared) or any(k not in shared for k in rest):
         return None
-    nested = tuple(k for k in rest if type(shared[k]) not in _SCALARS)
+    nested = tuple(
+        (k, dict.copy if _flat_map(shared[k]) else _tree_copy)
+        for k in rest
+        if type(shared[k]) not in _SCALARS
+    )
     return {k: shared.get(k) for k in keys}, tuple(k in own for k in _OWN), nested
+
+
+def _flat_map(v: Any) -> bool:
+    return type(v) is dict and all(type(x) in _SCALARS for x in v.values())
 
 
 def _tree_copy(v: Any) -> Any:
@@ -256,8 +264,8 @@ def _listed_record(
         )
         if has == template[1]:  # the common case: no JSON left, the columns say it all
             metadata = Metadata(template[0])
-            for k in template[2]:
-                metadata[k] = _tree_copy(metadata[k])
+            for k, copy in template[2]:
+                metadata[k] = copy(metadata[k])
             if has[0]:
                 metadata["created"] = float(created)
             if has[1]:
