@@ -132,8 +132,9 @@ _POST = ", c.metadata, c.meta, {shared}, c.m_duration, c.m_finished, c.m_cpu, c.
 call's own metadata (as ``own_metadata`` takes it), its ``fleche_meta`` id and, for a
 condition decided in Python, that row's shared JSON (a listing reads each such row once)."""
 _SHARED = "(SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta)"
-_FULL = ", c.v_digest, c.v_i, c.v_f, c.v_s"
-"""Row columns 11-14 of a page built into records: the version's digest and typed value."""
+_FULL = ", c.v_digest, c.v_i, c.v_f, c.v_s, c.args"
+"""Row columns 11-15 of a page built into records: the version's digest and typed value,
+and the arguments when all are plain (msgpack, see ``plain_arguments``)."""
 if TYPE_CHECKING:  # an alias for annotations only (typing's Any is not loaded at run time)
     _Context = tuple[Any, Any, Any, list[Any], list[Any], Any, bool, Any]
 """A ``fleche_meta`` row as a listing uses it: module, qualname, code, argument names,
@@ -220,7 +221,6 @@ def _plain_value(digest: Any, i: Any, f: Any, s: Any) -> Any:
 
 def _listed_record(
     row: tuple[Any, ...],
-    args: Any,
     contexts: dict[int, _Context | None],
 ) -> dict[str, Any] | None:
     """A listing's record of one call row (see :meth:`Index.listing`), or None."""
@@ -233,25 +233,18 @@ def _listed_record(
     version = _plain_value(row[11], row[12], row[13], row[14])
     if version is _NOT:
         return None
-    values = {}
-    for a in args:
-        if a[3] is not None:  # an int (the common cases first, without a call)
-            values[a[1]] = a[3]
-            continue
-        f = a[4]
-        if f is not None and f != 0.0 and a[5] is None:
-            values[a[1]] = float(f)
-            continue
-        value = _plain_value(a[2], a[3], a[4], a[5])
-        if value is _NOT:
+    blob = row[15]
+    if blob is None:  # an argument of another type: the record has it
+        return None
+    try:
+        arguments = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
+        return None
+    if type(arguments) is not dict or len(arguments) != len(names):
+        return None
+    for value in arguments.values():
+        if type(value) not in _SCALARS:
             return None
-        values[a[1]] = value
-    if len(values) != len(names):
-        return None
-    try:  # in the record's order (the rows come by name)
-        arguments = {name: values[name] for name in names}
-    except (KeyError, TypeError):
-        return None
     template = context[7]
     if row[4] is None and template is not None:
         created = row[0]
@@ -899,26 +892,11 @@ class Index:
     ) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
         contexts: dict[int, _Context | None] = {}
         for page in self._pages(spec, limit, newest_first, full=True):
-            args: dict[int, list[tuple[Any, ...]]] = {}
-            with self._lock:
-                got = self._guarded(
-                    functools.partial(self.db.read, *self._args_of([row[1] for row in page]))
-                )
-            for a in got:
-                args.setdefault(a[0], []).append(a)
             missing = {row[5] for row in page if row[5] is not None} - contexts.keys()
             if missing:
                 self._contexts(sorted(missing), contexts)
             for row in page:
-                yield row[2], row[3], _listed_record(row, args.get(row[1], ()), contexts)
-
-    def _args_of(self, ids: list[int]) -> tuple[str, dict[str, Any]]:
-        """The query of the argument rows of calls ``ids``: one parameter, not one per id
-        (binding a thousand parameters cost more than the lookups; 21 -> 6 ms per page)."""
-        cols = "SELECT call, name, digest, i, f, s FROM fleche_args WHERE call"
-        if self.db.dialect == "postgresql":
-            return f"{cols} = ANY(CAST(:ids AS BIGINT[]))", {"ids": ids}
-        return f"{cols} IN (SELECT value FROM json_each(:ids))", {"ids": json.dumps(ids)}
+                yield row[2], row[3], _listed_record(row, contexts)
 
     def _contexts(
         self,
@@ -1118,11 +1096,21 @@ class Index:
                 if blob is None:
                     continue  # gone since the listing
                 try:
-                    rec, str_keys = _decode(blob, fid, key)
+                    rec, str_keys, stored = _decode(blob, fid, key)
                 except CorruptObjectError:
                     report.unreadable += 1  # `fleche verify` reports it; the index leaves it out
                     continue
-                rows.append(call_row(fid, key, rec, len(blob), listing[key], str_keys=str_keys))
+                rows.append(
+                    call_row(
+                        fid,
+                        key,
+                        rec,
+                        len(blob),
+                        listing[key],
+                        str_keys=str_keys,
+                        arguments_bytes=stored,
+                    )
+                )
                 if key in indexed:
                     report.updated += 1
                 else:
@@ -1268,8 +1256,9 @@ class Index:
         self.db.close()
 
 
-def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool]:
-    """A record read for cataloguing, and whether its metadata has str keys only.
+def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool, bytes | None]:
+    """A record read for cataloguing, whether its metadata has str keys only, and its
+    arguments as stored (msgpack bytes; None when not stored as such).
 
     Its metadata is parsed with msgpack's ``strict_map_key``, which refuses other
     keys as it goes: when it succeeds, the row's JSON needs no second walk of the
@@ -1277,6 +1266,7 @@ def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool]:
     """
     rec = codec.decode_record(blob, lazy=True, name=(fid, key))
     meta = rec.get("metadata")
+    stored = rec.get("arguments")
     str_keys = False
     if type(meta) is bytes:
         try:
@@ -1284,7 +1274,7 @@ def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool]:
             str_keys = True
         except (ValueError, TypeError, msgpack.UnpackException):
             pass  # other keys, or damage: expand_record tells which
-    return codec.expand_record(rec), str_keys
+    return codec.expand_record(rec), str_keys, (stored if type(stored) is bytes else None)
 
 
 def _same_store(a: str, b: str) -> bool:

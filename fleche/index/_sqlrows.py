@@ -27,7 +27,7 @@ TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Bumped when the tables change; a catalogue of another version is rebuilt."""
 DIALECTS = ("sqlite", "postgresql")
 INT64 = (-(1 << 63), (1 << 63) - 1)
@@ -52,6 +52,7 @@ CALL_COLUMNS = (
     "m_finished",
     "m_cpu",
     "m_pid",
+    "args",
 )
 ARG_COLUMNS = ("call", "name", "digest", "i", "f", "s")
 
@@ -117,6 +118,7 @@ def ddl(dialect: str) -> list[str]:
             m_finished {real},
             m_cpu {real},
             m_pid {big},
+            args {blob},
             UNIQUE (function, key))""",
         f"""CREATE TABLE IF NOT EXISTS fleche_args (
             call {big} NOT NULL,
@@ -460,10 +462,13 @@ def call_row(
     stamp: str | None,
     *,
     str_keys: bool = False,
+    arguments_bytes: bytes | None = None,
 ) -> tuple[dict[str, Any], list[tuple[str, bytes | None, Any, Any, Any]]]:
     """The call row and its argument rows ``(name, digest, i, f, s)`` for one record.
 
     ``str_keys``: as in :func:`encode_metadata`, for the record's metadata.
+    ``arguments_bytes``: the record's ``arguments`` as stored (msgpack), when the
+    caller has them: the row's ``args`` (see :func:`plain_arguments`) is those bytes.
     """
     stored_meta = record.get("metadata") or {}  # what QuerySpec.match walks
     meta = stored_meta if isinstance(stored_meta, dict) else {}
@@ -483,10 +488,13 @@ def call_row(
     )
     arguments = record.get("arguments")
     args = []
+    plain = type(arguments) is dict
     if isinstance(arguments, dict):
         for name, value in arguments.items():
             if isinstance(name, str):
                 args.append((name, *typed(value)))
+            if type(name) is not str or type(value) not in PLAIN:
+                plain = False
     if type(stored_meta) is dict:
         cols, rest, shared = _split_own(stored_meta)
     else:
@@ -514,6 +522,7 @@ def call_row(
         "result_oid": roid if isinstance(roid, str) else None,
         "result_size": rsize if type(rsize) is int and INT64[0] <= rsize <= INT64[1] else None,
         "stamp": stamp,
+        "args": plain_arguments(arguments, arguments_bytes) if plain else None,
     }
     row.update(cols)
     if type(stored_meta) is dict:
@@ -521,6 +530,27 @@ def call_row(
     else:
         row["metadata"] = encode_metadata(rest, str_keys=str_keys)
     return row, args
+
+
+PLAIN = frozenset([int, float, str, bool, type(None)])
+"""The argument types a call row keeps whole (``args``): a listing rebuilds them exactly."""
+
+
+def plain_arguments(arguments: Any, stored: bytes | None) -> bytes | None:
+    """A call row's ``args``: its arguments of :data:`PLAIN` types as msgpack, or None.
+
+    The record's own bytes when given (a catch-up has them: ``arguments`` is a field
+    stored as msgpack), else packed here as the record packs them. Decoded as a record
+    is, they give the record's arguments exactly (-0.0, NaN, 1 and 1.0 and True, ints
+    beyond int64, in the record's order), so a listing builds a call's arguments from
+    its row alone, without the argument rows (one query and ~2 µs a call fewer).
+    """
+    if stored is not None:
+        return bytes(stored)
+    try:
+        return msgpack.packb(arguments, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError):  # a lone surrogate, an int beyond 64 bits
+        return None
 
 
 def _split_own(meta: dict[Any, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[Any, Any]]:
