@@ -50,7 +50,6 @@ from fleche.index._sqlrows import (
     VOLATILE,
     call_row,
     decode_metadata,
-    encode_metadata,
     own_metadata,
 )
 from fleche.index._where import default_location, sqlite_with_fallback
@@ -134,8 +133,9 @@ _POST = ", c.metadata, c.meta, {shared}, c.m_duration, c.m_finished, c.m_cpu, c.
 call's own metadata (as ``own_metadata`` takes it), its ``fleche_meta`` id and, for a
 condition decided in Python, that row's shared JSON (a listing reads each such row once)."""
 _SHARED = "(SELECT m.metadata FROM fleche_meta m WHERE m.id = c.meta)"
-_FULL = ", c.v_digest, c.v_i, c.v_f, c.v_s"
-"""Row columns 11-14 of a page built into records: the version's digest and typed value."""
+_FULL = ", c.v_digest, c.v_i, c.v_f, c.v_s, c.args"
+"""Row columns 11-15 of a page built into records: the version's digest and typed value,
+and the arguments when all are plain (msgpack, see ``plain_arguments``)."""
 if TYPE_CHECKING:  # an alias for annotations only (typing's Any is not loaded at run time)
     _Context = tuple[Any, Any, Any, list[Any], list[Any], Any, bool, Any]
 """A ``fleche_meta`` row as a listing uses it: module, qualname, code, argument names,
@@ -144,27 +144,50 @@ metadata keys, shared metadata (decoded), whether a shallow copy of that is a co
 _OWN = ("created", "duration", "finished", "cpu", "pid")
 
 
-def _template(keys: list[Any], shared: Any) -> tuple[dict[str, Any], tuple[bool, ...]] | None:
+def _template(
+    keys: list[Any], shared: Any
+) -> tuple[dict[str, Any], tuple[bool, ...], tuple[tuple[str, Callable[[Any], Any]], ...]] | None:
     """A call's metadata before its own values, for calls whose own values are all in
-    typed columns: ``(dict in the record's key order, which of _OWN it has)``, or None.
+    typed columns: ``(dict in the record's key order, which of _OWN it has, the keys
+    whose values are containers, each with how to copy it)``, or None.
 
-    Only when the shared part is plain scalars (a shallow copy is a copy) and the keys
-    are strs that the shared part and :data:`_OWN` account for exactly.
+    Only when the keys are strs that the shared part and :data:`_OWN` account for
+    exactly. The containers (a ``git`` map, say) are copied per call with
+    :func:`_tree_copy`: each call gets metadata of its own to change.
     """
     if type(shared) is not dict or not all(type(k) is str for k in keys):
-        return None
-    if not all(type(v) in _SCALARS for v in shared.values()):
         return None
     own = [k for k in keys if k in VOLATILE]
     rest = [k for k in keys if k not in VOLATILE]
     if len(rest) != len(shared) or any(k not in shared for k in rest):
         return None
-    return {k: shared.get(k) for k in keys}, tuple(k in own for k in _OWN)
+    nested = tuple(
+        (k, dict.copy if _flat_map(shared[k]) else _tree_copy)
+        for k in rest
+        if type(shared[k]) not in _SCALARS
+    )
+    return {k: shared.get(k) for k in keys}, tuple(k in own for k in _OWN), nested
+
+
+def _flat_map(v: Any) -> bool:
+    return type(v) is dict and all(type(x) in _SCALARS for x in v.values())
+
+
+def _tree_copy(v: Any) -> Any:
+    """A copy of decoded metadata (maps, lists and immutable leaves): what decoding its
+    JSON again would give, without the JSON (~10 µs a call for a ``git`` map)."""
+    t = type(v)
+    if t is dict:
+        return {k: x if type(x) in _SCALARS else _tree_copy(x) for k, x in v.items()}
+    if t is list:
+        return [x if type(x) in _SCALARS else _tree_copy(x) for x in v]
+    return v
 
 
 _SCALARS = frozenset([str, int, float, bool, type(None)])
 _NOT = object()  # no value the catalogue can rebuild exactly
 _CONSTANTS: dict[bytes, Any] = {}
+_NONE_DIGEST = (digest_bytes(None),)
 
 
 def _plain_value(digest: Any, i: Any, f: Any, s: Any) -> Any:
@@ -200,7 +223,7 @@ def _plain_value(digest: Any, i: Any, f: Any, s: Any) -> Any:
 
 def _listed_record(
     row: tuple[Any, ...],
-    args: Any,
+    fid: str,
     contexts: dict[int, _Context | None],
 ) -> dict[str, Any] | None:
     """A listing's record of one call row (see :meth:`Index.listing`), or None."""
@@ -210,28 +233,24 @@ def _listed_record(
     module, qualname, code, names, keys, shared, flat, _ = context
     if not isinstance(module, str) or not isinstance(qualname, str):
         return None
-    version = _plain_value(row[11], row[12], row[13], row[14])
-    if version is _NOT:
-        return None
-    values = {}
-    for a in args:
-        if a[3] is not None:  # an int (the common cases first, without a call)
-            values[a[1]] = a[3]
-            continue
-        f = a[4]
-        if f is not None and f != 0.0 and a[5] is None:
-            values[a[1]] = float(f)
-            continue
-        value = _plain_value(a[2], a[3], a[4], a[5])
-        if value is _NOT:
+    if row[11] == _NONE_DIGEST[0]:  # most versions: None (the digest says it exactly)
+        version = None
+    else:
+        version = _plain_value(row[11], row[12], row[13], row[14])
+        if version is _NOT:
             return None
-        values[a[1]] = value
-    if len(values) != len(names):
+    blob = row[15]
+    if blob is None:  # an argument of another type: the record has it
         return None
-    try:  # in the record's order (the rows come by name)
-        arguments = {name: values[name] for name in names}
-    except (KeyError, TypeError):
+    try:
+        arguments = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+    except (ValueError, TypeError, msgpack.UnpackException):
         return None
+    if type(arguments) is not dict or len(arguments) != len(names):
+        return None
+    for value in arguments.values():
+        if type(value) not in _SCALARS:
+            return None
     template = context[7]
     if row[4] is None and template is not None:
         created = row[0]
@@ -244,6 +263,8 @@ def _listed_record(
         )
         if has == template[1]:  # the common case: no JSON left, the columns say it all
             metadata = Metadata(template[0])
+            for k, copy in template[2]:
+                metadata[k] = copy(metadata[k])
             if has[0]:
                 metadata["created"] = float(created)
             if has[1]:
@@ -254,11 +275,11 @@ def _listed_record(
                 metadata["cpu"] = float(row[9])
             if has[4]:
                 metadata["pid"] = int(row[10])
-            return _record(row, module, qualname, code, version, arguments, metadata)
+            return _record(row, fid, module, qualname, code, version, arguments, metadata)
     own = own_metadata(row[4], row[0], row[7], row[8], row[9], row[10])
     if type(own) is not dict or type(shared) is not dict:
         return None
-    merged = dict(shared) if flat else decode_metadata(encode_metadata(shared))
+    merged = dict(shared) if flat else _tree_copy(shared)
     merged.update(own)
     if len(merged) != len(keys):
         return None
@@ -266,11 +287,12 @@ def _listed_record(
         metadata = Metadata({k: merged[k] for k in keys})
     except (KeyError, TypeError):
         return None
-    return _record(row, module, qualname, code, version, arguments, metadata)
+    return _record(row, fid, module, qualname, code, version, arguments, metadata)
 
 
 def _record(
     row: tuple[Any, ...],
+    fid: str,
     module: str,
     qualname: str,
     code: str | None,
@@ -279,7 +301,7 @@ def _record(
     metadata: Metadata,
 ) -> dict[str, Any]:
     rec: dict[str, Any] = {
-        "function": row[2],
+        "function": fid,
         "digest": row[3],
         "module": module,
         "qualname": qualname,
@@ -784,14 +806,16 @@ class Index:
     ) -> Iterator[list[tuple[Any, ...]]]:
         """Pages of matching call rows in time order, at most ``limit`` rows in all.
 
-        A row starts ``created, id, function id, key``; with metadata conditions
+        A row starts ``created, id, function id, key`` (``full``: the function's
+        number in ``fleche_functions``, not its id); with metadata conditions
         decided in Python, or ``full``, the columns of :data:`_POST` follow, and with
         ``full`` those of :data:`_FULL` (what a listing builds its calls from).
         """
         compiled = compile_spec(spec, self.db.dialect)
         order = "DESC" if newest_first else "ASC"
         cmp = "<" if newest_first else ">"
-        cols = f"c.created, c.id, {FN_NAME}, c.key"
+        # a listing maps function numbers to ids itself (a subquery per row cost ~0.7 µs)
+        cols = f"c.created, c.id, {'c.function' if full else FN_NAME}, c.key"
         if compiled.post or full:
             cols += _POST.format(shared=_SHARED if compiled.post else "NULL")
         if full:
@@ -876,27 +900,20 @@ class Index:
         self, spec: QuerySpec, limit: int | None, newest_first: bool
     ) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
         contexts: dict[int, _Context | None] = {}
+        functions: dict[int, str] = {}
         for page in self._pages(spec, limit, newest_first, full=True):
-            args: dict[int, list[tuple[Any, ...]]] = {}
-            with self._lock:
-                got = self._guarded(
-                    functools.partial(self.db.read, *self._args_of([row[1] for row in page]))
-                )
-            for a in got:
-                args.setdefault(a[0], []).append(a)
             missing = {row[5] for row in page if row[5] is not None} - contexts.keys()
             if missing:
                 self._contexts(sorted(missing), contexts)
+            if any(row[2] not in functions for row in page):  # numbered since: read again
+                with self._lock:
+                    got = self._guarded(
+                        functools.partial(self.db.read, "SELECT id, name FROM fleche_functions")
+                    )
+                functions = {int(i): str(name) for i, name in got}
             for row in page:
-                yield row[2], row[3], _listed_record(row, args.get(row[1], ()), contexts)
-
-    def _args_of(self, ids: list[int]) -> tuple[str, dict[str, Any]]:
-        """The query of the argument rows of calls ``ids``: one parameter, not one per id
-        (binding a thousand parameters cost more than the lookups; 21 -> 6 ms per page)."""
-        cols = "SELECT call, name, digest, i, f, s FROM fleche_args WHERE call"
-        if self.db.dialect == "postgresql":
-            return f"{cols} = ANY(CAST(:ids AS BIGINT[]))", {"ids": ids}
-        return f"{cols} IN (SELECT value FROM json_each(:ids))", {"ids": json.dumps(ids)}
+                fid = functions[row[2]]
+                yield fid, row[3], _listed_record(row, fid, contexts)
 
     def _contexts(
         self,
@@ -1097,11 +1114,21 @@ class Index:
                 if blob is None:
                     continue  # gone since the listing
                 try:
-                    rec, str_keys = _decode(blob, fid, key)
+                    rec, str_keys, stored = _decode(blob, fid, key)
                 except CorruptObjectError:
                     report.unreadable += 1  # `fleche verify` reports it; the index leaves it out
                     continue
-                rows.append(call_row(fid, key, rec, len(blob), listing[key], str_keys=str_keys))
+                rows.append(
+                    call_row(
+                        fid,
+                        key,
+                        rec,
+                        len(blob),
+                        listing[key],
+                        str_keys=str_keys,
+                        arguments_bytes=stored,
+                    )
+                )
                 if key in indexed:
                     report.updated += 1
                 else:
@@ -1247,8 +1274,9 @@ class Index:
         self.db.close()
 
 
-def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool]:
-    """A record read for cataloguing, and whether its metadata has str keys only.
+def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool, bytes | None]:
+    """A record read for cataloguing, whether its metadata has str keys only, and its
+    arguments as stored (msgpack bytes; None when not stored as such).
 
     Its metadata is parsed with msgpack's ``strict_map_key``, which refuses other
     keys as it goes: when it succeeds, the row's JSON needs no second walk of the
@@ -1256,6 +1284,7 @@ def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool]:
     """
     rec = codec.decode_record(blob, lazy=True, name=(fid, key))
     meta = rec.get("metadata")
+    stored = rec.get("arguments")
     str_keys = False
     if type(meta) is bytes:
         try:
@@ -1263,7 +1292,7 @@ def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool]:
             str_keys = True
         except (ValueError, TypeError, msgpack.UnpackException):
             pass  # other keys, or damage: expand_record tells which
-    return codec.expand_record(rec), str_keys
+    return codec.expand_record(rec), str_keys, (stored if type(stored) is bytes else None)
 
 
 def _same_store(a: str, b: str) -> bool:

@@ -5,9 +5,12 @@ one share them, so both answer a :class:`~fleche.records._terms.QuerySpec` the s
 
 Exactness is the point. :meth:`fleche.records._terms.Condition.test` is the reference:
 
-- ``eq``/``ne``/``in`` compare 16-byte digests (``args.digest``), so ``3``,
-  ``3.0`` and ``True`` stay distinct, and arguments stored by reference match
-  by the digest their record keeps.
+- ``eq``/``ne``/``in`` compare 16-byte digests, so ``3``, ``3.0`` and ``True``
+  stay distinct, and arguments stored by reference match by the digest their
+  record keeps. An argument row keeps no digest where a typed column holds the
+  value exactly (an int64 int, a float but NaN and zeros, a str: see
+  ``arg_typed``): equality asks that column instead, which only holds values of
+  its type, so the answer is the digest's.
 - Order conditions compare typed columns: ``i`` (int, never bool), ``f``
   (float, NaN left out: it is not orderable) and ``s`` (str as UTF-8 bytes,
   whose byte order is code point order, Python's order). A bound of the other
@@ -29,10 +32,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
+from fleche.digest import digest_bytes
 from fleche.index._sqlrows import (
     INT64,
     _utf8,
     decode_metadata,
+    exact_column,
     holds_path,
     json_key,
     merge_metadata,
@@ -125,9 +130,17 @@ def _order_pred(cols: tuple[str, str, str], bounds: list[tuple[str, Any]], p: _P
     return "(" + " OR ".join(ors) + ")" if ors else FALSE
 
 
-def value_pred(cols: tuple[str, str, str, str], cond: Condition, p: _Params) -> str:
-    """SQL that is true exactly when ``cond.test`` is, over ``(digest, i, f, s)`` columns."""
+def value_pred(
+    cols: tuple[str, str, str, str], cond: Condition, p: _Params, *, sparse: bool = False
+) -> str:
+    """SQL that is true exactly when ``cond.test`` is, over ``(digest, i, f, s)`` columns.
+
+    ``sparse``: the columns of an argument row, whose digest is left out where a typed
+    column holds the value exactly (see ``arg_typed``): equality asks that column too.
+    """
     digest, i, f, s = cols
+    if sparse and cond.op in ("eq", "ne", "in"):
+        return _sparse_equality(cols, cond, p)
     if cond.op == "eq":
         return f"{digest} = {p(next(iter(cond.digests)))}"
     if cond.op == "ne":
@@ -140,6 +153,28 @@ def value_pred(cols: tuple[str, str, str, str], cond: Condition, p: _Params) -> 
         lo, hi = cond.operand
         return _order_pred((i, f, s), [("ge", lo), ("le", hi)], p)
     return _order_pred((i, f, s), [(cond.op, cond.operand)], p)
+
+
+def _sparse_equality(cols: tuple[str, str, str, str], cond: Condition, p: _Params) -> str:
+    """``eq``/``ne``/``in`` over argument columns: the digest, or the typed column that holds
+    the value without one (each comparison null-safe, so ``ne`` is their exact negation)."""
+    values = (cond.operand,) if cond.op in ("eq", "ne") else tuple(cond.operand)
+    parts = []
+    for v in values:
+        d = digest_bytes(v)
+        parts.append(f"({cols[0]} IS NOT NULL AND {cols[0]} = {p(d)})")
+        exact = exact_column(v, d)
+        if exact is not None:
+            col = cols[1 + exact[0]]
+            parts.append(f"({col} IS NOT NULL AND {col} = {p(exact[1])})")
+    if not parts:
+        return FALSE
+    anyof = "(" + " OR ".join(parts) + ")"
+    if cond.op != "ne":
+        return anyof
+    # a row with no digest and no typed value (a damaged reference) matches nothing
+    known = " OR ".join(f"{c} IS NOT NULL" for c in cols)
+    return f"(NOT {anyof} AND ({known}))"
 
 
 class Compiled:
@@ -389,7 +424,7 @@ def compile_spec(spec: QuerySpec, dialect: str, *, walk: bool = False) -> Compil
     if spec.version is not None:
         where.append(value_pred(("c.v_digest", "c.v_i", "c.v_f", "c.v_s"), spec.version, p))
     for name, cond in spec.args.items():
-        pred = value_pred(("a.digest", "a.i", "a.f", "a.s"), cond, p)
+        pred = value_pred(("a.digest", "a.i", "a.f", "a.s"), cond, p, sparse=True)
         where.append(
             f"{'+' if walk else ''}c.id IN (SELECT a.call FROM fleche_args a "
             f"WHERE a.name = {p(name)} AND {pred})"

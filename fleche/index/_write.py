@@ -189,6 +189,7 @@ _PG_ARRAYS = {
     "m_finished": "DOUBLE PRECISION[]",
     "m_cpu": "DOUBLE PRECISION[]",
     "m_pid": "BIGINT[]",
+    "args": "BYTEA[]",
 }
 _PG_ARG_ARRAYS = {
     "call": "BIGINT[]",
