@@ -94,6 +94,9 @@ LAZY_FLECHE = (
     "fleche.index",  # when a Cache first uses its index (a query, a store): sqlite3, json
     "fleche.parallel",  # executors, f.bind(...), fleche.map
     "fleche.query._ref",  # Ref, a dataclass: the first table() showing one
+    "fleche.query",  # fleche.query(...), f.query(...), fleche.QueryResult (~2 M)
+    "fleche.sync",  # fleche.sync(...), fleche.SyncResult (~3 M)
+    "fleche.decorator._replay",  # fleche import's replay of stored calls
 )
 """fleche's own modules that ``import fleche`` leaves for first use (~9 M instructions)."""
 
@@ -120,6 +123,33 @@ def test_import_fleche_leaves_its_rarely_used_modules_and_classes_for_later() ->
     loaded, built = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == [], f"import fleche now loads {loaded}"
     assert set(built) == DATACLASSES_AT_IMPORT, sorted(set(built) ^ DATACLASSES_AT_IMPORT)
+
+
+def test_fleche_query_and_fleche_sync_stay_functions_when_their_subpackages_load() -> None:
+    # Each is a subpackage and, as fleche's attribute, a function; neither subpackage loads
+    # with fleche, and the import system's setting of the attribute to the subpackage
+    # (on its first import, from anywhere) must not replace the function.
+    body = """
+    import sys
+    import fleche
+    assert "fleche.sync" not in sys.modules and "fleche.query" not in sys.modules
+    from fleche.sync import SyncResult  # the subpackage's first import
+    import fleche.query
+    sync, query = sys.modules["fleche.sync"], sys.modules["fleche.query"]
+    assert fleche.sync is sync.sync and fleche.query is query.query
+    assert fleche.SyncResult is SyncResult and fleche.QueryResult is query.QueryResult
+    assert fleche.SyncError is sync.SyncError and fleche.QueryError is query.QueryError
+    from fleche import query as q, sync as s
+    assert (q, s) == (query.query, sync.sync)
+    fleche.sync = len  # a program's (a test's monkeypatch) assignment is kept, and undone
+    assert fleche.sync is len
+    del fleche.sync
+    assert fleche.sync is sync.sync
+    import importlib
+    importlib.reload(sync)
+    assert fleche.sync is sync.sync and callable(fleche.sync)
+    """
+    third_party_loaded(body)
 
 
 def test_the_lazy_names_work_in_a_fresh_process(tmp_path: Path) -> None:
@@ -306,6 +336,7 @@ def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Pa
     # The code digest memoised by the process that stored: no parse (CPython's syntax-tree
     # types, ~11 M instructions on the first parse of a process).
     lazy += ("_ast",)
+    lazy += ("fleche.sync", "fleche.query", "fleche.decorator._replay")  # ~7 M: a hit uses none
     script.write_text(
         _CALL
         + textwrap.dedent(f"""

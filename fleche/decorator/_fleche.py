@@ -40,7 +40,6 @@ from fleche.decorator._markers import marked
 from fleche.decorator._results import _DOWN, Undecodable
 from fleche.digest import code_digest, digest_bytes
 from fleche.errors import CacheMiss, UnhashableArgumentError
-from fleche.query import QueryResult, for_function
 from fleche.records import (
     NO_VERSION,
     Binder,
@@ -55,6 +54,8 @@ from fleche.records import (
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+    from fleche.query import QueryResult  # a hit never queries: fleche.query loads in f.query
 
     F = TypeVar("F", bound=Callable[..., Any])
     P = ParamSpec("P")
@@ -542,6 +543,8 @@ class CachedFunction(Computing):
         ``fleche.Q`` builds conditions (``Q.gt(3)``, ``Q.in_([...])``).
         """
         # the calls a call of this function can hit: its version, when the key has it
+        from fleche.query import for_function
+
         mine = {"version": self.version} if self.hash_version else {}
         return for_function(
             self.binder, self.function_id, self.qualname, args, kwargs, metadata, **mine
