@@ -1224,7 +1224,7 @@ def _json_loads(raw: bytes) -> Any:
         ws = " \t\n\r"
         start = len(text) - len(text.lstrip(ws))
         try:
-            value, end = _json.make_scanner(_JsonContext())(text, start)
+            value, end = _json.make_scanner(_JsonContext())(text, start)  # type: ignore[arg-type]
         except (StopIteration, ValueError):
             pass  # json says what is wrong
         else:
