@@ -38,7 +38,6 @@ from fleche.errors import (
     StoreFormatError,
     StoreLinkError,
 )
-from fleche.store._pack import PACK_FILE, Key, PackFinder, PackIndex, build_pack
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
@@ -51,6 +50,8 @@ if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use i
     from concurrent.futures import Future
 
     import fsspec
+
+    from fleche.store._pack import Key, PackIndex  # packs load when a store first looks in one
 
 BytesLike = bytes | bytearray | memoryview
 Data = BytesLike | Sequence[BytesLike]
@@ -380,6 +381,8 @@ class PathStore(ABC):
 
     def _open_pack(self, hash: str, mtime: float | None) -> Pack:
         """Read and check ``pack-<hash>.idx`` (whole: it is small); FileNotFoundError if gone."""
+        from fleche.store._pack import PackIndex
+
         path = f"{self._packs_dir}/pack-{hash}"
         index = PackIndex(self._read(f"{path}.idx"), f"{path}.idx", expect=hash)
         return Pack(hash, path, index, mtime)
@@ -486,6 +489,8 @@ class PackSet:
         for p in packs.values():
             gone |= p.index.superseded
         self.live = [p for h, p in sorted(packs.items()) if h not in gone]
+        from fleche.store._pack import PackFinder
+
         self.finder = PackFinder([p.index for p in self.live])
         self.stamp = stamp
         self.checked = time.monotonic()
@@ -952,6 +957,8 @@ class ObjectStore(PathStore):
                 old.checked = time.monotonic()
                 return old
             files = self._list_pack_files()
+            from fleche.store._pack import PACK_FILE
+
             packs: dict[str, Pack] = {}
             for fname, (_, mtime) in files.items():
                 m = PACK_FILE.fullmatch(fname)
@@ -1046,6 +1053,8 @@ class ObjectStore(PathStore):
         """
         self._check_writable()
         self._check_packs()
+        from fleche.store._pack import build_pack
+
         hash, pack, idx = build_pack(entries, superseded)
         self.put_pack(hash, pack, idx)
         return hash
@@ -1058,6 +1067,8 @@ class ObjectStore(PathStore):
         self._check_writable()
         self._check_packs()
         check_oid(hash, "pack hash")
+        from fleche.store._pack import PackIndex
+
         where = f"pack {hash}"
         if xxhash.xxh3_128_hexdigest(pack) != hash:
             raise CorruptObjectError(f"{where} does not hash to its name: not copied")

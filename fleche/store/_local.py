@@ -33,7 +33,6 @@ from fleche.store._base import (
     not_a_file,
     writable_buffer,
 )
-from fleche.store._pack import PackIndex
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 
@@ -569,6 +568,8 @@ class LocalStore(ObjectStore):
                 buf = _pread_all(fd, st.st_size)
         finally:
             os.close(fd)
+        from fleche.store._pack import PackIndex
+
         pack = Pack(hash, path, PackIndex(buf, f"{path}.idx", expect=hash), mtime)
         if keep:
             pack.handle, _ = open_file(f"{path}.pack")  # closed with the Pack
