@@ -354,3 +354,44 @@ def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Pa
     subprocess.run(run, capture_output=True, text=True, check=True)  # stores
     out = subprocess.run(run, capture_output=True, text=True, check=True).stdout.split("\n")
     assert "computed" not in out and out[-2] == "[]", out
+
+
+def test_function_ids_are_checked_and_made_as_by_their_regexes() -> None:
+    # The id checks and the id a function gets use sets of characters, not the patterns
+    # compiled at import (~2 M instructions with the markers' one); the same answers.
+    import re
+
+    from fleche.decorator import function_id
+    from fleche.store import is_function_id
+
+    samples = ["", ".", "a", "a.b:C.d", "..x", "a b", "é", "a\nb", "a-b_c", "x" * 200, "x" * 201]
+    samples += ["ok:" + chr(c) for c in range(0, 300, 7)] + ["\N{DIGIT ONE}", "Ａ", "a\x00"]
+    for s in samples:
+        expected = bool(re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", s)) and s[0] != "."
+        assert is_function_id(s) == expected, repr(s)
+        old = re.sub(r"[^A-Za-z0-9_.\-]", "_", s.replace(":", ".")).lstrip(".") or "_"
+        assert function_id(s) == old if len(old) <= 200 else function_id(s).startswith(old[:167])
+
+
+def test_a_string_annotation_naming_a_marker_is_read_without_resolving(tmp_path: Path) -> None:
+    script = tmp_path / "late.py"
+    script.write_text(
+        textwrap.dedent("""
+        from __future__ import annotations
+        import sys
+        import fleche
+
+        fleche.set_default_cache(sys.argv[1])
+
+        @fleche.fleche
+        def f(x: int, v: fleche.Ignored[Later] = 0, w: Required[Later] = 1, z: Later = 2):
+            return x
+
+        assert f.digest(1, 5) == f.digest(1, 6) and f.digest(1, 5, 3) != f.digest(1, 5, 4)
+        print("ok")
+        """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache")], capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["ok"], out.stdout + out.stderr

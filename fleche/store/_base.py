@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import stat
 import sys
 import threading
@@ -57,7 +56,9 @@ BytesLike = bytes | bytearray | memoryview
 Data = BytesLike | Sequence[BytesLike]
 
 HEX_DIGITS = "0123456789abcdef"
-_FUNCTION_ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+# The characters of a function id (the regex [A-Za-z0-9_.\-]{1,200}, checked as a set: its
+# compile at import cost ~0.7 M instructions on every first hit)
+_FUNCTION_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 _HUGE_READ = 4 << 20
@@ -89,7 +90,12 @@ def is_oid(name: object) -> bool:
 
 def is_function_id(name: object) -> bool:
     """True for a name that is safe as one directory: ``[A-Za-z0-9_.-]{1,200}``, no leading dot."""
-    return isinstance(name, str) and bool(_FUNCTION_ID.fullmatch(name)) and name[0] != "."
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 200
+        and _FUNCTION_ID_CHARS.issuperset(name)
+        and name[0] != "."
+    )
 
 
 def check_oid(oid: str, what: str = "object id") -> str:
