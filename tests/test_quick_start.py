@@ -97,6 +97,12 @@ LAZY_FLECHE = (
     "fleche.query",  # fleche.query(...), f.query(...), fleche.QueryResult (~2 M)
     "fleche.sync",  # fleche.sync(...), fleche.SyncResult (~3 M)
     "fleche.decorator._replay",  # fleche import's replay of stored calls
+    # serializers other than msgpack and pickle, and re-signing (~5 M): on first use
+    "fleche.codec._arrow",
+    "fleche.codec._bag",
+    "fleche.codec._numpy",
+    "fleche.codec._resign",
+    "fleche.codec._tree",
 )
 """fleche's own modules that ``import fleche`` leaves for first use (~9 M instructions)."""
 
@@ -338,6 +344,7 @@ def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Pa
     lazy += ("_ast",)
     lazy += ("fleche.sync", "fleche.query", "fleche.decorator._replay")  # ~7 M: a hit uses none
     lazy += ("json", "fleche.store._pack")  # fleche.json by _json's scanner; a loose hit
+    lazy += ("fleche.codec._tree", "fleche.codec._numpy", "fleche.codec._arrow")  # msgpack's
     script.write_text(
         _CALL
         + textwrap.dedent(f"""
@@ -398,3 +405,39 @@ def test_a_string_annotation_naming_a_marker_is_read_without_resolving(tmp_path:
         [sys.executable, str(script), str(tmp_path / "cache")], capture_output=True, text=True
     )
     assert out.stdout.split() == ["ok"], out.stdout + out.stderr
+
+
+def test_values_of_the_lazily_registered_serializers_load_in_a_fresh_process(
+    tmp_path: Path,
+) -> None:
+    # numpy, tree and Arrow register on first use: a hit of one (its serializer id read
+    # from the header) must find it in a process that has not chosen or named one yet.
+    body = """
+    import sys
+    import fleche
+    fleche.set_default_cache(sys.argv[1])
+
+    @fleche.fleche
+    def make(kind):
+        print("computed")
+        import numpy as np
+        if kind == "array":
+            return np.arange(5)
+        if kind == "tree":
+            return {"a": np.arange(3), "b": [1, "x"]}
+        import pandas as pd
+        return pd.DataFrame({"x": [1, 2]})
+
+    assert "fleche.codec._tree" not in sys.modules
+    assert make("array").tolist() == [0, 1, 2, 3, 4]
+    tree = make("tree")
+    assert tree["a"].tolist() == [0, 1, 2] and tree["b"] == [1, "x"]
+    assert make("frame")["x"].tolist() == [1, 2]
+    print("ok")
+    """
+    store = str(tmp_path / "cache")
+    code = _PROBE.format(body=textwrap.dedent(body))
+    for computed in (True, False):  # stores, then a fresh process reads
+        out = subprocess.run([sys.executable, "-c", code, store], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert ("computed" in out.stdout.split()) == computed and "ok" in out.stdout.split()

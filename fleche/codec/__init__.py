@@ -12,8 +12,6 @@ payloads on threads), ``_sign`` and ``_resign`` (signed frames), ``_registry``
 (``_plain``, ``_numpy``, ``_tree``, ``_arrow``, ``_pickle``, ``_bag``).
 """
 
-from fleche.codec._arrow import PandasArrowSerializer
-from fleche.codec._bag import open_bag
 from fleche.codec._base import (
     ALIGN,
     HEADER_SIZE,
@@ -68,9 +66,7 @@ from fleche.codec._registry import (
     serialize_streamed,
     serializer_names,
 )
-from fleche.codec._resign import resign
 from fleche.codec._sign import ENV, TRAILER_SIZE, Signer, signer_from
-from fleche.codec._tree import TreeSerializer
 from fleche.codec._unframe import (
     check_length,
     read_frame_header,
@@ -78,6 +74,30 @@ from fleche.codec._unframe import (
     unframe,
     unframe_stream,
 )
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from fleche.codec._arrow import PandasArrowSerializer
+    from fleche.codec._bag import open_bag
+    from fleche.codec._resign import resign
+    from fleche.codec._tree import TreeSerializer
+else:
+    # Serializers a small result's hit does not use, and re-signing: loaded on first use.
+    _LAZY = {
+        "PandasArrowSerializer": "_arrow",
+        "open_bag": "_bag",
+        "resign": "_resign",
+        "TreeSerializer": "_tree",
+    }
+
+    def __getattr__(name):
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
 
 __all__ = [
     "FORCED",
