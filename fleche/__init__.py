@@ -43,7 +43,7 @@ from fleche.errors import (
     UnhashableArgumentError,
     UnsafeValueError,
 )
-from fleche.records import Call, Q
+from fleche.records import Call
 from fleche.store import ObjectStore, open_store
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from fleche.query import QueryError, QueryResult, query
+    from fleche.records import Q
     from fleche.sync import SyncError, SyncResult, sync
 
 __all__ = [
@@ -163,6 +164,7 @@ if not TYPE_CHECKING:  # hidden from type checkers, which would accept any flech
 # the import system's assignment of the module is dropped; any other assignment (a test's
 # monkeypatch) is kept until deleted or replaced.
 _LAZY_FACES = {
+    "Q": "fleche.records",  # query terms: a hit uses none
     "QueryError": "fleche.query",
     "QueryResult": "fleche.query",
     "SyncError": "fleche.sync",
