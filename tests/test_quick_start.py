@@ -106,6 +106,7 @@ LAZY_FLECHE = (
     "fleche.cache._lease",  # single_flight's compute-once leases (~1.3 M)
     "fleche.records._terms",  # fleche.Q and the query terms (~1 M)
     "fleche.codec._zframes",  # codec 2, payloads over 8 MiB in many zstd frames (~1 M)
+    "fleche.digest._hooks",  # 0.22's digest hooks and plugins: when named, or a value has no digest
 )
 """fleche's own modules that ``import fleche`` leaves for first use (~9 M instructions)."""
 
