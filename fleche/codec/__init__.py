@@ -77,27 +77,28 @@ from fleche.codec._unframe import (
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
-    from fleche.codec._arrow import PandasArrowSerializer
+    from typing import Any
+
     from fleche.codec._bag import open_bag
     from fleche.codec._resign import resign
-    from fleche.codec._tree import TreeSerializer
 else:
-    # Serializers a small result's hit does not use, and re-signing: loaded on first use.
-    _LAZY = {
-        "PandasArrowSerializer": "_arrow",
-        "open_bag": "_bag",
-        "resign": "_resign",
-        "TreeSerializer": "_tree",
-    }
+    # Opening a bag and re-signing load their modules when called: a hit uses neither.
+    # Forwarding functions, not a module __getattr__: a module with one cannot have its
+    # attributes' loads specialised by CPython, and the caches call codec.decode_record
+    # and codec.decode_payload on every hit (~500 instructions a hit more, measured).
 
-    def __getattr__(name):
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        import importlib
+    def open_bag(store: "Any", ref: "Any") -> "Any":
+        from fleche.codec._bag import open_bag
 
-        return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+        return open_bag(store, ref)
 
+    def resign(*args: "Any", **kwargs: "Any") -> "Any":
+        from fleche.codec._resign import resign
+
+        return resign(*args, **kwargs)
+
+    open_bag.__doc__ = "The ``H5Bag`` of a stored bagofholding value (see ``_bag.open_bag``)."
+    resign.__doc__ = "A frame signed with another key (see ``_resign.resign``)."
 
 __all__ = [
     "FORCED",
@@ -116,7 +117,6 @@ __all__ = [
     "MAGIC",
     "MissingSerializerError",
     "PRODUCE_MIN",
-    "PandasArrowSerializer",
     "SERIALIZER_NAMES",
     "SER_ARROW_PANDAS",
     "SER_BAGOFHOLDING",
@@ -133,7 +133,6 @@ __all__ = [
     "Serializer",
     "Signer",
     "Streamed",
-    "TreeSerializer",
     "by_id",
     "check_length",
     "decode_payload",
