@@ -196,7 +196,8 @@ def code_digest_bytes(func: Callable[..., Any]) -> bytes:
                 _remember(code, d)
                 return d
             found = _fast_source(func, code, lines)
-    tree = _source_tree(func, code, found=found) if found is not None else _source_tree(func, code)
+    # (fast=False: the fast path was just tried, or declines this function anyway)
+    tree = _source_tree(func, code, found=found) if found else _source_tree(func, code, fast=False)
     if tree is not None:
         d = _tree_digest(tree)
         if found is not None and memo is not None:
