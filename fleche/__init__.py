@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import sys as _sys
+
 from fleche import digest  # the module: fleche.digest.digest(x), fleche.digest.register(...)
 from fleche._version import __version__
 from fleche.cache import Cache, LayeredCache
@@ -41,14 +43,16 @@ from fleche.errors import (
     UnhashableArgumentError,
     UnsafeValueError,
 )
-from fleche.query import QueryError, QueryResult, query
-from fleche.records import Call, Q
+from fleche.records import Call
 from fleche.store import ObjectStore, open_store
-from fleche.sync import SyncError, SyncResult, sync
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any
+
+    from fleche.query import QueryError, QueryResult, query
+    from fleche.records import Q
+    from fleche.sync import SyncError, SyncResult, sync
 
 __all__ = [
     "BoundWrapper",
@@ -138,6 +142,10 @@ if not TYPE_CHECKING:  # hidden from type checkers, which would accept any flech
             from fleche import parallel
 
             return getattr(parallel, name)
+        if name in _LAZY_FACES:  # fleche.QueryResult, fleche.SyncError...
+            import importlib
+
+            return getattr(importlib.import_module(_LAZY_FACES[name]), name)
         if name == "remote":
             # fleche.remote (SshCache, the server) is loaded on first use, as 0.22's
             # `fleche.remote.SshCache` reads, not by `import fleche`.
@@ -145,3 +153,53 @@ if not TYPE_CHECKING:  # hidden from type checkers, which would accept any flech
 
             return importlib.import_module("fleche.remote")
         raise AttributeError(f"module 'fleche' has no attribute {name!r}")
+
+
+# fleche.query and fleche.sync are each both a subpackage and, as an attribute of fleche, a
+# function (fleche.query(...), fleche.sync(a, b)), as in fleche 0.22. Neither subpackage is
+# needed until used (a hit queries and syncs nothing: ~4 M instructions together), so they
+# are not imported here; but the first import of a subpackage sets the parent's attribute
+# to the module, after the module ran. fleche's module type makes the two attributes
+# properties instead: reading one gives the function (importing its subpackage then), and
+# the import system's assignment of the module is dropped; any other assignment (a test's
+# monkeypatch) is kept until deleted or replaced.
+_LAZY_FACES = {
+    "Q": "fleche.records",  # query terms: a hit uses none
+    "QueryError": "fleche.query",
+    "QueryResult": "fleche.query",
+    "SyncError": "fleche.sync",
+    "SyncResult": "fleche.sync",
+}
+_SET: dict[str, object] = {}  # fleche.query/fleche.sync as assigned by a program
+
+
+def _function_attribute(name: str) -> property:
+    module = f"fleche.{name}"
+
+    def get(self: object) -> object:
+        if name in _SET:
+            return _SET[name]
+        import importlib
+
+        return getattr(importlib.import_module(module), name)
+
+    def set_(self: object, value: object) -> None:
+        if getattr(value, "__name__", None) != module or not isinstance(value, type(_sys)):
+            _SET[name] = value  # the import system's assignment of the subpackage is not
+
+    def delete(self: object) -> None:
+        _SET.pop(name, None)
+
+    return property(get, set_, delete, f"fleche.{name}.{name}, the function")
+
+
+class _FlecheModule(type(_sys)):  # type: ignore[misc]
+    """``fleche``'s module type: ``query`` and ``sync`` are its functions (see above)."""
+
+    __slots__ = ()
+    if not TYPE_CHECKING:  # mypy reads them from the imports above
+        query = _function_attribute("query")
+        sync = _function_attribute("sync")
+
+
+_sys.modules[__name__].__class__ = _FlecheModule

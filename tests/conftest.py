@@ -51,6 +51,7 @@ def _isolated_config(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pyte
 
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
     monkeypatch.setenv("FLECHE_INDEX_DIR", str(tmp_path_factory.getbasetemp() / "user-index"))
+    monkeypatch.setenv("FLECHE_CODE_DIGESTS", str(tmp_path_factory.getbasetemp() / "code-digests"))
     monkeypatch.delenv("FLECHE_CACHE", raising=False)
     config.reset_default()
     yield

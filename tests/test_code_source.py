@@ -581,3 +581,98 @@ def test_parse_and_walk_are_asts():
     tree = _parse(source)
     assert ast.dump(tree) == ast.dump(ast.parse(source))
     assert [type(n) for n in _walk(tree)] == [type(n) for n in ast.walk(tree)]
+
+
+# --------------------------------------------------------------- the code digest memo
+
+_MEMO_SCRIPT = """\
+import json, sys
+from fleche.digest import code_digest
+
+def f(x):
+    return x * {factor}
+
+print(json.dumps([code_digest(f), "_ast" in sys.modules]))
+"""
+
+
+def _digest_in_fresh_process(script: Path, memo: Path | str) -> tuple[str, bool]:
+    """(code digest of the script's f, whether that process parsed anything)."""
+    env = {**os.environ, "FLECHE_CODE_DIGESTS": str(memo)}
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, check=True, env=env
+    )
+    import json
+
+    digest, parsed = json.loads(out.stdout.strip().splitlines()[-1])
+    return digest, parsed
+
+
+def test_the_memo_spares_a_later_process_the_parse_and_gives_the_same_digest(
+    tmp_path: Path,
+) -> None:
+    script, memo = tmp_path / "script.py", tmp_path / "memo"
+    script.write_text(_MEMO_SCRIPT.format(factor=2))
+    first = _digest_in_fresh_process(script, memo)
+    assert first[1] and len(os.listdir(memo)) == 1  # parsed, and memoised
+    assert _digest_in_fresh_process(script, memo) == (first[0], False)  # read back
+    assert _digest_in_fresh_process(script, "") == first  # no memo: parsed, the same digest
+    assert len(os.listdir(memo)) == 1
+
+
+def test_an_edited_function_is_never_given_its_old_digest(tmp_path: Path) -> None:
+    # Same file, same lines, same length, same mtime: the memo is keyed by the text itself.
+    script, memo = tmp_path / "script.py", tmp_path / "memo"
+    script.write_text(_MEMO_SCRIPT.format(factor=2))
+    stat = script.stat()
+    two = _digest_in_fresh_process(script, memo)
+    script.write_text(_MEMO_SCRIPT.format(factor=3))
+    os.utime(script, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    three = _digest_in_fresh_process(script, memo)
+    assert three[1] and three[0] != two[0]
+    assert three == _digest_in_fresh_process(script, "")
+    # Only comments and blank lines changed: another memo entry, the same digest.
+    script.write_text(_MEMO_SCRIPT.format(factor=3).replace("\n\ndef", "\n# note\n\ndef"))
+    assert _digest_in_fresh_process(script, memo) == three
+    assert len(os.listdir(memo)) == 3
+
+
+def test_a_memo_entry_that_does_not_check_out_is_ignored_and_replaced(tmp_path: Path) -> None:
+    script, memo = tmp_path / "script.py", tmp_path / "memo"
+    script.write_text(_MEMO_SCRIPT.format(factor=2))
+    expected = _digest_in_fresh_process(script, memo)
+    (entry,) = memo.iterdir()
+    good = entry.read_bytes()
+    for bad in (good[:20], bytes([good[0] ^ 1]) + good[1:], b"", good + b"x"):
+        entry.write_bytes(bad)
+        assert _digest_in_fresh_process(script, memo) == expected  # parsed again
+        assert entry.read_bytes() == good
+    # A valid entry under another key (copied, renamed) does not check out either.
+    (memo / ("0" * 32)).write_bytes(good)
+    entry.unlink()
+    assert _digest_in_fresh_process(script, memo) == expected
+
+
+def test_an_unwritable_memo_dir_costs_nothing_but_the_parse(tmp_path: Path) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(_MEMO_SCRIPT.format(factor=2))
+    (tmp_path / "file").write_text("")  # a file where the directory would be
+    assert _digest_in_fresh_process(script, tmp_path / "file" / "memo")[1]
+
+
+def test_the_memo_gives_every_function_here_the_digest_of_its_parse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleche.digest import _code
+
+    monkeypatch.setattr(_code, "_MEMO_DIR", [str(tmp_path / "memo")])
+    funcs = functions_of(Path(_code.__file__))
+    for fn in funcs:
+        _code._CODE_CACHE.clear()
+        cold = _code.code_digest_bytes(fn)
+        _code._CODE_CACHE.clear()
+        assert _code.code_digest_bytes(fn) == cold, fn.__qualname__  # from the memo
+        tree = _source_tree(fn, fn.__code__, fast=False)
+        if tree is not None:
+            assert cold == _tree_digest(tree), fn.__qualname__
+    assert len(os.listdir(tmp_path / "memo")) > len(funcs) // 2

@@ -14,8 +14,9 @@ from test_codec_values import arrays, assert_exact, assert_same_array, joined, r
 
 from fleche import Cache, codec
 from fleche.cache import encode_value
-from fleche.codec import DumpContext, LoadContext, TreeSerializer
+from fleche.codec import DumpContext, LoadContext
 from fleche.codec._registry import SPLIT_MIN, STREAM_PIECES
+from fleche.codec._tree import TreeSerializer
 from fleche.errors import CorruptObjectError, SerializationError, UnsafeValueError
 
 leaves = (

@@ -16,8 +16,9 @@ from hypothesis.extra import numpy as hnp
 from hypothesis.extra import pandas as hpd
 
 from fleche import codec
-from fleche.codec import MissingSerializerError, PandasArrowSerializer
+from fleche.codec import MissingSerializerError
 from fleche.codec import _registry as codec_registry
+from fleche.codec._arrow import PandasArrowSerializer
 from fleche.errors import CorruptObjectError, SerializationError
 
 

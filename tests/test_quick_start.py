@@ -94,6 +94,20 @@ LAZY_FLECHE = (
     "fleche.index",  # when a Cache first uses its index (a query, a store): sqlite3, json
     "fleche.parallel",  # executors, f.bind(...), fleche.map
     "fleche.query._ref",  # Ref, a dataclass: the first table() showing one
+    "fleche.query",  # fleche.query(...), f.query(...), fleche.QueryResult (~2 M)
+    "fleche.sync",  # fleche.sync(...), fleche.SyncResult (~3 M)
+    "fleche.decorator._replay",  # fleche import's replay of stored calls
+    # serializers other than msgpack and pickle, and re-signing (~5 M): on first use
+    "fleche.codec._arrow",
+    "fleche.codec._bag",
+    "fleche.codec._numpy",
+    "fleche.codec._resign",
+    "fleche.codec._tree",
+    "fleche.cache._lease",  # single_flight's compute-once leases (~1.3 M)
+    "fleche.records._terms",  # fleche.Q and the query terms (~1 M)
+    "fleche.codec._zframes",  # codec 2, payloads over 8 MiB in many zstd frames (~1 M)
+    "fleche.digest._hooks",  # 0.22's digest hooks and plugins: when named, or a value has no digest
+    "fleche.config._file",  # reading fleche.toml: a cache given in code reads no file (~0.7 M)
 )
 """fleche's own modules that ``import fleche`` leaves for first use (~9 M instructions)."""
 
@@ -120,6 +134,33 @@ def test_import_fleche_leaves_its_rarely_used_modules_and_classes_for_later() ->
     loaded, built = json.loads(out.stdout.strip().splitlines()[-1])
     assert loaded == [], f"import fleche now loads {loaded}"
     assert set(built) == DATACLASSES_AT_IMPORT, sorted(set(built) ^ DATACLASSES_AT_IMPORT)
+
+
+def test_fleche_query_and_fleche_sync_stay_functions_when_their_subpackages_load() -> None:
+    # Each is a subpackage and, as fleche's attribute, a function; neither subpackage loads
+    # with fleche, and the import system's setting of the attribute to the subpackage
+    # (on its first import, from anywhere) must not replace the function.
+    body = """
+    import sys
+    import fleche
+    assert "fleche.sync" not in sys.modules and "fleche.query" not in sys.modules
+    from fleche.sync import SyncResult  # the subpackage's first import
+    import fleche.query
+    sync, query = sys.modules["fleche.sync"], sys.modules["fleche.query"]
+    assert fleche.sync is sync.sync and fleche.query is query.query
+    assert fleche.SyncResult is SyncResult and fleche.QueryResult is query.QueryResult
+    assert fleche.SyncError is sync.SyncError and fleche.QueryError is query.QueryError
+    from fleche import query as q, sync as s
+    assert (q, s) == (query.query, sync.sync)
+    fleche.sync = len  # a program's (a test's monkeypatch) assignment is kept, and undone
+    assert fleche.sync is len
+    del fleche.sync
+    assert fleche.sync is sync.sync
+    import importlib
+    importlib.reload(sync)
+    assert fleche.sync is sync.sync and callable(fleche.sync)
+    """
+    third_party_loaded(body)
 
 
 def test_the_lazy_names_work_in_a_fresh_process(tmp_path: Path) -> None:
@@ -303,6 +344,15 @@ def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Pa
     script = tmp_path / "script.py"
     lazy = ("inspect", "dataclasses", "typing", "sqlite3", "fleche.index", "ast", "textwrap")
     lazy += ("linecache", "tokenize")  # the code digest's parse and source: ~25 M instructions
+    # The code digest memoised by the process that stored: no parse (CPython's syntax-tree
+    # types, ~11 M instructions on the first parse of a process).
+    lazy += ("_ast",)
+    lazy += ("fleche.sync", "fleche.query", "fleche.decorator._replay")  # ~7 M: a hit uses none
+    # fleche.json read by _json's scanner. (fleche.store._pack does load: the record is in
+    # the pack its writer's segment was sealed into at exit.)
+    lazy += ("json",)
+    lazy += ("fleche.codec._tree", "fleche.codec._numpy", "fleche.codec._arrow")  # msgpack's
+    lazy += ("fleche.config._file",)  # the cache is given in code: no fleche.toml is read
     script.write_text(
         _CALL
         + textwrap.dedent(f"""
@@ -319,3 +369,93 @@ def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Pa
     subprocess.run(run, capture_output=True, text=True, check=True)  # stores
     out = subprocess.run(run, capture_output=True, text=True, check=True).stdout.split("\n")
     assert "computed" not in out and out[-2] == "[]", out
+
+
+def test_function_ids_are_checked_and_made_as_by_their_regexes() -> None:
+    # The id checks and the id a function gets use sets of characters, not the patterns
+    # compiled at import (~2 M instructions with the markers' one); the same answers.
+    import re
+
+    from fleche.decorator import function_id
+    from fleche.store import is_function_id
+
+    samples = ["", ".", "a", "a.b:C.d", "..x", "a b", "é", "a\nb", "a-b_c", "x" * 200, "x" * 201]
+    samples += ["ok:" + chr(c) for c in range(0, 300, 7)] + [
+        "\N{FULLWIDTH LATIN CAPITAL LETTER A}",
+        "a\x00",
+    ]
+    for s in samples:
+        expected = bool(re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", s)) and s[0] != "."
+        assert is_function_id(s) == expected, repr(s)
+        old = re.sub(r"[^A-Za-z0-9_.\-]", "_", s.replace(":", ".")).lstrip(".") or "_"
+        assert function_id(s) == old if len(old) <= 200 else function_id(s).startswith(old[:167])
+
+
+def test_a_string_annotation_naming_a_marker_is_read_without_resolving(tmp_path: Path) -> None:
+    script = tmp_path / "late.py"
+    script.write_text(
+        textwrap.dedent("""
+        from __future__ import annotations
+        import sys
+        import fleche
+
+        fleche.set_default_cache(sys.argv[1])
+
+        @fleche.fleche
+        def f(x: int, v: fleche.Ignored[Later] = 0, w: Required[Later] = 1, z: Later = 2):
+            return x
+
+        assert f.digest(1, 5) == f.digest(1, 6) and f.digest(1, 5, 3) != f.digest(1, 5, 4)
+        print("ok")
+        """)
+    )
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "cache")], capture_output=True, text=True
+    )
+    assert out.stdout.split() == ["ok"], out.stdout + out.stderr
+
+
+def test_values_of_the_lazily_registered_serializers_load_in_a_fresh_process(
+    tmp_path: Path,
+) -> None:
+    # numpy, tree and Arrow register on first use: a hit of one (its serializer id read
+    # from the header) must find it in a process that has not chosen or named one yet.
+    body = """
+    import sys
+    import fleche
+    fleche.set_default_cache(sys.argv[1])
+
+    @fleche.fleche
+    def make(kind):
+        print("computed")
+        import numpy as np
+        if kind == "array":
+            return np.arange(5)
+        if kind == "tree":
+            return {"a": np.arange(3), "b": [1, "x"]}
+        import pandas as pd
+        return pd.DataFrame({"x": [1, 2]})
+
+    assert "fleche.codec._tree" not in sys.modules
+    assert make("array").tolist() == [0, 1, 2, 3, 4]
+    tree = make("tree")
+    assert tree["a"].tolist() == [0, 1, 2] and tree["b"] == [1, "x"]
+    assert make("frame")["x"].tolist() == [1, 2]
+    print("ok")
+    """
+    store = str(tmp_path / "cache")
+    code = _PROBE.format(body=textwrap.dedent(body))
+    for computed in (True, False):  # stores, then a fresh process reads
+        out = subprocess.run([sys.executable, "-c", code, store], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        assert ("computed" in out.stdout.split()) == computed and "ok" in out.stdout.split()
+
+
+def test_the_codec_face_keeps_no_module_getattr() -> None:
+    # Caches call codec.decode_record and codec.decode_payload on every hit: CPython does
+    # not specialise attribute loads from a module whose namespace holds __getattr__
+    # (~500 instructions a warm hit more, measured), so codec's lazy names are functions.
+    import fleche.codec
+
+    assert "__getattr__" not in vars(fleche.codec)
+    assert fleche.codec.resign.__module__ == "fleche.codec"

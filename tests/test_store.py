@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import fsspec
 import pytest
@@ -307,3 +309,64 @@ def test_open_store_options(tmp_path: Path) -> None:
     store = open_store(tmp_path / "new", create=True, durable=True)
     assert store.durable
     assert (tmp_path / "new" / "fleche.json").is_file()
+
+
+_MARKER_TEXTS = [
+    b'{\n  "format": 1,\n  "digest": "xxh3-128"\n}\n',
+    b'  [1, 2.5, "a\\u00e9", null, true, false, {"x": {}}, -0, 1e400]  ',
+    b"NaN",
+    b"-Infinity",
+    b'{"a": 1} x',
+    b"",
+    b"{",
+    b'\xef\xbb\xbf{"a": 1}',
+    '{"a": 1}'.encode("utf-16"),
+    '{"a": 1}'.encode("utf-16-le"),
+    "1".encode("utf-32-le"),
+    b'"\\ud800"',
+    b'"a\x01"',
+    b"123456789012345678901234567890",
+    b'{"a": 1, "a": 2}',
+    '{"é": "ü"}'.encode(),
+    b'\t\n{"a" : [ ] }\r\n',
+    b"\xff",
+]
+
+
+@pytest.mark.parametrize("raw", _MARKER_TEXTS)
+def test_fleche_json_is_read_as_json_loads_reads_it(raw: bytes) -> None:
+    # A store's fleche.json is parsed without importing json (its C scanner, with a
+    # default decoder's settings): the same value, or json's own error, for any text.
+    import json
+
+    from fleche.store._base import _json_loads
+
+    def outcome(loads: Any) -> tuple[Any, ...]:
+        try:
+            return ("ok", repr(loads(raw)))
+        except Exception as e:  # noqa: BLE001 - compared: the same type and message
+            return ("error", type(e), str(e))
+
+    assert outcome(_json_loads) == outcome(json.loads)
+
+
+def test_a_hit_reads_fleche_json_without_importing_json(tmp_path: Path) -> None:
+    body = """
+    import sys
+    from fleche.store import open_store
+    store = open_store(sys.argv[1])
+    assert "json" not in sys.modules
+    print(store.info()["format"])
+    assert "json" not in sys.modules
+    """
+    import subprocess
+    import textwrap
+
+    s = open_store(str(tmp_path / "s"))
+    s.put(b"x")
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(body), str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and out.stdout.split() == ["1"], out.stdout + out.stderr

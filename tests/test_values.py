@@ -17,7 +17,7 @@ from services import need_module
 
 from fleche import Cache, FlecheWarning, cache, codec, fleche
 from fleche.cache import LayeredCache, referenced_oids
-from fleche.codec import PandasArrowSerializer
+from fleche.codec._arrow import PandasArrowSerializer
 from fleche.codec._registry import SPLIT_MIN
 from fleche.errors import CorruptObjectError, SerializationError
 from fleche.store import open_store

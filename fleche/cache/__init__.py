@@ -28,16 +28,42 @@ from fleche.cache._layers import (
     open_cache,
     strict_open,
 )
-from fleche.cache._lease import (
-    Lease,
-    LeasePolicy,
-    acompute_once,
-    compute_once,
-    iter_leases,
-    lease_store,
-    policy_of,
-    sweep,
-)
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from fleche.cache._lease import (
+        Lease,
+        LeasePolicy,
+        acompute_once,
+        compute_once,
+        iter_leases,
+        lease_store,
+        policy_of,
+        sweep,
+    )
+else:
+    # Compute-once leases load with the first single_flight function (or lease listing):
+    # a hit, and most programs, use none (~1.3 M instructions).
+    _LEASE = frozenset(
+        (
+            "Lease",
+            "LeasePolicy",
+            "acompute_once",
+            "compute_once",
+            "iter_leases",
+            "lease_store",
+            "policy_of",
+            "sweep",
+        )
+    )
+
+    def __getattr__(name):
+        if name in _LEASE:
+            from fleche.cache import _lease
+
+            return getattr(_lease, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "Cache",

@@ -224,7 +224,7 @@ class Cache:
     ) -> None:
         if not isinstance(store, ObjectStore):
             store = open_store(store)
-        if serializer not in codec.serializer_names():
+        if serializer != "auto" and serializer not in codec.serializer_names():
             raise ValueError(
                 f"serializer={serializer!r}: choose one of {', '.join(codec.serializer_names())}"
             )

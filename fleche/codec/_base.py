@@ -217,3 +217,27 @@ def u32(value: int) -> bytes:
 
 def read_u32(buf: Any, offset: int) -> int:
     return int(_U32.unpack_from(buf, offset)[0])
+
+
+class LazyModule:
+    """Stands for module ``name``, imported on first use of one of its names.
+
+    ``_frame`` and ``_unframe`` name ``_zframes`` (codec 2: many zstd frames on threads)
+    through one: a small value, stored raw, never needs it. Every use looks the name up
+    again, so that a change to the module (a test's monkeypatch) is seen.
+    """
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        import sys
+
+        module = sys.modules.get(self._name)
+        if module is None:
+            import importlib
+
+            module = importlib.import_module(self._name)
+        return getattr(module, attr)

@@ -25,8 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import xxhash
 
-from fleche.codec import _zframes as zframes
-from fleche.codec._base import HEADER_SIZE, Streamed, nbytes
+from fleche.codec._base import HEADER_SIZE, LazyModule, Streamed, nbytes
 from fleche.codec._sign import TRAILER_SIZE, Signer
 from fleche.errors import SerializationError
 from fleche.store import digest_parts
@@ -34,6 +33,10 @@ from fleche.store import digest_parts
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any
+
+    from fleche.codec import _zframes as zframes
+else:
+    zframes = LazyModule("fleche.codec._zframes")  # large payloads only: not a small hit
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -84,7 +87,10 @@ STREAM_MIN = 64 << 20
 CHUNK = 8 << 20
 """Bytes read from a store per step when streaming."""
 
-_compressor = zframes.compressor  # one per thread and level: not safe to share, ~10 µs to make
+
+def _compressor(level: int) -> Any:
+    """``zframes.compressor(level)``: one per thread and level (not safe to share, ~10 µs to make)."""
+    return zframes.compressor(level)
 
 
 class Encoded:

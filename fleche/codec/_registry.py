@@ -28,14 +28,13 @@ import struct
 import sys
 from collections.abc import Sequence
 
-from fleche.codec._arrow import PandasArrowSerializer, PolarsSerializer
-from fleche.codec._bag import BagSerializer
 from fleche.codec._base import (
     OOB,
     SER_BYTES,
     SER_CLOUDPICKLE,
     SER_DILL,
     SER_PICKLE,
+    SER_TREE,
     USER_IDS,
     DumpContext,
     LoadContext,
@@ -44,10 +43,8 @@ from fleche.codec._base import (
     Streamed,
 )
 from fleche.codec._frame import Encoded, frame
-from fleche.codec._numpy import NumpySerializer
 from fleche.codec._pickle import PickleSerializer, pickle  # pickle: imported on first use
 from fleche.codec._plain import PlainSerializer
-from fleche.codec._tree import TreeSerializer
 from fleche.errors import (
     CorruptObjectError,
     DecodeError,
@@ -59,6 +56,9 @@ from fleche.errors import (
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any
+
+    from fleche.codec._numpy import NumpySerializer
+    from fleche.codec._tree import TreeSerializer
 
 SPLIT_MIN = 1 << 20
 """Array members of a pickled value from this size are stored as objects of their own."""
@@ -72,8 +72,8 @@ _by_name: dict[str, Serializer] = {}
 _by_module: dict[str, list[Serializer]] = {}
 _PLAIN = PlainSerializer()
 _PICKLE = PickleSerializer(SER_PICKLE, "pickle")
-_NUMPY = NumpySerializer()
-_TREE = TreeSerializer()
+_NUMPY: NumpySerializer  # these two with the serializers _load_rest registers
+_TREE: TreeSerializer
 FORCED = ("pickle", "cloudpickle", "dill", "bagofholding")
 """Names accepted as ``serializer=`` besides ``"auto"``: one serializer for every value."""
 
@@ -85,6 +85,8 @@ def register(serializer: Serializer, *, builtin: bool = False) -> Serializer:
     (``accepts``) before fleche's own for types of its ``modules``.
     """
     sid, name = serializer.id, serializer.name
+    if not builtin:
+        _load_rest()  # its id and name are checked against all of fleche's own
     if not builtin and sid not in USER_IDS:
         raise ValueError(f"serializer {name!r}: id {sid} is reserved; use one in 64..127")
     if sid in _by_id or name in _by_name or name == "auto":
@@ -103,21 +105,44 @@ for _s in (
     PickleSerializer(SER_CLOUDPICKLE, "cloudpickle", "cloudpickle"),
     PickleSerializer(SER_DILL, "dill", "'fleche[dill]'"),
     _PLAIN,
-    _NUMPY,
-    PandasArrowSerializer(),
-    PolarsSerializer(),
-    BagSerializer(),
-    _TREE,
 ):
     register(_s, builtin=True)
 _by_module.pop("builtins", None)  # plain data is tried by type below, not by module
 
 
+def _load_rest() -> None:
+    """Register fleche's other serializers (numpy, Arrow, bag, tree), once per process.
+
+    Not at import: reading a small result back (msgpack or pickle) needs none of their
+    modules, ~5 M instructions of a first hit with the frame threads the tree imports.
+    Whatever chooses a serializer, looks one up or lists them calls this first; the
+    order of registration, and so of each module's chain, is the one it always was.
+    """
+    global _NUMPY, _TREE
+    if SER_TREE in _by_id:  # the last registered (a test's copy of the tables may lack them)
+        return
+    from fleche.codec._arrow import PandasArrowSerializer, PolarsSerializer
+    from fleche.codec._bag import BagSerializer
+    from fleche.codec._numpy import NumpySerializer
+    from fleche.codec._tree import TreeSerializer
+
+    _NUMPY, _TREE = NumpySerializer(), TreeSerializer()
+    for s in (_NUMPY, PandasArrowSerializer(), PolarsSerializer(), BagSerializer(), _TREE):
+        if s.id not in _by_id:  # (after an import error part way, the rest)
+            register(s, builtin=True)
+    _by_module.pop("builtins", None)
+
+
 def by_id(sid: int) -> Serializer | None:
-    return _by_id.get(sid & 0x7F)
+    s = _by_id.get(sid & 0x7F)
+    if s is None:
+        _load_rest()
+        s = _by_id.get(sid & 0x7F)
+    return s
 
 
 def by_name(name: str) -> Serializer:
+    _load_rest()
     s = _by_name.get(name)
     if s is None or name == "bytes":
         known = ", ".join(["auto", *sorted(n for n in _by_name if n != "bytes")])
@@ -130,7 +155,7 @@ def is_safe(ser: int) -> bool:
     sid = ser & 0x7F
     if sid == SER_BYTES:
         return True
-    s = _by_id.get(sid)
+    s = by_id(sid)
     if s is None or not s.safe or ser & OOB:
         return False
     if s.name == "arrow":  # pyarrow < 14.0.1 runs code from Arrow streams (CVE-2023-47248)
@@ -150,11 +175,13 @@ def _pyarrow_fixed() -> bool:
 
 def serializer_names() -> list[str]:
     """Every name ``serializer=`` accepts."""
+    _load_rest()
     return ["auto", *sorted(n for n in _by_name if n != "bytes")]
 
 
 def _choose(value: Any) -> Serializer:
     """The serializer ``auto`` picks for ``value`` (see the module's doc)."""
+    _load_rest()
     t = type(value)
     chain = _by_module.get(t.__module__.partition(".")[0])
     if chain:
@@ -348,7 +375,7 @@ def _serialize_safely(
 def decode(ser: int, payload: Any, ctx: LoadContext) -> Any:
     """Deserialize a checked payload whose header said ``ser``."""
     where = ctx.where
-    s = _by_id.get(ser & 0x7F)
+    s = by_id(ser)
     if s is None:
         raise MissingSerializerError(
             f"{where} uses serializer id {ser & 0x7F}, unknown to this fleche: upgrade fleche "

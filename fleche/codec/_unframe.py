@@ -21,8 +21,7 @@ import stat
 
 import xxhash
 
-from fleche.codec import _zframes as zframes
-from fleche.codec._base import HEADER_SIZE
+from fleche.codec._base import HEADER_SIZE, LazyModule
 from fleche.codec._frame import (
     _KNOWN_FLAGS,
     CHUNK,
@@ -45,12 +44,21 @@ TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any
 
+    from fleche.codec import _zframes as zframes
+else:
+    zframes = LazyModule("fleche.codec._zframes")  # large payloads only: not a small hit
+
 if TYPE_CHECKING:
     import zstandard
 else:
-    zstandard = zframes.zstandard  # imported on the first compressed frame
+    zstandard = LazyModule("zstandard")  # imported on the first compressed frame
 
-_decompressor = zframes.decompressor  # one per thread: not safe to share, ~10 µs to make
+
+def _decompressor() -> Any:
+    """``zframes.decompressor()``: one per thread (not safe to share, ~10 µs to make)."""
+    return zframes.decompressor()
+
+
 _PIPE_READ = 1 << 20  # a read of a file of unknown size: what it allocates for each
 _ZSTD_HEADER_MAX = 18  # the longest zstd frame header: it holds the frame's content size
 

@@ -29,7 +29,32 @@ from fleche.config._caches import (
     register_cache_type,
     resolve,
 )
-from fleche.config._file import init_project, read_file, stale_code_choice, upgrade_file
+from fleche.config._choice import stale_code_choice
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from fleche.config._file import init_project, read_file, upgrade_file
+else:
+    # Reading and writing fleche.toml (config._file) loads with the first call of one.
+
+    def init_project(*args, **kwargs):
+        from fleche.config._file import init_project
+
+        return init_project(*args, **kwargs)
+
+    def read_file(*args, **kwargs):
+        from fleche.config._file import read_file
+
+        return read_file(*args, **kwargs)
+
+    def upgrade_file(*args, **kwargs):
+        from fleche.config._file import upgrade_file
+
+        return upgrade_file(*args, **kwargs)
+
+    for _f in (init_project, read_file, upgrade_file):
+        _f.__doc__ = f"See fleche.config._file.{_f.__name__}."
+    del _f
 
 __all__ = [
     "EPHEMERAL_HINT",

@@ -18,7 +18,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 
 from fleche.cache import RETRY_AFTER, Cache, DeferredCache, LayeredCache, LayerSpec, open_cache
-from fleche.config._file import _check_single, _discover, metadata_groups, stale_code_choice
+from fleche.config._choice import stale_code_choice
 from fleche.errors import ConfigError
 from fleche.store import ObjectStore, open_store
 
@@ -385,3 +385,25 @@ def resolve(spec: CacheLike, **options: Any) -> AnyCache:
         name=cache_opts.get("name"),
         retry_after=RETRY_AFTER,
     )
+
+
+# fleche.toml's reading and validation (config._file) loads when a file is looked for or
+# a metadata choice checked: a program that gives its cache in code reads no file.
+
+
+def metadata_groups(value: bool | Sequence[str], where: str) -> frozenset[str]:
+    from fleche.config._file import metadata_groups
+
+    return metadata_groups(value, where)
+
+
+def _discover(start: Path | None) -> list[tuple[Path, dict[str, Any]]]:
+    from fleche.config._file import _discover
+
+    return _discover(start)
+
+
+def _check_single(table: Any, where: str, section: str) -> dict[str, Any]:
+    from fleche.config._file import _check_single
+
+    return _check_single(table, where, section)

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from fleche.cache import WRITE_MODES
+from fleche.config._choice import stale_code_choice
 from fleche.errors import ConfigError
 from fleche.records import METADATA_GROUPS
 
@@ -86,17 +87,6 @@ def metadata_groups(value: bool | Sequence[str], where: str) -> frozenset[str]:
             f"choose from {list(METADATA_GROUPS)}"
         )
     return frozenset(value)
-
-
-STALE_CODE = ("warn", "serve", "recompute")
-"""What a hit computed by other code does: served with a warning, served, or recomputed."""
-
-
-def stale_code_choice(value: object, where: str) -> str | None:
-    """A ``stale_code`` setting (None: not set); ConfigError naming ``where`` otherwise."""
-    if value is None or (isinstance(value, str) and value in STALE_CODE):
-        return value
-    raise ConfigError(f"{where} stale_code = {value!r}: expected 'warn', 'serve' or 'recompute'")
 
 
 def _check_types(

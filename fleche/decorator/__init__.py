@@ -16,13 +16,15 @@ from __future__ import annotations
 
 from fleche.decorator._fleche import REFRESHING, BoundCall, CachedFunction, fleche, set_binder
 from fleche.decorator._identity import ClosureRefused, function_id
-from fleche.decorator._replay import NamedFunction, call_key, find_cached, replay
 from fleche.decorator._results import Undecodable
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from fleche.decorator._markers import Ignored, Required
+    from fleche.decorator._replay import NamedFunction, call_key, find_cached, replay
 else:
+    # replaying stored calls (fleche import): loaded when first named, a hit never replays
+    _REPLAY = frozenset(("NamedFunction", "call_key", "find_cached", "replay"))
 
     def __getattr__(name):
         # Ignored/Required are typing.Annotated aliases: typing loads when one is first named.
@@ -30,6 +32,10 @@ else:
             from fleche.decorator import _markers
 
             return getattr(_markers, name)
+        if name in _REPLAY:
+            from fleche.decorator import _replay
+
+            return getattr(_replay, name)
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -23,7 +23,7 @@ import types
 from collections.abc import Callable, Iterable
 from contextvars import ContextVar
 
-from fleche.cache import LeasePolicy, MmapMode, acompute_once, compute_once, mmap_mode, policy_of
+from fleche.cache import MmapMode, mmap_mode
 from fleche.config import AnyCache, active_cache, stale_code_choice
 from fleche.decorator._compute import Computing, _AsyncFlight, _Flight
 from fleche.decorator._identity import (
@@ -40,7 +40,6 @@ from fleche.decorator._markers import marked
 from fleche.decorator._results import _DOWN, Undecodable
 from fleche.digest import code_digest, digest_bytes
 from fleche.errors import CacheMiss, UnhashableArgumentError
-from fleche.query import QueryResult, for_function
 from fleche.records import (
     NO_VERSION,
     Binder,
@@ -55,6 +54,9 @@ from fleche.records import (
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any, ParamSpec, Protocol, TypeVar, overload
+
+    from fleche.cache import LeasePolicy  # leases load with the first single_flight
+    from fleche.query import QueryResult  # a hit never queries: fleche.query loads in f.query
 
     F = TypeVar("F", bound=Callable[..., Any])
     P = ParamSpec("P")
@@ -108,6 +110,15 @@ def _names(x: str | Iterable[str] | None, what: str) -> tuple[str, ...]:
 
 _FUNCTION = type(lambda: None)
 _CO_COROUTINE = 0x80  # inspect.CO_COROUTINE
+
+
+def _policy_of(single_flight: bool | LeasePolicy | None) -> LeasePolicy | None:
+    """``fleche.cache.policy_of``, without loading leases for a function that uses none."""
+    if single_flight is None or single_flight is False:
+        return None
+    from fleche.cache import policy_of
+
+    return policy_of(single_flight)
 
 
 def _is_coroutine_function(f: Any) -> bool:
@@ -422,6 +433,8 @@ class CachedFunction(Computing):
                 # value: None, or the result that failed to load, which is not loaded again
                 policy = self.single_flight
                 call = PendingCall(args, kwargs, key, items, digests)
+                from fleche.cache import compute_once
+
                 return compute_once(self, cache, call, policy, value)
             if value is not None:  # an Undecodable: a second look would load it again
                 landed = None
@@ -457,6 +470,8 @@ class CachedFunction(Computing):
             # and a leader that failed stored nothing; the lease looks again for other processes.
             if policy is not None:
                 # value: None, or the result that failed to load, which is not loaded again
+                from fleche.cache import acompute_once
+
                 return await acompute_once(self, cache, call, policy, value)
             return await self.acompute(cache, call)
 
@@ -542,6 +557,8 @@ class CachedFunction(Computing):
         ``fleche.Q`` builds conditions (``Q.gt(3)``, ``Q.in_([...])``).
         """
         # the calls a call of this function can hit: its version, when the key has it
+        from fleche.query import for_function
+
         mine = {"version": self.version} if self.hash_version else {}
         return for_function(
             self.binder, self.function_id, self.qualname, args, kwargs, metadata, **mine
@@ -641,7 +658,7 @@ def fleche(  # noqa: F811
             ignore=_union(_names(ignore, "ignore"), marked_ignore),
             isolate=isolate,
             metadata=metadata,
-            single_flight=policy_of(single_flight),
+            single_flight=_policy_of(single_flight),
             mmap=mmap,
             stale_code=stale_code,
             meta=meta,

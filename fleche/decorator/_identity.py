@@ -22,12 +22,16 @@ TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any
 
-_FID_BAD = re.compile(r"[^A-Za-z0-9_.\-]")
+# What a function id may hold; any other character becomes "_" (the regex, compiled only then)
+_FID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 def function_id(identity: str) -> str:
     """A store-safe directory name for a function identity like ``pkg.mod:Class.method``."""
-    fid = _FID_BAD.sub("_", identity.replace(":", ".")).lstrip(".") or "_"
+    fid = identity.replace(":", ".")
+    if not _FID_CHARS.issuperset(fid):
+        fid = re.sub(r"[^A-Za-z0-9_.\-]", "_", fid)
+    fid = fid.lstrip(".") or "_"
     if len(fid) > 200:
         fid = fid[:167] + "-" + digest_bytes(identity).hex()
     return fid

@@ -72,7 +72,7 @@ else:
 # A string annotation (``from __future__ import annotations``) whose names cannot be
 # resolved where the function is (a class defined later, a local type) is read by its
 # outermost name: ``Ignored[...]``, ``fleche.Ignored[...]``.
-_STRING = re.compile(r"^\s*(?:[A-Za-z_][\w]*\.)*(Ignored|Required)\b")
+_STRING = r"^\s*(?:[A-Za-z_][\w]*\.)*(Ignored|Required)\b"  # compiled when one may match
 
 
 _NOT_MADE = object()
@@ -137,7 +137,11 @@ def marked(func: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     for name, annotation in raw.items():
         option = _option(hints.get(name, annotation))
         if option is None and not resolved and isinstance(annotation, str):
-            m = _STRING.match(annotation)
+            m = (
+                re.match(_STRING, annotation)
+                if "Ignored" in annotation or "Required" in annotation
+                else None
+            )
             if m:
                 option = "ignore" if m.group(1) == "Ignored" else "require"
         if option == "ignore":

@@ -24,17 +24,48 @@ from fleche.digest._core import (
     register,
     unregister,
 )
-from fleche.digest._hooks import (
-    DIGEST_LENGTH,
-    Digest,
-    Hook,
-    Indigestible,
-    add_hook,
-    digest_class,
-    get_hooks,
-    load_entry_points,
-    plugins_once,
-)
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from fleche.digest._hooks import (
+        DIGEST_LENGTH,
+        Digest,
+        Hook,
+        Indigestible,
+        add_hook,
+        digest_class,
+        get_hooks,
+        load_entry_points,
+    )
+else:
+    # The original fleche's (0.22) hooks and plugins: loaded when first named, or when a
+    # value has no digest (the plugins are tried then); a hit of plain arguments never is.
+    _HOOKS = frozenset(
+        (
+            "DIGEST_LENGTH",
+            "Digest",
+            "Hook",
+            "Indigestible",
+            "add_hook",
+            "digest_class",
+            "get_hooks",
+            "load_entry_points",
+            "plugins_once",
+        )
+    )
+
+    def __getattr__(name):
+        if name in _HOOKS:
+            from fleche.digest import _hooks
+
+            return getattr(_hooks, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _plugins_once() -> bool:
+    from fleche.digest._hooks import plugins_once
+
+    return plugins_once()
 
 
 def _find_encoder(t: type) -> _Encoder:
@@ -46,7 +77,7 @@ def _find_encoder(t: type) -> _Encoder:
 
 
 install_rules(_find_encoder)
-_PLUGINS[:] = [plugins_once]
+_PLUGINS[:] = [_plugins_once]
 
 __all__ = [
     "DIGEST_LENGTH",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+from _thread import get_ident as threading_ident
 from collections import deque
 from collections.abc import Callable, Iterator
 
@@ -26,7 +27,6 @@ from fleche.digest._core import (
     digest_bytes,
 )
 from fleche.digest._scalars import _PACK_TAG_LEN, _enc_str, _str_bytes
-from fleche.digest._standin import _standin_encoder
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
@@ -135,6 +135,9 @@ def _callable_encoder(t: type) -> _Encoder | None:
     }
     if t in simple:
         return simple[t]
+    # stand-ins (modules, partials): their module loads with the first (~0.6 M instructions)
+    from fleche.digest._standin import _standin_encoder
+
     if issubclass(t, types.ModuleType):  # by name, like functions
         return _standin_encoder("builtins.module", lambda m: m.__name__)
     functools = sys.modules.get("functools")
@@ -180,16 +183,119 @@ def code_digest_bytes(func: Callable[..., Any]) -> bytes:
     hit = _CODE_CACHE.get(id(code))
     if hit is not None and hit[0] is code:  # the code object is held: its id is not reused
         return hit[1]
-    tree = _source_tree(func, code)
+    memo = lines = found = None
+    if isinstance(func, types.FunctionType) and code.co_name != "<lambda>":
+        try:
+            lines = _source_lines(func)
+        except Exception:  # noqa: BLE001 - inspect makes the same calls: it raises or declines
+            lines = None
+        if lines:
+            memo = _memo_path(code, lines)
+            d = _memo_read(memo) if memo is not None else None
+            if d is not None:
+                _remember(code, d)
+                return d
+            found = _fast_source(func, code, lines)
+    # (fast=False: the fast path was just tried, or declines this function anyway)
+    tree = _source_tree(func, code, found=found) if found else _source_tree(func, code, fast=False)
     if tree is not None:
         d = _tree_digest(tree)
+        if found is not None and memo is not None:
+            _memo_write(memo, d)  # a digest of the fast path's parse: exactly the lines' digest
     else:
         value = ("fleche.code", "bytecode", _code_object_key(code, func.__doc__))
         d = digest_bytes(value, name="code")
+    _remember(code, d)
+    return d
+
+
+def _remember(code: types.CodeType, d: bytes) -> None:
     if len(_CODE_CACHE) >= 4096:  # exec'd or generated code: do not grow without bound
         _CODE_CACHE.clear()
     _CODE_CACHE[id(code)] = (code, d)
-    return d
+
+
+# A process's first code digest parses the function's source, and the first parse of a
+# process makes CPython build its syntax-tree types: ~11 M instructions, more than the
+# rest of a first hit after import. The digest is a function of the lines the source is
+# read from, where the function starts and ends in them, its name, the Python version
+# (the tree's shape) and this module's normalisation: memoised across processes in the
+# user cache dir, one file per key naming all of these, so that a later process reads
+# 32 bytes instead of parsing. Any change to any input is another key (never a stale
+# answer); an entry that does not check out (torn, truncated, foreign) is ignored.
+_MEMO_TAG = b"fleche code digest memo 1\0"  # change it with the normalisation above
+_MEMO_DIR: list[str | None] = []  # resolved once per process: [dir] or [None] (off)
+
+
+def _memo_dir() -> str | None:
+    """``$FLECHE_CODE_DIGESTS`` (empty: no memo), else ``code-digests`` in the user cache dir."""
+    if _MEMO_DIR:
+        return _MEMO_DIR[0]
+    env = os.environ.get("FLECHE_CODE_DIGESTS")
+    if env is not None:
+        where = env or None
+    elif sys.platform.startswith(("linux", "freebsd", "openbsd", "netbsd")):
+        # platformdirs' user_cache_dir on these, without importing it (~2 M instructions)
+        base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.expanduser("~/.cache")
+        where = os.path.join(base, "fleche", "code-digests")
+    else:
+        try:
+            import platformdirs
+
+            where = os.path.join(
+                platformdirs.user_cache_dir("fleche", appauthor=False), "code-digests"
+            )
+        except Exception:  # noqa: BLE001 - no memo rather than no digest
+            where = None
+    _MEMO_DIR.append(where)
+    return where
+
+
+def _memo_path(code: types.CodeType, lines: list[str]) -> str | None:
+    """The memo file of this code's digest read from ``lines``; None when memos are off."""
+    where = _memo_dir()
+    if where is None:
+        return None
+    import xxhash
+
+    h = xxhash.xxh3_128(_MEMO_TAG)
+    head = f"{sys.version}\0{code.co_name}\0{code.co_firstlineno}\0{_last_line(code)}\0"
+    h.update(head.encode("utf-8", "surrogatepass"))
+    h.update("".join(lines).encode("utf-8", "surrogatepass"))
+    return os.path.join(where, h.hexdigest())
+
+
+def _memo_check(path: str, d: bytes) -> bytes:
+    import xxhash
+
+    return xxhash.xxh3_128_digest(_MEMO_TAG + os.path.basename(path).encode() + d)
+
+
+def _memo_read(path: str) -> bytes | None:
+    """The digest memoised at ``path``, or None (none there, or it does not check out)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(64)
+    except OSError:
+        return None
+    if len(data) != 32 or _memo_check(path, data[:16]) != data[16:]:
+        return None
+    return data[:16]
+
+
+def _memo_write(path: str, d: bytes) -> None:
+    """Memoise ``d`` at ``path``, whole or not at all (a temp file renamed); never raises."""
+    tmp = f"{path}.{os.getpid()}-{threading_ident()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(d + _memo_check(path, d))
+        os.replace(tmp, path)
+    except OSError:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def code_digest_since(func: Callable[..., Any], since_ns: int) -> str | None:
@@ -214,7 +320,9 @@ def code_digest_since(func: Callable[..., Any], since_ns: int) -> str | None:
         return None
 
 
-def _source_tree(func: Any, code: types.CodeType, fast: bool = True) -> Any:
+def _source_tree(
+    func: Any, code: types.CodeType, fast: bool = True, found: tuple[str, Any] | None = None
+) -> Any:
     """The function's syntax tree, its decorators and name removed (the Lambda node
     for a lambda), or None when its source is not available or cannot be told apart
     from its neighbours on the same lines.
@@ -222,7 +330,8 @@ def _source_tree(func: Any, code: types.CodeType, fast: bool = True) -> Any:
     ``fast=False`` skips :func:`_fast_source` (the tests compare both ways)."""
     import _ast as ast  # the C half: ``ast`` itself costs ~17 M instructions to import
 
-    found = _fast_source(func, code) if fast else None
+    if found is None and fast:
+        found = _fast_source(func, code)
     module = found[1] if found is not None else _inspect_tree(func)
     if module is None:
         return None  # exec'd code, the REPL, or a lambda inside a multi-line expression
@@ -312,7 +421,9 @@ def _inspect_tree(func: Any) -> Any:
 _FAST_TRIES = 8
 
 
-def _fast_source(func: Any, code: types.CodeType) -> tuple[str, Any] | None:
+def _fast_source(
+    func: Any, code: types.CodeType, lines: list[str] | None = None
+) -> tuple[str, Any] | None:
     """``inspect.getsource(func)`` and that text dedented and parsed, found without
     the tokenize module; None when it cannot be sure, and the caller asks inspect.
 
@@ -331,10 +442,11 @@ def _fast_source(func: Any, code: types.CodeType) -> tuple[str, Any] | None:
 
     if not isinstance(func, types.FunctionType) or code.co_name == "<lambda>":
         return None
-    try:
-        lines = _source_lines(func)
-    except Exception:  # noqa: BLE001 - inspect makes the same calls: it raises or declines
-        return None
+    if lines is None:
+        try:
+            lines = _source_lines(func)
+        except Exception:  # noqa: BLE001 - inspect makes the same calls: it raises or declines
+            return None
     start = code.co_firstlineno - 1
     if not 0 <= start < len(lines) or not _opens_def(lines[start]):
         return None

@@ -40,15 +40,39 @@ from fleche.records._providers import (
     translate_path,
 )
 from fleche.records._providers import choose as choose_providers
-from fleche.records._terms import (
-    ORDERED,
-    Condition,
-    Q,
-    QuerySpec,
-    as_condition,
-    holds_at,
-    metadata_conditions,
-)
+
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from fleche.records._terms import (
+        ORDERED,
+        Condition,
+        Q,
+        QuerySpec,
+        as_condition,
+        holds_at,
+        metadata_conditions,
+    )
+else:
+    # Query terms load when first named (fleche.Q, a query, the index): a hit uses none.
+    _TERMS = frozenset(
+        (
+            "ORDERED",
+            "Condition",
+            "Q",
+            "QuerySpec",
+            "as_condition",
+            "holds_at",
+            "metadata_conditions",
+        )
+    )
+
+    def __getattr__(name):
+        if name in _TERMS:
+            from fleche.records import _terms
+
+            return getattr(_terms, name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALL_METADATA",

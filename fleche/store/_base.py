@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import itertools
 import os
-import re
 import stat
 import sys
 import threading
@@ -39,7 +38,6 @@ from fleche.errors import (
     StoreFormatError,
     StoreLinkError,
 )
-from fleche.store._pack import PACK_FILE, Key, PackFinder, PackIndex, build_pack
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
@@ -53,11 +51,15 @@ if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use i
 
     import fsspec
 
+    from fleche.store._pack import Key, PackIndex  # packs load when a store first looks in one
+
 BytesLike = bytes | bytearray | memoryview
 Data = BytesLike | Sequence[BytesLike]
 
 HEX_DIGITS = "0123456789abcdef"
-_FUNCTION_ID = re.compile(r"[A-Za-z0-9_.\-]{1,200}")
+# The characters of a function id (the regex [A-Za-z0-9_.\-]{1,200}, checked as a set: its
+# compile at import cost ~0.7 M instructions on every first hit)
+_FUNCTION_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 _HUGE_READ = 4 << 20
@@ -89,7 +91,12 @@ def is_oid(name: object) -> bool:
 
 def is_function_id(name: object) -> bool:
     """True for a name that is safe as one directory: ``[A-Za-z0-9_.-]{1,200}``, no leading dot."""
-    return isinstance(name, str) and bool(_FUNCTION_ID.fullmatch(name)) and name[0] != "."
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 200
+        and _FUNCTION_ID_CHARS.issuperset(name)
+        and name[0] != "."
+    )
 
 
 def check_oid(oid: str, what: str = "object id") -> str:
@@ -394,6 +401,8 @@ class PathStore(ABC):
 
     def _open_pack(self, hash: str, mtime: float | None) -> Pack:
         """Read and check ``pack-<hash>.idx`` (whole: it is small); FileNotFoundError if gone."""
+        from fleche.store._pack import PackIndex
+
         path = f"{self._packs_dir}/pack-{hash}"
         index = PackIndex(self._read(f"{path}.idx"), f"{path}.idx", expect=hash)
         return Pack(hash, path, index, mtime)
@@ -516,6 +525,8 @@ class PackSet:
             for p in sorted(packs.values(), key=lambda p: (-(p.mtime or 0.0), p.hash))
             if p.hash not in gone
         ]
+        from fleche.store._pack import PackFinder
+
         self.finder = PackFinder([p.index for p in self.live])
         self.stamp = stamp
         self.checked = time.monotonic()
@@ -579,11 +590,9 @@ class ObjectStore(PathStore):
         return self._parse_marker(raw)
 
     def _parse_marker(self, raw: BytesLike) -> dict[str, Any]:
-        import json  # once per store: json stays off `import fleche`
-
         where = f"{self.url.rstrip('/')}/{MARKER}"
         try:
-            info = json.loads(bytes(raw))
+            info = _json_loads(bytes(raw))
         except ValueError as e:
             raise StoreFormatError(
                 f"{where} is not valid JSON ({e}); is this a fleche store?"
@@ -999,6 +1008,8 @@ class ObjectStore(PathStore):
                 old.checked = time.monotonic()
                 return old
             files = self._list_pack_files()
+            from fleche.store._pack import PACK_FILE
+
             packs: dict[str, Pack] = {}
             for fname, (_, mtime) in files.items():
                 m = PACK_FILE.fullmatch(fname)
@@ -1079,6 +1090,8 @@ class ObjectStore(PathStore):
         on S3, not a GET of every index). Superseded packs are included."""
         if not self.supports_packs:
             return set()
+        from fleche.store._pack import PACK_FILE
+
         files = self._list_pack_files()
         return {
             m[1]
@@ -1118,6 +1131,8 @@ class ObjectStore(PathStore):
         """
         self._check_writable()
         self._check_packs()
+        from fleche.store._pack import build_pack
+
         hash, pack, idx = build_pack(entries, superseded)
         self.put_pack(hash, pack, idx)
         return hash
@@ -1130,6 +1145,8 @@ class ObjectStore(PathStore):
         self._check_writable()
         self._check_packs()
         check_oid(hash, "pack hash")
+        from fleche.store._pack import PackIndex
+
         where = f"pack {hash}"
         if xxhash.xxh3_128_hexdigest(pack) != hash:
             raise CorruptObjectError(f"{where} does not hash to its name: not copied")
@@ -1271,3 +1288,48 @@ class ObjectStore(PathStore):
         """Forget cached state; the generic store holds no open handles (packs close when unused)."""
         self._dirs.clear()
         self._pack_state = None
+
+
+class _JsonContext:
+    """What ``_json.make_scanner`` reads from a ``json.JSONDecoder()``: its defaults."""
+
+    strict = True
+    object_hook = object_pairs_hook = None
+    parse_float, parse_int = float, int
+
+    def __init__(self) -> None:
+        self.parse_constant = {
+            "-Infinity": float("-inf"),
+            "Infinity": float("inf"),
+            "NaN": float("nan"),
+        }.__getitem__
+
+
+def _json_loads(raw: bytes) -> Any:
+    """``json.loads(raw)`` for a ``fleche.json``, without importing json once per process.
+
+    json's package imports its encoder and decoder and compiles their patterns
+    (~5 M instructions, a tenth of a first hit); a hit reads one small file with it.
+    This runs the C scanner ``json.loads`` runs, with a default decoder's settings, on
+    UTF-8 text; anything else (no C scanner, other encodings, an error to report, text
+    after the value) goes to json itself, so that results and errors are json's.
+    """
+    try:
+        import _json
+
+        text = raw.decode("utf-8")
+    except (ImportError, UnicodeDecodeError):
+        text = None
+    if text is not None and not text.startswith("\ufeff"):
+        ws = " \t\n\r"
+        start = len(text) - len(text.lstrip(ws))
+        try:
+            value, end = _json.make_scanner(_JsonContext())(text, start)  # type: ignore[arg-type]
+        except (StopIteration, ValueError):
+            pass  # json says what is wrong
+        else:
+            if not text[end:].strip(ws):
+                return value
+    import json
+
+    return json.loads(raw)

@@ -36,7 +36,6 @@ from fleche.store._base import (
     not_a_file,
     writable_buffer,
 )
-from fleche.store._pack import Key, PackIndex
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 
@@ -45,6 +44,8 @@ if TYPE_CHECKING:
     from typing import Any
 
     from fsspec.implementations.local import LocalFileSystem
+
+    from fleche.store._pack import Key
 
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _O_BINARY = getattr(os, "O_BINARY", 0)  # Windows: no newline translation
@@ -1011,6 +1012,8 @@ class LocalStore(ObjectStore):
                 buf = _pread_all(fd, st.st_size)
         finally:
             os.close(fd)
+        from fleche.store._pack import PackIndex
+
         pack = Pack(hash, path, PackIndex(buf, f"{path}.idx", expect=hash), mtime)
         if keep:
             pack.handle, _ = open_file(f"{path}.pack")  # closed with the Pack

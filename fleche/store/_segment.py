@@ -23,7 +23,9 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from fleche.store._pack import Key
+TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
+if TYPE_CHECKING:
+    from fleche.store._pack import Key
 
 FRAME = struct.Struct(">IHI")
 DIGEST = 16
