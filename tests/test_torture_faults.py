@@ -31,6 +31,7 @@ from torture_helpers import Proxy, blob, check_store, worker_env
 from fleche import Cache, cache, codec, fleche
 from fleche.errors import FlecheWarning
 from fleche.store import LocalStore, open_store
+from fleche.store._segment import parse
 from fleche.sync import SyncError, sync
 from fleche.upkeep import verify
 
@@ -84,7 +85,14 @@ def by_name(qualname: str, arguments: dict[str, Any]) -> Any:
     """What the functions of these tests return, by the last part of their name."""
     i = arguments["i"]
     name = qualname.rpartition(".")[2]
-    sizes = {"big": 300_000, "big2": 200_000, "big50": 50_000, "big20": 20_000, "big400": 400_000}
+    sizes = {
+        "big": 300_000,
+        "big2": 200_000,
+        "big50": 50_000,
+        "big20": 20_000,
+        "big400": 400_000,
+        "inline3k": 3_000,  # under the inline limit: the value lives in the record
+    }
     if name in sizes:
         return blob(i, sizes[name])
     if name == "value":
@@ -104,8 +112,26 @@ def verified(store: Any) -> int:
 
 
 def tmp_files(root: Path) -> list[str]:
+    """What ``tmp/`` holds besides the segments (records in flight, not partial files)."""
     tmp = root / "tmp"
-    return os.listdir(tmp) if tmp.is_dir() else []
+    return [n for n in os.listdir(tmp) if n != "segments"] if tmp.is_dir() else []
+
+
+def segments(root: Path) -> list[Path]:
+    d = root / "tmp" / "segments"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def assert_whole_frames(root: Path) -> int:
+    """Every segment of the store holds whole, checked frames only (no torn tail, no bad
+    checksum): what a failed append left behind. Returns how many frames they hold."""
+    frames = 0
+    for path in segments(root):
+        data = path.read_bytes()
+        found, used, torn = parse(data, 0)
+        assert not torn and used == len(data), f"{path}: a torn frame at {used} of {len(data)}"
+        frames += len(found)
+    return frames
 
 
 # -- disk full --------------------------------------------------------------------------------
@@ -125,7 +151,7 @@ def test_disk_full(tmp_path: Path) -> None:
         def little(i: int) -> int:
             return i * 3
 
-        with cache(str(root)), fleche_warnings() as seen:
+        with cache(str(root)) as c, fleche_warnings() as seen:
             for i in range(12):
                 assert big(i) == blob(i, 300_000)
             for i in range(12):
@@ -138,7 +164,64 @@ def test_disk_full(tmp_path: Path) -> None:
         assert stored, "nothing fitted: the test needs some hits"
         assert len(stored) < 12
         assert tmp_files(root) == [], "a failed write left its partial file in tmp/"
+        assert_whole_frames(root)  # the records in flight: whole frames only
+        c.store.close()  # seals the segment (into the space the objects left)
         verified(LocalStore(root))
+
+
+def _fill(where: Path) -> None:
+    """Fill the filesystem of ``where`` to the last byte (a file of its own)."""
+    with open(where / "filler", "wb", buffering=0) as f:
+        for step in (1 << 16, 1 << 12, 1 << 8, 1):
+            try:
+                while True:
+                    f.write(b"\0" * step)
+            except OSError as e:
+                assert e.errno == 28, e
+
+
+def test_disk_full_while_appending_to_a_segment(tmp_path: Path) -> None:
+    """A record appended to a full disk: the write is short (what fitted of the frame) or
+    fails. The part written is cut off again, so the segment holds whole frames only: the
+    caller gets its result with one warning, every call read is right (in this process,
+    whose offsets in its own segment stay true, and in any other), and once there is space
+    again later calls are stored and read as before."""
+    with tmpfs("1m") as mnt:
+        root = mnt / "store"
+        computed: list[int] = []
+
+        @fleche
+        def inline3k(i: int) -> bytes:
+            computed.append(i)
+            return blob(i, 3_000)  # inline in its record: a frame of ~3.2 KB, no object
+
+        c = Cache(LocalStore(root))
+        with cache(c), fleche_warnings() as seen:
+            for i in range(5):
+                assert inline3k(i) == blob(i, 3_000)
+            before = assert_whole_frames(root)
+            assert before == 5
+            _fill(mnt)  # no free page; the segment's last page has some room left
+            for i in range(5, 15):  # at most one fits that room; the rest do not
+                assert inline3k(i) == blob(i, 3_000)
+            assert_whole_frames(root)
+            (mnt / "filler").unlink()  # space is back
+            for i in [*range(15), *range(15, 20), *range(15, 20)]:
+                assert inline3k(i) == blob(i, 3_000)
+        assert len(seen) == 1, seen
+        assert "No space left on device" in seen[0] and "returned uncached" in seen[0]
+        assert sorted(set(computed)) == list(range(20))
+        assert computed.count(0) == 1  # stored before the disk filled: a hit since
+        assert all(computed.count(i) == 1 for i in range(15, 20))  # stored, then hits
+        assert all(computed.count(i) in (1, 2) for i in range(5, 15))
+        assert assert_whole_frames(root) >= 5 + 5
+        # another handle (another process's view) reads every record of the segment right
+        other = LocalStore(root, read_only=True)
+        assert verified(other) == assert_whole_frames(root)
+        other.close()
+        c.store.close()  # sealed into a pack
+        assert segments(root) == []
+        assert verified(LocalStore(root)) == 20
 
 
 def test_sync_into_a_full_disk_stops_and_leaves_a_valid_destination(tmp_path: Path) -> None:
@@ -419,9 +502,10 @@ def test_a_read_only_filesystem(tmp_path: Path) -> None:
             computed.append(i)
             return blob(i, 50_000)
 
-        with cache(str(root)):
+        with cache(str(root)) as c:
             for i in range(3):
                 big50(i)
+        c.store.close()  # the writer is done (a file open for writing keeps the mount rw)
         remount(mnt, "ro")
         try:
             with cache(str(root)), fleche_warnings() as seen:
@@ -814,6 +898,7 @@ def _recall(root: Path, value: Any, computed: list[int]) -> list[str]:
     return seen
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/ (segments: below)
 @pytest.mark.parametrize("target", ["record", "raw object", "zstd object"])
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_files_are_detected_quarantined_and_recomputed(
@@ -832,6 +917,7 @@ def test_damaged_files_are_detected_quarantined_and_recomputed(
     verified(LocalStore(root))
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 @pytest.mark.parametrize("content", list(BAD_RECORDS))
 def test_well_framed_records_that_are_not_records(tmp_path: Path, content: str) -> None:
     root, value, computed = _setup(tmp_path)

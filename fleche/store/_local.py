@@ -368,7 +368,7 @@ class LocalStore(ObjectStore):
                     # the record appended below (in flight, read before packs) wins.
                     self._seal(view)
             w = self._writer_for(len(framed))
-            os.write(w.fd, framed)  # O_APPEND, one write: a reader sees all of it or no frame
+            self._append(w, framed)
             start = w.size + len(framed) - len(data)
             w.size += len(framed)
             mine = self._views.get(w.path)
@@ -380,6 +380,40 @@ class LocalStore(ObjectStore):
                 self._remove(path)
             except FileNotFoundError:
                 pass
+
+    def _append(self, w: _Writer, framed: bytes) -> None:
+        """Append one frame to ``w`` (``_seg_lock`` held): all of it, or none of it.
+
+        O_APPEND and one ``write``: a reader sees the whole frame or a frame still being
+        written. A full disk makes the write short (what fitted is written) or fail: the
+        part written is cut off again (``ftruncate`` to the size before), so no torn frame
+        stays in the segment for later frames to follow (readers would stop there, and
+        ``w.size``, the offsets of our own later records, would be wrong), and ENOSPC is
+        raised (the decorator returns the result uncached, with a warning). A segment that
+        cannot be cut back is given up: its whole frames stay readable, the next record
+        goes to a new segment.
+        """
+        try:
+            n = os.write(w.fd, framed)
+        except BaseException:
+            self._cut_back(w)
+            raise
+        if n < len(framed):
+            self._cut_back(w)
+            raise OSError(
+                errno.ENOSPC,
+                f"{os.strerror(errno.ENOSPC)} (a call record of {len(framed)} bytes, "
+                f"{n} written and cut off again)",
+                w.path,
+            )
+
+    def _cut_back(self, w: _Writer) -> None:
+        """Truncate ``w``'s segment to the frames it held before a failed append."""
+        try:
+            if os.fstat(w.fd).st_size != w.size:
+                os.ftruncate(w.fd, w.size)
+        except OSError:
+            self._drop_writer(w)  # readers stop at the torn frame; nothing follows it
 
     def find_call(self, function_id: str, digest: str) -> BytesLike | None:
         """The record's bytes, or None: records in flight, then packs, then the loose file.
