@@ -31,7 +31,7 @@ from torture_helpers import Proxy, blob, check_store, worker_env
 from fleche import Cache, cache, codec, fleche
 from fleche.errors import FlecheWarning
 from fleche.store import LocalStore, open_store
-from fleche.store._segment import parse
+from fleche.store._segment import DIGEST, FRAME, parse
 from fleche.sync import SyncError, sync
 from fleche.upkeep import verify
 
@@ -128,8 +128,10 @@ def assert_whole_frames(root: Path) -> int:
     frames = 0
     for path in segments(root):
         data = path.read_bytes()
-        found, used, torn = parse(data, 0)
-        assert not torn and used == len(data), f"{path}: a torn frame at {used} of {len(data)}"
+        found, used, torn, skipped = parse(data, 0)
+        assert not torn and not skipped and used == len(data), (
+            f"{path}: a torn frame at {used} of {len(data)}"
+        )
         frames += len(found)
     return frames
 
@@ -939,3 +941,75 @@ def test_a_missing_object_is_recomputed_with_one_warning(tmp_path: Path) -> None
     seen = _recall(root, value, computed)
     assert len(seen) == 1 and "missing object" in seen[0], seen
     verified(LocalStore(root))
+
+
+# -- damaged segments: records in flight ------------------------------------------------------
+
+
+def _frames(segment: Path) -> list[tuple[int, int]]:
+    """``(start, end)`` of each frame of a clean segment."""
+    found, used, torn, skipped = parse(segment.read_bytes(), 0)
+    assert not torn and not skipped and used == segment.stat().st_size
+    out = []
+    for (name, _digest), offset, length in found:
+        out.append((offset - FRAME.size - len(name.encode()) - DIGEST, offset + length))
+    return out
+
+
+def _flip_at(data: bytes, at: int, bit: int = 0x10) -> bytes:
+    return data[:at] + bytes([data[at] ^ bit]) + data[at + 1 :]
+
+
+# Damage to frame 1 of four (0-3): what it does, and which calls readers lose (recomputed).
+SEGMENT_DAMAGE: dict[str, tuple[Callable[[bytes, list[tuple[int, int]]], bytes], set[int]]] = {
+    "bit flipped in a record": (lambda d, f: _flip_at(d, f[1][1] - 5), {1}),
+    "bit flipped in the checksum": (lambda d, f: _flip_at(d, f[1][0] + 1), {1}),
+    "length's low byte flipped": (lambda d, f: _flip_at(d, f[1][0] + 9, 0x01), {1, 2, 3}),
+    # the record's length: where the next frame starts is unknown, nothing after is read;
+    # one claiming more than the file holds looks like a frame a crash cut off (no damage
+    # a reader can tell: dropped when sealed, like a torn tail)
+    "length's high byte flipped": (lambda d, f: _flip_at(d, f[1][0] + 6), {1, 2, 3}),
+    "torn tail": (lambda d, f: d[: f[3][1] - 100], {3}),  # a crash cut the last frame
+}
+CUT_OFF = {"length's high byte flipped", "torn tail"}  # nothing to quarantine
+
+
+@pytest.mark.parametrize("damage", list(SEGMENT_DAMAGE))
+def test_a_damaged_frame_in_a_segment_is_a_miss_never_a_wrong_value(
+    tmp_path: Path, damage: str
+) -> None:
+    """A segment (records in flight, left by a process that did not seal it) damaged in one
+    frame: readers never return a wrong value, the lost calls are recomputed and stored
+    again, the segment's other calls still read; sealing it (gc, verify) puts what was
+    whole into a pack and the damaged segment into quarantine/, nothing destroyed."""
+    root = tmp_path / "store"
+    computed: list[int] = []
+
+    @fleche
+    def inline3k(i: int) -> bytes:
+        computed.append(i)
+        return blob(i, 3_000)
+
+    with cache(str(root)):
+        for i in range(4):
+            inline3k(i)
+    (segment,) = segments(root)
+    change, lost = SEGMENT_DAMAGE[damage]
+    damaged = change(segment.read_bytes(), _frames(segment))
+    segment.write_bytes(damaged)
+    reader = LocalStore(root, read_only=True)  # another process's view
+    for fid, d in reader.iter_calls():
+        assert reader.get_call(fid, d)  # whatever it lists, it reads
+    assert len(list(reader.iter_calls())) == 4 - len(lost)
+    reader.close()
+    with cache(str(root)), fleche_warnings() as seen:
+        for i in [*range(4), *range(4)]:
+            assert inline3k(i) == blob(i, 3_000)
+    assert seen == []  # a damaged frame in flight is a miss, like a record never written
+    assert sorted(computed) == sorted([*range(4), *lost])  # the lost once more, then hits
+    assert verified(LocalStore(root)) == 4  # sealed: every call, each right
+    assert segments(root) == []
+    quarantined = [p for p in (root / "quarantine").rglob("*") if p.is_file()]
+    assert len(quarantined) == (0 if damage in CUT_OFF else 1), quarantined
+    if quarantined:  # the damaged segment as it was
+        assert quarantined[0].read_bytes() == damaged

@@ -477,7 +477,7 @@ class LocalStore(ObjectStore):
         view = self._views.get(w.path)
         entries = (
             dict(view.entries)
-            if view is not None and view.parsed == w.size and not view.torn
+            if view is not None and view.parsed == w.size and not view.torn and not view.damaged
             else None  # not all parsed yet: the thread parses what we wrote
         )
         t = threading.Thread(
@@ -492,14 +492,16 @@ class LocalStore(ObjectStore):
             if os.fstat(w.fd).st_nlink == 0:  # sealed by another process (gc, an evict)
                 return
             whole = memoryview(os.pread(w.fd, w.size, 0))
+            damaged = False
             if entries is None:
-                found, _, _ = seg.parse(whole, 0)
+                found, used, torn, skipped = seg.parse(whole, 0)
                 entries = {key: (offset, length) for key, offset, length in found}
+                damaged = torn or skipped > 0 or seg.damaged_head(whole[used:])
             records: dict[Key, BytesLike] = {k: whole[o : o + n] for k, (o, n) in entries.items()}
             if records:
                 self._write_sealed(records)
             with self._seg_lock:
-                _unlink_quiet(w.path)
+                self._discard_segment(w.path, whole if damaged else None)
                 old = self._views.pop(w.path, None)
                 if old is not None:
                     os.close(old.fd)
@@ -574,18 +576,29 @@ class LocalStore(ObjectStore):
     def _seal(self, view: seg.SegmentView, drop: Key | None = None) -> None:
         """Write ``view``'s records (but ``drop``) into a pack, then remove the segment."""
         self._parse(view)
-        whole = memoryview(os.pread(view.fd, view.parsed, 0))  # one read; frames are small
+        size = max(view.parsed, os.fstat(view.fd).st_size)
+        whole = memoryview(_pread_all(view.fd, size))  # one read; frames are small
         records: dict[Key, BytesLike] = {}
         for key, (offset, length) in view.entries.items():
             if key != drop:
                 records[key] = whole[offset : offset + length]
         if records:
             self.write_pack(records.items())
-        _unlink_quiet(view.path)
+        damaged = view.torn or view.damaged > 0 or seg.damaged_head(whole[view.parsed :])
+        self._discard_segment(view.path, whole if damaged else None)
         old = self._views.pop(view.path, None)
         if old is not None:
             os.close(old.fd)
         self._seg_stamp = ()
+
+    def _discard_segment(self, path: str, damaged: BytesLike | None) -> None:
+        """Remove a sealed segment; the bytes of one with damaged frames (``damaged``) are
+        copied to ``quarantine/`` first, as a damaged file is moved there (its whole frames
+        are in the pack). Copied, not moved: a writer still appending to it must see its
+        link count drop to 0 and start a new segment."""
+        if damaged is not None:
+            self._write(self._quarantine_path(path), (damaged,))
+        _unlink_quiet(path)
 
     def seal_segments(self) -> int:
         """Seal every segment in ``tmp/segments/`` into packs, this process's and others'
@@ -608,10 +621,11 @@ class LocalStore(ObjectStore):
         if size <= view.parsed:
             return
         buf = os.pread(view.fd, size - view.parsed, view.parsed)
-        found, used, torn = seg.parse(buf, view.parsed)
+        found, used, torn, skipped = seg.parse(buf, view.parsed)
         view.add(found)
         view.parsed += used
         view.torn = torn
+        view.damaged += skipped
 
     def _refresh_segments(self, *, force: bool = False) -> dict[str, seg.SegmentView]:
         """The segments now in ``tmp/segments/`` (listed again when the directory changed)."""
