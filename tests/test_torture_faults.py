@@ -521,6 +521,47 @@ def test_a_read_only_filesystem(tmp_path: Path) -> None:
         verified(LocalStore(root))
 
 
+def test_a_read_only_filesystem_with_records_in_flight(tmp_path: Path) -> None:
+    """A writer that ended without sealing its segment (killed: no atexit), then the disk
+    goes read-only: its records are read from the segment where it left them; misses are
+    computed with one warning; the next writable scan seals the segment."""
+    with tmpfs("8m") as mnt:
+        root = mnt / "store"
+        computed: list[int] = []
+
+        @fleche
+        def big50(i: int) -> bytes:
+            computed.append(i)
+            return blob(i, 50_000)
+
+        pid = os.fork()
+        if pid == 0:  # the writer: three calls, then gone without sealing anything
+            try:
+                with cache(str(root)):
+                    for i in range(3):
+                        big50(i)
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert len(segments(root)) == 1 and not (root / "packs").exists()
+        remount(mnt, "ro")
+        try:
+            with cache(str(root)) as c, fleche_warnings() as seen:
+                for i in [*range(6), *range(6)]:
+                    assert big50(i) == blob(i, 50_000)
+            c.store.close()
+            reader = LocalStore(root)  # lists what is in flight, seals nothing
+            assert len(list(reader.iter_calls())) == 3
+            reader.close()
+        finally:
+            remount(mnt, "rw")
+        assert computed == [3, 4, 5, 3, 4, 5]  # the writer's three are hits, nothing stored
+        assert len(seen) == 1, seen
+        assert "Read-only file system" in seen[0]
+        assert verified(LocalStore(root)) == 3
+        assert segments(root) == []  # sealed by the scan, now that it can write
+
+
 # -- remote stores that vanish ----------------------------------------------------------------
 
 
