@@ -6,6 +6,11 @@ silence: a store opened read-only), and the store stays valid (``fleche verify``
 Real faults where the machine allows: a 2 MiB tmpfs mounted as root for a full
 disk, a tmpfs remounted read-only, permissions enforced on a process without
 CAP_DAC_OVERRIDE, a moto S3 server stopped, an SSH connection cut by a proxy.
+
+Call records go to a per-process segment by default (docs/format.md, "Segments"): the
+tests of a damaged record *file* write loose records (``loose_records``), and each fault
+has its segment counterpart (an append to a full disk, a damaged frame, a read-only disk
+under a segment left in flight).
 """
 
 from __future__ import annotations
