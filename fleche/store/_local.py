@@ -321,6 +321,9 @@ class LocalStore(ObjectStore):
 
     def _reset_segments(self) -> None:
         self._seg_lock = threading.Lock()
+        # One seal thread at a time writes its pack: two at once would each fold the same
+        # small packs into their own, and the packs a miss searches would pile up.
+        self._seal_write = threading.Lock()
         self._writer: _Writer | None = None
         self._views: dict[str, seg.SegmentView] = {}
         self._seg_stamp: object = ()
@@ -329,7 +332,15 @@ class LocalStore(ObjectStore):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_seg_lock", "_writer", "_views", "_seg_stamp", "_sealing", "_seg_refreshed"):
+        for name in (
+            "_seg_lock",
+            "_seal_write",
+            "_writer",
+            "_views",
+            "_seg_stamp",
+            "_sealing",
+            "_seg_refreshed",
+        ):
             state.pop(name, None)
         return state
 
@@ -499,7 +510,8 @@ class LocalStore(ObjectStore):
                 damaged = torn or skipped > 0 or seg.damaged_head(whole[used:])
             records: dict[Key, BytesLike] = {k: whole[o : o + n] for k, (o, n) in entries.items()}
             if records:
-                self._write_sealed(records)
+                with self._seal_write:
+                    self._write_sealed(records)
             with self._seg_lock:
                 self._discard_segment(w.path, whole if damaged else None)
                 old = self._views.pop(w.path, None)
