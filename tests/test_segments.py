@@ -145,10 +145,21 @@ def test_a_torn_tail_and_a_damaged_frame_are_never_read(tmp_path: Path) -> None:
         f.write(data[: len(data) // 3 - 5])
     reader = LocalStore(tmp_path)
     assert sorted(reader.iter_calls()) == sorted((FID, d) for d in digests)
-    # Flip a byte in the second record: the first is still read, nothing from there on.
+    # Flip a byte in the second record: that frame is skipped (the third, whole and
+    # checked, follows it), the others are still read.
     size = len(data) // 3
-    damaged = bytearray(segment.read_bytes())
+    clean = segment.read_bytes()
+    damaged = bytearray(clean)
     damaged[size + size - 3] ^= 0xFF
+    segment.write_bytes(bytes(damaged))
+    fresh = LocalStore(tmp_path)
+    assert bytes(fresh.get_call(FID, digests[0])) == _record(digests[0])
+    assert fresh.find_call(FID, digests[1]) is None
+    assert bytes(fresh.get_call(FID, digests[2])) == _record(digests[2])
+    # Flip a bit in the second frame's length: where the third starts is unknown, nothing
+    # from there on is read.
+    damaged = bytearray(clean)
+    damaged[size + 9] ^= 0x01
     segment.write_bytes(bytes(damaged))
     fresh = LocalStore(tmp_path)
     assert bytes(fresh.get_call(FID, digests[0])) == _record(digests[0])

@@ -6,6 +6,11 @@ silence: a store opened read-only), and the store stays valid (``fleche verify``
 Real faults where the machine allows: a 2 MiB tmpfs mounted as root for a full
 disk, a tmpfs remounted read-only, permissions enforced on a process without
 CAP_DAC_OVERRIDE, a moto S3 server stopped, an SSH connection cut by a proxy.
+
+Call records go to a per-process segment by default (docs/format.md, "Segments"): the
+tests of a damaged record *file* write loose records (``loose_records``), and each fault
+has its segment counterpart (an append to a full disk, a damaged frame, a read-only disk
+under a segment left in flight).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from torture_helpers import Proxy, blob, check_store, worker_env
 from fleche import Cache, cache, codec, fleche
 from fleche.errors import FlecheWarning
 from fleche.store import LocalStore, open_store
+from fleche.store._segment import DIGEST, FRAME, parse
 from fleche.sync import SyncError, sync
 from fleche.upkeep import verify
 
@@ -84,7 +90,14 @@ def by_name(qualname: str, arguments: dict[str, Any]) -> Any:
     """What the functions of these tests return, by the last part of their name."""
     i = arguments["i"]
     name = qualname.rpartition(".")[2]
-    sizes = {"big": 300_000, "big2": 200_000, "big50": 50_000, "big20": 20_000, "big400": 400_000}
+    sizes = {
+        "big": 300_000,
+        "big2": 200_000,
+        "big50": 50_000,
+        "big20": 20_000,
+        "big400": 400_000,
+        "inline3k": 3_000,  # under the inline limit: the value lives in the record
+    }
     if name in sizes:
         return blob(i, sizes[name])
     if name == "value":
@@ -104,8 +117,28 @@ def verified(store: Any) -> int:
 
 
 def tmp_files(root: Path) -> list[str]:
+    """What ``tmp/`` holds besides the segments (records in flight, not partial files)."""
     tmp = root / "tmp"
-    return os.listdir(tmp) if tmp.is_dir() else []
+    return [n for n in os.listdir(tmp) if n != "segments"] if tmp.is_dir() else []
+
+
+def segments(root: Path) -> list[Path]:
+    d = root / "tmp" / "segments"
+    return sorted(d.iterdir()) if d.is_dir() else []
+
+
+def assert_whole_frames(root: Path) -> int:
+    """Every segment of the store holds whole, checked frames only (no torn tail, no bad
+    checksum): what a failed append left behind. Returns how many frames they hold."""
+    frames = 0
+    for path in segments(root):
+        data = path.read_bytes()
+        found, used, torn, skipped = parse(data, 0)
+        assert not torn and not skipped and used == len(data), (
+            f"{path}: a torn frame at {used} of {len(data)}"
+        )
+        frames += len(found)
+    return frames
 
 
 # -- disk full --------------------------------------------------------------------------------
@@ -125,7 +158,7 @@ def test_disk_full(tmp_path: Path) -> None:
         def little(i: int) -> int:
             return i * 3
 
-        with cache(str(root)), fleche_warnings() as seen:
+        with cache(str(root)) as c, fleche_warnings() as seen:
             for i in range(12):
                 assert big(i) == blob(i, 300_000)
             for i in range(12):
@@ -138,7 +171,64 @@ def test_disk_full(tmp_path: Path) -> None:
         assert stored, "nothing fitted: the test needs some hits"
         assert len(stored) < 12
         assert tmp_files(root) == [], "a failed write left its partial file in tmp/"
+        assert_whole_frames(root)  # the records in flight: whole frames only
+        c.store.close()  # seals the segment (into the space the objects left)
         verified(LocalStore(root))
+
+
+def _fill(where: Path) -> None:
+    """Fill the filesystem of ``where`` to the last byte (a file of its own)."""
+    with open(where / "filler", "wb", buffering=0) as f:
+        for step in (1 << 16, 1 << 12, 1 << 8, 1):
+            try:
+                while True:
+                    f.write(b"\0" * step)
+            except OSError as e:
+                assert e.errno == 28, e
+
+
+def test_disk_full_while_appending_to_a_segment(tmp_path: Path) -> None:
+    """A record appended to a full disk: the write is short (what fitted of the frame) or
+    fails. The part written is cut off again, so the segment holds whole frames only: the
+    caller gets its result with one warning, every call read is right (in this process,
+    whose offsets in its own segment stay true, and in any other), and once there is space
+    again later calls are stored and read as before."""
+    with tmpfs("1m") as mnt:
+        root = mnt / "store"
+        computed: list[int] = []
+
+        @fleche
+        def inline3k(i: int) -> bytes:
+            computed.append(i)
+            return blob(i, 3_000)  # inline in its record: a frame of ~3.2 KB, no object
+
+        c = Cache(LocalStore(root))
+        with cache(c), fleche_warnings() as seen:
+            for i in range(5):
+                assert inline3k(i) == blob(i, 3_000)
+            before = assert_whole_frames(root)
+            assert before == 5
+            _fill(mnt)  # no free page; the segment's last page has some room left
+            for i in range(5, 15):  # at most one fits that room; the rest do not
+                assert inline3k(i) == blob(i, 3_000)
+            assert_whole_frames(root)
+            (mnt / "filler").unlink()  # space is back
+            for i in [*range(15), *range(15, 20), *range(15, 20)]:
+                assert inline3k(i) == blob(i, 3_000)
+        assert len(seen) == 1, seen
+        assert "No space left on device" in seen[0] and "returned uncached" in seen[0]
+        assert sorted(set(computed)) == list(range(20))
+        assert computed.count(0) == 1  # stored before the disk filled: a hit since
+        assert all(computed.count(i) == 1 for i in range(15, 20))  # stored, then hits
+        assert all(computed.count(i) in (1, 2) for i in range(5, 15))
+        assert assert_whole_frames(root) >= 5 + 5
+        # another handle (another process's view) reads every record of the segment right
+        other = LocalStore(root, read_only=True)
+        assert verified(other) == assert_whole_frames(root)
+        other.close()
+        c.store.close()  # sealed into a pack
+        assert segments(root) == []
+        assert verified(LocalStore(root)) == 20
 
 
 def test_sync_into_a_full_disk_stops_and_leaves_a_valid_destination(tmp_path: Path) -> None:
@@ -419,9 +509,10 @@ def test_a_read_only_filesystem(tmp_path: Path) -> None:
             computed.append(i)
             return blob(i, 50_000)
 
-        with cache(str(root)):
+        with cache(str(root)) as c:
             for i in range(3):
                 big50(i)
+        c.store.close()  # the writer is done (a file open for writing keeps the mount rw)
         remount(mnt, "ro")
         try:
             with cache(str(root)), fleche_warnings() as seen:
@@ -433,6 +524,47 @@ def test_a_read_only_filesystem(tmp_path: Path) -> None:
         assert len(seen) == 1, seen
         assert "Read-only file system" in seen[0]
         verified(LocalStore(root))
+
+
+def test_a_read_only_filesystem_with_records_in_flight(tmp_path: Path) -> None:
+    """A writer that ended without sealing its segment (killed: no atexit), then the disk
+    goes read-only: its records are read from the segment where it left them; misses are
+    computed with one warning; the next writable scan seals the segment."""
+    with tmpfs("8m") as mnt:
+        root = mnt / "store"
+        computed: list[int] = []
+
+        @fleche
+        def big50(i: int) -> bytes:
+            computed.append(i)
+            return blob(i, 50_000)
+
+        pid = os.fork()
+        if pid == 0:  # the writer: three calls, then gone without sealing anything
+            try:
+                with cache(str(root)):
+                    for i in range(3):
+                        big50(i)
+            finally:
+                os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        assert len(segments(root)) == 1 and not (root / "packs").exists()
+        remount(mnt, "ro")
+        try:
+            with cache(str(root)) as c, fleche_warnings() as seen:
+                for i in [*range(6), *range(6)]:
+                    assert big50(i) == blob(i, 50_000)
+            c.store.close()
+            reader = LocalStore(root)  # lists what is in flight, seals nothing
+            assert len(list(reader.iter_calls())) == 3
+            reader.close()
+        finally:
+            remount(mnt, "rw")
+        assert computed == [3, 4, 5, 3, 4, 5]  # the writer's three are hits, nothing stored
+        assert len(seen) == 1, seen
+        assert "Read-only file system" in seen[0]
+        assert verified(LocalStore(root)) == 3
+        assert segments(root) == []  # sealed by the scan, now that it can write
 
 
 # -- remote stores that vanish ----------------------------------------------------------------
@@ -814,6 +946,7 @@ def _recall(root: Path, value: Any, computed: list[int]) -> list[str]:
     return seen
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/ (segments: below)
 @pytest.mark.parametrize("target", ["record", "raw object", "zstd object"])
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_damaged_files_are_detected_quarantined_and_recomputed(
@@ -832,6 +965,7 @@ def test_damaged_files_are_detected_quarantined_and_recomputed(
     verified(LocalStore(root))
 
 
+@pytest.mark.loose_records  # its point is a record file under calls/
 @pytest.mark.parametrize("content", list(BAD_RECORDS))
 def test_well_framed_records_that_are_not_records(tmp_path: Path, content: str) -> None:
     root, value, computed = _setup(tmp_path)
@@ -853,3 +987,75 @@ def test_a_missing_object_is_recomputed_with_one_warning(tmp_path: Path) -> None
     seen = _recall(root, value, computed)
     assert len(seen) == 1 and "missing object" in seen[0], seen
     verified(LocalStore(root))
+
+
+# -- damaged segments: records in flight ------------------------------------------------------
+
+
+def _frames(segment: Path) -> list[tuple[int, int]]:
+    """``(start, end)`` of each frame of a clean segment."""
+    found, used, torn, skipped = parse(segment.read_bytes(), 0)
+    assert not torn and not skipped and used == segment.stat().st_size
+    out = []
+    for (name, _digest), offset, length in found:
+        out.append((offset - FRAME.size - len(name.encode()) - DIGEST, offset + length))
+    return out
+
+
+def _flip_at(data: bytes, at: int, bit: int = 0x10) -> bytes:
+    return data[:at] + bytes([data[at] ^ bit]) + data[at + 1 :]
+
+
+# Damage to frame 1 of four (0-3): what it does, and which calls readers lose (recomputed).
+SEGMENT_DAMAGE: dict[str, tuple[Callable[[bytes, list[tuple[int, int]]], bytes], set[int]]] = {
+    "bit flipped in a record": (lambda d, f: _flip_at(d, f[1][1] - 5), {1}),
+    "bit flipped in the checksum": (lambda d, f: _flip_at(d, f[1][0] + 1), {1}),
+    "length's low byte flipped": (lambda d, f: _flip_at(d, f[1][0] + 9, 0x01), {1, 2, 3}),
+    # the record's length: where the next frame starts is unknown, nothing after is read;
+    # one claiming more than the file holds looks like a frame a crash cut off (no damage
+    # a reader can tell: dropped when sealed, like a torn tail)
+    "length's high byte flipped": (lambda d, f: _flip_at(d, f[1][0] + 6), {1, 2, 3}),
+    "torn tail": (lambda d, f: d[: f[3][1] - 100], {3}),  # a crash cut the last frame
+}
+CUT_OFF = {"length's high byte flipped", "torn tail"}  # nothing to quarantine
+
+
+@pytest.mark.parametrize("damage", list(SEGMENT_DAMAGE))
+def test_a_damaged_frame_in_a_segment_is_a_miss_never_a_wrong_value(
+    tmp_path: Path, damage: str
+) -> None:
+    """A segment (records in flight, left by a process that did not seal it) damaged in one
+    frame: readers never return a wrong value, the lost calls are recomputed and stored
+    again, the segment's other calls still read; sealing it (gc, verify) puts what was
+    whole into a pack and the damaged segment into quarantine/, nothing destroyed."""
+    root = tmp_path / "store"
+    computed: list[int] = []
+
+    @fleche
+    def inline3k(i: int) -> bytes:
+        computed.append(i)
+        return blob(i, 3_000)
+
+    with cache(str(root)):
+        for i in range(4):
+            inline3k(i)
+    (segment,) = segments(root)
+    change, lost = SEGMENT_DAMAGE[damage]
+    damaged = change(segment.read_bytes(), _frames(segment))
+    segment.write_bytes(damaged)
+    reader = LocalStore(root, read_only=True)  # another process's view
+    for fid, d in reader.iter_calls():
+        assert reader.get_call(fid, d)  # whatever it lists, it reads
+    assert len(list(reader.iter_calls())) == 4 - len(lost)
+    reader.close()
+    with cache(str(root)), fleche_warnings() as seen:
+        for i in [*range(4), *range(4)]:
+            assert inline3k(i) == blob(i, 3_000)
+    assert seen == []  # a damaged frame in flight is a miss, like a record never written
+    assert sorted(computed) == sorted([*range(4), *lost])  # the lost once more, then hits
+    assert verified(LocalStore(root)) == 4  # sealed: every call, each right
+    assert segments(root) == []
+    quarantined = [p for p in (root / "quarantine").rglob("*") if p.is_file()]
+    assert len(quarantined) == (0 if damage in CUT_OFF else 1), quarantined
+    if quarantined:  # the damaged segment as it was
+        assert quarantined[0].read_bytes() == damaged

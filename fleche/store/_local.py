@@ -322,6 +322,9 @@ class LocalStore(ObjectStore):
 
     def _reset_segments(self) -> None:
         self._seg_lock = threading.Lock()
+        # One seal thread at a time writes its pack: two at once would each fold the same
+        # small packs into their own, and the packs a miss searches would pile up.
+        self._seal_write = threading.Lock()
         self._writer: _Writer | None = None
         self._views: dict[str, seg.SegmentView] = {}
         self._seg_stamp: object = ()
@@ -330,7 +333,15 @@ class LocalStore(ObjectStore):
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
-        for name in ("_seg_lock", "_writer", "_views", "_seg_stamp", "_sealing", "_seg_refreshed"):
+        for name in (
+            "_seg_lock",
+            "_seal_write",
+            "_writer",
+            "_views",
+            "_seg_stamp",
+            "_sealing",
+            "_seg_refreshed",
+        ):
             state.pop(name, None)
         return state
 
@@ -369,7 +380,7 @@ class LocalStore(ObjectStore):
                     # the record appended below (in flight, read before packs) wins.
                     self._seal(view)
             w = self._writer_for(len(framed))
-            os.write(w.fd, framed)  # O_APPEND, one write: a reader sees all of it or no frame
+            self._append(w, framed)
             start = w.size + len(framed) - len(data)
             w.size += len(framed)
             mine = self._views.get(w.path)
@@ -381,6 +392,40 @@ class LocalStore(ObjectStore):
                 self._remove(path)
             except FileNotFoundError:
                 pass
+
+    def _append(self, w: _Writer, framed: bytes) -> None:
+        """Append one frame to ``w`` (``_seg_lock`` held): all of it, or none of it.
+
+        O_APPEND and one ``write``: a reader sees the whole frame or a frame still being
+        written. A full disk makes the write short (what fitted is written) or fail: the
+        part written is cut off again (``ftruncate`` to the size before), so no torn frame
+        stays in the segment for later frames to follow (readers would stop there, and
+        ``w.size``, the offsets of our own later records, would be wrong), and ENOSPC is
+        raised (the decorator returns the result uncached, with a warning). A segment that
+        cannot be cut back is given up: its whole frames stay readable, the next record
+        goes to a new segment.
+        """
+        try:
+            n = os.write(w.fd, framed)
+        except BaseException:
+            self._cut_back(w)
+            raise
+        if n < len(framed):
+            self._cut_back(w)
+            raise OSError(
+                errno.ENOSPC,
+                f"{os.strerror(errno.ENOSPC)} (a call record of {len(framed)} bytes, "
+                f"{n} written and cut off again)",
+                w.path,
+            )
+
+    def _cut_back(self, w: _Writer) -> None:
+        """Truncate ``w``'s segment to the frames it held before a failed append."""
+        try:
+            if os.fstat(w.fd).st_size != w.size:
+                os.ftruncate(w.fd, w.size)
+        except OSError:
+            self._drop_writer(w)  # readers stop at the torn frame; nothing follows it
 
     def find_call(self, function_id: str, digest: str) -> BytesLike | None:
         """The record's bytes, or None: records in flight, then packs, then the loose file.
@@ -444,7 +489,7 @@ class LocalStore(ObjectStore):
         view = self._views.get(w.path)
         entries = (
             dict(view.entries)
-            if view is not None and view.parsed == w.size and not view.torn
+            if view is not None and view.parsed == w.size and not view.torn and not view.damaged
             else None  # not all parsed yet: the thread parses what we wrote
         )
         t = threading.Thread(
@@ -459,14 +504,17 @@ class LocalStore(ObjectStore):
             if os.fstat(w.fd).st_nlink == 0:  # sealed by another process (gc, an evict)
                 return
             whole = memoryview(os.pread(w.fd, w.size, 0))
+            damaged = False
             if entries is None:
-                found, _, _ = seg.parse(whole, 0)
+                found, used, torn, skipped = seg.parse(whole, 0)
                 entries = {key: (offset, length) for key, offset, length in found}
+                damaged = torn or skipped > 0 or seg.damaged_head(whole[used:])
             records: dict[Key, BytesLike] = {k: whole[o : o + n] for k, (o, n) in entries.items()}
             if records:
-                self._write_sealed(records)
+                with self._seal_write:
+                    self._write_sealed(records)
             with self._seg_lock:
-                _unlink_quiet(w.path)
+                self._discard_segment(w.path, whole if damaged else None)
                 old = self._views.pop(w.path, None)
                 if old is not None:
                     os.close(old.fd)
@@ -541,18 +589,29 @@ class LocalStore(ObjectStore):
     def _seal(self, view: seg.SegmentView, drop: Key | None = None) -> None:
         """Write ``view``'s records (but ``drop``) into a pack, then remove the segment."""
         self._parse(view)
-        whole = memoryview(os.pread(view.fd, view.parsed, 0))  # one read; frames are small
+        size = max(view.parsed, os.fstat(view.fd).st_size)
+        whole = memoryview(_pread_all(view.fd, size))  # one read; frames are small
         records: dict[Key, BytesLike] = {}
         for key, (offset, length) in view.entries.items():
             if key != drop:
                 records[key] = whole[offset : offset + length]
         if records:
             self.write_pack(records.items())
-        _unlink_quiet(view.path)
+        damaged = view.torn or view.damaged > 0 or seg.damaged_head(whole[view.parsed :])
+        self._discard_segment(view.path, whole if damaged else None)
         old = self._views.pop(view.path, None)
         if old is not None:
             os.close(old.fd)
         self._seg_stamp = ()
+
+    def _discard_segment(self, path: str, damaged: BytesLike | None) -> None:
+        """Remove a sealed segment; the bytes of one with damaged frames (``damaged``) are
+        copied to ``quarantine/`` first, as a damaged file is moved there (its whole frames
+        are in the pack). Copied, not moved: a writer still appending to it must see its
+        link count drop to 0 and start a new segment."""
+        if damaged is not None:
+            self._write(self._quarantine_path(path), (damaged,))
+        _unlink_quiet(path)
 
     def seal_segments(self) -> int:
         """Seal every segment in ``tmp/segments/`` into packs, this process's and others'
@@ -575,10 +634,11 @@ class LocalStore(ObjectStore):
         if size <= view.parsed:
             return
         buf = os.pread(view.fd, size - view.parsed, view.parsed)
-        found, used, torn = seg.parse(buf, view.parsed)
+        found, used, torn, skipped = seg.parse(buf, view.parsed)
         view.add(found)
         view.parsed += used
         view.torn = torn
+        view.damaged += skipped
 
     def _refresh_segments(self, *, force: bool = False) -> dict[str, seg.SegmentView]:
         """The segments now in ``tmp/segments/`` (listed again when the directory changed)."""
