@@ -15,7 +15,7 @@ import os
 import stat
 import threading
 import time
-import weakref
+from _weakrefset import WeakSet  # weakref.WeakSet; not weakref's module body (threading's way)
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cached_property
@@ -85,7 +85,7 @@ KEPT_PACKS = 128
 """Packs of a process (all stores) that keep their index mapped and their .pack open, two
 descriptors at most each; the others open their .pack for each read."""
 
-_kept: weakref.WeakSet[Pack] = weakref.WeakSet()
+_kept: WeakSet[Pack] = WeakSet()
 """The packs holding descriptors: a pack no listing (and no reader) holds any more closes
 them (``Pack.__del__``, the mapping's own) and leaves the set."""
 
@@ -248,7 +248,7 @@ SEGMENT_MAX_AGE = 300.0
 """Seconds: a segment older than this is sealed before the next record is appended, so
 records in flight reach a pack (and ``fleche sync``) even in a process that never exits."""
 
-_writers: weakref.WeakSet[LocalStore] = weakref.WeakSet()  # stores with a segment open
+_writers: WeakSet[LocalStore] = WeakSet()  # stores with a segment open
 _at_exit: list[bool] = []  # [True] once _seal_at_exit is registered
 
 

@@ -20,7 +20,6 @@ on ``close()`` and at exit. A crash leaves the segment where readers keep findin
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterator
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
@@ -35,9 +34,11 @@ PREFIX = "seg-"
 
 def frame(function_id: str, digest: str, data: bytes) -> bytes:
     """One record's frame, checksum first."""
+    from zlib import crc32  # here, not at import: a hit never frames (0.7 M instructions)
+
     name = function_id.encode()
     body = b"".join([struct.pack(">HI", len(name), len(data)), name, bytes.fromhex(digest), data])
-    return struct.pack(">I", zlib.crc32(body)) + body
+    return struct.pack(">I", crc32(body)) + body
 
 
 def parse(buf: bytes | memoryview, base: int) -> tuple[list[tuple[Key, int, int]], int, bool]:
@@ -47,6 +48,8 @@ def parse(buf: bytes | memoryview, base: int) -> tuple[list[tuple[Key, int, int]
     the record bytes in the segment; ``consumed`` bytes of ``buf`` were whole frames;
     ``torn`` when a complete frame failed its checksum (the segment ends there).
     """
+    from zlib import crc32  # here, not at import: a hit from a pack never parses a segment
+
     view = memoryview(buf)
     entries: list[tuple[Key, int, int]] = []
     pos = 0
@@ -56,7 +59,7 @@ def parse(buf: bytes | memoryview, base: int) -> tuple[list[tuple[Key, int, int]
         size = FRAME.size + nlen + DIGEST + dlen
         if end - pos < size:
             break  # still being written (or torn by a crash: then it stays short)
-        if zlib.crc32(view[pos + 4 : pos + size]) != crc:
+        if crc32(view[pos + 4 : pos + size]) != crc:
             return entries, pos, True
         at = pos + FRAME.size
         try:
