@@ -54,6 +54,7 @@ LAZY_STDLIB = (
     "array",  # encoding a tree of arrays
     "atexit",  # the index (closing its connections)
     "concurrent.futures",  # encoding a miss, executors, sync
+    "contextlib",  # on the import path, context managers are small classes (~3 M instructions)
     "dataclasses",  # a dataclass argument's digest; other layers' own classes (~40 M with inspect)
     "getpass",  # record metadata, on the first miss
     "hashlib",  # the user index file name, when an index opens (OpenSSL: ~3 ms)
