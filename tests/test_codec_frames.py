@@ -15,6 +15,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -373,3 +374,45 @@ def test_the_compression_sample_spans_many_small_parts() -> None:
     sample = _sample(parts, size)
     assert len(sample) == SAMPLE  # not the few bytes one part holds
     assert sample == _sample([whole], size)  # the same bytes however the payload is cut
+
+
+def test_a_lazy_module_used_while_another_thread_imports_it_waits_for_its_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `fleche verify`'s threads read codec-2 frames: one began importing _zframes, another
+    # found it in sys.modules half run and failed ("partially initialized module").
+    import threading
+    import types
+
+    from fleche.codec._base import LazyModule
+
+    gate = types.SimpleNamespace(started=threading.Event(), release=threading.Event())
+    monkeypatch.setitem(sys.modules, "_fleche_lazy_gate", gate)  # type: ignore[arg-type]
+    (tmp_path / "_fleche_lazy_slow.py").write_text(
+        "import sys\n"
+        "gate = sys.modules['_fleche_lazy_gate']\n"
+        "gate.started.set()\n"
+        "gate.release.wait(10)\n"
+        "answer = 42\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "_fleche_lazy_slow", raising=False)
+    importer = threading.Thread(target=__import__, args=("_fleche_lazy_slow",))
+    importer.start()
+    assert gate.started.wait(10)
+    got: list[object] = []
+    reader = threading.Thread(target=lambda: got.append(_lazy_answer(LazyModule)))
+    reader.start()
+    reader.join(0.3)  # without the wait, it has failed by now
+    gate.release.set()
+    importer.join(10)
+    reader.join(10)
+    sys.modules.pop("_fleche_lazy_slow", None)
+    assert got == [42]
+
+
+def _lazy_answer(lazy_module: type) -> object:
+    try:
+        return lazy_module("_fleche_lazy_slow").answer
+    except AttributeError as e:
+        return e

@@ -54,6 +54,7 @@ LAZY_STDLIB = (
     "array",  # encoding a tree of arrays
     "atexit",  # the index (closing its connections)
     "concurrent.futures",  # encoding a miss, executors, sync
+    "contextlib",  # on the import path, context managers are small classes (~3 M instructions)
     "dataclasses",  # a dataclass argument's digest; other layers' own classes (~40 M with inspect)
     "getpass",  # record metadata, on the first miss
     "hashlib",  # the user index file name, when an index opens (OpenSSL: ~3 ms)
@@ -74,6 +75,8 @@ LAZY_STDLIB = (
     "tempfile",  # bags and isolate=True
     "tomllib",  # reading a fleche.toml
     "typing",  # fleche.Ignored/Required, a marked annotation (~13 M instructions)
+    "weakref",  # WeakSets come from _weakrefset, as threading's do (~1.7 M instructions)
+    "zlib",  # a segment's checksums, when one is written or read (~0.7 M)
 )
 """Standard-library modules fleche imports only on the path that uses them (~35 ms together
 before typing, inspect, dataclasses, platform and pickle joined them; those ~30 ms more)."""
@@ -351,6 +354,10 @@ def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Pa
     # fleche.json read by _json's scanner. (fleche.store._pack does load: the record is in
     # the pack its writer's segment was sealed into at exit.)
     lazy += ("json",)
+    # The pack's hit: no segment is read or written (zlib's crc32), weakref's WeakSet is
+    # _weakrefset's (threading's), and pack file names are matched without a regex (re is
+    # loaded, but compiling a pattern cost 0.7 M): together ~3 M of a ~130 M first hit.
+    lazy += ("weakref", "zlib")
     lazy += ("fleche.codec._tree", "fleche.codec._numpy", "fleche.codec._arrow")  # msgpack's
     lazy += ("fleche.config._file",)  # the cache is given in code: no fleche.toml is read
     script.write_text(
@@ -367,6 +374,7 @@ def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Pa
     store = str(tmp_path / "cache")
     run = [sys.executable, str(script), store, "rw"]
     subprocess.run(run, capture_output=True, text=True, check=True)  # stores
+    assert list((tmp_path / "cache" / "packs").glob("pack-*.idx"))  # the hit is a pack's
     out = subprocess.run(run, capture_output=True, text=True, check=True).stdout.split("\n")
     assert "computed" not in out and out[-2] == "[]", out
 
@@ -389,6 +397,23 @@ def test_function_ids_are_checked_and_made_as_by_their_regexes() -> None:
         assert is_function_id(s) == expected, repr(s)
         old = re.sub(r"[^A-Za-z0-9_.\-]", "_", s.replace(":", ".")).lstrip(".") or "_"
         assert function_id(s) == old if len(old) <= 200 else function_id(s).startswith(old[:167])
+
+
+def test_pack_file_names_are_read_as_by_their_regex() -> None:
+    # pack_file uses string tests, not the pattern once compiled at import (0.7 M
+    # instructions of a first hit from a pack); the same answers.
+    import re
+
+    from fleche.store import pack_file
+
+    h = "0123456789abcdef" * 2
+    samples = [f"pack-{h}.pack", f"pack-{h}.idx", f"pack-{h}.pac", f"pack-{h}.idx.tmp"]
+    samples += [f"pack-{h[:-1]}.idx", f"pack-{h}0.idx", f"pack-{h.upper()}.idx", f"pack-{h}idx"]
+    samples += [f"pack-{h[:-1]}g.pack", f"xpack-{h}.pack", f"pack-{h}..idx", "pack-", "", "."]
+    samples += [f"pack-{h[:31]}_.idx", f"pack-{h[:31]}\n.idx", f"pack-{h}.pack\n"]
+    for s in samples:
+        m = re.fullmatch(r"pack-([0-9a-f]{32})\.(pack|idx)", s)
+        assert pack_file(s) == (None if m is None else (m[1], m[2])), repr(s)
 
 
 def test_a_string_annotation_naming_a_marker_is_read_without_resolving(tmp_path: Path) -> None:

@@ -370,3 +370,35 @@ def test_a_hit_reads_fleche_json_without_importing_json(tmp_path: Path) -> None:
         text=True,
     )
     assert out.returncode == 0 and out.stdout.split() == ["1"], out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("durable", [False, True])
+def test_a_tmp_file_is_kept_when_written_and_removed_when_its_writer_fails(
+    tmp_path: Path, durable: bool
+) -> None:
+    # _tmp_file is a plain context manager class (import fleche loads no contextlib):
+    # the file stays after a whole write, is closed and removed after a failed one.
+    store = LocalStore(str(tmp_path / "s"), durable=durable)
+    store._ensure_marker()
+    tmp = Path(store._write_tmp([b"abc", b"def"]))
+    assert tmp.read_bytes() == b"abcdef"
+    tmp.unlink()
+
+    def parts() -> Any:
+        yield b"abc"
+        raise KeyError("the writer failed")
+
+    with pytest.raises(KeyError, match="the writer failed"):
+        store._write_tmp(parts())
+    assert not [p for p in tmp.parent.iterdir() if p.is_file()]
+
+
+def test_strict_open_applies_to_its_block_only() -> None:
+    from fleche.cache import strict_open
+    from fleche.cache._layers import _STRICT
+
+    with pytest.raises(KeyError):
+        with strict_open():
+            assert _STRICT.get()
+            raise KeyError("x")
+    assert not _STRICT.get()

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from contextvars import ContextVar
 
 from fleche import codec
@@ -397,18 +396,26 @@ class DeferredCache(LayeredCache):
 _STRICT: ContextVar[bool] = ContextVar("fleche_strict_open", default=False)
 
 
-@contextmanager
-def strict_open() -> Iterator[None]:
+class _StrictOpen:
+    """:func:`strict_open`'s block. A class, not a ``contextlib.contextmanager``: the
+    ``fleche`` commands use it, and ``import fleche`` loads no contextlib (3 M instructions)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _STRICT.set(True)
+
+    def __exit__(self, *exc: object) -> None:
+        _STRICT.reset(self._token)
+
+
+def strict_open() -> _StrictOpen:
     """In this block, :func:`open_cache` raises instead of deferring.
 
     For the ``fleche`` commands: a command works on a store, so one that
     cannot be opened is its error to report, not a reason to work on nothing.
     """
-    token = _STRICT.set(True)
-    try:
-        yield
-    finally:
-        _STRICT.reset(token)
+    return _StrictOpen()
 
 
 def open_cache(

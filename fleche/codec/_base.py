@@ -236,7 +236,10 @@ class LazyModule:
         import sys
 
         module = sys.modules.get(self._name)
-        if module is None:
+        # Another thread may be importing it (in sys.modules, not yet run): import_module
+        # waits for that import to finish, where its names would be missing (as `fleche
+        # verify`'s threads found, now and then: "partially initialized module").
+        if module is None or getattr(module.__spec__, "_initializing", False):
             import importlib
 
             module = importlib.import_module(self._name)

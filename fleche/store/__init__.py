@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 if TYPE_CHECKING:
     from fleche.store._memory import MemoryStore, PrivateMemoryFileSystem
-    from fleche.store._pack import PACK_FILE, PackIndex, build_pack
+    from fleche.store._pack import PackIndex, build_pack, pack_file
     from fleche.store._remote import RemoteStore
     from fleche.store._remote_session import parse_url
     from fleche.store._s3 import S3Store, Upload
@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 # memory needs fsspec, S3 s3fs, SFTP paramiko, the remote cache subprocess and its wire.
 # A local store needs none of them, so ``import fleche`` never pays for them.
 _LAZY = {
-    **dict.fromkeys(("PACK_FILE", "PackIndex", "build_pack"), "_pack"),  # a loose hit: no pack
+    **dict.fromkeys(("pack_file", "PackIndex", "build_pack"), "_pack"),  # a loose hit: no pack
     **dict.fromkeys(("MemoryStore", "PrivateMemoryFileSystem"), "_memory"),
     "RemoteStore": "_remote",
     "parse_url": "_remote_session",
@@ -123,7 +123,7 @@ __all__ = [
     "MemoryStore",
     "OK",
     "ObjectStore",
-    "PACK_FILE",
+    "pack_file",
     "PACK_REUSE",
     "Pack",
     "PackIndex",

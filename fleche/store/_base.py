@@ -1008,23 +1008,23 @@ class ObjectStore(PathStore):
                 old.checked = time.monotonic()
                 return old
             files = self._list_pack_files()
-            from fleche.store._pack import PACK_FILE
+            from fleche.store._pack import pack_file
 
             packs: dict[str, Pack] = {}
             for fname, (_, mtime) in files.items():
-                m = PACK_FILE.fullmatch(fname)
-                if m is None or m[2] != "idx" or f"pack-{m[1]}.pack" not in files:
+                m = pack_file(fname)
+                if m is None or m[1] != "idx" or f"pack-{m[0]}.pack" not in files:
                     continue  # a pack without its index is not published yet (or left by a crash)
-                known = old.packs.get(m[1]) if old is not None else None
+                known = old.packs.get(m[0]) if old is not None else None
                 if known is None:
                     try:
-                        known = self._open_pack(m[1], mtime)
+                        known = self._open_pack(m[0], mtime)
                     except FileNotFoundError:
                         continue
                     except CorruptObjectError as e:
                         warnings.warn(str(e), stacklevel=3)
                         continue
-                packs[m[1]] = known
+                packs[m[0]] = known
             state = self._pack_state = PackSet(packs, files, stamp)
             return state
 
@@ -1090,13 +1090,13 @@ class ObjectStore(PathStore):
         on S3, not a GET of every index). Superseded packs are included."""
         if not self.supports_packs:
             return set()
-        from fleche.store._pack import PACK_FILE
+        from fleche.store._pack import pack_file
 
         files = self._list_pack_files()
         return {
-            m[1]
-            for m in map(PACK_FILE.fullmatch, files)
-            if m is not None and m[2] == "idx" and f"pack-{m[1]}.pack" in files
+            m[0]
+            for m in map(pack_file, files)
+            if m is not None and m[1] == "idx" and f"pack-{m[0]}.pack" in files
         }
 
     def packed_entries(self) -> Iterator[tuple[Key, int, str]]:

@@ -18,7 +18,6 @@ name table, so the first digest byte drives the fan-out.
 
 from __future__ import annotations
 
-import re
 import struct
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -79,8 +78,23 @@ CHECKSUM = 16
 MAX_ENTRY = (1 << 32) - 1
 """Largest entry a pack holds (its length is a u32); packs are for small files."""
 
-PACK_FILE = re.compile(r"pack-([0-9a-f]{32})\.(pack|idx)")
-"""The names of the files under ``packs/``: anything else there is not ours."""
+_HEX = frozenset("0123456789abcdef")
+
+
+def pack_file(name: str) -> tuple[str, str] | None:
+    """``(hash, "pack" | "idx")`` of a file under ``packs/`` named ``pack-<32 hex>.pack``
+    or ``.idx``; None for any other name (not ours).
+
+    String tests, not a regular expression: compiling one at import cost a fresh
+    process's first hit 0.7 M instructions (of ~127 M), and the match is no faster.
+    """
+    if not name.startswith("pack-"):
+        return None
+    digest, _, ext = name[5:].partition(".")
+    if len(digest) != 32 or ext not in ("pack", "idx") or not _HEX.issuperset(digest):
+        return None
+    return digest, ext
+
 
 Key = tuple[str, str]
 """``(name, digest)``: a record's ``(function id, call key)``, or ``("", oid)`` for an object."""

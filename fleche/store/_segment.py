@@ -21,7 +21,6 @@ on ``close()`` and at exit. A crash leaves the segment where readers keep findin
 from __future__ import annotations
 
 import struct
-import zlib
 from collections.abc import Iterator
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
@@ -36,9 +35,11 @@ PREFIX = "seg-"
 
 def frame(function_id: str, digest: str, data: bytes) -> bytes:
     """One record's frame, checksum first."""
+    from zlib import crc32  # here, not at import: a hit never frames (0.7 M instructions)
+
     name = function_id.encode()
     body = b"".join([struct.pack(">HI", len(name), len(data)), name, bytes.fromhex(digest), data])
-    return struct.pack(">I", zlib.crc32(body)) + body
+    return struct.pack(">I", crc32(body)) + body
 
 
 def _check(view: memoryview, pos: int, end: int) -> int:
@@ -50,7 +51,9 @@ def _check(view: memoryview, pos: int, end: int) -> int:
     size: int = FRAME.size + nlen + DIGEST + dlen
     if end - pos < size:
         return 0
-    return size if zlib.crc32(view[pos + 4 : pos + size]) == crc else -size
+    from zlib import crc32  # here, not at import (see frame)
+
+    return size if crc32(view[pos + 4 : pos + size]) == crc else -size
 
 
 def parse(buf: bytes | memoryview, base: int) -> tuple[list[tuple[Key, int, int]], int, bool, int]:
@@ -64,6 +67,8 @@ def parse(buf: bytes | memoryview, base: int) -> tuple[list[tuple[Key, int, int]
     it; ``torn`` when the frame after a damaged one is damaged too (its lengths cannot be
     trusted: the segment ends there for the reader).
     """
+    from zlib import crc32  # here, not at import: a hit from a pack never parses a segment
+
     view = memoryview(buf)
     entries: list[tuple[Key, int, int]] = []
     pos = 0
@@ -74,7 +79,7 @@ def parse(buf: bytes | memoryview, base: int) -> tuple[list[tuple[Key, int, int]
         size = FRAME.size + nlen + DIGEST + dlen
         if end - pos < size:
             break  # still being written (or torn by a crash: then it stays short)
-        if zlib.crc32(view[pos + 4 : pos + size]) != crc:
+        if crc32(view[pos + 4 : pos + size]) != crc:
             after = _check(view, pos + size, end)
             if after == 0:
                 break  # nothing whole after it yet: look again when the segment grew

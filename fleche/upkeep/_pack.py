@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleche.store import PACK_FILE, ObjectStore
+from fleche.store import ObjectStore, pack_file
 from fleche.upkeep._scan import Inventory
 
 Key = tuple[str, str]
@@ -168,12 +168,12 @@ def plan_pack(
             if any(m is not None and m <= old_enough for m in successors):
                 plan.expired.append(h)
         for name, (_, mtime) in packs.files.items():
-            m = PACK_FILE.fullmatch(name)
+            m = pack_file(name)
             if m is None or mtime is None or mtime > old_enough:
                 continue
-            other = f"pack-{m[1]}.{'idx' if m[2] == 'pack' else 'pack'}"
-            if other not in packs.files and m[1] not in plan.strays:
-                plan.strays.append(m[1])
+            other = f"pack-{m[0]}.{'idx' if m[1] == 'pack' else 'pack'}"
+            if other not in packs.files and m[0] not in plan.strays:
+                plan.strays.append(m[0])
         plan.expired.sort()
         plan.strays.sort()
     return plan

@@ -36,7 +36,7 @@ from fleche import codec
 from fleche.cache import malformed, referenced_oids
 from fleche.codec import Signer
 from fleche.errors import CacheMiss, CorruptObjectError, ReadOnlyStoreError, SignatureError
-from fleche.store import PACK_FILE, ObjectStore, PackSet, is_oid
+from fleche.store import ObjectStore, PackSet, is_oid, pack_file
 from fleche.upkeep._lookup import WORKERS, Progress
 from fleche.upkeep._scan import Entry, Inventory, read_records, scan
 
@@ -253,23 +253,23 @@ def verify(
 def _check_packs(store: ObjectStore, packs: PackSet, report: VerifyReport) -> None:
     """Every pack file against its name and its index; an index that did not load is reported."""
     for name in sorted(packs.files):
-        m = PACK_FILE.fullmatch(name)
-        if m is None or m[2] != "idx" or f"pack-{m[1]}.pack" not in packs.files:
+        m = pack_file(name)
+        if m is None or m[1] != "idx" or f"pack-{m[0]}.pack" not in packs.files:
             continue
         report.packs += 1
-        pack = packs.packs.get(m[1])
+        pack = packs.packs.get(m[0])
         if pack is None:
             report.corrupt_packs.append(
                 Finding("pack", name, "its index is damaged: its entries are not read")
             )
             continue
         try:
-            data = store.read_pack(m[1])
+            data = store.read_pack(m[0])
         except FileNotFoundError:  # removed meanwhile (a gc past its grace)
             continue
-        if len(data) != pack.index.pack_size or xxhash.xxh3_128_hexdigest(data) != m[1]:
+        if len(data) != pack.index.pack_size or xxhash.xxh3_128_hexdigest(data) != m[0]:
             report.corrupt_packs.append(
-                Finding("pack", f"pack-{m[1]}.pack", "does not hash to its name")
+                Finding("pack", f"pack-{m[0]}.pack", "does not hash to its name")
             )
 
 
