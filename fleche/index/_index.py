@@ -564,15 +564,35 @@ class Index:
         self, spec: QuerySpec, *, limit: int | None = None, newest_first: bool = True
     ) -> Iterator[tuple[float, str, str]]:
         """As :meth:`search`, with each call's ``created`` time first (for merging indexes)."""
+        for row, scanned in self._answered(
+            spec, limit, newest_first, self._select, lambda row: (row[1], row[2])
+        ):
+            yield row if scanned is None else scanned
+
+    def _answered(
+        self,
+        spec: QuerySpec,
+        limit: int | None,
+        newest_first: bool,
+        answer: Callable[[QuerySpec, int | None, bool], Iterator[Any]],
+        ident: Callable[[Any], tuple[str, str]],
+    ) -> Iterator[tuple[Any, tuple[float, str, str] | None]]:
+        """The catalogue's answer, as ``(item, None)``; if the catalogue fails (or is left
+        alone), the store's own scan for what it had not given yet, as ``(None, row)``.
+
+        ``answer(spec, limit, newest_first)`` reads the catalogue; ``ident(item)`` is
+        the item's ``(function_id, key)``, so that a scan after a fault midway gives
+        each call once and ``limit`` calls in all.
+        """
         if limit is not None and limit <= 0:
             return
         seen: set[tuple[str, str]] = set()
         try:
             if not self._left_alone():
                 self._prepare(spec)
-                for row in self._select(spec, limit, newest_first):
-                    seen.add(row[1:])
-                    yield row
+                for item in answer(spec, limit, newest_first):
+                    seen.add(ident(item))
+                    yield item, None
                 return
         except self.db.faults as e:
             if self.store is None:
@@ -587,7 +607,7 @@ class Index:
                 if left <= 0:
                     return
                 left -= 1
-            yield row
+            yield None, row
 
     def count(self, spec: QuerySpec) -> int:
         """How many calls match ``spec``."""
@@ -871,30 +891,10 @@ class Index:
         order, or when the catalogue failed and the store is scanned instead:
         the caller then reads the record.
         """
-        if limit is not None and limit <= 0:
-            return
-        seen: set[tuple[str, str]] = set()
-        try:
-            if not self._left_alone():
-                self._prepare(spec)
-                for found in self._listed_rows(spec, limit, newest_first):
-                    seen.add(found[:2])
-                    yield found
-                return
-        except self.db.faults as e:
-            if self.store is None:
-                raise IndexFault(f"the index {self.db.location} failed: {e}") from e
-            self._fault("answer a query", e)
-        assert self.store is not None
-        left = None if limit is None else limit - len(seen)
-        for row in scan(self.store, spec, newest_first=newest_first):
-            if row[1:] in seen:
-                continue
-            if left is not None:
-                if left <= 0:
-                    return
-                left -= 1
-            yield row[1], row[2], None
+        for found, scanned in self._answered(
+            spec, limit, newest_first, self._listed_rows, lambda found: (found[0], found[1])
+        ):
+            yield found if scanned is None else (scanned[1], scanned[2], None)
 
     def _listed_rows(
         self, spec: QuerySpec, limit: int | None, newest_first: bool
