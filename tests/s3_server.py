@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 import uuid
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -30,11 +32,54 @@ _ALLOW_S3 = json.dumps(
 )
 
 
+def _keep_replaced_keys_readable() -> None:
+    """Work around a race in moto's in-memory S3 (seen with moto 5.2.6).
+
+    moto closes an object's value buffer as soon as a PUT or DELETE replaces it
+    (``FakeKey.dispose``), while another request may still be computing that object's
+    ETag for its PUT response or sending it to a GET: that request then fails with
+    500 "I/O operation on closed file". Real S3 and radosgw serve the old version to
+    the request that already has it. Here a replaced key's buffer is closed
+    :data:`_DISPOSE_AFTER` seconds later (by a later dispose), long after any request
+    holding it has answered, so concurrent replacement tests exercise fleche, not
+    moto's bookkeeping. Idempotent.
+    """
+    from moto.s3.models import FakeKey
+
+    if getattr(FakeKey.dispose, "_fleche_deferred", False):
+        return
+    close_now = FakeKey.dispose
+    waiting: deque[tuple[float, Any]] = deque()
+    lock = threading.Lock()
+
+    def dispose(self: Any, garbage: bool = False) -> None:
+        if garbage:  # the key object is being freed: nobody can be reading it
+            close_now(self)
+            return
+        self.disposed = True
+        now = time.monotonic()
+        with lock:
+            waiting.append((now, self))
+            due = []
+            while waiting and waiting[0][0] < now - _DISPOSE_AFTER:
+                due.append(waiting.popleft()[1])
+        for key in due:
+            close_now(key)
+
+    dispose._fleche_deferred = True  # type: ignore[attr-defined]
+    FakeKey.dispose = dispose  # type: ignore[method-assign]
+
+
+_DISPOSE_AFTER = 30.0
+
+
 class MotoS3:
     """moto's S3 server on an ephemeral port of 127.0.0.1, with helpers for tests."""
 
     def __init__(self) -> None:
         from moto.server import ThreadedMotoServer
+
+        _keep_replaced_keys_readable()
 
         # werkzeug logs every request to stderr unless its logger already has a handler.
         werkzeug = logging.getLogger("werkzeug")
