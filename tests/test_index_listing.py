@@ -280,3 +280,36 @@ def test_a_catalogue_row_that_cannot_be_decoded_gives_the_records_values(
         verified = sorted(plain.query().calls(verify=True), key=lambda call: call.digest)
         assert [_fields(call) for call in listed] == [_fields(call) for call in verified]
         assert sorted(call.arguments["a"] for call in listed) == [1, 2]
+
+
+def test_a_catalogue_failing_midway_through_a_listing_gives_each_call_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages given before a fault are not given again by the store's scan that follows it."""
+    import sqlite3
+    import warnings
+
+    from fleche.index import SqliteDb
+    from fleche.index import _index as index_module
+
+    monkeypatch.setattr(index_module, "PAGE", 2)
+    monkeypatch.setattr(index_module, "PAGE_MAX", 2, raising=False)
+    with cache(Cache(tmp_path / "store")):
+        for a in range(7):
+            plain(a)
+        assert plain.query().count() == 7  # caught up
+        real, reads = SqliteDb.read, []
+
+        def failing(self: SqliteDb, sql: str, params: Any = None) -> Any:
+            if "ORDER BY c.created" in sql:
+                reads.append(sql)
+                if len(reads) > 1:  # the second page of calls
+                    raise sqlite3.OperationalError("disk I/O error")
+            return real(self, sql, params)
+
+        monkeypatch.setattr(SqliteDb, "read", failing)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            listed = list(plain.query())
+        assert sorted(call.arguments["a"] for call in listed) == list(range(7))
+        assert sum(isinstance(call, ListedCall) for call in listed) == 2  # the first page
