@@ -277,7 +277,7 @@ class QueryResult:
         if (
             self._steps
             or index is None
-            or not hasattr(index, "listing")
+            or not hasattr(index, "listed")
             or getattr(self.cache, "signer", None) is not None  # the catalogue is not signed
         ):
             return None
