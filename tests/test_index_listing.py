@@ -227,3 +227,89 @@ def test_plain_arguments_are_listed_with_their_exact_types_and_found_by_equality
                 continue  # a=None asks nothing of a; NaN equals nothing
             found = [c.arguments["a"] for c in plain.query(a=v)]
             assert [repr((type(x), x)) for x in found] == [repr((type(v), v))]
+
+
+def test_a_listed_call_is_built_field_by_field_and_behaves_as_a_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each field of a listed call is read from its catalogue row when first asked for and
+    kept: set, fetched and copied as a :class:`Call`'s, and one call's values are its own."""
+    import copy
+
+    with cache(Cache(tmp_path / "store")), tags(run=1):
+        plain(1)
+        plain(2, c="y")
+        plain.query().count()  # caught up
+        read = _count_reads(monkeypatch)
+        first, second = plain.query()
+        assert isinstance(first, ListedCall) and read == []
+        assert (first.arguments, second.arguments["c"]) == (
+            {"a": 2, "b": 0.5, "c": "y", "d": None, "e": True},
+            "x",
+        )
+        first.metadata["tags"]["run"] = 2  # its own copy: the next listing is the catalogue's
+        assert next(iter(plain.query())).metadata["tags"] == {"run": 1}
+        first.metadata = {"set": True}  # a field takes an assignment, as Call's does
+        assert first.metadata == {"set": True}
+        same = copy.copy(second)
+        assert same.arguments == second.arguments and same.digest == second.digest
+        assert read == []
+        assert second.fetch() is second and len(read) == 1
+        assert copy.copy(second).result == [1, 0.5, "x", None, True] and len(read) == 1
+        assert same == second and len(read) == 2  # equality compares the records
+        assert "digest=" in repr(same) and same.digest == second.digest
+
+
+def test_a_catalogue_row_that_cannot_be_decoded_gives_the_records_values(
+    tmp_path: Path,
+) -> None:
+    """Plain arguments or metadata the row does not give back exactly (a damaged row) are
+    the record's: read from the store when the field is first used, never a wrong value."""
+    import sqlite3
+
+    c = Cache(tmp_path / "store")
+    with cache(c):
+        plain(1, c="z")
+        plain(2)
+        plain.query().count()  # caught up
+        assert c.index is not None
+        c.index.close()
+        with sqlite3.connect(c.index.location) as con:
+            con.execute("UPDATE fleche_calls SET args = x'c1', metadata = '[1]'")
+        listed = sorted(plain.query(), key=lambda call: call.digest)
+        verified = sorted(plain.query().calls(verify=True), key=lambda call: call.digest)
+        assert [_fields(call) for call in listed] == [_fields(call) for call in verified]
+        assert sorted(call.arguments["a"] for call in listed) == [1, 2]
+
+
+def test_a_catalogue_failing_midway_through_a_listing_gives_each_call_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages given before a fault are not given again by the store's scan that follows it."""
+    import sqlite3
+    import warnings
+
+    from fleche.index import SqliteDb
+    from fleche.index import _index as index_module
+
+    monkeypatch.setattr(index_module, "PAGE", 2)
+    monkeypatch.setattr(index_module, "PAGE_MAX", 2, raising=False)
+    with cache(Cache(tmp_path / "store")):
+        for a in range(7):
+            plain(a)
+        assert plain.query().count() == 7  # caught up
+        real, reads = SqliteDb.read, []
+
+        def failing(self: SqliteDb, sql: str, params: Any = None) -> Any:
+            if "ORDER BY c.created" in sql:
+                reads.append(sql)
+                if len(reads) > 1:  # the second page of calls
+                    raise sqlite3.OperationalError("disk I/O error")
+            return real(self, sql, params)
+
+        monkeypatch.setattr(SqliteDb, "read", failing)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            listed = list(plain.query())
+        assert sorted(call.arguments["a"] for call in listed) == list(range(7))
+        assert sum(isinstance(call, ListedCall) for call in listed) == 2  # the first page

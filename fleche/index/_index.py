@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import atexit
 import functools
+import gc
 import itertools
 import json
 import math
+import operator
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import msgpack
 
@@ -63,7 +65,7 @@ from fleche.index._write import (
     upsert_postgresql,
     upsert_sqlite,
 )
-from fleche.records import Metadata, QuerySpec
+from fleche.records import NOT_LISTED, ListedCall, ListedRow, Metadata, QuerySpec
 from fleche.store import ObjectStore, is_function_id
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
@@ -81,6 +83,10 @@ REMOTE_MAX_AGE = 300.0
 machines show up in queries after at most this long (or ``fleche index refresh``)."""
 PENDING_MAX = 256  # buffered writes before a flush
 PAGE = 1000  # rows fetched per query page
+PAGE_MAX = 16_000
+"""Rows per page a listing grows to (doubling from :data:`PAGE`): a first call comes after
+one small page, a million after a few statements, each built with the cyclic garbage
+collector paused (see :meth:`Index._listed_rows`)."""
 ANALYZE_FROM = 1000  # rows from which the planner gets statistics
 PENDING_AGE = 1.0  # seconds the oldest buffered write may wait for the next one
 BULK_FROM = 10_000
@@ -142,6 +148,10 @@ if TYPE_CHECKING:  # an alias for annotations only (typing's Any is not loaded a
 metadata keys, shared metadata (decoded), whether a shallow copy of that is a copy
 (scalars only), and the template of :func:`_template` (or None)."""
 _OWN = ("created", "duration", "finished", "cpu", "pid")
+_FUNCTION, _KEY = operator.itemgetter(2), operator.itemgetter(3)  # of a listing's call row
+if TYPE_CHECKING:
+    Idents = Iterable[tuple[str, str]]
+    """The ``(function_id, key)`` of a page's calls (see :meth:`Index._answered`)."""
 
 
 def _template(
@@ -221,73 +231,109 @@ def _plain_value(digest: Any, i: Any, f: Any, s: Any) -> Any:
     return value
 
 
-def _listed_record(
-    row: tuple[Any, ...],
-    fid: str,
-    contexts: dict[int, _Context | None],
-) -> dict[str, Any] | None:
-    """A listing's record of one call row (see :meth:`Index.listing`), or None."""
-    context = contexts.get(row[5]) if row[5] is not None else None
-    if context is None:
-        return None
-    module, qualname, code, names, keys, shared, flat, _ = context
-    if not isinstance(module, str) or not isinstance(qualname, str):
-        return None
-    if row[11] == _NONE_DIGEST[0]:  # most versions: None (the digest says it exactly)
-        version = None
-    else:
+class _Listed(ListedRow):
+    """The calls of one function sharing one ``fleche_meta`` row, as a listing reads them
+    from their call rows (see :meth:`Index.listing`): shared by their
+    :class:`~fleche.records.ListedCall`s, which ask it for a field when first used."""
+
+    __slots__ = ("context",)
+
+    def __init__(
+        self,
+        fid: str,
+        context: _Context,
+        loader: Callable[[dict[str, Any]], Any] | None,
+        reread: Callable[[str, str], dict[str, Any] | None] | None,
+    ) -> None:
+        self.function_id = fid
+        self.module, self.name, self.code_digest = context[0], context[1], context[2]
+        self.context = context
+        if loader is not None and reread is not None:
+            self.loader, self.reread = loader, reread
+
+    def digest(self, row: tuple[Any, ...]) -> str:
+        return str(row[3])
+
+    def version(self, row: tuple[Any, ...]) -> Any:
+        if row[11] == _NONE_DIGEST[0]:  # most versions: None (the digest says it exactly)
+            return None
         version = _plain_value(row[11], row[12], row[13], row[14])
-        if version is _NOT:
+        return NOT_LISTED if version is _NOT else version
+
+    def arguments(self, row: tuple[Any, ...]) -> dict[str, Any] | None:
+        blob = row[15]
+        if blob is None:  # an argument of another type: the record has it
             return None
-    blob = row[15]
-    if blob is None:  # an argument of another type: the record has it
-        return None
-    try:
-        arguments = msgpack.unpackb(blob, raw=False, strict_map_key=False)
-    except (ValueError, TypeError, msgpack.UnpackException):
-        return None
-    if type(arguments) is not dict or len(arguments) != len(names):
-        return None
-    for value in arguments.values():
-        if type(value) not in _SCALARS:
+        try:
+            arguments = msgpack.unpackb(blob, raw=False, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
             return None
-    template = context[7]
-    if row[4] is None and template is not None:
-        created = row[0]
-        has = (
-            created is not None and created != 0.0,
-            row[7] is not None,
-            row[8] is not None,
-            row[9] is not None,
-            row[10] is not None,
+        if type(arguments) is not dict or len(arguments) != len(self.context[3]):
+            return None
+        for value in arguments.values():
+            if type(value) not in _SCALARS:
+                return None
+        return arguments
+
+    def metadata(self, row: tuple[Any, ...]) -> Metadata | None:
+        _, _, _, _, keys, shared, flat, template = self.context
+        if row[4] is None and template is not None:
+            created = row[0]
+            has = (
+                created is not None and created != 0.0,
+                row[7] is not None,
+                row[8] is not None,
+                row[9] is not None,
+                row[10] is not None,
+            )
+            if has == template[1]:  # the common case: no JSON left, the columns say it all
+                metadata = Metadata(template[0])
+                for k, copy in template[2]:
+                    metadata[k] = copy(metadata[k])
+                if has[0]:
+                    metadata["created"] = float(created)
+                if has[1]:
+                    metadata["duration"] = float(row[7])
+                if has[2]:
+                    metadata["finished"] = float(row[8])
+                if has[3]:
+                    metadata["cpu"] = float(row[9])
+                if has[4]:
+                    metadata["pid"] = int(row[10])
+                return metadata
+        own = own_metadata(row[4], row[0], row[7], row[8], row[9], row[10])
+        if type(own) is not dict or type(shared) is not dict:
+            return None
+        merged = dict(shared) if flat else _tree_copy(shared)
+        merged.update(own)
+        if len(merged) != len(keys):
+            return None
+        try:  # in the record's order (the metadata is kept in two parts)
+            return Metadata({k: merged[k] for k in keys})
+        except (KeyError, TypeError):
+            return None
+
+    def record(self, row: tuple[Any, ...]) -> dict[str, Any] | None:
+        """The call's record as the catalogue gives it (no ``result``), or None."""
+        version = self.version(row)
+        if version is NOT_LISTED:
+            return None
+        arguments = self.arguments(row)
+        if arguments is None:
+            return None
+        metadata = self.metadata(row)
+        if metadata is None:
+            return None
+        return _record(
+            row,
+            self.function_id,
+            self.module,
+            self.name,
+            self.code_digest,
+            version,
+            arguments,
+            metadata,
         )
-        if has == template[1]:  # the common case: no JSON left, the columns say it all
-            metadata = Metadata(template[0])
-            for k, copy in template[2]:
-                metadata[k] = copy(metadata[k])
-            if has[0]:
-                metadata["created"] = float(created)
-            if has[1]:
-                metadata["duration"] = float(row[7])
-            if has[2]:
-                metadata["finished"] = float(row[8])
-            if has[3]:
-                metadata["cpu"] = float(row[9])
-            if has[4]:
-                metadata["pid"] = int(row[10])
-            return _record(row, fid, module, qualname, code, version, arguments, metadata)
-    own = own_metadata(row[4], row[0], row[7], row[8], row[9], row[10])
-    if type(own) is not dict or type(shared) is not dict:
-        return None
-    merged = dict(shared) if flat else _tree_copy(shared)
-    merged.update(own)
-    if len(merged) != len(keys):
-        return None
-    try:  # in the record's order (the metadata is kept in two parts)
-        metadata = Metadata({k: merged[k] for k in keys})
-    except (KeyError, TypeError):
-        return None
-    return _record(row, fid, module, qualname, code, version, arguments, metadata)
 
 
 def _record(
@@ -564,41 +610,42 @@ class Index:
         self, spec: QuerySpec, *, limit: int | None = None, newest_first: bool = True
     ) -> Iterator[tuple[float, str, str]]:
         """As :meth:`search`, with each call's ``created`` time first (for merging indexes)."""
-        for row, scanned in self._answered(
-            spec, limit, newest_first, self._select, lambda row: (row[1], row[2])
-        ):
-            yield row if scanned is None else scanned
+        for page, _ in self._answered(spec, limit, newest_first, self._select):
+            yield from page
 
     def _answered(
         self,
         spec: QuerySpec,
         limit: int | None,
         newest_first: bool,
-        answer: Callable[[QuerySpec, int | None, bool], Iterator[Any]],
-        ident: Callable[[Any], tuple[str, str]],
-    ) -> Iterator[tuple[Any, tuple[float, str, str] | None]]:
-        """The catalogue's answer, as ``(item, None)``; if the catalogue fails (or is left
-        alone), the store's own scan for what it had not given yet, as ``(None, row)``.
+        answer: Callable[[QuerySpec, int | None, bool], Iterator[tuple[list[Any], Idents]]],
+    ) -> Iterator[tuple[list[Any], bool]]:
+        """The catalogue's answer, a page (list) at a time, as ``(page, False)``; if the
+        catalogue fails (or is left alone), the store's own scan for what it had not
+        given yet, as ``([(created, function_id, key)], True)``.
 
-        ``answer(spec, limit, newest_first)`` reads the catalogue; ``ident(item)`` is
-        the item's ``(function_id, key)``, so that a scan after a fault midway gives
-        each call once and ``limit`` calls in all.
+        ``answer(spec, limit, newest_first)`` reads the catalogue, a page at a time, each
+        with an iterable of its ``(function_id, key)``s, so that a scan after a fault
+        midway gives each call once and ``limit`` calls in all. Those are kept as they
+        come, and read into a set only after a fault (a set of a million pairs built
+        ahead of a fault that does not come was a tenth of a listing's time).
         """
         if limit is not None and limit <= 0:
             return
-        seen: set[tuple[str, str]] = set()
+        given: list[Idents] = []
         try:
             if not self._left_alone():
                 self._prepare(spec)
-                for item in answer(spec, limit, newest_first):
-                    seen.add(ident(item))
-                    yield item, None
+                for page, idents in answer(spec, limit, newest_first):
+                    given.append(idents)
+                    yield page, False
                 return
         except self.db.faults as e:
             if self.store is None:
                 raise IndexFault(f"the index {self.db.location} failed: {e}") from e
             self._fault("answer a query", e)
         assert self.store is not None
+        seen = set(itertools.chain.from_iterable(given))
         left = None if limit is None else limit - len(seen)
         for row in scan(self.store, spec, newest_first=newest_first):
             if row[1:] in seen:
@@ -607,7 +654,7 @@ class Index:
                 if left <= 0:
                     return
                 left -= 1
-            yield None, row
+            yield [row], True
 
     def count(self, spec: QuerySpec) -> int:
         """How many calls match ``spec``."""
@@ -624,7 +671,7 @@ class Index:
                             )
                         )
                     return int(rows[0][0])
-                return sum(1 for _ in self._select(spec, None, False))
+                return sum(len(page) for page, _ in self._select(spec, None, False))
         except self.db.faults as e:
             if self.store is None:
                 raise IndexFault(f"the index {self.db.location} failed: {e}") from e
@@ -816,10 +863,10 @@ class Index:
 
     def _select(
         self, spec: QuerySpec, limit: int | None, newest_first: bool
-    ) -> Iterator[tuple[float, str, str]]:
+    ) -> Iterator[tuple[list[tuple[float, str, str]], Idents]]:
         for page in self._pages(spec, limit, newest_first, full=False):
-            for row in page:
-                yield (row[0], row[2], row[3])
+            rows = [(row[0], row[2], row[3]) for row in page]
+            yield rows, ((row[1], row[2]) for row in rows)
 
     def _pages(
         self, spec: QuerySpec, limit: int | None, newest_first: bool, *, full: bool
@@ -843,8 +890,11 @@ class Index:
         accept = compiled.acceptor() if compiled.post else None
         left = limit
         after: tuple[float, int] | None = None
+        size = PAGE
         while True:
-            n = PAGE if left is None or compiled.post else min(PAGE, left)
+            n = size if left is None or compiled.post else min(size, left)
+            if full:
+                size = min(2 * size, PAGE_MAX)
             params = dict(compiled.params)
             where = compiled.where
             if after is not None:
@@ -891,17 +941,60 @@ class Index:
         order, or when the catalogue failed and the store is scanned instead:
         the caller then reads the record.
         """
-        for found, scanned in self._answered(
-            spec, limit, newest_first, self._listed_rows, lambda found: (found[0], found[1])
+        for page in self.listed(spec, limit=limit, newest_first=newest_first):
+            for item in page:
+                if type(item) is tuple:
+                    yield item[0], item[1], None
+                else:
+                    assert isinstance(item, ListedCall)
+                    ctx = item._ctx
+                    assert isinstance(ctx, _Listed)
+                    yield ctx.function_id, ctx.digest(item._row), ctx.record(item._row)
+
+    def listed(
+        self,
+        spec: QuerySpec,
+        *,
+        limit: int | None = None,
+        newest_first: bool = True,
+        loader: Callable[[dict[str, Any]], Any] | None = None,
+        reread: Callable[[str, str], dict[str, Any] | None] | None = None,
+    ) -> Iterator[list[ListedCall | tuple[str, str]]]:
+        """The calls matching ``spec``, as :meth:`search` orders them, a page (list) at a time:
+        a :class:`~fleche.records.ListedCall` for each call the catalogue holds exactly
+        (see :meth:`listing`), reading its values with ``loader`` and its record with
+        ``reread``, and ``(function_id, key)`` for each call the caller must read (all of
+        them, as pages of one, when the catalogue failed and the store is scanned).
+
+        Each call is built from its row when a field is first asked for: a page costs
+        one SQL statement and one object per call.
+        """
+        for page, scanned in self._answered(
+            spec,
+            limit,
+            newest_first,
+            functools.partial(self._listed_rows, loader=loader, reread=reread),
         ):
-            yield found if scanned is None else (scanned[1], scanned[2], None)
+            yield [(row[1], row[2]) for row in page] if scanned else page
 
     def _listed_rows(
-        self, spec: QuerySpec, limit: int | None, newest_first: bool
-    ) -> Iterator[tuple[str, str, dict[str, Any] | None]]:
+        self,
+        spec: QuerySpec,
+        limit: int | None,
+        newest_first: bool,
+        *,
+        loader: Callable[[dict[str, Any]], Any] | None,
+        reread: Callable[[str, str], dict[str, Any] | None] | None,
+    ) -> Iterator[tuple[list[ListedCall | tuple[str, str]], Idents]]:
         contexts: dict[int, _Context | None] = {}
         functions: dict[int, str] = {}
-        for page in self._pages(spec, limit, newest_first, full=True):
+        listed: dict[tuple[int, int], _Listed | None] = {}
+        versions: dict[Any, bool] = {}  # a version's digest: whether the row holds it exactly
+        none = _NONE_DIGEST[0]
+        new = object.__new__
+
+        def build(page: list[tuple[Any, ...]]) -> list[ListedCall | tuple[str, str]]:
+            nonlocal functions
             missing = {row[5] for row in page if row[5] is not None} - contexts.keys()
             if missing:
                 self._contexts(sorted(missing), contexts)
@@ -911,9 +1004,61 @@ class Index:
                         functools.partial(self.db.read, "SELECT id, name FROM fleche_functions")
                     )
                 functions = {int(i): str(name) for i, name in got}
+            out: list[ListedCall | tuple[str, str]] = []
+            fn = meta = -1
+            ctx: _Listed | None = None
             for row in page:
-                fid = functions[row[2]]
-                yield fid, row[3], _listed_record(row, fid, contexts)
+                if row[5] != meta or row[2] != fn:
+                    fn, meta = row[2], row[5]
+                    if (fn, meta) in listed:
+                        ctx = listed[fn, meta]
+                    else:
+                        context = contexts.get(meta) if meta is not None else None
+                        ctx = listed[fn, meta] = (
+                            None
+                            if context is None
+                            or not isinstance(context[0], str)
+                            or not isinstance(context[1], str)
+                            else _Listed(functions[fn], context, loader, reread)
+                        )
+                if ctx is None or row[15] is None:  # the record has what the row has not
+                    out.append((functions[row[2]], row[3]))
+                    continue
+                v = row[11]
+                if v != none:
+                    ok = versions.get(v)
+                    if ok is None:
+                        ok = versions[v] = _plain_value(v, row[12], row[13], row[14]) is not _NOT
+                    if not ok:
+                        out.append((functions[row[2]], row[3]))
+                        continue
+                call = new(ListedCall)
+                call._row = row
+                call._ctx = ctx
+                out.append(call)
+            return out
+
+        # Each page is read and built with the cyclic garbage collector paused: a listing
+        # allocates only objects it keeps (rows of plain values, and one call a row), so
+        # the collections their allocation would trigger find nothing to free, and the
+        # full ones among them visit every call listed so far (at a million calls, a
+        # quarter of the time went to them). The collector runs as usual between pages.
+        pages = self._pages(spec, limit, newest_first, full=True)
+        while True:
+            paused = gc.isenabled()
+            if paused:
+                gc.disable()
+            try:
+                page = next(pages, None)
+                if page is None:
+                    return
+                out = build(page)
+                keys = list(map(_KEY, page))
+                fids = list(map(functions.__getitem__, map(_FUNCTION, page)))
+            finally:
+                if paused:
+                    gc.enable()
+            yield out, zip(fids, keys, strict=True)
 
     def _contexts(
         self,

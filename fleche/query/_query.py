@@ -40,7 +40,6 @@ from fleche.records import (
     Binder,
     Call,
     Condition,
-    ListedCall,
     NotStored,
     Q,
     QuerySpec,
@@ -278,7 +277,7 @@ class QueryResult:
         if (
             self._steps
             or index is None
-            or not hasattr(index, "listing")
+            or not hasattr(index, "listed")
             or getattr(self.cache, "signer", None) is not None  # the catalogue is not signed
         ):
             return None
@@ -290,10 +289,62 @@ class QueryResult:
         offset, limit = self._offset, self._limit
         if limit is not None and limit <= 0:
             return
+        if not calls:
+            yield from self._listed_records(index)
+            return
         self.stale = 0
         want = None if limit is None else offset + limit
         listed = kept = 0
-        cache, load, reread = self.cache, self.cache.load_value, self.cache.get_record
+        cache = self.cache
+        for rows in (want, None) if want is not None else (None,):
+            pages = index.listed(
+                self.spec,
+                limit=rows,
+                newest_first=True,
+                loader=cache.load_value,
+                reread=cache.get_record,
+            )
+            skip = want if rows is None and want is not None else 0  # the second pass
+            for page in pages:
+                if skip:  # what the first pass gave already
+                    n = min(skip, len(page))
+                    skip -= n
+                    page = page[n:]
+                if (
+                    listed >= offset
+                    and limit is None
+                    and not any(type(item) is tuple for item in page)
+                ):  # the common case: the page as it is
+                    listed += len(page)
+                    kept += len(page)
+                    yield from page
+                    continue
+                for item in page:
+                    listed += 1
+                    if listed <= offset:
+                        continue
+                    if type(item) is tuple:
+                        fid, key = item
+                        rec = cache.get_record(fid, key)
+                        if rec is None or not self.spec.match(rec):
+                            self._stale(fid, key)
+                            continue
+                        yield self._call(rec)
+                    else:
+                        yield item
+                    kept += 1
+                    if limit is not None and kept >= limit:
+                        return
+            if want is None or listed < want:  # the index has no more
+                return
+
+    def _listed_records(self, index: Any) -> Iterator[dict[str, Any]]:
+        """:meth:`_listed` of records (``calls=False``), from ``index.listing``."""
+        offset, limit = self._offset, self._limit
+        self.stale = 0
+        want = None if limit is None else offset + limit
+        listed = kept = 0
+        cache = self.cache
         for rows in (want, None) if want is not None else (None,):
             found = index.listing(self.spec, limit=rows, newest_first=True)
             if rows is None and want is not None:
@@ -303,13 +354,13 @@ class QueryResult:
                 if listed <= offset:
                     continue
                 if partial is not None:
-                    yield ListedCall.listed(partial, load, reread) if calls else partial
+                    yield partial
                 else:
                     rec = cache.get_record(fid, key)
                     if rec is None or not self.spec.match(rec):
                         self._stale(fid, key)
                         continue
-                    yield self._call(rec) if calls else rec
+                    yield rec
                 kept += 1
                 if limit is not None and kept >= limit:
                     return

@@ -521,6 +521,87 @@ class Call:
         return call_rich(self)
 
 
+class ListedRow:
+    """What a listing knows of the calls of one function sharing one catalogue context, and
+    how to read their fields from a catalogue row: given by the index, used by
+    :class:`ListedCall`, which keeps only its row and this (shared) object.
+
+    ``arguments``, ``metadata`` and ``version`` return None (``version``: :data:`NOT_LISTED`)
+    when the row cannot give the value exactly; the call then reads its record for it.
+    """
+
+    __slots__ = ("code_digest", "function_id", "loader", "module", "name", "reread")
+    function_id: str
+    name: str
+    module: str
+    code_digest: str | None
+    loader: Callable[[dict[str, Any]], Any]
+    reread: Callable[[str, str], dict[str, Any] | None]
+
+    def digest(self, row: Any) -> str:
+        raise NotImplementedError
+
+    def version(self, row: Any) -> Any:
+        raise NotImplementedError
+
+    def arguments(self, row: Any) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def metadata(self, row: Any) -> Metadata | None:
+        raise NotImplementedError
+
+
+NOT_LISTED = object()
+"""What :meth:`ListedRow.version` returns for a version the row does not hold exactly."""
+
+
+class _FromRow:
+    """A field of :class:`ListedCall`: read from its row (or context) on first use, then
+    kept in :class:`Call`'s slot of the same name, which also takes assignments."""
+
+    __slots__ = ("compute", "slot")
+
+    def __init__(self, name: str, compute: Callable[[ListedCall], Any]) -> None:
+        self.slot: Any = Call.__dict__[name]
+        self.compute = compute
+
+    def __get__(self, obj: ListedCall | None, cls: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return self.slot.__get__(obj, cls)
+        except AttributeError:
+            value = self.compute(obj)
+            self.slot.__set__(obj, value)
+            return value
+
+    def __set__(self, obj: ListedCall, value: Any) -> None:
+        self.slot.__set__(obj, value)
+
+
+def _listed_version(call: ListedCall) -> Any:
+    version = call._ctx.version(call._row)
+    return call.record.get("version") if version is NOT_LISTED else version
+
+
+def _listed_metadata(call: ListedCall) -> Metadata:
+    metadata = call._ctx.metadata(call._row)
+    if metadata is None:  # the row cannot give it exactly: the record's
+        return Metadata(call.record.get("metadata") or {})
+    return metadata
+
+
+def _listed_arguments(call: ListedCall) -> dict[str, Any]:
+    arguments = call._ctx.arguments(call._row)
+    if arguments is None:  # the row cannot give them exactly: the record's
+        loader = call._ctx.loader
+        return {
+            k: _argument(v, loader) if isinstance(v, dict) else v
+            for k, v in call.record["arguments"].items()
+        }
+    return arguments
+
+
 class ListedCall(Call):
     """A :class:`Call` an index listed, built from its catalogue row without reading the record.
 
@@ -531,60 +612,60 @@ class ListedCall(Call):
     always the store's, never the catalogue's. A call removed from the store
     since it was listed raises :class:`~fleche.errors.CallNotStored` there.
 
-    Slots, and the catalogue's dicts used as they are: a listing of a million
-    calls keeps a million of these alive, and each container object more is
-    work for every full pass of Python's cyclic garbage collector.
+    Built from its row on first use: a listing makes one object per call, holding
+    the catalogue's row and a :class:`ListedRow` it shares with the calls of the same
+    function and context. Each field is read from them when first asked for, then kept
+    (in :class:`Call`'s slot), so a listing of a million calls builds no dict it
+    is not asked for, and leaves Python's cyclic garbage collector one object a call
+    to visit (a row of plain values is not tracked).
     """
 
-    __slots__ = ("_full", "_reread")
-    _full: dict[str, Any] | None
-    _reread: Callable[[str, str], dict[str, Any] | None]
+    __slots__ = ("_ctx", "_full", "_row")
+    _ctx: ListedRow
+    _row: Any
+    _full: dict[str, Any]  # the record, once read (unset until then)
 
     @classmethod
-    def listed(
-        cls,
-        partial: dict[str, Any],
-        loader: Callable[[dict[str, Any]], Any],
-        reread: Callable[[str, str], dict[str, Any] | None],
-    ) -> ListedCall:
-        """``partial``: the record as the index gives it (its ``metadata`` a
-        :class:`~fleche.records.Metadata`, shared with the call).
-
-        Built without Call's ``__init__`` (its keyword handling was a quarter of a
-        listing's time): its defaults, then these fields, slot by slot. ``record``
-        is left to the property below, which reads it on first use.
-        """
+    def listed(cls, row: Any, ctx: ListedRow) -> ListedCall:
+        """The call of catalogue row ``row`` (whose layout ``ctx`` knows)."""
         call = object.__new__(cls)
-        call.name = partial["qualname"]
-        call.module = partial["module"]
-        call.version = partial.get("version")
-        call.digest = partial["digest"]
-        call.function_id = partial["function"]
-        call.code_digest = partial.get("code")
-        call.metadata = partial["metadata"]
-        call.stored = True
-        call._where = ""
-        call._loader = loader
-        call._arguments = partial["arguments"]  # plain values: nothing to load
-        call._result = _MISSING
-        call._reread = reread
-        call._full = None
+        call._row = row
+        call._ctx = ctx
         return call
+
+    name = _FromRow("name", lambda call: call._ctx.name)
+    module = _FromRow("module", lambda call: call._ctx.module)
+    version = _FromRow("version", _listed_version)
+    digest = _FromRow("digest", lambda call: call._ctx.digest(call._row))
+    function_id = _FromRow("function_id", lambda call: call._ctx.function_id)
+    code_digest = _FromRow("code_digest", lambda call: call._ctx.code_digest)
+    metadata = _FromRow("metadata", _listed_metadata)
+    stored = _FromRow("stored", lambda call: True)
+    _where = _FromRow("_where", lambda call: "")
+    _loader = _FromRow("_loader", lambda call: call._ctx.loader)
+    _arguments = _FromRow("_arguments", _listed_arguments)
+    _result = _FromRow("_result", lambda call: _MISSING)
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return self._arguments  # type: ignore[no-any-return]
 
     # ``record`` is a slot of Call: here a property (found before the slot), so the
     # record is read from the store only when something asks for it.
     @property
     def record(self) -> dict[str, Any]:
-        full = self._full
+        try:
+            return self._full
+        except AttributeError:
+            pass
+        full = self._ctx.reread(self.function_id, self.digest)
         if full is None:
-            full = self._reread(self.function_id, self.digest)
-            if full is None:
-                raise CallNotStored(
-                    f"{self.name}: call {self.digest} was listed by the index but is gone from "
-                    "the store (evicted or collected since): query again, or call the function "
-                    "to compute it"
-                )
-            self._full = full
+            raise CallNotStored(
+                f"{self.name}: call {self.digest} was listed by the index but is gone from "
+                "the store (evicted or collected since): query again, or call the function "
+                "to compute it"
+            )
+        self._full = full
         return full
 
     @record.setter
@@ -594,6 +675,22 @@ class ListedCall(Call):
     @property
     def argument_digests(self) -> dict[str, str]:
         return {k: digest_bytes(v, name=k).hex() for k, v in self.arguments.items()}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copied (``copy.copy``) with what it has read so far; pickled with its context,
+        which holds the cache it reads from (as a :class:`Call`'s loader does)."""
+        state: dict[str, Any] = {}
+        for name, slot in _SLOTS.items():  # Call's fields read so far, then the row's own
+            try:
+                state[name] = slot.__get__(self, Call)
+            except AttributeError:
+                continue
+        for name in ListedCall.__slots__:
+            try:
+                state[name] = getattr(self, name)
+            except AttributeError:
+                continue
+        return (_relisted, (state,))
 
     def __eq__(self, other: object) -> bool:
         """Equal to the :class:`Call` reading its record gives (and to another listing's).
@@ -607,6 +704,21 @@ class ListedCall(Call):
         return _said(self) == _said(other)
 
     __hash__ = None  # as Call's: mutable, compared by value
+
+
+_SLOTS: dict[str, Any] = {name: Call.__dict__[name] for name in Call.__slots__}
+"""Call's own slot descriptors, by name (ListedCall's fields stand in front of them)."""
+
+
+def _relisted(state: dict[str, Any]) -> ListedCall:
+    call = object.__new__(ListedCall)
+    for name, value in state.items():
+        slot = _SLOTS.get(name)
+        if slot is not None:
+            slot.__set__(call, value)
+        else:
+            setattr(call, name, value)
+    return call
 
 
 def _said(call: Call) -> tuple[Any, ...]:
