@@ -396,3 +396,65 @@ def test_a_call_rewritten_by_another_writer_reads_as_the_newer_record(tmp_path: 
     reader = LocalStore(tmp_path)
     assert bytes(reader.get_call(FID, d)) == b"newer"
     assert bytes(reader.get_call(FID, digest_of("after"))) == b"after"
+
+
+_FORKING_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    from fleche.store import LocalStore, _local, _sealer
+    from fleche.testing._base import FID, digest_of
+    _local.SEGMENT_MAX_BYTES = 1500
+    store = LocalStore(sys.argv[1])
+
+    def write(prefix, n):
+        for i in range(n):
+            d = digest_of(f"{prefix}{i}")
+            store.put_call(FID, d, f"record of {d}".encode() * 3)
+        store._join_seals()
+
+    write("parent", 100)
+    if os.fork() == 0:
+        sys.stdin.readline()  # after the parent exited
+        write("child", 100)
+        print("child", _sealer._helper[0].pid, flush=True)
+        sys.stdin.read()
+        store.close()
+        os._exit(0)
+    print("parent", _sealer._helper[0].pid, flush=True)
+    """
+)
+
+
+def test_a_forked_child_seals_through_its_own_helper_and_the_parent_exits_with_its_own(
+    tmp_path: Path,
+) -> None:
+    """A child forked by a writer does not hold the parent's helper pipe: the parent's
+    exit ends its helper (not left for the child's lifetime), and the child's full
+    segments are sealed by a helper of its own."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", _FORKING_WRITER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert p.stdin is not None and p.stdout is not None
+    parent = p.stdout.readline().split()
+    assert parent[0] == "parent"
+    assert p.wait(timeout=60) == 0
+    assert not _alive(int(parent[1]))  # it saw the pipe close and was waited for
+    p.stdin.write("go on\n")
+    p.stdin.flush()
+    child = p.stdout.readline().split()
+    assert child[0] == "child" and child[1] != parent[1]
+    p.stdin.close()  # the child closes its store and exits
+    assert p.stdout.read() == ""
+    deadline = time.monotonic() + 30
+    while _segments(tmp_path):
+        assert time.monotonic() < deadline, "the child did not seal its segment"
+        time.sleep(0.05)
+    reader = LocalStore(tmp_path)
+    names = [f"parent{i}" for i in range(100)] + [f"child{i}" for i in range(100)]
+    for d in map(digest_of, names):
+        assert bytes(reader.get_call(FID, d)) == _record(d)

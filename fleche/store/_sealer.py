@@ -38,6 +38,26 @@ _pid: list[int] = []  # the process that started it (a forked child starts its o
 _broken: list[bool] = []  # [True]: the helper cannot start here; threads seal themselves
 
 
+def _after_fork() -> None:
+    """In a forked child: a lock of its own, and the parent's helper pipe no longer held
+    (pointed at /dev/null, so its file objects close harmlessly), or the helper would not
+    see its writer close it; the child starts its own helper."""
+    global _lock
+    _lock = threading.Lock()
+    if _helper:
+        null = os.open(os.devnull, os.O_RDWR)
+        try:
+            for f in (_helper[0].stdin, _helper[0].stdout):
+                if f is not None:
+                    os.dup2(null, f.fileno())
+        finally:
+            os.close(null)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
 def _start(main: str) -> subprocess.Popen[bytes] | None:
     import subprocess
 
@@ -97,12 +117,17 @@ def seal_in_helper(root: str, path: str, main: str) -> bool:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
+    import subprocess
+
     try:
         if proc.stdin is not None:
             proc.stdin.close()
     except OSError:
         pass
-    proc.wait()
+    try:
+        proc.wait(timeout=10)  # it exits at the end of its pipe
+    except subprocess.TimeoutExpired:
+        pass  # it ends when we do (it watches for that)
     if proc.stdout is not None:
         proc.stdout.close()
 
