@@ -210,9 +210,28 @@ _KILLED_WRITER = textwrap.dedent(
 )
 
 
+def _helpers_of(writers: list[int]) -> list[int]:
+    """The seal helpers still running for these writer pids (the helper's command line
+    names ``serve_seals`` and its writer's pid)."""
+    found: list[int] = []
+    if not os.path.isdir("/proc"):  # pragma: no cover - not Linux: not looked for
+        return found
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(b"serve_seals" in a for a in args) and _alive(int(entry)):
+            if any(str(w).encode() in args for w in writers):
+                found.append(int(entry))
+    return found
+
+
 def test_writers_killed_at_random_instants_leave_only_correct_records(tmp_path: Path) -> None:
     rng = random.Random(19)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writers: list[int] = []
     for n in range(8):
         p = subprocess.Popen(
             [sys.executable, "-c", _KILLED_WRITER, str(tmp_path), str(n * 1_000_000)],
@@ -224,6 +243,11 @@ def test_writers_killed_at_random_instants_leave_only_correct_records(tmp_path: 
         time.sleep(rng.uniform(0.0, 0.3))
         p.send_signal(signal.SIGKILL)
         p.wait()
+        writers.append(p.pid)
+    deadline = time.monotonic() + 60
+    while _helpers_of(writers):  # each ends with its writer (a moment later)
+        assert time.monotonic() < deadline, "a seal helper outlived its writer"
+        time.sleep(0.05)
     reader = LocalStore(tmp_path)
     listed = list(reader.iter_calls())
     segments = _segments(tmp_path)  # one or two a writer (killed while a full one was sealed)
@@ -363,7 +387,7 @@ def test_the_helper_ends_with_its_writer_killed(tmp_path: Path) -> None:
     )
     assert p.stdout is not None
     helper = int(p.stdout.readline())
-    os.kill(helper, 0)  # alive while its writer is
+    assert _helpers_of([p.pid]) == [helper]  # alive while its writer is
     p.send_signal(signal.SIGKILL)
     p.wait()
     deadline = time.monotonic() + 30
