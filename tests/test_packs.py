@@ -756,3 +756,21 @@ def test_descriptors_held_for_packs_are_bounded(tmp_path, monkeypatch) -> None:
     i = hashes.index(unkept.hash)
     writer.remove_pack(unkept.hash)
     assert reader.find_call(*keys[i]) is None  # its .pack is gone: listed again, a miss
+
+
+def test_build_pack_holds_each_entrys_bytes_and_refuses_a_bad_key() -> None:
+    """Entries are any buffers (a view of 4-byte items is its bytes, not its items); a
+    digest that is not 32 hex digits, or a key given twice, is refused, never padded."""
+    from array import array
+
+    from fleche.store import PackIndex
+
+    wide = memoryview(array("I", [1, 2, 3]))
+    h, pack, idx = build_pack([((SIMULATE, "cd" * 16), b"xy"), ((SIMULATE, "ab" * 16), wide)])
+    index = PackIndex(idx, "test", expect=h)
+    found = {k: bytes(pack[o : o + n]) for k, o, n in index.entries()}
+    assert found == {(SIMULATE, "ab" * 16): wide.tobytes(), (SIMULATE, "cd" * 16): b"xy"}
+    with pytest.raises(ValueError, match="32 hex"):
+        build_pack([((SIMULATE, "abcd"), b"x")])
+    with pytest.raises(ValueError, match="given twice"):
+        build_pack([((SIMULATE, "ab" * 16), b"x"), ((SIMULATE, "ab" * 16), b"y")])

@@ -210,9 +210,28 @@ _KILLED_WRITER = textwrap.dedent(
 )
 
 
+def _helpers_of(writers: list[int]) -> list[int]:
+    """The seal helpers still running for these writer pids (the helper's command line
+    names ``serve_seals`` and its writer's pid)."""
+    found: list[int] = []
+    if not os.path.isdir("/proc"):  # pragma: no cover - not Linux: not looked for
+        return found
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(b"serve_seals" in a for a in args) and _alive(int(entry)):
+            if any(str(w).encode() in args for w in writers):
+                found.append(int(entry))
+    return found
+
+
 def test_writers_killed_at_random_instants_leave_only_correct_records(tmp_path: Path) -> None:
     rng = random.Random(19)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    writers: list[int] = []
     for n in range(8):
         p = subprocess.Popen(
             [sys.executable, "-c", _KILLED_WRITER, str(tmp_path), str(n * 1_000_000)],
@@ -224,6 +243,11 @@ def test_writers_killed_at_random_instants_leave_only_correct_records(tmp_path: 
         time.sleep(rng.uniform(0.0, 0.3))
         p.send_signal(signal.SIGKILL)
         p.wait()
+        writers.append(p.pid)
+    deadline = time.monotonic() + 60
+    while _helpers_of(writers):  # each ends with its writer (a moment later)
+        assert time.monotonic() < deadline, "a seal helper outlived its writer"
+        time.sleep(0.05)
     reader = LocalStore(tmp_path)
     listed = list(reader.iter_calls())
     segments = _segments(tmp_path)  # one or two a writer (killed while a full one was sealed)
@@ -239,25 +263,32 @@ def test_writers_killed_at_random_instants_leave_only_correct_records(tmp_path: 
         assert bytes(after.get_call(fid, d)) == _record(d)
 
 
-def test_a_full_segment_is_sealed_by_a_thread_readable_throughout_and_packs_stay_few(
+def test_a_full_segment_is_sealed_by_a_helper_process_readable_throughout_and_packs_stay_few(
     tmp_path: Path, monkeypatch
 ) -> None:
-    """Past its size a segment is sealed by a thread, not inside the miss that filled it;
+    """Past its size a segment is sealed by another process (the writer's helper), not by
+    the writer: no pack is built under the writer's GIL, inside a miss or in a thread;
     its records stay readable while it is sealed; seals fold small packs into theirs, so
     a miss searches a bounded number of packs however many seals ran."""
-    import threading
-
     from fleche.store import _local
 
     monkeypatch.setattr(_local, "SEGMENT_MAX_BYTES", 1500)  # about 7 records a segment
-    sealers: list[str] = []
+    built: list[str] = []  # packs built by this process
     real = LocalStore.write_pack
 
     def write_pack(self, entries, superseded=()):
-        sealers.append(threading.current_thread().name)
+        built.append("write_pack")
         return real(self, entries, superseded)
 
     monkeypatch.setattr(LocalStore, "write_pack", write_pack)
+    retired: list[str] = []
+    real_retire = LocalStore._retire
+
+    def retire(self, w):
+        retired.append(w.path)
+        return real_retire(self, w)
+
+    monkeypatch.setattr(LocalStore, "_retire", retire)
     w = _writer(tmp_path)
     reader = LocalStore(tmp_path)
     digests = [digest_of(f"f{i}") for i in range(300)]
@@ -267,14 +298,108 @@ def test_a_full_segment_is_sealed_by_a_thread_readable_throughout_and_packs_stay
             for e in digests[: i + 1]:
                 assert bytes(reader.get_call(FID, e)) == _record(e)
     w._join_seals()
-    assert len(sealers) > 20 and set(sealers) == {"fleche-seal"}
-    assert len(w.packs().live) <= len(sealers).bit_length()  # a binary counter of packs
+    assert len(retired) > 20 and built == []
+    assert not any(os.path.exists(p) for p in retired)  # all sealed, by the helper
+    assert len(w.packs().live) <= len(retired).bit_length()  # a binary counter of packs
     fresh = LocalStore(tmp_path)
     for d in digests:
         assert bytes(fresh.get_call(FID, d)) == _record(d)
     assert sorted(fresh.iter_calls()) == sorted((FID, d) for d in digests)
     w.close()
     assert _segments(tmp_path) == []
+
+
+def test_a_helper_that_dies_mid_seal_leaves_the_seal_to_the_writers_thread(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A helper killed while it seals (here: one that reads its request and kills itself)
+    loses nothing: the writer's seal thread seals the segment itself, and every record
+    stays readable throughout."""
+    from fleche.store import _local, _sealer
+
+    monkeypatch.setattr(_local, "SEGMENT_MAX_BYTES", 1500)
+    helper = tmp_path / "helper"
+    helper.write_text("#!/bin/sh\nread line\nkill -9 $$\n")
+    helper.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(helper))
+    monkeypatch.setattr(_sealer, "_helper", [])
+    monkeypatch.setattr(_sealer, "_pid", [])
+    monkeypatch.setattr(_sealer, "_broken", [])
+    root = tmp_path / "store"
+    w = _writer(root)
+    digests = [digest_of(f"d{i}") for i in range(100)]
+    for d in digests:
+        w.put_call(FID, d, _record(d))
+    w._join_seals()
+    assert len(_segments(root)) == 1  # the open one: the full ones were sealed anyway
+    assert len(w.packs().live) >= 1
+    w.close()
+    fresh = LocalStore(root)
+    assert sorted(fresh.iter_calls()) == sorted((FID, d) for d in digests)
+    for d in digests:
+        assert bytes(fresh.get_call(FID, d)) == _record(d)
+
+
+_HELPED_WRITER = textwrap.dedent(
+    """
+    import sys
+    from fleche.store import LocalStore, _local, _sealer
+    from fleche.testing._base import FID, digest_of
+    _local.SEGMENT_MAX_BYTES = 1500
+    store = LocalStore(sys.argv[1])
+    i = 0
+    while not _sealer._helper:
+        d = digest_of(f"k{i}")
+        store.put_call(FID, d, f"record of {d}".encode() * 3)
+        i += 1
+    store._join_seals()
+    print(_sealer._helper[0].pid, flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie nobody reaped has ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def test_the_helper_ends_with_its_writer_killed(tmp_path: Path) -> None:
+    """A writer killed (SIGKILL) leaves no helper behind, as it left no seal thread: its
+    segment stays where readers find it, and gc seals it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", _HELPED_WRITER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert p.stdout is not None
+    helper = int(p.stdout.readline())
+    assert _helpers_of([p.pid]) == [helper]  # alive while its writer is
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 30
+    while _alive(helper):
+        assert time.monotonic() < deadline, "the helper outlived its writer"
+        time.sleep(0.05)
+    assert len(_segments(tmp_path)) == 1
+    reader = LocalStore(tmp_path)
+    listed = list(reader.iter_calls())
+    assert listed
+    assert LocalStore(tmp_path).seal_segments() == 1
+    assert sorted(LocalStore(tmp_path).iter_calls()) == sorted(listed)
 
 
 def test_a_call_rewritten_by_another_writer_reads_as_the_newer_record(tmp_path: Path) -> None:
@@ -295,3 +420,65 @@ def test_a_call_rewritten_by_another_writer_reads_as_the_newer_record(tmp_path: 
     reader = LocalStore(tmp_path)
     assert bytes(reader.get_call(FID, d)) == b"newer"
     assert bytes(reader.get_call(FID, digest_of("after"))) == b"after"
+
+
+_FORKING_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    from fleche.store import LocalStore, _local, _sealer
+    from fleche.testing._base import FID, digest_of
+    _local.SEGMENT_MAX_BYTES = 1500
+    store = LocalStore(sys.argv[1])
+
+    def write(prefix, n):
+        for i in range(n):
+            d = digest_of(f"{prefix}{i}")
+            store.put_call(FID, d, f"record of {d}".encode() * 3)
+        store._join_seals()
+
+    write("parent", 100)
+    if os.fork() == 0:
+        sys.stdin.readline()  # after the parent exited
+        write("child", 100)
+        print("child", _sealer._helper[0].pid, flush=True)
+        sys.stdin.read()
+        store.close()
+        os._exit(0)
+    print("parent", _sealer._helper[0].pid, flush=True)
+    """
+)
+
+
+def test_a_forked_child_seals_through_its_own_helper_and_the_parent_exits_with_its_own(
+    tmp_path: Path,
+) -> None:
+    """A child forked by a writer does not hold the parent's helper pipe: the parent's
+    exit ends its helper (not left for the child's lifetime), and the child's full
+    segments are sealed by a helper of its own."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen(
+        [sys.executable, "-c", _FORKING_WRITER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert p.stdin is not None and p.stdout is not None
+    parent = p.stdout.readline().split()
+    assert parent[0] == "parent"
+    assert p.wait(timeout=60) == 0
+    assert not _alive(int(parent[1]))  # it saw the pipe close and was waited for
+    p.stdin.write("go on\n")
+    p.stdin.flush()
+    child = p.stdout.readline().split()
+    assert child[0] == "child" and child[1] != parent[1]
+    p.stdin.close()  # the child closes its store and exits
+    assert p.stdout.read() == ""
+    deadline = time.monotonic() + 30
+    while _segments(tmp_path):
+        assert time.monotonic() < deadline, "the child did not seal its segment"
+        time.sleep(0.05)
+    reader = LocalStore(tmp_path)
+    names = [f"parent{i}" for i in range(100)] + [f"child{i}" for i in range(100)]
+    for d in map(digest_of, names):
+        assert bytes(reader.get_call(FID, d)) == _record(d)

@@ -13,6 +13,7 @@ import errno
 import itertools
 import os
 import stat
+import sys
 import threading
 import time
 from _weakrefset import WeakSet  # weakref.WeakSet; not weakref's module body (threading's way)
@@ -259,6 +260,24 @@ def _seal_at_exit() -> None:
             store.seal_segment()
         except Exception:  # noqa: BLE001 - the segment stays in tmp/, where readers find it
             pass
+    sealer = sys.modules.get("fleche.store._sealer")  # loaded by a first full segment
+    if sealer is not None:
+        sealer.stop_helper()
+
+
+def serve_seals(parent: int) -> None:
+    """The seal helper's main (:mod:`._sealer`): seal the segments writer ``parent`` sends."""
+    from fleche.store._sealer import serve
+
+    stores: dict[str, LocalStore] = {}
+
+    def seal(root: str, path: str) -> None:
+        store = stores.get(root)
+        if store is None:
+            store = stores[root] = LocalStore(root)
+        store.seal_file(path)
+
+    serve(parent, seal)
 
 
 class _Writer:
@@ -513,7 +532,7 @@ class LocalStore(ObjectStore):
         return w
 
     def _retire(self, w: _Writer) -> None:
-        """Hand the full segment ``w`` to a thread that seals it (``_seg_lock`` held).
+        """Hand the full segment ``w`` to a thread that has it sealed (``_seg_lock`` held).
 
         Until its pack is published the segment stays in ``tmp/segments/`` and in our
         views, so every reader keeps finding its records; the next record goes to a new
@@ -534,21 +553,19 @@ class LocalStore(ObjectStore):
         t.start()
 
     def _seal_retired(self, w: _Writer, entries: dict[Key, tuple[int, int]] | None) -> None:
+        """Seal the retired segment ``w`` in this process's helper (:mod:`._sealer`), off
+        our GIL: this thread only waits on its pipe. When the helper cannot (it does not
+        start, or died), this thread seals the segment itself."""
         try:
             if os.fstat(w.fd).st_nlink == 0:  # sealed by another process (gc, an evict)
                 return
-            whole = memoryview(os.pread(w.fd, w.size, 0))
-            damaged = False
-            if entries is None:
-                found, used, torn, skipped = seg.parse(whole, 0)
-                entries = {key: (offset, length) for key, offset, length in found}
-                damaged = torn or skipped > 0 or seg.damaged_head(whole[used:])
-            records: dict[Key, BytesLike] = {k: whole[o : o + n] for k, (o, n) in entries.items()}
-            if records:
-                with self._seal_write:
-                    self._write_sealed(records)
+            from fleche.store._sealer import seal_in_helper
+
+            with self._seal_write:  # one seal of this handle's at a time
+                sealed = seal_in_helper(self.root, w.path, f"{__name__}:serve_seals")
+                if not sealed and os.fstat(w.fd).st_nlink:
+                    self._seal_fd(w.fd, w.path, w.size, entries)
             with self._seg_lock:
-                self._discard_segment(w.path, whole if damaged else None)
                 old = self._views.pop(w.path, None)
                 if old is not None:
                     os.close(old.fd)
@@ -561,6 +578,39 @@ class LocalStore(ObjectStore):
             )
         finally:
             os.close(w.fd)
+
+    def seal_file(self, path: str) -> None:
+        """Seal the segment at ``path`` (another process's: the helper of the writer that
+        retired it) into a pack, folding small packs, then remove it; nothing when it is
+        gone (sealed by someone else)."""
+        try:
+            fd, st = open_file(path)
+        except FileNotFoundError:
+            return
+        try:
+            if st.st_nlink:
+                with self._seal_write:
+                    self._seal_fd(fd, path, st.st_size, None)
+        finally:
+            os.close(fd)
+
+    def _seal_fd(
+        self, fd: int, path: str, size: int, entries: dict[Key, tuple[int, int]] | None
+    ) -> None:
+        """Write the first ``size`` bytes of segment ``path`` (open as ``fd``; its frames at
+        ``entries`` when known, else parsed) as a pack, folding small packs in
+        (``_seal_write`` held), then remove the segment."""
+        whole = memoryview(_pread_all(fd, size))
+        damaged = False
+        if entries is None:
+            found, used, torn, skipped = seg.parse(whole, 0)
+            entries = {key: (offset, length) for key, offset, length in found}
+            damaged = torn or skipped > 0 or seg.damaged_head(whole[used:])
+        records: dict[Key, BytesLike] = {k: whole[o : o + n] for k, (o, n) in entries.items()}
+        if records:
+            self._write_sealed(records)
+        with self._seg_lock:
+            self._discard_segment(path, whole if damaged else None)
 
     def _write_sealed(self, records: dict[Key, BytesLike]) -> None:
         """Publish ``records`` as a pack, folding in the smallest live packs while each is

@@ -19,11 +19,12 @@ name table, so the first digest byte drives the fan-out.
 from __future__ import annotations
 
 import struct
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
-from itertools import compress, repeat
+from itertools import accumulate, compress, islice, pairwise, repeat
 from math import isqrt
-from operator import itemgetter, rshift
+from operator import add, eq, itemgetter, rshift
 
 import xxhash
 
@@ -118,35 +119,41 @@ def build_pack(
     stop reading them. ``hash`` is the XXH3-128 of the pack file, in hex: the
     name of both files.
     """
-    items = sorted(((bytes.fromhex(d), n), data) for (n, d), data in entries)
-    names = ["", *sorted({n for (_, n), _ in items if n})]
-    ids = {n: i for i, n in enumerate(names)}
-    rows: list[tuple[bytes, int, int, int]] = []
-    body: list[bytes | bytearray | memoryview] = []
-    offset = PACK_HEADER.size
-    previous: tuple[bytes, int] | None = None
-    for (digest, name), data in items:
-        key = (digest, ids[name])
-        if key == previous:
-            raise ValueError(f"build_pack: key {(name, digest.hex())} given twice")
-        previous = key
-        size = memoryview(data).nbytes
-        if size > MAX_ENTRY:
-            raise ValueError(f"build_pack: entry {(name, digest.hex())} is {size} bytes, too big")
-        rows.append((digest, ids[name], size, offset))
-        body.append(data)
-        offset += size
-    pack = b"".join([PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, len(rows)), *body])
+    # Whole columns at a time, each step in C: a seal packs ~20,000 records, and a loop
+    # of Python per record (sort tuples, pack each row) cost it ~5 µs a record.
+    pairs = list(entries)
+    keys: list[Key] = list(map(itemgetter(0), pairs))
+    names = ["", *sorted({n for n, _ in keys} - {""})]
+    tags = {n: i.to_bytes(4, "big") for i, n in enumerate(names)}
+    # the first 20 bytes of each index entry, digest then name id, are its sort key
+    digests = map(bytes.fromhex, map(itemgetter(1), keys))
+    heads = list(map(add, digests, map(tags.__getitem__, map(itemgetter(0), keys))))
+    order = sorted(range(len(heads)), key=heads.__getitem__)
+    heads = list(map(heads.__getitem__, order))
+    body = list(map(itemgetter(1), map(pairs.__getitem__, order)))
+    pack = b"".join([PACK_HEADER.pack(PACK_MAGIC, PACK_VERSION, len(heads)), *body])
+    sizes = list(map(len, body))  # each one's bytes, unless a view of wider items
+    if sum(sizes) != len(pack) - PACK_HEADER.size:
+        sizes = [memoryview(d).nbytes for d in body]
+
+    def key(head: bytes) -> Key:
+        return names[int.from_bytes(head[16:], "big")], head[:16].hex()
+
+    if set(map(len, heads)) - {20}:
+        raise ValueError("build_pack: a digest is not 32 hex digits")
+    if any(map(eq, heads, islice(heads, 1, None))):
+        twice = next(h for h, after in pairwise(heads) if h == after)
+        raise ValueError(f"build_pack: key {key(twice)} given twice")
+    if sizes and max(sizes) > MAX_ENTRY:
+        at = next(i for i, n in enumerate(sizes) if n > MAX_ENTRY)
+        raise ValueError(f"build_pack: entry {key(heads[at])} is {sizes[at]} bytes, too big")
     pack_digest = xxhash.xxh3_128_digest(pack)
     gone = sorted({bytes.fromhex(h) for h in superseded} - {pack_digest})
-    fan = [0] * 256
-    for digest, *_ in rows:
-        fan[digest[0]] += 1
-    for i in range(1, 256):
-        fan[i] += fan[i - 1]
+    firsts = bytes(map(itemgetter(0), heads))  # ascending: the fan-out is where each ends
+    fan = [bisect_right(firsts, i) for i in range(256)]
     parts = [
         IDX_HEADER.pack(
-            IDX_MAGIC, PACK_VERSION, len(pack), pack_digest, len(rows), len(names), len(gone)
+            IDX_MAGIC, PACK_VERSION, len(pack), pack_digest, len(heads), len(names), len(gone)
         ),
         FANOUT.pack(*fan),
     ]
@@ -154,7 +161,8 @@ def build_pack(
         raw = n.encode()
         parts += [NAME_LEN.pack(len(raw)), raw]
     parts += gone
-    parts += [ENTRY.pack(*row) for row in rows]
+    offsets = accumulate(sizes, initial=PACK_HEADER.size)
+    parts += map(add, heads, map(_TAIL.pack, sizes, offsets))
     idx = b"".join(parts)
     return pack_digest.hex(), pack, idx + xxhash.xxh3_128_digest(idx)
 

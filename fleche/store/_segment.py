@@ -14,8 +14,8 @@ lengths say) is read again later, and a frame whose checksum does not match ends
 segment for that reader when the frame its lengths lead to is damaged too (nothing after
 it is trusted); followed by a whole, checked frame, only the damaged one is skipped. A later frame
 for the same key replaces an earlier one. The owner seals the segment into an ordinary
-pack (``.pack`` then ``.idx``) and only then removes it: at a size or age threshold,
-on ``close()`` and at exit. A crash leaves the segment where readers keep finding it.
+pack (``.pack`` then ``.idx``) and only then removes it: at a size or age threshold
+(in its helper process, :mod:`fleche.store._sealer`), on ``close()`` and at exit. A crash leaves the segment where readers keep finding it.
 """
 
 from __future__ import annotations
