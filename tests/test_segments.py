@@ -319,12 +319,14 @@ def test_a_helper_that_dies_mid_seal_leaves_the_seal_to_the_writers_thread(
 
     monkeypatch.setattr(_local, "SEGMENT_MAX_BYTES", 1500)
     helper = tmp_path / "helper"
-    helper.write_text("#!/bin/sh\nread line\nkill -9 $$\n")
+    starts = tmp_path / "starts"
+    helper.write_text(f"#!/bin/sh\necho >> {starts}\nread line\nkill -9 $$\n")
     helper.chmod(0o755)
     monkeypatch.setattr(sys, "executable", str(helper))
     monkeypatch.setattr(_sealer, "_helper", [])
     monkeypatch.setattr(_sealer, "_pid", [])
     monkeypatch.setattr(_sealer, "_broken", [])
+    monkeypatch.setattr(_sealer, "_served", [])
     root = tmp_path / "store"
     w = _writer(root)
     digests = [digest_of(f"d{i}") for i in range(100)]
@@ -332,12 +334,38 @@ def test_a_helper_that_dies_mid_seal_leaves_the_seal_to_the_writers_thread(
         w.put_call(FID, d, _record(d))
     w._join_seals()
     assert len(_segments(root)) == 1  # the open one: the full ones were sealed anyway
+    # a helper that never answered (sys.executable is no Python that runs fleche, as in
+    # an embedded interpreter) is not started again at every seal: threads seal from then
+    assert starts.read_text().count("\n") == 1
     assert len(w.packs().live) >= 1
     w.close()
     fresh = LocalStore(root)
     assert sorted(fresh.iter_calls()) == sorted((FID, d) for d in digests)
     for d in digests:
         assert bytes(fresh.get_call(FID, d)) == _record(d)
+
+
+def test_fleche_seal_helper_0_seals_in_the_writers_thread(tmp_path: Path, monkeypatch) -> None:
+    """``FLECHE_SEAL_HELPER=0`` (where starting a process is unwelcome): no helper is
+    started; the writer's seal thread builds the packs, and every record stays readable."""
+    from fleche.store import _local, _sealer
+
+    monkeypatch.setenv("FLECHE_SEAL_HELPER", "0")
+    monkeypatch.setattr(_local, "SEGMENT_MAX_BYTES", 1500)
+    monkeypatch.setattr(_sealer, "_helper", [])
+    monkeypatch.setattr(_sealer, "_pid", [])
+    started: list[str] = []
+    monkeypatch.setattr(_sealer, "_start", lambda main: started.append(main))
+    w = _writer(tmp_path)
+    digests = [digest_of(f"t{i}") for i in range(60)]
+    for d in digests:
+        w.put_call(FID, d, _record(d))
+    w._join_seals()
+    assert started == [] and _sealer._helper == []
+    assert len(w.packs().live) >= 1 and len(_segments(tmp_path)) == 1
+    w.close()
+    fresh = LocalStore(tmp_path)
+    assert sorted(fresh.iter_calls()) == sorted((FID, d) for d in digests)
 
 
 _HELPED_WRITER = textwrap.dedent(

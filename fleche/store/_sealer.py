@@ -36,6 +36,7 @@ _lock = threading.Lock()  # one request on the pipe at a time
 _helper: list[subprocess.Popen[bytes]] = []  # this process's helper, once started
 _pid: list[int] = []  # the process that started it (a forked child starts its own)
 _broken: list[bool] = []  # [True]: the helper cannot start here; threads seal themselves
+_served: list[bool] = []  # [True]: a helper of this process answered once (it can work here)
 
 
 def _after_fork() -> None:
@@ -88,7 +89,7 @@ def seal_in_helper(root: str, path: str, main: str) -> bool:
     pid: it calls :func:`serve` with what seals a segment (the store's module, which
     imports this one, not the other way round)."""
     with _lock:
-        if _broken:
+        if _broken or os.environ.get("FLECHE_SEAL_HELPER", "1") == "0":
             return False
         proc = _helper[0] if _helper and _pid == [os.getpid()] else None
         if proc is None or proc.poll() is not None:
@@ -110,9 +111,12 @@ def seal_in_helper(root: str, path: str, main: str) -> bool:
         except OSError:  # the helper died: a broken pipe
             answer = b""
         if answer.startswith(b"ok"):
+            _served[:] = [True]
             return True
-        if not answer:  # died: started again next time
+        if not answer:  # died: started again next time, if one ever worked here
             _stop(proc)
+            if not _served:  # ``sys.executable`` is not a Python that runs us (embedded)
+                _broken.append(True)
         return False
 
 
