@@ -505,3 +505,30 @@ def test_an_evict_racing_a_seal_that_folds_its_pack_stays_evicted(
         assert reader.find_call(FID, gone) is None
         assert bytes(reader.get_call(FID, new)) == _record(new)
         assert bytes(reader.get_call(FID, after)) == _record(after)
+
+
+def test_a_child_forked_while_a_seal_holds_the_lock_does_not_keep_it(tmp_path: Path) -> None:
+    """The seal lock is a ``flock``, shared by a forked child's copy of its descriptor: the
+    child closes that copy, so the parent's release lets the next seal in."""
+    import fcntl
+
+    store = _writer(tmp_path)
+    ready, told = os.pipe()
+    with store._seal_lock():
+        pid = os.fork()
+        if pid == 0:  # the child (its fork hooks ran): says so, waits to be killed
+            os.write(told, b"!")
+            time.sleep(60)
+            os._exit(0)
+    os.close(told)
+    try:
+        assert os.read(ready, 1) == b"!"
+        fd = os.open(tmp_path / "packs", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready)

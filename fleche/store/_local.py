@@ -301,8 +301,9 @@ class _SealLock:
     its parse of the segment to the segment's removal, a seal's fold of small packs, and
     ``drop_packed``. A record an evict removed therefore never comes back: a seal that
     parsed it before the evict either published before the evict looked at the packs, or
-    finds the segment removed (sealed without it) when it gets the lock. Where ``fcntl``
-    is missing (Windows) only the threads of one handle are kept apart.
+    finds the segment removed (sealed without it) when it gets the lock. Where there is
+    no ``flock`` (Windows) or the filesystem refuses it (some network filesystems), only
+    the threads of one handle are kept apart (``_seal_write``), as before the lock.
     """
 
     __slots__ = ("fd", "path")
@@ -316,18 +317,44 @@ class _SealLock:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
             return
-        fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+        except OSError:
+            return  # the write that follows says what is wrong
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # pragma: no cover - a filesystem without flock (ENOLCK, EINVAL)
+            os.close(fd)
+            return
         except BaseException:
             os.close(fd)
             raise
+        if not _fork_hook:
+            os.register_at_fork(after_in_child=_release_in_child)
+            _fork_hook.append(True)
         self.fd = fd
+        _held.add(fd)
 
     def __exit__(self, *exc: object) -> None:
         if self.fd >= 0:
+            _held.discard(self.fd)
             os.close(self.fd)  # releases the lock
             self.fd = -1
+
+
+_held: set[int] = set()  # descriptors holding a seal lock in this process
+_fork_hook: list[bool] = []  # [True] once _release_in_child is registered
+
+
+def _release_in_child() -> None:
+    """A child forked while a thread held a seal lock shares its descriptor (and so the
+    lock): closed in the child, so the parent's release is the lock's release."""
+    for fd in list(_held):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
 
 
 class _Writer:
