@@ -1063,7 +1063,12 @@ def test_a_damaged_frame_in_a_segment_is_a_miss_never_a_wrong_value(
             assert inline3k(i) == blob(i, 3_000)
     assert seen == []  # a damaged frame in flight is a miss (this process warned already)
     assert sorted(computed) == sorted([*range(4), *lost])  # the lost once more, then hits
-    report = verify(LocalStore(root))  # seals the segment: the damage is reported, once
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = verify(LocalStore(root))  # seals the segment: the damage is reported, once
+    said = [str(w.message) for w in caught if w.category is SegmentDamageWarning]
+    sealed_warns = damage not in CUT_OFF and damage not in READER_WARNS  # not warned yet
+    assert len(said) == sealed_warns and all("copied to" in w for w in said), said
     named = [f.name for f in report.corrupt_records]
     assert named == ([] if damage in CUT_OFF else [f"tmp/segments/{segment.name}"])
     assert verified(LocalStore(root)) == 4  # sealed: every call, each right
