@@ -41,6 +41,15 @@ class StaleCodeWarning(FlecheWarning):
     """
 
 
+class SegmentDamageWarning(FlecheWarning):
+    """A segment of call records in flight (``tmp/segments/``) holds damaged frames.
+
+    Their calls read as misses (recomputed); the segment's bytes are copied to
+    ``quarantine/`` when it is sealed into a pack; ``fleche verify`` lists the damage.
+    Once per segment and process (docs/format.md, "Segments").
+    """
+
+
 class CacheMiss(FlecheError, KeyError):
     """The requested call or object is not in the cache."""
 

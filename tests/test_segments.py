@@ -15,8 +15,12 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 from pathlib import Path
 
+import pytest
+
+from fleche import SegmentDamageWarning
 from fleche.store import LocalStore
 from fleche.testing._base import FID, digest_of
 from fleche.upkeep import apply_gc, plan_gc
@@ -143,8 +147,10 @@ def test_a_torn_tail_and_a_damaged_frame_are_never_read(tmp_path: Path) -> None:
     data = segment.read_bytes()
     with open(segment, "ab") as f:  # a frame cut short, as a crash mid-write leaves it
         f.write(data[: len(data) // 3 - 5])
-    reader = LocalStore(tmp_path)
-    assert sorted(reader.iter_calls()) == sorted((FID, d) for d in digests)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegmentDamageWarning)  # as an append in progress: none
+        reader = LocalStore(tmp_path)
+        assert sorted(reader.iter_calls()) == sorted((FID, d) for d in digests)
     # Flip a byte in the second record: that frame is skipped (the third, whole and
     # checked, follows it), the others are still read.
     size = len(data) // 3
@@ -153,7 +159,8 @@ def test_a_torn_tail_and_a_damaged_frame_are_never_read(tmp_path: Path) -> None:
     damaged[size + size - 3] ^= 0xFF
     segment.write_bytes(bytes(damaged))
     fresh = LocalStore(tmp_path)
-    assert bytes(fresh.get_call(FID, digests[0])) == _record(digests[0])
+    with pytest.warns(SegmentDamageWarning, match=segment.name):
+        assert bytes(fresh.get_call(FID, digests[0])) == _record(digests[0])
     assert fresh.find_call(FID, digests[1]) is None
     assert bytes(fresh.get_call(FID, digests[2])) == _record(digests[2])
     # Flip a bit in the second frame's length: where the third starts is unknown, nothing
@@ -248,6 +255,8 @@ def test_writers_killed_at_random_instants_leave_only_correct_records(tmp_path: 
     while _helpers_of(writers):  # each ends with its writer (a moment later)
         assert time.monotonic() < deadline, "a seal helper outlived its writer"
         time.sleep(0.05)
+    # A frame a kill cut short is no damage: reading and sealing warn of none.
+    warnings.simplefilter("error", SegmentDamageWarning)
     reader = LocalStore(tmp_path)
     listed = list(reader.iter_calls())
     segments = _segments(tmp_path)  # one or two a writer (killed while a full one was sealed)
@@ -255,7 +264,9 @@ def test_writers_killed_at_random_instants_leave_only_correct_records(tmp_path: 
     for fid, d in listed:
         assert bytes(reader.get_call(fid, d)) == _record(d)
     sealer = LocalStore(tmp_path)
-    assert sealer.seal_segments() == len(segments)
+    damaged: dict[str, int] = {}
+    assert sealer.seal_segments(damaged) == len(segments)
+    assert damaged == {} and not (tmp_path / "quarantine").exists()
     assert _segments(tmp_path) == []
     after = LocalStore(tmp_path)
     assert sorted(after.iter_calls()) == sorted(listed)
@@ -510,3 +521,232 @@ def test_a_forked_child_seals_through_its_own_helper_and_the_parent_exits_with_i
     names = [f"parent{i}" for i in range(100)] + [f"child{i}" for i in range(100)]
     for d in map(digest_of, names):
         assert bytes(reader.get_call(FID, d)) == _record(d)
+
+
+def _segment_of(root: Path, frames: list[bytes], name: str = "seg-0-test-1") -> Path:
+    """A segment as a writer that died left it: ``frames`` appended, nobody holding it."""
+    path = root / "tmp" / "segments" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"".join(frames))
+    return path
+
+
+def _calls(root: Path, n: int) -> list[tuple[str, str, bytes]]:
+    """``n`` real call records ``(function id, call key, bytes)`` (small values, inline: no
+    objects), written by ``@fleche`` to a store of their own at ``root``."""
+    from fleche import cache, fleche
+
+    source = LocalStore(root, segments=False)
+
+    @fleche
+    def square(i: int) -> int:
+        return i * i
+
+    with cache(source):
+        for i in range(n):
+            square(i)
+    return sorted((fid, d, bytes(source.get_call(fid, d))) for fid, d in source.iter_calls())
+
+
+def _damaged(framed: bytes) -> bytes:
+    """``framed`` with a bit of its record flipped: whole, but its checksum fails."""
+    out = bytearray(framed)
+    out[-2] ^= 0x01
+    return bytes(out)
+
+
+def test_a_damaged_frame_warns_once_and_fleche_verify_reports_it(tmp_path: Path) -> None:
+    """A reader that skips a damaged frame says so, once per segment: which segment,
+    that the call is recomputed, that the bytes go to quarantine/, that verify lists it;
+    ``fleche verify`` counts it as a damaged record (exit status 1), sealing it on a
+    writable store, and ``--repair`` reports it quarantined."""
+    import json
+
+    from click.testing import CliRunner
+
+    from fleche.cli import main
+    from fleche.store._segment import frame
+    from fleche.upkeep import verify
+
+    root = tmp_path / "store"
+    LocalStore(root).info()  # fleche.json
+    (fid, a, ra), (_, bad, rbad), (_, c, rc), (_, last, rlast) = _calls(tmp_path / "src", 4)
+    path = _segment_of(
+        root, [frame(fid, a, ra), _damaged(frame(fid, bad, rbad)), frame(fid, c, rc)]
+    )
+    with pytest.warns(SegmentDamageWarning) as caught:
+        reader = LocalStore(root)
+        assert reader.find_call(fid, bad) is None
+        assert bytes(reader.get_call(fid, a)) == ra
+    (warning,) = [w for w in caught if w.category is SegmentDamageWarning]
+    text = str(warning.message)
+    assert str(path) in text and "1 damaged frame" in text
+    assert "recomputed" in text and "quarantine/" in text and "fleche verify" in text
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegmentDamageWarning)  # once per segment and process
+        assert LocalStore(root).find_call(fid, bad) is None
+
+    name = "tmp/segments/seg-0-test-1"
+    report = verify(LocalStore(root, read_only=True))  # cannot seal: only reports
+    assert [(f.name, f.remains) for f in report.corrupt_records] == [(name, True)]
+    assert report.problems == 1 and report.records == 3 and path.exists()
+
+    stderr: list[str] = []
+
+    def cli(*args: str, code: int) -> dict:
+        result = CliRunner().invoke(main, [*args, "-s", str(root), "--json"])
+        assert result.exit_code == code, result.output
+        stderr.append(result.stderr)
+        return json.loads(result.stdout)
+
+    doc = cli("verify", code=1)  # writable: sealed now, its bytes in quarantine/
+    assert [f["name"] for f in doc["corrupt_records"]] == [name] and doc["problems"] == 1
+    assert "quarantine/" in doc["corrupt_records"][0]["reason"]
+    assert not path.exists()
+    assert len(list((root / "quarantine" / "tmp" / "segments").iterdir())) == 1
+    fresh = LocalStore(root)
+    assert bytes(fresh.get_call(fid, a)) == ra and fresh.find_call(fid, bad) is None
+    assert bytes(fresh.get_call(fid, c)) == rc
+    assert cli("verify", code=0)["problems"] == 0
+
+    # A damaged last frame (whole, nothing after it): a reader waits on it, the seal by
+    # --repair warns and quarantines it, and the repair run reports it fixed.
+    tail = _segment_of(root, [frame(fid, c, rc), _damaged(frame(fid, last, rlast))], "seg-0-test-2")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegmentDamageWarning)
+        assert LocalStore(root).find_call(fid, last) is None  # maybe still being written
+    doc = cli("verify", "--repair", code=0)
+    assert "seg-0-test-2: 1 damaged frame" in stderr[-1] and "copied to" in stderr[-1]
+    assert [(f["name"], f["fixed"]) for f in doc["corrupt_records"]] == [
+        ("tmp/segments/seg-0-test-2", "quarantined")
+    ]
+    assert not tail.exists()
+
+
+def test_a_frame_still_being_appended_is_no_damage(tmp_path: Path) -> None:
+    """A short frame at the end (a writer's append in progress, or one a crash cut off) is
+    read again later: no warning, nothing quarantined, nothing reported by verify."""
+    from fleche.store._segment import frame
+    from fleche.upkeep import verify
+
+    root = tmp_path / "store"
+    (fid, a, ra), (_, b, rb) = _calls(tmp_path / "src", 2)
+    whole = frame(fid, b, rb)
+    path = _segment_of(root, [frame(fid, a, ra), whole[: len(whole) // 2]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegmentDamageWarning)
+        reader = LocalStore(root)
+        assert reader.find_call(fid, b) is None
+        assert verify(LocalStore(root, read_only=True)).ok
+        with open(path, "ab") as f:  # the append completes
+            f.write(whole[len(whole) // 2 :])
+        assert bytes(reader.get_call(fid, b)) == rb
+        report = verify(LocalStore(root))  # sealed, whole
+        assert report.ok and report.records == 2 and not path.exists()
+    assert not (root / "quarantine").exists()
+
+
+def test_an_evict_racing_the_seal_of_its_segment_stays_evicted(tmp_path: Path, monkeypatch) -> None:
+    """The seal parsed the segment (the record in it) and is about to publish its pack when
+    another handle evicts the record: once the evict returned, no reader finds it."""
+    import threading
+
+    sealer = _writer(tmp_path)
+    gone, kept = digest_of("evicted"), digest_of("kept")
+    sealer.put_call(FID, gone, _record(gone))
+    sealer.put_call(FID, kept, _record(kept))
+    parsed, go = threading.Event(), threading.Event()
+    real = LocalStore.write_pack
+
+    def write_pack(self, entries, superseded=()):
+        if threading.current_thread().name == "sealer":
+            parsed.set()
+            go.wait(30)
+        return real(self, entries, superseded)
+
+    monkeypatch.setattr(LocalStore, "write_pack", write_pack)
+    seal = threading.Thread(target=sealer.seal_segment, name="sealer")
+    seal.start()
+    assert parsed.wait(30)
+    evictor = LocalStore(tmp_path)
+    evict = threading.Thread(target=evictor.delete_call, args=(FID, gone))
+    evict.start()
+    evict.join(0.5)  # without the seal lock the evict returns here, before the seal publishes
+    go.set()
+    seal.join()
+    evict.join()
+    for reader in (LocalStore(tmp_path), evictor, LocalStore(tmp_path, segments=False)):
+        assert reader.find_call(FID, gone) is None
+        assert bytes(reader.get_call(FID, kept)) == _record(kept)
+
+
+def test_an_evict_racing_a_seal_that_folds_its_pack_stays_evicted(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A seal folds the small pack holding the record into its own while another handle
+    evicts the record (a rewrite of that pack): the fold never brings it back."""
+    import threading
+
+    from fleche.store import _local
+
+    first = _writer(tmp_path)
+    gone = digest_of("packed")
+    first.put_call(FID, gone, _record(gone))
+    first.close()  # sealed: a small pack holding it
+    parsed, go = threading.Event(), threading.Event()
+    real = LocalStore.write_pack
+
+    def write_pack(self, entries, superseded=()):
+        if threading.current_thread().name == "fleche-seal":
+            parsed.set()
+            go.wait(30)
+        return real(self, entries, superseded)
+
+    monkeypatch.setattr(LocalStore, "write_pack", write_pack)
+    monkeypatch.setattr(_local, "SEGMENT_MAX_BYTES", 1)  # each record retires the segment
+    # the seal thread seals in this process (the hook above sees it); a helper process
+    # takes the same flock
+    monkeypatch.setenv("FLECHE_SEAL_HELPER", "0")
+    w = _writer(tmp_path)
+    new, after = digest_of("new"), digest_of("after")
+    w.put_call(FID, new, _record(new))
+    w.put_call(FID, after, _record(after))  # the first segment goes to a seal thread
+    assert parsed.wait(30)
+    evictor = LocalStore(tmp_path)
+    evict = threading.Thread(target=evictor.delete_call, args=(FID, gone))
+    evict.start()
+    evict.join(0.5)  # without the seal lock the evict returns here, before the fold publishes
+    go.set()
+    evict.join()
+    w.close()
+    for reader in (LocalStore(tmp_path), evictor):
+        assert reader.find_call(FID, gone) is None
+        assert bytes(reader.get_call(FID, new)) == _record(new)
+        assert bytes(reader.get_call(FID, after)) == _record(after)
+
+
+def test_a_child_forked_while_a_seal_holds_the_lock_does_not_keep_it(tmp_path: Path) -> None:
+    """The seal lock is a ``flock``, shared by a forked child's copy of its descriptor: the
+    child closes that copy, so the parent's release lets the next seal in."""
+    import fcntl
+
+    store = _writer(tmp_path)
+    ready, told = os.pipe()
+    with store._seal_lock():
+        pid = os.fork()
+        if pid == 0:  # the child (its fork hooks ran): says so, waits to be killed
+            os.write(told, b"!")
+            time.sleep(60)
+            os._exit(0)
+    os.close(told)
+    try:
+        assert os.read(ready, 1) == b"!"
+        fd = os.open(tmp_path / "packs", os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if still held
+        finally:
+            os.close(fd)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(ready)

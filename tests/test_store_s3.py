@@ -384,6 +384,74 @@ def test_the_retry_budget_is_the_callers_to_change(
     assert open_store(store.url, retries=3, **s3.options()).fs.retries == 3
 
 
+@pytest.fixture
+def throttled() -> Iterator[tuple[str, list[str]]]:
+    """An S3 endpoint that answers every request 503 SlowDown (``fleche.json``: 404, so a
+    store opens): ``(endpoint, paths requested)``. s3fs's own loop retries a SlowDown and
+    botocore's is set to one attempt, so each operation costs exactly ``retries=`` requests.
+    """
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[str] = []
+
+    class Busy(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            path = self.path.partition("?")[0]
+            seen.append(path)
+            code, error = (
+                (404, "<Code>NoSuchKey</Code><Message>none</Message>")
+                if path.endswith("/fleche.json")
+                else (
+                    503,
+                    "<Code>SlowDown</Code><Message>Please reduce your request rate.</Message>",
+                )
+            )
+            body = f"<Error>{error}</Error>".encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("first", [1, 3])
+def test_stores_that_differ_only_in_retries_each_keep_their_own(
+    throttled: tuple[str, list[str]], first: int
+) -> None:
+    """fsspec shares a filesystem between equal constructor arguments: ``retries=`` is one
+    of them, so a store opened later with another value never changes an earlier one's."""
+    endpoint, seen = throttled
+    stores = {
+        n: open_store(
+            "s3://busy/cache",
+            read_only=True,
+            retries=n,
+            endpoint_url=endpoint,
+            key="k",
+            secret="s",
+            config_kwargs={"retries": {"total_max_attempts": 1}},
+        )
+        for n in (first, 4 - first)
+    }
+    for n, store in stores.items():
+        before = len(seen)
+        with pytest.raises(OSError, match="reduce your request rate"):
+            store.get_call(FID, digest_of(f"call {n}"))
+        assert len(seen) - before == n, seen[before:]  # tried as often as this store says
+
+
 @pytest.mark.parametrize(
     "bad", [{"config_kwargs": "read_timeout=5"}, {"retries": 0}, {"retries": True}]
 )

@@ -34,7 +34,7 @@ from services import need_module
 from torture_helpers import Proxy, blob, check_store, worker_env
 
 from fleche import Cache, cache, codec, fleche
-from fleche.errors import FlecheWarning
+from fleche.errors import FlecheWarning, SegmentDamageWarning
 from fleche.store import LocalStore, open_store
 from fleche.store._segment import DIGEST, FRAME, parse
 from fleche.sync import SyncError, sync
@@ -1018,6 +1018,10 @@ SEGMENT_DAMAGE: dict[str, tuple[Callable[[bytes, list[tuple[int, int]]], bytes],
     "torn tail": (lambda d, f: d[: f[3][1] - 100], {3}),  # a crash cut the last frame
 }
 CUT_OFF = {"length's high byte flipped", "torn tail"}  # nothing to quarantine
+# A reader warns where a whole frame follows the damaged one (it is skipped, or both fail
+# their checksums); a damaged frame followed by nothing whole it waits on, as on an append
+# in progress: the seal warns of it.
+READER_WARNS = {"bit flipped in a record", "bit flipped in the checksum"}
 
 
 @pytest.mark.parametrize("damage", list(SEGMENT_DAMAGE))
@@ -1026,8 +1030,9 @@ def test_a_damaged_frame_in_a_segment_is_a_miss_never_a_wrong_value(
 ) -> None:
     """A segment (records in flight, left by a process that did not seal it) damaged in one
     frame: readers never return a wrong value, the lost calls are recomputed and stored
-    again, the segment's other calls still read; sealing it (gc, verify) puts what was
-    whole into a pack and the damaged segment into quarantine/, nothing destroyed."""
+    again, the segment's other calls still read; a reader that meets damage (not a frame
+    cut off) warns once; sealing it (gc, verify) puts what was whole into a pack and the
+    damaged segment into quarantine/, nothing destroyed, and verify reports it once."""
     root = tmp_path / "store"
     computed: list[int] = []
 
@@ -1043,16 +1048,29 @@ def test_a_damaged_frame_in_a_segment_is_a_miss_never_a_wrong_value(
     change, lost = SEGMENT_DAMAGE[damage]
     damaged = change(segment.read_bytes(), _frames(segment))
     segment.write_bytes(damaged)
-    reader = LocalStore(root, read_only=True)  # another process's view
-    for fid, d in reader.iter_calls():
-        assert reader.get_call(fid, d)  # whatever it lists, it reads
-    assert len(list(reader.iter_calls())) == 4 - len(lost)
-    reader.close()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        reader = LocalStore(root, read_only=True)  # another process's view
+        for fid, d in reader.iter_calls():
+            assert reader.get_call(fid, d)  # whatever it lists, it reads
+        assert len(list(reader.iter_calls())) == 4 - len(lost)
+        reader.close()
+    said = [str(w.message) for w in caught if w.category is SegmentDamageWarning]
+    assert len(said) == (1 if damage in READER_WARNS else 0), said
+    assert all(segment.name in w and "recomputed" in w for w in said)
     with cache(str(root)), fleche_warnings() as seen:
         for i in [*range(4), *range(4)]:
             assert inline3k(i) == blob(i, 3_000)
-    assert seen == []  # a damaged frame in flight is a miss, like a record never written
+    assert seen == []  # a damaged frame in flight is a miss (this process warned already)
     assert sorted(computed) == sorted([*range(4), *lost])  # the lost once more, then hits
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = verify(LocalStore(root))  # seals the segment: the damage is reported, once
+    said = [str(w.message) for w in caught if w.category is SegmentDamageWarning]
+    sealed_warns = damage not in CUT_OFF and damage not in READER_WARNS  # not warned yet
+    assert len(said) == sealed_warns and all("copied to" in w for w in said), said
+    named = [f.name for f in report.corrupt_records]
+    assert named == ([] if damage in CUT_OFF else [f"tmp/segments/{segment.name}"])
     assert verified(LocalStore(root)) == 4  # sealed: every call, each right
     assert segments(root) == []
     quarantined = [p for p in (root / "quarantine").rglob("*") if p.is_file()]

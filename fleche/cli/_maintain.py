@@ -39,8 +39,10 @@ def verify(store: str | None, as_json: bool, workers: int, repair: bool) -> None
     """Re-hash every object and record; report corrupt, dangling and orphan ones.
 
     Corrupt: a file whose hash, length or header is wrong, a directory, fifo
-    or symbolic link where a file belongs, or (when FLECHE_SECRET_KEY is set)
-    a file that is unsigned or forged. Dangling: a record whose object is
+    or symbolic link where a file belongs, damaged frames in a segment of
+    records in flight (tmp/segments/; sealed first on a writable store, their
+    bytes copied to quarantine/), or (when FLECHE_SECRET_KEY is set) a file
+    that is unsigned or forged. Dangling: a record whose object is
     missing or corrupt. Orphan: an object no record uses (harmless; 'fleche
     gc' removes them). A file signed with a key FLECHE_SECRET_KEY lacks is
     another key's: listed, left alone, not a problem. A directory of the

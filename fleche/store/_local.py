@@ -280,6 +280,102 @@ def serve_seals(parent: int) -> None:
     serve(parent, seal)
 
 
+_damage_warned: set[str] = set()  # segments this process has warned about (once each)
+
+
+def _warn_damage(path: str, frames: int, quarantined: str | None = None) -> None:
+    """Warn, once per segment and process, that ``frames`` damaged frames of the segment
+    at ``path`` are skipped (their calls are misses, recomputed)."""
+    if path in _damage_warned:
+        return
+    _damage_warned.add(path)
+    from fleche.errors import SegmentDamageWarning, warn_user
+
+    where = (
+        f"they were copied to {quarantined} as it was sealed"
+        if quarantined is not None
+        else "the segment's bytes are copied to quarantine/ when it is sealed"
+    )
+    warn_user(
+        f"{path}: {frames} damaged frame{'s' if frames != 1 else ''} of call records in "
+        f"flight (failed checksum) skipped: those calls read as misses and are recomputed; "
+        f"{where}; run 'fleche verify' to list the damage",
+        SegmentDamageWarning,
+    )
+
+
+def _damage(view: seg.SegmentView, rest: bytes | memoryview | None = None) -> int:
+    """How many damaged frames ``view`` holds, at least: those skipped, one where its frames
+    end at a damaged pair, one where ``rest`` (what follows its parsed frames) starts with
+    a whole frame that fails its checksum. A short frame at the end is none: a writer may
+    be appending it (or a crash cut it off)."""
+    return view.damaged + view.torn + (rest is not None and seg.damaged_head(rest))
+
+
+class _SealLock:
+    """The store's seal lock for a ``with`` block: ``flock`` of ``packs/``, on a descriptor
+    of its own, so that it excludes other processes and other threads alike.
+
+    Held by everyone who turns records into a pack or takes them out of one: a seal from
+    its parse of the segment to the segment's removal, a seal's fold of small packs, and
+    ``drop_packed``. A record an evict removed therefore never comes back: a seal that
+    parsed it before the evict either published before the evict looked at the packs, or
+    finds the segment removed (sealed without it) when it gets the lock. Where there is
+    no ``flock`` (Windows) or the filesystem refuses it (some network filesystems), only
+    the threads of one handle are kept apart (``_seal_write``), as before the lock.
+    """
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = -1
+
+    def __enter__(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
+        except OSError:
+            return  # the write that follows says what is wrong
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:  # pragma: no cover - a filesystem without flock (ENOLCK, EINVAL)
+            os.close(fd)
+            return
+        except BaseException:
+            os.close(fd)
+            raise
+        if not _fork_hook:
+            os.register_at_fork(after_in_child=_release_in_child)
+            _fork_hook.append(True)
+        self.fd = fd
+        _held.add(fd)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            _held.discard(self.fd)
+            os.close(self.fd)  # releases the lock
+            self.fd = -1
+
+
+_held: set[int] = set()  # descriptors holding a seal lock in this process
+_fork_hook: list[bool] = []  # [True] once _release_in_child is registered
+
+
+def _release_in_child() -> None:
+    """A child forked while a thread held a seal lock shares its descriptor (and so the
+    lock): closed in the child, so the parent's release is the lock's release."""
+    for fd in list(_held):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _held.clear()
+
+
 class _Writer:
     """This process's open segment of one store."""
 
@@ -561,11 +657,10 @@ class LocalStore(ObjectStore):
                 return
             from fleche.store._sealer import seal_in_helper
 
-            with self._seal_write:  # one seal of this handle's at a time
-                sealed = seal_in_helper(self.root, w.path, f"{__name__}:serve_seals")
-                if not sealed and os.fstat(w.fd).st_nlink:
-                    self._seal_fd(w.fd, w.path, w.size, entries)
-            with self._seg_lock:
+            # Not under the seal lock nor _seal_write: the helper takes the lock itself.
+            if not seal_in_helper(self.root, w.path, f"{__name__}:serve_seals"):
+                self._seal_fd(w.fd, w.path, w.size, entries)
+            with self._seg_lock:  # never taken under the seal lock: _seal takes them the other way
                 old = self._views.pop(w.path, None)
                 if old is not None:
                     os.close(old.fd)
@@ -588,9 +683,7 @@ class LocalStore(ObjectStore):
         except FileNotFoundError:
             return
         try:
-            if st.st_nlink:
-                with self._seal_write:
-                    self._seal_fd(fd, path, st.st_size, None)
+            self._seal_fd(fd, path, st.st_size, None)
         finally:
             os.close(fd)
 
@@ -598,19 +691,23 @@ class LocalStore(ObjectStore):
         self, fd: int, path: str, size: int, entries: dict[Key, tuple[int, int]] | None
     ) -> None:
         """Write the first ``size`` bytes of segment ``path`` (open as ``fd``; its frames at
-        ``entries`` when known, else parsed) as a pack, folding small packs in
-        (``_seal_write`` held), then remove the segment."""
-        whole = memoryview(_pread_all(fd, size))
-        damaged = False
-        if entries is None:
-            found, used, torn, skipped = seg.parse(whole, 0)
-            entries = {key: (offset, length) for key, offset, length in found}
-            damaged = torn or skipped > 0 or seg.damaged_head(whole[used:])
-        records: dict[Key, BytesLike] = {k: whole[o : o + n] for k, (o, n) in entries.items()}
-        if records:
-            self._write_sealed(records)
-        with self._seg_lock:
-            self._discard_segment(path, whole if damaged else None)
+        ``entries`` when known, else parsed) as a pack, folding small packs in, then remove
+        the segment: under the seal lock (:class:`_SealLock`) from the parse to the
+        removal, and not at all when it was sealed meanwhile (its link count is 0), so a
+        record an evict dropped is not published after the evict."""
+        with self._seal_lock(), self._seal_write:
+            if os.fstat(fd).st_nlink == 0:
+                return
+            whole = memoryview(_pread_all(fd, size))
+            damaged = 0
+            if entries is None:
+                found, used, torn, skipped = seg.parse(whole, 0)
+                entries = {key: (offset, length) for key, offset, length in found}
+                damaged = skipped + torn + seg.damaged_head(whole[used:])
+            records: dict[Key, BytesLike] = {k: whole[o : o + n] for k, (o, n) in entries.items()}
+            if records:
+                self._write_sealed(records)
+            self._discard_segment(path, whole if damaged else None, damaged)
 
     def _write_sealed(self, records: dict[Key, BytesLike]) -> None:
         """Publish ``records`` as a pack, folding in the smallest live packs while each is
@@ -655,13 +752,14 @@ class LocalStore(ObjectStore):
             if w is not None and w.pid == os.getpid():
                 self._seal_writer(w)
 
-    def _seal_writer(self, w: _Writer) -> None:
+    def _seal_writer(self, w: _Writer) -> int:
         try:
             if os.fstat(w.fd).st_nlink:  # 0: another process sealed it (and maybe dropped some)
                 view = self._views.get(w.path)
                 if view is None or view.parsed != w.size or view.torn:
                     view = seg.SegmentView(w.path, w.fd)  # parse every frame we wrote
-                self._seal(view)
+                return self._seal(view)
+            return 0
         finally:
             self._drop_writer(w)
 
@@ -670,45 +768,97 @@ class LocalStore(ObjectStore):
         os.close(w.fd)
         _writers.discard(self)
 
-    def _seal(self, view: seg.SegmentView, drop: Key | None = None) -> None:
-        """Write ``view``'s records (but ``drop``) into a pack, then remove the segment."""
-        self._parse(view)
-        size = max(view.parsed, os.fstat(view.fd).st_size)
-        whole = memoryview(_pread_all(view.fd, size))  # one read; frames are small
-        records: dict[Key, BytesLike] = {}
-        for key, (offset, length) in view.entries.items():
-            if key != drop:
-                records[key] = whole[offset : offset + length]
-        if records:
-            self.write_pack(records.items())
-        damaged = view.torn or view.damaged > 0 or seg.damaged_head(whole[view.parsed :])
-        self._discard_segment(view.path, whole if damaged else None)
+    def _seal(self, view: seg.SegmentView, drop: Key | None = None) -> int:
+        """Write ``view``'s records (but ``drop``) into a pack, then remove the segment
+        (``_seg_lock`` held); returns how many damaged frames it held (0: none).
+
+        Under the seal lock (:class:`_SealLock`), from the parse to the removal: a segment
+        another thread or process sealed meanwhile (its link count is 0) is not sealed
+        again, so a record an evict dropped from it is not published after the evict.
+        """
+        with self._seal_lock():
+            damaged = 0
+            if os.fstat(view.fd).st_nlink:
+                self._parse(view)
+                size = max(view.parsed, os.fstat(view.fd).st_size)
+                whole = memoryview(_pread_all(view.fd, size))  # one read; frames are small
+                records: dict[Key, BytesLike] = {}
+                for key, (offset, length) in view.entries.items():
+                    if key != drop:
+                        records[key] = whole[offset : offset + length]
+                if records:
+                    self.write_pack(records.items())
+                damaged = _damage(view, whole[view.parsed :])
+                self._discard_segment(view.path, whole if damaged else None, damaged)
         old = self._views.pop(view.path, None)
         if old is not None:
             os.close(old.fd)
         self._seg_stamp = ()
+        return damaged
 
-    def _discard_segment(self, path: str, damaged: BytesLike | None) -> None:
-        """Remove a sealed segment; the bytes of one with damaged frames (``damaged``) are
-        copied to ``quarantine/`` first, as a damaged file is moved there (its whole frames
-        are in the pack). Copied, not moved: a writer still appending to it must see its
-        link count drop to 0 and start a new segment."""
-        if damaged is not None:
-            self._write(self._quarantine_path(path), (damaged,))
-        _unlink_quiet(path)
+    def _seal_lock(self) -> _SealLock:
+        if not os.path.isdir(self._packs_dir):
+            self._ensure_dir(self._packs_dir)
+        return _SealLock(self._packs_dir)
 
-    def seal_segments(self) -> int:
-        """Seal every segment in ``tmp/segments/`` into packs, this process's and others'
-        (``fleche gc``, before it lists records); returns how many. A writer that finds
-        its segment sealed starts a new one."""
+    def drop_packed(self, keys: set[Key]) -> str | None:
+        """As :meth:`ObjectStore.drop_packed`, under the seal lock: a seal folding a pack
+        that holds one of ``keys`` finishes first (its pack is then the one rewritten) or
+        starts after (and folds the new pack instead)."""
         self._check_writable()
-        self.seal_segment()
+        with self._seal_lock(), self._seal_write:
+            return super().drop_packed(keys)
+
+    def _discard_segment(self, path: str, damaged: BytesLike | None, frames: int = 0) -> None:
+        """Remove a sealed segment; the bytes of one with damaged frames (``damaged``,
+        ``frames`` of them) are copied to ``quarantine/`` first, as a damaged file is moved
+        there (its whole frames are in the pack), with a warning. Copied, not moved: a
+        writer still appending to it must see its link count drop to 0 and start a new
+        segment."""
+        target = None
+        if damaged is not None:
+            target = self._quarantine_path(path)
+            self._write(target, (damaged,))
+        _unlink_quiet(path)
+        if target is not None:
+            _warn_damage(path, frames, target)
+
+    def seal_segments(self, damaged: dict[str, int] | None = None) -> int:
+        """Seal every segment in ``tmp/segments/`` into packs, this process's and others'
+        (``fleche gc``, before it lists records); returns how many others. A writer that
+        finds its segment sealed starts a new one. ``damaged`` (when given) gets
+        ``{path in the store: damaged frames}`` of each segment that held any (``fleche
+        verify`` reports them; their bytes were copied to ``quarantine/``)."""
+        self._check_writable()
+        self._join_seals()
+        found: dict[str, int] = {}
         with self._seg_lock:
+            w = self._writer
+            if w is not None and w.pid == os.getpid():
+                found[w.path] = self._seal_writer(w)
             self._refresh_segments(force=True)
             views = list(self._views.values())
             for view in views:
-                self._seal(view)
+                found[view.path] = self._seal(view)
+        if damaged is not None:
+            start = len(self.root) + 1
+            damaged.update((path[start:], n) for path, n in found.items() if n)
         return len(views)
+
+    def inflight_damage(self) -> dict[str, int]:
+        """``{path in the store: damaged frames}`` of each unsealed segment that holds any
+        (what a read-only ``fleche verify`` reports: it cannot seal them)."""
+        out: dict[str, int] = {}
+        with self._seg_lock:
+            for view in self._refresh_segments().values():
+                try:
+                    rest = os.pread(view.fd, os.fstat(view.fd).st_size - view.parsed, view.parsed)
+                except OSError:
+                    continue
+                n = _damage(view, rest)
+                if n:
+                    out[view.path[len(self.root) + 1 :]] = n
+        return out
 
     def _parse(self, view: seg.SegmentView) -> None:
         """Read the frames appended to ``view``'s segment since it was last looked at."""
@@ -723,6 +873,8 @@ class LocalStore(ObjectStore):
         view.parsed += used
         view.torn = torn
         view.damaged += skipped
+        if skipped or torn:  # a whole frame that fails its checksum: no append in progress
+            _warn_damage(view.path, _damage(view))
 
     def _refresh_segments(self, *, force: bool = False) -> dict[str, seg.SegmentView]:
         """The segments now in ``tmp/segments/`` (listed again when the directory changed)."""

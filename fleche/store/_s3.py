@@ -36,7 +36,8 @@ loop off, so an endpoint that is down costs the first call one request's
 attempts (1-3 s of backoff) rather than s3fs's retries of botocore's retries
 (up to 5 x 5 x 5 attempts: 9-53 s measured); the cache is then skipped for a
 while (``fleche.decorator``). ``config_kwargs=`` and ``retries=`` override the
-defaults (docs/backends.md).
+defaults (docs/backends.md); ``retries=`` is a constructor argument of fleche's
+filesystem class, so fsspec's instance cache keys it (:func:`_filesystem_class`).
 """
 
 from __future__ import annotations
@@ -166,6 +167,8 @@ def _failure_budget(opts: dict[str, Any]) -> int:
             "e.g. {'read_timeout': 60, 'retries': {'total_max_attempts': 5}}"
         )
     config = dict(config)
+    if isinstance(config.get("retries"), dict):  # botocore fills in its "mode": not the caller's
+        config["retries"] = dict(config["retries"])
     config.setdefault("connect_timeout", CONNECT_TIMEOUT)
     config.setdefault("read_timeout", READ_TIMEOUT)
     if "retries" not in config and not _retries_configured(opts.get("profile")):
@@ -188,7 +191,7 @@ def make_filesystem(storage_options: dict[str, Any]) -> Any:
     costs one request's few attempts, not minutes of nested retries.
     """
     try:
-        import s3fs
+        cls = _filesystem_class()
     except ImportError as e:
         raise ConfigError(f"s3:// stores need s3fs ({e}): pip install 'fleche[s3]'") from e
     opts = dict(storage_options)
@@ -209,12 +212,40 @@ def make_filesystem(storage_options: dict[str, Any]) -> Any:
             )
         client_kwargs["endpoint_url"] = endpoint
         opts["client_kwargs"] = client_kwargs
-    fs = s3fs.S3FileSystem(**opts)
-    # s3fs reads the instance's attribute (class default 5; its __init__ takes no retries=).
-    # fsspec shares an instance between equal arguments: stores that differ only in
-    # retries= share one filesystem, and the last one opened sets it.
-    fs.retries = retries
-    return fs
+    return cls(retries=retries, **opts)
+
+
+_FS_CLASS: list[Any] = []  # [the class] once built: import fleche does not load s3fs
+
+
+def _filesystem_class() -> Any:
+    """``S3FileSystem`` with ``retries=`` in its constructor (s3fs's takes none: its loop
+    reads the instance's ``retries``, class default 5).
+
+    fsspec keeps one instance per class and constructor arguments, so stores that differ
+    only in ``retries=`` get a filesystem each, and a caller's own ``S3FileSystem`` with
+    the same arguments is never the one whose ``retries`` fleche sets. Reachable as
+    ``fleche.store._s3.FlecheS3FileSystem`` (module ``__getattr__``), so a pickled
+    filesystem is rebuilt, with its ``retries``, in another process.
+    """
+    if not _FS_CLASS:
+        import s3fs
+
+        class FlecheS3FileSystem(s3fs.S3FileSystem):  # type: ignore[misc]
+            def __init__(self, *args: Any, retries: int = 1, **kwargs: Any) -> None:
+                super().__init__(*args, **kwargs)
+                self.retries = retries
+
+        FlecheS3FileSystem.__module__ = __name__
+        FlecheS3FileSystem.__qualname__ = "FlecheS3FileSystem"
+        _FS_CLASS.append(FlecheS3FileSystem)
+    return _FS_CLASS[0]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "FlecheS3FileSystem":
+        return _filesystem_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class S3Store(ObjectStore):

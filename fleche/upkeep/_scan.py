@@ -88,6 +88,9 @@ class Inventory:
     (pack hash, length). Packed-only entries are also in ``calls``/``objects``."""
     packs: Any = None
     """The store's :class:`~fleche.store.PackSet` when it was listed (None: no packs here)."""
+    damaged_segments: dict[str, tuple[int, bool]] = field(default_factory=dict)
+    """Segments of records in flight holding damaged frames (a local store's): path in the
+    store -> (damaged frames, whether the scan sealed it: its bytes went to quarantine/)."""
 
     def refuse_links(self, doing: str) -> None:
         """StoreLinkError naming the first link of the layout, if any: ``doing`` stops here."""
@@ -323,7 +326,11 @@ def scan(store: ObjectStore) -> Inventory:
         if not store.read_only and not inv.links:
             # Records in flight become a pack first, so that every record is listed (gc
             # must not take an object a segment's record refers to for unreferenced).
-            store.seal_segments()
+            sealed: dict[str, int] = {}
+            store.seal_segments(sealed)
+            inv.damaged_segments.update((p, (n, True)) for p, n in sealed.items())
+        for path, n in store.inflight_damage().items():  # read-only: not sealed
+            inv.damaged_segments.setdefault(path, (n, False))
         _scan_local(store, inv)
         loose = {(fid, e.name) for fid, e in inv.iter_calls()}
         for (fid, digest), length in store.inflight_entries().items():  # read-only: not sealed

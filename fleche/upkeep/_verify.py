@@ -6,7 +6,10 @@ trips on it, and finds what a reader cannot see at all:
 
 - **corrupt** objects and records: bad header, truncated, hash mismatch,
   stored under a name that is not theirs, or no file at all (a directory, a
-  fifo, a symbolic link where the file belongs);
+  fifo, a symbolic link where the file belongs); and damaged frames in a local
+  store's segments of records in flight (named by the segment: the frame's call
+  is unknown), which the scan of a writable store seals, their bytes copied to
+  ``quarantine/``;
 - **dangling** records: they point at an object that is missing or corrupt
   (a reader recomputes the call, with a warning);
 - **orphan** objects: no record points at them. Harmless (a crash between the
@@ -193,6 +196,9 @@ def verify(
         else:
             report.records += 1
             report.corrupt_records.append(found)
+    for path, (frames, sealed) in sorted(inv.damaged_segments.items()):
+        report.records += frames
+        report.corrupt_records.append(_damaged_segment(path, frames, sealed, repair))
     if inv.packs is not None:
         _check_packs(store, inv.packs, report)
     good = _check_objects(store, inv.objects, workers, progress, report, signer)
@@ -250,6 +256,20 @@ def verify(
     return report
 
 
+def _damaged_segment(path: str, frames: int, sealed: bool, repair: bool) -> Finding:
+    """The finding for a segment holding ``frames`` damaged frames: a problem (the exit
+    status says so) until a ``--repair`` run, whose scan sealed it, reports it fixed."""
+    what = (
+        f"{frames} damaged frame{'s' if frames != 1 else ''} of call records in flight (failed "
+        "checksum): those calls read as misses and are recomputed; "
+    )
+    if sealed:
+        what += f"the segment was sealed without them, its bytes copied to quarantine/{path}.*"
+    else:
+        what += "its bytes go to quarantine/ when it is sealed (fleche gc, or verify --repair)"
+    return Finding("record", path, what, "quarantined" if sealed and repair else None)
+
+
 def _check_packs(store: ObjectStore, packs: PackSet, report: VerifyReport) -> None:
     """Every pack file against its name and its index; an index that did not load is reported."""
     for name in sorted(packs.files):
@@ -284,6 +304,8 @@ def _repair(store: ObjectStore, report: VerifyReport) -> None:
         except OSError as e:
             f.reason += f"; could not delete it: {e}"
     for f in report.corrupt_records:
+        if not f.remains:  # a damaged segment, sealed by the scan
+            continue
         fid, _, digest = f.name.partition("/")
         try:
             store.quarantine(function_id=fid, digest=digest)
