@@ -24,9 +24,12 @@ from fleche.store import _segment as seg
 from fleche.store._base import (
     HEX_DIGITS,
     LAYOUT,
+    NO_LOCK,
     BytesLike,
+    FoldLock,
     ObjectStore,
     Pack,
+    PackSet,
     ReadableFile,
     describe_mode,
     is_oid,
@@ -243,6 +246,38 @@ SEGMENT_MAX_BYTES = 4 << 20
 SEAL_FOLD_BELOW = 64 << 20
 """A live pack smaller than this (bytes) may be folded by a seal (gc --pack merges bigger ones)."""
 
+SEAL_GRACE = 60.0
+"""Seconds a pack superseded by a seal's fold (or a gc) stays after the pack that superseded
+it was published, before a later seal removes it (``FLECHE_SEAL_GRACE`` to change it): a
+copy of the store (``rsync``, ``fleche sync``) shorter than this has every record sealed
+before it started; readers need none (they keep reading a pack they opened, and list
+``packs/`` again when one is gone)."""
+
+
+def _seal_grace() -> float:
+    try:
+        grace = float(os.environ.get("FLECHE_SEAL_GRACE", SEAL_GRACE))
+    except ValueError:
+        return SEAL_GRACE
+    return grace if grace >= 0 else SEAL_GRACE
+
+
+class _Flock(FoldLock):
+    """An exclusive ``flock`` on ``packs/`` (the directory), released with its descriptor.
+    One per holder: each has its own open file, so threads of a process exclude each
+    other as processes do."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)  # drops the lock
+
+
 SEGMENT_MAX_AGE = 300.0
 """Seconds: a segment older than this is sealed before the next record is appended, so
 records in flight reach a pack (and ``fleche sync``) even in a process that never exits."""
@@ -352,6 +387,8 @@ class LocalStore(ObjectStore):
             segments = self.SEGMENTS and os.environ.get("FLECHE_SEGMENTS", "1") != "0"
         self.segments = segments and not durable
         """Whether call records are appended to a segment (else: one file each)."""
+        self.seal_grace = _seal_grace()
+        """Seconds after which a seal removes the packs superseded earlier (:data:`SEAL_GRACE`)."""
         self._reset_segments()
 
     def _reset_segments(self) -> None:
@@ -566,9 +603,23 @@ class LocalStore(ObjectStore):
         """Publish ``records`` as a pack, folding in the smallest live packs while each is
         at most twice what is folded so far (a binary counter): between two ``fleche gc``
         a miss searches about log2(records / segment) packs, and each byte is rewritten
-        about as many times. Packs of :data:`SEAL_FOLD_BELOW` and more are gc's to merge."""
+        about as many times. Packs of :data:`SEAL_FOLD_BELOW` and more are gc's to merge.
+
+        Only one fold at a time in a store (:meth:`fold_lock`, across processes): a seal
+        that finds another folding publishes its records unfolded, so no two packs copy
+        the same packs' records. Then the packs superseded more than :attr:`seal_grace`
+        seconds ago go (the rule gc uses: :meth:`PackSet.expired`)."""
+        lock = self.fold_lock(wait=False)
+        try:
+            state = self.packs()
+            self._fold_into_pack(records, state.live if lock is not None else [])
+        finally:
+            if lock is not None:
+                lock.release()
+        self._remove_expired(state)
+
+    def _fold_into_pack(self, records: dict[Key, BytesLike], live: list[Pack]) -> None:
         size = sum(memoryview(b).nbytes for b in records.values())
-        live = self.packs().live
         fold = []
         for p in sorted(live, key=lambda p: p.index.pack_size):
             if p.index.pack_size >= SEAL_FOLD_BELOW or p.index.pack_size > 2 * size:
@@ -589,6 +640,34 @@ class LocalStore(ObjectStore):
                 entries.setdefault(key, data[off : off + n])
             gone |= {p.hash, *p.index.superseded}
         self.write_pack(entries.items(), gone)
+
+    def _remove_expired(self, state: PackSet) -> None:
+        """Remove the packs ``state`` (a listing) shows superseded longer than the grace."""
+        for h in state.expired(time.time(), self.seal_grace):
+            try:
+                self.remove_pack(h)
+            except OSError:  # gc removes it later
+                pass
+
+    def fold_lock(self, wait: bool = True) -> FoldLock | None:
+        """An exclusive ``flock`` on ``packs/``; a no-op lock where there is no ``flock``
+        (Windows, some network filesystems) or no ``packs/`` yet (no pack to fold)."""
+        try:
+            import fcntl  # a seal's, not a hit's
+        except ImportError:  # pragma: no cover - Windows
+            return NO_LOCK
+        try:
+            fd = os.open(self._packs_dir, os.O_RDONLY | _O_CLOEXEC)
+        except OSError:
+            return NO_LOCK
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None  # another thread or process folds now
+            return NO_LOCK  # no flock here (NFS without locks): fold as before
+        return _Flock(fd)
 
     def _join_seals(self) -> None:
         """Wait for this handle's segments being sealed by threads (close, gc, delete)."""
@@ -631,6 +710,7 @@ class LocalStore(ObjectStore):
                 records[key] = whole[offset : offset + length]
         if records:
             self.write_pack(records.items())
+            self._remove_expired(self.packs())
         damaged = view.torn or view.damaged > 0 or seg.damaged_head(whole[view.parsed :])
         self._discard_segment(view.path, whole if damaged else None)
         old = self._views.pop(view.path, None)
