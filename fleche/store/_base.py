@@ -466,7 +466,8 @@ def _unique(items: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
 
 PACK_RECHECK = 60.0
 """Seconds a reader trusts its listing of ``packs/`` on a hit before it lists again: a pack
-superseded by a repack stays readable for gc's grace (an hour by default), far longer."""
+superseded by a repack stays for gc's grace (an hour by default) or a seal's (a minute); a
+reader that finds it gone sooner lists again and reads the pack that superseded it."""
 
 PACK_RESCAN = 60.0
 """A miss re-lists ``packs/`` before it is called a miss, unless the listing is younger than
@@ -1170,7 +1171,7 @@ class ObjectStore(PathStore):
         The ``.pack`` first, then its ``.idx``, each with the store's create-only
         write: readers see nothing until the index is there, then all of it. The
         packs in ``superseded`` stop being read by anyone who lists the new index;
-        their files stay until ``remove_pack`` (gc, after its grace).
+        their files stay until ``remove_pack`` (gc, or a later seal, after a grace).
         """
         self._check_writable()
         self._check_packs()

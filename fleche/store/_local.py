@@ -709,8 +709,9 @@ class LocalStore(ObjectStore):
             if key != drop:
                 records[key] = whole[offset : offset + length]
         if records:
+            state = self.packs()  # listed before: publishing a pack drops this listing
             self.write_pack(records.items())
-            self._remove_expired(self.packs())
+            self._remove_expired(state)
         damaged = view.torn or view.damaged > 0 or seg.damaged_head(whole[view.parsed :])
         self._discard_segment(view.path, whole if damaged else None)
         old = self._views.pop(view.path, None)
