@@ -466,7 +466,8 @@ def _unique(items: Iterable[tuple[str, str]]) -> Iterator[tuple[str, str]]:
 
 PACK_RECHECK = 60.0
 """Seconds a reader trusts its listing of ``packs/`` on a hit before it lists again: a pack
-superseded by a repack stays readable for gc's grace (an hour by default), far longer."""
+superseded by a repack stays for gc's grace (an hour by default) or a seal's (a minute); a
+reader that finds it gone sooner lists again and reads the pack that superseded it."""
 
 PACK_RESCAN = 60.0
 """A miss re-lists ``packs/`` before it is called a miss, unless the listing is younger than
@@ -531,8 +532,51 @@ class PackSet:
         self.stamp = stamp
         self.checked = time.monotonic()
 
+    def expired(self, now: float, grace: float) -> list[str]:
+        """The superseded packs that may be removed at ``now``: those a published pack lists
+        as superseded, one such pack's index written more than ``grace`` seconds before.
+
+        The one rule for ``fleche gc`` and for a seal (docs/format.md, "Which packs are
+        read"). A pack that supersedes others holds every record they hold (but those a
+        repack meant to drop), and lists what they superseded too, so a record of an
+        expired pack is in a live one. Until the grace is over a copy of the store made
+        meanwhile (``rsync``, ``fleche sync``) finds the old pack if it missed the new one;
+        a reader that finds it gone lists ``packs/`` again. Never a live pack.
+        """
+        first: dict[str, float] = {}  # superseded pack -> the oldest index listing it
+        for p in self.packs.values():
+            if p.mtime is None:
+                continue
+            for h in p.index.superseded:
+                if h != p.hash and first.get(h, float("inf")) > p.mtime:
+                    first[h] = p.mtime
+        live = {p.hash for p in self.live}
+        cutoff = now - grace
+        return sorted(
+            h for h, m in first.items() if m <= cutoff and h in self.packs and h not in live
+        )
+
 
 _GONE = object()  # a pack file vanished under a reader: list again
+
+
+class FoldLock:
+    """What :meth:`ObjectStore.fold_lock` returns: held until ``release`` (or the ``with``
+    block's end). This one holds nothing (a backend without a lock across processes)."""
+
+    __slots__ = ()
+
+    def release(self) -> None:
+        pass
+
+    def __enter__(self) -> FoldLock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+NO_LOCK = FoldLock()
 
 
 FORMAT = 1
@@ -1127,7 +1171,7 @@ class ObjectStore(PathStore):
         The ``.pack`` first, then its ``.idx``, each with the store's create-only
         write: readers see nothing until the index is there, then all of it. The
         packs in ``superseded`` stop being read by anyone who lists the new index;
-        their files stay until ``remove_pack`` (gc, after its grace).
+        their files stay until ``remove_pack`` (gc, or a later seal, after a grace).
         """
         self._check_writable()
         self._check_packs()
@@ -1161,6 +1205,13 @@ class ObjectStore(PathStore):
         self._write_new(f"{base}.idx", bytes(idx))
         self._pack_state = None
 
+    def fold_lock(self, wait: bool = True) -> FoldLock | None:
+        """Held while a writer chooses live packs and publishes the pack that supersedes
+        them (a seal's fold, gc's repack, ``drop_packed``): two at once would each copy
+        the same packs' records into a pack of their own. ``wait=False``: None when a
+        thread or process holds it already. Here a no-op (local disk: ``flock``)."""
+        return NO_LOCK
+
     def drop_packed(self, keys: set[Key]) -> str | None:
         """Rewrite the live packs holding any of ``keys`` into one pack without them.
 
@@ -1170,6 +1221,10 @@ class ObjectStore(PathStore):
         """
         self._check_writable()
         self._check_packs()
+        with self.fold_lock() or NO_LOCK:
+            return self._drop_packed(keys)
+
+    def _drop_packed(self, keys: set[Key]) -> str | None:
         state = self._refresh_packs()
         hit = [p for p in state.live if any(p.index.find(*k) is not None for k in keys)]
         if not hit:

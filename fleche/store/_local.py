@@ -26,8 +26,10 @@ from fleche.store._base import (
     HEX_DIGITS,
     LAYOUT,
     BytesLike,
+    FoldLock,
     ObjectStore,
     Pack,
+    PackSet,
     ReadableFile,
     describe_mode,
     is_oid,
@@ -244,6 +246,22 @@ SEGMENT_MAX_BYTES = 4 << 20
 SEAL_FOLD_BELOW = 64 << 20
 """A live pack smaller than this (bytes) may be folded by a seal (gc --pack merges bigger ones)."""
 
+SEAL_GRACE = 60.0
+"""Seconds a pack superseded by a seal's fold (or a gc) stays after the pack that superseded
+it was published, before a later seal removes it (``FLECHE_SEAL_GRACE`` to change it): a
+copy of the store (``rsync``, ``fleche sync``) shorter than this has every record sealed
+before it started; readers need none (they keep reading a pack they opened, and list
+``packs/`` again when one is gone)."""
+
+
+def _seal_grace() -> float:
+    try:
+        grace = float(os.environ.get("FLECHE_SEAL_GRACE", SEAL_GRACE))
+    except ValueError:
+        return SEAL_GRACE
+    return grace if grace >= 0 else SEAL_GRACE
+
+
 SEGMENT_MAX_AGE = 300.0
 """Seconds: a segment older than this is sealed before the next record is appended, so
 records in flight reach a pack (and ``fleche sync``) even in a process that never exits."""
@@ -312,62 +330,121 @@ def _damage(view: seg.SegmentView, rest: bytes | memoryview | None = None) -> in
     return view.damaged + view.torn + (rest is not None and seg.damaged_head(rest))
 
 
-class _SealLock:
-    """The store's seal lock for a ``with`` block: ``flock`` of ``packs/``, on a descriptor
-    of its own, so that it excludes other processes and other threads alike.
+class _PacksLock:
+    """This process's side of one store's packs lock: threads of the process queue on a
+    re-entrant lock, and the first to hold it takes an exclusive ``flock`` of ``packs/``
+    (on a descriptor of its own) for the process, so it excludes other threads and other
+    processes alike, and a holder may take it again (a seal's fold inside the seal).
 
-    Held by everyone who turns records into a pack or takes them out of one: a seal from
-    its parse of the segment to the segment's removal, a seal's fold of small packs, and
-    ``drop_packed``. A record an evict removed therefore never comes back: a seal that
-    parsed it before the evict either published before the evict looked at the packs, or
-    finds the segment removed (sealed without it) when it gets the lock. Where there is
-    no ``flock`` (Windows) or the filesystem refuses it (some network filesystems), only
-    the threads of one handle are kept apart (``_seal_write``), as before the lock.
+    One lock for everyone who turns records into a pack or takes them out of one: a seal
+    from its parse of the segment to the segment's removal (so a record an evict removed
+    never comes back: a seal that parsed it before the evict either published before the
+    evict looked at the packs, or finds the segment removed when it gets the lock), a
+    seal's fold of small packs (two folds at once would each copy the same packs'
+    records), gc's repack and ``drop_packed``. Where there is no ``flock`` (Windows) or
+    the filesystem refuses it (some network filesystems), only this process's threads
+    are kept apart, as before the lock.
     """
 
-    __slots__ = ("fd", "path")
+    __slots__ = ("depth", "fd", "path", "rlock")
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self.rlock = threading.RLock()
+        self.depth = 0
         self.fd = -1
 
-    def __enter__(self) -> None:
+    def acquire(self, wait: bool) -> bool:
+        if not self.rlock.acquire(blocking=wait):
+            return False
+        if self.depth == 0:
+            try:
+                fd = self._flock(wait)
+            except BaseException:
+                self.rlock.release()
+                raise
+            if fd is None:  # another process holds it
+                self.rlock.release()
+                return False
+            self.fd = fd
+            if fd >= 0:
+                _held.add(fd)
+        self.depth += 1
+        return True
+
+    def _flock(self, wait: bool) -> int | None:
+        """A descriptor of ``packs/`` holding its ``flock``; -1 where there is none (no
+        ``flock``, no directory: the write that follows says what is wrong); None when
+        another process holds it and ``wait`` is false."""
         try:
-            import fcntl
+            import fcntl  # a seal's, not a hit's
         except ImportError:  # pragma: no cover - Windows
-            return
+            return -1
         try:
             fd = os.open(self.path, os.O_RDONLY | _O_CLOEXEC)
         except OSError:
-            return  # the write that follows says what is wrong
+            return -1
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except OSError:  # pragma: no cover - a filesystem without flock (ENOLCK, EINVAL)
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
             os.close(fd)
-            return
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            return -1  # pragma: no cover - a filesystem without flock (ENOLCK, EINVAL)
         except BaseException:
             os.close(fd)
             raise
         if not _fork_hook:
             os.register_at_fork(after_in_child=_release_in_child)
             _fork_hook.append(True)
-        self.fd = fd
-        _held.add(fd)
+        return fd
 
-    def __exit__(self, *exc: object) -> None:
-        if self.fd >= 0:
+    def release(self) -> None:
+        self.depth -= 1
+        if self.depth == 0 and self.fd >= 0:
             _held.discard(self.fd)
-            os.close(self.fd)  # releases the lock
+            os.close(self.fd)  # releases the flock
             self.fd = -1
+        self.rlock.release()
 
 
-_held: set[int] = set()  # descriptors holding a seal lock in this process
+class _Holding(FoldLock):
+    """A hold of a :class:`_PacksLock`, released once (``release`` or the ``with`` end)."""
+
+    __slots__ = ("lock",)
+
+    def __init__(self, lock: _PacksLock) -> None:
+        self.lock: _PacksLock | None = lock
+
+    def release(self) -> None:
+        lock, self.lock = self.lock, None
+        if lock is not None:
+            lock.release()
+
+
+_packs_locks: dict[str, _PacksLock] = {}  # packs/ directory -> this process's lock of it
+_packs_locks_guard = threading.Lock()
+_held: set[int] = set()  # descriptors holding a packs lock's flock in this process
 _fork_hook: list[bool] = []  # [True] once _release_in_child is registered
 
 
+def _packs_lock(path: str) -> _PacksLock:
+    with _packs_locks_guard:
+        lock = _packs_locks.get(path)
+        if lock is None:
+            lock = _packs_locks[path] = _PacksLock(path)
+        return lock
+
+
 def _release_in_child() -> None:
-    """A child forked while a thread held a seal lock shares its descriptor (and so the
-    lock): closed in the child, so the parent's release is the lock's release."""
+    """A child forked while a thread held a packs lock shares its descriptor (and so the
+    flock): closed in the child, so the parent's release is the lock's release; the
+    child's threads start with locks of their own."""
+    global _packs_locks_guard
+    _packs_locks_guard = threading.Lock()
+    for lock in _packs_locks.values():
+        lock.fd = -1
+    _packs_locks.clear()
     for fd in list(_held):
         try:
             os.close(fd)
@@ -467,6 +544,8 @@ class LocalStore(ObjectStore):
             segments = self.SEGMENTS and os.environ.get("FLECHE_SEGMENTS", "1") != "0"
         self.segments = segments and not durable
         """Whether call records are appended to a segment (else: one file each)."""
+        self.seal_grace = _seal_grace()
+        """Seconds after which a seal removes the packs superseded earlier (:data:`SEAL_GRACE`)."""
         self._reset_segments()
 
     def _reset_segments(self) -> None:
@@ -692,7 +771,7 @@ class LocalStore(ObjectStore):
     ) -> None:
         """Write the first ``size`` bytes of segment ``path`` (open as ``fd``; its frames at
         ``entries`` when known, else parsed) as a pack, folding small packs in, then remove
-        the segment: under the seal lock (:class:`_SealLock`) from the parse to the
+        the segment: under the seal lock (:class:`_PacksLock`) from the parse to the
         removal, and not at all when it was sealed meanwhile (its link count is 0), so a
         record an evict dropped is not published after the evict."""
         with self._seal_lock(), self._seal_write:
@@ -713,9 +792,24 @@ class LocalStore(ObjectStore):
         """Publish ``records`` as a pack, folding in the smallest live packs while each is
         at most twice what is folded so far (a binary counter): between two ``fleche gc``
         a miss searches about log2(records / segment) packs, and each byte is rewritten
-        about as many times. Packs of :data:`SEAL_FOLD_BELOW` and more are gc's to merge."""
+        about as many times. Packs of :data:`SEAL_FOLD_BELOW` and more are gc's to merge.
+
+        Only one fold at a time in a store (:meth:`fold_lock`, across processes; a seal
+        holds it already): a caller without it that finds another folding publishes its
+        records unfolded, so no two packs copy
+        the same packs' records. Then the packs superseded more than :attr:`seal_grace`
+        seconds ago go (the rule gc uses: :meth:`PackSet.expired`)."""
+        lock = self.fold_lock(wait=False)
+        try:
+            state = self.packs()
+            self._fold_into_pack(records, state.live if lock is not None else [])
+        finally:
+            if lock is not None:
+                lock.release()
+        self._remove_expired(state)
+
+    def _fold_into_pack(self, records: dict[Key, BytesLike], live: list[Pack]) -> None:
         size = sum(memoryview(b).nbytes for b in records.values())
-        live = self.packs().live
         fold = []
         for p in sorted(live, key=lambda p: p.index.pack_size):
             if p.index.pack_size >= SEAL_FOLD_BELOW or p.index.pack_size > 2 * size:
@@ -736,6 +830,22 @@ class LocalStore(ObjectStore):
                 entries.setdefault(key, data[off : off + n])
             gone |= {p.hash, *p.index.superseded}
         self.write_pack(entries.items(), gone)
+
+    def _remove_expired(self, state: PackSet) -> None:
+        """Remove the packs ``state`` (a listing) shows superseded longer than the grace."""
+        for h in state.expired(time.time(), self.seal_grace):
+            try:
+                self.remove_pack(h)
+            except OSError:  # gc removes it later
+                pass
+
+    def fold_lock(self, wait: bool = True) -> FoldLock | None:
+        """The store's packs lock (:class:`_PacksLock`): exclusive across threads and
+        processes, re-entrant for its holder; ``wait=False``: None when another holds it."""
+        if not os.path.isdir(self._packs_dir):
+            self._ensure_dir(self._packs_dir)
+        lock = _packs_lock(self._packs_dir)
+        return _Holding(lock) if lock.acquire(wait) else None
 
     def _join_seals(self) -> None:
         """Wait for this handle's segments being sealed by threads (close, gc, delete)."""
@@ -772,9 +882,10 @@ class LocalStore(ObjectStore):
         """Write ``view``'s records (but ``drop``) into a pack, then remove the segment
         (``_seg_lock`` held); returns how many damaged frames it held (0: none).
 
-        Under the seal lock (:class:`_SealLock`), from the parse to the removal: a segment
+        Under the seal lock (:class:`_PacksLock`), from the parse to the removal: a segment
         another thread or process sealed meanwhile (its link count is 0) is not sealed
         again, so a record an evict dropped from it is not published after the evict.
+        Then the packs superseded longer than the grace go, as after a seal's fold.
         """
         with self._seal_lock():
             damaged = 0
@@ -787,7 +898,9 @@ class LocalStore(ObjectStore):
                     if key != drop:
                         records[key] = whole[offset : offset + length]
                 if records:
+                    state = self.packs()  # listed before: publishing a pack drops this listing
                     self.write_pack(records.items())
+                    self._remove_expired(state)
                 damaged = _damage(view, whole[view.parsed :])
                 self._discard_segment(view.path, whole if damaged else None, damaged)
         old = self._views.pop(view.path, None)
@@ -796,10 +909,11 @@ class LocalStore(ObjectStore):
         self._seg_stamp = ()
         return damaged
 
-    def _seal_lock(self) -> _SealLock:
-        if not os.path.isdir(self._packs_dir):
-            self._ensure_dir(self._packs_dir)
-        return _SealLock(self._packs_dir)
+    def _seal_lock(self) -> FoldLock:
+        """The packs lock, waited for (a seal, ``drop_packed``)."""
+        held = self.fold_lock(wait=True)
+        assert held is not None  # waited for
+        return held
 
     def drop_packed(self, keys: set[Key]) -> str | None:
         """As :meth:`ObjectStore.drop_packed`, under the seal lock: a seal folding a pack

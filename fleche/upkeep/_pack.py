@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleche.store import ObjectStore, pack_file
+from fleche.store import NO_LOCK, ObjectStore, pack_file
 from fleche.upkeep._scan import Inventory
 
 Key = tuple[str, str]
@@ -141,10 +141,14 @@ def plan_pack(
             if pack is not None and pack.mtime is not None and pack.mtime <= old_enough:
                 plan.unloose.append(key)
 
+    # Live packs holding many keys a newer live pack holds too (readers never read those
+    # copies): two seals that folded the same packs at once, before the fold lock.
+    stale = {h for h, p in live.items() if _shadowed(p, inv.packed) * 4 >= p.index.pack_size}
+    stale -= replaced
     small = sorted(
         h for h, p in live.items() if p.index.pack_size < SMALL_PACK and h not in replaced
     )
-    if force and (plan.fold or len(small) > 1):
+    if force and (plan.fold or len(small) > 1 or stale):
         plan.write, plan.reason = True, "asked"
     elif threshold is not None and len(plan.fold) >= threshold:
         plan.write, plan.reason = True, f"{len(plan.fold)} small loose files >= {threshold}"
@@ -152,21 +156,15 @@ def plan_pack(
         plan.write, plan.reason = True, f"{len(small)} small packs to merge"
     elif replaced:
         plan.write, plan.reason = True, "packed files were rewritten"
+    elif stale:
+        plan.write, plan.reason = True, f"{len(stale)} packs mostly hold copies newer packs hold"
     if plan.write:
-        plan.merge = sorted(replaced | set(small))
+        plan.merge = sorted(replaced | stale | set(small))
     else:
         plan.fold = []
 
     if packs is not None:
-        mtimes = {h: p.mtime for h, p in packs.packs.items()}
-        for h in packs.packs:
-            if h in live:
-                continue
-            successors = [
-                mtimes[s] for s, q in packs.packs.items() if h in q.index.superseded and s != h
-            ]
-            if any(m is not None and m <= old_enough for m in successors):
-                plan.expired.append(h)
+        plan.expired = packs.expired(now, grace)
         for name, (_, mtime) in packs.files.items():
             m = pack_file(name)
             if m is None or mtime is None or mtime > old_enough:
@@ -177,6 +175,13 @@ def plan_pack(
         plan.expired.sort()
         plan.strays.sort()
     return plan
+
+
+def _shadowed(pack: Any, packed: dict[Key, tuple[str, int]]) -> int:
+    """Bytes of ``pack``'s entries that readers find in a newer live pack (``packed``: where
+    the inventory found each key, newest live pack first)."""
+    h = pack.hash
+    return sum(n for key, _, n in pack.index.entries() if packed.get(key, (h, 0))[0] != h)
 
 
 def _same_bytes(store: ObjectStore, key: Key, pack: Any) -> bool:
@@ -209,6 +214,28 @@ def apply_pack(
     if plan.unsupported is not None:
         return result
     drop = set(drop)
+    with store.fold_lock() or NO_LOCK:  # no seal folds the packs merged here meanwhile
+        _write_packs(store, plan, drop, result)
+    for key in plan.unloose:
+        if key in drop:
+            continue
+        try:
+            if _same_bytes(store, key, _live_pack(store, key)):  # again: a rerun may have won
+                store.delete_loose(*key)
+                result.unloosed += 1
+        except OSError as e:
+            result.errors.append(f"loose {key[0]}/{key[1]}: {e}")
+    for h in [*plan.expired, *plan.strays]:
+        try:
+            store.remove_pack(h)
+            result.removed_packs += 1
+        except OSError as e:
+            result.errors.append(f"pack {h}: {e}")
+    return result
+
+
+def _write_packs(store: ObjectStore, plan: PackPlan, drop: set[Key], result: PackResult) -> None:
+    """Merge and fold what ``plan`` says into new packs (the fold lock held)."""
     state = store.packs()
     live = {p.hash: p for p in state.live}
     order = {p.hash: i for i, p in enumerate(state.live)}
@@ -224,6 +251,7 @@ def apply_pack(
                 entries.append((key, data))
         superseded: set[str] = set()
         merged: set[Key] = set()
+        kept = {i for i, p in enumerate(state.live) if p.hash not in merge}  # positions
         for h in sorted(
             merge, key=lambda h: (order.get(h, len(order)), h)
         ):  # as readers search them: newest first
@@ -234,7 +262,13 @@ def apply_pack(
             for key, off, n in p.index.entries():
                 if key in drop:
                     result.dropped += 1
-                elif key not in folding and key not in merged:  # in two packs: once
+                elif key in folding or key in merged:  # in two packs: once, the newest
+                    continue
+                elif kept and (w := state.finder.find(*key)) is not None and w[0] in kept:
+                    # readers read it from a newer live pack that stays: left out, so that
+                    # the new pack (the newest) never revives this older copy
+                    continue
+                else:
                     merged.add(key)
                     entries.append((key, data[off : off + n]))
             superseded |= {h, *p.index.superseded}
@@ -254,22 +288,6 @@ def apply_pack(
             result.packs.append(store.write_pack(chunk, superseded if last else ()))
         result.packed = len(folding)
         result.packed_bytes = sum(memoryview(d).nbytes for k, d in entries if k in folding)
-    for key in plan.unloose:
-        if key in drop:
-            continue
-        try:
-            if _same_bytes(store, key, _live_pack(store, key)):  # again: a rerun may have won
-                store.delete_loose(*key)
-                result.unloosed += 1
-        except OSError as e:
-            result.errors.append(f"loose {key[0]}/{key[1]}: {e}")
-    for h in [*plan.expired, *plan.strays]:
-        try:
-            store.remove_pack(h)
-            result.removed_packs += 1
-        except OSError as e:
-            result.errors.append(f"pack {h}: {e}")
-    return result
 
 
 def _live_pack(store: ObjectStore, key: Key) -> Any:
