@@ -51,7 +51,8 @@ if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use i
 
     import fsspec
 
-    from fleche.store._pack import Key, PackIndex  # packs load when a store first looks in one
+    # packs load when a store first looks in one
+    from fleche.store._pack import Key, PackFinder, PackIndex
 
 BytesLike = bytes | bytearray | memoryview
 Data = BytesLike | Sequence[BytesLike]
@@ -407,6 +408,29 @@ class PathStore(ABC):
         index = PackIndex(self._read(f"{path}.idx"), f"{path}.idx", expect=hash)
         return Pack(hash, path, index, mtime)
 
+    def _read_head(self, path: str, length: int) -> bytes:
+        """Up to the first ``length`` bytes of the file at ``path``; FileNotFoundError if gone."""
+        return bytes(self._read_range(path, 0, length))
+
+    def _peek_superseded(self, hash: str) -> frozenset[str] | None:
+        """The packs pack ``hash``'s index lists as superseded, from the head of its ``.idx``
+        (a few KiB, unchecked: :func:`~fleche.store._pack.superseded_in`); None when gone."""
+        from fleche.store._pack import PEEK, superseded_in
+
+        path = f"{self._packs_dir}/pack-{hash}.idx"
+        want = PEEK
+        while True:
+            try:
+                head = self._read_head(path, want)
+            except FileNotFoundError:
+                return None
+            named = superseded_in(head)
+            if not isinstance(named, int):
+                return named
+            if len(head) < want or named <= want:  # shorter than its header says: damaged,
+                return frozenset()  # and ignored as when read whole
+            want = named
+
     def _read_range(self, path: str, offset: int, length: int) -> BytesLike:
         """``length`` bytes of the file at ``path`` from ``offset`` (one ranged GET on S3)."""
         data: bytes = self.fs.cat_file(path, start=offset, end=offset + length)
@@ -502,34 +526,172 @@ class Pack:
 
 
 class PackSet:
-    """A store's view of ``packs/`` at one listing: every pack, and the live ones to search."""
+    """A store's view of ``packs/`` at one listing: its files, and its packs as far as read.
 
-    __slots__ = ("checked", "files", "finder", "live", "packs", "stamp")
+    A lookup reads no more indexes than it needs. First the **superseded lists**: newest
+    index first, a few KiB of each (:meth:`ObjectStore._peek_superseded`), skipping every
+    pack an index read before names (a pack lists as superseded everything the packs it
+    supersedes listed, so a named pack's list adds nothing). That is the exact set of live
+    packs, whatever the mtimes say. Then the **live** indexes, each read and checked whole,
+    newest first, only until one holds the key: a hit in the newest live pack reads one
+    index, a miss reads every live one. Upkeep, listings and seals want every pack,
+    superseded ones too: :meth:`load` reads them all (``.packs``, ``.live``).
+    """
+
+    __slots__ = (
+        "_gone",
+        "_known",
+        "_live",
+        "_lock",
+        "_next",
+        "_opened",
+        "_order",
+        "_packs",
+        "_unread",
+        "_view",
+        "checked",
+        "files",
+        "stamp",
+    )
 
     def __init__(
         self,
-        packs: dict[str, Pack],
         files: dict[str, tuple[int, float | None]],
         stamp: object,
+        order: Sequence[tuple[str, float | None]] = (),
+        known: dict[str, Pack] | None = None,
     ) -> None:
-        self.packs = packs
+        """``order``: the published packs' ``(hash, mtime of the .idx)``, newest first (by
+        mtime, then by name); ``known``: packs a previous listing read (not read again)."""
         self.files = files  # file name -> (size, mtime), as listed
+        self.stamp = stamp
+        self._order = order
+        self._known = known or {}
+        self._gone: set[str] | None = None if order else set()  # superseded, once peeked
+        self._unread: list[tuple[str, float | None]] = []  # live packs not read yet, in order
+        self._next = 0
+        self._opened: dict[str, Pack] = {}  # every index this listing read
+        self._packs: dict[str, Pack] | None = None if order else {}
+        self._live: list[Pack] | None = None if order else []
+        self._view: tuple[list[Pack], PackFinder | None] = ([], None)
+        self._lock = threading.Lock()
+        self.checked = time.monotonic()
+
+    @property
+    def packs(self) -> dict[str, Pack]:
+        """Every readable pack, superseded ones too (after :meth:`load`)."""
+        if self._packs is None:
+            raise RuntimeError("PackSet.packs before load(): use ObjectStore.packs()")
+        return self._packs
+
+    @property
+    def live(self) -> list[Pack]:
+        """The live packs, newest first (after :meth:`load`)."""
+        if self._live is None:
+            raise RuntimeError("PackSet.live before load(): use ObjectStore.packs()")
+        return self._live
+
+    @property
+    def opened(self) -> dict[str, Pack]:
+        """The packs whose index this listing has read so far (hash -> pack)."""
+        return dict(self._opened)
+
+    def load(self, store: ObjectStore) -> PackSet:
+        """Read every index (superseded packs' too) and settle ``.packs`` and ``.live``."""
+        if self._packs is None:
+            with self._lock:
+                self._load_locked(store)
+        return self
+
+    def _load_locked(self, store: ObjectStore) -> None:
+        if self._packs is not None:
+            return
+        for h, mtime in self._order:
+            if h not in self._opened:
+                p = self._read(store, h, mtime)
+                if p is not None:
+                    self._opened[h] = p
+        packs = {h: self._opened[h] for h, _ in self._order if h in self._opened}
         gone: set[str] = set()
         for p in packs.values():
             gone |= p.index.superseded
         # Newest first (by the index's mtime, then by name): a key in two live packs (a
-        # record rewritten after its first seal) is read from the later one; the finder
-        # answers as searching them in this order.
-        self.live = [
-            p
-            for p in sorted(packs.values(), key=lambda p: (-(p.mtime or 0.0), p.hash))
-            if p.hash not in gone
-        ]
+        # record rewritten after its first seal) is read from the later one.
+        live = [p for p in packs.values() if p.hash not in gone]
+        self._set_view(live)
+        self._gone = gone
+        self._unread = []
+        self._next = 0
+        self._known = {}
+        self._live = live
+        self._packs = packs
+
+    def find(self, name: str, digest: str, store: ObjectStore) -> tuple[Pack, int, int] | None:
+        """``(pack, offset, length)`` of key ``(name, digest)`` in the newest live pack that
+        holds it, or None; reads indexes only until one does (all live ones on a miss)."""
+        live, finder = self._view
+        if finder is not None:
+            found = finder.find(name, digest)
+            if found is not None:
+                return live[found[0]], found[1], found[2]
+        if self._gone is not None and self._next >= len(self._unread):
+            return None  # every live index searched
+        with self._lock:
+            if self._gone is None:
+                self._peek(store)
+            while True:
+                live, finder = self._view
+                if finder is not None:
+                    found = finder.find(name, digest)
+                    if found is not None:
+                        return live[found[0]], found[1], found[2]
+                if not self._read_next(store):
+                    return None
+
+    def _peek(self, store: ObjectStore) -> None:
+        """Learn which packs are superseded, from the lists at the head of the indexes."""
+        gone: set[str] = set()
+        unread = []
+        for h, mtime in self._order:
+            if h in gone:
+                continue
+            p = self._opened.get(h) or self._known.get(h)
+            named = p.index.superseded if p is not None else store._peek_superseded(h)
+            if named is None:  # removed since the listing: superseded, and gc'd
+                continue
+            gone |= named
+            unread.append((h, mtime))
+        self._unread = [(h, m) for h, m in unread if h not in gone]
+        self._gone = gone
+
+    def _read_next(self, store: ObjectStore) -> bool:
+        """Read the next live index in order, if any is left: False when none is.
+
+        A live index that cannot be read (damaged; or removed, so superseded by a pack
+        this listing lacks) makes this listing read them all, checked, as upkeep does: a
+        damaged index's superseded list is not trusted, so the packs it names are read.
+        """
+        if self._next < len(self._unread):
+            h, mtime = self._unread[self._next]
+            p = self._read(store, h, mtime)
+            if p is None:
+                self._load_locked(store)
+                return True
+            self._next += 1
+            self._opened[h] = p
+            self._set_view([*self._view[0], p])
+            return True
+        self._known = {}
+        return False
+
+    def _read(self, store: ObjectStore, h: str, mtime: float | None) -> Pack | None:
+        p = self._opened.get(h) or self._known.get(h)
+        return p if p is not None else store._open_listed(h, mtime)
+
+    def _set_view(self, live: list[Pack]) -> None:
         from fleche.store._pack import PackFinder
 
-        self.finder = PackFinder([p.index for p in self.live])
-        self.stamp = stamp
-        self.checked = time.monotonic()
+        self._view = (live, PackFinder([p.index for p in live]))
 
 
 _GONE = object()  # a pack file vanished under a reader: list again
@@ -910,7 +1072,7 @@ class ObjectStore(PathStore):
             if name not in seen:
                 seen.add(name)
                 yield name
-        for p in self._current_packs().live:
+        for p in self._current_packs().load(self).live:
             for name in p.index.names:
                 if name and name not in seen and is_function_id(name):
                     seen.add(name)
@@ -923,7 +1085,7 @@ class ObjectStore(PathStore):
 
         ``shape`` 1: names are oids; 2: ``(function id, digest)``.
         """
-        packs = self._refresh_packs(min(self.pack_rescan, PACK_REUSE)).live
+        packs = self._refresh_packs(min(self.pack_rescan, PACK_REUSE)).load(self).live
         if not packs:
             yield from loose
             return
@@ -1010,27 +1172,31 @@ class ObjectStore(PathStore):
             files = self._list_pack_files()
             from fleche.store._pack import pack_file
 
-            packs: dict[str, Pack] = {}
+            order: list[tuple[str, float | None]] = []
             for fname, (_, mtime) in files.items():
                 m = pack_file(fname)
                 if m is None or m[1] != "idx" or f"pack-{m[0]}.pack" not in files:
                     continue  # a pack without its index is not published yet (or left by a crash)
-                known = old.packs.get(m[0]) if old is not None else None
-                if known is None:
-                    try:
-                        known = self._open_pack(m[0], mtime)
-                    except FileNotFoundError:
-                        continue
-                    except CorruptObjectError as e:
-                        warnings.warn(str(e), stacklevel=3)
-                        continue
-                packs[m[0]] = known
-            state = self._pack_state = PackSet(packs, files, stamp)
+                order.append((m[0], mtime))
+            # Newest first, by the index's mtime then by name: the order readers search in.
+            order.sort(key=lambda e: (-(e[1] or 0.0), e[0]))
+            opened = old._opened if old is not None else {}
+            known = {h: opened[h] for h, _ in order if h in opened}
+            state = self._pack_state = PackSet(files, stamp, order, known)
             return state
 
+    def _open_listed(self, hash: str, mtime: float | None) -> Pack | None:
+        """Pack ``hash``'s index, read; None when it is gone or damaged (with a warning)."""
+        try:
+            return self._open_pack(hash, mtime)
+        except FileNotFoundError:
+            return None
+        except CorruptObjectError as e:
+            warnings.warn(str(e), stacklevel=4)
+            return None
+
     def _search(self, state: PackSet, name: str, digest: str) -> tuple[Pack, int, int] | None:
-        found = state.finder.find(name, digest)
-        return None if found is None else (state.live[found[0]], found[1], found[2])
+        return state.find(name, digest, self)
 
     def _locate(
         self, name: str, digest: str, searched: PackSet | None = None
@@ -1052,10 +1218,10 @@ class ObjectStore(PathStore):
         state = self._pack_state
         searched = None
         if state is not None and time.monotonic() - state.checked <= PACK_RECHECK:
-            found = state.finder.find(name, digest)  # the hit path: the listing is fresh
+            found = state.find(name, digest, self)  # the hit path: a fresh listing
             if found is not None:
                 try:
-                    return self._read_packed(state.live[found[0]], found[1], found[2])
+                    return self._read_packed(*found)
                 except FileNotFoundError:
                     self._pack_state = None
             else:
@@ -1081,7 +1247,9 @@ class ObjectStore(PathStore):
         """The packs as listed now (or ``max_age`` seconds ago at most): every readable one
         (``.packs``), the live ones (``.live``) and every file under ``packs/`` (``.files``,
         name -> (size, mtime))."""
-        return self._refresh_packs(max_age) if self.supports_packs else PackSet({}, {}, None)
+        if not self.supports_packs:
+            return PackSet({}, None)
+        return self._refresh_packs(max_age).load(self)
 
     def pack_hashes(self) -> set[str]:
         """The hashes of the packs published under ``packs/`` (their ``.idx`` and ``.pack``
@@ -1170,7 +1338,7 @@ class ObjectStore(PathStore):
         """
         self._check_writable()
         self._check_packs()
-        state = self._refresh_packs()
+        state = self._refresh_packs().load(self)
         hit = [p for p in state.live if any(p.index.find(*k) is not None for k in keys)]
         if not hit:
             return None

@@ -159,6 +159,38 @@ def build_pack(
     return pack_digest.hex(), pack, idx + xxhash.xxh3_128_digest(idx)
 
 
+PEEK = 4096
+"""Bytes read from the head of an index to learn its superseded list (more when its name
+table is longer): the header, the fan-out and, for a few dozen functions, the names."""
+
+
+def superseded_in(head: bytes) -> frozenset[str] | int:
+    """The superseded pack hashes an index's first bytes ``head`` list, or how many bytes
+    of its head are needed when ``head`` is too short.
+
+    Not checked against the index's checksum (that reads the index whole): damage turns a
+    listed hash into one no pack has (hashes are 128 bits), and an index that is not ours
+    names none. A reader that then finds a live index damaged reads them all, checked
+    (:class:`~fleche.store.PackSet`).
+    """
+    if len(head) < IDX_HEADER.size + FANOUT.size:
+        return frozenset() if len(head) < IDX_HEADER.size else IDX_HEADER.size + FANOUT.size
+    magic, version, _, _, _, n_names, n_gone = IDX_HEADER.unpack_from(head, 0)
+    if magic != IDX_MAGIC or version != PACK_VERSION:
+        return frozenset()
+    n_gone = int(n_gone)
+    pos = IDX_HEADER.size + FANOUT.size
+    for _ in range(n_names):
+        if pos + 2 > len(head):
+            return pos + 2 + 16 * n_gone + PEEK  # more of the names, and the list after them
+        (n,) = NAME_LEN.unpack_from(head, pos)
+        pos += 2 + int(n)
+    end = pos + 16 * n_gone
+    if end > len(head):
+        return end
+    return frozenset(head[pos + 16 * i : pos + 16 * i + 16].hex() for i in range(n_gone))
+
+
 class PackIndex:
     """A parsed ``.idx``: what a pack holds and where, searched in place in its buffer."""
 
