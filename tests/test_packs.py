@@ -770,20 +770,21 @@ def _publish(store: LocalStore, entries: list[Any], superseded: Any = (), at: fl
 
 
 def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
-    """The packs whose index is read whole ("read") or at its head ("peeked"), in order."""
-    seen: dict[str, list[str]] = {"read": [], "peeked": []}
-    open_pack, read_head = LocalStore._open_pack, LocalStore._read_head
+    """The packs whose index is read whole ("read"), at its head ("peeked") or a bucket of
+    it ("probed"), in order."""
+    seen: dict[str, list[str]] = {"read": [], "peeked": [], "probed": []}
+    open_pack, read_at = LocalStore._open_pack, LocalStore._read_at
 
     def counted_open(self: LocalStore, hash: str, mtime: float | None) -> Any:
         seen["read"].append(hash)
         return open_pack(self, hash, mtime)
 
-    def counted_head(self: LocalStore, path: str, length: int) -> bytes:
-        seen["peeked"].append(path.rpartition("/pack-")[2].partition(".")[0])
-        return read_head(self, path, length)
+    def counted_head(self: LocalStore, path: str, offset: int, length: int) -> bytes:
+        seen["peeked" if offset == 0 else "probed"].append(path.rpartition("/pack-")[2][:32])
+        return read_at(self, path, offset, length)
 
     monkeypatch.setattr(LocalStore, "_open_pack", counted_open)
-    monkeypatch.setattr(LocalStore, "_read_head", counted_head)
+    monkeypatch.setattr(LocalStore, "_read_at", counted_head)
     return seen
 
 
@@ -810,7 +811,9 @@ def test_a_first_hit_reads_no_superseded_index(tmp_path, monkeypatch) -> None:
     assert seen["read"] == [chain[-1]]  # the old code read all 45 indexes
     assert sorted(seen["peeked"]) == sorted([chain[-1], *others])
     assert reader.find_call(*_key(1002)) == b"other 2"  # an older live pack: read when needed
-    assert seen["read"] == [chain[-1], others[4], others[3], others[2]]
+    assert seen["read"] == [chain[-1], others[2]]
+    # a bucket of each live index newer than the one holding the key, and of that one
+    assert seen["probed"] == [chain[-1], others[4], others[3], others[2]]
     assert reader.find_call(*_key(9999)) is None  # a miss searches every live pack
     assert not set(seen["read"]) & set(chain[:-1])
     assert {p.hash for p in reader.packs().live} == {chain[-1], *others}  # upkeep sees all
@@ -828,12 +831,19 @@ def test_a_first_hit_reads_live_indexes_newest_first_until_one_holds_the_key(
     assert seen["read"] == [hashes[29]]  # the old code read 30
     assert len(seen["peeked"]) == 30  # the head of each, for its superseded list
     seen["read"].clear()
+    seen["probed"].clear()
     assert LocalStore(tmp_path / "s").find_call(*_key(10)) == b"value 10"
-    assert seen["read"] == hashes[10:][::-1]
+    assert seen["read"] == [hashes[10]]  # and a bucket of each newer one:
+    assert seen["probed"] == hashes[10:][::-1]
     seen["read"].clear()
     reader = LocalStore(tmp_path / "s")
-    assert reader.find_call(*_key(99)) is None
-    assert sorted(seen["read"]) == sorted(hashes)  # a miss: every live index
+    assert reader.find_call(*_key(99)) is None  # a miss: a bucket of every live index
+    assert seen["read"] == []
+    misses = 1
+    while not seen["read"] and misses < 20:  # past a budget of bucket reads, every index
+        assert reader.find_call(*_key(99)) is None  # is read whole
+        misses += 1
+    assert sorted(seen["read"]) == sorted(hashes)
     assert all(reader.find_call(*_key(i)) == b"value %d" % i for i in range(30))
 
 

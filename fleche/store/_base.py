@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use i
     import fsspec
 
     # packs load when a store first looks in one
-    from fleche.store._pack import Key, PackFinder, PackIndex
+    from fleche.store._pack import IndexHead, Key, PackFinder, PackIndex
 
 BytesLike = bytes | bytearray | memoryview
 Data = BytesLike | Sequence[BytesLike]
@@ -408,28 +408,40 @@ class PathStore(ABC):
         index = PackIndex(self._read(f"{path}.idx"), f"{path}.idx", expect=hash)
         return Pack(hash, path, index, mtime)
 
-    def _read_head(self, path: str, length: int) -> bytes:
-        """Up to the first ``length`` bytes of the file at ``path``; FileNotFoundError if gone."""
-        return bytes(self._read_range(path, 0, length))
+    def _read_at(self, path: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the file at ``path`` from ``offset``; FileNotFoundError
+        if gone."""
+        return bytes(self._read_range(path, offset, length))
 
-    def _peek_superseded(self, hash: str) -> frozenset[str] | None:
-        """The packs pack ``hash``'s index lists as superseded, from the head of its ``.idx``
-        (a few KiB, unchecked: :func:`~fleche.store._pack.superseded_in`); None when gone."""
-        from fleche.store._pack import PEEK, superseded_in
+    def _peek_index(self, hash: str) -> IndexHead | None:
+        """The head of pack ``hash``'s ``.idx`` (a few KiB, unchecked); None when gone."""
+        from fleche.store._pack import PEEK, IndexHead
 
         path = f"{self._packs_dir}/pack-{hash}.idx"
         want = PEEK
         while True:
             try:
-                head = self._read_head(path, want)
+                head = self._read_at(path, 0, want)
             except FileNotFoundError:
                 return None
-            named = superseded_in(head)
-            if not isinstance(named, int):
-                return named
-            if len(head) < want or named <= want:  # shorter than its header says: damaged,
-                return frozenset()  # and ignored as when read whole
-            want = named
+            found = IndexHead.parse(head)
+            if not isinstance(found, int):
+                return found
+            if len(head) < want or found <= want:  # shorter than its header says: damaged
+                return IndexHead()
+            want = found
+
+    def _bucket_holds(self, hash: str, head: IndexHead, name: str, raw: bytes) -> bool:
+        """Whether the fan-out bucket of ``raw`` in pack ``hash``'s index has key ``(name,
+        raw)``: a few hundred bytes read, unchecked (:meth:`IndexHead.holds`)."""
+        offset, length = head.bucket(raw)
+        if not length:
+            return head.fan is None
+        try:
+            bucket = self._read_at(f"{self._packs_dir}/pack-{hash}.idx", offset, length)
+        except FileNotFoundError:
+            return True  # read whole, it is found gone: every index is read again
+        return head.holds(bucket, name, raw)
 
     def _read_range(self, path: str, offset: int, length: int) -> BytesLike:
         """``length`` bytes of the file at ``path`` from ``offset`` (one ranged GET on S3)."""
@@ -528,26 +540,37 @@ class Pack:
 class PackSet:
     """A store's view of ``packs/`` at one listing: its files, and its packs as far as read.
 
-    A lookup reads no more indexes than it needs. First the **superseded lists**: newest
-    index first, a few KiB of each (:meth:`ObjectStore._peek_superseded`), skipping every
-    pack an index read before names (a pack lists as superseded everything the packs it
-    supersedes listed, so a named pack's list adds nothing). That is the exact set of live
-    packs, whatever the mtimes say. Then the **live** indexes, each read and checked whole,
-    newest first, only until one holds the key: a hit in the newest live pack reads one
-    index, a miss reads every live one. Upkeep, listings and seals want every pack,
-    superseded ones too: :meth:`load` reads them all (``.packs``, ``.live``).
+    A lookup reads no more of the indexes than it needs, and answers as if it had read
+    them all. First the **superseded lists**, from the head of each index (a few KiB, not
+    checked: :class:`~fleche.store._pack.IndexHead`), newest first, skipping every pack an
+    index read before names (a pack lists as superseded everything the packs it supersedes
+    listed, so a named pack's list adds nothing): that is the exact set of live packs,
+    whatever the mtimes say. Then the **live** packs, newest first, until one holds the
+    key: a live index not yet read has the few hundred bytes of its fan-out bucket for the
+    key's digest read, and is read whole (and checked) only when they hold the key. So a
+    first hit reads one index whole, the heads of the live ones and a bucket of those newer
+    than its own. A lookup that found its key in a read index answers at once when every
+    newer live index is read too; past a budget of bucket reads, the rest are read whole.
+    Upkeep, listings and seals want every pack, superseded ones too: :meth:`load` reads
+    them all (``.packs``, ``.live``).
     """
 
     __slots__ = (
+        "_all_read",
+        "_budget",
         "_gone",
+        "_heads",
+        "_inherited",
         "_known",
+        "_known_heads",
         "_live",
+        "_lives",
         "_lock",
-        "_next",
         "_opened",
         "_order",
         "_packs",
-        "_unread",
+        "_pos",
+        "_prefix",
         "_view",
         "checked",
         "files",
@@ -559,23 +582,36 @@ class PackSet:
         files: dict[str, tuple[int, float | None]],
         stamp: object,
         order: Sequence[tuple[str, float | None]] = (),
-        known: dict[str, Pack] | None = None,
+        previous: PackSet | None = None,
     ) -> None:
         """``order``: the published packs' ``(hash, mtime of the .idx)``, newest first (by
-        mtime, then by name); ``known``: packs a previous listing read (not read again)."""
+        mtime, then by name); ``previous``: the listing before, whose reads are kept."""
         self.files = files  # file name -> (size, mtime), as listed
         self.stamp = stamp
         self._order = order
-        self._known = known or {}
+        self._known: dict[str, Pack] = {}  # packs a previous listing read whole
+        self._known_heads: dict[str, IndexHead] = {}  # and heads it read
+        self._inherited: int | None = None  # and its budget of bucket reads
+        self._opened: dict[str, Pack] = {}  # every index this listing read whole
         self._gone: set[str] | None = None if order else set()  # superseded, once peeked
-        self._unread: list[tuple[str, float | None]] = []  # live packs not read yet, in order
-        self._next = 0
-        self._opened: dict[str, Pack] = {}  # every index this listing read
+        self._lives: list[tuple[str, float | None]] = []  # the live packs, in order
+        self._pos: dict[str, int] = {}  # a live pack's place in _lives
+        self._heads: dict[str, IndexHead] = {}  # the heads of live packs not read whole
+        self._budget = 0  # bucket reads left before the rest are read whole
+        self._prefix = 0  # the first _prefix live packs are read (and first in the view)
+        self._all_read = not order
         self._packs: dict[str, Pack] | None = None if order else {}
         self._live: list[Pack] | None = None if order else []
-        self._view: tuple[list[Pack], PackFinder | None] = ([], None)
+        self._view: tuple[list[Pack], PackFinder | None] = ([], None)  # read live packs
         self._lock = threading.Lock()
         self.checked = time.monotonic()
+        if previous is not None:
+            listed = {h for h, _ in order}
+            with previous._lock:  # (a lookup may be reading more of it)
+                self._known = {h: p for h, p in previous._opened.items() if h in listed}
+                self._known_heads = {h: x for h, x in previous._heads.items() if h in listed}
+                if previous._gone is not None:
+                    self._inherited = previous._budget
 
     @property
     def packs(self) -> dict[str, Pack]:
@@ -593,7 +629,7 @@ class PackSet:
 
     @property
     def opened(self) -> dict[str, Pack]:
-        """The packs whose index this listing has read so far (hash -> pack)."""
+        """The packs whose index this listing has read whole so far (hash -> pack)."""
         return dict(self._opened)
 
     def load(self, store: ObjectStore) -> PackSet:
@@ -620,69 +656,115 @@ class PackSet:
         live = [p for p in packs.values() if p.hash not in gone]
         self._set_view(live)
         self._gone = gone
-        self._unread = []
-        self._next = 0
+        self._lives = [(p.hash, p.mtime) for p in live]
+        self._pos = {p.hash: i for i, p in enumerate(live)}
+        self._heads = {}
+        self._prefix = len(live)
+        self._all_read = True
         self._known = {}
         self._live = live
         self._packs = packs
 
     def find(self, name: str, digest: str, store: ObjectStore) -> tuple[Pack, int, int] | None:
         """``(pack, offset, length)`` of key ``(name, digest)`` in the newest live pack that
-        holds it, or None; reads indexes only until one does (all live ones on a miss)."""
+        holds it, or None."""
         live, finder = self._view
         if finder is not None:
             found = finder.find(name, digest)
             if found is not None:
-                return live[found[0]], found[1], found[2]
-        if self._gone is not None and self._next >= len(self._unread):
-            return None  # every live index searched
+                if found[0] < self._prefix:  # every newer live pack was searched
+                    return live[found[0]], found[1], found[2]
+            elif self._all_read:
+                return None
+        elif self._all_read:
+            return None
+        from fleche.store._pack import digest_bytes
+
+        raw = digest_bytes(digest)
+        if raw is None:
+            return None
+        cleared: set[str] = set()  # packs whose bucket does not hold the key
         with self._lock:
             if self._gone is None:
                 self._peek(store)
             while True:
                 live, finder = self._view
-                if finder is not None:
-                    found = finder.find(name, digest)
-                    if found is not None:
-                        return live[found[0]], found[1], found[2]
-                if not self._read_next(store):
+                found = None if finder is None else finder.find(name, digest)
+                if found is not None and (self._all_read or found[0] < self._prefix):
+                    return live[found[0]], found[1], found[2]
+                if self._all_read:
                     return None
+                # the live packs not read whole that are newer than the one holding the key
+                end = len(self._lives) if found is None else self._pos[live[found[0]].hash]
+                for h, mtime in self._lives[self._prefix : end]:
+                    head = self._heads.get(h)
+                    if head is None or h in cleared:
+                        continue  # read whole (searched above), or its bucket was
+                    if self._budget > 0:
+                        self._budget -= 1
+                        if not store._bucket_holds(h, head, name, raw):
+                            cleared.add(h)
+                            continue
+                    p = self._read(store, h, mtime)
+                    if p is None:  # damaged, or removed: read them all, checked
+                        self._load_locked(store)
+                    else:
+                        self._add(p)
+                    break
+                else:  # no newer live pack holds it
+                    return None if found is None else (live[found[0]], found[1], found[2])
 
     def _peek(self, store: ObjectStore) -> None:
         """Learn which packs are superseded, from the lists at the head of the indexes."""
         gone: set[str] = set()
-        unread = []
-        for h, mtime in self._order:
+        heads: dict[str, IndexHead | Pack] = {}
+        for h, _ in self._order:
             if h in gone:
                 continue
             p = self._opened.get(h) or self._known.get(h)
-            named = p.index.superseded if p is not None else store._peek_superseded(h)
-            if named is None:  # removed since the listing: superseded, and gc'd
+            if p is not None:
+                gone |= p.index.superseded
+                heads[h] = p
                 continue
-            gone |= named
-            unread.append((h, mtime))
-        self._unread = [(h, m) for h, m in unread if h not in gone]
+            head = self._known_heads.get(h) or store._peek_index(h)
+            if head is not None:  # (None: removed since the listing, so superseded)
+                gone |= head.superseded
+                heads[h] = head
+        self._lives = [(h, m) for h, m in self._order if h in heads and h not in gone]
+        self._pos = {h: i for i, (h, _) in enumerate(self._lives)}
+        self._budget = 4 * len(self._lives) if self._inherited is None else self._inherited
+        self._known_heads = {}
         self._gone = gone
+        for h, _ in self._lives:
+            got = heads[h]
+            if isinstance(got, Pack):
+                self._add(got)
+            else:
+                self._heads[h] = got
+        self._settle()
 
-    def _read_next(self, store: ObjectStore) -> bool:
-        """Read the next live index in order, if any is left: False when none is.
+    def _add(self, p: Pack) -> None:
+        """Put read live pack ``p`` in the view, in its place."""
+        self._opened[p.hash] = p
+        self._heads.pop(p.hash, None)
+        live = list(self._view[0])
+        at = self._pos[p.hash]
+        i = 0
+        while i < len(live) and self._pos[live[i].hash] < at:
+            i += 1
+        live.insert(i, p)
+        self._set_view(live)
+        self._settle()
 
-        A live index that cannot be read (damaged; or removed, so superseded by a pack
-        this listing lacks) makes this listing read them all, checked, as upkeep does: a
-        damaged index's superseded list is not trusted, so the packs it names are read.
-        """
-        if self._next < len(self._unread):
-            h, mtime = self._unread[self._next]
-            p = self._read(store, h, mtime)
-            if p is None:
-                self._load_locked(store)
-                return True
-            self._next += 1
-            self._opened[h] = p
-            self._set_view([*self._view[0], p])
-            return True
-        self._known = {}
-        return False
+    def _settle(self) -> None:
+        live = self._view[0]
+        prefix = self._prefix
+        while prefix < len(live) and live[prefix].hash == self._lives[prefix][0]:
+            prefix += 1
+        self._prefix = prefix
+        if prefix == len(self._lives):
+            self._all_read = True
+            self._known = {}
 
     def _read(self, store: ObjectStore, h: str, mtime: float | None) -> Pack | None:
         p = self._opened.get(h) or self._known.get(h)
@@ -1180,9 +1262,7 @@ class ObjectStore(PathStore):
                 order.append((m[0], mtime))
             # Newest first, by the index's mtime then by name: the order readers search in.
             order.sort(key=lambda e: (-(e[1] or 0.0), e[0]))
-            opened = old._opened if old is not None else {}
-            known = {h: opened[h] for h, _ in order if h in opened}
-            state = self._pack_state = PackSet(files, stamp, order, known)
+            state = self._pack_state = PackSet(files, stamp, order, old)
             return state
 
     def _open_listed(self, hash: str, mtime: float | None) -> Pack | None:

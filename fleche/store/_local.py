@@ -1077,10 +1077,10 @@ class LocalStore(ObjectStore):
             pass
         return out
 
-    def _read_head(self, path: str, length: int) -> bytes:
+    def _read_at(self, path: str, offset: int, length: int) -> bytes:
         fd, _ = open_file(path)
         try:
-            return os.pread(fd, length, 0)
+            return os.pread(fd, length, offset)
         finally:
             os.close(fd)
 
