@@ -913,3 +913,24 @@ def test_a_damaged_live_index_does_not_hide_the_packs_it_lists(tmp_path) -> None
     with pytest.warns(UserWarning, match="damaged"):
         assert reader.find_call(*_key(1)) == b"one"
         assert reader.find_call(*_key(2)) is None
+
+
+def test_every_writer_keeps_superseded_lists_transitive(tmp_path) -> None:
+    """Readers skip a pack named by a newer index without reading its list: each index
+    that names a pack must also name what that pack's index names (seals, drops, gc)."""
+    store = LocalStore(tmp_path / "s")
+    for i in range(12):  # seals fold the smallest live packs into each new one
+        store._write_sealed({_key(100 * i + j): b"v%d" % (100 * i + j) for j in range(3)})
+    store.delete_call(*_key(0))  # a drop: one repack of the pack holding it
+    store._write_sealed({_key(5000): b"last"})
+    apply_gc(store, plan_gc(store, pack=True, grace=0))  # gc merges the small packs
+    packs = store.packs().packs
+    named = [h for p in packs.values() for h in p.index.superseded if h in packs]
+    assert named  # superseded packs are still there (removed only after the grace)
+    for p in packs.values():
+        for h in p.index.superseded & set(packs):
+            assert packs[h].index.superseded <= p.index.superseded
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*_key(0)) is None
+    assert reader.find_call(*_key(5000)) == b"last"
+    assert all(reader.find_call(*_key(100 * i + 1)) == b"v%d" % (100 * i + 1) for i in range(12))

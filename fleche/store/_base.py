@@ -556,7 +556,6 @@ class PackSet:
     """
 
     __slots__ = (
-        "_all_read",
         "_budget",
         "_gone",
         "_heads",
@@ -570,7 +569,6 @@ class PackSet:
         "_order",
         "_packs",
         "_pos",
-        "_prefix",
         "_view",
         "checked",
         "files",
@@ -598,11 +596,13 @@ class PackSet:
         self._pos: dict[str, int] = {}  # a live pack's place in _lives
         self._heads: dict[str, IndexHead] = {}  # the heads of live packs not read whole
         self._budget = 0  # bucket reads left before the rest are read whole
-        self._prefix = 0  # the first _prefix live packs are read (and first in the view)
-        self._all_read = not order
         self._packs: dict[str, Pack] | None = None if order else {}
         self._live: list[Pack] | None = None if order else []
-        self._view: tuple[list[Pack], PackFinder | None] = ([], None)  # read live packs
+        # The live packs read whole, in order; a finder over them; how many of the first
+        # live packs they hold (a key found in one of those is in no newer live pack); and
+        # whether they are every live pack. One tuple, replaced whole: lookups read it
+        # without the lock.
+        self._view: tuple[list[Pack], PackFinder | None, int, bool] = ([], None, 0, not order)
         self._lock = threading.Lock()
         self.checked = time.monotonic()
         if previous is not None:
@@ -654,29 +654,26 @@ class PackSet:
         # Newest first (by the index's mtime, then by name): a key in two live packs (a
         # record rewritten after its first seal) is read from the later one.
         live = [p for p in packs.values() if p.hash not in gone]
-        self._set_view(live)
         self._gone = gone
         self._lives = [(p.hash, p.mtime) for p in live]
         self._pos = {p.hash: i for i, p in enumerate(live)}
         self._heads = {}
-        self._prefix = len(live)
-        self._all_read = True
-        self._known = {}
+        self._set_view(live)
         self._live = live
         self._packs = packs
 
     def find(self, name: str, digest: str, store: ObjectStore) -> tuple[Pack, int, int] | None:
         """``(pack, offset, length)`` of key ``(name, digest)`` in the newest live pack that
         holds it, or None."""
-        live, finder = self._view
+        live, finder, prefix, complete = self._view
         if finder is not None:
             found = finder.find(name, digest)
             if found is not None:
-                if found[0] < self._prefix:  # every newer live pack was searched
+                if found[0] < prefix:  # every newer live pack was searched
                     return live[found[0]], found[1], found[2]
-            elif self._all_read:
+            elif complete:
                 return None
-        elif self._all_read:
+        elif complete:
             return None
         from fleche.store._pack import digest_bytes
 
@@ -688,15 +685,15 @@ class PackSet:
             if self._gone is None:
                 self._peek(store)
             while True:
-                live, finder = self._view
+                live, finder, prefix, complete = self._view
                 found = None if finder is None else finder.find(name, digest)
-                if found is not None and (self._all_read or found[0] < self._prefix):
+                if found is not None and found[0] < prefix:
                     return live[found[0]], found[1], found[2]
-                if self._all_read:
+                if complete:
                     return None
                 # the live packs not read whole that are newer than the one holding the key
                 end = len(self._lives) if found is None else self._pos[live[found[0]].hash]
-                for h, mtime in self._lives[self._prefix : end]:
+                for h, mtime in self._lives[prefix:end]:
                     head = self._heads.get(h)
                     if head is None or h in cleared:
                         continue  # read whole (searched above), or its bucket was
@@ -741,7 +738,7 @@ class PackSet:
                 self._add(got)
             else:
                 self._heads[h] = got
-        self._settle()
+        self._set_view(self._view[0])
 
     def _add(self, p: Pack) -> None:
         """Put read live pack ``p`` in the view, in its place."""
@@ -754,26 +751,23 @@ class PackSet:
             i += 1
         live.insert(i, p)
         self._set_view(live)
-        self._settle()
-
-    def _settle(self) -> None:
-        live = self._view[0]
-        prefix = self._prefix
-        while prefix < len(live) and live[prefix].hash == self._lives[prefix][0]:
-            prefix += 1
-        self._prefix = prefix
-        if prefix == len(self._lives):
-            self._all_read = True
-            self._known = {}
 
     def _read(self, store: ObjectStore, h: str, mtime: float | None) -> Pack | None:
         p = self._opened.get(h) or self._known.get(h)
         return p if p is not None else store._open_listed(h, mtime)
 
     def _set_view(self, live: list[Pack]) -> None:
+        """Make ``live`` (read live packs, in order) what lookups search."""
         from fleche.store._pack import PackFinder
 
-        self._view = (live, PackFinder([p.index for p in live]))
+        lives = self._lives
+        prefix = 0
+        while prefix < len(live) and live[prefix].hash == lives[prefix][0]:
+            prefix += 1
+        complete = self._gone is not None and prefix == len(lives)
+        if complete:
+            self._known = {}
+        self._view = (live, PackFinder([p.index for p in live]), prefix, complete)
 
 
 _GONE = object()  # a pack file vanished under a reader: list again
