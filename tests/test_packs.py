@@ -934,3 +934,20 @@ def test_every_writer_keeps_superseded_lists_transitive(tmp_path) -> None:
     assert reader.find_call(*_key(0)) is None
     assert reader.find_call(*_key(5000)) == b"last"
     assert all(reader.find_call(*_key(100 * i + 1)) == b"v%d" % (100 * i + 1) for i in range(12))
+
+
+def test_an_older_pack_read_first_never_hides_a_newer_copy(tmp_path, monkeypatch) -> None:
+    """A record rewritten after its first seal is in two live packs: once the older pack is
+    read (for another key), a lookup of the record still looks in the newer one first."""
+    writer = LocalStore(tmp_path / "s")
+    t = 1_700_000_000.0
+    k, j = _key(1), _key(2)
+    older = _publish(writer, [(k, b"first"), (j, b"other")], at=t)
+    newer = _publish(writer, [(k, b"rewritten")], at=t + 100)
+    _publish(writer, [(_key(3), b"unrelated")], at=t + 200)
+    seen = _count_reads(monkeypatch)
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*j) == b"other"
+    assert seen["read"] == [older]
+    assert reader.find_call(*k) == b"rewritten"
+    assert seen["read"] == [older, newer]
