@@ -548,8 +548,8 @@ class PackSet:
     whatever the mtimes say. Then the **live** packs, newest first, until one holds the
     key: a live index not yet read has the few hundred bytes of its fan-out bucket for the
     key's digest read, and is read whole (and checked) only when they hold the key. So a
-    first hit reads one index whole, the heads of the live ones and a bucket of those newer
-    than its own. A lookup that found its key in a read index answers at once when every
+    first hit reads one index whole, the heads of the live ones and a bucket of its own and
+    of each newer one. A lookup that found its key in a read index answers at once when every
     newer live index is read too; past a budget of bucket reads, the rest are read whole.
     Upkeep, listings and seals want every pack, superseded ones too: :meth:`load` reads
     them all (``.packs``, ``.live``).
