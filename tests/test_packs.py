@@ -171,12 +171,12 @@ def test_a_reader_with_an_old_listing_reads_through_a_repack(store, packer, kind
     # another handle, as another process has: it lists only when it must
     reader = LocalStore(store.root) if kind == "local" else ObjectStore(store.fs, store.root)
     assert all(reader.find_call(*k) is not None for k in keys)  # listed: the first pack
-    old = {q.hash for q in reader._pack_state.live}
+    old = set(reader._pack_state.opened)  # the indexes it read: the first pack's
     with cache(packer):
         simulate(123)
     apply_gc(packer, plan_gc(packer, pack=True))  # merges the first pack: supersedes it
     assert all(reader.find_call(*k) is not None for k in keys)  # the old pack, still there
-    assert old == {q.hash for q in reader._pack_state.live}  # (the reader has not re-listed)
+    assert old == set(reader._pack_state.opened)  # (the reader has not re-listed)
     apply_gc(packer, plan_gc(packer, grace=0))  # the old pack goes
     assert not old & set(packer.packs().packs)
     assert all(reader.find_call(*k) is not None for k in keys)
@@ -749,7 +749,7 @@ def test_descriptors_held_for_packs_are_bounded(tmp_path, monkeypatch) -> None:
     for _ in range(2):
         for i, k in enumerate(keys):
             assert reader.find_call(*k) == f"value {i}".encode()
-    live = reader._pack_state.live
+    live = list(reader._pack_state.opened.values())
     assert sum(p.handle is not None for p in live) == 2
     assert len(_fds_on(f"{writer.root}/packs/")) <= 2 * 2
     unkept = next(p for p in live if p.handle is None)
@@ -774,3 +774,198 @@ def test_build_pack_holds_each_entrys_bytes_and_refuses_a_bad_key() -> None:
         build_pack([((SIMULATE, "abcd"), b"x")])
     with pytest.raises(ValueError, match="given twice"):
         build_pack([((SIMULATE, "ab" * 16), b"x"), ((SIMULATE, "ab" * 16), b"y")])
+
+
+# -- a lookup reads only the indexes it needs (issue 19: first hit at 1M calls) -------------
+
+
+def _publish(store: LocalStore, entries: list[Any], superseded: Any = (), at: float = 0.0) -> str:
+    """Write a pack and date both its files ``at`` (seconds since the epoch)."""
+    h = store.write_pack(entries, superseded)
+    for ext in ("pack", "idx"):
+        os.utime(f"{store.root}/packs/pack-{h}.{ext}", (at, at))
+    return h
+
+
+def _count_reads(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[str]]:
+    """The packs whose index is read whole ("read"), at its head ("peeked") or a bucket of
+    it ("probed"), in order."""
+    seen: dict[str, list[str]] = {"read": [], "peeked": [], "probed": []}
+    open_pack, read_at = LocalStore._open_pack, LocalStore._read_at
+
+    def counted_open(self: LocalStore, hash: str, mtime: float | None) -> Any:
+        seen["read"].append(hash)
+        return open_pack(self, hash, mtime)
+
+    def counted_head(self: LocalStore, path: str, offset: int, length: int) -> bytes:
+        seen["peeked" if offset == 0 else "probed"].append(path.rpartition("/pack-")[2][:32])
+        return read_at(self, path, offset, length)
+
+    monkeypatch.setattr(LocalStore, "_open_pack", counted_open)
+    monkeypatch.setattr(LocalStore, "_read_at", counted_head)
+    return seen
+
+
+def _key(i: int) -> tuple[str, str]:
+    return ("demo.f", f"{i:032x}")
+
+
+def test_a_first_hit_reads_no_superseded_index(tmp_path, monkeypatch) -> None:
+    """Seals fold packs into new ones, which supersede them (and what they superseded): a
+    fresh handle's first hit reads the newest index whole and the live ones' heads, and
+    never opens a superseded pack's index."""
+    writer = LocalStore(tmp_path / "s")
+    t = 1_700_000_000.0
+    others = [_publish(writer, [(_key(1000 + i), b"other %d" % i)], at=t + i) for i in range(5)]
+    entries: list[Any] = []
+    chain: list[str] = []
+    for i in range(40):  # each seal folds the previous pack in, as _write_sealed does
+        entries.append((_key(i), b"value %d" % i))
+        gone = {chain[-1], *chain} if chain else set()
+        chain.append(_publish(writer, entries, gone, at=t + 100 + i))
+    seen = _count_reads(monkeypatch)
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*_key(0)) == b"value 0"
+    assert seen["read"] == [chain[-1]]  # the old code read all 45 indexes
+    assert sorted(seen["peeked"]) == sorted([chain[-1], *others])
+    assert reader.find_call(*_key(1002)) == b"other 2"  # an older live pack: read when needed
+    assert seen["read"] == [chain[-1], others[2]]
+    # a bucket of each live index newer than the one holding the key, and of that one
+    assert seen["probed"] == [chain[-1], others[4], others[3], others[2]]
+    assert reader.find_call(*_key(9999)) is None  # a miss searches every live pack
+    assert not set(seen["read"]) & set(chain[:-1])
+    assert {p.hash for p in reader.packs().live} == {chain[-1], *others}  # upkeep sees all
+    assert set(reader.packs().packs) == {*chain, *others}
+
+
+def test_a_first_hit_reads_live_indexes_newest_first_until_one_holds_the_key(
+    tmp_path, monkeypatch
+) -> None:
+    writer = LocalStore(tmp_path / "s")
+    t = 1_700_000_000.0
+    hashes = [_publish(writer, [(_key(i), b"value %d" % i)], at=t + 10 * i) for i in range(30)]
+    seen = _count_reads(monkeypatch)
+    assert LocalStore(tmp_path / "s").find_call(*_key(29)) == b"value 29"
+    assert seen["read"] == [hashes[29]]  # the old code read 30
+    assert len(seen["peeked"]) == 30  # the head of each, for its superseded list
+    seen["read"].clear()
+    seen["probed"].clear()
+    assert LocalStore(tmp_path / "s").find_call(*_key(10)) == b"value 10"
+    assert seen["read"] == [hashes[10]]  # and a bucket of each newer one:
+    assert seen["probed"] == hashes[10:][::-1]
+    seen["read"].clear()
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*_key(99)) is None  # a miss: a bucket of every live index
+    assert seen["read"] == []
+    misses = 1
+    while not seen["read"] and misses < 20:  # past a budget of bucket reads, every index
+        assert reader.find_call(*_key(99)) is None  # is read whole
+        misses += 1
+    assert sorted(seen["read"]) == sorted(hashes)
+    assert all(reader.find_call(*_key(i)) == b"value %d" % i for i in range(30))
+
+
+def test_superseded_lists_win_over_mtimes(tmp_path, monkeypatch) -> None:
+    """A copy that did not keep mtimes can date a superseded pack after the pack that
+    superseded it: a reader still never reads it (a dropped record stays dropped, and an
+    older copy of a record does not hide the newer one)."""
+    writer = LocalStore(tmp_path / "s")
+    t = 1_700_000_000.0
+    k, j, r = _key(1), _key(2), _key(3)
+    old = _publish(writer, [(k, b"dropped"), (j, b"kept"), (r, b"first")], at=t + 500)
+    newer = _publish(writer, [(r, b"second")], at=t + 200)  # r rewritten after old's seal
+    _publish(writer, [(j, b"kept")], {old}, at=t + 100)  # drops k and the older r
+    seen = _count_reads(monkeypatch)
+    for first in (k, j, r):  # each first, in a fresh handle
+        reader = LocalStore(tmp_path / "s")
+        found = {key: reader.find_call(*key) for key in (first, k, j, r)}
+        assert found == {k: None, j: b"kept", r: b"second"}
+        assert old not in seen["read"]
+    assert LocalStore(tmp_path / "s").packs().live[0].hash == newer  # upkeep's order
+
+
+def test_a_superseded_list_after_a_long_name_table_is_read(tmp_path, monkeypatch) -> None:
+    """The head read grows until it holds the list (a pack of many functions)."""
+    writer = LocalStore(tmp_path / "s")
+    t = 1_700_000_000.0
+    gone = _publish(writer, [(_key(1), b"dropped")], at=t)
+    many = [
+        ((f"demo.function_number_{i:04d}_with_a_long_name", "ab" * 16), b"x") for i in range(300)
+    ]
+    top = _publish(writer, many, {gone}, at=t + 100)
+    head = writer.read_pack_index(top)
+    assert len(head) > 3 * 4096  # the names alone are over the first read
+    seen = _count_reads(monkeypatch)
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*_key(1)) is None
+    assert gone not in seen["read"] and gone not in seen["peeked"]
+
+
+def test_a_rescan_finds_a_pack_published_after_the_first_listing(tmp_path) -> None:
+    writer = LocalStore(tmp_path / "s")
+    t = 1_700_000_000.0
+    for i in range(5):
+        _publish(writer, [(_key(i), b"value %d" % i)], at=t + 10 * i)
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*_key(4)) == b"value 4"  # lazily: one index read
+    _publish(writer, [(_key(50), b"new")], at=t + 1000)
+    _publish(writer, [(_key(51), b"copied in")], at=t - 1000)  # rsync'd: an old mtime
+    assert reader.find_call(*_key(50)) == b"new"
+    assert reader.find_call(*_key(51)) == b"copied in"
+    assert reader.find_call(*_key(0)) == b"value 0"
+
+
+def test_a_damaged_live_index_does_not_hide_the_packs_it_lists(tmp_path) -> None:
+    """Its superseded list is read from its head, unchecked; once the index proves damaged
+    the reader reads every index, checked, and the packs it listed are read again."""
+    writer = LocalStore(tmp_path / "s")
+    t = 1_700_000_000.0
+    older = _publish(writer, [(_key(1), b"one")], at=t)
+    top = _publish(writer, [(_key(1), b"one"), (_key(2), b"two")], {older}, at=t + 100)
+    path = tmp_path / "s" / "packs" / f"pack-{top}.idx"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF  # the checksum: the head, and its list, are intact
+    path.chmod(0o644)
+    path.write_bytes(bytes(raw))
+    reader = LocalStore(tmp_path / "s")
+    with pytest.warns(UserWarning, match="damaged"):
+        assert reader.find_call(*_key(1)) == b"one"
+        assert reader.find_call(*_key(2)) is None
+
+
+def test_every_writer_keeps_superseded_lists_transitive(tmp_path) -> None:
+    """Readers skip a pack named by a newer index without reading its list: each index
+    that names a pack must also name what that pack's index names (seals, drops, gc)."""
+    store = LocalStore(tmp_path / "s")
+    for i in range(12):  # seals fold the smallest live packs into each new one
+        store._write_sealed({_key(100 * i + j): b"v%d" % (100 * i + j) for j in range(3)})
+    store.delete_call(*_key(0))  # a drop: one repack of the pack holding it
+    store._write_sealed({_key(5000): b"last"})
+    apply_gc(store, plan_gc(store, pack=True, grace=0))  # gc merges the small packs
+    packs = store.packs().packs
+    named = [h for p in packs.values() for h in p.index.superseded if h in packs]
+    assert named  # superseded packs are still there (removed only after the grace)
+    for p in packs.values():
+        for h in p.index.superseded & set(packs):
+            assert packs[h].index.superseded <= p.index.superseded
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*_key(0)) is None
+    assert reader.find_call(*_key(5000)) == b"last"
+    assert all(reader.find_call(*_key(100 * i + 1)) == b"v%d" % (100 * i + 1) for i in range(12))
+
+
+def test_an_older_pack_read_first_never_hides_a_newer_copy(tmp_path, monkeypatch) -> None:
+    """A record rewritten after its first seal is in two live packs: once the older pack is
+    read (for another key), a lookup of the record still looks in the newer one first."""
+    writer = LocalStore(tmp_path / "s")
+    t = 1_700_000_000.0
+    k, j = _key(1), _key(2)
+    older = _publish(writer, [(k, b"first"), (j, b"other")], at=t)
+    newer = _publish(writer, [(k, b"rewritten")], at=t + 100)
+    _publish(writer, [(_key(3), b"unrelated")], at=t + 200)
+    seen = _count_reads(monkeypatch)
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*j) == b"other"
+    assert seen["read"] == [older]
+    assert reader.find_call(*k) == b"rewritten"
+    assert seen["read"] == [older, newer]

@@ -51,7 +51,8 @@ if TYPE_CHECKING:  # fsspec costs ~60 ms to import: only the backends that use i
 
     import fsspec
 
-    from fleche.store._pack import Key, PackIndex  # packs load when a store first looks in one
+    # packs load when a store first looks in one
+    from fleche.store._pack import IndexHead, Key, PackFinder, PackIndex
 
 BytesLike = bytes | bytearray | memoryview
 Data = BytesLike | Sequence[BytesLike]
@@ -407,6 +408,41 @@ class PathStore(ABC):
         index = PackIndex(self._read(f"{path}.idx"), f"{path}.idx", expect=hash)
         return Pack(hash, path, index, mtime)
 
+    def _read_at(self, path: str, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes of the file at ``path`` from ``offset``; FileNotFoundError
+        if gone."""
+        return bytes(self._read_range(path, offset, length))
+
+    def _peek_index(self, hash: str) -> IndexHead | None:
+        """The head of pack ``hash``'s ``.idx`` (a few KiB, unchecked); None when gone."""
+        from fleche.store._pack import PEEK, IndexHead
+
+        path = f"{self._packs_dir}/pack-{hash}.idx"
+        want = PEEK
+        while True:
+            try:
+                head = self._read_at(path, 0, want)
+            except FileNotFoundError:
+                return None
+            found = IndexHead.parse(head)
+            if not isinstance(found, int):
+                return found
+            if len(head) < want or found <= want:  # shorter than its header says: damaged
+                return IndexHead()
+            want = found
+
+    def _bucket_holds(self, hash: str, head: IndexHead, name: str, raw: bytes) -> bool:
+        """Whether the fan-out bucket of ``raw`` in pack ``hash``'s index has key ``(name,
+        raw)``: a few hundred bytes read, unchecked (:meth:`IndexHead.holds`)."""
+        offset, length = head.bucket(raw)
+        if not length:
+            return head.fan is None
+        try:
+            bucket = self._read_at(f"{self._packs_dir}/pack-{hash}.idx", offset, length)
+        except FileNotFoundError:
+            return True  # read whole, it is found gone: every index is read again
+        return head.holds(bucket, name, raw)
+
     def _read_range(self, path: str, offset: int, length: int) -> BytesLike:
         """``length`` bytes of the file at ``path`` from ``offset`` (one ranged GET on S3)."""
         data: bytes = self.fs.cat_file(path, start=offset, end=offset + length)
@@ -503,34 +539,245 @@ class Pack:
 
 
 class PackSet:
-    """A store's view of ``packs/`` at one listing: every pack, and the live ones to search."""
+    """A store's view of ``packs/`` at one listing: its files, and its packs as far as read.
 
-    __slots__ = ("checked", "files", "finder", "live", "packs", "stamp")
+    A lookup reads no more of the indexes than it needs, and answers as if it had read
+    them all. First the **superseded lists**, from the head of each index (a few KiB, not
+    checked: :class:`~fleche.store._pack.IndexHead`), newest first, skipping every pack an
+    index read before names (a pack lists as superseded everything the packs it supersedes
+    listed, so a named pack's list adds nothing): that is the exact set of live packs,
+    whatever the mtimes say. Then the **live** packs, newest first, until one holds the
+    key: a live index not yet read has the few hundred bytes of its fan-out bucket for the
+    key's digest read, and is read whole (and checked) only when they hold the key. So a
+    first hit reads one index whole, the heads of the live ones and a bucket of its own and
+    of each newer one. A lookup that found its key in a read index answers at once when every
+    newer live index is read too; past a budget of bucket reads, the rest are read whole.
+    Upkeep, listings and seals want every pack, superseded ones too: :meth:`load` reads
+    them all (``.packs``, ``.live``).
+    """
+
+    __slots__ = (
+        "_budget",
+        "_gone",
+        "_heads",
+        "_inherited",
+        "_known",
+        "_known_heads",
+        "_live",
+        "_lives",
+        "_lock",
+        "_opened",
+        "_order",
+        "_packs",
+        "_pos",
+        "_view",
+        "checked",
+        "files",
+        "stamp",
+    )
 
     def __init__(
         self,
-        packs: dict[str, Pack],
         files: dict[str, tuple[int, float | None]],
         stamp: object,
+        order: Sequence[tuple[str, float | None]] = (),
+        previous: PackSet | None = None,
     ) -> None:
-        self.packs = packs
+        """``order``: the published packs' ``(hash, mtime of the .idx)``, newest first (by
+        mtime, then by name); ``previous``: the listing before, whose reads are kept."""
         self.files = files  # file name -> (size, mtime), as listed
+        self.stamp = stamp
+        self._order = order
+        self._known: dict[str, Pack] = {}  # packs a previous listing read whole
+        self._known_heads: dict[str, IndexHead] = {}  # and heads it read
+        self._inherited: int | None = None  # and its budget of bucket reads
+        self._opened: dict[str, Pack] = {}  # every index this listing read whole
+        self._gone: set[str] | None = None if order else set()  # superseded, once peeked
+        self._lives: list[tuple[str, float | None]] = []  # the live packs, in order
+        self._pos: dict[str, int] = {}  # a live pack's place in _lives
+        self._heads: dict[str, IndexHead] = {}  # the heads of live packs not read whole
+        self._budget = 0  # bucket reads left before the rest are read whole
+        self._packs: dict[str, Pack] | None = None if order else {}
+        self._live: list[Pack] | None = None if order else []
+        # The live packs read whole, in order; a finder over them; how many of the first
+        # live packs they hold (a key found in one of those is in no newer live pack); and
+        # whether they are every live pack. One tuple, replaced whole: lookups read it
+        # without the lock.
+        self._view: tuple[list[Pack], PackFinder | None, int, bool] = ([], None, 0, not order)
+        self._lock = threading.Lock()
+        self.checked = time.monotonic()
+        if previous is not None:
+            listed = {h for h, _ in order}
+            with previous._lock:  # (a lookup may be reading more of it)
+                self._known = {h: p for h, p in previous._opened.items() if h in listed}
+                self._known_heads = {h: x for h, x in previous._heads.items() if h in listed}
+                if previous._gone is not None:
+                    self._inherited = previous._budget
+
+    @property
+    def packs(self) -> dict[str, Pack]:
+        """Every readable pack, superseded ones too (after :meth:`load`)."""
+        if self._packs is None:
+            raise RuntimeError("PackSet.packs before load(): use ObjectStore.packs()")
+        return self._packs
+
+    @property
+    def live(self) -> list[Pack]:
+        """The live packs, newest first (after :meth:`load`)."""
+        if self._live is None:
+            raise RuntimeError("PackSet.live before load(): use ObjectStore.packs()")
+        return self._live
+
+    @property
+    def finder(self) -> PackFinder:
+        """Which live pack (its position in :attr:`live`) holds a key, newest first (after
+        :meth:`load`)."""
+        live, finder, _, _ = self._view
+        if self._live is None or finder is None or len(live) != len(self._live):
+            raise RuntimeError("PackSet.finder before load(): use ObjectStore.packs()")
+        return finder
+
+    @property
+    def opened(self) -> dict[str, Pack]:
+        """The packs whose index this listing has read whole so far (hash -> pack)."""
+        return dict(self._opened)
+
+    def load(self, store: ObjectStore) -> PackSet:
+        """Read every index (superseded packs' too) and settle ``.packs`` and ``.live``."""
+        if self._packs is None:
+            with self._lock:
+                self._load_locked(store)
+        return self
+
+    def _load_locked(self, store: ObjectStore) -> None:
+        if self._packs is not None:
+            return
+        for h, mtime in self._order:
+            if h not in self._opened:
+                p = self._read(store, h, mtime)
+                if p is not None:
+                    self._opened[h] = p
+        packs = {h: self._opened[h] for h, _ in self._order if h in self._opened}
         gone: set[str] = set()
         for p in packs.values():
             gone |= p.index.superseded
         # Newest first (by the index's mtime, then by name): a key in two live packs (a
-        # record rewritten after its first seal) is read from the later one; the finder
-        # answers as searching them in this order.
-        self.live = [
-            p
-            for p in sorted(packs.values(), key=lambda p: (-(p.mtime or 0.0), p.hash))
-            if p.hash not in gone
-        ]
+        # record rewritten after its first seal) is read from the later one.
+        live = [p for p in packs.values() if p.hash not in gone]
+        self._gone = gone
+        self._lives = [(p.hash, p.mtime) for p in live]
+        self._pos = {p.hash: i for i, p in enumerate(live)}
+        self._heads = {}
+        self._set_view(live)
+        self._live = live
+        self._packs = packs
+
+    def find(self, name: str, digest: str, store: ObjectStore) -> tuple[Pack, int, int] | None:
+        """``(pack, offset, length)`` of key ``(name, digest)`` in the newest live pack that
+        holds it, or None."""
+        live, finder, prefix, complete = self._view
+        if finder is not None:
+            found = finder.find(name, digest)
+            if found is not None:
+                if found[0] < prefix:  # every newer live pack was searched
+                    return live[found[0]], found[1], found[2]
+            elif complete:
+                return None
+        elif complete:
+            return None
+        from fleche.store._pack import digest_bytes
+
+        raw = digest_bytes(digest)
+        if raw is None:
+            return None
+        cleared: set[str] = set()  # packs whose bucket does not hold the key
+        with self._lock:
+            if self._gone is None:
+                self._peek(store)
+            while True:
+                live, finder, prefix, complete = self._view
+                found = None if finder is None else finder.find(name, digest)
+                if found is not None and found[0] < prefix:
+                    return live[found[0]], found[1], found[2]
+                if complete:
+                    return None
+                # the live packs not read whole that are newer than the one holding the key
+                end = len(self._lives) if found is None else self._pos[live[found[0]].hash]
+                for h, mtime in self._lives[prefix:end]:
+                    head = self._heads.get(h)
+                    if head is None or h in cleared:
+                        continue  # read whole (searched above), or its bucket was
+                    if self._budget > 0:
+                        self._budget -= 1
+                        if not store._bucket_holds(h, head, name, raw):
+                            cleared.add(h)
+                            continue
+                    p = self._read(store, h, mtime)
+                    if p is None:  # damaged, or removed: read them all, checked
+                        self._load_locked(store)
+                    else:
+                        self._add(p)
+                    break
+                else:  # no newer live pack holds it
+                    return None if found is None else (live[found[0]], found[1], found[2])
+
+    def _peek(self, store: ObjectStore) -> None:
+        """Learn which packs are superseded, from the lists at the head of the indexes."""
+        gone: set[str] = set()
+        heads: dict[str, IndexHead | Pack] = {}
+        for h, _ in self._order:
+            if h in gone:
+                continue
+            p = self._opened.get(h) or self._known.get(h)
+            if p is not None:
+                gone |= p.index.superseded
+                heads[h] = p
+                continue
+            head = self._known_heads.get(h) or store._peek_index(h)
+            if head is not None:  # (None: removed since the listing, so superseded)
+                gone |= head.superseded
+                heads[h] = head
+        self._lives = [(h, m) for h, m in self._order if h in heads and h not in gone]
+        self._pos = {h: i for i, (h, _) in enumerate(self._lives)}
+        self._budget = 4 * len(self._lives) if self._inherited is None else self._inherited
+        self._known_heads = {}
+        self._gone = gone
+        for h, _ in self._lives:
+            got = heads[h]
+            if isinstance(got, Pack):
+                self._add(got)
+            else:
+                self._heads[h] = got
+        self._set_view(self._view[0])
+
+    def _add(self, p: Pack) -> None:
+        """Put read live pack ``p`` in the view, in its place."""
+        self._opened[p.hash] = p
+        self._heads.pop(p.hash, None)
+        live = list(self._view[0])
+        at = self._pos[p.hash]
+        i = 0
+        while i < len(live) and self._pos[live[i].hash] < at:
+            i += 1
+        live.insert(i, p)
+        self._set_view(live)
+
+    def _read(self, store: ObjectStore, h: str, mtime: float | None) -> Pack | None:
+        p = self._opened.get(h) or self._known.get(h)
+        return p if p is not None else store._open_listed(h, mtime)
+
+    def _set_view(self, live: list[Pack]) -> None:
+        """Make ``live`` (read live packs, in order) what lookups search."""
         from fleche.store._pack import PackFinder
 
-        self.finder = PackFinder([p.index for p in self.live])
-        self.stamp = stamp
-        self.checked = time.monotonic()
+        lives = self._lives
+        prefix = 0
+        while prefix < len(live) and live[prefix].hash == lives[prefix][0]:
+            prefix += 1
+        complete = self._gone is not None and prefix == len(lives)
+        if complete:
+            self._known = {}
+        self._view = (live, PackFinder([p.index for p in live]), prefix, complete)
 
     def expired(self, now: float, grace: float) -> list[str]:
         """The superseded packs that may be removed at ``now``: those a published pack lists
@@ -954,7 +1201,7 @@ class ObjectStore(PathStore):
             if name not in seen:
                 seen.add(name)
                 yield name
-        for p in self._current_packs().live:
+        for p in self._current_packs().load(self).live:
             for name in p.index.names:
                 if name and name not in seen and is_function_id(name):
                     seen.add(name)
@@ -967,7 +1214,7 @@ class ObjectStore(PathStore):
 
         ``shape`` 1: names are oids; 2: ``(function id, digest)``.
         """
-        packs = self._refresh_packs(min(self.pack_rescan, PACK_REUSE)).live
+        packs = self._refresh_packs(min(self.pack_rescan, PACK_REUSE)).load(self).live
         if not packs:
             yield from loose
             return
@@ -1054,27 +1301,29 @@ class ObjectStore(PathStore):
             files = self._list_pack_files()
             from fleche.store._pack import pack_file
 
-            packs: dict[str, Pack] = {}
+            order: list[tuple[str, float | None]] = []
             for fname, (_, mtime) in files.items():
                 m = pack_file(fname)
                 if m is None or m[1] != "idx" or f"pack-{m[0]}.pack" not in files:
                     continue  # a pack without its index is not published yet (or left by a crash)
-                known = old.packs.get(m[0]) if old is not None else None
-                if known is None:
-                    try:
-                        known = self._open_pack(m[0], mtime)
-                    except FileNotFoundError:
-                        continue
-                    except CorruptObjectError as e:
-                        warnings.warn(str(e), stacklevel=3)
-                        continue
-                packs[m[0]] = known
-            state = self._pack_state = PackSet(packs, files, stamp)
+                order.append((m[0], mtime))
+            # Newest first, by the index's mtime then by name: the order readers search in.
+            order.sort(key=lambda e: (-(e[1] or 0.0), e[0]))
+            state = self._pack_state = PackSet(files, stamp, order, old)
             return state
 
+    def _open_listed(self, hash: str, mtime: float | None) -> Pack | None:
+        """Pack ``hash``'s index, read; None when it is gone or damaged (with a warning)."""
+        try:
+            return self._open_pack(hash, mtime)
+        except FileNotFoundError:
+            return None
+        except CorruptObjectError as e:
+            warnings.warn(str(e), stacklevel=4)
+            return None
+
     def _search(self, state: PackSet, name: str, digest: str) -> tuple[Pack, int, int] | None:
-        found = state.finder.find(name, digest)
-        return None if found is None else (state.live[found[0]], found[1], found[2])
+        return state.find(name, digest, self)
 
     def _locate(
         self, name: str, digest: str, searched: PackSet | None = None
@@ -1096,10 +1345,10 @@ class ObjectStore(PathStore):
         state = self._pack_state
         searched = None
         if state is not None and time.monotonic() - state.checked <= PACK_RECHECK:
-            found = state.finder.find(name, digest)  # the hit path: the listing is fresh
+            found = state.find(name, digest, self)  # the hit path: a fresh listing
             if found is not None:
                 try:
-                    return self._read_packed(state.live[found[0]], found[1], found[2])
+                    return self._read_packed(*found)
                 except FileNotFoundError:
                     self._pack_state = None
             else:
@@ -1125,7 +1374,9 @@ class ObjectStore(PathStore):
         """The packs as listed now (or ``max_age`` seconds ago at most): every readable one
         (``.packs``), the live ones (``.live``) and every file under ``packs/`` (``.files``,
         name -> (size, mtime))."""
-        return self._refresh_packs(max_age) if self.supports_packs else PackSet({}, {}, None)
+        if not self.supports_packs:
+            return PackSet({}, None)
+        return self._refresh_packs(max_age).load(self)
 
     def pack_hashes(self) -> set[str]:
         """The hashes of the packs published under ``packs/`` (their ``.idx`` and ``.pack``
@@ -1225,7 +1476,7 @@ class ObjectStore(PathStore):
             return self._drop_packed(keys)
 
     def _drop_packed(self, keys: set[Key]) -> str | None:
-        state = self._refresh_packs()
+        state = self._refresh_packs().load(self)
         hit = [p for p in state.live if any(p.index.find(*k) is not None for k in keys)]
         if not hit:
             return None

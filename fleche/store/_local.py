@@ -1393,6 +1393,13 @@ class LocalStore(ObjectStore):
             pass
         return out
 
+    def _read_at(self, path: str, offset: int, length: int) -> bytes:
+        fd, _ = open_file(path)
+        try:
+            return os.pread(fd, length, offset)
+        finally:
+            os.close(fd)
+
     def _open_pack(self, hash: str, mtime: float | None) -> Pack:
         # A pack keeps its index mapped (a large one) or read (a small one), and its .pack
         # open, so a hit is one lookup and one pread, and the pack stays readable after a

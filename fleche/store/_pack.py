@@ -79,7 +79,7 @@ CHECKSUM = 16
 MAX_ENTRY = (1 << 32) - 1
 """Largest entry a pack holds (its length is a u32); packs are for small files."""
 
-_HEX = frozenset("0123456789abcdef")
+_HEX = "0123456789abcdef"
 
 
 def pack_file(name: str) -> tuple[str, str] | None:
@@ -92,7 +92,8 @@ def pack_file(name: str) -> tuple[str, str] | None:
     if not name.startswith("pack-"):
         return None
     digest, _, ext = name[5:].partition(".")
-    if len(digest) != 32 or ext not in ("pack", "idx") or not _HEX.issuperset(digest):
+    # strip leaves a non-hex character and all between it and the ends: one C loop
+    if len(digest) != 32 or ext not in ("pack", "idx") or digest.strip(_HEX):
         return None
     return digest, ext
 
@@ -165,6 +166,86 @@ def build_pack(
     parts += map(add, heads, map(_TAIL.pack, sizes, offsets))
     idx = b"".join(parts)
     return pack_digest.hex(), pack, idx + xxhash.xxh3_128_digest(idx)
+
+
+PEEK = 4096
+"""Bytes read from the head of an index to learn its superseded list (more when its name
+table is longer): the header, the fan-out and, for a few dozen functions, the names."""
+
+
+class IndexHead:
+    """What the head of an index says, read without its checksum (that reads it whole):
+    the packs it supersedes, and where the entries of each first digest byte are, so a
+    reader can look for a key in a few hundred bytes of it before reading it whole.
+
+    Damage can only make a listed hash one that no pack has (hashes are 128 bits), or make
+    :meth:`holds` wrong: a "no" is what ignoring a damaged index answers too, and a "yes"
+    has the index read whole and checked. ``fan`` None: the head is not an index's
+    (damaged); it names no pack and holds every key (so it is read whole, and found damaged).
+    """
+
+    __slots__ = ("base", "fan", "superseded", "tags")
+
+    def __init__(
+        self,
+        superseded: frozenset[str] = frozenset(),
+        fan: bytes | None = None,
+        base: int = 0,
+        tags: dict[str, bytes] | None = None,
+    ) -> None:
+        self.superseded = superseded
+        self.fan = fan  # the fan-out table as stored: 256 big-endian u32
+        self.base = base
+        self.tags = tags or {}
+
+    @classmethod
+    def parse(cls, head: bytes) -> IndexHead | int:
+        """The head's reading, or how many bytes of it are needed when ``head`` is too short."""
+        if len(head) < IDX_HEADER.size + FANOUT.size:
+            return cls() if len(head) < IDX_HEADER.size else IDX_HEADER.size + FANOUT.size
+        magic, version, _, _, _, n_names, n_gone = IDX_HEADER.unpack_from(head, 0)
+        if magic != IDX_MAGIC or version != PACK_VERSION:
+            return cls()
+        n_gone = int(n_gone)
+        pos = IDX_HEADER.size + FANOUT.size
+        tags: dict[str, bytes] = {}
+        for i in range(n_names):
+            if pos + 2 > len(head):
+                return pos + 2 + 16 * n_gone + PEEK  # more of the names, and the list after them
+            (n,) = NAME_LEN.unpack_from(head, pos)
+            n = int(n)
+            if pos + 2 + n > len(head):
+                return pos + 2 + n + 16 * n_gone + PEEK
+            tags[head[pos + 2 : pos + 2 + n].decode(errors="replace")] = i.to_bytes(4, "big")
+            pos += 2 + n
+        end = pos + 16 * n_gone
+        if end > len(head):
+            return end
+        gone = frozenset(head[pos + 16 * i : pos + 16 * i + 16].hex() for i in range(n_gone))
+        return cls(gone, head[IDX_HEADER.size : IDX_HEADER.size + FANOUT.size], end, tags)
+
+    def bucket(self, raw: bytes) -> tuple[int, int]:
+        """``(offset, length)`` in the index of the entries whose digest starts as ``raw``."""
+        fan = self.fan
+        if fan is None:
+            return 0, 0
+        at = 4 * raw[0]
+        lo = int.from_bytes(fan[at - 4 : at], "big") if at else 0
+        hi = int.from_bytes(fan[at : at + 4], "big")
+        return self.base + ENTRY.size * lo, ENTRY.size * (hi - lo)
+
+    def holds(self, bucket: bytes, name: str, raw: bytes) -> bool:
+        """Whether ``bucket`` (what :meth:`bucket` says to read) has key ``(name, raw)``."""
+        if self.fan is None:
+            return True
+        tag = self.tags.get(name)
+        if tag is None:
+            return False
+        key = raw + tag
+        at = bucket.find(key)
+        while at >= 0 and at % ENTRY.size:  # inside an entry, not at one's start: go on
+            at = bucket.find(key, at + 1)
+        return at >= 0
 
 
 class PackIndex:
