@@ -882,3 +882,42 @@ def test_a_catch_up_reads_packed_records_from_their_packs_whole(
         spec = QuerySpec(args={"n": Q.eq(n)})
         assert count(c, spec) == 1
         assert scan_count(store, spec) == 1
+
+
+def test_records_a_fold_moved_unchanged_are_restamped_not_read_again(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A pack that folds others (a seal, gc) holds their records byte for byte: the
+    catalogue takes their new stamp without parsing them again, and reads only a record
+    whose bytes changed (a rerun), whose new values it then holds."""
+    import fleche.index._index as index_module
+
+    mem = MemoryStore()
+    with cache(Cache(mem, index=False)):
+        for i in range(30):
+            simulate(i, 0.5)
+    names = sorted(mem.iter_calls())
+    store = LocalStore(tmp_path / "store")
+    first = store.write_pack([(k, mem.get_call(*k)) for k in names[:20]])
+    second = store.write_pack([(k, mem.get_call(*k)) for k in names[20:]])
+    c = Cache(store)
+    assert count(c) == 30
+    parsed: list[str] = []
+    real = index_module._decode
+
+    def decode(blob: bytes, function_id: str, key: str) -> object:
+        parsed.append(key)
+        return real(blob, function_id, key)
+
+    monkeypatch.setattr(index_module, "_decode", decode)
+    folded = store.write_pack([(k, mem.get_call(*k)) for k in names], superseded=[first, second])
+    assert count(c) == 30
+    assert parsed == []
+    rerun = codec.decode_record(mem.get_call(*names[7]))
+    rerun["metadata"]["tags"] = {"rerun": True}
+    changed = {names[7]: codec.encode_record(rerun)}
+    store.write_pack([(k, changed.get(k) or mem.get_call(*k)) for k in names], superseded=[folded])
+    assert count(c) == 30
+    assert parsed == [names[7][1]]
+    assert count(c, QuerySpec(metadata={("tags", "rerun"): Q.eq(True)})) == 1
+    assert scan_count(store, QuerySpec(metadata={("tags", "rerun"): Q.eq(True)})) == 1

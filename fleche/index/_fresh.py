@@ -419,3 +419,45 @@ def _map_pack(pack: Any) -> Any:
         return None
     finally:
         os.close(fd)
+
+
+def moved_unchanged(
+    store: ObjectStore, function_id: str, moves: dict[str, tuple[str, str]]
+) -> list[str]:
+    """The keys of ``moves`` (``{key: (catalogued stamp, listed stamp)}``, both of packs)
+    whose record is byte for byte the one catalogued: a fold (a seal, ``fleche gc``)
+    copies records into a new pack as they are, and the pack it read them from stays
+    readable until gc removes it after its grace.
+
+    Such a record needs its stamp changed, not to be read, parsed and written again
+    (every fold moved all the records of the packs it folded). Local stores only; a
+    pack gone, or a key not where its stamp says, leaves its keys to be read again.
+    """
+    if not is_local(store) or not moves:
+        return []
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for key, (old, new) in moves.items():
+        by_pair.setdefault((old[len(PACK_STAMP) :], new[len(PACK_STAMP) :]), []).append(key)
+    packs = store.packs().packs  # every readable pack, superseded ones included
+    same: list[str] = []
+    for (old_hash, new_hash), keys in by_pair.items():
+        old_pack, new_pack = packs.get(old_hash), packs.get(new_hash)
+        if old_pack is None or new_pack is None:
+            continue
+        old_at = _pack_places(old_pack, function_id, keys)
+        new_at = _pack_places(new_pack, function_id, keys)
+        if old_at is None or new_at is None:
+            continue
+        old_buf = _map_pack(old_pack)
+        new_buf = _map_pack(new_pack) if old_buf is not None else None
+        try:
+            if old_buf is None or new_buf is None:
+                continue
+            for (key, a, n), (_, b, m) in zip(old_at, new_at, strict=True):
+                if n == m and old_buf[a : a + n] == new_buf[b : b + m]:
+                    same.append(key)
+        finally:
+            for buf in (old_buf, new_buf):
+                if buf is not None:
+                    buf.close()
+    return same

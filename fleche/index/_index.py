@@ -30,6 +30,7 @@ from fleche.digest import digest_bytes
 from fleche.errors import ConfigError, CorruptObjectError, warn_user
 from fleche.index._db import CatalogReset, Db, IndexFault, SqliteDb, Tx, is_busy
 from fleche.index._fresh import (
+    PACK_STAMP,
     RefreshReport,
     fan_listing,
     fan_mtimes,
@@ -38,6 +39,7 @@ from fleche.index._fresh import (
     is_memory,
     list_function,
     list_functions,
+    moved_unchanged,
     read_records,
     record_stamp,
     settled,
@@ -1104,6 +1106,9 @@ class Index:
             if k not in indexed or (stamp is not None and indexed[k] != stamp)
         ]
         gone = sorted(k for k in indexed if k not in listing)
+        moved = self._restamp(store, fid, todo, listing, indexed)
+        if moved:
+            todo = [k for k in todo if k not in moved]
         todo.sort()
         rows: list[Row] = []
 
@@ -1148,11 +1153,39 @@ class Index:
             if bulk:
                 self.db.create_indexes()  # sorted once: a third of the catch-up's time saved
         report.added = read - report.updated
+        report.updated += len(moved)
         for chunk in chunks(gone):
             with self.db.transaction() as tx:
                 delete(tx, fid, chunk)
         report.removed = len(gone)
         return report
+
+    def _restamp(
+        self,
+        store: ObjectStore,
+        fid: str,
+        todo: list[str],
+        listing: dict[str, str | None],
+        indexed: dict[str, str | None],
+    ) -> set[str]:
+        """Give the records of ``todo`` that only moved from one pack to another (byte for
+        byte the same: see :func:`~fleche.index._fresh.moved_unchanged`) their new stamp,
+        and return their keys: they are not read again."""
+        moves: dict[str, tuple[str, str]] = {}
+        for k in todo:
+            old = indexed.get(k)
+            new = listing[k]
+            if old is not None and new is not None and old.startswith(PACK_STAMP):
+                if new.startswith(PACK_STAMP):
+                    moves[k] = (old, new)
+        same = moved_unchanged(store, fid, moves)
+        for chunk in chunks(same):
+            with self.db.transaction() as tx:
+                tx.executemany(
+                    f"UPDATE fleche_calls SET stamp = :s WHERE function = {FN} AND key = :k",
+                    [{"s": listing[k], "f": fid, "k": k} for k in chunk],
+                )
+        return set(same)
 
     def _bulk(self, new: int) -> bool:
         """Whether ``new`` rows are many enough to load with the secondary indexes dropped.
