@@ -811,10 +811,11 @@ def test_the_catalogue_takes_no_more_disk_than_the_records_it_describes(tmp_path
 def test_own_metadata_comes_back_exactly_from_its_columns(own: dict) -> None:
     """created/duration/finished/cpu/pid live in typed columns when they are what a call
     writes (finite floats, an int pid); anything else stays JSON, and the row gives all back."""
-    from fleche.index._sqlrows import call_row, merge_metadata, own_metadata
+    from fleche.index._sqlrows import call_row, merge_metadata, own_metadata, row_values
 
     meta = {**own, "host": "h", "tags": {"run": 1}}
-    row, _ = call_row("m.f", "0" * 32, {"metadata": meta}, 10, None)
+    built = call_row("m.f", "0" * 32, {"metadata": meta}, 10, None)
+    row = row_values(built)
     got = merge_metadata(
         own_metadata(
             row["metadata"],
@@ -824,7 +825,7 @@ def test_own_metadata_comes_back_exactly_from_its_columns(own: dict) -> None:
             row["m_cpu"],
             row["m_pid"],
         ),
-        row["context"][5],
+        built[1][5],
     )
     for k, v in meta.items():  # exact, by type too (0.0 vs -0.0, 5 vs 5.0, NaN)
         assert type(got[k]) is type(v) and repr(got[k]) == repr(v)
@@ -849,3 +850,74 @@ def test_a_refresh_drops_shared_metadata_no_call_points_at(tmp_path: Path) -> No
     c.index.refresh()
     assert contexts() == 2
     assert count(c, QuerySpec(metadata={("tags", "run"): Q.eq(2)})) == 1
+
+
+def test_a_catch_up_reads_packed_records_from_their_packs_whole(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Records in several packs are catalogued from one mapping of each pack, in key
+    order: none is looked up among the packs one by one (as a hit does), and each is
+    catalogued with its own values."""
+    mem = MemoryStore()
+    with cache(Cache(mem, index=False)):
+        for i in range(60):
+            simulate(i, 0.5 if i % 2 else 0.25)
+    names = sorted(mem.iter_calls())
+    store = LocalStore(tmp_path / "store")
+    for part in (names[:20], names[20:45], names[45:]):  # three live packs
+        store.write_pack([(k, mem.get_call(*k)) for k in part])
+    looked_up: list[str] = []
+    real = LocalStore.find_call
+
+    def find_call(self: LocalStore, function_id: str, digest: str) -> object:
+        looked_up.append(digest)
+        return real(self, function_id, digest)
+
+    monkeypatch.setattr(LocalStore, "find_call", find_call)
+    c = Cache(store)
+    assert count(c) == 60
+    assert looked_up == []
+    assert count(c, alpha_is(0.5)) == 30
+    for n in (0, 19, 20, 44, 45, 59):
+        spec = QuerySpec(args={"n": Q.eq(n)})
+        assert count(c, spec) == 1
+        assert scan_count(store, spec) == 1
+
+
+def test_records_a_fold_moved_unchanged_are_restamped_not_read_again(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A pack that folds others (a seal, gc) holds their records byte for byte: the
+    catalogue takes their new stamp without parsing them again, and reads only a record
+    whose bytes changed (a rerun), whose new values it then holds."""
+    import fleche.index._index as index_module
+
+    mem = MemoryStore()
+    with cache(Cache(mem, index=False)):
+        for i in range(30):
+            simulate(i, 0.5)
+    names = sorted(mem.iter_calls())
+    store = LocalStore(tmp_path / "store")
+    first = store.write_pack([(k, mem.get_call(*k)) for k in names[:20]])
+    second = store.write_pack([(k, mem.get_call(*k)) for k in names[20:]])
+    c = Cache(store)
+    assert count(c) == 30
+    parsed: list[str] = []
+    real = index_module._decode
+
+    def decode(blob: bytes, function_id: str, key: str) -> object:
+        parsed.append(key)
+        return real(blob, function_id, key)
+
+    monkeypatch.setattr(index_module, "_decode", decode)
+    folded = store.write_pack([(k, mem.get_call(*k)) for k in names], superseded=[first, second])
+    assert count(c) == 30
+    assert parsed == []
+    rerun = codec.decode_record(mem.get_call(*names[7]))
+    rerun["metadata"]["tags"] = {"rerun": True}
+    changed = {names[7]: codec.encode_record(rerun)}
+    store.write_pack([(k, changed.get(k) or mem.get_call(*k)) for k in names], superseded=[folded])
+    assert count(c) == 30
+    assert parsed == [names[7][1]]
+    assert count(c, QuerySpec(metadata={("tags", "rerun"): Q.eq(True)})) == 1
+    assert scan_count(store, QuerySpec(metadata={("tags", "rerun"): Q.eq(True)})) == 1

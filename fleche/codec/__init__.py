@@ -33,6 +33,7 @@ from fleche.codec._base import (
     nbytes,
 )
 from fleche.codec._encode import (
+    RECORD_FORMAT,
     SERIALIZER_NAMES,
     decode_payload,
     decode_record,
@@ -117,6 +118,7 @@ __all__ = [
     "MAGIC",
     "MissingSerializerError",
     "PRODUCE_MIN",
+    "RECORD_FORMAT",
     "SERIALIZER_NAMES",
     "SER_ARROW_PANDAS",
     "SER_BAGOFHOLDING",

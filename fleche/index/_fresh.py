@@ -25,7 +25,8 @@ import os
 import time
 from collections.abc import Iterable, Iterator
 
-from fleche.store import HEX_DIGITS, LocalStore, ObjectStore, is_function_id
+from fleche.errors import NotAFileError
+from fleche.store import HEX_DIGITS, LocalStore, ObjectStore, is_function_id, open_file
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ READ_WORKERS = 8
 LOCAL_THREADED_FROM = 2_000
 """Records from which a local catch-up reads in a thread of its own (below, not worth one)."""
 READ_CHUNK = 500  # records the reader thread reads ahead
+PACK_STAMP = "pack-"
+"""The stamp of a packed record: this prefix and its pack's hash (see :func:`fan_listing`)."""
 
 
 class RefreshReport:
@@ -314,3 +317,147 @@ def read_blobs(
             yield from zip(
                 chunk, pool.map(lambda k: store.find_call(function_id, k), chunk), strict=True
             )
+
+
+def read_records(
+    store: ObjectStore, function_id: str, keys: Iterable[str], stamps: dict[str, str | None]
+) -> Iterator[tuple[str, Any]]:
+    """As :func:`read_blobs` for ``keys`` in ascending order, and in that order, with each
+    record stamped by a live pack of a local store (``stamps``: the listing's, as
+    :func:`fan_listing` gives them) read from one memory map of that pack.
+
+    A catch-up of packed records (what segments leave) then costs a slice of the map per
+    record instead of a lookup among the packs and a ``pread`` (~10 µs a record, more
+    than parsing it). Records in no pack, and those of a pack gone since the listing,
+    are read one by one (:func:`read_blobs`). The order is the keys' (a merge of each
+    pack's, sorted already): rows then go into the catalogue's b-trees in order.
+    """
+    keys = list(keys)
+    if not is_local(store):
+        yield from read_blobs(store, function_id, keys)
+        return
+    by_pack: dict[str, list[str]] = {}
+    rest: list[str] = []
+    for key in keys:
+        stamp = stamps.get(key)
+        if stamp is not None and stamp.startswith(PACK_STAMP):
+            by_pack.setdefault(stamp[len(PACK_STAMP) :], []).append(key)
+        else:
+            rest.append(key)
+    maps = []
+    runs: list[Iterator[tuple[str, Any]]] = []
+    try:
+        if by_pack:
+            live = {p.hash: p for p in store.packs().live}
+            for pack_hash, wanted in by_pack.items():
+                pack = live.get(pack_hash)
+                where = _pack_places(pack, function_id, wanted) if pack is not None else None
+                buf = _map_pack(pack) if where is not None else None
+                if buf is None or where is None:  # superseded or gone: read as a hit does
+                    rest.extend(wanted)
+                    continue
+                maps.append(buf)
+                runs.append(_slices(buf, where))
+        if rest:
+            rest.sort()
+            runs.append(read_blobs(store, function_id, rest))
+        if len(runs) == 1:
+            yield from runs[0]
+        else:
+            import heapq  # several runs: once per catch-up
+
+            yield from heapq.merge(*runs, key=_first)
+    finally:
+        for buf in maps:
+            buf.close()
+
+
+def _first(item: tuple[str, Any]) -> str:
+    return item[0]
+
+
+def _slices(buf: Any, where: list[tuple[str, int, int]]) -> Iterator[tuple[str, bytes]]:
+    for key, offset, length in where:
+        yield key, buf[offset : offset + length]
+
+
+def _pack_places(pack: Any, function_id: str, keys: list[str]) -> list[tuple[str, int, int]] | None:
+    """``(key, offset, length)`` of ``keys`` in ``pack``, by key; None when one of them is
+    not there (the listing was of another pack with that hash)."""
+    index = pack.index
+    where: list[tuple[str, int, int]] = []
+    if 4 * len(keys) >= index.count:  # most of the pack: one walk of its index
+        wanted = set(keys)
+        for (name, key), offset, length in index.entries():
+            if name == function_id and key in wanted:
+                where.append((key, offset, length))
+    else:
+        for key in keys:
+            at = index.find(function_id, key)
+            if at is not None:
+                where.append((key, at[0], at[1]))
+    if len(where) != len(keys):
+        return None
+    where.sort()
+    return where
+
+
+def _map_pack(pack: Any) -> Any:
+    """A read-only memory map of a local pack file, or None when it cannot be read whole."""
+    try:
+        fd, st = open_file(f"{pack.path}.pack")
+    except (OSError, NotAFileError):
+        return None
+    try:
+        size = pack.index.pack_size
+        if st.st_size < size or size <= 0:
+            return None
+        import mmap  # a catch-up of packed records, once per pack
+
+        return mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+
+
+def moved_unchanged(
+    store: ObjectStore, function_id: str, moves: dict[str, tuple[str, str]]
+) -> list[str]:
+    """The keys of ``moves`` (``{key: (catalogued stamp, listed stamp)}``, both of packs)
+    whose record is byte for byte the one catalogued: a fold (a seal, ``fleche gc``)
+    copies records into a new pack as they are, and the pack it read them from stays
+    readable until gc removes it after its grace.
+
+    Such a record needs its stamp changed, not to be read, parsed and written again
+    (every fold moved all the records of the packs it folded). Local stores only; a
+    pack gone, or a key not where its stamp says, leaves its keys to be read again.
+    """
+    if not is_local(store) or not moves:
+        return []
+    by_pair: dict[tuple[str, str], list[str]] = {}
+    for key, (old, new) in moves.items():
+        by_pair.setdefault((old[len(PACK_STAMP) :], new[len(PACK_STAMP) :]), []).append(key)
+    packs = store.packs().packs  # every readable pack, superseded ones included
+    same: list[str] = []
+    for (old_hash, new_hash), keys in by_pair.items():
+        old_pack, new_pack = packs.get(old_hash), packs.get(new_hash)
+        if old_pack is None or new_pack is None:
+            continue
+        old_at = _pack_places(old_pack, function_id, keys)
+        new_at = _pack_places(new_pack, function_id, keys)
+        if old_at is None or new_at is None:
+            continue
+        old_buf = _map_pack(old_pack)
+        new_buf = _map_pack(new_pack) if old_buf is not None else None
+        try:
+            if old_buf is None or new_buf is None:
+                continue
+            for (key, a, n), (_, b, m) in zip(old_at, new_at, strict=True):
+                if n == m and old_buf[a : a + n] == new_buf[b : b + m]:
+                    same.append(key)
+        finally:
+            for buf in (old_buf, new_buf):
+                if buf is not None:
+                    buf.close()
+    return same

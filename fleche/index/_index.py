@@ -25,12 +25,14 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 
 import msgpack
+import xxhash
 
 from fleche import codec
 from fleche.digest import digest_bytes
 from fleche.errors import ConfigError, CorruptObjectError, warn_user
 from fleche.index._db import CatalogReset, Db, IndexFault, SqliteDb, Tx, is_busy
 from fleche.index._fresh import (
+    PACK_STAMP,
     RefreshReport,
     fan_listing,
     fan_mtimes,
@@ -39,7 +41,8 @@ from fleche.index._fresh import (
     is_memory,
     list_function,
     list_functions,
-    read_blobs,
+    moved_unchanged,
+    read_records,
     record_stamp,
     settled,
 )
@@ -48,8 +51,11 @@ from fleche.index._sqlgen import compile_spec
 from fleche.index._sqlrows import (
     FN,
     FN_NAME,
+    FUNCTION,
+    KEY,
     NUMBERS,
     VOLATILE,
+    Row,
     call_row,
     decode_metadata,
     own_metadata,
@@ -57,7 +63,6 @@ from fleche.index._sqlrows import (
 from fleche.index._where import default_location, sqlite_with_fallback
 from fleche.index._write import (
     BATCH,
-    Row,
     chunks,
     delete,
     drop_function,
@@ -90,6 +95,9 @@ collector paused (see :meth:`Index._listed_rows`)."""
 ANALYZE_FROM = 1000  # rows from which the planner gets statistics
 PENDING_AGE = 1.0  # seconds the oldest buffered write may wait for the next one
 BULK_FROM = 10_000
+BULK_BATCH = 5_000
+"""Rows per transaction in a bulk catch-up: fewer commits, each writing the pages it touched
+to the -wal file once (at 500, a first catch-up of 100k calls wrote every page many times)."""
 """New rows from which a catch-up drops the secondary indexes and sorts them afterwards
 (when they are at least as many as the rows already catalogued; see ``Index._bulk``)."""
 LOCKED_RETRY = 60.0
@@ -564,7 +572,7 @@ class Index:
         self._fans_known |= new_fans  # committed: no need to say it again in this process
 
     def _upsert(self, tx: Tx, rows: list[Row]) -> None:
-        latest = {(r["function"], r["key"]): (r, a) for r, a in rows}  # a rerun: the last wins
+        latest = {(r[0][FUNCTION], r[0][KEY]): r for r in rows}  # a rerun: the last wins
         rows = [latest[k] for k in sorted(latest)]  # one lock order for every writer
         if self.db.dialect == "postgresql":
             upsert_postgresql(tx, rows)
@@ -1243,6 +1251,9 @@ class Index:
             if k not in indexed or (stamp is not None and indexed[k] != stamp)
         ]
         gone = sorted(k for k in indexed if k not in listing)
+        moved = self._restamp(store, fid, todo, listing, indexed)
+        if moved:
+            todo = [k for k in todo if k not in moved]
         todo.sort()
         rows: list[Row] = []
 
@@ -1252,10 +1263,12 @@ class Index:
             rows.clear()
 
         bulk = self._bulk(len(todo))
+        batch = BULK_BATCH if bulk else BATCH
+        read = 0
         if bulk:
             self.db.drop_indexes()
         try:
-            for key, blob in read_blobs(store, fid, todo):
+            for key, blob in read_records(store, fid, todo, listing):
                 if blob is None:
                     continue  # gone since the listing
                 try:
@@ -1263,6 +1276,9 @@ class Index:
                 except CorruptObjectError:
                     report.unreadable += 1  # `fleche verify` reports it; the index leaves it out
                     continue
+                read += 1
+                if key in indexed:
+                    report.updated += 1
                 rows.append(
                     call_row(
                         fid,
@@ -1274,22 +1290,47 @@ class Index:
                         arguments_bytes=stored,
                     )
                 )
-                if key in indexed:
-                    report.updated += 1
-                else:
-                    report.added += 1
-                if len(rows) >= BATCH:
+                if len(rows) >= batch:
                     write()
             if rows:
                 write()
         finally:
             if bulk:
                 self.db.create_indexes()  # sorted once: a third of the catch-up's time saved
+        report.added = read - report.updated
+        report.updated += len(moved)
         for chunk in chunks(gone):
             with self.db.transaction() as tx:
                 delete(tx, fid, chunk)
         report.removed = len(gone)
         return report
+
+    def _restamp(
+        self,
+        store: ObjectStore,
+        fid: str,
+        todo: list[str],
+        listing: dict[str, str | None],
+        indexed: dict[str, str | None],
+    ) -> set[str]:
+        """Give the records of ``todo`` that only moved from one pack to another (byte for
+        byte the same: see :func:`~fleche.index._fresh.moved_unchanged`) their new stamp,
+        and return their keys: they are not read again."""
+        moves: dict[str, tuple[str, str]] = {}
+        for k in todo:
+            old = indexed.get(k)
+            new = listing[k]
+            if old is not None and new is not None and old.startswith(PACK_STAMP):
+                if new.startswith(PACK_STAMP):
+                    moves[k] = (old, new)
+        same = moved_unchanged(store, fid, moves)
+        for chunk in chunks(same):
+            with self.db.transaction() as tx:
+                tx.executemany(
+                    f"UPDATE fleche_calls SET stamp = :s WHERE function = {FN} AND key = :k",
+                    [{"s": listing[k], "f": fid, "k": k} for k in chunk],
+                )
+        return set(same)
 
     def _bulk(self, new: int) -> bool:
         """Whether ``new`` rows are many enough to load with the secondary indexes dropped.
@@ -1419,25 +1460,65 @@ class Index:
         self.db.close()
 
 
+_RAW_RECORD = (codec.MAGIC, codec.FORMAT, codec.CODEC_RAW, codec.SER_MSGPACK)
+_HEADER = codec.HEADER.unpack_from
+_HEADER_SIZE = codec.HEADER_SIZE
+_UNPACK = msgpack.unpackb
+_XXH3 = xxhash.xxh3_128_digest
+
+
 def _decode(blob: Any, fid: str, key: str) -> tuple[dict[str, Any], bool, bytes | None]:
     """A record read for cataloguing, whether its metadata has str keys only, and its
     arguments as stored (msgpack bytes; None when not stored as such).
 
     Its metadata is parsed with msgpack's ``strict_map_key``, which refuses other
     keys as it goes: when it succeeds, the row's JSON needs no second walk of the
-    metadata. CorruptObjectError as from :func:`fleche.codec.decode_record`.
+    metadata. CorruptObjectError as from :func:`fleche.codec.decode_record`, which
+    reads every record this does not: the common one (raw, intact, of this name) is
+    checked and parsed here with no call in between (a catch-up parses 100k of them).
     """
-    rec = codec.decode_record(blob, lazy=True, name=(fid, key))
+    rec: Any = None
+    if len(blob) >= _HEADER_SIZE:
+        magic, fmt, codec_id, ser, flags, size, digest = _HEADER(blob)
+        if (
+            (magic, fmt, codec_id, ser) == _RAW_RECORD
+            and not flags
+            and len(blob) == _HEADER_SIZE + size
+        ):
+            body = memoryview(blob)[_HEADER_SIZE:]
+            if _XXH3(body) == digest:
+                try:
+                    rec = _UNPACK(body, raw=False, strict_map_key=False)
+                except (ValueError, TypeError, msgpack.UnpackException):
+                    rec = None
+                if not (
+                    type(rec) is dict
+                    and rec.get("digest") == key
+                    and rec.get("function") == fid
+                    and rec.get("fleche") == codec.RECORD_FORMAT
+                ):
+                    rec = None
+    if rec is None:  # anything else: the codec says what is wrong, or reads it
+        rec = codec.decode_record(blob, lazy=True, name=(fid, key))
     meta = rec.get("metadata")
     stored = rec.get("arguments")
     str_keys = False
     if type(meta) is bytes:
         try:
-            rec["metadata"] = msgpack.unpackb(meta, raw=False, strict_map_key=True)
+            meta = rec["metadata"] = _UNPACK(meta, raw=False, strict_map_key=True)
             str_keys = True
         except (ValueError, TypeError, msgpack.UnpackException):
             pass  # other keys, or damage: expand_record tells which
-    return codec.expand_record(rec), str_keys, (stored if type(stored) is bytes else None)
+    if type(stored) is bytes:
+        try:
+            arguments = _UNPACK(stored, raw=False, strict_map_key=False)
+        except (ValueError, TypeError, msgpack.UnpackException):
+            arguments = None  # damage: expand_record says so
+        if type(arguments) is dict and type(meta) is dict:
+            rec["arguments"] = arguments
+            return rec, str_keys, stored  # what expand_record would give, checked
+        return codec.expand_record(rec), str_keys, stored
+    return codec.expand_record(rec), str_keys, None
 
 
 def _same_store(a: str, b: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 
 import msgpack
 import xxhash
@@ -26,6 +27,8 @@ from fleche.digest import digest_bytes
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any
+else:
+    Any = object  # in type aliases evaluated at run time
 
 SCHEMA_VERSION = 5
 """Bumped when the tables change; a catalogue of another version is rebuilt."""
@@ -451,7 +454,7 @@ def _context(
     :class:`~fleche.records.Call` without reading the record, in the record's order.
     """
     try:
-        key: tuple[Any, ...] | None = (module, qualname, code, names, msgpack.packb(shared))
+        key: tuple[Any, ...] | None = (module, qualname, code, names, _packed(shared))
     except (TypeError, ValueError, OverflowError):
         key = None
     if key is not None:
@@ -497,6 +500,26 @@ def _number(v: Any) -> float:
     return 0.0
 
 
+Row = tuple[tuple[Any, ...], Context, list[tuple[Any, ...]]]
+"""A call row: its values in :data:`CALL_COLUMNS` order (``function`` the function id, ``meta``
+None until the writer knows its ``fleche_meta`` row), that row's :data:`Context`, and its
+argument rows ``(name, digest, i, f, s)``. Tuples: a catch-up binds them as they are."""
+
+FUNCTION, KEY, META = 0, 1, 2
+"""Where a row's values hold its function, key and ``fleche_meta`` id."""
+_NO_NUMBERS = (None, None, None, None)
+_NO_RESULT = (None, None, None)
+_PACKER = threading.local()
+
+
+def _packed(shared: Any) -> bytes:
+    """``msgpack.packb(shared)``, with one packer per thread (building one costs ~0.5 µs)."""
+    packer = getattr(_PACKER, "packer", None)
+    if packer is None:
+        packer = _PACKER.packer = msgpack.Packer(autoreset=True)
+    return packer.pack(shared)  # type: ignore[no-any-return]
+
+
 def call_row(
     function_id: str,
     key: str,
@@ -506,30 +529,31 @@ def call_row(
     *,
     str_keys: bool = False,
     arguments_bytes: bytes | None = None,
-) -> tuple[dict[str, Any], list[tuple[str, bytes | None, Any, Any, Any]]]:
-    """The call row and its argument rows ``(name, digest, i, f, s)`` for one record.
+) -> Row:
+    """The call row (values, context) and its argument rows ``(name, digest, i, f, s)``.
 
     ``str_keys``: as in :func:`encode_metadata`, for the record's metadata.
     ``arguments_bytes``: the record's ``arguments`` as stored (msgpack), when the
     caller has them: the row's ``args`` (see :func:`plain_arguments`) is those bytes.
+    A catch-up runs this per record: it is written for speed (the common record takes
+    no loop over its metadata in Python), and gives what the plain reading would.
     """
-    stored_meta = record.get("metadata") or {}  # what QuerySpec.match walks
-    meta = stored_meta if isinstance(stored_meta, dict) else {}
-    vd, vi, vf, vs = typed(record.get("version"))
-    result = record.get("result")
-    result = result if isinstance(result, dict) else {}
-    inline = result.get("inline")
-    rsize = result.get("size")
-    if isinstance(inline, (bytes, bytearray)):
-        rsize = len(inline)
-    module, qualname, code, rtype, roid = (
-        record.get("module"),
-        record.get("qualname"),
-        record.get("code"),
-        result.get("type"),
-        result.get("oid"),
-    )
-    arguments = record.get("arguments")
+    get = record.get
+    stored_meta = get("metadata") or {}  # what QuerySpec.match walks
+    version = get("version")
+    vd, vi, vf, vs = typed(version)
+    result = get("result")
+    if type(result) is dict or isinstance(result, dict):
+        inline = result.get("inline")
+        rsize = len(inline) if isinstance(inline, (bytes, bytearray)) else result.get("size")
+        rtype, roid = result.get("type"), result.get("oid")
+        rtype = rtype if isinstance(rtype, str) else None
+        roid = roid if isinstance(roid, str) else None
+        rsize = rsize if type(rsize) is int and INT64[0] <= rsize <= INT64[1] else None
+    else:
+        rtype = roid = rsize = None
+    module, qualname, code = get("module"), get("qualname"), get("code")
+    arguments = get("arguments")
     args = []
     plain = type(arguments) is dict
     if isinstance(arguments, dict):
@@ -539,40 +563,50 @@ def call_row(
             if type(name) is not str or type(value) not in PLAIN:
                 plain = False
     if type(stored_meta) is dict:
-        cols, rest, shared = _split_own(stored_meta)
-    else:
-        cols, rest, shared = dict.fromkeys(NUMBERS.values()), stored_meta, {}
+        numbers, rest, shared = _split_own(stored_meta)
+        created = stored_meta.get("created")
+        text = encode_metadata(rest, str_keys=str_keys) if rest else None
+        names = (tuple([a[0] for a in args]), tuple(stored_meta))
+    else:  # a dict of another type (Metadata) is kept whole in the row's JSON
+        numbers, shared = _NO_NUMBERS, {}
+        created = stored_meta.get("created") if isinstance(stored_meta, dict) else None
+        text = encode_metadata(stored_meta, str_keys=str_keys)
+        names = (tuple([a[0] for a in args]), ())
     context = _context(
         module if isinstance(module, str) else None,
         qualname if isinstance(qualname, str) else None,
         code if isinstance(code, str) else None,
-        (tuple(a[0] for a in args), tuple(stored_meta) if type(stored_meta) is dict else ()),
+        names,
         shared,
         str_keys,
     )
-    row = {
-        "function": function_id,
-        "key": key,
-        "meta": None,  # the id of its fleche_meta row, once the writer knows it
-        "context": context,
-        "v_digest": vd,
-        "v_i": vi,
-        "v_f": vf,
-        "v_s": vs,
-        "created": _number(meta.get("created")),
-        "size": int(size),
-        "result_type": rtype if isinstance(rtype, str) else None,
-        "result_oid": roid if isinstance(roid, str) else None,
-        "result_size": rsize if type(rsize) is int and INT64[0] <= rsize <= INT64[1] else None,
-        "stamp": stamp,
-        "args": plain_arguments(arguments, arguments_bytes) if plain else None,
-    }
-    row.update(cols)
-    if type(stored_meta) is dict:
-        row["metadata"] = encode_metadata(rest, str_keys=str_keys) if rest else None
-    else:
-        row["metadata"] = encode_metadata(rest, str_keys=str_keys)
-    return row, args
+    return (
+        (
+            function_id,
+            key,
+            None,  # meta: the id of its fleche_meta row, once the writer knows it
+            vd,
+            vi,
+            vf,
+            vs,
+            created if type(created) is float and math.isfinite(created) else _number(created),
+            int(size),
+            rtype,
+            roid,
+            rsize,
+            text,
+            stamp,
+            *numbers,
+            plain_arguments(arguments, arguments_bytes) if plain else None,
+        ),
+        context,
+        args,
+    )
+
+
+def row_values(row: Row) -> dict[str, Any]:
+    """A row's values by column name (for tests and diagnostics)."""
+    return dict(zip(CALL_COLUMNS, row[0], strict=True))
 
 
 PLAIN = frozenset([int, float, str, bool, type(None)])
@@ -596,31 +630,45 @@ def plain_arguments(arguments: Any, stored: bytes | None) -> bytes | None:
         return None
 
 
-def _split_own(meta: dict[Any, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[Any, Any]]:
-    """``(columns, rest, shared)`` of a record's metadata in one pass: what
-    :func:`split_metadata` then :func:`own_columns` give (a catch-up runs it per record)."""
-    cols: dict[str, Any] = dict.fromkeys(_NUMBER_COLUMNS)
-    rest: dict[str, Any] = {}
-    shared: dict[Any, Any] = {}
-    for k, v in meta.items():
-        if k not in VOLATILE or type(k) is not str:
-            shared[k] = v
-            continue
-        col = NUMBERS.get(k)
-        tv = type(v)
-        if col is None:  # created: in its own column when exact there
-            if not (tv is float and v != 0.0 and math.isfinite(v)):
+def _split_own(meta: dict[Any, Any]) -> tuple[tuple[Any, ...], dict[str, Any], dict[Any, Any]]:
+    """``(numbers, rest, shared)`` of a record's metadata: the values of the typed columns
+    (``m_duration``, ``m_finished``, ``m_cpu``, ``m_pid``), the own metadata they do not hold
+    (JSON), and the shared part: what :func:`split_metadata` then :func:`own_columns` give.
+
+    Set operations and a copy in C for the common record (its own keys all in their
+    columns): a catch-up runs this per record.
+    """
+    own = VOLATILE.intersection(meta)
+    if not own:
+        return _NO_NUMBERS, {}, meta
+    shared = dict(meta)
+    for k in own:
+        del shared[k]
+    get = meta.get
+    d, f, c, p, t = get("duration"), get("finished"), get("cpu"), get("pid"), get("created")
+    numbers = (
+        d if type(d) is float and isfinite(d) else None,
+        f if type(f) is float and isfinite(f) else None,
+        c if type(c) is float and isfinite(c) else None,
+        p if type(p) is int and INT64[0] <= p <= INT64[1] else None,
+    )
+    # the own keys whose values the columns hold exactly: all of them, most of the time
+    held = 4 - numbers.count(None)
+    if type(t) is float and t != 0.0 and isfinite(t):
+        held += 1
+    if held == len(own):
+        return numbers, {}, shared
+    rest = {}
+    for k, v in meta.items():  # in the record's order: the row's JSON is exact
+        if k in own:
+            col = NUMBERS.get(k)
+            if col is None:
+                if not (type(v) is float and v != 0.0 and math.isfinite(v)):
+                    rest[k] = v
+            elif numbers[_NUMBER_COLUMNS.index(col)] is None:
                 rest[k] = v
-        elif col == "m_pid":
-            if tv is int and INT64[0] <= v <= INT64[1]:
-                cols[col] = v
-            else:
-                rest[k] = v
-        elif tv is float and math.isfinite(v):
-            cols[col] = v
-        else:
-            rest[k] = v
-    return cols, rest, shared
+    return numbers, rest, shared
 
 
+isfinite = math.isfinite
 _NUMBER_COLUMNS = tuple(NUMBERS.values())

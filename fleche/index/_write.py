@@ -14,7 +14,7 @@ import json
 from collections.abc import Iterable, Iterator
 
 from fleche.index._db import Tx
-from fleche.index._sqlrows import ARG_COLUMNS, CALL_COLUMNS, FN
+from fleche.index._sqlrows import ARG_COLUMNS, CALL_COLUMNS, FN, FUNCTION, KEY, META, Row
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
@@ -23,9 +23,6 @@ else:
     Any = object  # in type aliases and generic bases evaluated at run time
 
 BATCH = 500  # rows per statement batch / transaction
-
-Row = tuple[dict[str, Any], list[tuple[Any, ...]]]
-"""A call row (column -> value) and its argument rows ``(name, digest, i, f, s)``."""
 
 
 def chunks(items: list[Any], n: int = BATCH) -> Iterator[list[Any]]:
@@ -51,22 +48,21 @@ _UPDATE_SQLITE = (
 )
 
 
-def resolve_contexts(tx: Tx, rows: list[Row], dialect: str) -> None:
-    """Set each row's ``meta`` to the id of its ``fleche_meta`` row, adding the rows missing.
+def resolve_contexts(tx: Tx, rows: list[Row], dialect: str) -> list[int]:
+    """The id of each row's ``fleche_meta`` row (in ``rows``' order), adding the rows missing.
 
     A batch of calls of one function shares one or a few such rows, so this is one
     SELECT and, the first time, one INSERT per new row. ``ON CONFLICT DO NOTHING``
     and a second SELECT: another writer may add the same row meanwhile.
     """
     wanted: dict[bytes, tuple[Any, ...]] = {}
-    for row, _ in rows:
-        digest, *context = row["context"]
-        wanted[digest] = tuple(context)
+    for _, context, _ in rows:
+        if context[0] not in wanted:
+            wanted[context[0]] = context[1:]
     found = _context_ids(tx, list(wanted))
     missing = sorted(d for d in wanted if d not in found)
     if not missing:
-        _set_contexts(rows, found)
-        return
+        return [found[context[0]] for _, context, _ in rows]
     js = "CAST(:metadata AS JSONB)" if dialect == "postgresql" else ":metadata"
     for digest in missing:
         module, qualname, code, names, metadata = wanted[digest]
@@ -84,7 +80,7 @@ def resolve_contexts(tx: Tx, rows: list[Row], dialect: str) -> None:
             },
         )
     found.update(_context_ids(tx, missing))
-    _set_contexts(rows, found)
+    return [found[context[0]] for _, context, _ in rows]
 
 
 def _context_ids(tx: Tx, digests: list[bytes]) -> dict[bytes, int]:
@@ -99,9 +95,9 @@ def _ids(tx: Tx, table: str, column: str, values: list[Any]) -> list[tuple[Any, 
     return [(v, int(i)) for v, i in rows]
 
 
-def resolve_functions(tx: Tx, rows: list[Row]) -> None:
-    """Set each row's ``fn`` to the number of its function, numbering the functions new here."""
-    names = sorted({row["function"] for row, _ in rows})
+def resolve_functions(tx: Tx, rows: list[Row]) -> dict[str, int]:
+    """The number of each function of ``rows``, numbering the functions new here."""
+    names = sorted({row[FUNCTION] for row, _, _ in rows})
     found = _function_ids(tx, names)
     for name in names:
         if name not in found:
@@ -111,17 +107,11 @@ def resolve_functions(tx: Tx, rows: list[Row]) -> None:
             )
     if len(found) < len(names):
         found = _function_ids(tx, names)
-    for row, _ in rows:
-        row["fn"] = found[row["function"]]
+    return found
 
 
 def _function_ids(tx: Tx, names: list[str]) -> dict[str, int]:
     return {str(n): i for n, i in _ids(tx, "fleche_functions", "name", names)}
-
-
-def _set_contexts(rows: list[Row], ids: dict[bytes, int]) -> None:
-    for row, _ in rows:
-        row["meta"] = ids[row["context"][0]]
 
 
 def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
@@ -133,39 +123,42 @@ def upsert_sqlite(tx: Tx, rows: list[Row]) -> None:
     The keys already catalogued come from one SELECT whose keys are one JSON
     parameter (binding 500 parameters cost more than the lookups).
     """
-    resolve_contexts(tx, rows, "sqlite")
-    resolve_functions(tx, rows)
+    metas = resolve_contexts(tx, rows, "sqlite")
+    numbers = resolve_functions(tx, rows)
     arg_rows: list[tuple[Any, ...]] = []
     new: list[tuple[Any, ...]] = []
     next_id: int | None = None
-    for fid, group in itertools.groupby(rows, key=lambda r: r[0]["function"]):
+    at = 0
+    for fid, group in itertools.groupby(rows, key=lambda r: r[0][FUNCTION]):
         group_rows = list(group)
+        fn = numbers[fid]
         existing = dict(
             tx.execute(
                 f"SELECT key, id FROM fleche_calls WHERE function = {FN} "
                 "AND key IN (SELECT value FROM json_each(:keys))",
-                {"f": fid, "keys": json.dumps([r["key"] for r, _ in group_rows])},
+                {"f": fid, "keys": json.dumps([r[0][KEY] for r in group_rows])},
             )
         )
-        for row, args in group_rows:
-            cid = existing.get(row["key"])
+        for values, _, args in group_rows:
+            head = (fn, values[KEY], metas[at])
+            at += 1
+            cid = existing.get(values[KEY])
             if cid is None:
                 if next_id is None:
                     next_id = int(tx.execute("SELECT COALESCE(MAX(id), 0) FROM fleche_calls")[0][0])
                 next_id += 1
                 cid = next_id
-                new.append((cid, *[row[c] for c in _ROW_KEYS]))
+                new.append((cid, *head, *values[3:]))
             else:
-                tx.execute(_UPDATE_SQLITE, {**row, "id": cid})
+                tx.execute(
+                    _UPDATE_SQLITE,
+                    {**dict(zip(CALL_COLUMNS, head + values[3:], strict=True)), "id": cid},
+                )
                 tx.execute("DELETE FROM fleche_args WHERE call = :c", {"c": cid})
             for arg in args:
                 arg_rows.append((cid, *arg))
     tx.insert("fleche_calls", ("id", *CALL_COLUMNS), new)
     tx.insert("fleche_args", ARG_COLUMNS, arg_rows)
-
-
-_ROW_KEYS = tuple("fn" if c == "function" else c for c in CALL_COLUMNS)
-"""The keys of a row (as ``call_row`` builds it, its function resolved) in column order."""
 
 
 # PostgreSQL array type of each column, for bulk writes through unnest(): one parameter
@@ -226,25 +219,25 @@ def upsert_postgresql(tx: Tx, rows: list[Row]) -> None:
     wins, with its own argument rows. ``rows`` is deduplicated and sorted (a row
     may not be hit twice by one statement; one lock order for every writer).
     """
-    resolve_contexts(tx, rows, "postgresql")
-    resolve_functions(tx, rows)
-    returned = tx.execute(
-        _UPSERT_PG,
-        {c: [row["fn" if c == "function" else c] for row, _ in rows] for c in CALL_COLUMNS},
-    )
+    metas = resolve_contexts(tx, rows, "postgresql")
+    numbers = resolve_functions(tx, rows)
+    columns = [list(c) for c in zip(*(values for values, _, _ in rows), strict=True)]
+    columns[FUNCTION] = [numbers[f] for f in columns[FUNCTION]]
+    columns[META] = metas
+    returned = tx.execute(_UPSERT_PG, dict(zip(CALL_COLUMNS, columns, strict=True)))
     ids = {(f, k): cid for cid, f, k in returned}
     tx.execute(
         "DELETE FROM fleche_args WHERE call = ANY(CAST(:ids AS BIGINT[]))",
         {"ids": list(ids.values())},
     )
-    columns: dict[str, list[Any]] = {c: [] for c in _PG_ARG_ARRAYS}
-    for row, args in rows:
-        cid = ids[(row["fn"], row["key"])]
+    arg_columns: dict[str, list[Any]] = {c: [] for c in _PG_ARG_ARRAYS}
+    for values, _, args in rows:
+        cid = ids[(numbers[values[FUNCTION]], values[KEY])]
         for name, digest, i, f, s_ in args:
             for c, v in zip(_PG_ARG_ARRAYS, (cid, name, digest, i, f, s_), strict=True):
-                columns[c].append(v)
-    if columns["call"]:
-        tx.execute(_ARGS_PG, columns)
+                arg_columns[c].append(v)
+    if arg_columns["call"]:
+        tx.execute(_ARGS_PG, arg_columns)
 
 
 def delete(tx: Tx, function_id: str, keys: list[str]) -> None:
