@@ -915,6 +915,35 @@ def test_a_rescan_finds_a_pack_published_after_the_first_listing(tmp_path) -> No
     assert reader.find_call(*_key(0)) == b"value 0"
 
 
+def test_misses_just_after_packs_changed_read_its_names_not_its_files(
+    tmp_path, monkeypatch
+) -> None:
+    """For a moment after ``packs/`` changes (a seal, a fold) its mtime cannot tell whether it
+    changed again, so every miss rescans: one readdir whose names, unchanged, keep the
+    listing (no stat of each file, no new listing to search); a new name lists again."""
+    writer = LocalStore(tmp_path / "s")
+    _publish(writer, [(_key(0), b"value 0")], at=1_700_000_000.0)
+    reader = LocalStore(tmp_path / "s")
+    assert reader.find_call(*_key(0)) == b"value 0"
+    os.utime(f"{writer.root}/packs")  # changed just now: the stamp cannot tell
+    listed: list[int] = []
+    list_files = LocalStore._list_pack_files
+
+    def counted(self: LocalStore) -> Any:
+        listed.append(1)
+        return list_files(self)
+
+    monkeypatch.setattr(LocalStore, "_list_pack_files", counted)
+    state = reader._pack_state
+    for i in range(1, 20):
+        assert reader.find_call(*_key(i)) is None
+    assert listed == []
+    assert reader._pack_state is state
+    _publish(writer, [(_key(5), b"new")], at=1_700_000_100.0)
+    assert reader.find_call(*_key(5)) == b"new"
+    assert listed == [1]
+
+
 def test_a_damaged_live_index_does_not_hide_the_packs_it_lists(tmp_path) -> None:
     """Its superseded list is read from its head, unchecked; once the index proves damaged
     the reader reads every index, checked, and the packs it listed are read again."""

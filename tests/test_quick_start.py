@@ -56,7 +56,7 @@ LAZY_STDLIB = (
     "concurrent.futures",  # encoding a miss, executors, sync
     "contextlib",  # on the import path, context managers are small classes (~3 M instructions)
     "dataclasses",  # a dataclass argument's digest; other layers' own classes (~40 M with inspect)
-    "getpass",  # record metadata, on the first miss
+    "getpass",  # not even on a miss: the user name comes from the environment or pwd
     "hashlib",  # the user index file name, when an index opens (OpenSSL: ~3 ms)
     "heapq",  # merging layered indexes
     "hmac",  # signed caches
@@ -64,12 +64,12 @@ LAZY_STDLIB = (
     "json",  # fleche.json once per store, leases (json.decoder/encoder/scanner: ~2 ms)
     "logging",  # until the program imports it (the hit path's DEBUG check takes it from there)
     "mmap",  # mapped loads, large reads, packs
-    "pathlib",  # config discovery, git metadata (pathlib + urllib.parse: ~5 ms)
+    "pathlib",  # config discovery (pathlib + urllib.parse: ~5 ms; git metadata uses os.path)
     "pickle",  # a value stored (or loaded) with pickle, not msgpack or raw numpy (~6 M)
     "platform",  # zstandard's import, on the first compressed frame
     "random",  # a lease's waiter (random + hashlib's _sha512 + bisect)
     "secrets",  # temp and lease names use os.urandom
-    "socket",  # host name, on the first miss or lease
+    "socket",  # a lease (the host name of a miss is os.uname's)
     "sqlite3",  # the index, when a Cache opens it (sqlite3 + datetime's C half)
     "subprocess",  # git status, on the first miss
     "tempfile",  # bags and isolate=True
@@ -94,7 +94,7 @@ def test_import_fleche_leaves_the_costly_standard_library_modules_alone() -> Non
 
 
 LAZY_FLECHE = (
-    "fleche.index",  # when a Cache first uses its index (a query, a store): sqlite3, json
+    "fleche.index",  # when a Cache first uses its index (a query; a remote store's miss)
     "fleche.parallel",  # executors, f.bind(...), fleche.map
     "fleche.query._ref",  # Ref, a dataclass: the first table() showing one
     "fleche.query",  # fleche.query(...), f.query(...), fleche.QueryResult (~2 M)
@@ -377,6 +377,40 @@ def test_decorating_and_a_first_hit_from_a_script_import_no_inspect(tmp_path: Pa
     assert list((tmp_path / "cache" / "packs").glob("pack-*.idx"))  # the hit is a pack's
     out = subprocess.run(run, capture_output=True, text=True, check=True).stdout.split("\n")
     assert "computed" not in out and out[-2] == "[]", out
+
+
+FIRST_MISS_LAZY = (
+    # a local store's index catches up from its files before a query: a miss opens none
+    "fleche.index",
+    "sqlite3",
+    "json",
+    # host, user and python from os and sys; git from os.path (~7 M instructions)
+    "socket",
+    "platform",
+    "getpass",
+    "pathlib",
+    # a small result is plain data: none of the other serializers (~2 ms)
+    "fleche.codec._tree",
+    "fleche.codec._numpy",
+    "fleche.codec._arrow",
+    "fleche.codec._bag",
+)
+"""What the first miss of a small result on a local store leaves alone (it does load the
+segment's zlib, fcntl and atexit, the packs' listing, and subprocess for ``git status``)."""
+
+
+def test_a_first_miss_of_a_small_result_loads_only_what_it_uses(tmp_path: Path) -> None:
+    store = str(tmp_path / "cache")
+    subprocess.run([sys.executable, "-c", _CALL, store, "rw"], check=True)  # (its fleche.json)
+    body = _CALL.replace(
+        "assert double(21) == 42",
+        "before = set(sys.modules)\nassert double(22) == 44\n"
+        f"print(sorted(m for m in {FIRST_MISS_LAZY!r} if m in set(sys.modules) - before))",
+    )
+    run = [sys.executable, "-c", body, store, "rw"]
+    out = subprocess.run(run, capture_output=True, text=True, check=True, cwd=tmp_path)
+    lines = out.stdout.split("\n")
+    assert "computed" in lines and lines[-2] == "[]", out.stdout
 
 
 def test_function_ids_are_checked_and_made_as_by_their_regexes() -> None:

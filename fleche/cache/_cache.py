@@ -25,7 +25,7 @@ from fleche.errors import (
     SignatureError,
     warn_user,
 )
-from fleche.store import ObjectStore, is_oid, open_store
+from fleche.store import LocalStore, ObjectStore, is_oid, open_store
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
@@ -401,6 +401,10 @@ class Cache:
             record = _utf8_safe(record)
             blob = codec.encode_record(record, level=self.level, **sign)
         self.store.put_call(function_id, key, blob)
+        if not self._index_open and isinstance(self.store, LocalStore):
+            # An index of a local store catches up from its files before each query (its
+            # add does nothing): a miss does not open it, nor import sqlite3 and json.
+            return
         if self.index is not None:  # after the store: the index never lists what is not there
             self.index.add(function_id, key, record, len(blob))  # faults warn, never raise
 

@@ -181,9 +181,13 @@ def serializer_names() -> list[str]:
 
 def _choose(value: Any) -> Serializer:
     """The serializer ``auto`` picks for ``value`` (see the module's doc)."""
-    _load_rest()
     t = type(value)
-    chain = _by_module.get(t.__module__.partition(".")[0])
+    module = t.__module__.partition(".")[0]
+    if module != "builtins" or "numpy" in sys.modules:
+        # Plain data has no chain (tried by type below), and only arrays among it need the
+        # tree: a small result's first miss imports none of the rest (~2 ms).
+        _load_rest()
+    chain = _by_module.get(module)
     if chain:
         for s in chain:
             if s.accepts(value):

@@ -34,17 +34,15 @@ import threading
 from collections.abc import Iterable
 from contextvars import ContextVar
 
-# getpass, platform, socket, subprocess and pathlib are imported where they are used:
-# all of it runs once per process on the first miss, and ``import fleche`` skips ~12 ms.
+# Host, user and python come from os and sys (os.uname, the environment, sys.version),
+# git from os.path: a first miss imports neither socket, platform, getpass nor pathlib
+# (~7 ms), and subprocess only for ``git status``.
 from fleche._version import __version__
 from fleche.errors import ConfigError
 
 TYPE_CHECKING = False  # typing's constant; import fleche does not load typing
 if TYPE_CHECKING:
     from typing import Any
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 GROUPS: tuple[str, ...] = ("runtime", "environment", "git", "tags")
 """The metadata groups a function or cache can choose from."""
@@ -131,11 +129,15 @@ def set_packages(names: Iterable[str]) -> tuple[str, ...]:
 
 
 def _user() -> str:
-    import getpass
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):  # getpass.getuser()'s order
+        user = os.environ.get(name)
+        if user:
+            return user
+    try:  # then the password database, as getpass reads it (without its termios)
+        import pwd
 
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry, e.g. an arbitrary uid in a container
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, KeyError, OSError):  # no passwd entry (an arbitrary uid in a container)
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
@@ -156,6 +158,23 @@ def _version(name: str) -> str | None:
     return v
 
 
+def _host() -> str:
+    """``socket.gethostname()``: the same ``uname`` node name, without importing socket."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket  # Windows
+
+    return socket.gethostname()
+
+
+def _python_version() -> str:
+    """``platform.python_version()`` ("3.12.1", "3.13.0rc1"), read from ``sys.version``."""
+    parts = sys.version.split(maxsplit=1)[0].split(".")
+    if len(parts) == 2:
+        parts.append("0")
+    return ".".join(parts)
+
+
 def environment() -> dict[str, Any]:
     """Host, user, pid, python, fleche and the imported packages' versions.
 
@@ -165,9 +184,6 @@ def environment() -> dict[str, Any]:
     global _env, _env_key
     key = (os.getpid(), len(sys.modules), PACKAGES)
     if key != _env_key:
-        import platform
-        import socket
-
         with _lock:
             packages = {}
             for name in PACKAGES:
@@ -176,10 +192,10 @@ def environment() -> dict[str, Any]:
                     if v is not None:
                         packages[name] = v
             env: dict[str, Any] = {
-                "host": socket.gethostname(),
+                "host": _host(),
                 "user": _user(),
                 "pid": key[0],
-                "python": platform.python_version(),
+                "python": _python_version(),
                 "fleche": __version__,
             }
             if packages:
@@ -191,29 +207,35 @@ def environment() -> dict[str, Any]:
 # -- git ----------------------------------------------------------------------------------
 
 
-def _git_dir(start: Path) -> tuple[Path, Path] | None:
-    """(work tree, git dir) of the repository holding ``start``, or None: ``.git`` walked up to."""
-    from pathlib import Path
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
 
-    for d in (start, *start.parents):
-        dot = d / ".git"
+
+def _git_dir(start: str) -> tuple[str, str] | None:
+    """(work tree, git dir) of the repository holding ``start``, or None: ``.git`` walked up to."""
+    d = start
+    while True:
+        dot = os.path.join(d, ".git")
         try:
-            if dot.is_dir():
+            if os.path.isdir(dot):
                 return d, dot
-            if dot.is_file():  # a worktree or a submodule: "gitdir: <path>"
-                text = dot.read_text(encoding="utf-8").strip()
+            if os.path.isfile(dot):  # a worktree or a submodule: "gitdir: <path>"
+                text = _read_text(dot).strip()
                 if text.startswith("gitdir:"):
-                    gd = Path(text[len("gitdir:") :].strip())
-                    return d, gd if gd.is_absolute() else (d / gd)
+                    return d, os.path.join(d, text[len("gitdir:") :].strip())  # (absolute: itself)
         except OSError:
             return None
-    return None
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
 
 
-def _resolve_ref(common: Path, ref: str) -> str | None:
+def _resolve_ref(common: str, ref: str) -> str | None:
     """The commit a ref names, from its loose file or from packed-refs; None when neither has it."""
     try:
-        text = (common / ref).read_text(encoding="utf-8").strip()
+        text = _read_text(os.path.join(common, ref)).strip()
     except OSError:
         text = ""
     if text.startswith("ref:"):
@@ -221,7 +243,7 @@ def _resolve_ref(common: Path, ref: str) -> str | None:
     if text:
         return text
     try:
-        packed = (common / "packed-refs").read_text(encoding="utf-8")
+        packed = _read_text(os.path.join(common, "packed-refs"))
     except OSError:
         return None
     for line in packed.splitlines():
@@ -232,7 +254,7 @@ def _resolve_ref(common: Path, ref: str) -> str | None:
     return None
 
 
-def _git(args: list[str], cwd: Path) -> str | None:
+def _git(args: list[str], cwd: str) -> str | None:
     """Run one git command (no optional locks, no fsmonitor hook); its stdout, or None on any failure."""
     import subprocess
 
@@ -251,28 +273,25 @@ def _git(args: list[str], cwd: Path) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-def _read_git(tree: Path, gitdir: Path) -> dict[str, Any]:
+def _read_git(tree: str, gitdir: str) -> dict[str, Any]:
     """Commit, branch and dirty of one work tree: files for the first two, one subprocess for dirty."""
-    from pathlib import Path
-
     common = gitdir
     try:
-        pointer = (gitdir / "commondir").read_text(encoding="utf-8").strip()
-        common = gitdir / pointer if not Path(pointer).is_absolute() else Path(pointer)
+        common = os.path.join(gitdir, _read_text(os.path.join(gitdir, "commondir")).strip())
     except OSError:
         pass
     commit: str | None
     branch: str | None = None
     try:
-        head = (gitdir / "HEAD").read_text(encoding="utf-8").strip()
+        head = _read_text(os.path.join(gitdir, "HEAD")).strip()
     except OSError:
         head = ""
     if head.startswith("ref:"):
         ref = head[4:].strip()
         branch = ref.removeprefix("refs/heads/")
         commit = _resolve_ref(common, ref)
-        if commit is None and (common / "reftable").exists():  # refs not kept as files
-            out = _git(["rev-parse", "--verify", "-q", "HEAD"], tree)
+        if commit is None and os.path.exists(os.path.join(common, "reftable")):
+            out = _git(["rev-parse", "--verify", "-q", "HEAD"], tree)  # refs not kept as files
             commit = out.strip() if out else None
     else:
         commit = head or None  # a detached HEAD holds the commit itself
@@ -294,21 +313,18 @@ def git_info(module: str | None) -> dict[str, Any] | None:
     with _lock:
         if key in _git_by_module:
             return _git_by_module[key]
-        from pathlib import Path
-
         file = getattr(sys.modules.get(key), "__file__", None)
         try:
-            start = Path(file).resolve().parent if file else Path.cwd()
+            start = os.path.dirname(os.path.realpath(file)) if file else os.getcwd()
         except OSError:  # the working directory was removed
             start = None
         found = _git_dir(start) if start is not None else None
         info = None
         if found is not None:
             tree, gitdir = found
-            where = str(tree)
-            if where not in _git_by_dir:
-                _git_by_dir[where] = _read_git(tree, gitdir)
-            info = _git_by_dir[where]
+            if tree not in _git_by_dir:
+                _git_by_dir[tree] = _read_git(tree, gitdir)
+            info = _git_by_dir[tree]
         _git_by_module[key] = info
         return info
 

@@ -377,6 +377,16 @@ class PathStore(ABC):
         """
         return None
 
+    def _pack_names(self) -> set[str] | None:
+        """The names of the files under ``packs/``, when that costs less than a listing
+        with sizes and mtimes (one ``readdir``, no ``stat``); None here: it does not.
+
+        Pack files are write-once and appear by rename, complete, so the same names are
+        the same packs: a refresh whose stamp cannot tell (``packs/`` changed a moment ago)
+        keeps its listing when the names are unchanged.
+        """
+        return None
+
     def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
         """The files directly under ``packs/``: name -> (size, mtime); empty when absent."""
         self.fs.invalidate_cache(self._packs_dir)  # a cached listing would hide new packs
@@ -1295,7 +1305,12 @@ class ObjectStore(PathStore):
             if old is not None and time.monotonic() - old.checked <= max_age:
                 return old
             stamp = self._packs_stamp()
-            if old is not None and stamp is not None and stamp == old.stamp:
+            if old is not None and (
+                stamp == old.stamp if stamp is not None else self._pack_names() == old.files.keys()
+            ):
+                # (stamp None: packs/ changed a moment ago, so every miss until its mtime
+                # settles would list it, stat each file and peek at each index: one
+                # readdir tells whether the packs are still the ones listed)
                 old.checked = time.monotonic()
                 return old
             files = self._list_pack_files()

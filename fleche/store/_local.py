@@ -1378,6 +1378,12 @@ class LocalStore(ObjectStore):
     def _packs_stamp(self) -> object:
         return _dir_stamp(self._packs_dir)
 
+    def _pack_names(self) -> set[str] | None:
+        try:
+            return {n for n in os.listdir(self._packs_dir) if n.startswith("pack-")}
+        except (FileNotFoundError, NotADirectoryError):
+            return set()
+
     def _list_pack_files(self) -> dict[str, tuple[int, float | None]]:
         out: dict[str, tuple[int, float | None]] = {}
         try:
