@@ -213,3 +213,41 @@ def test_gc_merges_each_key_once_and_never_revives_a_copy_a_newer_pack_replaced(
     reader = LocalStore(tmp_path)
     for d, data in want.items():
         assert bytes(reader.get_call(FID, d)) == data
+
+
+def test_an_evict_racing_gcs_repack_of_its_loose_record_stays_evicted(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """gc's repack reads a loose record, then another handle deletes it before the repack
+    publishes: the delete waits for the repack (the fold lock) and drops the record from
+    the new pack, so it never comes back."""
+    root = tmp_path / "store"
+    store = LocalStore(root, segments=False)
+    gone, kept = digest_of("gone"), digest_of("kept")
+    for d in (gone, kept):
+        store.put_call(FID, d, _record(d))
+    read, go = threading.Event(), threading.Event()
+    real = LocalStore.read_loose
+
+    def read_loose(self, name, digest):
+        data = real(self, name, digest)
+        if threading.current_thread().name == "gc" and digest == gone:
+            read.set()  # the repack holds the record's bytes: now the delete
+            go.wait(30)
+        return data
+
+    monkeypatch.setattr(LocalStore, "read_loose", read_loose)
+    packer = LocalStore(root, segments=False)
+    plan = plan_gc(packer, grace=0, pack=True, pack_threshold=1)
+    gc = threading.Thread(target=apply_gc, args=(packer, plan), name="gc")
+    gc.start()
+    assert read.wait(30)
+    evict = threading.Thread(target=LocalStore(root, segments=False).delete_call, args=(FID, gone))
+    evict.start()
+    evict.join(0.5)  # without the lock the delete returns here, before the repack publishes
+    go.set()
+    gc.join()
+    evict.join()
+    for reader in (LocalStore(root), LocalStore(root, segments=False)):
+        assert reader.find_call(FID, gone) is None
+        assert bytes(reader.get_call(FID, kept)) == _record(kept)

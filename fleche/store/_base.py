@@ -1159,6 +1159,10 @@ class ObjectStore(PathStore):
         """Remove a call record (already gone is not an error); its objects stay for ``gc``.
 
         A packed record is removed by rewriting its pack without it (``drop_packed``).
+        The packs are searched under the fold lock, on a fresh listing: a repack (gc's,
+        which reads loose records under that lock) that read the loose file before it was
+        removed has published its pack by then, and the record is dropped from it; one
+        that starts later finds no file. So a record once deleted does not come back.
         """
         path = self._call_path(function_id, digest)
         self._check_writable()
@@ -1167,8 +1171,11 @@ class ObjectStore(PathStore):
         except FileNotFoundError:
             pass
         self._drop_inflight(function_id, digest)
-        if self._locate(function_id, digest) is not None:
-            self.drop_packed({(function_id, digest)})
+        if not self.supports_packs:
+            return
+        with self.fold_lock() or NO_LOCK:
+            if self._search(self._refresh_packs(), function_id, digest) is not None:
+                self.drop_packed({(function_id, digest)})
 
     def iter_calls(
         self, function_id: str | None = None, *, packed: bool = True
