@@ -1491,6 +1491,9 @@ class ObjectStore(PathStore):
         A pack is immutable, so removing a packed record or object is a repack: the
         new pack supersedes the old ones (kept until gc's grace for readers that
         listed before). Returns the new pack's hash, or None when no pack held one.
+        Under the fold lock: a seal folding a pack that holds one of ``keys`` finishes
+        first (its pack is then the one rewritten) or starts after (and folds the new
+        pack instead).
         """
         self._check_writable()
         self._check_packs()

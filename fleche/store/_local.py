@@ -550,9 +550,6 @@ class LocalStore(ObjectStore):
 
     def _reset_segments(self) -> None:
         self._seg_lock = threading.Lock()
-        # One seal thread at a time writes its pack: two at once would each fold the same
-        # small packs into their own, and the packs a miss searches would pile up.
-        self._seal_write = threading.Lock()
         self._writer: _Writer | None = None
         self._views: dict[str, seg.SegmentView] = {}
         self._seg_stamp: object = ()
@@ -563,7 +560,6 @@ class LocalStore(ObjectStore):
         state = super().__getstate__()
         for name in (
             "_seg_lock",
-            "_seal_write",
             "_writer",
             "_views",
             "_seg_stamp",
@@ -736,7 +732,7 @@ class LocalStore(ObjectStore):
                 return
             from fleche.store._sealer import seal_in_helper
 
-            # Not under the seal lock nor _seal_write: the helper takes the lock itself.
+            # Not under the seal lock: the helper takes it itself.
             if not seal_in_helper(self.root, w.path, f"{__name__}:serve_seals"):
                 self._seal_fd(w.fd, w.path, w.size, entries)
             with self._seg_lock:  # never taken under the seal lock: _seal takes them the other way
@@ -774,7 +770,7 @@ class LocalStore(ObjectStore):
         the segment: under the seal lock (:class:`_PacksLock`) from the parse to the
         removal, and not at all when it was sealed meanwhile (its link count is 0), so a
         record an evict dropped is not published after the evict."""
-        with self._seal_lock(), self._seal_write:
+        with self._seal_lock():  # one seal at a time, across threads and processes
             if os.fstat(fd).st_nlink == 0:
                 return
             whole = memoryview(_pread_all(fd, size))
@@ -914,14 +910,6 @@ class LocalStore(ObjectStore):
         held = self.fold_lock(wait=True)
         assert held is not None  # waited for
         return held
-
-    def drop_packed(self, keys: set[Key]) -> str | None:
-        """As :meth:`ObjectStore.drop_packed`, under the seal lock: a seal folding a pack
-        that holds one of ``keys`` finishes first (its pack is then the one rewritten) or
-        starts after (and folds the new pack instead)."""
-        self._check_writable()
-        with self._seal_lock(), self._seal_write:
-            return super().drop_packed(keys)
 
     def _discard_segment(self, path: str, damaged: BytesLike | None, frames: int = 0) -> None:
         """Remove a sealed segment; the bytes of one with damaged frames (``damaged``,
